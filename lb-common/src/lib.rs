@@ -1,0 +1,344 @@
+//! Map layouts shared by the kernel programs (lb-ebpf) and the agent (lb-userspace).
+//!
+//! Every type is `#[repr(C)]` with explicit padding, so the kernel and userspace agree
+//! byte for byte and BTF describes every byte. Any change to a layout gets a new map
+//! name (the `_vN` suffix) so that an upgraded agent never misreads a pinned map left
+//! by an older one.
+#![no_std]
+
+/// IP protocol numbers as they appear in keys.
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Kernel and pin names of the maps. Kernel names are cut at 15 characters, so
+/// these stay within 15.
+pub mod map_names {
+    /// Service table: frontends and their backend slots ([`super::Svc4Key`] -> [`super::Svc4Value`]).
+    pub const SVC4: &str = "lb4_svc_v1";
+    /// Backends by id ([`u32`] -> [`super::Backend4`]).
+    pub const BACKEND4: &str = "lb4_be_v1";
+    /// Reverse translation per socket ([`super::RevNat4Key`] -> [`super::RevNat4Value`]).
+    pub const REVNAT4: &str = "lb4_rnat_v1";
+    /// Backend chosen per UDP socket and service ([`super::SockBackend4Key`] -> [`super::SockBackend4Value`]).
+    pub const SOCK_BACKEND4: &str = "lb4_sk_be_v1";
+    /// Per-CPU counters indexed by [`super::Counter`].
+    pub const STATS: &str = "lb_stats_v1";
+    /// Every map the data path pins, for inspection and uninstall.
+    pub const ALL: [&str; 5] = [SVC4, BACKEND4, REVNAT4, SOCK_BACKEND4, STATS];
+}
+
+/// Default map capacities. The agent may raise them when it creates the maps.
+pub mod capacity {
+    /// Frontend entries plus backend slots: 10 000 services x 10 endpoints with room.
+    pub const SVC4: u32 = 262_144;
+    /// Distinct backends (address, port, protocol).
+    pub const BACKEND4: u32 = 131_072;
+    /// LRU: live translated sockets; the oldest entries are evicted first.
+    pub const REVNAT4: u32 = 262_144;
+    /// LRU: (UDP socket, service) pairs with a chosen backend.
+    pub const SOCK_BACKEND4: u32 = 131_072;
+}
+
+/// What a frontend does with a new connection, in [`Svc4Value::action`] of slot 0.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SvcAction {
+    /// Translate to one of `count` backends.
+    Forward = 1,
+    /// No usable endpoint: connect()/sendmsg() fail with ECONNREFUSED at once.
+    Reject = 2,
+    /// Endpoints exist, but none this node may use (a Local traffic policy):
+    /// connect()/sendmsg() fail with EHOSTUNREACH.
+    Drop = 3,
+}
+
+impl SvcAction {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Forward),
+            2 => Some(Self::Reject),
+            3 => Some(Self::Drop),
+            _ => None,
+        }
+    }
+}
+
+/// Key of the service table.
+///
+/// A frontend (address, port, protocol) owns `count + 1` entries: slot 0 holds the
+/// service itself and slots 1..=count hold backend ids. Readers look up slot 0 first
+/// and then one slot below its count; the agent writes new slots before it raises the
+/// count and removes slots only after it lowered the count, so no reader ever sees a
+/// half-written service.
+///
+/// Each service address also has one wildcard entry (`dport` 0, `proto` 0, slot 0)
+/// whose action is Reject: it makes a connect to a port the service does not have fail
+/// with ECONNREFUSED instead of leaving on the wire towards an address nobody owns.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Svc4Key {
+    /// Frontend IPv4 address, network byte order.
+    pub address: u32,
+    /// Frontend L4 port, network byte order; 0 in the address's wildcard entry.
+    pub dport: u16,
+    /// 0 = the service entry; 1..=count = a backend slot.
+    pub backend_slot: u16,
+    /// IP protocol ([`IPPROTO_TCP`] or [`IPPROTO_UDP`]); 0 in the wildcard entry.
+    pub proto: u8,
+    /// Frontend scope, reserved for external vs internal traffic policy; 0 today.
+    pub scope: u8,
+    /// Explicit padding, always zero.
+    pub pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<Svc4Key>() == 12);
+
+impl Svc4Key {
+    /// `address` and `dport` in network byte order.
+    pub const fn new(address: u32, dport: u16, proto: u8, backend_slot: u16) -> Self {
+        Self { address, dport, backend_slot, proto, scope: 0, pad: [0; 2] }
+    }
+
+    /// The wildcard entry of a service address.
+    pub const fn wildcard(address: u32) -> Self {
+        Self::new(address, 0, 0, 0)
+    }
+
+    /// The same frontend at another slot.
+    pub const fn with_slot(self, backend_slot: u16) -> Self {
+        Self { backend_slot, ..self }
+    }
+}
+
+/// Value of the service table; what the fields mean depends on the slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Svc4Value {
+    /// Slot n >= 1: id of the backend in the backend map. Slot 0: 0.
+    pub backend_id: u32,
+    /// Slot 0: number of backend slots in use (1..=count). Slot n: 0.
+    pub count: u16,
+    /// Slot 0: a [`SvcAction`] as u8. Slot n: 0.
+    pub action: u8,
+    /// Slot 0: `SVC_FLAG_*` bits. Slot n: 0.
+    pub flags: u8,
+    /// Slot 0: ClientIP session affinity timeout in seconds, 0 = no affinity.
+    pub affinity_timeout_s: u32,
+}
+const _: () = assert!(core::mem::size_of::<Svc4Value>() == 12);
+
+/// [`Svc4Value::flags`]: the frontend is an address wildcard (port not served).
+pub const SVC_FLAG_WILDCARD: u8 = 1;
+
+impl Svc4Value {
+    /// Slot 0 of a frontend.
+    pub const fn service(action: SvcAction, count: u16, affinity_timeout_s: u32, flags: u8) -> Self {
+        Self { backend_id: 0, count, action: action as u8, flags, affinity_timeout_s }
+    }
+
+    /// A backend slot.
+    pub const fn slot(backend_id: u32) -> Self {
+        Self { backend_id, count: 0, action: 0, flags: 0, affinity_timeout_s: 0 }
+    }
+}
+
+/// A backend: where translated traffic goes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Backend4 {
+    /// Backend IPv4 address, network byte order.
+    pub address: u32,
+    /// Backend L4 port, network byte order.
+    pub port: u16,
+    /// IP protocol ([`IPPROTO_TCP`] or [`IPPROTO_UDP`]).
+    pub proto: u8,
+    /// Reserved backend state bits (e.g. terminating); 0 today.
+    pub flags: u8,
+}
+const _: () = assert!(core::mem::size_of::<Backend4>() == 8);
+
+/// Key of the reverse translation map: one socket talking to one backend.
+///
+/// Keyed by the socket cookie as well as the backend so that a backend behind several
+/// services never answers with the wrong service's address (a 5-tuple collision).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RevNat4Key {
+    /// Socket cookie (bpf_get_socket_cookie) of the client socket.
+    pub cookie: u64,
+    /// Backend IPv4 address the socket was translated to, network byte order.
+    pub address: u32,
+    /// Backend port, network byte order.
+    pub port: u16,
+    /// Explicit padding, always zero.
+    pub pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<RevNat4Key>() == 16);
+
+/// Value of the reverse translation map: the service address the socket asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RevNat4Value {
+    /// Service IPv4 address, network byte order.
+    pub address: u32,
+    /// Service port, network byte order.
+    pub port: u16,
+    /// Explicit padding, always zero.
+    pub pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<RevNat4Value>() == 8);
+
+/// Key of the per-socket backend choice for UDP: all datagrams one socket sends to
+/// one service go to one backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockBackend4Key {
+    /// Socket cookie of the UDP socket.
+    pub cookie: u64,
+    /// Service IPv4 address, network byte order.
+    pub address: u32,
+    /// Service port, network byte order.
+    pub port: u16,
+    /// Explicit padding, always zero.
+    pub pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<SockBackend4Key>() == 16);
+
+/// Value of the per-socket backend choice.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockBackend4Value {
+    /// Chosen backend id; still valid only while slot `backend_slot` holds it.
+    pub backend_id: u32,
+    /// The service slot the backend was chosen from.
+    pub backend_slot: u16,
+    /// Explicit padding, always zero.
+    pub pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<SockBackend4Value>() == 8);
+
+/// Indexes into the per-CPU counter array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// connect()/sendmsg() translated to a backend.
+    Translated = 0,
+    /// Refused: no usable backend, or a port the service does not have.
+    Rejected = 1,
+    /// Refused with EHOSTUNREACH: endpoints exist but none may be used here.
+    Dropped = 2,
+    /// A lookup failed in a way that should not happen (slot or backend missing);
+    /// the socket proceeded untranslated or was refused.
+    Inconsistent = 3,
+    /// getpeername()/recvmsg() answers rewritten back to the service address.
+    ReverseTranslated = 4,
+    /// Reverse map updates that failed (the socket keeps working, getpeername shows
+    /// the backend).
+    RevNatUpdateFailed = 5,
+}
+
+impl Counter {
+    pub const COUNT: u32 = 6;
+    pub const ALL: [Counter; 6] = [
+        Self::Translated,
+        Self::Rejected,
+        Self::Dropped,
+        Self::Inconsistent,
+        Self::ReverseTranslated,
+        Self::RevNatUpdateFailed,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Translated => "translated",
+            Self::Rejected => "rejected",
+            Self::Dropped => "dropped",
+            Self::Inconsistent => "inconsistent",
+            Self::ReverseTranslated => "reverse_translated",
+            Self::RevNatUpdateFailed => "revnat_update_failed",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type is repr(C), Copy, and has no implicit padding (the size
+    // assertions above equal the sum of the field sizes), so any byte pattern of the
+    // right length is a valid value.
+    unsafe impl aya::Pod for super::Svc4Key {}
+    unsafe impl aya::Pod for super::Svc4Value {}
+    unsafe impl aya::Pod for super::Backend4 {}
+    unsafe impl aya::Pod for super::RevNat4Key {}
+    unsafe impl aya::Pod for super::RevNat4Value {}
+    unsafe impl aya::Pod for super::SockBackend4Key {}
+    unsafe impl aya::Pod for super::SockBackend4Value {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use core::mem::{align_of, offset_of, size_of};
+
+    use super::*;
+
+    #[test]
+    fn svc_key_layout_matches_kernel_expectations() {
+        assert_eq!(size_of::<Svc4Key>(), 12);
+        assert_eq!(align_of::<Svc4Key>(), 4);
+        assert_eq!(offset_of!(Svc4Key, address), 0);
+        assert_eq!(offset_of!(Svc4Key, dport), 4);
+        assert_eq!(offset_of!(Svc4Key, backend_slot), 6);
+        assert_eq!(offset_of!(Svc4Key, proto), 8);
+        assert_eq!(offset_of!(Svc4Key, scope), 9);
+        assert_eq!(offset_of!(Svc4Key, pad), 10);
+    }
+
+    #[test]
+    fn svc_value_layout() {
+        assert_eq!(size_of::<Svc4Value>(), 12);
+        assert_eq!(offset_of!(Svc4Value, backend_id), 0);
+        assert_eq!(offset_of!(Svc4Value, count), 4);
+        assert_eq!(offset_of!(Svc4Value, action), 6);
+        assert_eq!(offset_of!(Svc4Value, flags), 7);
+        assert_eq!(offset_of!(Svc4Value, affinity_timeout_s), 8);
+    }
+
+    #[test]
+    fn backend_and_revnat_layouts() {
+        assert_eq!(size_of::<Backend4>(), 8);
+        assert_eq!(offset_of!(Backend4, port), 4);
+        assert_eq!(offset_of!(Backend4, proto), 6);
+        assert_eq!(size_of::<RevNat4Key>(), 16);
+        assert_eq!(align_of::<RevNat4Key>(), 8);
+        assert_eq!(offset_of!(RevNat4Key, address), 8);
+        assert_eq!(offset_of!(RevNat4Key, port), 12);
+        assert_eq!(size_of::<RevNat4Value>(), 8);
+        assert_eq!(size_of::<SockBackend4Key>(), 16);
+        assert_eq!(size_of::<SockBackend4Value>(), 8);
+    }
+
+    #[test]
+    fn constructors_zero_the_padding() {
+        let k = Svc4Key::new(0x0a60_000a, 80u16.to_be(), IPPROTO_TCP, 3);
+        assert_eq!(k.pad, [0, 0]);
+        assert_eq!(k.scope, 0);
+        assert_eq!(k.with_slot(0).backend_slot, 0);
+        let w = Svc4Key::wildcard(1);
+        assert_eq!((w.dport, w.proto, w.backend_slot), (0, 0, 0));
+    }
+
+    #[test]
+    fn map_names_fit_the_kernel() {
+        for name in map_names::ALL {
+            assert!(name.len() <= 15, "{name} is longer than 15 characters");
+        }
+    }
+
+    #[test]
+    fn action_round_trips() {
+        for a in [SvcAction::Forward, SvcAction::Reject, SvcAction::Drop] {
+            assert_eq!(SvcAction::from_u8(a as u8), Some(a));
+        }
+        assert_eq!(SvcAction::from_u8(0), None);
+        assert_eq!(Counter::ALL.len() as u32, Counter::COUNT);
+    }
+}

@@ -1,0 +1,44 @@
+//! socklb kernel programs.
+//!
+//! cgroup socket hooks translate a service address to a backend once per connect() or
+//! sendmsg(), so packets leave already addressed to the backend, and translate the
+//! backend back to the service address for getpeername() and recvmsg() so the
+//! application only ever sees the service.
+#![no_std]
+#![no_main]
+
+mod maps;
+mod sock4;
+
+use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+
+#[cgroup_sock_addr(connect4)]
+pub fn sock4_connect(ctx: SockAddrContext) -> i32 {
+    sock4::xlate_fwd(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sock4_sendmsg(ctx: SockAddrContext) -> i32 {
+    sock4::xlate_fwd(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn sock4_recvmsg(ctx: SockAddrContext) -> i32 {
+    sock4::xlate_rev(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn sock4_getpeername(ctx: SockAddrContext) -> i32 {
+    sock4::xlate_rev(&ctx)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier proves programs free of panics; this is never reached.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

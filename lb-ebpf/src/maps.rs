@@ -1,0 +1,43 @@
+//! The data path's maps. Names and layouts come from lb-common (the names are
+//! repeated as literals because the attribute needs one; a userspace test checks
+//! that the object's map names equal lb_common::map_names).
+use aya_ebpf::btf_maps::{HashMap, LruHashMap, PerCpuArray};
+use lb_common::{
+    Backend4, Counter, RevNat4Key, RevNat4Value, SockBackend4Key, SockBackend4Value, Svc4Key,
+    Svc4Value, capacity,
+};
+
+/// Frontends (slot 0) and their backend slots (1..=count).
+#[aya_ebpf::macros::btf_map(name = "lb4_svc_v1")]
+pub static SVC4: HashMap<Svc4Key, Svc4Value, { capacity::SVC4 as usize }> = HashMap::new();
+
+/// Backends by id.
+#[aya_ebpf::macros::btf_map(name = "lb4_be_v1")]
+pub static BACKEND4: HashMap<u32, Backend4, { capacity::BACKEND4 as usize }> = HashMap::new();
+
+/// (socket, backend) -> service address, for getpeername() and UDP replies.
+#[aya_ebpf::macros::btf_map(name = "lb4_rnat_v1")]
+pub static REVNAT4: LruHashMap<RevNat4Key, RevNat4Value, { capacity::REVNAT4 as usize }> =
+    LruHashMap::new();
+
+/// (UDP socket, service) -> chosen backend, so one socket sticks to one backend.
+#[aya_ebpf::macros::btf_map(name = "lb4_sk_be_v1")]
+pub static SOCK_BACKEND4: LruHashMap<
+    SockBackend4Key,
+    SockBackend4Value,
+    { capacity::SOCK_BACKEND4 as usize },
+> = LruHashMap::new();
+
+/// Per-CPU event counters, indexed by [`Counter`].
+#[aya_ebpf::macros::btf_map(name = "lb_stats_v1")]
+pub static STATS: PerCpuArray<u64, { Counter::COUNT as usize }> = PerCpuArray::new();
+
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(slot) = STATS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot of a preallocated array; only this CPU writes it and
+        // programs are not preempted mid-run by another program on the same CPU
+        // touching the same hook's counters in a way that matters for statistics.
+        unsafe { *slot += 1 };
+    }
+}

@@ -1,0 +1,618 @@
+//! From the programmed state to the desired one in few, well-ordered map writes.
+//!
+//! Ordering rules (a reader looks up slot 0, then one slot in 1..=count, then the
+//! backend):
+//! 1. new backends are written before any slot refers to them;
+//! 2. slots are written before slot 0 raises the count that exposes them;
+//! 3. slot 0 is written before slots beyond the new count are removed;
+//! 4. backends are removed only after no slot refers to them.
+//!
+//! Slots are stable: a backend keeps its slot while it stays, a removed backend's
+//! slot is refilled by an added one or by the last slot's backend, so one changed
+//! endpoint costs a few writes however large the service is.
+use std::collections::{HashMap, HashSet};
+
+use lb_common::{Backend4, Svc4Key, Svc4Value, SvcAction};
+
+use super::{
+    DatapathError, ServiceMaps,
+    desired::{BackendKey, DesiredFrontend, DesiredState, FrontendKey},
+    ip_from_map, ip_to_map, port_from_map, port_to_map,
+};
+
+/// One write to the maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapOp {
+    PutBackend { id: u32, backend: Backend4 },
+    DeleteBackend { id: u32 },
+    PutSvc { key: Svc4Key, value: Svc4Value },
+    DeleteSvc { key: Svc4Key },
+}
+
+/// A frontend as it is in the maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgrammedFrontend {
+    /// Slot 0.
+    pub service: Svc4Value,
+    /// Backend ids of slots 1..=count (index 0 is slot 1).
+    pub slots: Vec<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct BackendEntry {
+    id: u32,
+    /// Number of slots (over all frontends) that refer to it.
+    refs: u32,
+}
+
+/// Capacities the diff must stay within.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    pub svc_entries: usize,
+    pub backends: usize,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Self {
+            svc_entries: lb_common::capacity::SVC4 as usize,
+            backends: lb_common::capacity::BACKEND4 as usize,
+        }
+    }
+}
+
+/// Mirror of what the maps hold, kept by the agent so a sync needs no map reads.
+#[derive(Clone, Debug, Default)]
+pub struct ProgrammedState {
+    frontends: HashMap<FrontendKey, ProgrammedFrontend>,
+    backends: HashMap<BackendKey, BackendEntry>,
+    backend_keys: HashMap<u32, BackendKey>,
+    next_backend_id: u32,
+    svc_entries: usize,
+    capacity: Capacity,
+}
+
+/// What a sync did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncStats {
+    pub ops: usize,
+    pub frontends_changed: usize,
+    /// Frontends left as they were because the maps are full.
+    pub skipped_full: Vec<FrontendKey>,
+}
+
+impl ProgrammedState {
+    pub fn with_capacity(capacity: Capacity) -> Self {
+        Self { capacity, next_backend_id: 1, ..Default::default() }
+    }
+
+    pub fn frontends(&self) -> &HashMap<FrontendKey, ProgrammedFrontend> {
+        &self.frontends
+    }
+
+    pub fn backend_count(&self) -> usize {
+        self.backends.len()
+    }
+
+    pub fn svc_entries(&self) -> usize {
+        self.svc_entries
+    }
+
+    pub fn backend(&self, id: u32) -> Option<BackendKey> {
+        self.backend_keys.get(&id).copied()
+    }
+
+    /// Rebuilds the mirror from the maps (a restarted agent adopting the pinned maps).
+    /// Returns the state and the ops that remove what no reader can reach: slots
+    /// beyond a count or of missing frontends, unreferenced or duplicated backends.
+    /// A frontend with a missing slot is adopted with no slots, so the next sync
+    /// rewrites it whole.
+    pub fn adopt(
+        maps: &dyn ServiceMaps,
+        capacity: Capacity,
+    ) -> Result<(Self, Vec<MapOp>), DatapathError> {
+        let mut state = Self::with_capacity(capacity);
+        let entries: HashMap<Svc4Key, Svc4Value> = maps.dump_services()?.into_iter().collect();
+        let mut backends = maps.dump_backends()?;
+        backends.sort_by_key(|(id, _)| *id);
+
+        // Canonical id per backend: the lowest; a duplicate id is dropped.
+        let mut dropped_backends = Vec::new();
+        for (id, be) in &backends {
+            let key = BackendKey {
+                addr: std::net::SocketAddrV4::new(ip_from_map(be.address), port_from_map(be.port)),
+                proto: be.proto,
+            };
+            if *id == 0 || state.backends.contains_key(&key) {
+                dropped_backends.push(*id);
+                continue;
+            }
+            state.backends.insert(key, BackendEntry { id: *id, refs: 0 });
+            state.backend_keys.insert(*id, key);
+        }
+
+        let mut reachable: HashSet<Svc4Key> = HashSet::new();
+        for (key, value) in entries.iter().filter(|(k, _)| k.backend_slot == 0) {
+            reachable.insert(*key);
+            let slots: Option<Vec<u32>> = (1..=value.count)
+                .map(|slot| {
+                    entries
+                        .get(&key.with_slot(slot))
+                        .map(|s| s.backend_id)
+                        .filter(|id| state.backend_keys.contains_key(id))
+                })
+                .collect();
+            let (service, slots) = match slots {
+                Some(slots) => {
+                    reachable.extend((1..=value.count).map(|slot| key.with_slot(slot)));
+                    (*value, slots)
+                }
+                None => (Svc4Value { count: 0, ..*value }, Vec::new()),
+            };
+            for id in &slots {
+                if let Some(entry) = state.backend_keys.get(id).and_then(|k| state.backends.get_mut(k)) {
+                    entry.refs += 1;
+                }
+            }
+            state.svc_entries += 1 + slots.len();
+            let fkey = FrontendKey {
+                ip: ip_from_map(key.address),
+                port: port_from_map(key.dport),
+                proto: key.proto,
+            };
+            state.frontends.insert(fkey, ProgrammedFrontend { service, slots });
+        }
+
+        let mut cleanup: Vec<MapOp> = entries
+            .keys()
+            .filter(|k| !reachable.contains(*k))
+            .map(|key| MapOp::DeleteSvc { key: *key })
+            .collect();
+        let unreferenced: Vec<u32> = state
+            .backends
+            .values()
+            .filter(|e| e.refs == 0)
+            .map(|e| e.id)
+            .collect();
+        for id in unreferenced {
+            if let Some(key) = state.backend_keys.remove(&id) {
+                state.backends.remove(&key);
+            }
+            dropped_backends.push(id);
+        }
+        // Backends go after the slots that might still name them.
+        cleanup.extend(dropped_backends.into_iter().map(|id| MapOp::DeleteBackend { id }));
+        let max_id = backends.iter().map(|(id, _)| *id).max().unwrap_or(0);
+        state.next_backend_id = max_id.wrapping_add(1).max(1);
+        Ok((state, cleanup))
+    }
+
+    /// Computes the ops that turn the programmed state into `desired`, updating the
+    /// mirror as if they were applied. Frontends that no longer exist are removed.
+    pub fn sync_all(&mut self, desired: &DesiredState) -> (Vec<MapOp>, SyncStats) {
+        let mut keys: Vec<FrontendKey> =
+            self.frontends.keys().chain(desired.frontends.keys()).copied().collect();
+        keys.sort();
+        keys.dedup();
+        self.sync_keys(desired, &keys)
+    }
+
+    /// Like [`Self::sync_all`] for the given frontends only (an incremental update).
+    pub fn sync_keys(&mut self, desired: &DesiredState, keys: &[FrontendKey]) -> (Vec<MapOp>, SyncStats) {
+        let mut ops = Vec::new();
+        let mut released = Vec::new();
+        let mut stats = SyncStats::default();
+        // Removals first: they free room for additions in full maps.
+        let (removals, updates): (Vec<&FrontendKey>, Vec<&FrontendKey>) =
+            keys.iter().partition(|k| !desired.frontends.contains_key(*k));
+        for key in removals.into_iter().chain(updates) {
+            let before = ops.len();
+            match self.sync_frontend(*key, desired.frontends.get(key), &mut ops, &mut released) {
+                Ok(()) => {}
+                Err(Full) => stats.skipped_full.push(*key),
+            }
+            if ops.len() > before {
+                stats.frontends_changed += 1;
+            }
+        }
+        for id in released {
+            // Released earlier in this batch but taken again by another frontend?
+            let still_used = self.backend_keys.get(&id).and_then(|k| self.backends.get(k)).is_some_and(|e| e.refs > 0);
+            if !still_used {
+                if let Some(key) = self.backend_keys.remove(&id) {
+                    self.backends.remove(&key);
+                }
+                ops.push(MapOp::DeleteBackend { id });
+            }
+        }
+        stats.ops = ops.len();
+        (ops, stats)
+    }
+
+    fn sync_frontend(
+        &mut self,
+        key: FrontendKey,
+        desired: Option<&DesiredFrontend>,
+        ops: &mut Vec<MapOp>,
+        released: &mut Vec<u32>,
+    ) -> Result<(), Full> {
+        let svc_key = Svc4Key::new(ip_to_map(key.ip), port_to_map(key.port), key.proto, 0);
+        let Some(desired) = desired else {
+            if let Some(old) = self.frontends.remove(&key) {
+                // Slot 0 first: new readers stop at once; then the slots.
+                ops.push(MapOp::DeleteSvc { key: svc_key });
+                for (i, id) in old.slots.iter().enumerate() {
+                    ops.push(MapOp::DeleteSvc { key: svc_key.with_slot(slot_number(i)) });
+                    self.release(*id, released);
+                }
+                self.svc_entries -= 1 + old.slots.len();
+            }
+            return Ok(());
+        };
+
+        let wanted: &[BackendKey] = match desired.action {
+            SvcAction::Forward => &desired.backends[..desired.backends.len().min(u16::MAX as usize)],
+            SvcAction::Reject | SvcAction::Drop => &[],
+        };
+        let old = self.frontends.get(&key).cloned();
+        let old_slots: &[u32] = old.as_ref().map_or(&[], |o| &o.slots);
+
+        // Room check before touching anything: entries added and new backends.
+        let new_entries = (1 + wanted.len()).saturating_sub(old.as_ref().map_or(0, |o| 1 + o.slots.len()));
+        let new_backends = wanted.iter().filter(|b| !self.backends.contains_key(b)).count();
+        if self.svc_entries + new_entries > self.capacity.svc_entries
+            || self.backends.len() + new_backends > self.capacity.backends
+        {
+            return Err(Full);
+        }
+
+        let new_count = wanted.len();
+        let wanted_set: HashSet<BackendKey> = wanted.iter().copied().collect();
+        let mut slots: Vec<Option<u32>> = old_slots.iter().map(|id| Some(*id)).collect();
+        slots.resize(new_count.max(slots.len()), None);
+
+        // Which wanted backends already sit in a slot that survives (1..=new_count)?
+        let mut placed: HashSet<BackendKey> = HashSet::new();
+        for slot in slots.iter_mut().take(new_count) {
+            let keep = slot
+                .and_then(|id| self.backend_keys.get(&id).copied())
+                .filter(|b| wanted_set.contains(b) && !placed.contains(b));
+            match keep {
+                Some(b) => {
+                    placed.insert(b);
+                }
+                None => *slot = None,
+            }
+        }
+        let mut needed = wanted.iter().filter(|b| !placed.contains(b));
+
+        // Rule 1: backends before the slots that refer to them.
+        let mut slot_writes = Vec::new();
+        for (i, slot) in slots.iter_mut().take(new_count).enumerate() {
+            if slot.is_some() {
+                continue;
+            }
+            let Some(backend) = needed.next() else { break };
+            let id = self.acquire(*backend, ops);
+            *slot = Some(id);
+            slot_writes.push(MapOp::PutSvc { key: svc_key.with_slot(slot_number(i)), value: Svc4Value::slot(id) });
+        }
+        // Release what left the surviving slots (and everything beyond the new count).
+        for (i, old_id) in old_slots.iter().enumerate() {
+            let survives = i < new_count && slots[i] == Some(*old_id);
+            if !survives {
+                self.release(*old_id, released);
+            }
+        }
+        // Rule 2: slots before the count that exposes them.
+        ops.extend(slot_writes);
+        let service = Svc4Value::service(desired.action, new_count as u16, desired.affinity_timeout_s, desired.flags);
+        if old.as_ref().map(|o| o.service) != Some(service) {
+            ops.push(MapOp::PutSvc { key: svc_key, value: service });
+        }
+        // Rule 3: slots beyond the new count go after the count dropped.
+        for i in new_count..old_slots.len() {
+            ops.push(MapOp::DeleteSvc { key: svc_key.with_slot(slot_number(i)) });
+        }
+        slots.truncate(new_count);
+        let slots: Vec<u32> = slots.into_iter().flatten().collect();
+        self.svc_entries = self.svc_entries + 1 + slots.len() - old.as_ref().map_or(0, |o| 1 + o.slots.len());
+        self.frontends.insert(key, ProgrammedFrontend { service, slots });
+        Ok(())
+    }
+
+    fn acquire(&mut self, backend: BackendKey, ops: &mut Vec<MapOp>) -> u32 {
+        if let Some(entry) = self.backends.get_mut(&backend) {
+            entry.refs += 1;
+            return entry.id;
+        }
+        let id = self.allocate_id();
+        self.backends.insert(backend, BackendEntry { id, refs: 1 });
+        self.backend_keys.insert(id, backend);
+        ops.push(MapOp::PutBackend {
+            id,
+            backend: Backend4 {
+                address: ip_to_map(*backend.addr.ip()),
+                port: port_to_map(backend.addr.port()),
+                proto: backend.proto,
+                flags: 0,
+            },
+        });
+        id
+    }
+
+    fn release(&mut self, id: u32, released: &mut Vec<u32>) {
+        if let Some(entry) = self.backend_keys.get(&id).and_then(|k| self.backends.get_mut(k)) {
+            entry.refs = entry.refs.saturating_sub(1);
+            if entry.refs == 0 {
+                released.push(id);
+            }
+        }
+    }
+
+    /// Ids are not reused while free ones remain ahead: a UDP socket's remembered
+    /// backend id then never silently names another backend.
+    fn allocate_id(&mut self) -> u32 {
+        loop {
+            let id = self.next_backend_id;
+            self.next_backend_id = self.next_backend_id.wrapping_add(1).max(1);
+            if id != 0 && !self.backend_keys.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+}
+
+/// The maps have no room for this frontend's new entries.
+struct Full;
+
+fn slot_number(index: usize) -> u16 {
+    // Slots are bounded by u16::MAX backends per frontend (see sync_frontend).
+    u16::try_from(index + 1).unwrap_or(u16::MAX)
+}
+
+/// Applies ops in order; stops at the first failure (the caller re-adopts the maps).
+pub fn apply_ops(maps: &mut dyn ServiceMaps, ops: &[MapOp]) -> Result<(), DatapathError> {
+    for op in ops {
+        maps.apply(op)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    use lb_common::{IPPROTO_TCP, IPPROTO_UDP, SVC_FLAG_WILDCARD};
+
+    use super::*;
+    use crate::datapath::memory::MemoryMaps;
+
+    fn be(last: u8, port: u16) -> BackendKey {
+        BackendKey { addr: SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, last), port), proto: IPPROTO_TCP }
+    }
+
+    fn fe(last: u8, port: u16) -> FrontendKey {
+        FrontendKey { ip: Ipv4Addr::new(10, 96, 0, last), port, proto: IPPROTO_TCP }
+    }
+
+    fn forward(backends: &[BackendKey]) -> DesiredFrontend {
+        let mut backends = backends.to_vec();
+        backends.sort();
+        DesiredFrontend { action: SvcAction::Forward, backends, affinity_timeout_s: 0, flags: 0 }
+    }
+
+    fn reject() -> DesiredFrontend {
+        DesiredFrontend { action: SvcAction::Reject, backends: vec![], affinity_timeout_s: 0, flags: 0 }
+    }
+
+    fn desired(entries: &[(FrontendKey, DesiredFrontend)]) -> DesiredState {
+        DesiredState { frontends: entries.iter().cloned().collect() }
+    }
+
+    /// Applies ops one at a time, checking the reader invariant after each.
+    fn apply_checked(maps: &mut MemoryMaps, ops: &[MapOp]) {
+        for op in ops {
+            maps.apply(op).unwrap();
+            if let Err(e) = maps.reader_view() {
+                panic!("after {op:?} a reader would see a half-written service: {e}");
+            }
+        }
+    }
+
+    /// The maps hold exactly the desired state.
+    fn assert_maps_match(maps: &MemoryMaps, want: &DesiredState) {
+        let (adopted, cleanup) = ProgrammedState::adopt(maps, Capacity::default()).unwrap();
+        assert!(cleanup.is_empty(), "maps hold unreachable entries: {cleanup:?}");
+        let mut got: Vec<(FrontendKey, SvcAction, Vec<BackendKey>)> = adopted
+            .frontends()
+            .iter()
+            .map(|(k, f)| {
+                let mut b: Vec<BackendKey> = f.slots.iter().map(|id| adopted.backend(*id).unwrap()).collect();
+                b.sort();
+                (*k, SvcAction::from_u8(f.service.action).unwrap(), b)
+            })
+            .collect();
+        got.sort_by_key(|g| g.0);
+        let mut expected: Vec<_> = want.frontends.iter().map(|(k, d)| (*k, d.action, d.backends.clone())).collect();
+        expected.sort_by_key(|e| e.0);
+        assert_eq!(got, expected);
+        // No orphan backends.
+        assert_eq!(adopted.backend_count(), maps.backends.len());
+    }
+
+    fn sync(state: &mut ProgrammedState, maps: &mut MemoryMaps, want: &DesiredState) -> SyncStats {
+        let (ops, stats) = state.sync_all(want);
+        apply_checked(maps, &ops);
+        assert_maps_match(maps, want);
+        stats
+    }
+
+    #[test]
+    fn cold_program_then_noop() {
+        let mut st = ProgrammedState::with_capacity(Capacity::default());
+        let mut maps = MemoryMaps::default();
+        let want = desired(&[(fe(10, 80), forward(&[be(1, 8080), be(2, 8080), be(3, 8080)])), (FrontendKey::wildcard(Ipv4Addr::new(10, 96, 0, 10)), reject())]);
+        let stats = sync(&mut st, &mut maps, &want);
+        // 3 backends + 3 slots + slot 0 + wildcard
+        assert_eq!(stats.ops, 8);
+        let stats = sync(&mut st, &mut maps, &want);
+        assert_eq!(stats.ops, 0, "an unchanged state writes nothing");
+    }
+
+    #[test]
+    fn one_endpoint_change_is_a_few_writes_at_any_size() {
+        for n in [3u8, 50, 200] {
+            let mut st = ProgrammedState::with_capacity(Capacity::default());
+            let mut maps = MemoryMaps::default();
+            let all: Vec<BackendKey> = (1..=n).map(|i| be(i, 8080)).collect();
+            sync(&mut st, &mut maps, &desired(&[(fe(10, 80), forward(&all))]));
+
+            // Remove one in the middle: move the last into its slot, lower the count,
+            // delete the last slot, delete the backend.
+            let mut fewer = all.clone();
+            fewer.remove(1);
+            let stats = sync(&mut st, &mut maps, &desired(&[(fe(10, 80), forward(&fewer))]));
+            assert_eq!(stats.ops, 4, "n={n}");
+
+            // Add one: backend, slot, count.
+            let mut more = fewer.clone();
+            more.push(be(250, 9090));
+            let stats = sync(&mut st, &mut maps, &desired(&[(fe(10, 80), forward(&more))]));
+            assert_eq!(stats.ops, 3, "n={n}");
+
+            // Replace one: backend, slot overwrite, old backend deleted; count unchanged.
+            let mut replaced = more.clone();
+            replaced[0] = be(251, 9090);
+            let stats = sync(&mut st, &mut maps, &desired(&[(fe(10, 80), forward(&replaced))]));
+            assert_eq!(stats.ops, 3, "n={n}");
+        }
+    }
+
+    #[test]
+    fn backends_shared_between_frontends_are_refcounted() {
+        let mut st = ProgrammedState::with_capacity(Capacity::default());
+        let mut maps = MemoryMaps::default();
+        let shared = be(1, 53);
+        let a = fe(10, 53);
+        let b = fe(11, 53);
+        sync(&mut st, &mut maps, &desired(&[(a, forward(&[shared])), (b, forward(&[shared, be(2, 53)]))]));
+        assert_eq!(maps.backends.len(), 2);
+        // Removing frontend a keeps the shared backend for b.
+        sync(&mut st, &mut maps, &desired(&[(b, forward(&[shared, be(2, 53)]))]));
+        assert_eq!(maps.backends.len(), 2);
+        // Moving the backend from one frontend to another in one batch keeps its id.
+        let id_before = *maps.backends.keys().next().unwrap();
+        sync(&mut st, &mut maps, &desired(&[(a, forward(&[shared]))]));
+        assert!(maps.backends.contains_key(&id_before));
+        assert_eq!(maps.backends.len(), 1);
+    }
+
+    #[test]
+    fn forward_to_reject_and_back() {
+        let mut st = ProgrammedState::with_capacity(Capacity::default());
+        let mut maps = MemoryMaps::default();
+        let key = fe(10, 80);
+        sync(&mut st, &mut maps, &desired(&[(key, forward(&[be(1, 80), be(2, 80)]))]));
+        sync(&mut st, &mut maps, &desired(&[(key, reject())]));
+        assert!(maps.backends.is_empty());
+        sync(&mut st, &mut maps, &desired(&[(key, forward(&[be(3, 80)]))]));
+        sync(&mut st, &mut maps, &desired(&[]));
+        assert!(maps.services.is_empty() && maps.backends.is_empty());
+    }
+
+    #[test]
+    fn random_changes_keep_invariants() {
+        // A deterministic pseudo-random walk over backend sets of several frontends.
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut st = ProgrammedState::with_capacity(Capacity::default());
+        let mut maps = MemoryMaps::default();
+        for _round in 0..300 {
+            let mut entries = Vec::new();
+            for f in 0..4u8 {
+                let roll = next() % 10;
+                let key = FrontendKey { ip: Ipv4Addr::new(10, 96, 1, f), port: 80, proto: if f % 2 == 0 { IPPROTO_TCP } else { IPPROTO_UDP } };
+                if roll == 0 {
+                    continue; // frontend absent
+                }
+                if roll == 1 {
+                    entries.push((key, reject()));
+                    continue;
+                }
+                let n = next() % 12;
+                let backends: Vec<BackendKey> = (0..n)
+                    .map(|_| BackendKey { addr: SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, (next() % 16) as u8), 8080), proto: key.proto })
+                    .collect::<HashSet<_>>()
+                    .into_iter()
+                    .collect();
+                entries.push((key, if backends.is_empty() { reject() } else { forward(&backends) }));
+            }
+            sync(&mut st, &mut maps, &desired(&entries));
+        }
+    }
+
+    #[test]
+    fn full_maps_skip_only_what_does_not_fit() {
+        let cap = Capacity { svc_entries: 5, backends: 3 };
+        let mut st = ProgrammedState::with_capacity(cap);
+        let mut maps = MemoryMaps::default();
+        let small = fe(10, 80);
+        let big = fe(11, 80);
+        let want = desired(&[(small, forward(&[be(1, 80), be(2, 80)])), (big, forward(&[be(3, 80), be(4, 80), be(5, 80)]))]);
+        let (ops, stats) = st.sync_all(&want);
+        apply_checked(&mut maps, &ops);
+        assert_eq!(stats.skipped_full, vec![big]);
+        // The one that fit is fully served.
+        assert_eq!(maps.services.get(&Svc4Key::new(ip_to_map(small.ip), port_to_map(80), IPPROTO_TCP, 0)).unwrap().count, 2);
+        assert!(maps.reader_view().is_ok());
+    }
+
+    #[test]
+    fn adopt_restores_state_and_cleans_strays() {
+        let mut st = ProgrammedState::with_capacity(Capacity::default());
+        let mut maps = MemoryMaps::default();
+        let want = desired(&[(fe(10, 80), forward(&[be(1, 80), be(2, 80)])), (FrontendKey::wildcard(Ipv4Addr::new(10, 96, 0, 10)), DesiredFrontend { flags: SVC_FLAG_WILDCARD, ..reject() })]);
+        sync(&mut st, &mut maps, &want);
+        // Strays: a slot beyond the count and an unreferenced backend.
+        let stray_slot = Svc4Key::new(ip_to_map(fe(10, 80).ip), port_to_map(80), IPPROTO_TCP, 7);
+        maps.services.insert(stray_slot, Svc4Value::slot(1));
+        maps.backends.insert(999, Backend4 { address: 1, port: 2, proto: IPPROTO_TCP, flags: 0 });
+        let (mut adopted, cleanup) = ProgrammedState::adopt(&maps, Capacity::default()).unwrap();
+        assert_eq!(cleanup, vec![MapOp::DeleteSvc { key: stray_slot }, MapOp::DeleteBackend { id: 999 }]);
+        apply_checked(&mut maps, &cleanup);
+        // The adopted mirror needs no writes for the same desired state.
+        let (ops, _) = adopted.sync_all(&want);
+        assert!(ops.is_empty(), "{ops:?}");
+        // New ids continue after the highest seen.
+        let (ops, _) = adopted.sync_all(&desired(&[(fe(10, 80), forward(&[be(1, 80), be(2, 80), be(9, 80)]))]));
+        assert!(ops.iter().any(|op| matches!(op, MapOp::PutBackend { id, .. } if *id == 1000)));
+    }
+
+    #[test]
+    fn adopt_handles_missing_slots_and_duplicate_backends() {
+        let mut maps = MemoryMaps::default();
+        let key = Svc4Key::new(ip_to_map(Ipv4Addr::new(10, 96, 0, 10)), port_to_map(80), IPPROTO_TCP, 0);
+        let b = Backend4 { address: ip_to_map(Ipv4Addr::new(10, 244, 0, 1)), port: port_to_map(80), proto: IPPROTO_TCP, flags: 0 };
+        maps.backends.insert(1, b);
+        maps.backends.insert(2, b); // the same backend twice
+        maps.services.insert(key, Svc4Value::service(SvcAction::Forward, 2, 0, 0));
+        maps.services.insert(key.with_slot(1), Svc4Value::slot(1)); // slot 2 missing
+        let (mut st, cleanup) = ProgrammedState::adopt(&maps, Capacity::default()).unwrap();
+        apply_checked(&mut maps, &[]);
+        for op in &cleanup {
+            maps.apply(op).unwrap();
+        }
+        let want = desired(&[(fe(10, 80), forward(&[be(1, 80), be(2, 80)]))]);
+        let (ops, _) = st.sync_all(&want);
+        for op in &ops {
+            maps.apply(op).unwrap();
+        }
+        assert_maps_match(&maps, &want);
+    }
+}

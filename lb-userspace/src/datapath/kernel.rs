@@ -1,0 +1,388 @@
+//! The real data path: loading the programs, pinning maps and links under bpffs,
+//! attaching to a cgroup, adopting what a previous agent left, and removing it all.
+//!
+//! Pin directory layout (`--bpffs`, default /sys/fs/bpf/socklb):
+//! - one pin per map, named as the map (`lb4_svc_v1`, ...);
+//! - one pin per attached program link (`link_connect4`, ...): the links keep the
+//!   programs attached while no agent runs, which is what makes restarts hitless.
+use std::{
+    fs,
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr,
+        links::{FdLink, PinnedLink},
+    },
+};
+use lb_common::{Backend4, Counter, Svc4Key, Svc4Value, map_names};
+use tracing::{debug, info, warn};
+
+use super::{DatapathError, MapOp, ServiceMaps};
+
+/// The kernel programs, built by build.rs.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+/// Socket hooks: (program function name, link pin name).
+pub const SOCKET_HOOKS: [(&str, &str); 4] = [
+    ("sock4_connect", "link_connect4"),
+    ("sock4_sendmsg", "link_sendmsg4"),
+    ("sock4_recvmsg", "link_recvmsg4"),
+    ("sock4_getpeername", "link_getpeername4"),
+];
+
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/socklb";
+
+/// Handles on the pinned service and backend maps.
+pub struct KernelMaps {
+    svc: BpfHashMap<MapData, Svc4Key, Svc4Value>,
+    backends: BpfHashMap<MapData, u32, Backend4>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+fn map_err(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> DatapathError {
+    move |source| DatapathError::Map { map, op, source }
+}
+
+impl KernelMaps {
+    /// Opens the maps pinned in `pin_dir` (for inspection, or by an agent that only
+    /// reconciles).
+    pub fn open_pinned(pin_dir: &Path) -> Result<Self, DatapathError> {
+        let open = |name: &'static str| -> Result<Map, DatapathError> {
+            let data = MapData::from_pin(pin_dir.join(name)).map_err(map_err(name, "open pin"))?;
+            Map::from_map_data(data).map_err(map_err(name, "open pin"))
+        };
+        Ok(Self {
+            svc: BpfHashMap::try_from(open(map_names::SVC4)?).map_err(map_err(map_names::SVC4, "open"))?,
+            backends: BpfHashMap::try_from(open(map_names::BACKEND4)?)
+                .map_err(map_err(map_names::BACKEND4, "open"))?,
+            stats: PerCpuArray::try_from(open(map_names::STATS)?).map_err(map_err(map_names::STATS, "open"))?,
+        })
+    }
+
+    fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
+        let mut take = |name: &'static str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| DatapathError::Inconsistent(format!("the eBPF object has no map {name}")))
+        };
+        Ok(Self {
+            svc: BpfHashMap::try_from(take(map_names::SVC4)?).map_err(map_err(map_names::SVC4, "open"))?,
+            backends: BpfHashMap::try_from(take(map_names::BACKEND4)?)
+                .map_err(map_err(map_names::BACKEND4, "open"))?,
+            stats: PerCpuArray::try_from(take(map_names::STATS)?).map_err(map_err(map_names::STATS, "open"))?,
+        })
+    }
+
+    /// Counters summed over CPUs, in [`Counter::ALL`] order.
+    pub fn counters(&self) -> Result<Vec<(Counter, u64)>, DatapathError> {
+        Counter::ALL
+            .iter()
+            .map(|c| {
+                let per_cpu = self.stats.get(&(*c as u32), 0).map_err(map_err(map_names::STATS, "read"))?;
+                Ok((*c, per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+}
+
+impl ServiceMaps for KernelMaps {
+    fn apply(&mut self, op: &MapOp) -> Result<(), DatapathError> {
+        match op {
+            MapOp::PutBackend { id, backend } => {
+                self.backends.insert(id, backend, 0).map_err(map_err(map_names::BACKEND4, "update"))
+            }
+            MapOp::DeleteBackend { id } => ignore_missing(self.backends.remove(id))
+                .map_err(map_err(map_names::BACKEND4, "delete")),
+            MapOp::PutSvc { key, value } => {
+                self.svc.insert(key, value, 0).map_err(map_err(map_names::SVC4, "update"))
+            }
+            MapOp::DeleteSvc { key } => {
+                ignore_missing(self.svc.remove(key)).map_err(map_err(map_names::SVC4, "delete"))
+            }
+        }
+    }
+
+    fn dump_services(&self) -> Result<Vec<(Svc4Key, Svc4Value)>, DatapathError> {
+        self.svc.iter().collect::<Result<_, _>>().map_err(map_err(map_names::SVC4, "dump"))
+    }
+
+    fn dump_backends(&self) -> Result<Vec<(u32, Backend4)>, DatapathError> {
+        self.backends.iter().collect::<Result<_, _>>().map_err(map_err(map_names::BACKEND4, "dump"))
+    }
+}
+
+/// A delete of an entry that is already gone has reached its goal.
+fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
+/// Loads the programs with their maps pinned in `pin_dir` (reusing maps a previous
+/// agent pinned there), attaches them to `cgroup` and pins the links.
+///
+/// Hitless: when links of an earlier agent exist, the new programs are attached
+/// first and the old links removed after; while both are attached the second
+/// program sees an already translated address and leaves it alone.
+pub fn install(pin_dir: &Path, cgroup: &Path) -> Result<KernelMaps, DatapathError> {
+    raise_memlock_limit();
+    fs::create_dir_all(pin_dir).map_err(|source| DatapathError::Io {
+        what: "creating pin directory",
+        path: pin_dir.to_path_buf(),
+        source,
+    })?;
+    let reused: Vec<&str> = map_names::ALL.iter().copied().filter(|m| pin_dir.join(m).exists()).collect();
+    if !reused.is_empty() {
+        info!(pin_dir = %pin_dir.display(), maps = ?reused, "adopting pinned maps");
+    }
+    let mut loader = EbpfLoader::new();
+    let map_paths: Vec<(&str, PathBuf)> = map_names::ALL.iter().map(|m| (*m, pin_dir.join(m))).collect();
+    for (name, path) in &map_paths {
+        loader.map_pin_path(*name, path.as_path());
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT)?;
+
+    let cgroup_dir = fs::File::open(cgroup).map_err(|source| DatapathError::Io {
+        what: "opening cgroup",
+        path: cgroup.to_path_buf(),
+        source,
+    })?;
+    for (program, link_name) in SOCKET_HOOKS {
+        let prog: &mut CgroupSockAddr = ebpf
+            .program_mut(program)
+            .ok_or_else(|| DatapathError::Inconsistent(format!("the eBPF object has no program {program}")))?
+            .try_into()
+            .map_err(|source| DatapathError::Program { program, source })?;
+        prog.load().map_err(|source| DatapathError::Program { program, source })?;
+        // Links attached through bpf_link_create always allow several programs.
+        let link_id = prog
+            .attach(cgroup_dir.as_fd(), CgroupAttachMode::Single)
+            .map_err(|source| DatapathError::Program { program, source })?;
+        let link = prog.take_link(link_id).map_err(|source| DatapathError::Program { program, source })?;
+        let link = FdLink::try_from(link).map_err(|e| DatapathError::Link {
+            path: pin_dir.join(link_name),
+            message: e.to_string(),
+        })?;
+        replace_link_pin(link, &pin_dir.join(link_name))?;
+        debug!(program, cgroup = %cgroup.display(), "attached");
+    }
+    KernelMaps::from_ebpf(&mut ebpf)
+}
+
+/// Pins `link` at `path`, replacing (and so detaching) a link pinned there before.
+fn replace_link_pin(link: FdLink, path: &Path) -> Result<(), DatapathError> {
+    let staging = path.with_extension("new");
+    remove_pin(&staging)?; // left by an agent that died between these steps
+    let pinned = link.pin(&staging).map_err(|e| DatapathError::Link { path: staging.clone(), message: e.to_string() })?;
+    // The old link loses its last reference (its pin) and detaches; the new one
+    // already runs.
+    remove_pin(path)?;
+    fs::rename(&staging, path).map_err(|source| DatapathError::Io {
+        what: "renaming link pin",
+        path: staging.clone(),
+        source,
+    })?;
+    // Keep no link fd in this process: the pin alone holds the attachment, so
+    // `socklb uninstall` detaches at once even while an agent runs.
+    drop(pinned);
+    Ok(())
+}
+
+fn remove_pin(path: &Path) -> Result<(), DatapathError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(DatapathError::Io { what: "removing pin", path: path.to_path_buf(), source }),
+    }
+}
+
+/// What `uninstall` removed.
+#[derive(Debug, Default)]
+pub struct Removed {
+    pub links: Vec<String>,
+    pub maps: Vec<String>,
+    pub dir_removed: bool,
+}
+
+/// Detaches the programs (by removing their link pins) and removes the pinned maps
+/// and the pin directory. Removing what is already gone is not an error.
+pub fn uninstall(pin_dir: &Path) -> Result<Removed, DatapathError> {
+    let mut removed = Removed::default();
+    if !pin_dir.exists() {
+        return Ok(removed);
+    }
+    for (_, link_name) in SOCKET_HOOKS {
+        for path in [pin_dir.join(link_name), pin_dir.join(link_name).with_extension("new")] {
+            if path.exists() {
+                // Confirm it is a link before removing (a pin of anything else in a
+                // directory we did not create is left alone).
+                match PinnedLink::from_pin(&path) {
+                    Ok(link) => {
+                        drop(link);
+                        remove_pin(&path)?;
+                        removed.links.push(link_name.to_string());
+                    }
+                    Err(e) => warn!(path = %path.display(), error = %e, "not a link pin; left in place"),
+                }
+            }
+        }
+    }
+    for map in map_names::ALL {
+        let path = pin_dir.join(map);
+        if path.exists() {
+            remove_pin(&path)?;
+            removed.maps.push(map.to_string());
+        }
+    }
+    match fs::remove_dir(pin_dir) {
+        Ok(()) => removed.dir_removed = true,
+        Err(e) => warn!(path = %pin_dir.display(), error = %e, "pin directory not removed (not empty?)"),
+    }
+    Ok(removed)
+}
+
+/// Link pins present in `pin_dir`: which hooks are attached (for `status`).
+pub fn attached_hooks(pin_dir: &Path) -> Vec<&'static str> {
+    SOCKET_HOOKS
+        .iter()
+        .filter(|(_, link)| pin_dir.join(link).exists())
+        .map(|(_, link)| link.trim_start_matches("link_"))
+        .collect()
+}
+
+/// A program attached to a cgroup hook, as the kernel reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachedProgram {
+    pub hook: &'static str,
+    pub id: u32,
+    pub name: String,
+}
+
+/// cgroup attach types of the socket hooks (enum bpf_attach_type).
+const HOOK_ATTACH_TYPES: [(&str, u32); 4] =
+    [("connect4", 10), ("sendmsg4", 14), ("recvmsg4", 19), ("getpeername4", 29)];
+
+/// Our programs' names as the kernel keeps them (cut at 15 characters).
+pub fn is_socklb_program(name: &str) -> bool {
+    SOCKET_HOOKS.iter().any(|(prog, _)| prog.get(..prog.len().min(15)) == Some(name))
+}
+
+/// Programs attached to `cgroup` on the socket hooks socklb uses (BPF_PROG_QUERY).
+pub fn attached_programs(cgroup: &Path) -> Result<Vec<AttachedProgram>, DatapathError> {
+    use std::os::fd::AsRawFd as _;
+    let dir = fs::File::open(cgroup).map_err(|source| DatapathError::Io { what: "opening cgroup", path: cgroup.to_path_buf(), source })?;
+    let names: std::collections::HashMap<u32, String> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| (p.id(), p.name_as_str().unwrap_or_default().to_string()))
+        .collect();
+    let mut out = Vec::new();
+    for (hook, attach_type) in HOOK_ATTACH_TYPES {
+        let mut ids = [0u32; 64];
+        // The query part of union bpf_attr (kernel >= 6.6 layout; older kernels read
+        // the prefix they know).
+        #[repr(C)]
+        #[derive(Default)]
+        struct ProgQuery {
+            target_fd: u32,
+            attach_type: u32,
+            query_flags: u32,
+            attach_flags: u32,
+            prog_ids: u64,
+            prog_cnt: u32,
+            pad: u32,
+            prog_attach_flags: u64,
+            link_ids: u64,
+            link_attach_flags: u64,
+            revision: u64,
+        }
+        let mut attr = ProgQuery {
+            target_fd: dir.as_raw_fd() as u32,
+            attach_type,
+            prog_ids: ids.as_mut_ptr() as u64,
+            prog_cnt: ids.len() as u32,
+            ..Default::default()
+        };
+        const BPF_PROG_QUERY: libc::c_long = 16;
+        // SAFETY: attr is a valid, initialised bpf_attr prefix and ids outlives the call.
+        let ret = unsafe {
+            libc::syscall(libc::SYS_bpf, BPF_PROG_QUERY, &mut attr as *mut ProgQuery, std::mem::size_of::<ProgQuery>())
+        };
+        if ret != 0 {
+            return Err(DatapathError::Io { what: "querying cgroup programs", path: cgroup.to_path_buf(), source: std::io::Error::last_os_error() });
+        }
+        for id in ids.iter().take((attr.prog_cnt as usize).min(ids.len())) {
+            out.push(AttachedProgram { hook, id: *id, name: names.get(id).cloned().unwrap_or_default() });
+        }
+    }
+    Ok(out)
+}
+
+/// Memory for maps is charged to the cgroup (kernel >= 5.11); older kernels need a
+/// raised RLIMIT_MEMLOCK. Raising it can fail without CAP_SYS_RESOURCE: not fatal.
+fn raise_memlock_limit() {
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: plain syscall with a valid pointer to a local.
+    let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+    if ret != 0 {
+        debug!("could not raise RLIMIT_MEMLOCK (fine on kernels with memcg accounting)");
+    }
+}
+
+/// The cgroup v2 mount point, from /proc/self/mountinfo.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    parse_cgroup2_root(&mountinfo)
+}
+
+fn parse_cgroup2_root(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        // "<id> <parent> <maj:min> <root> <mount point> <opts> ... - <fstype> <src> <opts>"
+        let (left, right) = line.split_once(" - ")?;
+        let fstype = right.split_whitespace().next()?;
+        let root = left.split_whitespace().nth(3)?;
+        let mount_point = left.split_whitespace().nth(4)?;
+        (fstype == "cgroup2" && root == "/").then(|| PathBuf::from(mount_point))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_mount_in_hybrid_and_unified_layouts() {
+        let hybrid = "25 30 0:22 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
+                      26 25 0:23 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw\n\
+                      27 25 0:24 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
+        assert_eq!(parse_cgroup2_root(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        let unified = "30 1 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(parse_cgroup2_root(unified), Some(PathBuf::from("/sys/fs/cgroup")));
+        // A container's view of a sub-cgroup is not the root.
+        let sub = "30 1 0:26 /kubepods /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(parse_cgroup2_root(sub), None);
+        assert_eq!(parse_cgroup2_root(""), None);
+    }
+
+    #[test]
+    fn object_has_the_programs_and_maps_lb_common_names() {
+        let obj = aya_obj_names();
+        for (program, _) in SOCKET_HOOKS {
+            assert!(obj.0.iter().any(|p| p == program), "program {program} missing in {:?}", obj.0);
+        }
+        for map in map_names::ALL {
+            assert!(obj.1.iter().any(|m| m == map), "map {map} missing in {:?}", obj.1);
+        }
+    }
+
+    /// Program and map names in the embedded object, without loading it.
+    fn aya_obj_names() -> (Vec<String>, Vec<String>) {
+        let obj = aya_obj::Object::parse(EBPF_OBJECT).expect("embedded object parses");
+        (obj.programs.keys().cloned().collect(), obj.maps.keys().cloned().collect())
+    }
+}

@@ -1,0 +1,72 @@
+//! An in-memory twin of the service and backend maps. Unit tests apply the diff's
+//! ops to it one by one and check after every single op what a kernel reader would
+//! see, which is how the ordering rules of `diff` are tested without a kernel.
+use std::collections::BTreeMap;
+
+use lb_common::{Backend4, Svc4Key, Svc4Value, SvcAction};
+
+use super::{DatapathError, MapOp, ServiceMaps};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemoryMaps {
+    pub services: BTreeMap<Svc4Key, Svc4Value>,
+    pub backends: BTreeMap<u32, Backend4>,
+    /// Writes and deletes applied so far.
+    pub ops_applied: usize,
+    /// Fail the op with this index (counting from 0), to test error paths.
+    pub fail_at: Option<usize>,
+}
+
+impl MemoryMaps {
+    /// What a reader sees for every frontend right now: Err if a reader could hit a
+    /// missing slot or backend (a half-written service).
+    pub fn reader_view(&self) -> Result<(), String> {
+        for (key, svc) in self.services.iter().filter(|(k, _)| k.backend_slot == 0) {
+            if SvcAction::from_u8(svc.action) != Some(SvcAction::Forward) {
+                continue;
+            }
+            for slot in 1..=svc.count {
+                let slot_val = self
+                    .services
+                    .get(&key.with_slot(slot))
+                    .ok_or_else(|| format!("{key:?}: slot {slot} of {} missing", svc.count))?;
+                if !self.backends.contains_key(&slot_val.backend_id) {
+                    return Err(format!("{key:?}: slot {slot} names missing backend {}", slot_val.backend_id));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ServiceMaps for MemoryMaps {
+    fn apply(&mut self, op: &MapOp) -> Result<(), DatapathError> {
+        if self.fail_at == Some(self.ops_applied) {
+            return Err(DatapathError::Memory(format!("injected failure at op {}", self.ops_applied)));
+        }
+        match op {
+            MapOp::PutBackend { id, backend } => {
+                self.backends.insert(*id, *backend);
+            }
+            MapOp::DeleteBackend { id } => {
+                self.backends.remove(id);
+            }
+            MapOp::PutSvc { key, value } => {
+                self.services.insert(*key, *value);
+            }
+            MapOp::DeleteSvc { key } => {
+                self.services.remove(key);
+            }
+        }
+        self.ops_applied += 1;
+        Ok(())
+    }
+
+    fn dump_services(&self) -> Result<Vec<(Svc4Key, Svc4Value)>, DatapathError> {
+        Ok(self.services.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn dump_backends(&self) -> Result<Vec<(u32, Backend4)>, DatapathError> {
+        Ok(self.backends.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+}

@@ -1,0 +1,10 @@
+//! socklb: an eBPF Kubernetes service load balancer. This library is the agent's core;
+//! the `socklb` binary (src/main.rs) is its command line.
+
+pub mod agent;
+pub mod datapath;
+pub mod manifests;
+pub mod model;
+pub mod plan;
+pub mod reconcile;
+pub mod status;

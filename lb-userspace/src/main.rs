@@ -1,0 +1,154 @@
+//! `socklb`: the agent and its inspection commands.
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use socklb::{
+    agent::{self, ManifestAgentOptions},
+    datapath::kernel,
+    status,
+};
+use tracing::info;
+
+#[derive(Parser)]
+#[command(name = "socklb", version, about = "eBPF service load balancer for Kubernetes (kube-proxy replacement)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Json,
+    Table,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent: attach the socket hooks and keep the maps in sync.
+    Agent {
+        /// Directory of Service, EndpointSlice and Node manifests (*.yaml, *.yml, *.json).
+        #[arg(long)]
+        manifests: PathBuf,
+        /// This node's name (endpoint nodeName, topology). Default: the host name.
+        #[arg(long, env = "NODE_NAME")]
+        node: Option<String>,
+        /// cgroup v2 directory the socket hooks attach to. Default: the cgroup2 root.
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+        /// Pin directory under bpffs for maps and links.
+        #[arg(long, default_value = kernel::DEFAULT_PIN_DIR)]
+        bpffs: PathBuf,
+        /// How often the manifest directory is checked for changes.
+        #[arg(long, default_value_t = 200)]
+        poll_interval_ms: u64,
+    },
+    /// Print the frontends the agent would program, without touching the kernel.
+    Plan {
+        #[arg(long)]
+        manifests: PathBuf,
+        #[arg(long, env = "NODE_NAME")]
+        node: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Show what the pinned maps hold right now.
+    Status {
+        #[arg(long, default_value = kernel::DEFAULT_PIN_DIR)]
+        bpffs: PathBuf,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Detach the socket hooks and remove the pinned maps and links.
+    Uninstall {
+        /// The cgroup the hooks were attached to: checked afterwards for leftovers.
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+        #[arg(long, default_value = kernel::DEFAULT_PIN_DIR)]
+        bpffs: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Agent { manifests, node, cgroup, bpffs, poll_interval_ms } => {
+            let cgroup = match cgroup {
+                Some(c) => c,
+                None => kernel::cgroup2_root().context("no cgroup2 mount found; pass --cgroup")?,
+            };
+            let opts = ManifestAgentOptions {
+                manifests,
+                node: node_name(node)?,
+                cgroup,
+                pin_dir: bpffs,
+                poll_interval: Duration::from_millis(poll_interval_ms.max(10)),
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(agent::run_manifest_agent(opts, shutdown_signal()))?;
+        }
+        Command::Plan { manifests, node, output } => {
+            let (plan, warnings) = agent::plan_from_dir(&manifests, &node_name(node)?)?;
+            for w in warnings {
+                tracing::warn!("skipped: {w}");
+            }
+            match output {
+                Output::Json => println!("{}", plan.to_json()),
+                Output::Table => print!("{}", plan.render_table()),
+            }
+        }
+        Command::Status { bpffs, output } => {
+            let report = status::read_status(&bpffs)
+                .with_context(|| format!("reading the maps pinned in {}", bpffs.display()))?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Output::Table => print!("{}", report.render_table()),
+            }
+        }
+        Command::Uninstall { cgroup, bpffs } => {
+            let removed = kernel::uninstall(&bpffs)?;
+            info!(links = ?removed.links, maps = ?removed.maps, dir_removed = removed.dir_removed, "uninstalled");
+            if let Some(cgroup) = cgroup {
+                let left: Vec<_> = kernel::attached_programs(&cgroup)?
+                    .into_iter()
+                    .filter(|p| kernel::is_socklb_program(&p.name))
+                    .collect();
+                if !left.is_empty() {
+                    bail!("socklb programs are still attached to {}: {left:?} (attached from another pin directory?)", cgroup.display());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn node_name(flag: Option<String>) -> anyhow::Result<String> {
+    if let Some(n) = flag.filter(|n| !n.is_empty()) {
+        return Ok(n);
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").context("reading the host name")?;
+    Ok(host.trim().to_string())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // Without signal handlers the agent can only be killed; run on.
+            std::future::pending::<()>().await;
+        }
+    }
+}

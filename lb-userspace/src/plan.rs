@@ -1,0 +1,1220 @@
+//! Kubernetes Service semantics, as pure functions: which frontends this node serves and
+//! which backends each one forwards to. The rules follow kube-proxy (pkg/proxy
+//! endpointslicecache.go, topology.go and the nftables/iptables proxiers) so workloads
+//! behave as they do under kube-proxy.
+//!
+//! `frontends_for_service` recomputes one Service, so a change to one Service or one of
+//! its slices costs work proportional to that Service.
+
+use std::{
+    collections::{BTreeMap, HashMap, btree_map::Entry},
+    fmt,
+    net::{Ipv4Addr, SocketAddrV4},
+};
+
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use crate::model::{EndpointModel, NodeModel, Protocol, ServiceModel, SliceModel, TrafficPolicy};
+
+/// How a frontend address is reached. NodePort, LoadBalancer and ExternalIP frontends
+/// come later; match on this enum exhaustively so adding them shows every place to
+/// update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum FrontendKind {
+    ClusterIP,
+}
+
+impl fmt::Display for FrontendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FrontendKind::ClusterIP => "ClusterIP",
+        })
+    }
+}
+
+/// What the data path does with a connection to a frontend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Translate to one of `backends` (never empty).
+    Forward,
+    /// No usable endpoint anywhere: refuse at once (kube-proxy's REJECT).
+    Reject,
+    /// internalTrafficPolicy Local with endpoints elsewhere but none on this node
+    /// (kube-proxy's DROP).
+    Drop,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Forward => "forward",
+            Action::Reject => "reject",
+            Action::Drop => "drop",
+        })
+    }
+}
+
+/// One address:port/protocol this node serves, and what to do with its traffic.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "FrontendJson", from = "FrontendJson")]
+pub struct Frontend {
+    /// "namespace/name" of the Service.
+    pub service: String,
+    /// The Service port's name, "" when unnamed.
+    pub port_name: String,
+    pub protocol: Protocol,
+    pub kind: FrontendKind,
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub action: Action,
+    /// Sorted, without duplicates; empty unless `action` is Forward.
+    pub backends: Vec<SocketAddrV4>,
+    /// ClientIP affinity timeout; 0 when the Service has none.
+    pub affinity_timeout_s: u32,
+}
+
+impl Frontend {
+    pub fn address(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(self.ip, self.port)
+    }
+
+    /// What identifies a frontend in the data path.
+    pub fn key(&self) -> (Ipv4Addr, u16, Protocol) {
+        (self.ip, self.port, self.protocol)
+    }
+}
+
+/// The JSON form of a Frontend (`socklb plan -o json`): address and backends as
+/// "ip:port" strings.
+#[derive(Serialize, Deserialize)]
+struct FrontendJson {
+    service: String,
+    port: String,
+    protocol: Protocol,
+    #[serde(rename = "type")]
+    kind: FrontendKind,
+    address: SocketAddrV4,
+    action: Action,
+    backends: Vec<SocketAddrV4>,
+    affinity_timeout_s: u32,
+}
+
+impl From<Frontend> for FrontendJson {
+    fn from(f: Frontend) -> FrontendJson {
+        FrontendJson {
+            service: f.service,
+            port: f.port_name,
+            protocol: f.protocol,
+            kind: f.kind,
+            address: SocketAddrV4::new(f.ip, f.port),
+            action: f.action,
+            backends: f.backends,
+            affinity_timeout_s: f.affinity_timeout_s,
+        }
+    }
+}
+
+impl From<FrontendJson> for Frontend {
+    fn from(f: FrontendJson) -> Frontend {
+        Frontend {
+            service: f.service,
+            port_name: f.port,
+            protocol: f.protocol,
+            kind: f.kind,
+            ip: *f.address.ip(),
+            port: f.address.port(),
+            action: f.action,
+            backends: f.backends,
+            affinity_timeout_s: f.affinity_timeout_s,
+        }
+    }
+}
+
+/// Everything one node serves.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Plan {
+    pub node: String,
+    /// Sorted by (ip, port, protocol); at most one per (ip, port, protocol).
+    pub frontends: Vec<Frontend>,
+}
+
+impl Plan {
+    /// Pretty JSON (the schema of `socklb plan -o json`).
+    pub fn to_json(&self) -> String {
+        #[allow(
+            clippy::expect_used,
+            reason = "plain structs with string keys always serialize"
+        )]
+        serde_json::to_string_pretty(self).expect("a Plan serializes to JSON")
+    }
+
+    pub fn from_json(json: &str) -> Result<Plan, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    /// An aligned table, one frontend per line.
+    pub fn render_table(&self) -> String {
+        let header = [
+            "SERVICE", "PORT", "PROTO", "TYPE", "ADDRESS", "ACTION", "BACKENDS",
+        ]
+        .map(String::from);
+        let rows: Vec<[String; 7]> = self
+            .frontends
+            .iter()
+            .map(|f| {
+                [
+                    f.service.clone(),
+                    if f.port_name.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        f.port_name.clone()
+                    },
+                    f.protocol.to_string(),
+                    f.kind.to_string(),
+                    f.address().to_string(),
+                    f.action.to_string(),
+                    if f.backends.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        f.backends
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    },
+                ]
+            })
+            .collect();
+        let mut widths = header.clone().map(|h| h.len());
+        for row in &rows {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for row in std::iter::once(&header).chain(&rows) {
+            let mut line = String::new();
+            for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
+                if i + 1 == row.len() {
+                    line.push_str(cell);
+                } else {
+                    line.push_str(&format!("{cell:<width$}  "));
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// The frontends of one Service on `node`, sorted by (ip, port, protocol). `slices` are
+/// the Service's EndpointSlices (others are ignored), in any order.
+pub fn frontends_for_service(
+    svc: &ServiceModel,
+    slices: &[&SliceModel],
+    node: &NodeModel,
+) -> Vec<Frontend> {
+    let mut own_slices: Vec<&SliceModel> = slices
+        .iter()
+        .copied()
+        .filter(|slice| slice.service_key() == svc.key())
+        .collect();
+    // Name order makes the choice between duplicate endpoints independent of the order
+    // the slices arrived in.
+    own_slices.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let mut frontends = Vec::with_capacity(svc.ports.len() * svc.cluster_ips.len());
+    for port in &svc.ports {
+        let endpoints = endpoints_for_port(&own_slices, &port.name, port.protocol);
+        let (action, backends) = internal_traffic(svc.internal_traffic_policy, &endpoints, node);
+        for ip in &svc.cluster_ips {
+            frontends.push(Frontend {
+                service: svc.display_name(),
+                port_name: port.name.clone(),
+                protocol: port.protocol,
+                kind: FrontendKind::ClusterIP,
+                ip: *ip,
+                port: port.port,
+                action,
+                backends: backends.clone(),
+                affinity_timeout_s: svc.session_affinity_timeout_s,
+            });
+        }
+    }
+    frontends.sort_by(frontend_order);
+    frontends
+}
+
+/// The plan of `node`: every Service's frontends, slices joined to Services by
+/// (namespace, service name). Slices of a Service that is absent yield nothing.
+pub fn compute_plan(services: &[ServiceModel], slices: &[SliceModel], node: &NodeModel) -> Plan {
+    let mut slices_by_service: HashMap<(&str, &str), Vec<&SliceModel>> = HashMap::new();
+    for slice in slices {
+        slices_by_service
+            .entry(slice.service_key())
+            .or_default()
+            .push(slice);
+    }
+    let mut frontends: Vec<Frontend> = services
+        .iter()
+        .flat_map(|svc| {
+            let own = slices_by_service
+                .get(&svc.key())
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            frontends_for_service(svc, own, node)
+        })
+        .collect();
+    frontends.sort_by(frontend_order);
+    // The API server never gives two Services one address, but hand-written manifests
+    // can; the data path holds one entry per address, so keep the first by service name.
+    frontends.dedup_by(|later, kept| {
+        let conflict = later.key() == kept.key();
+        if conflict {
+            warn!(
+                address = %later.address(), protocol = %later.protocol, kept = %kept.service,
+                dropped = %later.service, "two services claim one frontend; keeping the first"
+            );
+        }
+        conflict
+    });
+    Plan {
+        node: node.name.clone(),
+        frontends,
+    }
+}
+
+/// (ip, port, protocol), then service and port name so the order is total.
+fn frontend_order(a: &Frontend, b: &Frontend) -> std::cmp::Ordering {
+    (a.key(), &a.service, &a.port_name).cmp(&(b.key(), &b.service, &b.port_name))
+}
+
+/// The endpoints of one Service port: endpoints of slices whose ports[] has an entry of
+/// that name and protocol, at that entry's port, one per (address, port).
+fn endpoints_for_port<'a>(
+    slices: &[&'a SliceModel],
+    port_name: &str,
+    protocol: Protocol,
+) -> BTreeMap<SocketAddrV4, &'a EndpointModel> {
+    let mut endpoints: BTreeMap<SocketAddrV4, &EndpointModel> = BTreeMap::new();
+    for slice in slices {
+        for slice_port in slice
+            .ports
+            .iter()
+            .filter(|p| p.name == port_name && p.protocol == protocol)
+        {
+            for endpoint in &slice.endpoints {
+                match endpoints.entry(SocketAddrV4::new(endpoint.address, slice_port.port)) {
+                    Entry::Vacant(entry) => {
+                        entry.insert(endpoint);
+                    }
+                    // An endpoint moving between slices, or a pod IP reused while the old
+                    // pod terminates: like kube-proxy, prefer a copy that is not
+                    // terminating. Otherwise the first copy (slice name order) stays.
+                    Entry::Occupied(mut entry) => {
+                        if entry.get().terminating && !endpoint.terminating {
+                            entry.insert(endpoint);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    endpoints
+}
+
+/// Action and backends for ClusterIP traffic (kube-proxy's CategorizeEndpoints plus the
+/// proxier's reject/drop choice).
+fn internal_traffic(
+    policy: TrafficPolicy,
+    endpoints: &BTreeMap<SocketAddrV4, &EndpointModel>,
+    node: &NodeModel,
+) -> (Action, Vec<SocketAddrV4>) {
+    let chosen = match policy {
+        TrafficPolicy::Cluster => cluster_endpoints(endpoints, node),
+        TrafficPolicy::Local => local_endpoints(endpoints, node),
+    };
+    if !chosen.is_empty() {
+        return (Action::Forward, chosen);
+    }
+    let usable_anywhere = endpoints.values().any(|e| usable_in_cluster(e));
+    match policy {
+        TrafficPolicy::Local if usable_anywhere => (Action::Drop, Vec::new()),
+        _ => (Action::Reject, Vec::new()),
+    }
+}
+
+/// Ready endpoints, narrowed by topology hints when they apply; when none is ready,
+/// serving-and-terminating ones (KEP-1669).
+fn cluster_endpoints(
+    endpoints: &BTreeMap<SocketAddrV4, &EndpointModel>,
+    node: &NodeModel,
+) -> Vec<SocketAddrV4> {
+    let topology = TopologyMode::from_hints(endpoints.values().copied(), node);
+    let ready: Vec<SocketAddrV4> = endpoints
+        .iter()
+        .filter(|(_, e)| e.ready && topology.admits(e, node))
+        .map(|(addr, _)| *addr)
+        .collect();
+    if !ready.is_empty() {
+        return ready;
+    }
+    // Topology is never the reason for an empty set here: a topology mode is only
+    // chosen when some ready endpoint matches it.
+    endpoints
+        .iter()
+        .filter(|(_, e)| e.serving && e.terminating)
+        .map(|(addr, _)| *addr)
+        .collect()
+}
+
+/// This node's ready endpoints; when none is ready, its serving-and-terminating ones.
+/// Topology hints do not apply.
+fn local_endpoints(
+    endpoints: &BTreeMap<SocketAddrV4, &EndpointModel>,
+    node: &NodeModel,
+) -> Vec<SocketAddrV4> {
+    let is_local = |e: &EndpointModel| e.node_name.as_deref() == Some(node.name.as_str());
+    let local_ready: Vec<SocketAddrV4> = endpoints
+        .iter()
+        .filter(|(_, e)| is_local(e) && e.ready)
+        .map(|(addr, _)| *addr)
+        .collect();
+    if !local_ready.is_empty() {
+        return local_ready;
+    }
+    endpoints
+        .iter()
+        .filter(|(_, e)| is_local(e) && e.serving && e.terminating)
+        .map(|(addr, _)| *addr)
+        .collect()
+}
+
+/// Whether cluster traffic could use this endpoint somewhere (kube-proxy's
+/// hasAnyEndpoints).
+fn usable_in_cluster(e: &EndpointModel) -> bool {
+    e.ready || (e.serving && e.terminating)
+}
+
+/// Which topology hints narrow the cluster endpoints (kube-proxy's topologyModeFromHints).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TopologyMode {
+    /// No hints apply: all ready endpoints.
+    Any,
+    /// Endpoints whose hints.forNodes names this node.
+    SameNode,
+    /// Endpoints whose hints.forZones names this node's zone.
+    SameZone,
+}
+
+impl TopologyMode {
+    /// Hints apply only if every *ready* endpoint carries them and at least one names
+    /// this node (forNodes, checked first) or this node's zone (forZones). Endpoints
+    /// that are not ready do not count either way.
+    fn from_hints<'a>(
+        endpoints: impl Iterator<Item = &'a EndpointModel>,
+        node: &NodeModel,
+    ) -> TopologyMode {
+        let zone = node_zone(node);
+        let mut any_ready = false;
+        let (mut all_node_hints, mut hinted_for_node) = (true, false);
+        let (mut all_zone_hints, mut hinted_for_zone) = (true, false);
+        for endpoint in endpoints.filter(|e| e.ready) {
+            any_ready = true;
+            match &endpoint.hints_nodes {
+                None => all_node_hints = false,
+                Some(nodes) => hinted_for_node |= nodes.contains(&node.name),
+            }
+            match &endpoint.hints_zones {
+                None => all_zone_hints = false,
+                Some(zones) => hinted_for_zone |= zones.iter().any(|z| z == zone),
+            }
+        }
+        if any_ready && all_node_hints && hinted_for_node {
+            TopologyMode::SameNode
+        } else if any_ready && all_zone_hints && hinted_for_zone {
+            TopologyMode::SameZone
+        } else {
+            TopologyMode::Any
+        }
+    }
+
+    fn admits(self, endpoint: &EndpointModel, node: &NodeModel) -> bool {
+        match self {
+            TopologyMode::Any => true,
+            TopologyMode::SameNode => endpoint
+                .hints_nodes
+                .iter()
+                .flatten()
+                .any(|n| *n == node.name),
+            TopologyMode::SameZone => endpoint
+                .hints_zones
+                .iter()
+                .flatten()
+                .any(|z| z == node_zone(node)),
+        }
+    }
+}
+
+/// The node's zone as kube-proxy reads it: a missing label is "".
+fn node_zone(node: &NodeModel) -> &str {
+    node.zone.as_deref().unwrap_or_default()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+mod tests {
+    use super::*;
+    use crate::model::{ServicePortModel, ServiceType, SlicePortModel};
+
+    const TCP: Protocol = Protocol::Tcp;
+    const UDP: Protocol = Protocol::Udp;
+
+    fn service(name: &str, ip: &str, ports: &[(&str, Protocol, u16)]) -> ServiceModel {
+        ServiceModel {
+            namespace: "demo".into(),
+            name: name.into(),
+            service_type: ServiceType::ClusterIP,
+            cluster_ips: vec![ip.parse().unwrap()],
+            ports: ports
+                .iter()
+                .map(|(name, protocol, port)| ServicePortModel {
+                    name: (*name).into(),
+                    protocol: *protocol,
+                    port: *port,
+                    node_port: None,
+                })
+                .collect(),
+            internal_traffic_policy: TrafficPolicy::Cluster,
+            external_traffic_policy: TrafficPolicy::Cluster,
+            session_affinity_timeout_s: 0,
+            traffic_distribution: None,
+            external_ips: vec![],
+            load_balancer_ips: vec![],
+            health_check_node_port: None,
+            skipped_ports: vec![],
+        }
+    }
+
+    fn web() -> ServiceModel {
+        service("web", "10.96.0.10", &[("http", TCP, 80)])
+    }
+
+    fn local(mut svc: ServiceModel) -> ServiceModel {
+        svc.internal_traffic_policy = TrafficPolicy::Local;
+        svc
+    }
+
+    fn slice(
+        service: &str,
+        name: &str,
+        ports: &[(&str, Protocol, u16)],
+        endpoints: Vec<EndpointModel>,
+    ) -> SliceModel {
+        SliceModel {
+            namespace: "demo".into(),
+            name: name.into(),
+            service_name: service.into(),
+            ports: ports
+                .iter()
+                .map(|(name, protocol, port)| SlicePortModel {
+                    name: (*name).into(),
+                    protocol: *protocol,
+                    port: *port,
+                })
+                .collect(),
+            endpoints,
+            skipped_ports: vec![],
+        }
+    }
+
+    /// A slice of `web` with port http -> 8080.
+    fn web_slice(name: &str, endpoints: Vec<EndpointModel>) -> SliceModel {
+        slice("web", name, &[("http", TCP, 8080)], endpoints)
+    }
+
+    /// A ready endpoint on no particular node.
+    fn ep(address: &str) -> EndpointModel {
+        EndpointModel {
+            address: address.parse().unwrap(),
+            ready: true,
+            serving: true,
+            terminating: false,
+            node_name: None,
+            zone: None,
+            hints_zones: None,
+            hints_nodes: None,
+        }
+    }
+
+    trait EndpointExt {
+        fn on(self, node: &str) -> Self;
+        fn not_ready(self) -> Self;
+        fn terminating(self, serving: bool) -> Self;
+        fn for_zones(self, zones: &[&str]) -> Self;
+        fn for_nodes(self, nodes: &[&str]) -> Self;
+    }
+
+    impl EndpointExt for EndpointModel {
+        fn on(mut self, node: &str) -> Self {
+            self.node_name = Some(node.into());
+            self
+        }
+        fn not_ready(mut self) -> Self {
+            self.ready = false;
+            self.serving = false;
+            self
+        }
+        fn terminating(mut self, serving: bool) -> Self {
+            self.ready = false;
+            self.serving = serving;
+            self.terminating = true;
+            self
+        }
+        fn for_zones(mut self, zones: &[&str]) -> Self {
+            self.hints_zones = Some(zones.iter().map(|z| (*z).into()).collect());
+            self
+        }
+        fn for_nodes(mut self, nodes: &[&str]) -> Self {
+            self.hints_nodes = Some(nodes.iter().map(|n| (*n).into()).collect());
+            self
+        }
+    }
+
+    fn node_in_zone(zone: &str) -> NodeModel {
+        NodeModel {
+            name: "node-a".into(),
+            zone: Some(zone.into()),
+        }
+    }
+
+    /// "address/PROTO action backend,backend" per frontend: easy to read in a table.
+    fn summary(frontends: &[Frontend]) -> Vec<String> {
+        frontends
+            .iter()
+            .map(|f| {
+                let backends: Vec<String> = f.backends.iter().map(ToString::to_string).collect();
+                format!(
+                    "{}/{} {} {}",
+                    f.address(),
+                    f.protocol,
+                    f.action,
+                    backends.join(",")
+                )
+                .trim_end()
+                .to_owned()
+            })
+            .collect()
+    }
+
+    struct Case {
+        name: &'static str,
+        services: Vec<ServiceModel>,
+        slices: Vec<SliceModel>,
+        node: NodeModel,
+        want: &'static [&'static str],
+    }
+
+    fn cases() -> Vec<Case> {
+        let node_a = NodeModel::named("node-a");
+        vec![
+            Case {
+                name: "ready endpoints, sorted",
+                services: vec![web()],
+                slices: vec![web_slice(
+                    "web-1",
+                    vec![ep("10.244.0.13"), ep("10.244.0.11"), ep("10.244.0.12")],
+                )],
+                node: node_a.clone(),
+                want: &[
+                    "10.96.0.10:80/TCP forward 10.244.0.11:8080,10.244.0.12:8080,10.244.0.13:8080",
+                ],
+            },
+            Case {
+                name: "multi-port: each service port takes its own slice port",
+                services: vec![service(
+                    "dns",
+                    "10.96.0.53",
+                    &[("dns", UDP, 53), ("dns-tcp", TCP, 53)],
+                )],
+                slices: vec![slice(
+                    "dns",
+                    "dns-1",
+                    &[("dns", UDP, 5353), ("dns-tcp", TCP, 5354)],
+                    vec![ep("10.244.0.21"), ep("10.244.0.22")],
+                )],
+                node: node_a.clone(),
+                want: &[
+                    "10.96.0.53:53/TCP forward 10.244.0.21:5354,10.244.0.22:5354",
+                    "10.96.0.53:53/UDP forward 10.244.0.21:5353,10.244.0.22:5353",
+                ],
+            },
+            Case {
+                name: "named targetPort: backends of one port on different numbers",
+                services: vec![web()],
+                slices: vec![
+                    web_slice("web-1", vec![ep("10.244.0.11")]),
+                    slice(
+                        "web",
+                        "web-2",
+                        &[("http", TCP, 9090)],
+                        vec![ep("10.244.0.12")],
+                    ),
+                    // A pod without the named port is absent.
+                    slice(
+                        "web",
+                        "web-3",
+                        &[("metrics", TCP, 9100)],
+                        vec![ep("10.244.0.13")],
+                    ),
+                ],
+                node: node_a.clone(),
+                want: &["10.96.0.10:80/TCP forward 10.244.0.11:8080,10.244.0.12:9090"],
+            },
+            Case {
+                name: "protocol must match as well as name",
+                services: vec![web()],
+                slices: vec![slice(
+                    "web",
+                    "web-1",
+                    &[("http", UDP, 8080)],
+                    vec![ep("10.244.0.11")],
+                )],
+                node: node_a.clone(),
+                want: &["10.96.0.10:80/TCP reject"],
+            },
+            Case {
+                name: "duplicates across slices",
+                services: vec![web()],
+                slices: vec![
+                    web_slice("web-1", vec![ep("10.244.0.11"), ep("10.244.0.12")]),
+                    web_slice(
+                        "web-2",
+                        vec![ep("10.244.0.12"), ep("10.244.0.13"), ep("10.244.0.13")],
+                    ),
+                ],
+                node: node_a.clone(),
+                want: &[
+                    "10.96.0.10:80/TCP forward 10.244.0.11:8080,10.244.0.12:8080,10.244.0.13:8080",
+                ],
+            },
+            Case {
+                name: "duplicate: a ready copy beats a terminating one in an earlier slice",
+                services: vec![web()],
+                slices: vec![
+                    web_slice(
+                        "web-1",
+                        vec![
+                            ep("10.244.0.11").terminating(false),
+                            ep("10.244.0.12").terminating(true),
+                        ],
+                    ),
+                    web_slice("web-2", vec![ep("10.244.0.11")]),
+                ],
+                node: node_a.clone(),
+                want: &["10.96.0.10:80/TCP forward 10.244.0.11:8080"],
+            },
+            Case {
+                name: "duplicate: a ready copy is not replaced by a terminating one in a later slice",
+                services: vec![web()],
+                slices: vec![
+                    web_slice("web-2", vec![ep("10.244.0.11").terminating(false)]),
+                    web_slice("web-1", vec![ep("10.244.0.11")]),
+                ],
+                node: node_a.clone(),
+                want: &["10.96.0.10:80/TCP forward 10.244.0.11:8080"],
+            },
+            Case {
+                name: "not ready endpoints are excluded; terminating unused while any is ready",
+                services: vec![web()],
+                slices: vec![web_slice(
+                    "web-1",
+                    vec![
+                        ep("10.244.0.11"),
+                        ep("10.244.0.12").not_ready(),
+                        ep("10.244.0.13").terminating(true),
+                    ],
+                )],
+                node: node_a.clone(),
+                want: &["10.96.0.10:80/TCP forward 10.244.0.11:8080"],
+            },
+            Case {
+                name: "no ready endpoint: fall back to serving terminating, never non-serving",
+                services: vec![web()],
+                slices: vec![web_slice(
+                    "web-1",
+                    vec![
+                        ep("10.244.0.11").terminating(true),
+                        ep("10.244.0.12").terminating(false),
+                        ep("10.244.0.13").not_ready(),
+                    ],
+                )],
+                node: node_a.clone(),
+                want: &["10.96.0.10:80/TCP forward 10.244.0.11:8080"],
+            },
+            Case {
+                name: "only non-serving terminating and not-ready endpoints: reject",
+                services: vec![web()],
+                slices: vec![web_slice(
+                    "web-1",
+                    vec![
+                        ep("10.244.0.11").terminating(false),
+                        ep("10.244.0.12").not_ready(),
+                    ],
+                )],
+                node: node_a.clone(),
+                want: &["10.96.0.10:80/TCP reject"],
+            },
+            Case {
+                name: "slice without endpoints: reject",
+                services: vec![web()],
+                slices: vec![web_slice("web-1", vec![])],
+                node: node_a.clone(),
+                want: &["10.96.0.10:80/TCP reject"],
+            },
+            Case {
+                name: "service without slices: reject",
+                services: vec![web()],
+                slices: vec![],
+                node: node_a.clone(),
+                want: &["10.96.0.10:80/TCP reject"],
+            },
+            Case {
+                name: "internalTrafficPolicy Local: only this node's endpoints",
+                services: vec![local(web())],
+                slices: vec![web_slice(
+                    "web-1",
+                    vec![
+                        ep("10.244.0.11").on("node-a"),
+                        ep("10.244.0.12").on("node-b"),
+                        ep("10.244.0.13"),
+                    ],
+                )],
+                node: node_a.clone(),
+                want: &["10.96.0.10:80/TCP forward 10.244.0.11:8080"],
+            },
+            Case {
+                name: "internalTrafficPolicy Local: endpoints only elsewhere: drop",
+                services: vec![local(web())],
+                slices: vec![web_slice("web-1", vec![ep("10.244.0.12").on("node-b")])],
+                node: node_a.clone(),
+                want: &["10.96.0.10:80/TCP drop"],
+            },
+            Case {
+                name: "internalTrafficPolicy Local: serving terminating elsewhere counts: drop",
+                services: vec![local(web())],
+                slices: vec![web_slice(
+                    "web-1",
+                    vec![ep("10.244.0.12").on("node-b").terminating(true)],
+                )],
+                node: node_a.clone(),
+                want: &["10.96.0.10:80/TCP drop"],
+            },
+            Case {
+                name: "internalTrafficPolicy Local: no usable endpoint anywhere: reject",
+                services: vec![local(web())],
+                slices: vec![web_slice(
+                    "web-1",
+                    vec![
+                        ep("10.244.0.11").on("node-a").not_ready(),
+                        ep("10.244.0.12").on("node-b").terminating(false),
+                    ],
+                )],
+                node: node_a.clone(),
+                want: &["10.96.0.10:80/TCP reject"],
+            },
+            Case {
+                name: "internalTrafficPolicy Local: local terminating fallback despite ready remote ones",
+                services: vec![local(web())],
+                slices: vec![web_slice(
+                    "web-1",
+                    vec![
+                        ep("10.244.0.11").on("node-a").terminating(true),
+                        ep("10.244.0.12").on("node-b"),
+                    ],
+                )],
+                node: node_a.clone(),
+                want: &["10.96.0.10:80/TCP forward 10.244.0.11:8080"],
+            },
+            Case {
+                name: "internalTrafficPolicy Local ignores hints",
+                services: vec![local(web())],
+                slices: vec![web_slice(
+                    "web-1",
+                    vec![
+                        ep("10.244.0.11").on("node-a").for_zones(&["zone-b"]),
+                        ep("10.244.0.12").on("node-a").for_zones(&["zone-a"]),
+                    ],
+                )],
+                node: node_in_zone("zone-a"),
+                want: &["10.96.0.10:80/TCP forward 10.244.0.11:8080,10.244.0.12:8080"],
+            },
+            Case {
+                name: "zone hints honoured",
+                services: vec![web()],
+                slices: vec![web_slice(
+                    "web-1",
+                    vec![
+                        ep("10.244.0.11").for_zones(&["zone-a"]),
+                        ep("10.244.0.12").for_zones(&["zone-b"]),
+                        ep("10.244.0.13").for_zones(&["zone-b", "zone-a"]),
+                    ],
+                )],
+                node: node_in_zone("zone-a"),
+                want: &["10.96.0.10:80/TCP forward 10.244.0.11:8080,10.244.0.13:8080"],
+            },
+            Case {
+                name: "zone hints ignored: one ready endpoint lacks hints",
+                services: vec![web()],
+                slices: vec![web_slice(
+                    "web-1",
+                    vec![ep("10.244.0.11").for_zones(&["zone-a"]), ep("10.244.0.12")],
+                )],
+                node: node_in_zone("zone-a"),
+                want: &["10.96.0.10:80/TCP forward 10.244.0.11:8080,10.244.0.12:8080"],
+            },
+            Case {
+                name: "zone hints: endpoints that are not ready do not count (ready, not serving, is checked)",
+                services: vec![web()],
+                slices: vec![web_slice(
+                    "web-1",
+                    vec![
+                        ep("10.244.0.11").for_zones(&["zone-a"]),
+                        ep("10.244.0.12").for_zones(&["zone-b"]),
+                        // Serving and terminating but not ready, without hints: not counted.
+                        ep("10.244.0.13").terminating(true),
+                    ],
+                )],
+                node: node_in_zone("zone-a"),
+                want: &["10.96.0.10:80/TCP forward 10.244.0.11:8080"],
+            },
+            Case {
+                name: "zone hints ignored: none for this zone",
+                services: vec![web()],
+                slices: vec![web_slice(
+                    "web-1",
+                    vec![
+                        ep("10.244.0.11").for_zones(&["zone-b"]),
+                        ep("10.244.0.12").for_zones(&["zone-c"]),
+                    ],
+                )],
+                node: node_in_zone("zone-a"),
+                want: &["10.96.0.10:80/TCP forward 10.244.0.11:8080,10.244.0.12:8080"],
+            },
+            Case {
+                name: "zone hints ignored: node has no zone label",
+                services: vec![web()],
+                slices: vec![web_slice(
+                    "web-1",
+                    vec![
+                        ep("10.244.0.11").for_zones(&["zone-a"]),
+                        ep("10.244.0.12").for_zones(&["zone-b"]),
+                    ],
+                )],
+                node: node_a.clone(),
+                want: &["10.96.0.10:80/TCP forward 10.244.0.11:8080,10.244.0.12:8080"],
+            },
+            Case {
+                name: "node hints honoured before zone hints",
+                services: vec![web()],
+                slices: vec![web_slice(
+                    "web-1",
+                    vec![
+                        ep("10.244.0.11")
+                            .for_nodes(&["node-a"])
+                            .for_zones(&["zone-b"]),
+                        ep("10.244.0.12")
+                            .for_nodes(&["node-b"])
+                            .for_zones(&["zone-a"]),
+                    ],
+                )],
+                node: node_in_zone("zone-a"),
+                want: &["10.96.0.10:80/TCP forward 10.244.0.11:8080"],
+            },
+            Case {
+                name: "node hints for other nodes only: zone hints decide",
+                services: vec![web()],
+                slices: vec![web_slice(
+                    "web-1",
+                    vec![
+                        ep("10.244.0.11")
+                            .for_nodes(&["node-c"])
+                            .for_zones(&["zone-b"]),
+                        ep("10.244.0.12")
+                            .for_nodes(&["node-b"])
+                            .for_zones(&["zone-a"]),
+                    ],
+                )],
+                node: node_in_zone("zone-a"),
+                want: &["10.96.0.10:80/TCP forward 10.244.0.12:8080"],
+            },
+            Case {
+                name: "node hints ignored: one ready endpoint lacks them",
+                services: vec![web()],
+                slices: vec![web_slice(
+                    "web-1",
+                    vec![ep("10.244.0.11").for_nodes(&["node-a"]), ep("10.244.0.12")],
+                )],
+                node: node_a.clone(),
+                want: &["10.96.0.10:80/TCP forward 10.244.0.11:8080,10.244.0.12:8080"],
+            },
+            Case {
+                name: "hints of the chosen duplicate count",
+                services: vec![web()],
+                slices: vec![
+                    web_slice(
+                        "web-1",
+                        vec![
+                            ep("10.244.0.11").for_zones(&["zone-a"]),
+                            ep("10.244.0.12").for_zones(&["zone-b"]),
+                        ],
+                    ),
+                    // Same endpoint, no hints, later slice: the first copy (with hints) stays.
+                    web_slice("web-2", vec![ep("10.244.0.12")]),
+                ],
+                node: node_in_zone("zone-a"),
+                want: &["10.96.0.10:80/TCP forward 10.244.0.11:8080"],
+            },
+            Case {
+                name: "slices of other services or namespaces are not joined",
+                services: vec![web()],
+                slices: vec![
+                    web_slice("web-1", vec![ep("10.244.0.11")]),
+                    slice(
+                        "other",
+                        "other-1",
+                        &[("http", TCP, 8080)],
+                        vec![ep("10.244.0.99")],
+                    ),
+                    SliceModel {
+                        namespace: "elsewhere".into(),
+                        ..web_slice("web-x", vec![ep("10.244.0.98")])
+                    },
+                ],
+                node: node_a.clone(),
+                want: &["10.96.0.10:80/TCP forward 10.244.0.11:8080"],
+            },
+            Case {
+                name: "a slice without its service yields nothing",
+                services: vec![],
+                slices: vec![web_slice("web-1", vec![ep("10.244.0.11")])],
+                node: node_a.clone(),
+                want: &[],
+            },
+            Case {
+                name: "frontends sorted by ip, port, protocol across services",
+                services: vec![
+                    service("z", "10.96.0.2", &[("b", TCP, 90), ("a", TCP, 80)]),
+                    service("y", "10.96.0.1", &[("u", UDP, 53), ("t", TCP, 53)]),
+                    service("x", "10.96.0.10", &[("", TCP, 1)]),
+                ],
+                slices: vec![],
+                node: node_a.clone(),
+                want: &[
+                    "10.96.0.1:53/TCP reject",
+                    "10.96.0.1:53/UDP reject",
+                    "10.96.0.2:80/TCP reject",
+                    "10.96.0.2:90/TCP reject",
+                    "10.96.0.10:1/TCP reject",
+                ],
+            },
+            Case {
+                name: "one frontend per cluster IP",
+                services: vec![ServiceModel {
+                    cluster_ips: vec!["10.96.0.10".parse().unwrap(), "10.96.0.11".parse().unwrap()],
+                    ..web()
+                }],
+                slices: vec![web_slice("web-1", vec![ep("10.244.0.11")])],
+                node: node_a.clone(),
+                want: &[
+                    "10.96.0.10:80/TCP forward 10.244.0.11:8080",
+                    "10.96.0.11:80/TCP forward 10.244.0.11:8080",
+                ],
+            },
+            Case {
+                name: "two services on one address: the first by name is kept",
+                services: vec![
+                    service("web-b", "10.96.0.10", &[("http", TCP, 80)]),
+                    service("web-a", "10.96.0.10", &[("http", TCP, 80)]),
+                ],
+                slices: vec![slice(
+                    "web-a",
+                    "web-a-1",
+                    &[("http", TCP, 8080)],
+                    vec![ep("10.244.0.11")],
+                )],
+                node: node_a.clone(),
+                want: &["10.96.0.10:80/TCP forward 10.244.0.11:8080"],
+            },
+        ]
+    }
+
+    #[test]
+    fn plan_rules() {
+        for case in cases() {
+            let plan = compute_plan(&case.services, &case.slices, &case.node);
+            assert_eq!(plan.node, case.node.name, "{}", case.name);
+            assert_eq!(summary(&plan.frontends), case.want, "{}", case.name);
+            for frontend in &plan.frontends {
+                assert_eq!(
+                    frontend.action == Action::Forward,
+                    !frontend.backends.is_empty(),
+                    "{}",
+                    case.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn frontends_for_service_matches_compute_plan_and_ignores_slice_order() {
+        for case in cases().into_iter().filter(|case| case.services.len() == 1) {
+            let svc = &case.services[0];
+            let forward: Vec<&SliceModel> = case.slices.iter().collect();
+            let reversed: Vec<&SliceModel> = case.slices.iter().rev().collect();
+            let a = frontends_for_service(svc, &forward, &case.node);
+            let b = frontends_for_service(svc, &reversed, &case.node);
+            assert_eq!(a, b, "{}", case.name);
+            assert_eq!(summary(&a), case.want, "{}", case.name);
+        }
+    }
+
+    #[test]
+    fn frontend_fields() {
+        let mut svc = service("dns", "10.96.0.53", &[("dns", UDP, 53)]);
+        svc.session_affinity_timeout_s = 10800;
+        let slices = [slice(
+            "dns",
+            "dns-1",
+            &[("dns", UDP, 5353)],
+            vec![ep("10.244.0.21")],
+        )];
+        let plan = compute_plan(&[svc], &slices, &NodeModel::named("n"));
+        assert_eq!(
+            plan.frontends,
+            vec![Frontend {
+                service: "demo/dns".into(),
+                port_name: "dns".into(),
+                protocol: UDP,
+                kind: FrontendKind::ClusterIP,
+                ip: "10.96.0.53".parse().unwrap(),
+                port: 53,
+                action: Action::Forward,
+                backends: vec!["10.244.0.21:5353".parse().unwrap()],
+                affinity_timeout_s: 10800,
+            }]
+        );
+    }
+
+    fn sample_plan() -> Plan {
+        let mut dns = service("dns", "10.96.0.53", &[("dns", UDP, 53)]);
+        dns.session_affinity_timeout_s = 60;
+        let services = [web(), dns, service("empty", "10.96.0.99", &[("", TCP, 80)])];
+        let slices = [web_slice("web-1", vec![ep("10.244.1.5"), ep("10.244.1.6")])];
+        compute_plan(&services, &slices, &NodeModel::named("node-a"))
+    }
+
+    #[test]
+    fn json_schema() {
+        let value: serde_json::Value = serde_json::from_str(&sample_plan().to_json()).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "node": "node-a",
+                "frontends": [
+                    {"service": "demo/web", "port": "http", "protocol": "TCP", "type": "ClusterIP",
+                     "address": "10.96.0.10:80", "action": "forward",
+                     "backends": ["10.244.1.5:8080", "10.244.1.6:8080"], "affinity_timeout_s": 0},
+                    {"service": "demo/dns", "port": "dns", "protocol": "UDP", "type": "ClusterIP",
+                     "address": "10.96.0.53:53", "action": "reject", "backends": [], "affinity_timeout_s": 60},
+                    {"service": "demo/empty", "port": "", "protocol": "TCP", "type": "ClusterIP",
+                     "address": "10.96.0.99:80", "action": "reject", "backends": [], "affinity_timeout_s": 0},
+                ],
+            })
+        );
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let plan = sample_plan();
+        let json = plan.to_json();
+        assert!(json.contains('\n'), "pretty JSON");
+        assert_eq!(Plan::from_json(&json).unwrap(), plan);
+        let drop_plan = Plan {
+            node: "n".into(),
+            frontends: vec![Frontend {
+                action: Action::Drop,
+                backends: vec![],
+                ..plan.frontends[0].clone()
+            }],
+        };
+        assert_eq!(Plan::from_json(&drop_plan.to_json()).unwrap(), drop_plan);
+        assert!(drop_plan.to_json().contains("\"drop\""));
+    }
+
+    #[test]
+    fn json_rejects_bad_input() {
+        for bad in [
+            r#"{"node": "n", "frontends": [{"service": "a/b", "port": "", "protocol": "SCTP", "type": "ClusterIP",
+                "address": "10.0.0.1:80", "action": "forward", "backends": [], "affinity_timeout_s": 0}]}"#,
+            r#"{"node": "n", "frontends": [{"service": "a/b", "port": "", "protocol": "TCP", "type": "ClusterIP",
+                "address": "10.0.0.1", "action": "forward", "backends": [], "affinity_timeout_s": 0}]}"#,
+            r#"{"node": "n", "frontends": [{"service": "a/b", "port": "", "protocol": "TCP", "type": "ClusterIP",
+                "address": "10.0.0.1:80", "action": "FORWARD", "backends": [], "affinity_timeout_s": 0}]}"#,
+            r#"{"node": "n"}"#,
+        ] {
+            assert!(Plan::from_json(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn table() {
+        let table = sample_plan().render_table();
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        assert_eq!(
+            lines[0].split_whitespace().collect::<Vec<_>>(),
+            [
+                "SERVICE", "PORT", "PROTO", "TYPE", "ADDRESS", "ACTION", "BACKENDS"
+            ]
+        );
+        assert_eq!(
+            lines[1].split_whitespace().collect::<Vec<_>>(),
+            [
+                "demo/web",
+                "http",
+                "TCP",
+                "ClusterIP",
+                "10.96.0.10:80",
+                "forward",
+                "10.244.1.5:8080,10.244.1.6:8080"
+            ]
+        );
+        assert_eq!(
+            lines[3].split_whitespace().collect::<Vec<_>>(),
+            [
+                "demo/empty",
+                "-",
+                "TCP",
+                "ClusterIP",
+                "10.96.0.99:80",
+                "reject",
+                "-"
+            ]
+        );
+        // Columns are aligned: every column starts at the same offset on every line.
+        let action_column = lines[0].find("ACTION").unwrap();
+        for line in &lines[1..] {
+            assert!(
+                line[action_column..].starts_with("forward")
+                    || line[action_column..].starts_with("reject"),
+                "{table}"
+            );
+        }
+        assert!(lines.iter().all(|line| !line.ends_with(' ')));
+        assert_eq!(Plan::default().render_table().lines().count(), 1);
+    }
+}

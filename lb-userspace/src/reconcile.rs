@@ -1,0 +1,123 @@
+//! Keeps a set of service maps equal to a desired state, through the diff.
+use tracing::{debug, error, warn};
+
+use crate::datapath::{
+    DatapathError, DesiredState, MapOp, ServiceMaps, SyncStats,
+    diff::{Capacity, ProgrammedState, apply_ops},
+};
+
+/// Owns the maps and the mirror of what they hold.
+pub struct Reconciler<M: ServiceMaps> {
+    maps: M,
+    state: ProgrammedState,
+    capacity: Capacity,
+    /// Removals of unreachable entries that failed; retried before the next sync.
+    pending_cleanup: Vec<MapOp>,
+}
+
+impl<M: ServiceMaps> Reconciler<M> {
+    /// Adopts whatever the maps hold (a previous agent's state) and removes entries
+    /// no reader can reach. Live frontends are left untouched until the first sync.
+    pub fn adopt(mut maps: M, capacity: Capacity) -> Result<Self, DatapathError> {
+        let (state, cleanup) = ProgrammedState::adopt(&maps, capacity)?;
+        if !cleanup.is_empty() {
+            debug!(ops = cleanup.len(), "removing unreachable map entries left by an earlier agent");
+        }
+        let mut reconciler = Self { maps, state, capacity, pending_cleanup: Vec::new() };
+        reconciler.run_cleanup(cleanup);
+        Ok(reconciler)
+    }
+
+    /// Makes the maps hold `desired`. On a failed write the mirror is rebuilt from
+    /// the maps, so the next call starts from the truth.
+    pub fn sync(&mut self, desired: &DesiredState) -> Result<SyncStats, DatapathError> {
+        if !self.pending_cleanup.is_empty() {
+            let cleanup = std::mem::take(&mut self.pending_cleanup);
+            self.run_cleanup(cleanup);
+        }
+        let (ops, stats) = self.state.sync_all(desired);
+        for key in &stats.skipped_full {
+            warn!(frontend = %key, "service map or backend map full: frontend not (fully) programmed");
+        }
+        if let Err(e) = apply_ops(&mut self.maps, &ops) {
+            error!(error = %e, "map update failed; re-reading the maps");
+            match ProgrammedState::adopt(&self.maps, self.capacity) {
+                Ok((state, cleanup)) => {
+                    self.state = state;
+                    self.run_cleanup(cleanup);
+                }
+                Err(e2) => warn!(error = %e2, "re-reading the maps failed"),
+            }
+            return Err(e);
+        }
+        Ok(stats)
+    }
+
+    /// Removes unreachable entries; what fails stays pending for the next sync.
+    /// These entries are invisible to readers, so a failure here is not urgent.
+    fn run_cleanup(&mut self, cleanup: Vec<MapOp>) {
+        for (i, op) in cleanup.iter().enumerate() {
+            if let Err(e) = self.maps.apply(op) {
+                warn!(error = %e, "removing unreachable map entries failed; will retry");
+                self.pending_cleanup = cleanup[i..].to_vec();
+                return;
+            }
+        }
+    }
+
+    pub fn state(&self) -> &ProgrammedState {
+        &self.state
+    }
+
+    pub fn maps(&self) -> &M {
+        &self.maps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    use lb_common::{IPPROTO_TCP, SvcAction};
+
+    use super::*;
+    use crate::datapath::{BackendKey, DesiredFrontend, FrontendKey, memory::MemoryMaps};
+
+    fn state(backends: &[u8]) -> DesiredState {
+        let key = FrontendKey { ip: Ipv4Addr::new(10, 96, 0, 10), port: 80, proto: IPPROTO_TCP };
+        let backends = backends
+            .iter()
+            .map(|b| BackendKey { addr: SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, *b), 80), proto: IPPROTO_TCP })
+            .collect();
+        DesiredState {
+            frontends: [(key, DesiredFrontend { action: SvcAction::Forward, backends, affinity_timeout_s: 0, flags: 0 })]
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_failed_write_is_recovered_on_the_next_sync() {
+        let mut r = Reconciler::adopt(MemoryMaps::default(), Capacity::default()).unwrap();
+        r.sync(&state(&[1, 2])).unwrap();
+        r.maps.fail_at = Some(r.maps.ops_applied + 1);
+        assert!(r.sync(&state(&[3, 4, 5])).is_err());
+        r.maps.fail_at = None;
+        r.sync(&state(&[3, 4, 5])).unwrap();
+        assert!(r.maps.reader_view().is_ok());
+        let again = r.sync(&state(&[3, 4, 5])).unwrap();
+        assert_eq!(again.ops, 0);
+        assert_eq!(r.maps.backends.len(), 3);
+    }
+
+    #[test]
+    fn a_second_agent_adopts_without_writes() {
+        let mut first = Reconciler::adopt(MemoryMaps::default(), Capacity::default()).unwrap();
+        first.sync(&state(&[1, 2, 3])).unwrap();
+        let maps = first.maps.clone();
+        let mut second = Reconciler::adopt(maps, Capacity::default()).unwrap();
+        let written_before = second.maps.ops_applied;
+        assert_eq!(second.sync(&state(&[1, 2, 3])).unwrap().ops, 0);
+        assert_eq!(second.maps.ops_applied, written_before);
+    }
+}

@@ -1,0 +1,113 @@
+//! `socklb status`: what the pinned maps hold, in the same terms as `socklb plan`.
+use std::{fmt::Write as _, net::SocketAddrV4, path::Path};
+
+use lb_common::{SVC_FLAG_WILDCARD, SvcAction};
+use serde::{Deserialize, Serialize};
+
+use crate::datapath::{
+    DatapathError,
+    desired::proto_name,
+    diff::{Capacity, ProgrammedState},
+    kernel::{self, KernelMaps},
+};
+
+/// One frontend as programmed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgrammedFrontendView {
+    pub address: String,
+    pub protocol: String,
+    pub action: String,
+    pub backends: Vec<String>,
+    pub affinity_timeout_s: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub pin_dir: String,
+    /// Hooks whose link is pinned (attached).
+    pub hooks: Vec<String>,
+    pub frontends: Vec<ProgrammedFrontendView>,
+    /// Service addresses whose other ports are refused.
+    pub service_addresses: Vec<String>,
+    pub backends: usize,
+    pub service_map_entries: usize,
+    pub counters: std::collections::BTreeMap<String, u64>,
+}
+
+pub fn read_status(pin_dir: &Path) -> Result<StatusReport, DatapathError> {
+    let maps = KernelMaps::open_pinned(pin_dir)?;
+    let (state, _) = ProgrammedState::adopt(&maps, Capacity::default())?;
+    let mut frontends = Vec::new();
+    let mut service_addresses = Vec::new();
+    let mut keys: Vec<_> = state.frontends().keys().copied().collect();
+    keys.sort();
+    for key in keys {
+        let Some(fe) = state.frontends().get(&key) else { continue };
+        if key.is_wildcard() && fe.service.flags & SVC_FLAG_WILDCARD != 0 {
+            service_addresses.push(key.ip.to_string());
+            continue;
+        }
+        let mut backends: Vec<SocketAddrV4> =
+            fe.slots.iter().filter_map(|id| state.backend(*id)).map(|b| b.addr).collect();
+        backends.sort();
+        frontends.push(ProgrammedFrontendView {
+            address: SocketAddrV4::new(key.ip, key.port).to_string(),
+            protocol: proto_name(key.proto).to_string(),
+            action: match SvcAction::from_u8(fe.service.action) {
+                Some(SvcAction::Forward) => "forward",
+                Some(SvcAction::Reject) => "reject",
+                Some(SvcAction::Drop) => "drop",
+                None => "invalid",
+            }
+            .to_string(),
+            backends: backends.iter().map(ToString::to_string).collect(),
+            affinity_timeout_s: fe.service.affinity_timeout_s,
+        });
+    }
+    let counters = maps
+        .counters()?
+        .into_iter()
+        .map(|(c, v)| (c.name().to_string(), v))
+        .collect();
+    Ok(StatusReport {
+        pin_dir: pin_dir.display().to_string(),
+        hooks: kernel::attached_hooks(pin_dir).into_iter().map(String::from).collect(),
+        frontends,
+        service_addresses,
+        backends: state.backend_count(),
+        service_map_entries: state.svc_entries(),
+        counters,
+    })
+}
+
+impl StatusReport {
+    pub fn render_table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "pin directory: {}", self.pin_dir);
+        let _ = writeln!(out, "attached hooks: {}", if self.hooks.is_empty() { "none".into() } else { self.hooks.join(", ") });
+        let _ = writeln!(
+            out,
+            "service map entries: {}  backends: {}",
+            self.service_map_entries, self.backends
+        );
+        let _ = writeln!(out);
+        let _ = writeln!(out, "{:<22} {:<5} {:<8} {:>7}  BACKENDS", "ADDRESS", "PROTO", "ACTION", "AFFINITY");
+        for fe in &self.frontends {
+            let _ = writeln!(
+                out,
+                "{:<22} {:<5} {:<8} {:>7}s  {}",
+                fe.address,
+                fe.protocol,
+                fe.action,
+                fe.affinity_timeout_s,
+                if fe.backends.is_empty() { "-".to_string() } else { fe.backends.join(" ") }
+            );
+        }
+        let _ = writeln!(out);
+        let _ = writeln!(out, "counters:");
+        for (name, v) in &self.counters {
+            let _ = writeln!(out, "  {name:<22} {v}");
+        }
+        out
+    }
+}

@@ -1,0 +1,141 @@
+//! Developer tasks: `cargo xtask <task>`.
+//!
+//! - `setup`: installs what a fresh machine lacks (idempotent);
+//! - `build-ebpf`: builds the kernel programs and prints the object's path;
+//! - `test`: the whole test suite (what CI runs);
+//! - `demo`: the self-contained demo sandbox.
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install apt packages, rust-src, bpf-linker and mount bpffs where missing.
+    Setup {
+        /// Reinstall bpf-linker even when the right version is present.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Build the eBPF programs and print where the object is.
+    BuildEbpf,
+    /// Run the whole test suite: unit tests and the real-kernel end-to-end tests.
+    Test {
+        /// Extra arguments for the test binaries (after `--`), e.g. a test name filter.
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Run the demo: a sandbox with backends, the agent and clients of a ClusterIP.
+    Demo {
+        /// Arguments for socklb-demo (e.g. --keep-running).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root()?;
+    match cli.task {
+        Task::Setup { force } => setup::setup(force),
+        Task::BuildEbpf => {
+            setup::ensure()?;
+            let object = build_ebpf(&root)?;
+            println!("{}", object.display());
+            Ok(())
+        }
+        Task::Test { args } => {
+            setup::ensure()?;
+            test(&root, &args)
+        }
+        Task::Demo { args } => {
+            setup::ensure()?;
+            cargo(&root, &["build", "--package", "lb-userspace", "--package", "socklb-tests", "--bins"])?;
+            let demo = root.join("target/debug/socklb-demo");
+            let status = Command::new(&demo)
+                .args(&args)
+                .status()
+                .with_context(|| format!("running {}", demo.display()))?;
+            if !status.success() {
+                bail!("the demo failed ({status})");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().map(Path::to_path_buf).context("xtask has no parent directory")
+}
+
+fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(args)
+        .current_dir(root)
+        .status()
+        .with_context(|| format!("running {cargo} {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// The same build aya-build runs from lb-userspace's build.rs, into target/.
+fn build_ebpf(root: &Path) -> Result<PathBuf> {
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", "nightly", "cargo", "build", "--package", "lb-ebpf", "--bins", "--release"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            ["--cfg=bpf_target_arch=\"x86_64\"", "-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"),
+        )
+        .current_dir(root);
+    // rustup sets these for the outer (stable) cargo; they would override `nightly`.
+    for var in ["RUSTC", "RUSTUP_TOOLCHAIN", "CARGO", "RUSTC_WRAPPER", "RUSTFLAGS"] {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status().context("running rustup run nightly cargo build")?;
+    if !status.success() {
+        bail!("building lb-ebpf failed ({status})");
+    }
+    let object = root.join("target/bpfel-unknown-none/release/lb-ebpf");
+    if !object.exists() {
+        bail!("the build succeeded but {} is missing", object.display());
+    }
+    Ok(object)
+}
+
+fn test(root: &Path, args: &[String]) -> Result<()> {
+    // The end-to-end tests run the socklb, socklb-probe binaries: build them first.
+    cargo(root, &["build", "--package", "lb-userspace", "--package", "socklb-tests", "--bins"])?;
+    let mut test_args: Vec<&str> = vec!["test", "--workspace", "--exclude", "lb-ebpf"];
+    if !args.is_empty() {
+        test_args.push("--");
+        test_args.extend(args.iter().map(String::as_str));
+    }
+    cargo(root, &test_args)
+}
