@@ -115,10 +115,19 @@ fn main() -> anyhow::Result<()> {
             let removed = kernel::uninstall(&bpffs)?;
             info!(links = ?removed.links, maps = ?removed.maps, dir_removed = removed.dir_removed, "uninstalled");
             if let Some(cgroup) = cgroup {
-                let left: Vec<_> = kernel::attached_programs(&cgroup)?
-                    .into_iter()
-                    .filter(|p| kernel::is_socklb_program(&p.name))
-                    .collect();
+                // The kernel frees a link after its last reference asynchronously:
+                // give it a moment before calling anything a leftover.
+                let deadline = std::time::Instant::now() + Duration::from_secs(3);
+                let left = loop {
+                    let left: Vec<_> = kernel::attached_programs(&cgroup)?
+                        .into_iter()
+                        .filter(|p| kernel::is_socklb_program(&p.name))
+                        .collect();
+                    if left.is_empty() || std::time::Instant::now() >= deadline {
+                        break left;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                };
                 if !left.is_empty() {
                     bail!("socklb programs are still attached to {}: {left:?} (attached from another pin directory?)", cgroup.display());
                 }

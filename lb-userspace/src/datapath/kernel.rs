@@ -177,7 +177,7 @@ pub fn install(pin_dir: &Path, cgroup: &Path) -> Result<KernelMaps, DatapathErro
 
 /// Pins `link` at `path`, replacing (and so detaching) a link pinned there before.
 fn replace_link_pin(link: FdLink, path: &Path) -> Result<(), DatapathError> {
-    let staging = path.with_extension("new");
+    let staging = staging_pin(path);
     remove_pin(&staging)?; // left by an agent that died between these steps
     let pinned = link.pin(&staging).map_err(|e| DatapathError::Link { path: staging.clone(), message: e.to_string() })?;
     // The old link loses its last reference (its pin) and detaches; the new one
@@ -192,6 +192,14 @@ fn replace_link_pin(link: FdLink, path: &Path) -> Result<(), DatapathError> {
     // `socklb uninstall` detaches at once even while an agent runs.
     drop(pinned);
     Ok(())
+}
+
+/// Where a new link is pinned before it replaces the old one. bpffs reserves names
+/// with a dot (lookups fail with EPERM), hence the underscore.
+fn staging_pin(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push("_new");
+    path.with_file_name(name)
 }
 
 fn remove_pin(path: &Path) -> Result<(), DatapathError> {
@@ -218,7 +226,7 @@ pub fn uninstall(pin_dir: &Path) -> Result<Removed, DatapathError> {
         return Ok(removed);
     }
     for (_, link_name) in SOCKET_HOOKS {
-        for path in [pin_dir.join(link_name), pin_dir.join(link_name).with_extension("new")] {
+        for path in [pin_dir.join(link_name), staging_pin(&pin_dir.join(link_name))] {
             if path.exists() {
                 // Confirm it is a link before removing (a pin of anything else in a
                 // directory we did not create is left alone).
