@@ -131,15 +131,32 @@ pub fn load_manifests(dir: &Path) -> Result<Manifests> {
     files.sort();
     let mut m = Manifests::default();
     for f in files {
-        let text =
-            std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?;
-        m.add_yaml(&text)
-            .with_context(|| format!("in {}", f.display()))?;
+        // Broken files are the agent's business (it warns and skips them); the
+        // sandbox only needs the pods of whatever it can read.
+        let Ok(text) = std::fs::read_to_string(&f) else { continue };
+        m.add_yaml_lenient(&text);
     }
     Ok(m)
 }
 
 impl Manifests {
+    /// Like [`Manifests::add_yaml`], skipping documents and objects it cannot read.
+    pub fn add_yaml_lenient(&mut self, text: &str) {
+        for doc in serde_yaml::Deserializer::from_str(text) {
+            let Ok(v) = Value::deserialize(doc) else { return };
+            match v.get("kind").and_then(Value::as_str) {
+                Some("List" | "ServiceList" | "EndpointSliceList") => {
+                    for item in v.get("items").and_then(Value::as_array).into_iter().flatten() {
+                        let _ = self.add_object(item);
+                    }
+                }
+                _ => {
+                    let _ = self.add_object(&v);
+                }
+            }
+        }
+    }
+
     /// Parses YAML text (one or more documents) and adds its Services and slices.
     pub fn add_yaml(&mut self, text: &str) -> Result<()> {
         for doc in serde_yaml::Deserializer::from_str(text) {
