@@ -90,6 +90,7 @@ impl StatusReport {
             "service map entries: {}  backends: {}",
             self.service_map_entries, self.backends
         );
+        let _ = writeln!(out, "service addresses (other ports refused): {}", self.service_addresses.join(" "));
         let _ = writeln!(out);
         let _ = writeln!(out, "{:<22} {:<5} {:<8} {:>7}  BACKENDS", "ADDRESS", "PROTO", "ACTION", "AFFINITY");
         for fe in &self.frontends {
