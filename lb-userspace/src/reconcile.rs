@@ -2,7 +2,7 @@
 use tracing::{debug, error, warn};
 
 use crate::datapath::{
-    DatapathError, DesiredState, MapOp, ServiceMaps, SyncStats,
+    DatapathError, DesiredState, FrontendKey, MapOp, ServiceMaps, SyncStats,
     diff::{Capacity, ProgrammedState, apply_ops},
 };
 
@@ -18,7 +18,7 @@ pub struct Reconciler<M: ServiceMaps> {
 impl<M: ServiceMaps> Reconciler<M> {
     /// Adopts whatever the maps hold (a previous agent's state) and removes entries
     /// no reader can reach. Live frontends are left untouched until the first sync.
-    pub fn adopt(mut maps: M, capacity: Capacity) -> Result<Self, DatapathError> {
+    pub fn adopt(maps: M, capacity: Capacity) -> Result<Self, DatapathError> {
         let (state, cleanup) = ProgrammedState::adopt(&maps, capacity)?;
         if !cleanup.is_empty() {
             debug!(ops = cleanup.len(), "removing unreachable map entries left by an earlier agent");
@@ -31,11 +31,23 @@ impl<M: ServiceMaps> Reconciler<M> {
     /// Makes the maps hold `desired`. On a failed write the mirror is rebuilt from
     /// the maps, so the next call starts from the truth.
     pub fn sync(&mut self, desired: &DesiredState) -> Result<SyncStats, DatapathError> {
+        self.sync_with(desired, None)
+    }
+
+    /// Like [`Self::sync`] for the given frontends only: an incremental update.
+    pub fn sync_keys(&mut self, desired: &DesiredState, keys: &[FrontendKey]) -> Result<SyncStats, DatapathError> {
+        self.sync_with(desired, Some(keys))
+    }
+
+    fn sync_with(&mut self, desired: &DesiredState, keys: Option<&[FrontendKey]>) -> Result<SyncStats, DatapathError> {
         if !self.pending_cleanup.is_empty() {
             let cleanup = std::mem::take(&mut self.pending_cleanup);
             self.run_cleanup(cleanup);
         }
-        let (ops, stats) = self.state.sync_all(desired);
+        let (ops, stats) = match keys {
+            Some(keys) => self.state.sync_keys(desired, keys),
+            None => self.state.sync_all(desired),
+        };
         for key in &stats.skipped_full {
             warn!(frontend = %key, "service map or backend map full: frontend not (fully) programmed");
         }

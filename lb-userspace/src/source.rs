@@ -19,6 +19,9 @@ pub enum ClusterEvent {
     SliceDeleted(ObjectKey),
     /// This node's Node object (zone label) appeared or changed.
     NodeApplied(NodeModel),
+    /// The complete state from a source that is not incremental (a manifest
+    /// directory): replaces services, slices and the node at once.
+    Snapshot { services: Vec<ServiceModel>, slices: Vec<SliceModel>, node: NodeModel },
     /// A complete (re)list of Services: replaces the whole set atomically at once.
     /// `invalid` lists objects present in the list that failed validation: the core
     /// keeps the last good version it had of those (bad input loses nothing).

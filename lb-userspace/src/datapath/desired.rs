@@ -70,7 +70,7 @@ pub struct DesiredState {
     pub frontends: HashMap<FrontendKey, DesiredFrontend>,
 }
 
-/// Two services claim the same frontend; the first one (in plan order) keeps it.
+/// Two services claim the same frontend; the first one (by service name) keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FrontendConflict {
     pub key: FrontendKey,
@@ -85,36 +85,136 @@ impl fmt::Display for FrontendConflict {
 }
 
 impl DesiredState {
-    /// Builds the desired state from plan frontends. Every service address also gets
-    /// its wildcard entry.
+    /// Builds the desired state from plan frontends (all services at once).
     pub fn from_frontends<'a>(
         frontends: impl IntoIterator<Item = &'a Frontend>,
     ) -> (Self, Vec<FrontendConflict>) {
-        let mut owners: BTreeMap<FrontendKey, &'a str> = BTreeMap::new();
-        let mut state = DesiredState::default();
-        let mut conflicts = Vec::new();
+        let mut by_service: BTreeMap<&str, Vec<&Frontend>> = BTreeMap::new();
+        for fe in frontends {
+            by_service.entry(&fe.service).or_default().push(fe);
+        }
+        let mut index = DesiredIndex::default();
+        for (service, fes) in by_service {
+            index.set_service(service, fes);
+        }
+        let conflicts = index.conflicts();
+        (index.desired, conflicts)
+    }
+}
+
+/// The desired state, maintained service by service: replacing one service's
+/// frontends reports exactly the map keys whose desired content changed, so an
+/// update costs work proportional to that service.
+///
+/// Two services may claim one frontend (only hand-written manifests can do that):
+/// the first by service name keeps it, as in `plan::compute_plan`. A service address
+/// has its wildcard entry while any frontend uses that address.
+#[derive(Clone, Debug, Default)]
+pub struct DesiredIndex {
+    /// Every service's claim on each frontend.
+    claims: HashMap<FrontendKey, BTreeMap<String, DesiredFrontend>>,
+    /// The frontends each service claims.
+    by_service: HashMap<String, Vec<FrontendKey>>,
+    /// Number of claimed (non-wildcard) frontends per service address.
+    address_refs: HashMap<Ipv4Addr, usize>,
+    pub desired: DesiredState,
+}
+
+impl DesiredIndex {
+    /// Replaces the frontends of `service` (empty: the service is gone). Returns the
+    /// keys whose desired entry changed.
+    pub fn set_service<'a>(
+        &mut self,
+        service: &str,
+        frontends: impl IntoIterator<Item = &'a Frontend>,
+    ) -> Vec<FrontendKey> {
+        let mut touched: Vec<FrontendKey> = Vec::new();
+        for key in self.by_service.remove(service).unwrap_or_default() {
+            if let Some(claims) = self.claims.get_mut(&key) {
+                claims.remove(service);
+                if claims.is_empty() {
+                    self.claims.remove(&key);
+                }
+            }
+            self.release_address(key.ip, &mut touched);
+            touched.push(key);
+        }
+        let mut keys = Vec::new();
         for fe in frontends {
             let proto = fe.protocol.as_ipproto();
             let key = FrontendKey { ip: fe.ip, port: fe.port, proto };
-            if let Some(kept) = owners.get(&key) {
-                conflicts.push(FrontendConflict {
-                    key,
-                    kept: (*kept).to_string(),
-                    dropped: fe.service.clone(),
-                });
+            if keys.contains(&key) {
                 continue;
             }
-            owners.insert(key, &fe.service);
-            state.frontends.insert(key, desired_frontend(fe, proto));
-            state.frontends.entry(FrontendKey::wildcard(fe.ip)).or_insert(DesiredFrontend {
-                action: SvcAction::Reject,
-                backends: Vec::new(),
-                affinity_timeout_s: 0,
-                flags: SVC_FLAG_WILDCARD,
-            });
+            keys.push(key);
+            self.claims.entry(key).or_default().insert(service.to_string(), desired_frontend(fe, proto));
+            self.acquire_address(fe.ip, &mut touched);
+            touched.push(key);
         }
-        (state, conflicts)
+        if !keys.is_empty() {
+            self.by_service.insert(service.to_string(), keys);
+        }
+        touched.sort();
+        touched.dedup();
+        touched.retain(|key| self.refresh(*key));
+        touched
     }
+
+    /// Frontends claimed by more than one service.
+    pub fn conflicts(&self) -> Vec<FrontendConflict> {
+        let mut out: Vec<FrontendConflict> = self
+            .claims
+            .iter()
+            .filter(|(_, c)| c.len() > 1)
+            .flat_map(|(key, claims)| {
+                let mut names = claims.keys();
+                let kept = names.next().cloned().unwrap_or_default();
+                names.map(move |dropped| FrontendConflict { key: *key, kept: kept.clone(), dropped: dropped.clone() })
+            })
+            .collect();
+        out.sort_by(|a, b| (a.key, &a.dropped).cmp(&(b.key, &b.dropped)));
+        out
+    }
+
+    fn acquire_address(&mut self, ip: Ipv4Addr, touched: &mut Vec<FrontendKey>) {
+        let refs = self.address_refs.entry(ip).or_default();
+        *refs += 1;
+        if *refs == 1 {
+            touched.push(FrontendKey::wildcard(ip));
+        }
+    }
+
+    fn release_address(&mut self, ip: Ipv4Addr, touched: &mut Vec<FrontendKey>) {
+        if let Some(refs) = self.address_refs.get_mut(&ip) {
+            *refs = refs.saturating_sub(1);
+            if *refs == 0 {
+                self.address_refs.remove(&ip);
+                touched.push(FrontendKey::wildcard(ip));
+            }
+        }
+    }
+
+    /// Recomputes the desired entry of `key`; true when it changed.
+    fn refresh(&mut self, key: FrontendKey) -> bool {
+        let want = if key.is_wildcard() {
+            self.address_refs.contains_key(&key.ip).then(wildcard_frontend)
+        } else {
+            self.claims.get(&key).and_then(|c| c.values().next()).cloned()
+        };
+        let have = self.desired.frontends.get(&key);
+        if have == want.as_ref() {
+            return false;
+        }
+        match want {
+            Some(w) => self.desired.frontends.insert(key, w),
+            None => self.desired.frontends.remove(&key),
+        };
+        true
+    }
+}
+
+fn wildcard_frontend() -> DesiredFrontend {
+    DesiredFrontend { action: SvcAction::Reject, backends: Vec::new(), affinity_timeout_s: 0, flags: SVC_FLAG_WILDCARD }
 }
 
 fn desired_frontend(fe: &Frontend, proto: u8) -> DesiredFrontend {

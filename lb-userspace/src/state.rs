@@ -1,0 +1,387 @@
+//! The agent's view of the cluster, fed by [`ClusterEvent`]s from any source, and
+//! the frontends it implies, recomputed only for the services an event touched.
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use crate::{
+    datapath::{FrontendKey, desired::DesiredIndex},
+    model::{NodeModel, ServiceModel, SliceModel},
+    plan::{self, Plan},
+    source::{ClusterEvent, ObjectKey},
+};
+
+/// Services, slices and this node, as last reported by the source.
+#[derive(Debug)]
+pub struct ClusterState {
+    node: NodeModel,
+    services: HashMap<ObjectKey, ServiceModel>,
+    slices: HashMap<ObjectKey, SliceModel>,
+    /// Service key -> keys of the slices that name it (slices may come first).
+    slices_by_service: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
+    /// Services whose frontends must be recomputed.
+    dirty: HashSet<ObjectKey>,
+    index: DesiredIndex,
+    /// Set once a complete list of services and of slices has been seen.
+    services_listed: bool,
+    slices_listed: bool,
+}
+
+impl ClusterState {
+    pub fn new(node: NodeModel) -> Self {
+        Self {
+            node,
+            services: HashMap::new(),
+            slices: HashMap::new(),
+            slices_by_service: HashMap::new(),
+            dirty: HashSet::new(),
+            index: DesiredIndex::default(),
+            services_listed: false,
+            slices_listed: false,
+        }
+    }
+
+    /// True once the source delivered complete lists: before that, programming the
+    /// maps could remove services that merely were not listed yet.
+    pub fn synced(&self) -> bool {
+        self.services_listed && self.slices_listed
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    pub fn index(&self) -> &DesiredIndex {
+        &self.index
+    }
+
+    pub fn node(&self) -> &NodeModel {
+        &self.node
+    }
+
+    pub fn apply(&mut self, event: ClusterEvent) {
+        match event {
+            ClusterEvent::ServiceApplied(svc) => self.put_service(svc),
+            ClusterEvent::ServiceDeleted(key) => self.delete_service(&key),
+            ClusterEvent::SliceApplied(slice) => self.put_slice(slice),
+            ClusterEvent::SliceDeleted(key) => self.delete_slice(&key),
+            ClusterEvent::NodeApplied(node) => self.set_node(node),
+            ClusterEvent::ServicesListed { services, invalid } => {
+                self.replace_services(services, &invalid);
+                self.services_listed = true;
+            }
+            ClusterEvent::SlicesListed { slices, invalid } => {
+                self.replace_slices(slices, &invalid);
+                self.slices_listed = true;
+            }
+            ClusterEvent::Snapshot { services, slices, node } => {
+                self.set_node(node);
+                self.replace_services(services, &[]);
+                self.replace_slices(slices, &[]);
+                self.services_listed = true;
+                self.slices_listed = true;
+            }
+        }
+    }
+
+    /// Recomputes the dirty services; returns the map keys whose desired content
+    /// changed (for `Reconciler::sync_keys`).
+    pub fn recompute(&mut self) -> Vec<FrontendKey> {
+        let mut dirty: Vec<ObjectKey> = self.dirty.drain().collect();
+        dirty.sort();
+        let mut changed = Vec::new();
+        for key in dirty {
+            let frontends = match self.services.get(&key) {
+                Some(svc) => {
+                    let slices: Vec<&SliceModel> = self
+                        .slices_by_service
+                        .get(&key)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|k| self.slices.get(k))
+                        .collect();
+                    plan::frontends_for_service(svc, &slices, &self.node)
+                }
+                None => Vec::new(),
+            };
+            changed.extend(self.index.set_service(&service_name(&key), &frontends));
+        }
+        changed.sort();
+        changed.dedup();
+        changed
+    }
+
+    /// Every frontend, in `socklb plan` order (conflicting claims included once,
+    /// for the service that keeps the frontend).
+    pub fn plan(&self) -> Plan {
+        let services: Vec<ServiceModel> = self.services.values().cloned().collect();
+        let slices: Vec<SliceModel> = self.slices.values().cloned().collect();
+        plan::compute_plan(&services, &slices, &self.node)
+    }
+
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+
+    pub fn slice_count(&self) -> usize {
+        self.slices.len()
+    }
+
+    fn put_service(&mut self, svc: ServiceModel) {
+        let key = object_key(&svc.namespace, &svc.name);
+        if self.services.get(&key) != Some(&svc) {
+            self.services.insert(key.clone(), svc);
+            self.dirty.insert(key);
+        }
+    }
+
+    fn delete_service(&mut self, key: &ObjectKey) {
+        if self.services.remove(key).is_some() {
+            self.dirty.insert(key.clone());
+        }
+    }
+
+    fn put_slice(&mut self, slice: SliceModel) {
+        let key = object_key(&slice.namespace, &slice.name);
+        let service = object_key(&slice.namespace, &slice.service_name);
+        if let Some(old) = self.slices.get(&key) {
+            if *old == slice {
+                return;
+            }
+            // A slice can move to another service (its label changed).
+            let old_service = object_key(&old.namespace, &old.service_name);
+            if old_service != service {
+                self.unlink_slice(&old_service, &key);
+            }
+        }
+        self.slices_by_service.entry(service.clone()).or_default().insert(key.clone());
+        self.slices.insert(key, slice);
+        self.dirty.insert(service);
+    }
+
+    fn delete_slice(&mut self, key: &ObjectKey) {
+        if let Some(old) = self.slices.remove(key) {
+            let service = object_key(&old.namespace, &old.service_name);
+            self.unlink_slice(&service, key);
+        }
+    }
+
+    fn unlink_slice(&mut self, service: &ObjectKey, slice: &ObjectKey) {
+        if let Some(set) = self.slices_by_service.get_mut(service) {
+            set.remove(slice);
+            if set.is_empty() {
+                self.slices_by_service.remove(service);
+            }
+        }
+        self.dirty.insert(service.clone());
+    }
+
+    fn set_node(&mut self, node: NodeModel) {
+        if node != self.node {
+            self.node = node;
+            // Locality and zone hints may change for every service.
+            self.dirty.extend(self.services.keys().cloned());
+        }
+    }
+
+    /// Replaces all services; objects listed as invalid keep their last good version.
+    /// Unchanged services stay clean: a relist of the same objects recomputes nothing.
+    fn replace_services(&mut self, services: Vec<ServiceModel>, invalid: &[ObjectKey]) {
+        let mut seen: HashSet<ObjectKey> = invalid.iter().cloned().collect();
+        for svc in services {
+            seen.insert(object_key(&svc.namespace, &svc.name));
+            self.put_service(svc);
+        }
+        let gone: Vec<ObjectKey> = self.services.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+        for key in gone {
+            self.delete_service(&key);
+        }
+    }
+
+    fn replace_slices(&mut self, slices: Vec<SliceModel>, invalid: &[ObjectKey]) {
+        let mut seen: HashSet<ObjectKey> = invalid.iter().cloned().collect();
+        for slice in slices {
+            seen.insert(object_key(&slice.namespace, &slice.name));
+            self.put_slice(slice);
+        }
+        let gone: Vec<ObjectKey> = self.slices.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+        for key in gone {
+            self.delete_slice(&key);
+        }
+    }
+}
+
+fn object_key(namespace: &str, name: &str) -> ObjectKey {
+    (namespace.to_string(), name.to_string())
+}
+
+/// "ns/name", as in plan output.
+fn service_name(key: &ObjectKey) -> String {
+    format!("{}/{}", key.0, key.1)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::{
+        datapath::DesiredState,
+        model::{EndpointModel, Protocol, ServicePortModel, ServiceType, SlicePortModel, TrafficPolicy},
+    };
+
+    fn service(name: &str, ip: [u8; 4], ports: &[(&str, u16)]) -> ServiceModel {
+        ServiceModel {
+            namespace: "ns".into(),
+            name: name.into(),
+            service_type: ServiceType::ClusterIP,
+            cluster_ips: vec![Ipv4Addr::from(ip)],
+            ports: ports
+                .iter()
+                .map(|(n, p)| ServicePortModel { name: (*n).into(), protocol: Protocol::Tcp, port: *p, node_port: None })
+                .collect(),
+            internal_traffic_policy: TrafficPolicy::Cluster,
+            external_traffic_policy: TrafficPolicy::Cluster,
+            session_affinity_timeout_s: 0,
+            traffic_distribution: None,
+            external_ips: vec![],
+            load_balancer_ips: vec![],
+            health_check_node_port: None,
+            skipped_ports: vec![],
+        }
+    }
+
+    fn slice(name: &str, service: &str, port: (&str, u16), eps: &[(u8, bool, Option<&str>)]) -> SliceModel {
+        SliceModel {
+            namespace: "ns".into(),
+            name: name.into(),
+            service_name: service.into(),
+            ports: vec![SlicePortModel { name: port.0.into(), protocol: Protocol::Tcp, port: port.1 }],
+            endpoints: eps
+                .iter()
+                .map(|(last, ready, node)| EndpointModel {
+                    address: Ipv4Addr::new(10, 244, 0, *last),
+                    ready: *ready,
+                    serving: *ready,
+                    terminating: false,
+                    node_name: node.map(String::from),
+                    zone: None,
+                    hints_zones: None,
+                    hints_nodes: None,
+                })
+                .collect(),
+            skipped_ports: vec![],
+        }
+    }
+
+    /// The incremental desired state equals the one computed from scratch.
+    fn assert_consistent(state: &ClusterState) {
+        let (from_scratch, _) = DesiredState::from_frontends(&state.plan().frontends);
+        assert_eq!(state.index().desired, from_scratch);
+    }
+
+    #[test]
+    fn slice_before_service_and_service_deleted_before_slices() {
+        let mut st = ClusterState::new(NodeModel::named("n1"));
+        st.apply(ClusterEvent::SliceApplied(slice("web-1", "web", ("http", 8080), &[(1, true, None)])));
+        assert!(st.recompute().is_empty(), "a slice alone programs nothing");
+        st.apply(ClusterEvent::ServiceApplied(service("web", [10, 96, 0, 10], &[("http", 80)])));
+        let changed = st.recompute();
+        assert_eq!(changed.len(), 2, "frontend and wildcard: {changed:?}");
+        assert_consistent(&st);
+        st.apply(ClusterEvent::ServiceDeleted(("ns".into(), "web".into())));
+        assert_eq!(st.recompute().len(), 2);
+        assert!(st.index().desired.frontends.is_empty());
+        st.apply(ClusterEvent::SliceDeleted(("ns".into(), "web-1".into())));
+        assert!(st.recompute().is_empty());
+        assert_consistent(&st);
+    }
+
+    #[test]
+    fn a_relist_of_the_same_objects_changes_nothing_and_never_clears_live_entries() {
+        let mut st = ClusterState::new(NodeModel::named("n1"));
+        assert!(!st.synced());
+        let services = vec![service("web", [10, 96, 0, 10], &[("http", 80)]), service("db", [10, 96, 0, 11], &[("", 5432)])];
+        let slices = vec![slice("web-1", "web", ("http", 8080), &[(1, true, None)]), slice("db-1", "db", ("", 5432), &[(2, true, None)])];
+        st.apply(ClusterEvent::ServicesListed { services: services.clone(), invalid: vec![] });
+        assert!(!st.synced(), "slices not listed yet");
+        st.apply(ClusterEvent::SlicesListed { slices: slices.clone(), invalid: vec![] });
+        assert!(st.synced());
+        assert_eq!(st.recompute().len(), 4);
+        // A relist (watch expired): same content, nothing to do.
+        st.apply(ClusterEvent::ServicesListed { services: services.clone(), invalid: vec![] });
+        st.apply(ClusterEvent::SlicesListed { slices: slices.clone(), invalid: vec![] });
+        assert!(!st.has_pending());
+        assert!(st.recompute().is_empty());
+        // A relist without db: only db's entries change.
+        st.apply(ClusterEvent::ServicesListed { services: services[..1].to_vec(), invalid: vec![] });
+        let changed = st.recompute();
+        assert!(changed.iter().all(|k| k.ip == Ipv4Addr::new(10, 96, 0, 11)), "{changed:?}");
+        assert_consistent(&st);
+        // An invalid object in a relist keeps its last good version.
+        st.apply(ClusterEvent::ServicesListed { services: vec![], invalid: vec![("ns".into(), "web".into())] });
+        assert!(st.recompute().is_empty());
+        assert_eq!(st.service_count(), 1);
+    }
+
+    #[test]
+    fn the_node_changing_recomputes_local_policy() {
+        let mut svc = service("web", [10, 96, 0, 10], &[("http", 80)]);
+        svc.internal_traffic_policy = TrafficPolicy::Local;
+        let mut st = ClusterState::new(NodeModel::named("n1"));
+        st.apply(ClusterEvent::ServiceApplied(svc));
+        st.apply(ClusterEvent::SliceApplied(slice("web-1", "web", ("http", 8080), &[(1, true, Some("n1")), (2, true, Some("n2"))])));
+        st.recompute();
+        assert_consistent(&st);
+        st.apply(ClusterEvent::NodeApplied(NodeModel::named("n2")));
+        assert_eq!(st.recompute().len(), 1, "the frontend's backend changes; the wildcard does not");
+        assert_consistent(&st);
+    }
+
+    #[test]
+    fn conflicting_services_keep_the_first_by_name_incrementally() {
+        let mut st = ClusterState::new(NodeModel::named("n1"));
+        st.apply(ClusterEvent::ServiceApplied(service("b", [10, 96, 0, 10], &[("", 80)])));
+        st.apply(ClusterEvent::SliceApplied(slice("b-1", "b", ("", 8080), &[(2, true, None)])));
+        st.recompute();
+        st.apply(ClusterEvent::ServiceApplied(service("a", [10, 96, 0, 10], &[("", 80)])));
+        st.apply(ClusterEvent::SliceApplied(slice("a-1", "a", ("", 8080), &[(1, true, None)])));
+        st.recompute();
+        assert_consistent(&st);
+        assert_eq!(st.index().conflicts().len(), 1);
+        st.apply(ClusterEvent::ServiceDeleted(("ns".into(), "a".into())));
+        st.recompute();
+        assert_consistent(&st);
+        assert!(st.index().conflicts().is_empty());
+    }
+
+    #[test]
+    fn random_event_sequences_stay_consistent_with_a_full_recompute() {
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut st = ClusterState::new(NodeModel::named("n1"));
+        for _ in 0..2000 {
+            let svc = ["a", "b", "c", "d"][next(4) as usize];
+            let ip = [10, 96, 0, next(3) as u8]; // shared addresses: conflicts and wildcards
+            match next(7) {
+                0 | 1 => st.apply(ClusterEvent::ServiceApplied(service(svc, ip, &[("http", 80 + next(2) as u16)]))),
+                2 => st.apply(ClusterEvent::ServiceDeleted(("ns".into(), svc.into()))),
+                3 | 4 => {
+                    let eps: Vec<(u8, bool, Option<&str>)> =
+                        (0..next(4)).map(|_| (next(8) as u8, next(3) > 0, Some(["n1", "n2"][next(2) as usize]))).collect();
+                    let name = format!("{svc}-{}", next(2));
+                    st.apply(ClusterEvent::SliceApplied(slice(&name, svc, ("http", 8080), &eps)));
+                }
+                5 => st.apply(ClusterEvent::SliceDeleted(("ns".into(), format!("{svc}-{}", next(2))))),
+                _ => st.apply(ClusterEvent::NodeApplied(NodeModel::named(["n1", "n2"][next(2) as usize]))),
+            }
+            if next(3) == 0 {
+                st.recompute();
+                assert_consistent(&st);
+            }
+        }
+    }
+}
