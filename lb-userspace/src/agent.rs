@@ -1,17 +1,30 @@
-//! The agent in manifest mode: a directory of Service, EndpointSlice and Node
-//! manifests is the source of truth; the data path follows every change to it.
+//! The agent: a source of cluster objects (a manifest directory or the Kubernetes
+//! API) drives the data path. Events update the [`ClusterState`]; each sync
+//! programs only the frontends they changed.
 use std::{
+    net::SocketAddr,
     path::{Path, PathBuf},
-    time::{Duration, SystemTime},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::{
-    datapath::{DatapathError, DesiredState, ServiceMaps, diff::Capacity, kernel},
+    datapath::{DatapathError, DesiredState, diff::Capacity, kernel},
+    health::{self, Health, MetricType, write_metric_family},
+    kube_source::{self, KubeSourceConfig, SourceMetrics},
+    manifest_source::ManifestSource,
     manifests,
+    model::NodeModel,
     plan::{self, Plan},
     reconcile::Reconciler,
+    source::ClusterEvent,
+    state::ClusterState,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -20,19 +33,39 @@ pub enum AgentError {
     Manifests { path: PathBuf, message: String },
     #[error(transparent)]
     Datapath(#[from] DatapathError),
+    #[error(transparent)]
+    Kubernetes(#[from] kube_source::KubeSourceError),
+    #[error("health endpoint {addr}: {source}")]
+    Health { addr: SocketAddr, #[source] source: std::io::Error },
+    #[error("the {0} source stopped")]
+    SourceStopped(&'static str),
+}
+
+/// Where the agent learns about Services, EndpointSlices and its Node.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A directory of manifests, checked every `poll_interval`.
+    Manifests { dir: PathBuf, poll_interval: Duration },
+    /// The Kubernetes API (`kubeconfig`, else KUBECONFIG, else in-cluster).
+    Kubernetes { kubeconfig: Option<PathBuf> },
 }
 
 #[derive(Clone, Debug)]
-pub struct ManifestAgentOptions {
-    pub manifests: PathBuf,
+pub struct AgentOptions {
+    pub source: Source,
     pub node: String,
     pub cgroup: PathBuf,
     pub pin_dir: PathBuf,
-    /// How often the directory is checked for changes.
-    pub poll_interval: Duration,
+    /// Bursts of events closer than this are applied in one sync (kube-proxy's
+    /// --min-sync-period); 0 applies every event at once.
+    pub min_sync_period: Duration,
+    /// Where /healthz, /readyz and /metrics are served; None: not served.
+    pub health_addr: Option<SocketAddr>,
+    /// /healthz fails when an update waits longer than this.
+    pub health_timeout: Duration,
 }
 
-/// Reads the directory and computes the plan; logs what was skipped.
+/// Reads a manifest directory and computes the plan (`socklb plan`).
 pub fn plan_from_dir(dir: &Path, node: &str) -> Result<(Plan, Vec<String>), AgentError> {
     let set = manifests::load_dir(dir)
         .map_err(|e| AgentError::Manifests { path: dir.to_path_buf(), message: e.to_string() })?;
@@ -42,107 +75,203 @@ pub fn plan_from_dir(dir: &Path, node: &str) -> Result<(Plan, Vec<String>), Agen
     Ok((plan, warnings))
 }
 
-/// The desired map state for a plan; conflicts are logged.
-pub fn desired_from_plan(plan: &Plan) -> DesiredState {
-    let (desired, conflicts) = DesiredState::from_frontends(&plan.frontends);
-    for c in conflicts {
-        warn!(conflict = %c, "two services claim one frontend");
-    }
-    desired
+/// Counters of the sync loop, exported on /metrics.
+#[derive(Debug, Default)]
+struct SyncMetrics {
+    syncs: AtomicU64,
+    sync_errors: AtomicU64,
+    map_ops: AtomicU64,
+    frontends_changed: AtomicU64,
+    /// Time from the first event of a batch to its maps written, last sync (µs).
+    last_latency_us: AtomicU64,
+    frontends: AtomicU64,
 }
 
 /// Runs until `shutdown` resolves. The data path stays in place afterwards.
-pub async fn run_manifest_agent(
-    opts: ManifestAgentOptions,
+pub async fn run_agent(
+    opts: AgentOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    // Read the manifests first: an unreadable directory fails before anything
-    // in the kernel is touched.
-    let (plan, warnings) = plan_from_dir(&opts.manifests, &opts.node)?;
+    let health = Arc::new(Health::new(opts.health_timeout));
+    let metrics = Arc::new(SyncMetrics::default());
+    register_sync_metrics(&health, &metrics);
+
+    let (tx, mut rx) = mpsc::channel::<ClusterEvent>(4096);
+    // Read the manifests before touching the kernel: an unreadable directory fails
+    // without side effects.
+    let mut source_task = match &opts.source {
+        Source::Manifests { dir, poll_interval } => {
+            let mut source = ManifestSource::new(dir, &opts.node, *poll_interval);
+            let first = source.load().map_err(|e| AgentError::Manifests {
+                path: dir.clone(),
+                message: e.to_string(),
+            })?;
+            let invalid = source.invalid_objects.clone();
+            health.register_counter("socklb_manifest_invalid_objects", "Objects or files skipped as invalid in the last read of the manifest directory.", invalid);
+            // The channel is empty: this cannot fail.
+            let _ = tx.try_send(first);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                source.run(tx).await;
+                "manifests"
+            })
+        }
+        Source::Kubernetes { kubeconfig } => {
+            let client = kube_source::client_from_env(kubeconfig.clone()).await?;
+            let source_metrics = Arc::new(SourceMetrics::default());
+            let for_metrics = source_metrics.clone();
+            health.register_collector(move |out| for_metrics.render_prometheus(out));
+            let config = KubeSourceConfig::new(opts.node.clone());
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = kube_source::run_kube_source(client, config, tx, source_metrics).await {
+                    warn!(error = %e, "Kubernetes source failed");
+                }
+                "kubernetes"
+            })
+        }
+    };
+    drop(tx);
+
+    let (stop_health, health_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(addr) = opts.health_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| AgentError::Health { addr, source })?;
+        info!(addr = %listener.local_addr().unwrap_or(addr), "health endpoint listening");
+        let health = health.clone();
+        tokio::spawn(health::serve_health_on(listener, health, async move {
+            let _ = health_stopped.await;
+        }));
+    }
+
     let maps = kernel::install(&opts.pin_dir, &opts.cgroup)?;
     info!(cgroup = %opts.cgroup.display(), pin_dir = %opts.pin_dir.display(), "socket hooks attached");
     let mut reconciler = Reconciler::adopt(maps, Capacity::default())?;
-    let mut last_warnings = Vec::new();
-    apply_plan(&mut reconciler, &plan, warnings, &mut last_warnings);
-    info!(frontends = plan.frontends.len(), "ready");
+    let mut state = ClusterState::new(NodeModel::named(opts.node.clone()));
 
     tokio::pin!(shutdown);
-    let mut fingerprint = dir_fingerprint(&opts.manifests);
-    let mut ticker = tokio::time::interval(opts.poll_interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut retry_pending = false;
-    loop {
+    // The first sync after adopting the maps is a full one: it removes what an
+    // earlier agent programmed that is no longer wanted. So is the one after a failure.
+    let mut full_sync = true;
+    let mut ready = false;
+    let mut last_sync: Option<Instant> = None;
+    let mut batch_started: Option<Instant> = None;
+    let mut retry_at: Option<Instant> = None;
+    let result = loop {
+        // When may the next sync run?
+        let work = state.synced() && (state.has_pending() || full_sync);
+        let due = if !work {
+            None
+        } else {
+            let earliest = last_sync.map_or_else(Instant::now, |t| t + opts.min_sync_period);
+            Some(retry_at.map_or(earliest, |r| r.max(earliest)))
+        };
+        let sleep = async {
+            match due {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            () = &mut shutdown => {
-                info!("shutting down; the data path stays in place");
-                return Ok(());
+            biased;
+            () = &mut shutdown => break Ok(()),
+            event = rx.recv() => match event {
+                Some(event) => {
+                    batch_started.get_or_insert_with(Instant::now);
+                    health.queued_update();
+                    state.apply(event);
+                    // Take everything already queued: a burst becomes one sync.
+                    while let Ok(event) = rx.try_recv() {
+                        state.apply(event);
+                    }
+                    continue;
+                }
+                None => {
+                    let which = (&mut source_task).await.unwrap_or("event");
+                    break Err(AgentError::SourceStopped(which));
+                }
+            },
+            () = sleep => {}
+        }
+
+        let started = Instant::now();
+        let changed = state.recompute();
+        let desired: &DesiredState = &state.index().desired;
+        let outcome = if full_sync {
+            reconciler.sync(desired)
+        } else {
+            reconciler.sync_keys(desired, &changed)
+        };
+        last_sync = Some(started);
+        match outcome {
+            Ok(stats) => {
+                full_sync = false;
+                retry_at = None;
+                health.updated();
+                let latency = batch_started.take().map_or(Duration::ZERO, |t| t.elapsed());
+                metrics.syncs.fetch_add(1, Ordering::Relaxed);
+                metrics.map_ops.fetch_add(stats.ops as u64, Ordering::Relaxed);
+                metrics.frontends_changed.fetch_add(stats.frontends_changed as u64, Ordering::Relaxed);
+                metrics.last_latency_us.store(latency.as_micros() as u64, Ordering::Relaxed);
+                metrics.frontends.store(desired.frontends.len() as u64, Ordering::Relaxed);
+                for conflict in state.index().conflicts() {
+                    warn!(%conflict, "two services claim one frontend");
+                }
+                if stats.ops > 0 {
+                    info!(
+                        services = state.service_count(),
+                        changed = stats.frontends_changed,
+                        map_ops = stats.ops,
+                        latency_us = latency.as_micros() as u64,
+                        "data path updated"
+                    );
+                }
+                if !ready {
+                    ready = true;
+                    health.set_ready(true);
+                    info!(services = state.service_count(), slices = state.slice_count(), "ready");
+                }
             }
-            _ = ticker.tick() => {}
-        }
-        let now = dir_fingerprint(&opts.manifests);
-        if now == fingerprint && !retry_pending {
-            continue;
-        }
-        // Wait for writers to finish: re-read only once the directory is quiet.
-        tokio::time::sleep(opts.poll_interval / 2).await;
-        let settled = dir_fingerprint(&opts.manifests);
-        if settled != now {
-            continue;
-        }
-        fingerprint = settled;
-        match plan_from_dir(&opts.manifests, &opts.node) {
-            Ok((plan, warnings)) => {
-                retry_pending = !apply_plan(&mut reconciler, &plan, warnings, &mut last_warnings);
+            Err(e) => {
+                metrics.sync_errors.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, "data path update failed; retrying with a full sync");
+                full_sync = true;
+                retry_at = Some(Instant::now() + Duration::from_secs(1));
             }
-            // The directory vanished or became unreadable: keep serving what we have.
-            Err(e) => warn!(error = %e, "keeping the current data path"),
         }
+    };
+    let _ = stop_health.send(());
+    source_task.abort();
+    if result.is_ok() {
+        info!("shutting down; the data path stays in place");
     }
+    result
 }
 
-/// Returns false when the maps could not be updated (retried on the next tick).
-fn apply_plan<M: ServiceMaps>(
-    reconciler: &mut Reconciler<M>,
-    plan: &Plan,
-    warnings: Vec<String>,
-    last_warnings: &mut Vec<String>,
-) -> bool {
-    if warnings != *last_warnings {
-        for w in &warnings {
-            warn!("skipped: {w}");
-        }
-        *last_warnings = warnings;
-    }
-    let desired = desired_from_plan(plan);
-    match reconciler.sync(&desired) {
-        Ok(stats) => {
-            if stats.ops > 0 {
-                info!(
-                    frontends = plan.frontends.len(),
-                    changed = stats.frontends_changed,
-                    map_ops = stats.ops,
-                    "data path updated"
-                );
-            }
-            true
-        }
-        Err(e) => {
-            warn!(error = %e, "data path update failed; retrying");
-            false
-        }
-    }
-}
-
-/// Names, sizes and modification times of the directory's entries.
-fn dir_fingerprint(dir: &Path) -> Option<Vec<(std::ffi::OsString, u64, SystemTime)>> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let meta = e.metadata().ok()?;
-            Some((e.file_name(), meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)))
-        })
-        .collect();
-    entries.sort();
-    Some(entries)
+fn register_sync_metrics(health: &Health, metrics: &Arc<SyncMetrics>) {
+    let m = metrics.clone();
+    health.register_collector(move |out| {
+        let counter = |out: &mut String, name: &str, help: &str, v: &AtomicU64| {
+            write_metric_family(out, name, help, MetricType::Counter, [(&[][..], v.load(Ordering::Relaxed) as f64)]);
+        };
+        counter(out, "socklb_syncs_total", "Data path syncs applied.", &m.syncs);
+        counter(out, "socklb_sync_errors_total", "Data path syncs that failed (retried).", &m.sync_errors);
+        counter(out, "socklb_map_operations_total", "BPF map writes and deletes.", &m.map_ops);
+        counter(out, "socklb_frontends_changed_total", "Frontends rewritten by syncs.", &m.frontends_changed);
+        write_metric_family(
+            out,
+            "socklb_last_sync_latency_seconds",
+            "Time from the first event of the last applied batch to its maps written.",
+            MetricType::Gauge,
+            [(&[][..], m.last_latency_us.load(Ordering::Relaxed) as f64 / 1e6)],
+        );
+        write_metric_family(
+            out,
+            "socklb_frontends",
+            "Frontends (service address, port, protocol, plus address wildcards) wanted in the maps.",
+            MetricType::Gauge,
+            [(&[][..], m.frontends.load(Ordering::Relaxed) as f64)],
+        );
+    });
 }

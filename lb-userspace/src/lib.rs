@@ -3,8 +3,13 @@
 
 pub mod agent;
 pub mod datapath;
+pub mod health;
+pub mod kube_source;
+pub mod manifest_source;
 pub mod manifests;
 pub mod model;
 pub mod plan;
 pub mod reconcile;
+pub mod source;
+pub mod state;
 pub mod status;

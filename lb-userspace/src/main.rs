@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use socklb::{
-    agent::{self, ManifestAgentOptions},
+    agent::{self, AgentOptions, Source},
     datapath::kernel,
     status,
 };
@@ -27,9 +27,14 @@ enum Output {
 enum Command {
     /// Run the agent: attach the socket hooks and keep the maps in sync.
     Agent {
-        /// Directory of Service, EndpointSlice and Node manifests (*.yaml, *.yml, *.json).
+        /// Directory of Service, EndpointSlice and Node manifests (*.yaml, *.yml,
+        /// *.json). Without it the agent watches the Kubernetes API.
         #[arg(long)]
-        manifests: PathBuf,
+        manifests: Option<PathBuf>,
+        /// kubeconfig file for the API (default: KUBECONFIG, ~/.kube/config, then the
+        /// in-cluster service account).
+        #[arg(long, conflicts_with = "manifests")]
+        kubeconfig: Option<PathBuf>,
         /// This node's name (endpoint nodeName, topology). Default: the host name.
         #[arg(long, env = "NODE_NAME")]
         node: Option<String>,
@@ -42,6 +47,17 @@ enum Command {
         /// How often the manifest directory is checked for changes.
         #[arg(long, default_value_t = 200)]
         poll_interval_ms: u64,
+        /// Minimum time between two syncs: bursts of events within it are applied
+        /// together (like kube-proxy's --min-sync-period). E.g. 0, 500ms, 1s.
+        #[arg(long, default_value = "0", value_parser = parse_duration)]
+        min_sync_period: Duration,
+        /// Address of /healthz, /readyz and /metrics; "off" disables it. Default:
+        /// 0.0.0.0:10256 (kube-proxy's) when watching the API, off with --manifests.
+        #[arg(long)]
+        health_addr: Option<String>,
+        /// /healthz reports unhealthy when an update waits longer than this.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        health_timeout: Duration,
     },
     /// Print the frontends the agent would program, without touching the kernel.
     Plan {
@@ -84,25 +100,52 @@ fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            // kube-client logs every failed request at ERROR; the source reports watch
+            // errors itself, rate-limited, so that one is off unless RUST_LOG says so.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube_client::client::builder=off".into()),
         )
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Agent { manifests, node, cgroup, bpffs, poll_interval_ms } => {
+        Command::Agent {
+            manifests,
+            kubeconfig,
+            node,
+            cgroup,
+            bpffs,
+            poll_interval_ms,
+            min_sync_period,
+            health_addr,
+            health_timeout,
+        } => {
             let cgroup = match cgroup {
                 Some(c) => c,
                 None => kernel::cgroup2_root().context("no cgroup2 mount found; pass --cgroup")?,
             };
-            let opts = ManifestAgentOptions {
-                manifests,
+            let default_health = if manifests.is_some() { None } else { Some("0.0.0.0:10256") };
+            let health_addr = match health_addr.as_deref().or(default_health) {
+                None | Some("off") => None,
+                Some(a) => Some(a.parse().with_context(|| format!("--health-addr {a:?} is not an address:port"))?),
+            };
+            let source = match manifests {
+                Some(dir) => Source::Manifests {
+                    dir,
+                    poll_interval: Duration::from_millis(poll_interval_ms.max(10)),
+                },
+                None => Source::Kubernetes { kubeconfig },
+            };
+            let opts = AgentOptions {
+                source,
                 node: node_name(node)?,
                 cgroup,
                 pin_dir: bpffs,
-                poll_interval: Duration::from_millis(poll_interval_ms.max(10)),
+                min_sync_period,
+                health_addr,
+                health_timeout,
             };
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            runtime.block_on(agent::run_manifest_agent(opts, shutdown_signal()))?;
+            runtime.block_on(agent::run_agent(opts, shutdown_signal()))?;
         }
         Command::Plan { manifests, node, output } => {
             let (plan, warnings) = agent::plan_from_dir(&manifests, &node_name(node)?)?;
@@ -156,6 +199,23 @@ fn node_name(flag: Option<String>) -> anyhow::Result<String> {
     Ok(host.trim().to_string())
 }
 
+/// Parses "0", "250ms", "1s", "1.5s", "2m".
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration (e.g. 500ms, 1s, 2m)"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (ms, s, m)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
 /// Resolves on SIGTERM or SIGINT.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
@@ -170,5 +230,27 @@ async fn shutdown_signal() {
             // Without signal handlers the agent can only be killed; run on.
             std::future::pending::<()>().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("1h").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
     }
 }

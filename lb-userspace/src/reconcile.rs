@@ -84,6 +84,10 @@ impl<M: ServiceMaps> Reconciler<M> {
     pub fn maps(&self) -> &M {
         &self.maps
     }
+
+    pub fn into_maps(self) -> M {
+        self.maps
+    }
 }
 
 #[cfg(test)]

@@ -128,6 +128,8 @@ pub struct AgentConfig {
     pub bpffs: PathBuf,
     /// `--node NODE`
     pub node: String,
+    /// Watch the Kubernetes API described by this kubeconfig instead of `manifests`.
+    pub kubeconfig: Option<PathBuf>,
     /// More arguments after those.
     pub extra_args: Vec<String>,
     /// Extra environment (e.g. `RUST_LOG`).
@@ -146,15 +148,37 @@ impl AgentConfig {
             cgroup: cgroup.into(),
             bpffs: bpffs.into(),
             node: node.into(),
+            kubeconfig: None,
             extra_args: Vec::new(),
             env: Vec::new(),
         }
     }
 
+    /// An agent that watches the API server of `kubeconfig`.
+    pub fn kubernetes(
+        kubeconfig: impl Into<PathBuf>,
+        cgroup: impl Into<PathBuf>,
+        bpffs: impl Into<PathBuf>,
+        node: impl Into<String>,
+    ) -> Self {
+        let mut config = Self::new(PathBuf::new(), cgroup, bpffs, node);
+        config.kubeconfig = Some(kubeconfig.into());
+        config
+    }
+
     /// The command line after `socklb`.
     pub fn args(&self) -> Vec<std::ffi::OsString> {
-        let mut a: Vec<std::ffi::OsString> = vec!["agent".into(), "--manifests".into()];
-        a.push(self.manifests.clone().into());
+        let mut a: Vec<std::ffi::OsString> = vec!["agent".into()];
+        match &self.kubeconfig {
+            Some(kubeconfig) => {
+                a.push("--kubeconfig".into());
+                a.push(kubeconfig.clone().into());
+            }
+            None => {
+                a.push("--manifests".into());
+                a.push(self.manifests.clone().into());
+            }
+        }
         a.push("--cgroup".into());
         a.push(self.cgroup.clone().into());
         a.push("--bpffs".into());

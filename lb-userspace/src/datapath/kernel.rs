@@ -141,12 +141,7 @@ pub fn install(pin_dir: &Path, cgroup: &Path) -> Result<KernelMaps, DatapathErro
     if !reused.is_empty() {
         info!(pin_dir = %pin_dir.display(), maps = ?reused, "adopting pinned maps");
     }
-    let mut loader = EbpfLoader::new();
-    let map_paths: Vec<(&str, PathBuf)> = map_names::ALL.iter().map(|m| (*m, pin_dir.join(m))).collect();
-    for (name, path) in &map_paths {
-        loader.map_pin_path(*name, path.as_path());
-    }
-    let mut ebpf = loader.load(EBPF_OBJECT)?;
+    let mut ebpf = load_object(pin_dir)?;
 
     let cgroup_dir = fs::File::open(cgroup).map_err(|source| DatapathError::Io {
         what: "opening cgroup",
@@ -173,6 +168,29 @@ pub fn install(pin_dir: &Path, cgroup: &Path) -> Result<KernelMaps, DatapathErro
         debug!(program, cgroup = %cgroup.display(), "attached");
     }
     KernelMaps::from_ebpf(&mut ebpf)
+}
+
+/// Parses the object and creates (or reuses) its maps pinned in `pin_dir`; no
+/// program is loaded or attached yet.
+fn load_object(pin_dir: &Path) -> Result<Ebpf, DatapathError> {
+    let mut loader = EbpfLoader::new();
+    let map_paths: Vec<(&str, PathBuf)> = map_names::ALL.iter().map(|m| (*m, pin_dir.join(m))).collect();
+    for (name, path) in &map_paths {
+        loader.map_pin_path(*name, path.as_path());
+    }
+    Ok(loader.load(EBPF_OBJECT)?)
+}
+
+/// The data path's maps pinned in `pin_dir` (created when missing), with no program
+/// attached: for benchmarks and tools that only need the maps.
+pub fn create_maps(pin_dir: &Path) -> Result<KernelMaps, DatapathError> {
+    raise_memlock_limit();
+    fs::create_dir_all(pin_dir).map_err(|source| DatapathError::Io {
+        what: "creating pin directory",
+        path: pin_dir.to_path_buf(),
+        source,
+    })?;
+    KernelMaps::from_ebpf(&mut load_object(pin_dir)?)
 }
 
 /// Pins `link` at `path`, replacing (and so detaching) a link pinned there before.

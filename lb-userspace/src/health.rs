@@ -1,0 +1,686 @@
+//! The agent's own HTTP endpoint: `/healthz` (and `/livez`), `/readyz` and `/metrics`.
+//!
+//! Semantics follow kube-proxy (pkg/proxy/healthcheck/proxier_health.go):
+//! - [`Health::queued_update`] is called when an event arrives that the data path must
+//!   reflect, [`Health::updated`] once the data path has been programmed. `/healthz` is
+//!   200 unless the oldest update queued since the last [`Health::updated`] is older than
+//!   `health_timeout`: a stuck or wedged sync loop fails the liveness probe, an idle one
+//!   does not. The JSON body names `lastUpdated` and `currentTime` like kube-proxy's.
+//! - `/readyz` is 200 once the agent said it is ready (initial sync done and the data
+//!   path programmed, see [`Health::set_ready`]), else 503.
+//! - `/metrics` is the Prometheus text format 0.0.4: the endpoint's own metrics plus
+//!   whatever callers registered ([`Health::register_counter`],
+//!   [`Health::register_collector`]).
+//!
+//! The server is hyper 1 (http1 only, behind hyper-util's tokio glue): hyper, hyper-util
+//! and http-body-util are already compiled into the agent through kube's client, so a
+//! real HTTP/1.1 implementation (keep-alive, pipelining, header limits, read timeouts
+//! against slow clients) costs only hyper's `server` feature. A hand-written responder
+//! would be smaller but would have to get all of that right on its own.
+
+use std::{
+    convert::Infallible,
+    fmt::Write as _,
+    future::Future,
+    io,
+    net::SocketAddr,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::{Bytes, Incoming},
+    header,
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use k8s_openapi::jiff::Timestamp;
+use tokio::{net::TcpListener, task::JoinSet};
+use tracing::{debug, info, warn};
+
+/// kube-proxy's default `--healthz` timeout (2 x its default iptables sync period).
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Content type of the Prometheus text exposition format 0.0.4.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// How long a client may take to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A monotonic clock: time elapsed since an arbitrary origin. The real one is
+/// [`MonotonicClock`]; tests drive a fake one.
+pub trait Clock: Send + Sync {
+    fn elapsed(&self) -> Duration;
+}
+
+/// `Instant`-based [`Clock`] whose origin is its creation.
+#[derive(Debug)]
+pub struct MonotonicClock(Instant);
+
+impl MonotonicClock {
+    pub fn new() -> MonotonicClock {
+        MonotonicClock(Instant::now())
+    }
+}
+
+impl Default for MonotonicClock {
+    fn default() -> Self {
+        MonotonicClock::new()
+    }
+}
+
+impl Clock for MonotonicClock {
+    fn elapsed(&self) -> Duration {
+        self.0.elapsed()
+    }
+}
+
+/// Prometheus metric type, for `# TYPE` lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricType {
+    Counter,
+    Gauge,
+}
+
+impl MetricType {
+    fn as_str(self) -> &'static str {
+        match self {
+            MetricType::Counter => "counter",
+            MetricType::Gauge => "gauge",
+        }
+    }
+}
+
+/// Appends one metric family in the text format 0.0.4: `# HELP`, `# TYPE` and one line
+/// per sample. Each sample is (labels, value); label values are escaped.
+pub fn write_metric_family<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    metric_type: MetricType,
+    samples: impl IntoIterator<Item = (&'a [(&'a str, &'a str)], f64)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
+    let _ = writeln!(out, "# TYPE {name} {}", metric_type.as_str());
+    for (labels, value) in samples {
+        out.push_str(name);
+        if !labels.is_empty() {
+            out.push('{');
+            for (i, (key, value)) in labels.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let _ = write!(out, "{key}=\"{}\"", escape_label_value(value));
+            }
+            out.push('}');
+        }
+        let _ = writeln!(out, " {}", format_value(value));
+    }
+}
+
+fn escape_help(help: &str) -> String {
+    help.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+fn escape_label_value(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn format_value(value: f64) -> String {
+    if value.is_nan() {
+        "NaN".to_owned()
+    } else if value.is_infinite() {
+        if value > 0.0 { "+Inf" } else { "-Inf" }.to_owned()
+    } else if value.fract() == 0.0 && value.abs() < 1e15 {
+        // Integral values (all counters) without a trailing ".0".
+        format!("{value:.0}")
+    } else {
+        format!("{value}")
+    }
+}
+
+type Collector = Box<dyn Fn(&mut String) + Send + Sync>;
+
+/// What `/healthz` reports at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthzStatus {
+    pub healthy: bool,
+    /// When the data path was last programmed; `None` before the first time.
+    pub last_updated: Option<SystemTime>,
+    pub current_time: SystemTime,
+}
+
+impl HealthzStatus {
+    /// kube-proxy's body: `{"lastUpdated": "...", "currentTime": "..."}` (RFC 3339; a
+    /// never-updated proxy reports the zero time, as kube-proxy's Go zero value does).
+    pub fn body(&self) -> String {
+        let last_updated = match self.last_updated {
+            Some(time) => rfc3339(time),
+            None => "0001-01-01T00:00:00Z".to_owned(),
+        };
+        serde_json::json!({
+            "lastUpdated": last_updated,
+            "currentTime": rfc3339(self.current_time),
+        })
+        .to_string()
+    }
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    Timestamp::try_from(time)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| "0001-01-01T00:00:00Z".to_owned())
+}
+
+/// Health and readiness of the agent, shared between the sync loop (writer) and the HTTP
+/// endpoint (reader). Cheap to update from any thread.
+pub struct Health {
+    health_timeout: Duration,
+    clock: Arc<dyn Clock>,
+    /// Wall time at the clock's origin, to report times in the JSON body.
+    origin_wall: SystemTime,
+    /// Clock time (ns) + 1 of the oldest update queued and not applied since; 0 = none.
+    oldest_pending: AtomicU64,
+    /// Clock time (ns) + 1 of the last time the data path was programmed; 0 = never.
+    last_updated: AtomicU64,
+    ready: AtomicBool,
+    updates_queued: AtomicU64,
+    updates_applied: AtomicU64,
+    collectors: RwLock<Vec<Collector>>,
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health")
+            .field("health_timeout", &self.health_timeout)
+            .field("ready", &self.is_ready())
+            .field("healthy", &self.healthz().healthy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Health {
+    /// A health tracker on the real monotonic clock.
+    pub fn new(health_timeout: Duration) -> Health {
+        Health::with_clock(health_timeout, Arc::new(MonotonicClock::new()))
+    }
+
+    /// A health tracker on the given clock (tests use a fake one).
+    pub fn with_clock(health_timeout: Duration, clock: Arc<dyn Clock>) -> Health {
+        let origin_wall = SystemTime::now()
+            .checked_sub(clock.elapsed())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        Health {
+            health_timeout,
+            clock,
+            origin_wall,
+            oldest_pending: AtomicU64::new(0),
+            last_updated: AtomicU64::new(0),
+            ready: AtomicBool::new(false),
+            updates_queued: AtomicU64::new(0),
+            updates_applied: AtomicU64::new(0),
+            collectors: RwLock::new(Vec::new()),
+        }
+    }
+
+    fn now_stamp(&self) -> u64 {
+        u64::try_from(self.clock.elapsed().as_nanos())
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1)
+    }
+
+    fn wall(&self, stamp: u64) -> SystemTime {
+        self.origin_wall + Duration::from_nanos(stamp.saturating_sub(1))
+    }
+
+    /// An event arrived that the data path must reflect. Only the oldest pending one
+    /// counts (kube-proxy's `QueuedUpdate`).
+    pub fn queued_update(&self) {
+        self.updates_queued.fetch_add(1, Ordering::Relaxed);
+        let now = self.now_stamp();
+        let _ = self
+            .oldest_pending
+            .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// The data path was programmed with everything queued so far (kube-proxy's
+    /// `Updated`).
+    pub fn updated(&self) {
+        self.updates_applied.fetch_add(1, Ordering::Relaxed);
+        let now = self.now_stamp();
+        self.last_updated.store(now, Ordering::Release);
+        self.oldest_pending.store(0, Ordering::Release);
+    }
+
+    /// Ready means: initial sync done and the data path programmed from it.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// `/healthz` now: unhealthy only when an update has been pending for longer than
+    /// the health timeout.
+    pub fn healthz(&self) -> HealthzStatus {
+        let now = self.now_stamp();
+        let pending = self.oldest_pending.load(Ordering::Acquire);
+        let healthy = pending == 0
+            || Duration::from_nanos(now.saturating_sub(pending)) <= self.health_timeout;
+        let last_updated = self.last_updated.load(Ordering::Acquire);
+        HealthzStatus {
+            healthy,
+            last_updated: (last_updated != 0).then(|| self.wall(last_updated)),
+            current_time: self.wall(now),
+        }
+    }
+
+    /// Registers a counter; its current value is read at each scrape.
+    pub fn register_counter(&self, name: &'static str, help: &'static str, value: Arc<AtomicU64>) {
+        self.register_collector(move |out| {
+            let samples: [(&[(&str, &str)], f64); 1] =
+                [(&[], value.load(Ordering::Relaxed) as f64)];
+            write_metric_family(out, name, help, MetricType::Counter, samples);
+        });
+    }
+
+    /// Registers a closure that appends complete metric families (text format 0.0.4,
+    /// see [`write_metric_family`]) at each scrape.
+    pub fn register_collector(&self, collector: impl Fn(&mut String) + Send + Sync + 'static) {
+        match self.collectors.write() {
+            Ok(mut collectors) => collectors.push(Box::new(collector)),
+            Err(poisoned) => poisoned.into_inner().push(Box::new(collector)),
+        }
+    }
+
+    /// The `/metrics` body: this endpoint's own metrics, then every registered one.
+    pub fn render_metrics(&self) -> String {
+        let mut out = String::new();
+        let status = self.healthz();
+        let gauge = |b: bool| if b { 1.0 } else { 0.0 };
+        write_metric_family(
+            &mut out,
+            "socklb_healthy",
+            "1 unless an update has been pending for longer than the health timeout",
+            MetricType::Gauge,
+            [(&[][..], gauge(status.healthy))],
+        );
+        write_metric_family(
+            &mut out,
+            "socklb_ready",
+            "1 once the initial sync is done and the data path programmed",
+            MetricType::Gauge,
+            [(&[][..], gauge(self.is_ready()))],
+        );
+        write_metric_family(
+            &mut out,
+            "socklb_updates_queued_total",
+            "Events queued for the data path",
+            MetricType::Counter,
+            [(&[][..], self.updates_queued.load(Ordering::Relaxed) as f64)],
+        );
+        write_metric_family(
+            &mut out,
+            "socklb_updates_applied_total",
+            "Times the data path was programmed",
+            MetricType::Counter,
+            [(&[][..], self.updates_applied.load(Ordering::Relaxed) as f64)],
+        );
+        if let Some(last) = status.last_updated {
+            let seconds = last
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            write_metric_family(
+                &mut out,
+                "socklb_last_updated_timestamp_seconds",
+                "Unix time the data path was last programmed",
+                MetricType::Gauge,
+                [(&[][..], seconds)],
+            );
+        }
+        let collectors = match self.collectors.read() {
+            Ok(collectors) => collectors,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for collect in collectors.iter() {
+            collect(&mut out);
+        }
+        out
+    }
+
+    /// Answers one request (method, path without query). Separate from the server so
+    /// the routing is unit-testable.
+    pub fn respond(&self, method: &Method, path: &str) -> (StatusCode, &'static str, String) {
+        if method != Method::GET && method != Method::HEAD {
+            return (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain; charset=utf-8",
+                "method not allowed\n".to_owned(),
+            );
+        }
+        match path {
+            "/healthz" | "/livez" => {
+                let status = self.healthz();
+                let code = if status.healthy {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                (code, "application/json", status.body())
+            }
+            "/readyz" => {
+                if self.is_ready() {
+                    (
+                        StatusCode::OK,
+                        "text/plain; charset=utf-8",
+                        "ok\n".to_owned(),
+                    )
+                } else {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain; charset=utf-8",
+                        "not ready: initial sync not done or data path not programmed\n".to_owned(),
+                    )
+                }
+            }
+            "/metrics" => (
+                StatusCode::OK,
+                PROMETHEUS_CONTENT_TYPE,
+                self.render_metrics(),
+            ),
+            _ => (
+                StatusCode::NOT_FOUND,
+                "text/plain; charset=utf-8",
+                "not found\n".to_owned(),
+            ),
+        }
+    }
+}
+
+fn handle(health: &Health, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = health.respond(request.method(), request.uri().path());
+    let body = if request.method() == Method::HEAD {
+        Bytes::new()
+    } else {
+        Bytes::from(body)
+    };
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+/// Binds `addr` and serves `/healthz`, `/livez`, `/readyz` and `/metrics` until
+/// `shutdown` completes. Fails only if the address cannot be bound.
+pub async fn serve_health(
+    addr: SocketAddr,
+    health: Arc<Health>,
+    shutdown: impl Future,
+) -> io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    info!(addr = %listener.local_addr().unwrap_or(addr), "health endpoint listening");
+    serve_health_on(listener, health, shutdown).await;
+    Ok(())
+}
+
+/// [`serve_health`] on a listener the caller bound (tests bind 127.0.0.1:0). Open
+/// connections are closed at shutdown.
+pub async fn serve_health_on(listener: TcpListener, health: Arc<Health>, shutdown: impl Future) {
+    let mut connections = JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            // Reap finished connection tasks so the set does not grow.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of file descriptors and the like: back off briefly.
+                        warn!(%error, "health endpoint: accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let health = Arc::clone(&health);
+                connections.spawn(async move {
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        let response = handle(&health, &request);
+                        async move { Ok::<_, Infallible>(response) }
+                    });
+                    let connection = http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(HEADER_READ_TIMEOUT)
+                        .serve_connection(TokioIo::new(stream), service);
+                    if let Err(error) = connection.await {
+                        debug!(%peer, %error, "health endpoint: connection ended with an error");
+                    }
+                });
+            }
+        }
+    }
+    connections.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A clock the test moves by hand.
+    #[derive(Default)]
+    struct FakeClock(AtomicU64);
+
+    impl FakeClock {
+        fn advance(&self, by: Duration) {
+            self.0.fetch_add(by.as_nanos() as u64, Ordering::SeqCst);
+        }
+    }
+
+    impl Clock for FakeClock {
+        fn elapsed(&self) -> Duration {
+            Duration::from_nanos(self.0.load(Ordering::SeqCst))
+        }
+    }
+
+    fn fake(timeout_s: u64) -> (Arc<FakeClock>, Health) {
+        let clock = Arc::new(FakeClock::default());
+        let health = Health::with_clock(Duration::from_secs(timeout_s), clock.clone());
+        (clock, health)
+    }
+
+    #[test]
+    fn health_starts_healthy_and_not_ready() {
+        let (clock, health) = fake(60);
+        clock.advance(Duration::from_secs(3600));
+        let status = health.healthz();
+        assert!(status.healthy);
+        assert_eq!(status.last_updated, None);
+        assert!(!health.is_ready());
+        let (code, _, body) = health.respond(&Method::GET, "/readyz");
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    }
+
+    #[test]
+    fn health_unhealthy_only_when_an_update_is_pending_too_long() {
+        let (clock, health) = fake(60);
+        health.queued_update();
+        clock.advance(Duration::from_secs(59));
+        assert!(health.healthz().healthy, "pending 59s < 60s timeout");
+        // A newer queued update does not reset the age of the oldest pending one.
+        health.queued_update();
+        clock.advance(Duration::from_secs(2));
+        assert!(!health.healthz().healthy, "pending 61s > 60s timeout");
+        let (code, content_type, body) = health.respond(&Method::GET, "/healthz");
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(content_type, "application/json");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["lastUpdated"], "0001-01-01T00:00:00Z");
+        assert!(
+            json["currentTime"].as_str().unwrap().ends_with('Z'),
+            "{body}"
+        );
+
+        // Applying clears the pending update; idle time afterwards is healthy.
+        health.updated();
+        assert!(health.healthz().healthy);
+        clock.advance(Duration::from_secs(3600));
+        let status = health.healthz();
+        assert!(status.healthy, "no update pending: idle is healthy");
+        let last = status.last_updated.unwrap();
+        assert_eq!(
+            status.current_time.duration_since(last).unwrap(),
+            Duration::from_secs(3600)
+        );
+        let (code, _, body) = health.respond(&Method::GET, "/healthz");
+        assert_eq!(code, StatusCode::OK);
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_ne!(json["lastUpdated"], "0001-01-01T00:00:00Z");
+
+        // A new event starts a new pending period from now, not from the old one.
+        health.queued_update();
+        clock.advance(Duration::from_secs(30));
+        assert!(health.healthz().healthy);
+        clock.advance(Duration::from_secs(31));
+        assert!(!health.healthz().healthy);
+    }
+
+    #[test]
+    fn health_ready_flag_and_routes() {
+        let (_clock, health) = fake(60);
+        health.set_ready(true);
+        assert_eq!(health.respond(&Method::GET, "/readyz").0, StatusCode::OK);
+        assert_eq!(health.respond(&Method::HEAD, "/livez").0, StatusCode::OK);
+        assert_eq!(
+            health.respond(&Method::GET, "/nope").0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            health.respond(&Method::POST, "/healthz").0,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        health.set_ready(false);
+        assert_eq!(
+            health.respond(&Method::GET, "/readyz").0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    #[test]
+    fn health_metrics_text_format() {
+        let (_clock, health) = fake(60);
+        let events = Arc::new(AtomicU64::new(0));
+        health.register_counter("socklb_test_events_total", "Test events", events.clone());
+        health.register_collector(|out| {
+            write_metric_family(
+                out,
+                "socklb_test_labelled_total",
+                "Labelled \\ help\nsecond line",
+                MetricType::Counter,
+                [
+                    (&[("kind", "service")][..], 3.0),
+                    (&[("kind", "we\"ird\\")][..], 4.0),
+                ],
+            );
+        });
+        events.fetch_add(7, Ordering::Relaxed);
+        health.queued_update();
+        health.updated();
+        let text = health.render_metrics();
+        for want in [
+            "# HELP socklb_test_events_total Test events\n",
+            "# TYPE socklb_test_events_total counter\n",
+            "socklb_test_events_total 7\n",
+            "# HELP socklb_test_labelled_total Labelled \\\\ help\\nsecond line\n",
+            "socklb_test_labelled_total{kind=\"service\"} 3\n",
+            "socklb_test_labelled_total{kind=\"we\\\"ird\\\\\"} 4\n",
+            "socklb_updates_queued_total 1\n",
+            "socklb_updates_applied_total 1\n",
+            "socklb_healthy 1\n",
+            "socklb_ready 0\n",
+            "# TYPE socklb_last_updated_timestamp_seconds gauge\n",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+        // Every non-comment line is `name[{labels}] value`.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "bad sample line {line:?}");
+        }
+    }
+
+    async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (code, head.to_owned(), body.to_owned())
+    }
+
+    #[tokio::test]
+    async fn health_serves_real_http() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let health = Arc::new(Health::new(Duration::from_secs(60)));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_health_on(listener, health.clone(), async {
+            let _ = stop_rx.await;
+        }));
+
+        let (code, _, body) = get(addr, "/readyz").await;
+        assert_eq!(code, 503, "{body}");
+        health.set_ready(true);
+        assert_eq!(get(addr, "/readyz").await.0, 200);
+
+        let (code, head, body) = get(addr, "/healthz").await;
+        assert_eq!(code, 200);
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{head}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(json.get("lastUpdated").is_some() && json.get("currentTime").is_some());
+
+        let (code, head, body) = get(addr, "/metrics").await;
+        assert_eq!(code, 200);
+        assert!(head.contains("version=0.0.4"), "{head}");
+        assert!(body.contains("socklb_ready 1\n"), "{body}");
+        assert_eq!(get(addr, "/other").await.0, 404);
+
+        stop_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("server stops at shutdown")
+            .unwrap();
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "listener closed"
+        );
+    }
+}
