@@ -264,3 +264,42 @@ fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
 fn http_body(addr: SocketAddr, path: &str) -> Option<String> {
     http_get(addr, path)?.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
 }
+
+#[test]
+fn min_sync_period_coalesces_a_burst_of_events() {
+    if !require_privileges() {
+        return;
+    }
+    let env = Env::new(true);
+    env.api.apply(node());
+    env.api.apply(service());
+    env.api.apply(slice(&[(PODS[0], true)]));
+    let health = free_loopback_port();
+    let config = env.agent_config(&["--health-addr", &health.to_string(), "--min-sync-period", "2s"]);
+    let mut agent = Agent::start(&config).unwrap();
+    env.wait(&mut agent, 5, "initial sync", |r| r.ok == 5);
+    // Past the first period, so the burst starts a fresh one.
+    std::thread::sleep(Duration::from_millis(2100));
+    let before = syncs(health);
+
+    // 30 changes in a burst, ending on PODS[2] alone.
+    for i in 0..30 {
+        let ready = [(PODS[i % 2], true), (PODS[2], i % 3 == 0)];
+        env.api.apply(slice(&ready));
+    }
+    env.api.apply(slice(&[(PODS[2], true)]));
+    env.wait(&mut agent, 20, "burst applied", |r| r.ok == 20 && backends(r) == [pod(PODS[2])]);
+    let after = syncs(health);
+    // At most one sync per 2 s period over the burst (plus one at its edge).
+    assert!(after - before <= 3, "31 events took {} syncs; expected them coalesced", after - before);
+    env.shutdown(&mut agent);
+}
+
+/// socklb_syncs_total from /metrics.
+fn syncs(health: SocketAddr) -> u64 {
+    let body = http_body(health, "/metrics").expect("metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix("socklb_syncs_total ").and_then(|v| v.trim().parse::<f64>().ok()))
+        .map(|v| v as u64)
+        .unwrap_or_else(|| panic!("no socklb_syncs_total in {body}"))
+}
