@@ -176,7 +176,7 @@ fn load_object(pin_dir: &Path) -> Result<Ebpf, DatapathError> {
     let mut loader = EbpfLoader::new();
     let map_paths: Vec<(&str, PathBuf)> = map_names::ALL.iter().map(|m| (*m, pin_dir.join(m))).collect();
     for (name, path) in &map_paths {
-        loader.map_pin_path(*name, path.as_path());
+        loader.map_pin_path(name, path.as_path());
     }
     Ok(loader.load(EBPF_OBJECT)?)
 }
