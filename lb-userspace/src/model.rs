@@ -185,13 +185,18 @@ pub struct ServiceModel {
     /// TCP and UDP ports; SCTP ports are left out and described in `skipped_ports`.
     pub ports: Vec<ServicePortModel>,
     pub internal_traffic_policy: TrafficPolicy,
+    /// spec.externalTrafficPolicy as kube-proxy applies it (apiservice.ExternalPolicyLocal):
+    /// Local only on an externally accessible Service (type NodePort or LoadBalancer, or
+    /// a ClusterIP Service with spec.externalIPs of any family); Cluster otherwise.
     pub external_traffic_policy: TrafficPolicy,
     /// ClientIP affinity timeout; 0 means no affinity.
     pub session_affinity_timeout_s: u32,
     pub traffic_distribution: Option<String>,
     /// IPv4 entries of spec.externalIPs.
     pub external_ips: Vec<Ipv4Addr>,
-    /// IPv4 entries of status.loadBalancer.ingress[].ip.
+    /// IPv4 entries of status.loadBalancer.ingress[].ip in VIP mode (ipMode unset or
+    /// "VIP"); a "Proxy" load balancer delivers to the nodes, not to its IP, so kube-proxy
+    /// does not capture that IP.
     pub load_balancer_ips: Vec<Ipv4Addr>,
     pub health_check_node_port: Option<u16>,
     /// Valid ports the data path cannot serve (SCTP), one human-readable line each, so
@@ -301,14 +306,41 @@ impl ServiceModel {
             .and_then(|status| status.load_balancer.as_ref())
             .and_then(|lb| lb.ingress.as_ref());
         for (i, entry) in ingress.into_iter().flatten().enumerate() {
-            // Entries with only a hostname have no IP to serve.
-            if let Some(value) = &entry.ip
-                && let Some(ip) =
-                    parse_ip_keep_v4(&format!("status.loadBalancer.ingress[{i}].ip"), value)?
-            {
-                load_balancer_ips.push(ip);
+            // Entries with only a hostname have no IP to serve; an IP in Proxy mode is
+            // not captured (kube-proxy's IsVIPMode).
+            let Some(value) = entry.ip.as_deref().filter(|ip| !ip.is_empty()) else {
+                continue;
+            };
+            let field = format!("status.loadBalancer.ingress[{i}].ip");
+            let Some(ip) = parse_ip_keep_v4(&field, value)? else {
+                continue;
+            };
+            match entry.ip_mode.as_deref() {
+                None | Some("VIP") => load_balancer_ips.push(ip),
+                Some(mode) => {
+                    debug!(service = %format_args!("{namespace}/{name}"), %ip, ip_mode = mode, "load balancer IP not in VIP mode: not captured");
+                }
             }
         }
+
+        let external_traffic_policy = TrafficPolicy::parse(
+            "spec.externalTrafficPolicy",
+            spec.external_traffic_policy.as_deref(),
+        )?;
+        // kube-proxy (apiservice.ExternalPolicyLocal) ignores the field unless the
+        // Service is externally accessible; the API server rejects it elsewhere anyway.
+        let externally_accessible = match service_type {
+            ServiceType::NodePort | ServiceType::LoadBalancer => true,
+            ServiceType::ClusterIP => spec
+                .external_ips
+                .as_ref()
+                .is_some_and(|ips| !ips.is_empty()),
+        };
+        let external_traffic_policy = if externally_accessible {
+            external_traffic_policy
+        } else {
+            TrafficPolicy::Cluster
+        };
 
         Ok(Some(ServiceModel {
             namespace,
@@ -320,10 +352,7 @@ impl ServiceModel {
                 "spec.internalTrafficPolicy",
                 spec.internal_traffic_policy.as_deref(),
             )?,
-            external_traffic_policy: TrafficPolicy::parse(
-                "spec.externalTrafficPolicy",
-                spec.external_traffic_policy.as_deref(),
-            )?,
+            external_traffic_policy,
             session_affinity_timeout_s,
             traffic_distribution: spec.traffic_distribution.clone(),
             external_ips,
@@ -835,6 +864,67 @@ mod tests {
         assert_eq!(model.external_ips, vec![Ipv4Addr::new(192, 0, 2, 1)]);
         assert_eq!(model.traffic_distribution.as_deref(), Some("PreferClose"));
         assert_eq!(lb.load_balancer_ips, vec![Ipv4Addr::new(198, 51, 100, 7)]);
+    }
+
+    #[test]
+    fn external_traffic_policy_as_kube_proxy_applies_it() {
+        let policy = |spec: Value| {
+            service(service_with(spec))
+                .unwrap()
+                .unwrap()
+                .external_traffic_policy
+        };
+        for (spec, want) in [
+            (
+                json!({"type": "NodePort", "externalTrafficPolicy": "Local"}),
+                TrafficPolicy::Local,
+            ),
+            (
+                json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local"}),
+                TrafficPolicy::Local,
+            ),
+            (json!({"type": "LoadBalancer"}), TrafficPolicy::Cluster),
+            (
+                json!({"externalIPs": ["192.0.2.1"], "externalTrafficPolicy": "Local"}),
+                TrafficPolicy::Local,
+            ),
+            // Externally accessible through an IPv6 external IP: the field still counts.
+            (
+                json!({"externalIPs": ["2001:db8::1"], "externalTrafficPolicy": "Local"}),
+                TrafficPolicy::Local,
+            ),
+            // A ClusterIP Service without external IPs is not externally accessible.
+            (
+                json!({"externalTrafficPolicy": "Local"}),
+                TrafficPolicy::Cluster,
+            ),
+            (
+                json!({"type": "ClusterIP", "externalIPs": [], "externalTrafficPolicy": "Local"}),
+                TrafficPolicy::Cluster,
+            ),
+        ] {
+            assert_eq!(policy(spec.clone()), want, "{spec}");
+        }
+    }
+
+    #[test]
+    fn load_balancer_ingress_ip_modes() {
+        let mut value = service_with(json!({"type": "LoadBalancer"}));
+        value["status"] = json!({"loadBalancer": {"ingress": [
+            {"ip": "198.51.100.1"},
+            {"ip": "198.51.100.2", "ipMode": "VIP"},
+            {"ip": "198.51.100.3", "ipMode": "Proxy"},
+            {"ip": "2001:db8::7"},
+            {"ip": ""},
+            {"hostname": "lb.example.com", "ipMode": "Proxy"},
+        ]}});
+        assert_eq!(
+            service(value).unwrap().unwrap().load_balancer_ips,
+            [
+                Ipv4Addr::new(198, 51, 100, 1),
+                Ipv4Addr::new(198, 51, 100, 2)
+            ]
+        );
     }
 
     #[test]

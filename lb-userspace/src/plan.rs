@@ -3,6 +3,13 @@
 //! endpointslicecache.go, topology.go and the nftables/iptables proxiers) so workloads
 //! behave as they do under kube-proxy.
 //!
+//! Every service port gets one frontend per cluster IP, computed per
+//! internalTrafficPolicy, and its external frontends (NodePort, LoadBalancer ingress IPs,
+//! external IPs), computed per externalTrafficPolicy. Both come from one categorisation
+//! of the port's endpoints, as kube-proxy's `CategorizeEndpoints`: the cluster set
+//! (ready, narrowed by topology hints; else serving-and-terminating) and this node's set
+//! (ready; else serving-and-terminating; no hints).
+//!
 //! `frontends_for_service` recomputes one Service, so a change to one Service or one of
 //! its slices costs work proportional to that Service.
 
@@ -10,26 +17,57 @@ use std::{
     collections::{BTreeMap, HashMap, btree_map::Entry},
     fmt,
     net::{Ipv4Addr, SocketAddrV4},
+    str::FromStr,
 };
 
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use crate::model::{EndpointModel, NodeModel, Protocol, ServiceModel, SliceModel, TrafficPolicy};
+use crate::model::{
+    EndpointModel, NodeModel, Protocol, ServiceModel, ServiceType, SliceModel, TrafficPolicy,
+};
 
-/// How a frontend address is reached. NodePort, LoadBalancer and ExternalIP frontends
-/// come later; match on this enum exhaustively so adding them shows every place to
-/// update.
+/// How a frontend address is reached. Match on this enum exhaustively so adding a kind
+/// shows every place to update. The declaration order is the sort order among frontends
+/// of one (address, port, protocol): ClusterIP first, so a cluster IP always wins a
+/// conflict with an external address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum FrontendKind {
+    /// A cluster IP and service port; internalTrafficPolicy applies.
     ClusterIP,
+    /// The service port's nodePort on every address of this node (`ip` is 0.0.0.0,
+    /// shown as `*`); externalTrafficPolicy applies.
+    NodePort,
+    /// A `status.loadBalancer.ingress[].ip` (VIP mode) and service port;
+    /// externalTrafficPolicy applies.
+    LoadBalancer,
+    /// A `spec.externalIPs` entry and service port; externalTrafficPolicy applies.
+    ExternalIP,
+}
+
+impl FrontendKind {
+    /// True for the kinds that carry external traffic (externalTrafficPolicy).
+    pub fn is_external(self) -> bool {
+        match self {
+            FrontendKind::ClusterIP => false,
+            FrontendKind::NodePort | FrontendKind::LoadBalancer | FrontendKind::ExternalIP => true,
+        }
+    }
+
+    /// The spelling in `socklb plan` ("type").
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FrontendKind::ClusterIP => "ClusterIP",
+            FrontendKind::NodePort => "NodePort",
+            FrontendKind::LoadBalancer => "LoadBalancer",
+            FrontendKind::ExternalIP => "ExternalIP",
+        }
+    }
 }
 
 impl fmt::Display for FrontendKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            FrontendKind::ClusterIP => "ClusterIP",
-        })
+        f.write_str(self.as_str())
     }
 }
 
@@ -41,8 +79,8 @@ pub enum Action {
     Forward,
     /// No usable endpoint anywhere: refuse at once (kube-proxy's REJECT).
     Reject,
-    /// internalTrafficPolicy Local with endpoints elsewhere but none on this node
-    /// (kube-proxy's DROP).
+    /// A Local traffic policy (internal for ClusterIP frontends, external for the
+    /// others) with usable endpoints elsewhere but none on this node (kube-proxy's DROP).
     Drop,
 }
 
@@ -58,7 +96,7 @@ impl fmt::Display for Action {
 
 /// One address:port/protocol this node serves, and what to do with its traffic.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(into = "FrontendJson", from = "FrontendJson")]
+#[serde(into = "FrontendJson", try_from = "FrontendJson")]
 pub struct Frontend {
     /// "namespace/name" of the Service.
     pub service: String,
@@ -66,7 +104,10 @@ pub struct Frontend {
     pub port_name: String,
     pub protocol: Protocol,
     pub kind: FrontendKind,
+    /// The frontend address; 0.0.0.0 ("any address of this node") for NodePort, and
+    /// only there.
     pub ip: Ipv4Addr,
+    /// The service port, or the nodePort for a NodePort frontend.
     pub port: u16,
     pub action: Action,
     /// Sorted, without duplicates; empty unless `action` is Forward.
@@ -76,8 +117,20 @@ pub struct Frontend {
 }
 
 impl Frontend {
+    /// `ip:port`; 0.0.0.0:nodePort for a NodePort frontend (see `address_string`).
     pub fn address(&self) -> SocketAddrV4 {
         SocketAddrV4::new(self.ip, self.port)
+    }
+
+    /// The address as `socklb plan` shows it: "10.96.0.10:80", or "*:30080" for a
+    /// NodePort frontend (every address of the node).
+    pub fn address_string(&self) -> String {
+        match self.kind {
+            FrontendKind::NodePort => format!("*:{}", self.port),
+            FrontendKind::ClusterIP | FrontendKind::LoadBalancer | FrontendKind::ExternalIP => {
+                self.address().to_string()
+            }
+        }
     }
 
     /// What identifies a frontend in the data path.
@@ -87,7 +140,7 @@ impl Frontend {
 }
 
 /// The JSON form of a Frontend (`socklb plan -o json`): address and backends as
-/// "ip:port" strings.
+/// "ip:port" strings, a NodePort address as "*:port".
 #[derive(Serialize, Deserialize)]
 struct FrontendJson {
     service: String,
@@ -95,7 +148,7 @@ struct FrontendJson {
     protocol: Protocol,
     #[serde(rename = "type")]
     kind: FrontendKind,
-    address: SocketAddrV4,
+    address: String,
     action: Action,
     backends: Vec<SocketAddrV4>,
     affinity_timeout_s: u32,
@@ -104,11 +157,11 @@ struct FrontendJson {
 impl From<Frontend> for FrontendJson {
     fn from(f: Frontend) -> FrontendJson {
         FrontendJson {
+            address: f.address_string(),
             service: f.service,
             port: f.port_name,
             protocol: f.protocol,
             kind: f.kind,
-            address: SocketAddrV4::new(f.ip, f.port),
             action: f.action,
             backends: f.backends,
             affinity_timeout_s: f.affinity_timeout_s,
@@ -116,19 +169,44 @@ impl From<Frontend> for FrontendJson {
     }
 }
 
-impl From<FrontendJson> for Frontend {
-    fn from(f: FrontendJson) -> Frontend {
-        Frontend {
+impl TryFrom<FrontendJson> for Frontend {
+    type Error = String;
+
+    fn try_from(f: FrontendJson) -> Result<Frontend, String> {
+        let (ip, port) = match (f.kind, f.address.strip_prefix("*:")) {
+            (FrontendKind::NodePort, Some(port)) => (
+                Ipv4Addr::UNSPECIFIED,
+                u16::from_str(port).map_err(|e| format!("address {:?}: {e}", f.address))?,
+            ),
+            (FrontendKind::NodePort, None) => {
+                return Err(format!(
+                    "address {:?}: a NodePort frontend's address is \"*:<nodePort>\"",
+                    f.address
+                ));
+            }
+            (kind, _) => {
+                let addr = SocketAddrV4::from_str(&f.address)
+                    .map_err(|e| format!("address {:?}: {e}", f.address))?;
+                if addr.ip().is_unspecified() {
+                    return Err(format!(
+                        "address {:?}: a {kind} frontend needs an address",
+                        f.address
+                    ));
+                }
+                (*addr.ip(), addr.port())
+            }
+        };
+        Ok(Frontend {
             service: f.service,
             port_name: f.port,
             protocol: f.protocol,
             kind: f.kind,
-            ip: *f.address.ip(),
-            port: f.address.port(),
+            ip,
+            port,
             action: f.action,
             backends: f.backends,
             affinity_timeout_s: f.affinity_timeout_s,
-        }
+        })
     }
 }
 
@@ -136,7 +214,8 @@ impl From<FrontendJson> for Frontend {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Plan {
     pub node: String,
-    /// Sorted by (ip, port, protocol); at most one per (ip, port, protocol).
+    /// Sorted by (ip, port, protocol, type), NodePort frontends (0.0.0.0) first; at most
+    /// one per (ip, port, protocol).
     pub frontends: Vec<Frontend>,
 }
 
@@ -173,7 +252,7 @@ impl Plan {
                     },
                     f.protocol.to_string(),
                     f.kind.to_string(),
-                    f.address().to_string(),
+                    f.address_string(),
                     f.action.to_string(),
                     if f.backends.is_empty() {
                         "-".to_owned()
@@ -210,8 +289,8 @@ impl Plan {
     }
 }
 
-/// The frontends of one Service on `node`, sorted by (ip, port, protocol). `slices` are
-/// the Service's EndpointSlices (others are ignored), in any order.
+/// The frontends of one Service on `node`, sorted as in a [`Plan`]. `slices` are the
+/// Service's EndpointSlices (others are ignored), in any order.
 pub fn frontends_for_service(
     svc: &ServiceModel,
     slices: &[&SliceModel],
@@ -226,25 +305,62 @@ pub fn frontends_for_service(
     // the slices arrived in.
     own_slices.sort_by(|a, b| a.name.cmp(&b.name));
 
-    let mut frontends = Vec::with_capacity(svc.ports.len() * svc.cluster_ips.len());
+    // Like kube-proxy's serviceport.go: a nodePort opens a NodePort frontend (the API
+    // server only allows one on NodePort and LoadBalancer services).
+    let has_node_ports = matches!(
+        svc.service_type,
+        ServiceType::NodePort | ServiceType::LoadBalancer
+    );
+    let mut frontends = Vec::with_capacity(
+        svc.ports.len()
+            * (svc.cluster_ips.len()
+                + usize::from(has_node_ports)
+                + svc.load_balancer_ips.len()
+                + svc.external_ips.len()),
+    );
     for port in &svc.ports {
         let endpoints = endpoints_for_port(&own_slices, &port.name, port.protocol);
-        let (action, backends) = internal_traffic(svc.internal_traffic_policy, &endpoints, node);
-        for ip in &svc.cluster_ips {
-            frontends.push(Frontend {
+        let categorized = Categorized::new(&endpoints, node);
+        let frontend = |kind: FrontendKind, ip: Ipv4Addr, port_number: u16| {
+            let policy = if kind.is_external() {
+                svc.external_traffic_policy
+            } else {
+                svc.internal_traffic_policy
+            };
+            let (action, backends) = categorized.traffic(policy);
+            Frontend {
                 service: svc.display_name(),
                 port_name: port.name.clone(),
                 protocol: port.protocol,
-                kind: FrontendKind::ClusterIP,
-                ip: *ip,
-                port: port.port,
+                kind,
+                ip,
+                port: port_number,
                 action,
-                backends: backends.clone(),
+                backends,
                 affinity_timeout_s: svc.session_affinity_timeout_s,
-            });
+            }
+        };
+        for ip in &svc.cluster_ips {
+            frontends.push(frontend(FrontendKind::ClusterIP, *ip, port.port));
+        }
+        if has_node_ports && let Some(node_port) = port.node_port {
+            frontends.push(frontend(
+                FrontendKind::NodePort,
+                Ipv4Addr::UNSPECIFIED,
+                node_port,
+            ));
+        }
+        for ip in &svc.load_balancer_ips {
+            frontends.push(frontend(FrontendKind::LoadBalancer, *ip, port.port));
+        }
+        for ip in &svc.external_ips {
+            frontends.push(frontend(FrontendKind::ExternalIP, *ip, port.port));
         }
     }
     frontends.sort_by(frontend_order);
+    // One address listed twice in one Service (say an external IP that is also an
+    // ingress IP): keep the first (same policy, same backends).
+    frontends.dedup_by(|later, kept| later.key() == kept.key());
     frontends
 }
 
@@ -270,12 +386,13 @@ pub fn compute_plan(services: &[ServiceModel], slices: &[SliceModel], node: &Nod
         .collect();
     frontends.sort_by(frontend_order);
     // The API server never gives two Services one address, but hand-written manifests
-    // can; the data path holds one entry per address, so keep the first by service name.
+    // can; the data path holds one entry per address, so keep the first: a ClusterIP
+    // frontend before an external one, then by service name.
     frontends.dedup_by(|later, kept| {
         let conflict = later.key() == kept.key();
         if conflict {
             warn!(
-                address = %later.address(), protocol = %later.protocol, kept = %kept.service,
+                address = %later.address_string(), protocol = %later.protocol, kept = %kept.service,
                 dropped = %later.service, "two services claim one frontend; keeping the first"
             );
         }
@@ -287,9 +404,9 @@ pub fn compute_plan(services: &[ServiceModel], slices: &[SliceModel], node: &Nod
     }
 }
 
-/// (ip, port, protocol), then service and port name so the order is total.
+/// (ip, port, protocol, kind), then service and port name so the order is total.
 fn frontend_order(a: &Frontend, b: &Frontend) -> std::cmp::Ordering {
-    (a.key(), &a.service, &a.port_name).cmp(&(b.key(), &b.service, &b.port_name))
+    (a.key(), a.kind, &a.service, &a.port_name).cmp(&(b.key(), b.kind, &b.service, &b.port_name))
 }
 
 /// The endpoints of one Service port: endpoints of slices whose ports[] has an entry of
@@ -326,24 +443,44 @@ fn endpoints_for_port<'a>(
     endpoints
 }
 
-/// Action and backends for ClusterIP traffic (kube-proxy's CategorizeEndpoints plus the
-/// proxier's reject/drop choice).
-fn internal_traffic(
-    policy: TrafficPolicy,
-    endpoints: &BTreeMap<SocketAddrV4, &EndpointModel>,
-    node: &NodeModel,
-) -> (Action, Vec<SocketAddrV4>) {
-    let chosen = match policy {
-        TrafficPolicy::Cluster => cluster_endpoints(endpoints, node),
-        TrafficPolicy::Local => local_endpoints(endpoints, node),
-    };
-    if !chosen.is_empty() {
-        return (Action::Forward, chosen);
+/// The endpoints of one service port as kube-proxy's `CategorizeEndpoints` sorts them.
+struct Categorized {
+    /// For a Cluster policy: ready endpoints narrowed by topology hints; when none is
+    /// ready anywhere, the serving-and-terminating ones.
+    cluster: Vec<SocketAddrV4>,
+    /// For a Local policy: this node's ready endpoints; when none of them is ready, this
+    /// node's serving-and-terminating ones. Hints do not apply.
+    local: Vec<SocketAddrV4>,
+    /// Whether any endpoint anywhere is usable (kube-proxy's hasEndpoints): it decides
+    /// between reject (none) and drop (a Local policy with none on this node).
+    usable_anywhere: bool,
+}
+
+impl Categorized {
+    fn new(endpoints: &BTreeMap<SocketAddrV4, &EndpointModel>, node: &NodeModel) -> Categorized {
+        Categorized {
+            cluster: cluster_endpoints(endpoints, node),
+            local: local_endpoints(endpoints, node),
+            usable_anywhere: endpoints.values().any(|e| usable_in_cluster(e)),
+        }
     }
-    let usable_anywhere = endpoints.values().any(|e| usable_in_cluster(e));
-    match policy {
-        TrafficPolicy::Local if usable_anywhere => (Action::Drop, Vec::new()),
-        _ => (Action::Reject, Vec::new()),
+
+    /// Action and backends under `policy` (the proxier's choice between the policy
+    /// chain, DROP and REJECT).
+    fn traffic(&self, policy: TrafficPolicy) -> (Action, Vec<SocketAddrV4>) {
+        let chosen = match policy {
+            TrafficPolicy::Cluster => &self.cluster,
+            TrafficPolicy::Local => &self.local,
+        };
+        if !chosen.is_empty() {
+            (Action::Forward, chosen.clone())
+        } else if self.usable_anywhere {
+            // Only reachable under Local: the cluster set is empty only when no endpoint
+            // is usable anywhere.
+            (Action::Drop, Vec::new())
+        } else {
+            (Action::Reject, Vec::new())
+        }
     }
 }
 
@@ -377,10 +514,9 @@ fn local_endpoints(
     endpoints: &BTreeMap<SocketAddrV4, &EndpointModel>,
     node: &NodeModel,
 ) -> Vec<SocketAddrV4> {
-    let is_local = |e: &EndpointModel| e.node_name.as_deref() == Some(node.name.as_str());
     let local_ready: Vec<SocketAddrV4> = endpoints
         .iter()
-        .filter(|(_, e)| is_local(e) && e.ready)
+        .filter(|(_, e)| is_local(e, node) && e.ready)
         .map(|(addr, _)| *addr)
         .collect();
     if !local_ready.is_empty() {
@@ -388,9 +524,15 @@ fn local_endpoints(
     }
     endpoints
         .iter()
-        .filter(|(_, e)| is_local(e) && e.serving && e.terminating)
+        .filter(|(_, e)| is_local(e, node) && e.serving && e.terminating)
         .map(|(addr, _)| *addr)
         .collect()
+}
+
+/// An endpoint on this node: its nodeName is this node's (non-empty) name, as
+/// kube-proxy's EndpointSliceCache.isLocal.
+fn is_local(e: &EndpointModel, node: &NodeModel) -> bool {
+    !node.name.is_empty() && e.node_name.as_deref() == Some(node.name.as_str())
 }
 
 /// Whether cluster traffic could use this endpoint somewhere (kube-proxy's
@@ -398,7 +540,6 @@ fn local_endpoints(
 fn usable_in_cluster(e: &EndpointModel) -> bool {
     e.ready || (e.serving && e.terminating)
 }
-
 /// Which topology hints narrow the cluster endpoints (kube-proxy's topologyModeFromHints).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TopologyMode {
@@ -503,6 +644,24 @@ mod tests {
         service("web", "10.96.0.10", &[("http", TCP, 80)])
     }
 
+    /// `web` as a NodePort Service (nodePort 30080) with an external IP and, when
+    /// `load_balancer`, type LoadBalancer with an ingress IP.
+    fn external_web(load_balancer: bool, policy: TrafficPolicy) -> ServiceModel {
+        let mut svc = web();
+        svc.service_type = if load_balancer {
+            ServiceType::LoadBalancer
+        } else {
+            ServiceType::NodePort
+        };
+        svc.ports[0].node_port = Some(30080);
+        svc.external_ips = vec!["192.0.2.10".parse().unwrap()];
+        if load_balancer {
+            svc.load_balancer_ips = vec!["198.51.100.7".parse().unwrap()];
+        }
+        svc.external_traffic_policy = policy;
+        svc
+    }
+
     fn local(mut svc: ServiceModel) -> ServiceModel {
         svc.internal_traffic_policy = TrafficPolicy::Local;
         svc
@@ -597,9 +756,13 @@ mod tests {
             .iter()
             .map(|f| {
                 let backends: Vec<String> = f.backends.iter().map(ToString::to_string).collect();
+                let kind = match f.kind {
+                    FrontendKind::ClusterIP => String::new(),
+                    other => format!("{other} "),
+                };
                 format!(
-                    "{}/{} {} {}",
-                    f.address(),
+                    "{kind}{}/{} {} {}",
+                    f.address_string(),
                     f.protocol,
                     f.action,
                     backends.join(",")
@@ -1035,6 +1198,121 @@ mod tests {
                 ],
             },
             Case {
+                name: "NodePort, LoadBalancer and ExternalIP frontends under the Cluster policy",
+                services: vec![external_web(true, TrafficPolicy::Cluster)],
+                slices: vec![web_slice(
+                    "web-1",
+                    vec![
+                        ep("10.244.0.11").on("node-a"),
+                        ep("10.244.0.12").on("node-b"),
+                    ],
+                )],
+                node: node_a.clone(),
+                want: &[
+                    "NodePort *:30080/TCP forward 10.244.0.11:8080,10.244.0.12:8080",
+                    "10.96.0.10:80/TCP forward 10.244.0.11:8080,10.244.0.12:8080",
+                    "ExternalIP 192.0.2.10:80/TCP forward 10.244.0.11:8080,10.244.0.12:8080",
+                    "LoadBalancer 198.51.100.7:80/TCP forward 10.244.0.11:8080,10.244.0.12:8080",
+                ],
+            },
+            Case {
+                name: "externalTrafficPolicy Local: external frontends use this node's endpoints",
+                services: vec![external_web(true, TrafficPolicy::Local)],
+                slices: vec![web_slice(
+                    "web-1",
+                    vec![
+                        ep("10.244.0.11").on("node-a"),
+                        ep("10.244.0.12").on("node-b"),
+                    ],
+                )],
+                node: node_a.clone(),
+                want: &[
+                    "NodePort *:30080/TCP forward 10.244.0.11:8080",
+                    "10.96.0.10:80/TCP forward 10.244.0.11:8080,10.244.0.12:8080",
+                    "ExternalIP 192.0.2.10:80/TCP forward 10.244.0.11:8080",
+                    "LoadBalancer 198.51.100.7:80/TCP forward 10.244.0.11:8080",
+                ],
+            },
+            Case {
+                name: "externalTrafficPolicy Local: none here, some elsewhere: external drop",
+                services: vec![external_web(false, TrafficPolicy::Local)],
+                slices: vec![web_slice("web-1", vec![ep("10.244.0.12").on("node-b")])],
+                node: node_a.clone(),
+                want: &[
+                    "NodePort *:30080/TCP drop",
+                    "10.96.0.10:80/TCP forward 10.244.0.12:8080",
+                    "ExternalIP 192.0.2.10:80/TCP drop",
+                ],
+            },
+            Case {
+                name: "externalTrafficPolicy Local: no endpoint anywhere: reject",
+                services: vec![external_web(false, TrafficPolicy::Local)],
+                slices: vec![],
+                node: node_a.clone(),
+                want: &[
+                    "NodePort *:30080/TCP reject",
+                    "10.96.0.10:80/TCP reject",
+                    "ExternalIP 192.0.2.10:80/TCP reject",
+                ],
+            },
+            Case {
+                name: "internalTrafficPolicy Local does not narrow external Cluster traffic",
+                services: vec![local(external_web(false, TrafficPolicy::Cluster))],
+                slices: vec![web_slice("web-1", vec![ep("10.244.0.12").on("node-b")])],
+                node: node_a.clone(),
+                want: &[
+                    "NodePort *:30080/TCP forward 10.244.0.12:8080",
+                    "10.96.0.10:80/TCP drop",
+                    "ExternalIP 192.0.2.10:80/TCP forward 10.244.0.12:8080",
+                ],
+            },
+            Case {
+                name: "a ClusterIP Service with a nodePort gets no NodePort frontend",
+                services: vec![ServiceModel {
+                    service_type: ServiceType::ClusterIP,
+                    external_ips: vec![],
+                    ..external_web(false, TrafficPolicy::Cluster)
+                }],
+                slices: vec![],
+                node: node_a.clone(),
+                want: &["10.96.0.10:80/TCP reject"],
+            },
+            Case {
+                name: "an address that is both an ingress IP and an external IP is listed once",
+                services: vec![ServiceModel {
+                    external_ips: vec!["198.51.100.7".parse().unwrap()],
+                    ..external_web(true, TrafficPolicy::Cluster)
+                }],
+                slices: vec![],
+                node: node_a.clone(),
+                want: &[
+                    "NodePort *:30080/TCP reject",
+                    "10.96.0.10:80/TCP reject",
+                    "LoadBalancer 198.51.100.7:80/TCP reject",
+                ],
+            },
+            Case {
+                name: "a cluster IP beats another service's external IP on the same address",
+                services: vec![
+                    ServiceModel {
+                        name: "a".into(),
+                        external_ips: vec!["10.96.0.10".parse().unwrap()],
+                        ..service("a", "10.96.0.20", &[("http", TCP, 80)])
+                    },
+                    service("b", "10.96.0.10", &[("http", TCP, 80)]),
+                ],
+                slices: vec![],
+                node: node_a.clone(),
+                want: &["10.96.0.10:80/TCP reject", "10.96.0.20:80/TCP reject"],
+            },
+            Case {
+                name: "an endpoint with an empty nodeName is not local to a node without a name",
+                services: vec![local(web())],
+                slices: vec![web_slice("web-1", vec![ep("10.244.0.11").on("")])],
+                node: NodeModel::named(""),
+                want: &["10.96.0.10:80/TCP drop"],
+            },
+            Case {
                 name: "two services on one address: the first by name is kept",
                 services: vec![
                     service("web-b", "10.96.0.10", &[("http", TCP, 80)]),
@@ -1137,8 +1415,45 @@ mod tests {
         );
     }
 
+    /// A LoadBalancer Service with externalTrafficPolicy Local, affinity and an external
+    /// IP, one endpoint here and one elsewhere.
+    fn external_plan() -> Plan {
+        let mut svc = external_web(true, TrafficPolicy::Local);
+        svc.session_affinity_timeout_s = 10800;
+        let slices = [web_slice(
+            "web-1",
+            vec![ep("10.244.1.5").on("node-a"), ep("10.244.1.6").on("node-b")],
+        )];
+        compute_plan(&[svc], &slices, &NodeModel::named("node-a"))
+    }
+
+    #[test]
+    fn json_schema_external_frontends() {
+        let value: serde_json::Value = serde_json::from_str(&external_plan().to_json()).unwrap();
+        let frontend = |kind: &str, address: &str, backends: &[&str]| {
+            serde_json::json!({"service": "demo/web", "port": "http", "protocol": "TCP",
+                "type": kind, "address": address, "action": "forward",
+                "backends": backends, "affinity_timeout_s": 10800})
+        };
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "node": "node-a",
+                "frontends": [
+                    frontend("NodePort", "*:30080", &["10.244.1.5:8080"]),
+                    frontend("ClusterIP", "10.96.0.10:80", &["10.244.1.5:8080", "10.244.1.6:8080"]),
+                    frontend("ExternalIP", "192.0.2.10:80", &["10.244.1.5:8080"]),
+                    frontend("LoadBalancer", "198.51.100.7:80", &["10.244.1.5:8080"]),
+                ],
+            })
+        );
+    }
+
     #[test]
     fn json_round_trip() {
+        let external = external_plan();
+        assert_eq!(Plan::from_json(&external.to_json()).unwrap(), external);
+        assert_eq!(external.frontends[0].ip, Ipv4Addr::UNSPECIFIED);
         let plan = sample_plan();
         let json = plan.to_json();
         assert!(json.contains('\n'), "pretty JSON");
@@ -1165,6 +1480,17 @@ mod tests {
             r#"{"node": "n", "frontends": [{"service": "a/b", "port": "", "protocol": "TCP", "type": "ClusterIP",
                 "address": "10.0.0.1:80", "action": "FORWARD", "backends": [], "affinity_timeout_s": 0}]}"#,
             r#"{"node": "n"}"#,
+            // "*" is the NodePort address, and only its.
+            r#"{"node": "n", "frontends": [{"service": "a/b", "port": "", "protocol": "TCP", "type": "ClusterIP",
+                "address": "*:80", "action": "reject", "backends": [], "affinity_timeout_s": 0}]}"#,
+            r#"{"node": "n", "frontends": [{"service": "a/b", "port": "", "protocol": "TCP", "type": "NodePort",
+                "address": "10.0.0.1:30080", "action": "reject", "backends": [], "affinity_timeout_s": 0}]}"#,
+            r#"{"node": "n", "frontends": [{"service": "a/b", "port": "", "protocol": "TCP", "type": "ExternalIP",
+                "address": "0.0.0.0:80", "action": "reject", "backends": [], "affinity_timeout_s": 0}]}"#,
+            r#"{"node": "n", "frontends": [{"service": "a/b", "port": "", "protocol": "TCP", "type": "NodePort",
+                "address": "*:http", "action": "reject", "backends": [], "affinity_timeout_s": 0}]}"#,
+            r#"{"node": "n", "frontends": [{"service": "a/b", "port": "", "protocol": "TCP", "type": "Ingress",
+                "address": "10.0.0.1:80", "action": "reject", "backends": [], "affinity_timeout_s": 0}]}"#,
         ] {
             assert!(Plan::from_json(bad).is_err(), "{bad}");
         }
@@ -1216,5 +1542,26 @@ mod tests {
         }
         assert!(lines.iter().all(|line| !line.ends_with(' ')));
         assert_eq!(Plan::default().render_table().lines().count(), 1);
+    }
+
+    #[test]
+    fn table_shows_external_kinds() {
+        let table = external_plan().render_table();
+        let rows: Vec<Vec<&str>> = table
+            .lines()
+            .skip(1)
+            .map(|line| line.split_whitespace().collect())
+            .collect();
+        let kind_and_address: Vec<(&str, &str)> = rows.iter().map(|r| (r[3], r[4])).collect();
+        assert_eq!(
+            kind_and_address,
+            [
+                ("NodePort", "*:30080"),
+                ("ClusterIP", "10.96.0.10:80"),
+                ("ExternalIP", "192.0.2.10:80"),
+                ("LoadBalancer", "198.51.100.7:80"),
+            ],
+            "{table}"
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::{
 
 use lb_common::{SVC_FLAG_WILDCARD, SvcAction};
 
-use crate::plan::{Action, Frontend};
+use crate::plan::{Action, Frontend, FrontendKind};
 
 /// A frontend in the service map: (address, port, protocol); port 0 and protocol 0 is
 /// the address wildcard that refuses ports the service does not have.
@@ -122,7 +122,8 @@ pub struct DesiredIndex {
 
 impl DesiredIndex {
     /// Replaces the frontends of `service` (empty: the service is gone). Returns the
-    /// keys whose desired entry changed.
+    /// keys whose desired entry changed. Only ClusterIP frontends are kept (see
+    /// [`programmed_here`]).
     pub fn set_service<'a>(
         &mut self,
         service: &str,
@@ -140,7 +141,7 @@ impl DesiredIndex {
             touched.push(key);
         }
         let mut keys = Vec::new();
-        for fe in frontends {
+        for fe in frontends.into_iter().filter(|fe| programmed_here(fe.kind)) {
             let proto = fe.protocol.as_ipproto();
             let key = FrontendKey { ip: fe.ip, port: fe.port, proto };
             if keys.contains(&key) {
@@ -213,6 +214,21 @@ impl DesiredIndex {
     }
 }
 
+/// Whether the maps of this data path hold frontends of `kind`. Only ClusterIP: the
+/// cgroup socket hooks translate connections this node's own sockets make to a service
+/// address. NodePort, LoadBalancer and ExternalIP frontends serve traffic that arrives
+/// from outside the node, which needs the TC data path (a later issue); programming them
+/// here would be wrong, not just early: the socket hooks would send this node's own
+/// connections to an external address through the externalTrafficPolicy backends,
+/// where kube-proxy short-circuits in-cluster clients to the cluster endpoints, and a
+/// NodePort frontend (address `*`) has no address to key the map with.
+fn programmed_here(kind: FrontendKind) -> bool {
+    match kind {
+        FrontendKind::ClusterIP => true,
+        FrontendKind::NodePort | FrontendKind::LoadBalancer | FrontendKind::ExternalIP => false,
+    }
+}
+
 fn wildcard_frontend() -> DesiredFrontend {
     DesiredFrontend { action: SvcAction::Reject, backends: Vec::new(), affinity_timeout_s: 0, flags: SVC_FLAG_WILDCARD }
 }
@@ -233,4 +249,62 @@ fn desired_frontend(fe: &Frontend, proto: u8) -> DesiredFrontend {
     backends.sort();
     backends.dedup();
     DesiredFrontend { action, backends, affinity_timeout_s: fe.affinity_timeout_s, flags: 0 }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+mod tests {
+    use super::*;
+    use crate::model::Protocol;
+
+    fn frontend(service: &str, kind: FrontendKind, address: &str) -> Frontend {
+        let address: SocketAddrV4 = address.parse().unwrap();
+        Frontend {
+            service: service.into(),
+            port_name: "http".into(),
+            protocol: Protocol::Tcp,
+            kind,
+            ip: *address.ip(),
+            port: address.port(),
+            action: Action::Forward,
+            backends: vec!["10.244.0.11:8080".parse().unwrap()],
+            affinity_timeout_s: 0,
+        }
+    }
+
+    fn key(address: &str) -> FrontendKey {
+        let address: SocketAddrV4 = address.parse().unwrap();
+        FrontendKey { ip: *address.ip(), port: address.port(), proto: lb_common::IPPROTO_TCP }
+    }
+
+    #[test]
+    fn only_cluster_ip_frontends_are_programmed() {
+        let external = [
+            frontend("demo/web", FrontendKind::NodePort, "0.0.0.0:30080"),
+            frontend("demo/web", FrontendKind::LoadBalancer, "198.51.100.7:80"),
+            frontend("demo/web", FrontendKind::ExternalIP, "192.0.2.10:80"),
+        ];
+        let cluster_ip = frontend("demo/web", FrontendKind::ClusterIP, "10.96.0.10:80");
+
+        let (desired, conflicts) = DesiredState::from_frontends(external.iter().chain([&cluster_ip]));
+        assert!(conflicts.is_empty());
+        let mut keys: Vec<FrontendKey> = desired.frontends.keys().copied().collect();
+        keys.sort();
+        assert_eq!(keys, [FrontendKey::wildcard(Ipv4Addr::new(10, 96, 0, 10)), key("10.96.0.10:80")]);
+
+        // A service with only external frontends programs nothing, and changes nothing.
+        let mut index = DesiredIndex::default();
+        assert!(index.set_service("demo/web", &external).is_empty());
+        assert!(index.desired.frontends.is_empty());
+        // Adding its ClusterIP frontend touches that frontend and its address only.
+        let mut changed = index.set_service("demo/web", external.iter().chain([&cluster_ip]));
+        changed.sort();
+        assert_eq!(changed, [FrontendKey::wildcard(Ipv4Addr::new(10, 96, 0, 10)), key("10.96.0.10:80")]);
+        assert_eq!(index.desired, desired);
+        // An external frontend on another service's cluster IP is no conflict here.
+        let other = frontend("demo/other", FrontendKind::ExternalIP, "10.96.0.10:80");
+        assert!(index.set_service("demo/other", [&other]).is_empty());
+        assert!(index.conflicts().is_empty());
+        assert_eq!(index.desired, desired);
+    }
 }
