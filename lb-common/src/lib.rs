@@ -21,10 +21,21 @@ pub mod map_names {
     pub const REVNAT4: &str = "lb4_rnat_v1";
     /// Backend chosen per UDP socket and service ([`super::SockBackend4Key`] -> [`super::SockBackend4Value`]).
     pub const SOCK_BACKEND4: &str = "lb4_sk_be_v1";
-    /// Per-CPU counters indexed by [`super::Counter`].
-    pub const STATS: &str = "lb_stats_v1";
+    /// Per-CPU counters indexed by [`super::Counter`] (v2: more counters).
+    pub const STATS: &str = "lb_stats_v2";
+    /// Connection tracking of NodePort/LoadBalancer/external IP flows ([`super::Ct4Key`] -> [`super::Ct4Value`]).
+    pub const CT4: &str = "lb4_ct_v1";
+    /// This node's IPv4 addresses (u32 -> [`super::NodeAddr4`]): where NodePorts answer.
+    pub const NODE_ADDR4: &str = "lb4_node_ip_v1";
+    /// Per device (ifindex u32 -> [`super::Device4`]): the address SNAT uses.
+    pub const DEVICE4: &str = "lb4_dev_v1";
+    /// First fragments' ports, for the fragments after them ([`super::Frag4Key`] -> [`super::Frag4Value`]).
+    pub const FRAG4: &str = "lb4_frag_v1";
+    /// loadBalancerSourceRanges (LPM trie of [`super::SrcRange4Key`] -> u8).
+    pub const SRC_RANGE4: &str = "lb4_srcrng_v1";
     /// Every map the data path pins, for inspection and uninstall.
-    pub const ALL: [&str; 5] = [SVC4, BACKEND4, REVNAT4, SOCK_BACKEND4, STATS];
+    pub const ALL: [&str; 10] =
+        [SVC4, BACKEND4, REVNAT4, SOCK_BACKEND4, STATS, CT4, NODE_ADDR4, DEVICE4, FRAG4, SRC_RANGE4];
 }
 
 /// Default map capacities. The agent may raise them when it creates the maps.
@@ -37,6 +48,26 @@ pub mod capacity {
     pub const REVNAT4: u32 = 262_144;
     /// LRU: (UDP socket, service) pairs with a chosen backend.
     pub const SOCK_BACKEND4: u32 = 131_072;
+    /// LRU: tracked flows, two entries each (original and reply direction).
+    pub const CT4: u32 = 262_144;
+    /// Node addresses.
+    pub const NODE_ADDR4: u32 = 256;
+    /// Devices the TC programs are attached to.
+    pub const DEVICE4: u32 = 256;
+    /// LRU: fragmented datagrams in flight.
+    pub const FRAG4: u32 = 8_192;
+    /// loadBalancerSourceRanges entries over all LoadBalancer frontends.
+    pub const SRC_RANGE4: u32 = 16_384;
+}
+
+/// [`Svc4Key::scope`]: which traffic a frontend entry is for.
+pub mod scope {
+    /// Connections started on this node (socket hooks): ClusterIPs, and NodePorts,
+    /// LoadBalancer and external IPs reached from the node or its pods.
+    pub const INTERNAL: u8 = 0;
+    /// Traffic arriving from outside the node (TC program): NodePorts, LoadBalancer and
+    /// external IPs, with backends per externalTrafficPolicy.
+    pub const EXTERNAL: u8 = 1;
 }
 
 /// What a frontend does with a new connection, in [`Svc4Value::action`] of slot 0.
@@ -85,7 +116,7 @@ pub struct Svc4Key {
     pub backend_slot: u16,
     /// IP protocol ([`IPPROTO_TCP`] or [`IPPROTO_UDP`]); 0 in the wildcard entry.
     pub proto: u8,
-    /// Frontend scope, reserved for external vs internal traffic policy; 0 today.
+    /// [`scope::INTERNAL`] or [`scope::EXTERNAL`].
     pub scope: u8,
     /// Explicit padding, always zero.
     pub pad: [u8; 2],
@@ -95,7 +126,12 @@ const _: () = assert!(core::mem::size_of::<Svc4Key>() == 12);
 impl Svc4Key {
     /// `address` and `dport` in network byte order.
     pub const fn new(address: u32, dport: u16, proto: u8, backend_slot: u16) -> Self {
-        Self { address, dport, backend_slot, proto, scope: 0, pad: [0; 2] }
+        Self { address, dport, backend_slot, proto, scope: scope::INTERNAL, pad: [0; 2] }
+    }
+
+    /// The same frontend in another scope.
+    pub const fn with_scope(self, scope: u8) -> Self {
+        Self { scope, ..self }
     }
 
     /// The wildcard entry of a service address.
@@ -128,6 +164,17 @@ const _: () = assert!(core::mem::size_of::<Svc4Value>() == 12);
 
 /// [`Svc4Value::flags`]: the frontend is an address wildcard (port not served).
 pub const SVC_FLAG_WILDCARD: u8 = 1;
+/// [`Svc4Value::flags`]: externalTrafficPolicy Cluster: a flow to a backend on another
+/// node gets the node's address as source, so the reply comes back through this node.
+pub const SVC_FLAG_SNAT: u8 = 2;
+/// [`Svc4Value::flags`]: a NodePort: the key's address is 0 and the frontend answers on
+/// every node address.
+pub const SVC_FLAG_NODEPORT: u8 = 4;
+/// [`Svc4Value::flags`]: only sources in the frontend's loadBalancerSourceRanges.
+pub const SVC_FLAG_SOURCE_RANGES: u8 = 8;
+
+/// [`Backend4::flags`]: the backend runs on this node.
+pub const BACKEND_FLAG_LOCAL: u8 = 1;
 
 impl Svc4Value {
     /// Slot 0 of a frontend.
@@ -151,7 +198,7 @@ pub struct Backend4 {
     pub port: u16,
     /// IP protocol ([`IPPROTO_TCP`] or [`IPPROTO_UDP`]).
     pub proto: u8,
-    /// Reserved backend state bits (e.g. terminating); 0 today.
+    /// `BACKEND_FLAG_*` bits.
     pub flags: u8,
 }
 const _: () = assert!(core::mem::size_of::<Backend4>() == 8);
@@ -227,24 +274,52 @@ pub enum Counter {
     /// Refused with EHOSTUNREACH: endpoints exist but none may be used here.
     Dropped = 2,
     /// A lookup failed in a way that should not happen (slot or backend missing);
-    /// the socket proceeded untranslated or was refused.
+    /// the socket or packet proceeded untranslated.
     Inconsistent = 3,
     /// getpeername()/recvmsg() answers rewritten back to the service address.
     ReverseTranslated = 4,
     /// Reverse map updates that failed (the socket keeps working, getpeername shows
     /// the backend).
     RevNatUpdateFailed = 5,
+    /// New external flows (NodePort, LoadBalancer, external IP) translated by TC.
+    NpNewFlow = 6,
+    /// Packets of tracked flows translated by TC (both directions).
+    NpTracked = 7,
+    /// External packets dropped: Local policy without local endpoints, or a rejected
+    /// frontend that is not a node address.
+    NpDropped = 8,
+    /// External packets from a source outside loadBalancerSourceRanges, dropped.
+    NpSourceDenied = 9,
+    /// New flows that could not get an SNAT port (all tried were taken), dropped.
+    NpSnatExhausted = 10,
+    /// Conntrack entries that could not be written (the flow passed untranslated).
+    NpCtFailed = 11,
+    /// Non-first fragments whose first fragment was not seen (passed untouched).
+    NpFragUnknown = 12,
+    /// ICMP errors about a tracked flow, translated.
+    NpIcmpTranslated = 13,
+    /// bind() to a NodePort refused.
+    BindRefused = 14,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 6;
-    pub const ALL: [Counter; 6] = [
+    pub const COUNT: u32 = 15;
+    pub const ALL: [Counter; 15] = [
         Self::Translated,
         Self::Rejected,
         Self::Dropped,
         Self::Inconsistent,
         Self::ReverseTranslated,
         Self::RevNatUpdateFailed,
+        Self::NpNewFlow,
+        Self::NpTracked,
+        Self::NpDropped,
+        Self::NpSourceDenied,
+        Self::NpSnatExhausted,
+        Self::NpCtFailed,
+        Self::NpFragUnknown,
+        Self::NpIcmpTranslated,
+        Self::BindRefused,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -255,9 +330,159 @@ impl Counter {
             Self::Inconsistent => "inconsistent",
             Self::ReverseTranslated => "reverse_translated",
             Self::RevNatUpdateFailed => "revnat_update_failed",
+            Self::NpNewFlow => "nodeport_new_flows",
+            Self::NpTracked => "nodeport_tracked_packets",
+            Self::NpDropped => "nodeport_dropped",
+            Self::NpSourceDenied => "nodeport_source_denied",
+            Self::NpSnatExhausted => "nodeport_snat_exhausted",
+            Self::NpCtFailed => "nodeport_ct_failed",
+            Self::NpFragUnknown => "nodeport_fragment_unknown",
+            Self::NpIcmpTranslated => "nodeport_icmp_translated",
+            Self::BindRefused => "bind_refused",
         }
     }
 }
+
+/// Conntrack key: a packet's tuple as it arrives, before translation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ct4Key {
+    /// Source address, network byte order.
+    pub saddr: u32,
+    /// Destination address, network byte order.
+    pub daddr: u32,
+    /// Source port, network byte order.
+    pub sport: u16,
+    /// Destination port, network byte order.
+    pub dport: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Explicit padding, always zero.
+    pub pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<Ct4Key>() == 16);
+
+/// Conntrack value: what a packet matching the key is rewritten to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ct4Value {
+    /// New source address, network byte order.
+    pub to_saddr: u32,
+    /// New destination address, network byte order.
+    pub to_daddr: u32,
+    /// New source port, network byte order.
+    pub to_sport: u16,
+    /// New destination port, network byte order.
+    pub to_dport: u16,
+    /// `CT_FLAG_*` bits.
+    pub flags: u8,
+    /// [`CT_DIR_ORIGINAL`] (client to frontend) or [`CT_DIR_REPLY`] (backend to client).
+    pub direction: u8,
+    /// Explicit padding, always zero.
+    pub pad: [u8; 2],
+    /// When the entry expires (bpf_ktime_get_ns clock); refreshed by traffic.
+    pub expires_ns: u64,
+    /// Backend id of the flow (for inspection).
+    pub backend_id: u32,
+    /// Explicit padding, always zero.
+    pub pad2: u32,
+}
+const _: () = assert!(core::mem::size_of::<Ct4Value>() == 32);
+
+/// [`Ct4Value::direction`] values.
+pub const CT_DIR_ORIGINAL: u8 = 0;
+pub const CT_DIR_REPLY: u8 = 1;
+/// [`Ct4Value::flags`]: the flow's source was rewritten to a node address.
+pub const CT_FLAG_SNAT: u8 = 1;
+/// [`Ct4Value::flags`]: a TCP FIN or RST was seen: the flow is closing.
+pub const CT_FLAG_CLOSING: u8 = 2;
+/// [`Ct4Value::flags`]: a TCP packet other than the first SYN was seen.
+pub const CT_FLAG_ESTABLISHED: u8 = 4;
+
+/// Conntrack lifetimes, refreshed by each packet of the flow.
+pub mod ct_lifetime {
+    /// TCP before the handshake completes.
+    pub const TCP_SYN_NS: u64 = 60 * 1_000_000_000;
+    /// Established TCP (as Cilium's default).
+    pub const TCP_ESTABLISHED_NS: u64 = 21_600 * 1_000_000_000;
+    /// After FIN or RST.
+    pub const TCP_CLOSING_NS: u64 = 10 * 1_000_000_000;
+    /// UDP, idle time.
+    pub const UDP_NS: u64 = 60 * 1_000_000_000;
+}
+
+/// Ports SNAT picks from: above the default ephemeral range (32768-60999) so that
+/// they never collide with the node's own outgoing connections.
+pub const SNAT_PORT_MIN: u16 = 61_000;
+pub const SNAT_PORT_MAX: u16 = 65_535;
+
+/// Value of the node address map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NodeAddr4 {
+    /// Reserved bits; 0 today.
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<NodeAddr4>() == 4);
+
+/// Value of the device map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Device4 {
+    /// Address used as the source of SNATed flows leaving through this device,
+    /// network byte order.
+    pub snat_addr: u32,
+}
+const _: () = assert!(core::mem::size_of::<Device4>() == 4);
+
+/// Key of the fragment map: one IPv4 datagram.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Frag4Key {
+    /// Source address, network byte order.
+    pub saddr: u32,
+    /// Destination address, network byte order.
+    pub daddr: u32,
+    /// IP identification, network byte order.
+    pub id: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Explicit padding, always zero.
+    pub pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<Frag4Key>() == 12);
+
+/// Value of the fragment map: the L4 ports from the first fragment.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Frag4Value {
+    /// Source port, network byte order.
+    pub sport: u16,
+    /// Destination port, network byte order.
+    pub dport: u16,
+}
+const _: () = assert!(core::mem::size_of::<Frag4Value>() == 4);
+
+/// Data of the loadBalancerSourceRanges LPM key. The prefix length covers the 64 bits
+/// of frontend (always fully) plus the source prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SrcRange4Key {
+    /// Frontend address, network byte order.
+    pub address: u32,
+    /// Frontend port, network byte order.
+    pub dport: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Explicit padding, always zero.
+    pub pad: u8,
+    /// Source address (prefix), network byte order.
+    pub source: u32,
+}
+const _: () = assert!(core::mem::size_of::<SrcRange4Key>() == 12);
+
+/// Bits of a [`SrcRange4Key`] that are always matched (address, port, proto, pad).
+pub const SRC_RANGE_FRONTEND_BITS: u32 = 64;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -271,6 +496,13 @@ mod pod {
     unsafe impl aya::Pod for super::RevNat4Value {}
     unsafe impl aya::Pod for super::SockBackend4Key {}
     unsafe impl aya::Pod for super::SockBackend4Value {}
+    unsafe impl aya::Pod for super::Ct4Key {}
+    unsafe impl aya::Pod for super::Ct4Value {}
+    unsafe impl aya::Pod for super::NodeAddr4 {}
+    unsafe impl aya::Pod for super::Device4 {}
+    unsafe impl aya::Pod for super::Frag4Key {}
+    unsafe impl aya::Pod for super::Frag4Value {}
+    unsafe impl aya::Pod for super::SrcRange4Key {}
 }
 
 #[cfg(test)]
@@ -314,6 +546,18 @@ mod tests {
         assert_eq!(size_of::<RevNat4Value>(), 8);
         assert_eq!(size_of::<SockBackend4Key>(), 16);
         assert_eq!(size_of::<SockBackend4Value>(), 8);
+    }
+
+    #[test]
+    fn nodeport_layouts() {
+        assert_eq!(offset_of!(Ct4Key, proto), 12);
+        assert_eq!(offset_of!(Ct4Value, flags), 12);
+        assert_eq!(offset_of!(Ct4Value, expires_ns), 16);
+        assert_eq!(align_of::<Ct4Value>(), 8);
+        assert_eq!(offset_of!(Frag4Key, id), 8);
+        assert_eq!(offset_of!(SrcRange4Key, source), 8);
+        assert_eq!(SRC_RANGE_FRONTEND_BITS as usize, offset_of!(SrcRange4Key, source) * 8);
+        const { assert!(SNAT_PORT_MIN > 60_999) };
     }
 
     #[test]

@@ -7,10 +7,15 @@
 #![no_std]
 #![no_main]
 
+mod bind4;
 mod maps;
+mod nodeport4;
 mod sock4;
 
-use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+use aya_ebpf::{
+    macros::{cgroup_sock, cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, SockContext, TcContext},
+};
 
 #[cgroup_sock_addr(connect4)]
 pub fn sock4_connect(ctx: SockAddrContext) -> i32 {
@@ -30,6 +35,21 @@ pub fn sock4_recvmsg(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername4)]
 pub fn sock4_getpeername(ctx: SockAddrContext) -> i32 {
     sock4::xlate_rev(&ctx)
+}
+
+#[cgroup_sock(post_bind4)]
+pub fn sock4_post_bind(ctx: SockContext) -> i32 {
+    bind4::post_bind(&ctx)
+}
+
+#[classifier]
+pub fn lb4_tc_ingress(ctx: TcContext) -> i32 {
+    nodeport4::ingress(&ctx)
+}
+
+#[classifier]
+pub fn lb4_tc_egress(ctx: TcContext) -> i32 {
+    nodeport4::egress(&ctx)
 }
 
 #[cfg(not(test))]

@@ -1,10 +1,10 @@
 //! The data path's maps. Names and layouts come from lb-common (the names are
 //! repeated as literals because the attribute needs one; a userspace test checks
 //! that the object's map names equal lb_common::map_names).
-use aya_ebpf::btf_maps::{HashMap, LruHashMap, PerCpuArray};
+use aya_ebpf::btf_maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key};
 use lb_common::{
-    Backend4, Counter, RevNat4Key, RevNat4Value, SockBackend4Key, SockBackend4Value, Svc4Key,
-    Svc4Value, capacity,
+    Backend4, Counter, Ct4Key, Ct4Value, Device4, Frag4Key, Frag4Value, NodeAddr4, RevNat4Key,
+    RevNat4Value, SockBackend4Key, SockBackend4Value, SrcRange4Key, Svc4Key, Svc4Value, capacity,
 };
 
 /// Frontends (slot 0) and their backend slots (1..=count).
@@ -29,8 +29,35 @@ pub static SOCK_BACKEND4: LruHashMap<
 > = LruHashMap::new();
 
 /// Per-CPU event counters, indexed by [`Counter`].
-#[aya_ebpf::macros::btf_map(name = "lb_stats_v1")]
+#[aya_ebpf::macros::btf_map(name = "lb_stats_v2")]
 pub static STATS: PerCpuArray<u64, { Counter::COUNT as usize }> = PerCpuArray::new();
+
+/// Tracked external flows, one entry per direction.
+#[aya_ebpf::macros::btf_map(name = "lb4_ct_v1")]
+pub static CT4: LruHashMap<Ct4Key, Ct4Value, { capacity::CT4 as usize }> = LruHashMap::new();
+
+/// This node's addresses: NodePorts answer on them.
+#[aya_ebpf::macros::btf_map(name = "lb4_node_ip_v1")]
+pub static NODE_ADDR4: HashMap<u32, NodeAddr4, { capacity::NODE_ADDR4 as usize }> = HashMap::new();
+
+/// Devices with the TC programs, and the address SNAT uses on each.
+#[aya_ebpf::macros::btf_map(name = "lb4_dev_v1")]
+pub static DEVICE4: HashMap<u32, Device4, { capacity::DEVICE4 as usize }> = HashMap::new();
+
+/// Ports of fragmented datagrams, from their first fragment.
+#[aya_ebpf::macros::btf_map(name = "lb4_frag_v1")]
+pub static FRAG4: LruHashMap<Frag4Key, Frag4Value, { capacity::FRAG4 as usize }> = LruHashMap::new();
+
+/// loadBalancerSourceRanges: (frontend, source prefix) -> allowed.
+#[aya_ebpf::macros::btf_map(name = "lb4_srcrng_v1")]
+pub static SRC_RANGE4: LpmTrie<SrcRange4Key, u8, { capacity::SRC_RANGE4 as usize }> = LpmTrie::new();
+
+pub type SrcRangeKey = Key<SrcRange4Key>;
+
+#[inline(always)]
+pub fn is_node_addr(addr: u32) -> bool {
+    NODE_ADDR4.get_ptr(addr).is_some()
+}
 
 #[inline(always)]
 pub fn count(counter: Counter) {

@@ -14,7 +14,7 @@ use lb_common::{
     SockBackend4Value, Svc4Key, Svc4Value, SvcAction,
 };
 
-use crate::maps::{BACKEND4, REVNAT4, SOCK_BACKEND4, SVC4, count};
+use crate::maps::{BACKEND4, REVNAT4, SOCK_BACKEND4, SVC4, count, is_node_addr};
 
 /// Return codes of cgroup sock_addr programs.
 const PROCEED: i32 = 1;
@@ -76,8 +76,7 @@ fn try_xlate_fwd(ctx: &SockAddrContext) -> Result<Forward, Inconsistent> {
     // user_port holds the port in network byte order in its low 16 bits.
     let port = sa.user_port as u16;
 
-    let key = Svc4Key::new(address, port, proto, 0);
-    let Some(svc) = lookup_svc(&key) else {
+    let Some((key, svc)) = lookup_frontend(address, port, proto) else {
         // A service address on a port the service does not have is refused too.
         return Ok(match lookup_svc(&Svc4Key::wildcard(address)) {
             Some(_) => Forward::Refuse(ECONNREFUSED),
@@ -115,6 +114,21 @@ fn try_xlate_fwd(ctx: &SockAddrContext) -> Result<Forward, Inconsistent> {
     sa.user_ip4 = backend.address;
     sa.user_port = backend.port as u32;
     Ok(Forward::Translated)
+}
+
+/// The frontend of a connection started on this node: the exact address (ClusterIP,
+/// LoadBalancer or external IP), else a NodePort when the address is the node's.
+#[inline(always)]
+fn lookup_frontend(address: u32, port: u16, proto: u8) -> Option<(Svc4Key, Svc4Value)> {
+    let key = Svc4Key::new(address, port, proto, 0);
+    if let Some(svc) = lookup_svc(&key) {
+        return Some((key, svc));
+    }
+    if !is_node_addr(address) {
+        return None;
+    }
+    let nodeport = Svc4Key::new(0, port, proto, 0);
+    lookup_svc(&nodeport).map(|svc| (nodeport, svc))
 }
 
 #[inline(always)]

@@ -21,6 +21,7 @@ use crate::{
     manifest_source::ManifestSource,
     manifests,
     model::NodeModel,
+    node,
     plan::{self, Plan},
     reconcile::Reconciler,
     source::ClusterEvent,
@@ -39,6 +40,8 @@ pub enum AgentError {
     Health { addr: SocketAddr, #[source] source: std::io::Error },
     #[error("the {0} source stopped")]
     SourceStopped(&'static str),
+    #[error("node devices: {0}")]
+    Node(String),
 }
 
 /// Where the agent learns about Services, EndpointSlices and its Node.
@@ -63,6 +66,9 @@ pub struct AgentOptions {
     pub health_addr: Option<SocketAddr>,
     /// /healthz fails when an update waits longer than this.
     pub health_timeout: Duration,
+    /// Devices for the TC programs (NodePort, LoadBalancer, external IPs from
+    /// outside); None: auto-detected (see `node::select_devices`).
+    pub devices: Option<Vec<String>>,
 }
 
 /// Reads a manifest directory and computes the plan (`socklb plan`).
@@ -85,6 +91,10 @@ struct SyncMetrics {
     /// Time from the first event of a batch to its maps written, last sync (µs).
     last_latency_us: AtomicU64,
     frontends: AtomicU64,
+    /// Live conntrack entries at the last sweep.
+    ct_entries: AtomicU64,
+    /// Expired conntrack entries removed by sweeps.
+    ct_expired: AtomicU64,
 }
 
 /// Runs until `shutdown` resolves. The data path stays in place afterwards.
@@ -145,9 +155,21 @@ pub async fn run_agent(
         }));
     }
 
-    let maps = kernel::install(&opts.pin_dir, &opts.cgroup)?;
-    info!(cgroup = %opts.cgroup.display(), pin_dir = %opts.pin_dir.display(), "socket hooks attached");
+    let ifaces = node::interfaces().map_err(|e| AgentError::Node(format!("listing interfaces: {e}")))?;
+    let devices = node::select_devices(&ifaces, opts.devices.as_deref()).map_err(AgentError::Node)?;
+    let mut maps = kernel::install(&opts.pin_dir, &opts.cgroup, &devices)?;
+    let mut node_addrs = node::node_addresses(&ifaces);
+    maps.set_node_addresses(&node_addrs)?;
+    info!(
+        cgroup = %opts.cgroup.display(),
+        pin_dir = %opts.pin_dir.display(),
+        devices = ?devices.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(),
+        node_addresses = ?node_addrs,
+        "socket hooks and TC programs attached"
+    );
     let mut reconciler = Reconciler::adopt(maps, Capacity::default())?;
+    let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+    housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut state = ClusterState::new(NodeModel::named(opts.node.clone()));
 
     tokio::pin!(shutdown);
@@ -193,6 +215,10 @@ pub async fn run_agent(
                 }
             },
             () = sleep => {}
+            _ = housekeeping.tick() => {
+                housekeep(&mut reconciler, &mut node_addrs, &metrics);
+                continue;
+            }
         }
 
         let started = Instant::now();
@@ -249,6 +275,44 @@ pub async fn run_agent(
     result
 }
 
+/// How often node addresses are re-read and expired conntrack entries removed.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Node addresses may change (DHCP, an added IP); conntrack entries of finished
+/// flows are removed before the LRU has to evict live ones.
+fn housekeep(reconciler: &mut Reconciler<kernel::KernelMaps>, node_addrs: &mut Vec<std::net::Ipv4Addr>, metrics: &SyncMetrics) {
+    match node::interfaces() {
+        Ok(ifaces) => {
+            let now = node::node_addresses(&ifaces);
+            if now != *node_addrs {
+                match reconciler.maps_mut().set_node_addresses(&now) {
+                    Ok(()) => {
+                        info!(node_addresses = ?now, "node addresses changed");
+                        *node_addrs = now;
+                    }
+                    Err(e) => warn!(error = %e, "updating node addresses failed"),
+                }
+            }
+        }
+        Err(e) => warn!(error = %e, "listing interfaces failed"),
+    }
+    match reconciler.maps_mut().sweep_conntrack(monotonic_ns()) {
+        Ok(sweep) => {
+            metrics.ct_entries.store(sweep.live as u64, Ordering::Relaxed);
+            metrics.ct_expired.fetch_add(sweep.removed as u64, Ordering::Relaxed);
+        }
+        Err(e) => warn!(error = %e, "conntrack sweep failed"),
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of bpf_ktime_get_ns.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the local timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 fn register_sync_metrics(health: &Health, metrics: &Arc<SyncMetrics>) {
     let m = metrics.clone();
     health.register_collector(move |out| {
@@ -259,6 +323,14 @@ fn register_sync_metrics(health: &Health, metrics: &Arc<SyncMetrics>) {
         counter(out, "socklb_sync_errors_total", "Data path syncs that failed (retried).", &m.sync_errors);
         counter(out, "socklb_map_operations_total", "BPF map writes and deletes.", &m.map_ops);
         counter(out, "socklb_frontends_changed_total", "Frontends rewritten by syncs.", &m.frontends_changed);
+        counter(out, "socklb_conntrack_expired_total", "Expired conntrack entries removed by the agent's sweeps.", &m.ct_expired);
+        write_metric_family(
+            out,
+            "socklb_conntrack_entries",
+            "Live conntrack entries (both directions of each external flow) at the last sweep.",
+            MetricType::Gauge,
+            [(&[][..], m.ct_entries.load(Ordering::Relaxed) as f64)],
+        );
         write_metric_family(
             out,
             "socklb_last_sync_latency_seconds",

@@ -58,6 +58,12 @@ enum Command {
         /// /healthz reports unhealthy when an update waits longer than this.
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         health_timeout: Duration,
+        /// Devices for the TC programs (NodePort, LoadBalancer and external IPs from
+        /// outside the node), comma separated. Default: every interface that is up,
+        /// has an IPv4 address and is not loopback or a pod/runtime device. "none":
+        /// no TC programs (ClusterIP only).
+        #[arg(long, value_delimiter = ',')]
+        devices: Option<Vec<String>>,
     },
     /// Print the frontends the agent would program, without touching the kernel.
     Plan {
@@ -118,6 +124,7 @@ fn run() -> anyhow::Result<()> {
             min_sync_period,
             health_addr,
             health_timeout,
+            devices,
         } => {
             let cgroup = match cgroup {
                 Some(c) => c,
@@ -135,6 +142,8 @@ fn run() -> anyhow::Result<()> {
                 },
                 None => Source::Kubernetes { kubeconfig },
             };
+            // "--devices none": an explicit empty list.
+            let devices = devices.map(|d| d.into_iter().filter(|n| n != "none" && !n.is_empty()).collect());
             let opts = AgentOptions {
                 source,
                 node: node_name(node)?,
@@ -143,6 +152,7 @@ fn run() -> anyhow::Result<()> {
                 min_sync_period,
                 health_addr,
                 health_timeout,
+                devices,
             };
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(agent::run_agent(opts, shutdown_signal()))?;

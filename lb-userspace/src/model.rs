@@ -173,6 +173,57 @@ pub struct ServicePortModel {
     pub node_port: Option<u16>,
 }
 
+/// An IPv4 prefix such as 10.0.0.0/8 (the host bits are cleared).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ipv4Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl Ipv4Cidr {
+    fn mask(prefix_len: u8) -> u32 {
+        if prefix_len == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix_len)) }
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & Self::mask(self.prefix_len) == u32::from(self.addr)
+    }
+}
+
+impl std::str::FromStr for Ipv4Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, len) = s.split_once('/').unwrap_or((s, "32"));
+        let addr: Ipv4Addr = addr.parse().map_err(|_| format!("{s:?} is not an IPv4 prefix"))?;
+        let prefix_len: u8 = len
+            .parse()
+            .ok()
+            .filter(|l| *l <= 32)
+            .ok_or_else(|| format!("{s:?}: bad prefix length"))?;
+        Ok(Ipv4Cidr { addr: Ipv4Addr::from(u32::from(addr) & Self::mask(prefix_len)), prefix_len })
+    }
+}
+
+impl fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+impl Serialize for Ipv4Cidr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Ipv4Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// A Service that socklb proxies.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ServiceModel {
@@ -198,6 +249,9 @@ pub struct ServiceModel {
     /// "VIP"); a "Proxy" load balancer delivers to the nodes, not to its IP, so kube-proxy
     /// does not capture that IP.
     pub load_balancer_ips: Vec<Ipv4Addr>,
+    /// spec.loadBalancerSourceRanges (IPv4 ones): only these sources may use the
+    /// LoadBalancer ingress IPs; empty = everyone.
+    pub load_balancer_source_ranges: Vec<Ipv4Cidr>,
     pub health_check_node_port: Option<u16>,
     /// Valid ports the data path cannot serve (SCTP), one human-readable line each, so
     /// the caller can warn about them.
@@ -323,6 +377,21 @@ impl ServiceModel {
             }
         }
 
+        let mut load_balancer_source_ranges = Vec::new();
+        for (i, range) in spec.load_balancer_source_ranges.iter().flatten().enumerate() {
+            let field = format!("spec.loadBalancerSourceRanges[{i}]");
+            let range = range.trim();
+            // IPv6 ranges belong to the IPv6 part of the service, not served here.
+            if range.contains(':') {
+                continue;
+            }
+            let cidr = range.parse::<Ipv4Cidr>().map_err(|_| InvalidObject::BadIp {
+                field,
+                value: range.to_string(),
+            })?;
+            load_balancer_source_ranges.push(cidr);
+        }
+
         let external_traffic_policy = TrafficPolicy::parse(
             "spec.externalTrafficPolicy",
             spec.external_traffic_policy.as_deref(),
@@ -357,6 +426,7 @@ impl ServiceModel {
             traffic_distribution: spec.traffic_distribution.clone(),
             external_ips,
             load_balancer_ips,
+            load_balancer_source_ranges,
             health_check_node_port: optional_port(
                 "spec.healthCheckNodePort",
                 spec.health_check_node_port,
@@ -761,6 +831,7 @@ mod tests {
                 traffic_distribution: None,
                 external_ips: vec![],
                 load_balancer_ips: vec![],
+                load_balancer_source_ranges: vec![],
                 health_check_node_port: None,
                 skipped_ports: vec![],
             }

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::model::{
-    EndpointModel, NodeModel, Protocol, ServiceModel, ServiceType, SliceModel, TrafficPolicy,
+    EndpointModel, Ipv4Cidr, NodeModel, Protocol, ServiceModel, ServiceType, SliceModel, TrafficPolicy,
 };
 
 /// How a frontend address is reached. Match on this enum exhaustively so adding a kind
@@ -114,6 +114,11 @@ pub struct Frontend {
     pub backends: Vec<SocketAddrV4>,
     /// ClientIP affinity timeout; 0 when the Service has none.
     pub affinity_timeout_s: u32,
+    /// The backends that run on this node (a subset of `backends`): replies of their
+    /// external flows come back through this node without SNAT.
+    pub local_backends: Vec<SocketAddrV4>,
+    /// loadBalancerSourceRanges of a LoadBalancer frontend; empty = every source.
+    pub source_ranges: Vec<Ipv4Cidr>,
 }
 
 impl Frontend {
@@ -152,6 +157,10 @@ struct FrontendJson {
     action: Action,
     backends: Vec<SocketAddrV4>,
     affinity_timeout_s: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    local_backends: Vec<SocketAddrV4>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    source_ranges: Vec<Ipv4Cidr>,
 }
 
 impl From<Frontend> for FrontendJson {
@@ -165,6 +174,8 @@ impl From<Frontend> for FrontendJson {
             action: f.action,
             backends: f.backends,
             affinity_timeout_s: f.affinity_timeout_s,
+            local_backends: f.local_backends,
+            source_ranges: f.source_ranges,
         }
     }
 }
@@ -206,6 +217,8 @@ impl TryFrom<FrontendJson> for Frontend {
             action: f.action,
             backends: f.backends,
             affinity_timeout_s: f.affinity_timeout_s,
+            local_backends: f.local_backends,
+            source_ranges: f.source_ranges,
         })
     }
 }
@@ -328,6 +341,16 @@ pub fn frontends_for_service(
                 svc.internal_traffic_policy
             };
             let (action, backends) = categorized.traffic(policy);
+            let local_backends = backends
+                .iter()
+                .filter(|b| endpoints.get(b).is_some_and(|e| is_local(e, node)))
+                .copied()
+                .collect();
+            let source_ranges = if kind == FrontendKind::LoadBalancer {
+                svc.load_balancer_source_ranges.clone()
+            } else {
+                Vec::new()
+            };
             Frontend {
                 service: svc.display_name(),
                 port_name: port.name.clone(),
@@ -338,6 +361,8 @@ pub fn frontends_for_service(
                 action,
                 backends,
                 affinity_timeout_s: svc.session_affinity_timeout_s,
+                local_backends,
+                source_ranges,
             }
         };
         for ip in &svc.cluster_ips {
@@ -635,6 +660,7 @@ mod tests {
             traffic_distribution: None,
             external_ips: vec![],
             load_balancer_ips: vec![],
+            load_balancer_source_ranges: vec![],
             health_check_node_port: None,
             skipped_ports: vec![],
         }
@@ -1383,6 +1409,8 @@ mod tests {
                 action: Action::Forward,
                 backends: vec!["10.244.0.21:5353".parse().unwrap()],
                 affinity_timeout_s: 10800,
+                local_backends: vec![],
+                source_ranges: vec![],
             }]
         );
     }
@@ -1431,9 +1459,12 @@ mod tests {
     fn json_schema_external_frontends() {
         let value: serde_json::Value = serde_json::from_str(&external_plan().to_json()).unwrap();
         let frontend = |kind: &str, address: &str, backends: &[&str]| {
+            // 10.244.1.5 runs on node-a: listed as local (the data path sends it
+            // external traffic without SNAT).
             serde_json::json!({"service": "demo/web", "port": "http", "protocol": "TCP",
                 "type": kind, "address": address, "action": "forward",
-                "backends": backends, "affinity_timeout_s": 10800})
+                "backends": backends, "affinity_timeout_s": 10800,
+                "local_backends": ["10.244.1.5:8080"]})
         };
         assert_eq!(
             value,

@@ -85,6 +85,10 @@ impl<M: ServiceMaps> Reconciler<M> {
         &self.maps
     }
 
+    pub fn maps_mut(&mut self) -> &mut M {
+        &mut self.maps
+    }
+
     pub fn into_maps(self) -> M {
         self.maps
     }
@@ -100,13 +104,13 @@ mod tests {
     use crate::datapath::{BackendKey, DesiredFrontend, FrontendKey, memory::MemoryMaps};
 
     fn state(backends: &[u8]) -> DesiredState {
-        let key = FrontendKey { ip: Ipv4Addr::new(10, 96, 0, 10), port: 80, proto: IPPROTO_TCP };
+        let key = FrontendKey { scope: 0, ip: Ipv4Addr::new(10, 96, 0, 10), port: 80, proto: IPPROTO_TCP };
         let backends = backends
             .iter()
-            .map(|b| BackendKey { addr: SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, *b), 80), proto: IPPROTO_TCP })
+            .map(|b| BackendKey { local: false, addr: SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, *b), 80), proto: IPPROTO_TCP })
             .collect();
         DesiredState {
-            frontends: [(key, DesiredFrontend { action: SvcAction::Forward, backends, affinity_timeout_s: 0, flags: 0 })]
+            frontends: [(key, DesiredFrontend { source_ranges: vec![], action: SvcAction::Forward, backends, affinity_timeout_s: 0, flags: 0 })]
                 .into_iter()
                 .collect(),
         }

@@ -125,6 +125,30 @@ impl ClusterState {
         self.slices.len()
     }
 
+    /// Every Service, in no particular order.
+    pub fn services(&self) -> impl Iterator<Item = &ServiceModel> {
+        self.services.values()
+    }
+
+    /// Every EndpointSlice, in no particular order.
+    pub fn slices(&self) -> impl Iterator<Item = &SliceModel> {
+        self.slices.values()
+    }
+
+    /// The EndpointSlices labelled for the Service `namespace/name` (present or not),
+    /// in slice name order.
+    pub fn slices_for_service<'a>(
+        &'a self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Iterator<Item = &'a SliceModel> + 'a {
+        self.slices_by_service
+            .get(&object_key(namespace, name))
+            .into_iter()
+            .flatten()
+            .filter_map(|key| self.slices.get(key))
+    }
+
     fn put_service(&mut self, svc: ServiceModel) {
         let key = object_key(&svc.namespace, &svc.name);
         if self.services.get(&key) != Some(&svc) {
@@ -244,6 +268,7 @@ mod tests {
             traffic_distribution: None,
             external_ips: vec![],
             load_balancer_ips: vec![],
+            load_balancer_source_ranges: vec![],
             health_check_node_port: None,
             skipped_ports: vec![],
         }

@@ -1689,23 +1689,24 @@ fn event_ordering() -> Vec<Case> {
             &["web ClusterIP 10.96.0.10:80/TCP forward 10.244.0.11:8080,10.244.0.12:8080"],
         ),
         events(
-            "ClusterIP -> NodePort -> ClusterIP: the NodePort frontend comes and goes, the maps do not change",
+            "ClusterIP -> NodePort -> ClusterIP: the NodePort's entries (internal and external) come and go; the ClusterIP's stay",
             vec![
                 apply(vec![web(json!({})), web_1()]),
-                apply(vec![web_node_port(json!({"externalTrafficPolicy": "Local"}))]).changes(&[]),
-                apply(vec![web(json!({}))]).changes(&[]),
+                apply(vec![web_node_port(json!({"externalTrafficPolicy": "Local"}))])
+                    .changes(&["*:30080/TCP", "*:30080/TCP (external)"]),
+                apply(vec![web(json!({}))]).changes(&["*:30080/TCP", "*:30080/TCP (external)"]),
             ],
             &["web ClusterIP 10.96.0.10:80/TCP forward 10.244.0.11:8080"],
         ),
         events(
-            "LoadBalancer ingress IP assigned later: a new frontend, no map change",
+            "LoadBalancer ingress IP assigned later: its two entries are added, nothing else changes",
             vec![
                 apply(vec![web_node_port(json!({"type": "LoadBalancer"})), web_1()]),
                 apply(vec![merge(
                     web_node_port(json!({"type": "LoadBalancer"})),
                     json!({"status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.7"}]}}}),
                 )])
-                .changes(&[]),
+                .changes(&["198.51.100.7:80/TCP", "198.51.100.7:80/TCP (external)"]),
             ],
             &[
                 "web NodePort *:30080/TCP forward 10.244.0.11:8080",
@@ -1714,11 +1715,13 @@ fn event_ordering() -> Vec<Case> {
             ],
         ),
         events(
-            "externalTrafficPolicy Local: an endpoint moving here and away flips the NodePort only",
+            "externalTrafficPolicy Local: an endpoint moving here and away flips the external NodePort entry (drop/forward) and changes the cluster ones",
             vec![
                 apply(vec![web_node_port(json!({"externalTrafficPolicy": "Local"})), web_slice("web-1", json!([ep_on("10.244.0.12", "node-b")]))]),
-                apply(vec![web_slice("web-1", json!([ep_on("10.244.0.12", "node-b"), ep_on("10.244.0.11", NODE)]))]).changes(&["10.96.0.10:80/TCP"]),
-                apply(vec![web_slice("web-1", json!([ep_on("10.244.0.12", "node-b")]))]).changes(&["10.96.0.10:80/TCP"]),
+                apply(vec![web_slice("web-1", json!([ep_on("10.244.0.12", "node-b"), ep_on("10.244.0.11", NODE)]))])
+                    .changes(&["*:30080/TCP", "*:30080/TCP (external)", "10.96.0.10:80/TCP"]),
+                apply(vec![web_slice("web-1", json!([ep_on("10.244.0.12", "node-b")]))])
+                    .changes(&["*:30080/TCP", "*:30080/TCP (external)", "10.96.0.10:80/TCP"]),
             ],
             &["web NodePort *:30080/TCP drop", "web ClusterIP 10.96.0.10:80/TCP forward 10.244.0.12:8080"],
         ),

@@ -73,7 +73,10 @@ impl Cluster {
             .or_else(|| model.busiest_node())
             .unwrap_or_else(|| "socklb-test".to_string());
         let mut config = AgentConfig::new(manifests.path(), cgroup.path(), pins.path(), node);
-        config.extra_args = opts.agent_args.clone();
+        // The agent runs in the host's network namespace: never attach TC programs to
+        // this machine's own interfaces (ClusterIP needs only the socket hooks).
+        config.extra_args = vec!["--devices".into(), "none".into()];
+        config.extra_args.extend(opts.agent_args.iter().cloned());
         config.env = opts.agent_env.clone();
         let agent = Agent::start(&config)?;
         Ok(Cluster {

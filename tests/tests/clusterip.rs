@@ -308,7 +308,7 @@ fn uninstall_leaves_nothing_behind() {
     let mut c = demo_cluster();
     let pins = c.pins.path().to_path_buf();
     let cgroup = c.cgroup.path().to_path_buf();
-    assert!(bpftool_cgroup_show(&cgroup).len() >= 4, "hooks attached while running");
+    assert!(bpftool_cgroup_show(&cgroup).len() >= 5, "hooks attached while running");
     c.shutdown().unwrap();
     assert!(!pins.exists(), "pin directory {} is still there", pins.display());
     assert!(
@@ -428,7 +428,7 @@ fn status_reads_back_what_plan_computes() {
     assert_eq!(project(&plan), project(&status), "the maps hold what plan computes");
     assert_eq!(
         status["hooks"],
-        serde_json::json!(["connect4", "sendmsg4", "recvmsg4", "getpeername4"]),
+        serde_json::json!(["connect4", "sendmsg4", "recvmsg4", "getpeername4", "post_bind4"]),
         "{status}"
     );
     let addrs: Vec<&str> = status["service_addresses"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();

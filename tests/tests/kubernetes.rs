@@ -97,7 +97,8 @@ impl Env {
 
     fn agent_config(&self, extra: &[&str]) -> AgentConfig {
         let mut config = AgentConfig::kubernetes(self.kubeconfig_dir.path().join("config"), self.cgroup.path(), self.pins.path(), NODE);
-        config.extra_args = extra.iter().map(|s| s.to_string()).collect();
+        // In the host's network namespace: no TC programs on this machine's interfaces.
+        config.extra_args = ["--devices", "none"].iter().chain(extra).map(|s| s.to_string()).collect();
         config
     }
 

@@ -5,22 +5,33 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4},
 };
 
-use lb_common::{SVC_FLAG_WILDCARD, SvcAction};
+use lb_common::{SVC_FLAG_NODEPORT, SVC_FLAG_SNAT, SVC_FLAG_SOURCE_RANGES, SVC_FLAG_WILDCARD, SvcAction, scope};
 
-use crate::plan::{Action, Frontend, FrontendKind};
+use crate::{
+    model::Ipv4Cidr,
+    plan::{Action, Frontend, FrontendKind},
+};
 
-/// A frontend in the service map: (address, port, protocol); port 0 and protocol 0 is
-/// the address wildcard that refuses ports the service does not have.
+/// A frontend in the service map: (address, port, protocol, scope); port 0 and
+/// protocol 0 is the address wildcard that refuses ports the service does not have;
+/// address 0.0.0.0 is a NodePort (every node address).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FrontendKey {
     pub ip: Ipv4Addr,
     pub port: u16,
     pub proto: u8,
+    /// [`scope::INTERNAL`] (connections started on this node) or [`scope::EXTERNAL`]
+    /// (traffic from outside, through the TC program).
+    pub scope: u8,
 }
 
 impl FrontendKey {
+    pub fn internal(ip: Ipv4Addr, port: u16, proto: u8) -> Self {
+        Self { ip, port, proto, scope: scope::INTERNAL }
+    }
+
     pub fn wildcard(ip: Ipv4Addr) -> Self {
-        Self { ip, port: 0, proto: 0 }
+        Self::internal(ip, 0, 0)
     }
 
     pub fn is_wildcard(&self) -> bool {
@@ -30,10 +41,13 @@ impl FrontendKey {
 
 impl fmt::Display for FrontendKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scope = if self.scope == scope::EXTERNAL { " (external)" } else { "" };
         if self.is_wildcard() {
             write!(f, "{}:*", self.ip)
+        } else if self.ip.is_unspecified() {
+            write!(f, "*:{}/{}{scope}", self.port, proto_name(self.proto))
         } else {
-            write!(f, "{}:{}/{}", self.ip, self.port, proto_name(self.proto))
+            write!(f, "{}:{}/{}{scope}", self.ip, self.port, proto_name(self.proto))
         }
     }
 }
@@ -52,6 +66,8 @@ pub fn proto_name(proto: u8) -> &'static str {
 pub struct BackendKey {
     pub addr: SocketAddrV4,
     pub proto: u8,
+    /// The backend runs on this node (external flows to it need no SNAT).
+    pub local: bool,
 }
 
 /// What one frontend should look like.
@@ -62,6 +78,8 @@ pub struct DesiredFrontend {
     pub backends: Vec<BackendKey>,
     pub affinity_timeout_s: u32,
     pub flags: u8,
+    /// loadBalancerSourceRanges (external LoadBalancer frontends only), sorted.
+    pub source_ranges: Vec<Ipv4Cidr>,
 }
 
 /// The whole desired content of the service and backend maps.
@@ -113,8 +131,9 @@ impl DesiredState {
 pub struct DesiredIndex {
     /// Every service's claim on each frontend.
     claims: HashMap<FrontendKey, BTreeMap<String, DesiredFrontend>>,
-    /// The frontends each service claims.
-    by_service: HashMap<String, Vec<FrontendKey>>,
+    /// The frontends each service claims, and whether the claim holds a reference on
+    /// its address's wildcard (ClusterIP frontends do).
+    by_service: HashMap<String, Vec<(FrontendKey, bool)>>,
     /// Number of claimed (non-wildcard) frontends per service address.
     address_refs: HashMap<Ipv4Addr, usize>,
     pub desired: DesiredState,
@@ -122,34 +141,36 @@ pub struct DesiredIndex {
 
 impl DesiredIndex {
     /// Replaces the frontends of `service` (empty: the service is gone). Returns the
-    /// keys whose desired entry changed. Only ClusterIP frontends are kept (see
-    /// [`programmed_here`]).
+    /// keys whose desired entry changed.
     pub fn set_service<'a>(
         &mut self,
         service: &str,
         frontends: impl IntoIterator<Item = &'a Frontend>,
     ) -> Vec<FrontendKey> {
         let mut touched: Vec<FrontendKey> = Vec::new();
-        for key in self.by_service.remove(service).unwrap_or_default() {
+        for (key, holds_address) in self.by_service.remove(service).unwrap_or_default() {
             if let Some(claims) = self.claims.get_mut(&key) {
                 claims.remove(service);
                 if claims.is_empty() {
                     self.claims.remove(&key);
                 }
             }
-            self.release_address(key.ip, &mut touched);
+            if holds_address {
+                self.release_address(key.ip, &mut touched);
+            }
             touched.push(key);
         }
-        let mut keys = Vec::new();
-        for fe in frontends.into_iter().filter(|fe| programmed_here(fe.kind)) {
-            let proto = fe.protocol.as_ipproto();
-            let key = FrontendKey { ip: fe.ip, port: fe.port, proto };
-            if keys.contains(&key) {
+        let frontends: Vec<&Frontend> = frontends.into_iter().collect();
+        let mut keys: Vec<(FrontendKey, bool)> = Vec::new();
+        for (key, desired, holds_address) in entries(&frontends) {
+            if keys.iter().any(|(k, _)| *k == key) {
                 continue;
             }
-            keys.push(key);
-            self.claims.entry(key).or_default().insert(service.to_string(), desired_frontend(fe, proto));
-            self.acquire_address(fe.ip, &mut touched);
+            keys.push((key, holds_address));
+            self.claims.entry(key).or_default().insert(service.to_string(), desired);
+            if holds_address {
+                self.acquire_address(key.ip, &mut touched);
+            }
             touched.push(key);
         }
         if !keys.is_empty() {
@@ -214,26 +235,59 @@ impl DesiredIndex {
     }
 }
 
-/// Whether the maps of this data path hold frontends of `kind`. Only ClusterIP: the
-/// cgroup socket hooks translate connections this node's own sockets make to a service
-/// address. NodePort, LoadBalancer and ExternalIP frontends serve traffic that arrives
-/// from outside the node, which needs the TC data path (a later issue); programming them
-/// here would be wrong, not just early: the socket hooks would send this node's own
-/// connections to an external address through the externalTrafficPolicy backends,
-/// where kube-proxy short-circuits in-cluster clients to the cluster endpoints, and a
-/// NodePort frontend (address `*`) has no address to key the map with.
-fn programmed_here(kind: FrontendKind) -> bool {
-    match kind {
-        FrontendKind::ClusterIP => true,
-        FrontendKind::NodePort | FrontendKind::LoadBalancer | FrontendKind::ExternalIP => false,
+/// The map entries of one service's frontends: (key, content, holds an address
+/// wildcard reference).
+///
+/// - a ClusterIP frontend: one internal entry (socket hooks), and its address's
+///   wildcard;
+/// - a NodePort, LoadBalancer or external IP frontend: an external entry (the TC
+///   program) with the backends of its externalTrafficPolicy, and an internal entry
+///   for connections started on this node with the cluster backends of the same
+///   service port, as kube-proxy short-circuits in-cluster clients to the cluster
+///   endpoints. A NodePort is keyed by address 0.0.0.0 with the NODEPORT flag, which
+///   the bind hook also reads.
+fn entries(frontends: &[&Frontend]) -> Vec<(FrontendKey, DesiredFrontend, bool)> {
+    let mut out = Vec::new();
+    for fe in frontends {
+        let proto = fe.protocol.as_ipproto();
+        match fe.kind {
+            FrontendKind::ClusterIP => {
+                out.push((FrontendKey::internal(fe.ip, fe.port, proto), desired_frontend(fe, proto, 0), true));
+            }
+            FrontendKind::NodePort | FrontendKind::LoadBalancer | FrontendKind::ExternalIP => {
+                let nodeport = if fe.kind == FrontendKind::NodePort { SVC_FLAG_NODEPORT } else { 0 };
+                let ranges = if fe.source_ranges.is_empty() { 0 } else { SVC_FLAG_SOURCE_RANGES };
+                // SNAT applies only to backends on other nodes; under the Local policy
+                // every backend is local, so the flag is harmless there.
+                let mut external = desired_frontend(fe, proto, SVC_FLAG_SNAT | nodeport | ranges);
+                external.source_ranges = fe.source_ranges.clone();
+                external.source_ranges.sort();
+                external.source_ranges.dedup();
+                let key = FrontendKey { ip: fe.ip, port: fe.port, proto, scope: scope::EXTERNAL };
+                out.push((key, external, false));
+
+                let cluster = frontends.iter().find(|c| {
+                    c.kind == FrontendKind::ClusterIP && c.port_name == fe.port_name && c.protocol == fe.protocol
+                });
+                let internal = desired_frontend(cluster.copied().unwrap_or(fe), proto, nodeport);
+                out.push((FrontendKey::internal(fe.ip, fe.port, proto), internal, false));
+            }
+        }
     }
+    out
 }
 
 fn wildcard_frontend() -> DesiredFrontend {
-    DesiredFrontend { action: SvcAction::Reject, backends: Vec::new(), affinity_timeout_s: 0, flags: SVC_FLAG_WILDCARD }
+    DesiredFrontend {
+        action: SvcAction::Reject,
+        backends: Vec::new(),
+        affinity_timeout_s: 0,
+        flags: SVC_FLAG_WILDCARD,
+        source_ranges: Vec::new(),
+    }
 }
 
-fn desired_frontend(fe: &Frontend, proto: u8) -> DesiredFrontend {
+fn desired_frontend(fe: &Frontend, proto: u8, flags: u8) -> DesiredFrontend {
     let action = match fe.action {
         Action::Forward if !fe.backends.is_empty() => SvcAction::Forward,
         // A forward without backends cannot translate: refuse rather than let the
@@ -242,13 +296,16 @@ fn desired_frontend(fe: &Frontend, proto: u8) -> DesiredFrontend {
         Action::Drop => SvcAction::Drop,
     };
     let mut backends: Vec<BackendKey> = if action == SvcAction::Forward {
-        fe.backends.iter().map(|addr| BackendKey { addr: *addr, proto }).collect()
+        fe.backends
+            .iter()
+            .map(|addr| BackendKey { addr: *addr, proto, local: fe.local_backends.contains(addr) })
+            .collect()
     } else {
         Vec::new()
     };
     backends.sort();
     backends.dedup();
-    DesiredFrontend { action, backends, affinity_timeout_s: fe.affinity_timeout_s, flags: 0 }
+    DesiredFrontend { action, backends, affinity_timeout_s: fe.affinity_timeout_s, flags, source_ranges: Vec::new() }
 }
 
 #[cfg(test)]
@@ -269,42 +326,71 @@ mod tests {
             action: Action::Forward,
             backends: vec!["10.244.0.11:8080".parse().unwrap()],
             affinity_timeout_s: 0,
+            local_backends: vec![],
+            source_ranges: vec![],
         }
     }
 
     fn key(address: &str) -> FrontendKey {
         let address: SocketAddrV4 = address.parse().unwrap();
-        FrontendKey { ip: *address.ip(), port: address.port(), proto: lb_common::IPPROTO_TCP }
+        FrontendKey { scope: 0, ip: *address.ip(), port: address.port(), proto: lb_common::IPPROTO_TCP }
+    }
+
+    fn ext(address: &str) -> FrontendKey {
+        FrontendKey { scope: lb_common::scope::EXTERNAL, ..key(address) }
     }
 
     #[test]
-    fn only_cluster_ip_frontends_are_programmed() {
-        let external = [
-            frontend("demo/web", FrontendKind::NodePort, "0.0.0.0:30080"),
-            frontend("demo/web", FrontendKind::LoadBalancer, "198.51.100.7:80"),
-            frontend("demo/web", FrontendKind::ExternalIP, "192.0.2.10:80"),
-        ];
-        let cluster_ip = frontend("demo/web", FrontendKind::ClusterIP, "10.96.0.10:80");
+    fn external_frontends_get_an_external_and_an_internal_entry() {
+        let mut nodeport = frontend("demo/web", FrontendKind::NodePort, "0.0.0.0:30080");
+        let mut lb = frontend("demo/web", FrontendKind::LoadBalancer, "198.51.100.7:80");
+        lb.source_ranges = vec!["192.0.2.0/24".parse().unwrap()];
+        let extip = frontend("demo/web", FrontendKind::ExternalIP, "192.0.2.10:80");
+        // The cluster IP has one more backend than the (Local policy) external ones.
+        let mut cluster_ip = frontend("demo/web", FrontendKind::ClusterIP, "10.96.0.10:80");
+        cluster_ip.backends.push("10.244.9.9:8080".parse().unwrap());
+        nodeport.local_backends = nodeport.backends.clone();
 
-        let (desired, conflicts) = DesiredState::from_frontends(external.iter().chain([&cluster_ip]));
+        let all = [&nodeport, &lb, &extip, &cluster_ip];
+        let (desired, conflicts) = DesiredState::from_frontends(all);
         assert!(conflicts.is_empty());
         let mut keys: Vec<FrontendKey> = desired.frontends.keys().copied().collect();
         keys.sort();
-        assert_eq!(keys, [FrontendKey::wildcard(Ipv4Addr::new(10, 96, 0, 10)), key("10.96.0.10:80")]);
+        let mut want = vec![
+            key("0.0.0.0:30080"),
+            ext("0.0.0.0:30080"),
+            FrontendKey::wildcard(Ipv4Addr::new(10, 96, 0, 10)),
+            key("10.96.0.10:80"),
+            key("192.0.2.10:80"),
+            ext("192.0.2.10:80"),
+            key("198.51.100.7:80"),
+            ext("198.51.100.7:80"),
+        ];
+        want.sort();
+        assert_eq!(keys, want, "only cluster IPs get an address wildcard");
 
-        // A service with only external frontends programs nothing, and changes nothing.
+        let np_ext = &desired.frontends[&ext("0.0.0.0:30080")];
+        assert_eq!(np_ext.flags, SVC_FLAG_SNAT | SVC_FLAG_NODEPORT);
+        assert_eq!(np_ext.backends.len(), 1);
+        assert!(np_ext.backends[0].local, "locality comes from the plan");
+        // Connections started on the node use the cluster backends, never SNAT.
+        let np_int = &desired.frontends[&key("0.0.0.0:30080")];
+        assert_eq!(np_int.flags, SVC_FLAG_NODEPORT, "the bind hook reads the NODEPORT flag");
+        assert_eq!(np_int.backends.len(), 2);
+        let lb_ext = &desired.frontends[&ext("198.51.100.7:80")];
+        assert_eq!(lb_ext.flags, SVC_FLAG_SNAT | SVC_FLAG_SOURCE_RANGES);
+        assert_eq!(lb_ext.source_ranges, lb.source_ranges);
+        assert!(desired.frontends[&key("198.51.100.7:80")].source_ranges.is_empty());
+
+        // Incremental: the same through the index, and removal touches every entry.
         let mut index = DesiredIndex::default();
-        assert!(index.set_service("demo/web", &external).is_empty());
-        assert!(index.desired.frontends.is_empty());
-        // Adding its ClusterIP frontend touches that frontend and its address only.
-        let mut changed = index.set_service("demo/web", external.iter().chain([&cluster_ip]));
+        let mut changed = index.set_service("demo/web", all);
         changed.sort();
-        assert_eq!(changed, [FrontendKey::wildcard(Ipv4Addr::new(10, 96, 0, 10)), key("10.96.0.10:80")]);
+        assert_eq!(changed, want);
         assert_eq!(index.desired, desired);
-        // An external frontend on another service's cluster IP is no conflict here.
-        let other = frontend("demo/other", FrontendKind::ExternalIP, "10.96.0.10:80");
-        assert!(index.set_service("demo/other", [&other]).is_empty());
-        assert!(index.conflicts().is_empty());
-        assert_eq!(index.desired, desired);
+        let mut removed = index.set_service("demo/web", []);
+        removed.sort();
+        assert_eq!(removed, want);
+        assert!(index.desired.frontends.is_empty());
     }
 }

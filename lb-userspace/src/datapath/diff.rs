@@ -12,7 +12,9 @@
 //! endpoint costs a few writes however large the service is.
 use std::collections::{HashMap, HashSet};
 
-use lb_common::{Backend4, Svc4Key, Svc4Value, SvcAction};
+use lb_common::{BACKEND_FLAG_LOCAL, Backend4, SRC_RANGE_FRONTEND_BITS, SrcRange4Key, Svc4Key, Svc4Value, SvcAction};
+
+use crate::model::Ipv4Cidr;
 
 use super::{
     DatapathError, ServiceMaps,
@@ -27,6 +29,9 @@ pub enum MapOp {
     DeleteBackend { id: u32 },
     PutSvc { key: Svc4Key, value: Svc4Value },
     DeleteSvc { key: Svc4Key },
+    /// An allowed source prefix of a frontend (LPM key: data and prefix length).
+    PutSrcRange { key: SrcRange4Key, prefix_len: u32 },
+    DeleteSrcRange { key: SrcRange4Key, prefix_len: u32 },
 }
 
 /// A frontend as it is in the maps.
@@ -36,6 +41,8 @@ pub struct ProgrammedFrontend {
     pub service: Svc4Value,
     /// Backend ids of slots 1..=count (index 0 is slot 1).
     pub slots: Vec<u32>,
+    /// Allowed source prefixes (loadBalancerSourceRanges), sorted.
+    pub source_ranges: Vec<Ipv4Cidr>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,6 +129,7 @@ impl ProgrammedState {
             let key = BackendKey {
                 addr: std::net::SocketAddrV4::new(ip_from_map(be.address), port_from_map(be.port)),
                 proto: be.proto,
+                local: be.flags & BACKEND_FLAG_LOCAL != 0,
             };
             if *id == 0 || state.backends.contains_key(&key) {
                 dropped_backends.push(*id);
@@ -159,8 +167,30 @@ impl ProgrammedState {
                 ip: ip_from_map(key.address),
                 port: port_from_map(key.dport),
                 proto: key.proto,
+                scope: key.scope,
             };
-            state.frontends.insert(fkey, ProgrammedFrontend { service, slots });
+            state.frontends.insert(fkey, ProgrammedFrontend { service, slots, source_ranges: Vec::new() });
+        }
+        // Source ranges belong to their external frontend; others are unreachable.
+        let mut stray_ranges = Vec::new();
+        for (rk, prefix_len) in maps.dump_src_ranges()? {
+            let fkey = FrontendKey {
+                ip: ip_from_map(rk.address),
+                port: port_from_map(rk.dport),
+                proto: rk.proto,
+                scope: lb_common::scope::EXTERNAL,
+            };
+            let cidr = prefix_len
+                .checked_sub(SRC_RANGE_FRONTEND_BITS)
+                .filter(|len| *len <= 32)
+                .map(|len| Ipv4Cidr { addr: ip_from_map(rk.source), prefix_len: len as u8 });
+            match (state.frontends.get_mut(&fkey), cidr) {
+                (Some(fe), Some(cidr)) => fe.source_ranges.push(cidr),
+                _ => stray_ranges.push(MapOp::DeleteSrcRange { key: rk, prefix_len }),
+            }
+        }
+        for fe in state.frontends.values_mut() {
+            fe.source_ranges.sort();
         }
 
         let mut cleanup: Vec<MapOp> = entries
@@ -180,6 +210,7 @@ impl ProgrammedState {
             }
             dropped_backends.push(id);
         }
+        cleanup.extend(stray_ranges);
         // Backends go after the slots that might still name them.
         cleanup.extend(dropped_backends.into_iter().map(|id| MapOp::DeleteBackend { id }));
         let max_id = backends.iter().map(|(id, _)| *id).max().unwrap_or(0);
@@ -236,14 +267,17 @@ impl ProgrammedState {
         ops: &mut Vec<MapOp>,
         released: &mut Vec<u32>,
     ) -> Result<(), Full> {
-        let svc_key = Svc4Key::new(ip_to_map(key.ip), port_to_map(key.port), key.proto, 0);
+        let svc_key = Svc4Key::new(ip_to_map(key.ip), port_to_map(key.port), key.proto, 0).with_scope(key.scope);
         let Some(desired) = desired else {
             if let Some(old) = self.frontends.remove(&key) {
-                // Slot 0 first: new readers stop at once; then the slots.
+                // Slot 0 first: new readers stop at once; then the slots and ranges.
                 ops.push(MapOp::DeleteSvc { key: svc_key });
                 for (i, id) in old.slots.iter().enumerate() {
                     ops.push(MapOp::DeleteSvc { key: svc_key.with_slot(slot_number(i)) });
                     self.release(*id, released);
+                }
+                for cidr in &old.source_ranges {
+                    ops.push(src_range_op(&svc_key, cidr, false));
                 }
                 self.svc_entries -= 1 + old.slots.len();
             }
@@ -304,20 +338,27 @@ impl ProgrammedState {
                 self.release(*old_id, released);
             }
         }
-        // Rule 2: slots before the count that exposes them.
+        // Rule 2: slots (and allowed sources) before slot 0 that exposes them.
         ops.extend(slot_writes);
+        let old_ranges: &[Ipv4Cidr] = old.as_ref().map_or(&[], |o| &o.source_ranges);
+        for cidr in desired.source_ranges.iter().filter(|c| !old_ranges.contains(c)) {
+            ops.push(src_range_op(&svc_key, cidr, true));
+        }
         let service = Svc4Value::service(desired.action, new_count as u16, desired.affinity_timeout_s, desired.flags);
         if old.as_ref().map(|o| o.service) != Some(service) {
             ops.push(MapOp::PutSvc { key: svc_key, value: service });
         }
-        // Rule 3: slots beyond the new count go after the count dropped.
+        // Rule 3: slots beyond the new count (and sources no longer allowed) go after.
         for i in new_count..old_slots.len() {
             ops.push(MapOp::DeleteSvc { key: svc_key.with_slot(slot_number(i)) });
+        }
+        for cidr in old_ranges.iter().filter(|c| !desired.source_ranges.contains(c)) {
+            ops.push(src_range_op(&svc_key, cidr, false));
         }
         slots.truncate(new_count);
         let slots: Vec<u32> = slots.into_iter().flatten().collect();
         self.svc_entries = self.svc_entries + 1 + slots.len() - old.as_ref().map_or(0, |o| 1 + o.slots.len());
-        self.frontends.insert(key, ProgrammedFrontend { service, slots });
+        self.frontends.insert(key, ProgrammedFrontend { service, slots, source_ranges: desired.source_ranges.clone() });
         Ok(())
     }
 
@@ -335,7 +376,7 @@ impl ProgrammedState {
                 address: ip_to_map(*backend.addr.ip()),
                 port: port_to_map(backend.addr.port()),
                 proto: backend.proto,
-                flags: 0,
+                flags: if backend.local { BACKEND_FLAG_LOCAL } else { 0 },
             },
         });
         id
@@ -366,6 +407,19 @@ impl ProgrammedState {
 /// The maps have no room for this frontend's new entries.
 struct Full;
 
+/// An allowed-source entry of the frontend `svc_key`.
+fn src_range_op(svc_key: &Svc4Key, cidr: &Ipv4Cidr, put: bool) -> MapOp {
+    let key = SrcRange4Key {
+        address: svc_key.address,
+        dport: svc_key.dport,
+        proto: svc_key.proto,
+        pad: 0,
+        source: ip_to_map(cidr.addr),
+    };
+    let prefix_len = SRC_RANGE_FRONTEND_BITS + u32::from(cidr.prefix_len);
+    if put { MapOp::PutSrcRange { key, prefix_len } } else { MapOp::DeleteSrcRange { key, prefix_len } }
+}
+
 fn slot_number(index: usize) -> u16 {
     // Slots are bounded by u16::MAX backends per frontend (see sync_frontend).
     u16::try_from(index + 1).unwrap_or(u16::MAX)
@@ -389,21 +443,21 @@ mod tests {
     use crate::datapath::memory::MemoryMaps;
 
     fn be(last: u8, port: u16) -> BackendKey {
-        BackendKey { addr: SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, last), port), proto: IPPROTO_TCP }
+        BackendKey { local: false, addr: SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, last), port), proto: IPPROTO_TCP }
     }
 
     fn fe(last: u8, port: u16) -> FrontendKey {
-        FrontendKey { ip: Ipv4Addr::new(10, 96, 0, last), port, proto: IPPROTO_TCP }
+        FrontendKey { scope: 0, ip: Ipv4Addr::new(10, 96, 0, last), port, proto: IPPROTO_TCP }
     }
 
     fn forward(backends: &[BackendKey]) -> DesiredFrontend {
         let mut backends = backends.to_vec();
         backends.sort();
-        DesiredFrontend { action: SvcAction::Forward, backends, affinity_timeout_s: 0, flags: 0 }
+        DesiredFrontend { source_ranges: vec![], action: SvcAction::Forward, backends, affinity_timeout_s: 0, flags: 0 }
     }
 
     fn reject() -> DesiredFrontend {
-        DesiredFrontend { action: SvcAction::Reject, backends: vec![], affinity_timeout_s: 0, flags: 0 }
+        DesiredFrontend { source_ranges: vec![], action: SvcAction::Reject, backends: vec![], affinity_timeout_s: 0, flags: 0 }
     }
 
     fn desired(entries: &[(FrontendKey, DesiredFrontend)]) -> DesiredState {
@@ -537,7 +591,7 @@ mod tests {
             let mut entries = Vec::new();
             for f in 0..4u8 {
                 let roll = next() % 10;
-                let key = FrontendKey { ip: Ipv4Addr::new(10, 96, 1, f), port: 80, proto: if f % 2 == 0 { IPPROTO_TCP } else { IPPROTO_UDP } };
+                let key = FrontendKey { scope: 0, ip: Ipv4Addr::new(10, 96, 1, f), port: 80, proto: if f % 2 == 0 { IPPROTO_TCP } else { IPPROTO_UDP } };
                 if roll == 0 {
                     continue; // frontend absent
                 }
@@ -547,7 +601,7 @@ mod tests {
                 }
                 let n = next() % 12;
                 let backends: Vec<BackendKey> = (0..n)
-                    .map(|_| BackendKey { addr: SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, (next() % 16) as u8), 8080), proto: key.proto })
+                    .map(|_| BackendKey { local: false, addr: SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, (next() % 16) as u8), 8080), proto: key.proto })
                     .collect::<HashSet<_>>()
                     .into_iter()
                     .collect();
@@ -577,7 +631,7 @@ mod tests {
     fn adopt_restores_state_and_cleans_strays() {
         let mut st = ProgrammedState::with_capacity(Capacity::default());
         let mut maps = MemoryMaps::default();
-        let want = desired(&[(fe(10, 80), forward(&[be(1, 80), be(2, 80)])), (FrontendKey::wildcard(Ipv4Addr::new(10, 96, 0, 10)), DesiredFrontend { flags: SVC_FLAG_WILDCARD, ..reject() })]);
+        let want = desired(&[(fe(10, 80), forward(&[be(1, 80), be(2, 80)])), (FrontendKey::wildcard(Ipv4Addr::new(10, 96, 0, 10)), DesiredFrontend { source_ranges: vec![], flags: SVC_FLAG_WILDCARD, ..reject() })]);
         sync(&mut st, &mut maps, &want);
         // Strays: a slot beyond the count and an unreferenced backend.
         let stray_slot = Svc4Key::new(ip_to_map(fe(10, 80).ip), port_to_map(80), IPPROTO_TCP, 7);

@@ -13,13 +13,16 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray},
+    maps::{HashMap as BpfHashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key as LpmKey},
     programs::{
-        CgroupAttachMode, CgroupSockAddr,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
     },
 };
-use lb_common::{Backend4, Counter, Svc4Key, Svc4Value, map_names};
+use lb_common::{
+    Backend4, Counter, Ct4Key, Ct4Value, Device4, NodeAddr4, SrcRange4Key, Svc4Key, Svc4Value,
+    map_names,
+};
 use tracing::{debug, info, warn};
 
 use super::{DatapathError, MapOp, ServiceMaps};
@@ -35,13 +38,42 @@ pub const SOCKET_HOOKS: [(&str, &str); 4] = [
     ("sock4_getpeername", "link_getpeername4"),
 ];
 
+/// The bind hook: (program, link pin name).
+pub const BIND_HOOK: (&str, &str) = ("sock4_post_bind", "link_post_bind4");
+
+/// TC programs: (program, direction, link pin name prefix; the ifindex follows).
+pub const TC_HOOKS: [(&str, TcAttachType, &str); 2] = [
+    ("lb4_tc_ingress", TcAttachType::Ingress, "link_tc_ingress_"),
+    ("lb4_tc_egress", TcAttachType::Egress, "link_tc_egress_"),
+];
+
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/socklb";
 
-/// Handles on the pinned service and backend maps.
+/// Handles on the pinned maps the agent reads and writes.
 pub struct KernelMaps {
     svc: BpfHashMap<MapData, Svc4Key, Svc4Value>,
     backends: BpfHashMap<MapData, u32, Backend4>,
     stats: PerCpuArray<MapData, u64>,
+    src_ranges: LpmTrie<MapData, SrcRange4Key, u8>,
+    node_addrs: BpfHashMap<MapData, u32, NodeAddr4>,
+    devices: BpfHashMap<MapData, u32, Device4>,
+    ct: BpfHashMap<MapData, Ct4Key, Ct4Value>,
+}
+
+/// A device the TC programs attach to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Device {
+    pub name: String,
+    pub ifindex: u32,
+    /// Source address of SNATed flows leaving through it.
+    pub snat_addr: std::net::Ipv4Addr,
+}
+
+/// What a conntrack sweep found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtSweep {
+    pub live: usize,
+    pub removed: usize,
 }
 
 fn map_err(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> DatapathError {
@@ -56,25 +88,82 @@ impl KernelMaps {
             let data = MapData::from_pin(pin_dir.join(name)).map_err(map_err(name, "open pin"))?;
             Map::from_map_data(data).map_err(map_err(name, "open pin"))
         };
-        Ok(Self {
-            svc: BpfHashMap::try_from(open(map_names::SVC4)?).map_err(map_err(map_names::SVC4, "open"))?,
-            backends: BpfHashMap::try_from(open(map_names::BACKEND4)?)
-                .map_err(map_err(map_names::BACKEND4, "open"))?,
-            stats: PerCpuArray::try_from(open(map_names::STATS)?).map_err(map_err(map_names::STATS, "open"))?,
-        })
+        Self::from_maps(open)
     }
 
     fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
-        let mut take = |name: &'static str| {
+        Self::from_maps(|name| {
             ebpf.take_map(name)
                 .ok_or_else(|| DatapathError::Inconsistent(format!("the eBPF object has no map {name}")))
-        };
-        Ok(Self {
-            svc: BpfHashMap::try_from(take(map_names::SVC4)?).map_err(map_err(map_names::SVC4, "open"))?,
-            backends: BpfHashMap::try_from(take(map_names::BACKEND4)?)
-                .map_err(map_err(map_names::BACKEND4, "open"))?,
-            stats: PerCpuArray::try_from(take(map_names::STATS)?).map_err(map_err(map_names::STATS, "open"))?,
         })
+    }
+
+    fn from_maps(mut get: impl FnMut(&'static str) -> Result<Map, DatapathError>) -> Result<Self, DatapathError> {
+        use map_names::*;
+        Ok(Self {
+            svc: BpfHashMap::try_from(get(SVC4)?).map_err(map_err(SVC4, "open"))?,
+            backends: BpfHashMap::try_from(get(BACKEND4)?).map_err(map_err(BACKEND4, "open"))?,
+            stats: PerCpuArray::try_from(get(STATS)?).map_err(map_err(STATS, "open"))?,
+            src_ranges: LpmTrie::try_from(get(SRC_RANGE4)?).map_err(map_err(SRC_RANGE4, "open"))?,
+            node_addrs: BpfHashMap::try_from(get(NODE_ADDR4)?).map_err(map_err(NODE_ADDR4, "open"))?,
+            devices: BpfHashMap::try_from(get(DEVICE4)?).map_err(map_err(DEVICE4, "open"))?,
+            ct: BpfHashMap::try_from(get(CT4)?).map_err(map_err(CT4, "open"))?,
+        })
+    }
+
+    /// Makes the node address map hold exactly `addrs`.
+    pub fn set_node_addresses(&mut self, addrs: &[std::net::Ipv4Addr]) -> Result<(), DatapathError> {
+        let want: std::collections::HashSet<u32> = addrs.iter().map(|a| super::ip_to_map(*a)).collect();
+        let have: Vec<u32> = self.node_addrs.keys().collect::<Result<_, _>>().map_err(map_err(map_names::NODE_ADDR4, "dump"))?;
+        for addr in &want {
+            self.node_addrs.insert(addr, NodeAddr4 { flags: 0 }, 0).map_err(map_err(map_names::NODE_ADDR4, "update"))?;
+        }
+        for addr in have.iter().filter(|a| !want.contains(a)) {
+            ignore_missing(self.node_addrs.remove(addr)).map_err(map_err(map_names::NODE_ADDR4, "delete"))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the device map hold exactly `devices`.
+    pub fn set_devices(&mut self, devices: &[Device]) -> Result<(), DatapathError> {
+        let have: Vec<u32> = self.devices.keys().collect::<Result<_, _>>().map_err(map_err(map_names::DEVICE4, "dump"))?;
+        for d in devices {
+            let value = Device4 { snat_addr: super::ip_to_map(d.snat_addr) };
+            self.devices.insert(d.ifindex, value, 0).map_err(map_err(map_names::DEVICE4, "update"))?;
+        }
+        for ifindex in have.iter().filter(|i| !devices.iter().any(|d| d.ifindex == **i)) {
+            ignore_missing(self.devices.remove(ifindex)).map_err(map_err(map_names::DEVICE4, "delete"))?;
+        }
+        Ok(())
+    }
+
+    /// Removes expired conntrack entries (the LRU map evicts the oldest on its own
+    /// when full; this keeps it from filling with dead flows first).
+    pub fn sweep_conntrack(&mut self, now_ns: u64) -> Result<CtSweep, DatapathError> {
+        let entries: Vec<(Ct4Key, Ct4Value)> =
+            self.ct.iter().filter_map(Result::ok).collect();
+        let mut sweep = CtSweep::default();
+        for (key, value) in entries {
+            if value.expires_ns < now_ns {
+                if ignore_missing(self.ct.remove(&key)).is_ok() {
+                    sweep.removed += 1;
+                }
+            } else {
+                sweep.live += 1;
+            }
+        }
+        Ok(sweep)
+    }
+
+    /// Live conntrack entries (for `status`).
+    pub fn conntrack_entries(&self) -> Vec<(Ct4Key, Ct4Value)> {
+        self.ct.iter().filter_map(Result::ok).collect()
+    }
+
+    pub fn node_addresses(&self) -> Vec<std::net::Ipv4Addr> {
+        let mut out: Vec<_> = self.node_addrs.keys().filter_map(Result::ok).map(super::ip_from_map).collect();
+        out.sort();
+        out
     }
 
     /// Counters summed over CPUs, in [`Counter::ALL`] order.
@@ -103,6 +192,14 @@ impl ServiceMaps for KernelMaps {
             MapOp::DeleteSvc { key } => {
                 ignore_missing(self.svc.remove(key)).map_err(map_err(map_names::SVC4, "delete"))
             }
+            MapOp::PutSrcRange { key, prefix_len } => self
+                .src_ranges
+                .insert(&LpmKey::new(*prefix_len, *key), 1, 0)
+                .map_err(map_err(map_names::SRC_RANGE4, "update")),
+            MapOp::DeleteSrcRange { key, prefix_len } => {
+                ignore_missing(self.src_ranges.remove(&LpmKey::new(*prefix_len, *key)))
+                    .map_err(map_err(map_names::SRC_RANGE4, "delete"))
+            }
         }
     }
 
@@ -112,6 +209,14 @@ impl ServiceMaps for KernelMaps {
 
     fn dump_backends(&self) -> Result<Vec<(u32, Backend4)>, DatapathError> {
         self.backends.iter().collect::<Result<_, _>>().map_err(map_err(map_names::BACKEND4, "dump"))
+    }
+
+    fn dump_src_ranges(&self) -> Result<Vec<(SrcRange4Key, u32)>, DatapathError> {
+        self.src_ranges
+            .keys()
+            .map(|k| k.map(|k| (k.data(), k.prefix_len())))
+            .collect::<Result<_, _>>()
+            .map_err(map_err(map_names::SRC_RANGE4, "dump"))
     }
 }
 
@@ -130,7 +235,7 @@ fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
 /// Hitless: when links of an earlier agent exist, the new programs are attached
 /// first and the old links removed after; while both are attached the second
 /// program sees an already translated address and leaves it alone.
-pub fn install(pin_dir: &Path, cgroup: &Path) -> Result<KernelMaps, DatapathError> {
+pub fn install(pin_dir: &Path, cgroup: &Path, devices: &[Device]) -> Result<KernelMaps, DatapathError> {
     raise_memlock_limit();
     fs::create_dir_all(pin_dir).map_err(|source| DatapathError::Io {
         what: "creating pin directory",
@@ -167,7 +272,72 @@ pub fn install(pin_dir: &Path, cgroup: &Path) -> Result<KernelMaps, DatapathErro
         replace_link_pin(link, &pin_dir.join(link_name))?;
         debug!(program, cgroup = %cgroup.display(), "attached");
     }
-    KernelMaps::from_ebpf(&mut ebpf)
+    attach_bind_hook(&mut ebpf, &cgroup_dir, pin_dir)?;
+    attach_tc(&mut ebpf, devices, pin_dir)?;
+    let mut maps = KernelMaps::from_ebpf(&mut ebpf)?;
+    maps.set_devices(devices)?;
+    Ok(maps)
+}
+
+/// post_bind4 on the cgroup: binding a NodePort is refused.
+fn attach_bind_hook(ebpf: &mut Ebpf, cgroup_dir: &fs::File, pin_dir: &Path) -> Result<(), DatapathError> {
+    let (program, link_name) = BIND_HOOK;
+    let prog: &mut CgroupSock = ebpf
+        .program_mut(program)
+        .ok_or_else(|| DatapathError::Inconsistent(format!("the eBPF object has no program {program}")))?
+        .try_into()
+        .map_err(|source| DatapathError::Program { program, source })?;
+    prog.load().map_err(|source| DatapathError::Program { program, source })?;
+    let link_id = prog
+        .attach(cgroup_dir.as_fd(), CgroupAttachMode::Single)
+        .map_err(|source| DatapathError::Program { program, source })?;
+    let link = prog.take_link(link_id).map_err(|source| DatapathError::Program { program, source })?;
+    let link = FdLink::try_from(link)
+        .map_err(|e| DatapathError::Link { path: pin_dir.join(link_name), message: e.to_string() })?;
+    replace_link_pin(link, &pin_dir.join(link_name))
+}
+
+/// TC ingress and egress on each device (TCX links, pinned). Links of devices no
+/// longer selected are removed (detached).
+fn attach_tc(ebpf: &mut Ebpf, devices: &[Device], pin_dir: &Path) -> Result<(), DatapathError> {
+    let mut wanted: Vec<String> = Vec::new();
+    for (program, direction, pin_prefix) in TC_HOOKS {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(program)
+            .ok_or_else(|| DatapathError::Inconsistent(format!("the eBPF object has no program {program}")))?
+            .try_into()
+            .map_err(|source| DatapathError::Program { program, source })?;
+        prog.load().map_err(|source| DatapathError::Program { program, source })?;
+        for device in devices {
+            let pin_name = format!("{pin_prefix}{}", device.ifindex);
+            let link_id = prog
+                .attach(&device.name, direction)
+                .map_err(|source| DatapathError::Program { program, source })?;
+            let link = prog.take_link(link_id).map_err(|source| DatapathError::Program { program, source })?;
+            let link: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| DatapathError::Link {
+                path: pin_dir.join(&pin_name),
+                message: format!("{e} (TCX needs Linux 6.6 or newer)"),
+            })?;
+            replace_link_pin(link, &pin_dir.join(&pin_name))?;
+            debug!(program, device = %device.name, "attached");
+            wanted.push(pin_name);
+        }
+    }
+    for stale in tc_link_pins(pin_dir).into_iter().filter(|p| !wanted.contains(p)) {
+        info!(pin = %stale, "detaching TC program from a device no longer selected");
+        remove_pin(&pin_dir.join(stale))?;
+    }
+    Ok(())
+}
+
+/// Names of the TC link pins in `pin_dir`.
+fn tc_link_pins(pin_dir: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(pin_dir) else { return Vec::new() };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| TC_HOOKS.iter().any(|(_, _, prefix)| n.starts_with(prefix)))
+        .collect()
 }
 
 /// Parses the object and creates (or reuses) its maps pinned in `pin_dir`; no
@@ -243,7 +413,10 @@ pub fn uninstall(pin_dir: &Path) -> Result<Removed, DatapathError> {
     if !pin_dir.exists() {
         return Ok(removed);
     }
-    for (_, link_name) in SOCKET_HOOKS {
+    let mut link_names: Vec<String> = SOCKET_HOOKS.iter().map(|(_, l)| l.to_string()).collect();
+    link_names.push(BIND_HOOK.1.to_string());
+    link_names.extend(tc_link_pins(pin_dir).into_iter().filter(|n| !n.ends_with("_new")));
+    for link_name in &link_names {
         for path in [pin_dir.join(link_name), staging_pin(&pin_dir.join(link_name))] {
             if path.exists() {
                 // Confirm it is a link before removing (a pin of anything else in a
@@ -252,7 +425,7 @@ pub fn uninstall(pin_dir: &Path) -> Result<Removed, DatapathError> {
                     Ok(link) => {
                         drop(link);
                         remove_pin(&path)?;
-                        removed.links.push(link_name.to_string());
+                        removed.links.push(link_name.clone());
                     }
                     Err(e) => warn!(path = %path.display(), error = %e, "not a link pin; left in place"),
                 }
@@ -274,12 +447,17 @@ pub fn uninstall(pin_dir: &Path) -> Result<Removed, DatapathError> {
 }
 
 /// Link pins present in `pin_dir`: which hooks are attached (for `status`).
-pub fn attached_hooks(pin_dir: &Path) -> Vec<&'static str> {
-    SOCKET_HOOKS
+pub fn attached_hooks(pin_dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = SOCKET_HOOKS
         .iter()
+        .chain(std::iter::once(&BIND_HOOK))
         .filter(|(_, link)| pin_dir.join(link).exists())
-        .map(|(_, link)| link.trim_start_matches("link_"))
-        .collect()
+        .map(|(_, link)| link.trim_start_matches("link_").to_string())
+        .collect();
+    let mut tc = tc_link_pins(pin_dir);
+    tc.sort();
+    out.extend(tc.into_iter().map(|n| n.trim_start_matches("link_").to_string()));
+    out
 }
 
 /// A program attached to a cgroup hook, as the kernel reports it.
@@ -291,12 +469,15 @@ pub struct AttachedProgram {
 }
 
 /// cgroup attach types of the socket hooks (enum bpf_attach_type).
-const HOOK_ATTACH_TYPES: [(&str, u32); 4] =
-    [("connect4", 10), ("sendmsg4", 14), ("recvmsg4", 19), ("getpeername4", 29)];
+const HOOK_ATTACH_TYPES: [(&str, u32); 5] =
+    [("connect4", 10), ("sendmsg4", 14), ("recvmsg4", 19), ("getpeername4", 29), ("post_bind4", 12)];
 
 /// Our programs' names as the kernel keeps them (cut at 15 characters).
 pub fn is_socklb_program(name: &str) -> bool {
-    SOCKET_HOOKS.iter().any(|(prog, _)| prog.get(..prog.len().min(15)) == Some(name))
+    SOCKET_HOOKS
+        .iter()
+        .chain(std::iter::once(&BIND_HOOK))
+        .any(|(prog, _)| prog.get(..prog.len().min(15)) == Some(name))
 }
 
 /// Programs attached to `cgroup` on the socket hooks socklb uses (BPF_PROG_QUERY).

@@ -11,6 +11,8 @@ use super::{DatapathError, MapOp, ServiceMaps};
 pub struct MemoryMaps {
     pub services: BTreeMap<Svc4Key, Svc4Value>,
     pub backends: BTreeMap<u32, Backend4>,
+    /// Allowed sources: (frontend address, port, proto, source, prefix length).
+    pub src_ranges: std::collections::BTreeSet<(u32, u16, u8, u32, u32)>,
     /// Writes and deletes applied so far.
     pub ops_applied: usize,
     /// Fail the op with this index (counting from 0), to test error paths.
@@ -57,6 +59,12 @@ impl ServiceMaps for MemoryMaps {
             MapOp::DeleteSvc { key } => {
                 self.services.remove(key);
             }
+            MapOp::PutSrcRange { key, prefix_len } => {
+                self.src_ranges.insert((key.address, key.dport, key.proto, key.source, *prefix_len));
+            }
+            MapOp::DeleteSrcRange { key, prefix_len } => {
+                self.src_ranges.remove(&(key.address, key.dport, key.proto, key.source, *prefix_len));
+            }
         }
         self.ops_applied += 1;
         Ok(())
@@ -68,5 +76,15 @@ impl ServiceMaps for MemoryMaps {
 
     fn dump_backends(&self) -> Result<Vec<(u32, Backend4)>, DatapathError> {
         Ok(self.backends.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn dump_src_ranges(&self) -> Result<Vec<(lb_common::SrcRange4Key, u32)>, DatapathError> {
+        Ok(self
+            .src_ranges
+            .iter()
+            .map(|(address, dport, proto, source, len)| {
+                (lb_common::SrcRange4Key { address: *address, dport: *dport, proto: *proto, pad: 0, source: *source }, *len)
+            })
+            .collect())
     }
 }

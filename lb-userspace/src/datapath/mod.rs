@@ -40,6 +40,8 @@ pub trait ServiceMaps {
     fn dump_services(&self) -> Result<Vec<(Svc4Key, Svc4Value)>, DatapathError>;
     /// Every entry of the backend map.
     fn dump_backends(&self) -> Result<Vec<(u32, Backend4)>, DatapathError>;
+    /// Every allowed-source entry: (key data, prefix length).
+    fn dump_src_ranges(&self) -> Result<Vec<(lb_common::SrcRange4Key, u32)>, DatapathError>;
 }
 
 /// IPv4 address as the maps store it (network byte order in a u32's memory).

@@ -1,0 +1,486 @@
+//! IPv4 NodePort, LoadBalancer and external IP traffic from outside the node (TC).
+//!
+//! Ingress on the node's devices: a packet of a tracked flow is rewritten as its
+//! conntrack entry says; the first packet of a new flow to an external frontend
+//! picks a backend, gets conntrack entries for both directions (with the source
+//! rewritten to the node's address when the backend is on another node and the
+//! policy is Cluster) and is rewritten (DNAT, maybe SNAT). Egress on the same devices
+//! rewrites replies of local backends back to the frontend. ICMP errors about a
+//! tracked flow are translated too, and non-first fragments take the ports their
+//! first fragment carried.
+//!
+//! An internal error never drops traffic: the packet passes untranslated and a
+//! counter records it. Only a service's own verdict drops.
+use aya_ebpf::{
+    bindings::{
+        BPF_ANY, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, TC_ACT_OK,
+        TC_ACT_SHOT,
+    },
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    programs::TcContext,
+};
+use lb_common::{
+    CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_FLAG_CLOSING, CT_FLAG_ESTABLISHED, CT_FLAG_SNAT, Counter,
+    Ct4Key, Ct4Value, Frag4Key, Frag4Value, IPPROTO_TCP, IPPROTO_UDP, SNAT_PORT_MAX,
+    SNAT_PORT_MIN, SRC_RANGE_FRONTEND_BITS, SVC_FLAG_SNAT, SVC_FLAG_SOURCE_RANGES, SrcRange4Key,
+    Svc4Key, Svc4Value, SvcAction, BACKEND_FLAG_LOCAL, ct_lifetime, scope,
+};
+
+use crate::maps::{
+    BACKEND4, CT4, DEVICE4, FRAG4, SRC_RANGE4, SVC4, SrcRangeKey, count, is_node_addr,
+};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const IPPROTO_ICMP: u8 = 1;
+const IP_MF: u16 = 0x2000;
+const IP_OFFSET_MASK: u16 = 0x1fff;
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETERPROB: u8 = 12;
+/// Tries at finding a free SNAT port before a new flow is dropped.
+const SNAT_TRIES: u32 = 8;
+
+/// Offsets within the IPv4 header.
+const IP_FRAG_OFF: usize = 6;
+const IP_PROTO: usize = 9;
+const IP_CSUM: usize = 10;
+const IP_SADDR: usize = 12;
+const IP_DADDR: usize = 16;
+
+/// A helper failed (a packet shorter than its headers, a full map): pass untranslated.
+pub struct Error;
+
+impl From<i64> for Error {
+    fn from(_: i64) -> Self {
+        Error
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Frag {
+    /// Not fragmented.
+    Whole,
+    /// The first fragment: it carries the L4 header.
+    First,
+    /// A later fragment: no L4 header; ports come from the first fragment.
+    Later,
+}
+
+/// What the translation needs of a packet.
+#[derive(Clone, Copy)]
+struct Packet {
+    l4_off: usize,
+    proto: u8,
+    saddr: u32,
+    daddr: u32,
+    sport: u16,
+    dport: u16,
+    frag: Frag,
+    tcp_flags: u8,
+}
+
+impl Packet {
+    fn ct_key(&self) -> Ct4Key {
+        Ct4Key { saddr: self.saddr, daddr: self.daddr, sport: self.sport, dport: self.dport, proto: self.proto, pad: [0; 3] }
+    }
+
+    /// Offset of the L4 checksum, if this packet carries the L4 header.
+    fn l4_csum_off(&self) -> Option<usize> {
+        match (self.frag, self.proto) {
+            (Frag::Later, _) => None,
+            (_, IPPROTO_TCP) => Some(self.l4_off + 16),
+            (_, IPPROTO_UDP) => Some(self.l4_off + 6),
+            _ => None,
+        }
+    }
+
+    fn l4_csum_flags(&self) -> u64 {
+        // UDP checksum 0 means "none": leave it 0 (and never produce 0).
+        if self.proto == IPPROTO_UDP { BPF_F_MARK_MANGLED_0 as u64 } else { 0 }
+    }
+}
+
+/// Outcome of parsing.
+enum Parsed {
+    /// Not IPv4 TCP/UDP/ICMP, or a later fragment of an unknown datagram.
+    Other,
+    Flow(Packet),
+    /// An ICMP message; `l4_off` is where the ICMP header starts.
+    Icmp { l4_off: usize, daddr: u32 },
+}
+
+#[inline(always)]
+fn parse(ctx: &TcContext) -> Result<Parsed, Error> {
+    let eth_proto: u16 = ctx.load(12)?;
+    if eth_proto != ETH_P_IP.to_be() {
+        return Ok(Parsed::Other);
+    }
+    let ver_ihl: u8 = ctx.load(ETH_HLEN)?;
+    let ihl = ((ver_ihl & 0x0f) as usize) * 4;
+    if ver_ihl >> 4 != 4 || ihl < 20 {
+        return Ok(Parsed::Other);
+    }
+    let frag_off = u16::from_be(ctx.load::<u16>(ETH_HLEN + IP_FRAG_OFF)?);
+    let proto: u8 = ctx.load(ETH_HLEN + IP_PROTO)?;
+    let saddr: u32 = ctx.load(ETH_HLEN + IP_SADDR)?;
+    let daddr: u32 = ctx.load(ETH_HLEN + IP_DADDR)?;
+    let l4_off = ETH_HLEN + ihl;
+    let frag = if frag_off & IP_OFFSET_MASK != 0 {
+        Frag::Later
+    } else if frag_off & IP_MF != 0 {
+        Frag::First
+    } else {
+        Frag::Whole
+    };
+    match proto {
+        IPPROTO_TCP | IPPROTO_UDP => {}
+        IPPROTO_ICMP if frag != Frag::Later => return Ok(Parsed::Icmp { l4_off, daddr }),
+        _ => return Ok(Parsed::Other),
+    }
+    let frag_key = || -> Result<Frag4Key, Error> {
+        Ok(Frag4Key { saddr, daddr, id: ctx.load(ETH_HLEN + 4)?, proto, pad: 0 })
+    };
+    let (sport, dport, tcp_flags) = if frag == Frag::Later {
+        match FRAG4.get_ptr(&frag_key()?).map(|p| unsafe { *p }) {
+            Some(ports) => (ports.sport, ports.dport, 0),
+            None => {
+                count(Counter::NpFragUnknown);
+                return Ok(Parsed::Other);
+            }
+        }
+    } else {
+        let sport: u16 = ctx.load(l4_off)?;
+        let dport: u16 = ctx.load(l4_off + 2)?;
+        let flags: u8 = if proto == IPPROTO_TCP { ctx.load(l4_off + 13)? } else { 0 };
+        (sport, dport, flags)
+    };
+    if frag == Frag::First {
+        // Remembered whether or not the datagram turns out to be ours: a later
+        // fragment cannot be matched otherwise.
+        let _ = FRAG4.insert(&frag_key()?, &Frag4Value { sport, dport }, BPF_ANY as u64);
+    }
+    Ok(Parsed::Flow(Packet { l4_off, proto, saddr, daddr, sport, dport, frag, tcp_flags }))
+}
+
+/// Rewrites addresses and ports, keeping the IP and L4 checksums right.
+#[inline(always)]
+fn rewrite(ctx: &TcContext, p: &Packet, to: &Ct4Value) -> Result<(), Error> {
+    let ip_csum = ETH_HLEN + IP_CSUM;
+    let l4_csum = p.l4_csum_off();
+    let l4_flags = p.l4_csum_flags();
+    if to.to_saddr != p.saddr {
+        if let Some(off) = l4_csum {
+            ctx.l4_csum_replace(off, p.saddr as u64, to.to_saddr as u64, BPF_F_PSEUDO_HDR as u64 | 4 | l4_flags)?;
+        }
+        ctx.l3_csum_replace(ip_csum, p.saddr as u64, to.to_saddr as u64, 4)?;
+        ctx.store(ETH_HLEN + IP_SADDR, &to.to_saddr, 0)?;
+    }
+    if to.to_daddr != p.daddr {
+        if let Some(off) = l4_csum {
+            ctx.l4_csum_replace(off, p.daddr as u64, to.to_daddr as u64, BPF_F_PSEUDO_HDR as u64 | 4 | l4_flags)?;
+        }
+        ctx.l3_csum_replace(ip_csum, p.daddr as u64, to.to_daddr as u64, 4)?;
+        ctx.store(ETH_HLEN + IP_DADDR, &to.to_daddr, 0)?;
+    }
+    if let Some(off) = l4_csum {
+        if to.to_sport != p.sport {
+            ctx.l4_csum_replace(off, p.sport as u64, to.to_sport as u64, 2 | l4_flags)?;
+            ctx.store(p.l4_off, &to.to_sport, 0)?;
+        }
+        if to.to_dport != p.dport {
+            ctx.l4_csum_replace(off, p.dport as u64, to.to_dport as u64, 2 | l4_flags)?;
+            ctx.store(p.l4_off + 2, &to.to_dport, 0)?;
+        }
+    }
+    Ok(())
+}
+
+/// The lifetime a packet gives its flow, and the flags it adds.
+#[inline(always)]
+fn lifetime(p: &Packet, flags: u8) -> (u64, u8) {
+    if p.proto != IPPROTO_TCP {
+        return (ct_lifetime::UDP_NS, flags);
+    }
+    if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 || flags & CT_FLAG_CLOSING != 0 {
+        return (ct_lifetime::TCP_CLOSING_NS, flags | CT_FLAG_CLOSING);
+    }
+    let first_syn = p.tcp_flags & TCP_SYN != 0 && p.tcp_flags & TCP_ACK == 0;
+    if first_syn && flags & CT_FLAG_ESTABLISHED == 0 {
+        (ct_lifetime::TCP_SYN_NS, flags)
+    } else if p.frag == Frag::Later {
+        (ct_lifetime::TCP_ESTABLISHED_NS, flags)
+    } else {
+        (ct_lifetime::TCP_ESTABLISHED_NS, flags | CT_FLAG_ESTABLISHED)
+    }
+}
+
+/// The live conntrack entry for this packet, refreshed; None when absent or expired.
+#[inline(always)]
+fn ct_track(p: &Packet, now: u64) -> Option<Ct4Value> {
+    let key = p.ct_key();
+    let entry = CT4.get_ptr_mut(&key)?;
+    // SAFETY: a value pointer of this map; the entry may be updated concurrently by
+    // another CPU, which at worst loses one refresh.
+    let value = unsafe { &mut *entry };
+    if value.expires_ns < now {
+        return None;
+    }
+    let (life, flags) = lifetime(p, value.flags);
+    let expires = now + life;
+    // Refresh at most about once a second, or when the flow starts closing.
+    if flags != value.flags || expires > value.expires_ns + 1_000_000_000 || expires < value.expires_ns {
+        value.flags = flags;
+        value.expires_ns = expires;
+    }
+    Some(*value)
+}
+
+/// TC ingress on a node device.
+#[inline(always)]
+pub fn ingress(ctx: &TcContext) -> i32 {
+    match try_ingress(ctx) {
+        Ok(verdict) => verdict,
+        Err(Error) => {
+            count(Counter::Inconsistent);
+            TC_ACT_OK as i32
+        }
+    }
+}
+
+/// TC egress on a node device: only tracked flows (replies of local backends).
+#[inline(always)]
+pub fn egress(ctx: &TcContext) -> i32 {
+    match try_egress(ctx) {
+        Ok(verdict) => verdict,
+        Err(Error) => {
+            count(Counter::Inconsistent);
+            TC_ACT_OK as i32
+        }
+    }
+}
+
+#[inline(always)]
+fn try_egress(ctx: &TcContext) -> Result<i32, Error> {
+    let p = match parse(ctx)? {
+        Parsed::Flow(p) => p,
+        Parsed::Icmp { l4_off, daddr } => return icmp_error(ctx, l4_off, daddr),
+        Parsed::Other => return Ok(TC_ACT_OK as i32),
+    };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(entry) = ct_track(&p, now) {
+        rewrite(ctx, &p, &entry)?;
+        count(Counter::NpTracked);
+    }
+    Ok(TC_ACT_OK as i32)
+}
+
+#[inline(always)]
+fn try_ingress(ctx: &TcContext) -> Result<i32, Error> {
+    let p = match parse(ctx)? {
+        Parsed::Flow(p) => p,
+        Parsed::Icmp { l4_off, daddr } => return icmp_error(ctx, l4_off, daddr),
+        Parsed::Other => return Ok(TC_ACT_OK as i32),
+    };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(entry) = ct_track(&p, now) {
+        rewrite(ctx, &p, &entry)?;
+        count(Counter::NpTracked);
+        return Ok(TC_ACT_OK as i32);
+    }
+    if p.frag == Frag::Later {
+        // A later fragment of a flow that is not tracked: not ours.
+        return Ok(TC_ACT_OK as i32);
+    }
+    let Some((key, svc, nodeport)) = lookup_external(&p) else {
+        return Ok(TC_ACT_OK as i32);
+    };
+    if svc.flags & SVC_FLAG_SOURCE_RANGES != 0 && !source_allowed(&key, p.saddr) {
+        count(Counter::NpSourceDenied);
+        return Ok(TC_ACT_SHOT as i32);
+    }
+    match SvcAction::from_u8(svc.action) {
+        Some(SvcAction::Forward) if svc.count > 0 => {}
+        // No endpoint: on a node address nothing listens on the NodePort (bind is
+        // refused there), so the stack answers: TCP RST, UDP port unreachable.
+        Some(SvcAction::Reject) if nodeport => return Ok(TC_ACT_OK as i32),
+        Some(SvcAction::Reject | SvcAction::Drop) => {
+            count(Counter::NpDropped);
+            return Ok(TC_ACT_SHOT as i32);
+        }
+        _ => return Err(Error),
+    }
+    new_flow(ctx, &p, &key, &svc, now)
+}
+
+/// The external frontend a packet is for: its exact address, else a NodePort when
+/// it is addressed to a node address.
+#[inline(always)]
+fn lookup_external(p: &Packet) -> Option<(Svc4Key, Svc4Value, bool)> {
+    let exact = Svc4Key::new(p.daddr, p.dport, p.proto, 0).with_scope(scope::EXTERNAL);
+    if let Some(v) = SVC4.get_ptr(&exact) {
+        return Some((exact, unsafe { *v }, false));
+    }
+    if !is_node_addr(p.daddr) {
+        return None;
+    }
+    let nodeport = Svc4Key::new(0, p.dport, p.proto, 0).with_scope(scope::EXTERNAL);
+    SVC4.get_ptr(&nodeport).map(|v| (nodeport, unsafe { *v }, true))
+}
+
+#[inline(always)]
+fn source_allowed(key: &Svc4Key, saddr: u32) -> bool {
+    let lpm = SrcRangeKey::new(
+        SRC_RANGE_FRONTEND_BITS + 32,
+        SrcRange4Key { address: key.address, dport: key.dport, proto: key.proto, pad: 0, source: saddr },
+    );
+    SRC_RANGE4.get(&lpm).is_some()
+}
+
+#[inline(always)]
+fn new_flow(ctx: &TcContext, p: &Packet, key: &Svc4Key, svc: &Svc4Value, now: u64) -> Result<i32, Error> {
+    // SAFETY: plain helper call.
+    let rnd = unsafe { bpf_get_prandom_u32() };
+    let slot = 1 + (rnd % svc.count as u32) as u16;
+    let backend_id = SVC4.get_ptr(&key.with_slot(slot)).map(|v| unsafe { (*v).backend_id }).ok_or(Error)?;
+    let backend = BACKEND4.get_ptr(backend_id).map(|b| unsafe { *b }).ok_or(Error)?;
+
+    let (life, flags) = lifetime(p, 0);
+    let snat = svc.flags & SVC_FLAG_SNAT != 0 && backend.flags & BACKEND_FLAG_LOCAL == 0;
+    // The reply direction: backend -> (node address, SNAT port) or -> client.
+    let mut reply_key = Ct4Key {
+        saddr: backend.address,
+        daddr: p.saddr,
+        sport: backend.port,
+        dport: p.sport,
+        proto: p.proto,
+        pad: [0; 3],
+    };
+    let reply = Ct4Value {
+        to_saddr: p.daddr,
+        to_daddr: p.saddr,
+        to_sport: p.dport,
+        to_dport: p.sport,
+        flags: flags | if snat { CT_FLAG_SNAT } else { 0 },
+        direction: CT_DIR_REPLY,
+        pad: [0; 2],
+        expires_ns: now + life,
+        backend_id,
+        pad2: 0,
+    };
+    if snat {
+        // SAFETY: the skb context is valid for the program's run.
+        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        let device = DEVICE4.get_ptr(ifindex).map(|d| unsafe { *d }).ok_or(Error)?;
+        reply_key.daddr = device.snat_addr;
+        let mut found = false;
+        for _ in 0..SNAT_TRIES {
+            // SAFETY: plain helper call.
+            let r = unsafe { bpf_get_prandom_u32() };
+            let port = SNAT_PORT_MIN as u32 + r % (SNAT_PORT_MAX as u32 - SNAT_PORT_MIN as u32 + 1);
+            reply_key.dport = (port as u16).to_be();
+            // NOEXIST: a port in use towards this backend belongs to another flow.
+            if CT4.insert(&reply_key, &reply, BPF_NOEXIST as u64).is_ok() {
+                found = true;
+                break;
+            }
+        }
+        if !found {
+            count(Counter::NpSnatExhausted);
+            return Ok(TC_ACT_SHOT as i32);
+        }
+    } else if CT4.insert(&reply_key, &reply, BPF_ANY as u64).is_err() {
+        count(Counter::NpCtFailed);
+        return Ok(TC_ACT_OK as i32);
+    }
+    let original = Ct4Value {
+        to_saddr: reply_key.daddr,
+        to_daddr: backend.address,
+        to_sport: reply_key.dport,
+        to_dport: backend.port,
+        flags: reply.flags,
+        direction: CT_DIR_ORIGINAL,
+        pad: [0; 2],
+        expires_ns: now + life,
+        backend_id,
+        pad2: 0,
+    };
+    if CT4.insert(&p.ct_key(), &original, BPF_ANY as u64).is_err() {
+        let _ = CT4.remove(&reply_key);
+        count(Counter::NpCtFailed);
+        return Ok(TC_ACT_OK as i32);
+    }
+    rewrite(ctx, p, &original)?;
+    count(Counter::NpNewFlow);
+    Ok(TC_ACT_OK as i32)
+}
+
+/// An ICMP error (destination unreachable, time exceeded, parameter problem) about a
+/// packet of a tracked flow: the packet it quotes went out translated, so the error
+/// is translated like a packet of the opposite direction: the quoted header is
+/// rewritten to what its sender saw, and the error goes to that sender.
+#[inline(always)]
+fn icmp_error(ctx: &TcContext, icmp_off: usize, outer_daddr: u32) -> Result<i32, Error> {
+    let icmp_type: u8 = ctx.load(icmp_off)?;
+    if !matches!(icmp_type, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB) {
+        return Ok(TC_ACT_OK as i32);
+    }
+    let inner = icmp_off + 8;
+    let ver_ihl: u8 = ctx.load(inner)?;
+    let ihl = ((ver_ihl & 0x0f) as usize) * 4;
+    if ver_ihl >> 4 != 4 || ihl < 20 {
+        return Ok(TC_ACT_OK as i32);
+    }
+    let proto: u8 = ctx.load(inner + IP_PROTO)?;
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return Ok(TC_ACT_OK as i32);
+    }
+    let isaddr: u32 = ctx.load(inner + IP_SADDR)?;
+    let idaddr: u32 = ctx.load(inner + IP_DADDR)?;
+    let inner_l4 = inner + ihl;
+    let isport: u16 = ctx.load(inner_l4)?;
+    let idport: u16 = ctx.load(inner_l4 + 2)?;
+    // Packets of the opposite direction of the quoted one match this key.
+    let key = Ct4Key { saddr: idaddr, daddr: isaddr, sport: idport, dport: isport, proto, pad: [0; 3] };
+    let Some(entry) = CT4.get_ptr(&key).map(|e| unsafe { *e }) else {
+        return Ok(TC_ACT_OK as i32);
+    };
+    // Opposite-direction packets become (to_saddr, to_daddr, to_sport, to_dport), so
+    // the quoted packet becomes (to_daddr -> to_saddr, to_dport -> to_sport).
+    let (new_isaddr, new_idaddr, new_isport, new_idport) =
+        (entry.to_daddr, entry.to_saddr, entry.to_dport, entry.to_sport);
+    let icmp_csum = icmp_off + 2;
+    let inner_csum = inner + IP_CSUM;
+    // Inner addresses: the inner IP checksum changes by the opposite amount, so the
+    // ICMP checksum (which covers both) is unchanged.
+    if new_isaddr != isaddr {
+        ctx.l3_csum_replace(inner_csum, isaddr as u64, new_isaddr as u64, 4)?;
+        ctx.store(inner + IP_SADDR, &new_isaddr, 0)?;
+    }
+    if new_idaddr != idaddr {
+        ctx.l3_csum_replace(inner_csum, idaddr as u64, new_idaddr as u64, 4)?;
+        ctx.store(inner + IP_DADDR, &new_idaddr, 0)?;
+    }
+    // Inner ports are plain ICMP payload.
+    if new_isport != isport {
+        ctx.l4_csum_replace(icmp_csum, isport as u64, new_isport as u64, 2)?;
+        ctx.store(inner_l4, &new_isport, 0)?;
+    }
+    if new_idport != idport {
+        ctx.l4_csum_replace(icmp_csum, idport as u64, new_idport as u64, 2)?;
+        ctx.store(inner_l4 + 2, &new_idport, 0)?;
+    }
+    // The error goes to the quoted packet's (new) sender.
+    if new_isaddr != outer_daddr {
+        ctx.l3_csum_replace(ETH_HLEN + IP_CSUM, outer_daddr as u64, new_isaddr as u64, 4)?;
+        ctx.store(ETH_HLEN + IP_DADDR, &new_isaddr, 0)?;
+    }
+    count(Counter::NpIcmpTranslated);
+    Ok(TC_ACT_OK as i32)
+}
