@@ -14,7 +14,10 @@ use crate::datapath::{
 /// One frontend as programmed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProgrammedFrontendView {
+    /// "10.96.0.10:80", or "*:30080" for a NodePort.
     pub address: String,
+    /// "internal" (connections started on this node) or "external" (TC).
+    pub scope: String,
     pub protocol: String,
     pub action: String,
     pub backends: Vec<String>,
@@ -31,6 +34,10 @@ pub struct StatusReport {
     pub service_addresses: Vec<String>,
     pub backends: usize,
     pub service_map_entries: usize,
+    /// This node's addresses (where NodePorts answer).
+    pub node_addresses: Vec<String>,
+    /// Live conntrack entries (two per external flow).
+    pub conntrack_entries: usize,
     pub counters: std::collections::BTreeMap<String, u64>,
 }
 
@@ -51,7 +58,12 @@ pub fn read_status(pin_dir: &Path) -> Result<StatusReport, DatapathError> {
             fe.slots.iter().filter_map(|id| state.backend(*id)).map(|b| b.addr).collect();
         backends.sort();
         frontends.push(ProgrammedFrontendView {
-            address: SocketAddrV4::new(key.ip, key.port).to_string(),
+            address: if key.ip.is_unspecified() {
+                format!("*:{}", key.port)
+            } else {
+                SocketAddrV4::new(key.ip, key.port).to_string()
+            },
+            scope: if key.scope == lb_common::scope::EXTERNAL { "external" } else { "internal" }.to_string(),
             protocol: proto_name(key.proto).to_string(),
             action: match SvcAction::from_u8(fe.service.action) {
                 Some(SvcAction::Forward) => "forward",
@@ -76,6 +88,8 @@ pub fn read_status(pin_dir: &Path) -> Result<StatusReport, DatapathError> {
         service_addresses,
         backends: state.backend_count(),
         service_map_entries: state.svc_entries(),
+        node_addresses: maps.node_addresses().iter().map(ToString::to_string).collect(),
+        conntrack_entries: maps.conntrack_entries().len(),
         counters,
     })
 }
@@ -91,14 +105,17 @@ impl StatusReport {
             self.service_map_entries, self.backends
         );
         let _ = writeln!(out, "service addresses (other ports refused): {}", self.service_addresses.join(" "));
+        let _ = writeln!(out, "node addresses (NodePorts): {}", self.node_addresses.join(" "));
+        let _ = writeln!(out, "conntrack entries: {}", self.conntrack_entries);
         let _ = writeln!(out);
-        let _ = writeln!(out, "{:<22} {:<5} {:<8} {:>7}  BACKENDS", "ADDRESS", "PROTO", "ACTION", "AFFINITY");
+        let _ = writeln!(out, "{:<22} {:<5} {:<8} {:<8} {:>7}  BACKENDS", "ADDRESS", "PROTO", "SCOPE", "ACTION", "AFFINITY");
         for fe in &self.frontends {
             let _ = writeln!(
                 out,
-                "{:<22} {:<5} {:<8} {:>7}s  {}",
+                "{:<22} {:<5} {:<8} {:<8} {:>7}s  {}",
                 fe.address,
                 fe.protocol,
+                fe.scope,
                 fe.action,
                 fe.affinity_timeout_s,
                 if fe.backends.is_empty() { "-".to_string() } else { fe.backends.join(" ") }
