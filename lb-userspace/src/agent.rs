@@ -2,7 +2,7 @@
 //! API) drives the data path. Events update the [`ClusterState`]; each sync
 //! programs only the frontends they changed.
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -24,6 +24,7 @@ use crate::{
     node,
     plan::{self, Plan},
     reconcile::Reconciler,
+    service_health::{self, ServiceHealthServers},
     source::ClusterEvent,
     state::ClusterState,
 };
@@ -69,6 +70,9 @@ pub struct AgentOptions {
     /// Devices for the TC programs (NodePort, LoadBalancer, external IPs from
     /// outside); None: auto-detected (see `node::select_devices`).
     pub devices: Option<Vec<String>>,
+    /// Address the healthCheckNodePort listeners bind (LoadBalancer Services with
+    /// externalTrafficPolicy Local); kube-proxy binds every node address.
+    pub health_check_bind_address: IpAddr,
 }
 
 /// Reads a manifest directory and computes the plan (`socklb plan`).
@@ -95,6 +99,8 @@ struct SyncMetrics {
     ct_entries: AtomicU64,
     /// Expired conntrack entries removed by sweeps.
     ct_expired: AtomicU64,
+    /// Sweeps that found the conntrack table nearly full (LRU eviction likely).
+    ct_pressure: AtomicU64,
 }
 
 /// Runs until `shutdown` resolves. The data path stays in place afterwards.
@@ -171,6 +177,10 @@ pub async fn run_agent(
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut state = ClusterState::new(NodeModel::named(opts.node.clone()));
+    let mut service_health =
+        ServiceHealthServers::new(opts.health_check_bind_address).with_proxy_health(health.clone());
+    // Ports that failed to bind are retried on the housekeeping tick.
+    let mut service_health_failed = false;
 
     tokio::pin!(shutdown);
     // The first sync after adopting the maps is a full one: it removes what an
@@ -217,6 +227,10 @@ pub async fn run_agent(
             () = sleep => {}
             _ = housekeeping.tick() => {
                 housekeep(&mut reconciler, &mut node_addrs, &metrics);
+                if service_health_failed && ready {
+                    let failed = service_health.update(service_health::desired_health_checks_for_state(&state)).await;
+                    service_health_failed = !failed.is_empty();
+                }
                 continue;
             }
         }
@@ -235,6 +249,10 @@ pub async fn run_agent(
                 full_sync = false;
                 retry_at = None;
                 health.updated();
+                // kube-proxy's SyncServices + SyncEndpoints for healthCheckNodePorts; a
+                // port that fails to bind is logged inside and retried later.
+                let failed = service_health.update(service_health::desired_health_checks_for_state(&state)).await;
+                service_health_failed = !failed.is_empty();
                 let latency = batch_started.take().map_or(Duration::ZERO, |t| t.elapsed());
                 metrics.syncs.fetch_add(1, Ordering::Relaxed);
                 metrics.map_ops.fetch_add(stats.ops as u64, Ordering::Relaxed);
@@ -268,12 +286,16 @@ pub async fn run_agent(
         }
     };
     let _ = stop_health.send(());
+    service_health.shutdown().await;
     source_task.abort();
     if result.is_ok() {
         info!("shutting down; the data path stays in place");
     }
     result
 }
+
+/// A sweep finding the conntrack table at least this full counts as pressure.
+const CT_PRESSURE_PERCENT: usize = 95;
 
 /// How often node addresses are re-read and expired conntrack entries removed.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(10);
@@ -300,6 +322,13 @@ fn housekeep(reconciler: &mut Reconciler<kernel::KernelMaps>, node_addrs: &mut V
         Ok(sweep) => {
             metrics.ct_entries.store(sweep.live as u64, Ordering::Relaxed);
             metrics.ct_expired.fetch_add(sweep.removed as u64, Ordering::Relaxed);
+            // The table is an LRU: when full, new flows still get entries and the
+            // least recently used (idle) flows lose theirs. Say so when it gets close.
+            let capacity = lb_common::capacity::CT4 as usize;
+            if sweep.live * 100 >= capacity * CT_PRESSURE_PERCENT {
+                metrics.ct_pressure.fetch_add(1, Ordering::Relaxed);
+                warn!(live = sweep.live, capacity, "conntrack table nearly full: idle flows are being evicted for new ones");
+            }
         }
         Err(e) => warn!(error = %e, "conntrack sweep failed"),
     }
@@ -324,6 +353,19 @@ fn register_sync_metrics(health: &Health, metrics: &Arc<SyncMetrics>) {
         counter(out, "socklb_map_operations_total", "BPF map writes and deletes.", &m.map_ops);
         counter(out, "socklb_frontends_changed_total", "Frontends rewritten by syncs.", &m.frontends_changed);
         counter(out, "socklb_conntrack_expired_total", "Expired conntrack entries removed by the agent's sweeps.", &m.ct_expired);
+        counter(
+            out,
+            "socklb_conntrack_full_sweeps_total",
+            "Sweeps that found the conntrack table at 95% of its capacity or more: new flows evict the least recently used ones.",
+            &m.ct_pressure,
+        );
+        write_metric_family(
+            out,
+            "socklb_conntrack_capacity",
+            "Conntrack table size (entries; two per flow).",
+            MetricType::Gauge,
+            [(&[][..], f64::from(lb_common::capacity::CT4))],
+        );
         write_metric_family(
             out,
             "socklb_conntrack_entries",

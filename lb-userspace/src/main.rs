@@ -64,6 +64,10 @@ enum Command {
         /// no TC programs (ClusterIP only).
         #[arg(long, value_delimiter = ',')]
         devices: Option<Vec<String>>,
+        /// Address the healthCheckNodePort servers listen on (LoadBalancer Services
+        /// with externalTrafficPolicy Local). Default: every IPv4 address of the node.
+        #[arg(long, default_value = "0.0.0.0")]
+        health_check_bind_address: std::net::IpAddr,
     },
     /// Print the frontends the agent would program, without touching the kernel.
     Plan {
@@ -125,6 +129,7 @@ fn run() -> anyhow::Result<()> {
             health_addr,
             health_timeout,
             devices,
+            health_check_bind_address,
         } => {
             let cgroup = match cgroup {
                 Some(c) => c,
@@ -153,6 +158,7 @@ fn run() -> anyhow::Result<()> {
                 health_addr,
                 health_timeout,
                 devices,
+                health_check_bind_address,
             };
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(agent::run_agent(opts, shutdown_signal()))?;

@@ -83,7 +83,7 @@ pub fn read_status(pin_dir: &Path) -> Result<StatusReport, DatapathError> {
         .collect();
     Ok(StatusReport {
         pin_dir: pin_dir.display().to_string(),
-        hooks: kernel::attached_hooks(pin_dir).into_iter().map(String::from).collect(),
+        hooks: kernel::attached_hooks(pin_dir),
         frontends,
         service_addresses,
         backends: state.backend_count(),
