@@ -12,11 +12,15 @@
 //! An internal error never drops traffic: the packet passes untranslated and a
 //! counter records it. Only a service's own verdict drops.
 use aya_ebpf::{
+    EbpfContext,
     bindings::{
-        BPF_ANY, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, TC_ACT_OK,
-        TC_ACT_SHOT,
+        BPF_ANY, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup,
     },
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_prandom_u32, bpf_ktime_get_ns,
+        generated::{bpf_fib_lookup as fib_lookup, bpf_redirect_neigh},
+    },
     programs::TcContext,
 };
 use lb_common::{
@@ -45,8 +49,12 @@ const ICMP_PARAMETERPROB: u8 = 12;
 /// Tries at finding a free SNAT port before a new flow is dropped.
 const SNAT_TRIES: u32 = 8;
 
+const AF_INET: u8 = 2;
+
 /// Offsets within the IPv4 header.
+const IP_TOT_LEN: usize = 2;
 const IP_FRAG_OFF: usize = 6;
+const IP_TTL: usize = 8;
 const IP_PROTO: usize = 9;
 const IP_CSUM: usize = 10;
 const IP_SADDR: usize = 12;
@@ -111,7 +119,7 @@ enum Parsed {
     Other,
     Flow(Packet),
     /// An ICMP message; `l4_off` is where the ICMP header starts.
-    Icmp { l4_off: usize, daddr: u32 },
+    Icmp { l4_off: usize, saddr: u32, daddr: u32 },
 }
 
 #[inline(always)]
@@ -139,7 +147,7 @@ fn parse(ctx: &TcContext) -> Result<Parsed, Error> {
     };
     match proto {
         IPPROTO_TCP | IPPROTO_UDP => {}
-        IPPROTO_ICMP if frag != Frag::Later => return Ok(Parsed::Icmp { l4_off, daddr }),
+        IPPROTO_ICMP if frag != Frag::Later => return Ok(Parsed::Icmp { l4_off, saddr, daddr }),
         _ => return Ok(Parsed::Other),
     }
     let frag_key = || -> Result<Frag4Key, Error> {
@@ -232,6 +240,27 @@ fn ct_track(p: &Packet, now: u64) -> Option<Ct4Value> {
     }
     let (life, flags) = lifetime(p, value.flags);
     let expires = now + life;
+    if flags & CT_FLAG_CLOSING != 0 && value.flags & CT_FLAG_CLOSING == 0 {
+        // A FIN or RST closes the flow, not one direction: the other direction's entry
+        // (which a RST's peer never refreshes, and which holds the SNAT port) expires
+        // as soon.
+        let opposite = Ct4Key {
+            saddr: value.to_daddr,
+            daddr: value.to_saddr,
+            sport: value.to_dport,
+            dport: value.to_sport,
+            proto: p.proto,
+            pad: [0; 3],
+        };
+        if let Some(other) = CT4.get_ptr_mut(&opposite) {
+            // SAFETY: as above.
+            let other = unsafe { &mut *other };
+            other.flags |= CT_FLAG_CLOSING;
+            if other.expires_ns > expires {
+                other.expires_ns = expires;
+            }
+        }
+    }
     // Refresh at most about once a second, or when the flow starts closing.
     if flags != value.flags || expires > value.expires_ns + 1_000_000_000 || expires < value.expires_ns {
         value.flags = flags;
@@ -268,7 +297,7 @@ pub fn egress(ctx: &TcContext) -> i32 {
 fn try_egress(ctx: &TcContext) -> Result<i32, Error> {
     let p = match parse(ctx)? {
         Parsed::Flow(p) => p,
-        Parsed::Icmp { l4_off, daddr } => return icmp_error(ctx, l4_off, daddr),
+        Parsed::Icmp { l4_off, saddr, daddr } => return icmp_error(ctx, l4_off, saddr, daddr),
         Parsed::Other => return Ok(TC_ACT_OK as i32),
     };
     // SAFETY: plain helper call.
@@ -284,7 +313,7 @@ fn try_egress(ctx: &TcContext) -> Result<i32, Error> {
 fn try_ingress(ctx: &TcContext) -> Result<i32, Error> {
     let p = match parse(ctx)? {
         Parsed::Flow(p) => p,
-        Parsed::Icmp { l4_off, daddr } => return icmp_error(ctx, l4_off, daddr),
+        Parsed::Icmp { l4_off, saddr, daddr } => return icmp_error(ctx, l4_off, saddr, daddr),
         Parsed::Other => return Ok(TC_ACT_OK as i32),
     };
     // SAFETY: plain helper call.
@@ -292,7 +321,7 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, Error> {
     if let Some(entry) = ct_track(&p, now) {
         rewrite(ctx, &p, &entry)?;
         count(Counter::NpTracked);
-        return Ok(TC_ACT_OK as i32);
+        return deliver(ctx, &entry);
     }
     if p.frag == Frag::Later {
         // A later fragment of a flow that is not tracked: not ours.
@@ -418,7 +447,51 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &Svc4Key, svc: &Svc4Value, now: u6
     }
     rewrite(ctx, p, &original)?;
     count(Counter::NpNewFlow);
-    Ok(TC_ACT_OK as i32)
+    deliver(ctx, &original)
+}
+
+/// After a rewrite at ingress: a packet whose source is now one of this node's
+/// addresses (an SNATed flow, or a reply leaving as the NodePort) would be dropped
+/// by the routing input path as a martian, so this node forwards it itself: a FIB
+/// lookup for the egress device and a redirect through the neighbour subsystem (as
+/// Cilium does). Everything else continues up the stack and is routed as usual.
+#[inline(always)]
+fn deliver(ctx: &TcContext, to: &Ct4Value) -> Result<i32, Error> {
+    if !is_node_addr(to.to_saddr) {
+        return Ok(TC_ACT_OK as i32);
+    }
+    // We route the packet, so we decrement its TTL; at 1, leave it to the stack.
+    let ttl: u8 = ctx.load(ETH_HLEN + IP_TTL)?;
+    if ttl <= 1 {
+        return Ok(TC_ACT_OK as i32);
+    }
+    // The checksum covers TTL and protocol as one 16-bit word.
+    let old_word: u16 = ctx.load(ETH_HLEN + IP_TTL)?;
+    let new_ttl = ttl - 1;
+    ctx.store(ETH_HLEN + IP_TTL, &new_ttl, 0)?;
+    let new_word: u16 = ctx.load(ETH_HLEN + IP_TTL)?;
+    ctx.l3_csum_replace(ETH_HLEN + IP_CSUM, old_word as u64, new_word as u64, 2)?;
+
+    // SAFETY: a zeroed bpf_fib_lookup is a valid (empty) request.
+    let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.l4_protocol = ctx.load(ETH_HLEN + IP_PROTO)?;
+    fib.sport = to.to_sport;
+    fib.dport = to.to_dport;
+    fib.__bindgen_anon_1.tot_len = u16::from_be(ctx.load::<u16>(ETH_HLEN + IP_TOT_LEN)?);
+    // SAFETY: the skb context is valid for the program's run.
+    fib.ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    fib.__bindgen_anon_3.ipv4_src = to.to_saddr;
+    fib.__bindgen_anon_4.ipv4_dst = to.to_daddr;
+    // SAFETY: helper call with a valid context and a pointer to a local of the size given.
+    let rc = unsafe {
+        fib_lookup(ctx.as_ptr(), &mut fib, core::mem::size_of::<bpf_fib_lookup>() as i32, 0)
+    };
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        return Err(Error);
+    }
+    // SAFETY: helper call; a null nexthop lets the kernel resolve the neighbour.
+    Ok(unsafe { bpf_redirect_neigh(fib.ifindex, core::ptr::null_mut(), 0, 0) } as i32)
 }
 
 /// An ICMP error (destination unreachable, time exceeded, parameter problem) about a
@@ -426,7 +499,7 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &Svc4Key, svc: &Svc4Value, now: u6
 /// is translated like a packet of the opposite direction: the quoted header is
 /// rewritten to what its sender saw, and the error goes to that sender.
 #[inline(always)]
-fn icmp_error(ctx: &TcContext, icmp_off: usize, outer_daddr: u32) -> Result<i32, Error> {
+fn icmp_error(ctx: &TcContext, icmp_off: usize, outer_saddr: u32, outer_daddr: u32) -> Result<i32, Error> {
     let icmp_type: u8 = ctx.load(icmp_off)?;
     if !matches!(icmp_type, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB) {
         return Ok(TC_ACT_OK as i32);
@@ -480,6 +553,14 @@ fn icmp_error(ctx: &TcContext, icmp_off: usize, outer_daddr: u32) -> Result<i32,
     if new_isaddr != outer_daddr {
         ctx.l3_csum_replace(ETH_HLEN + IP_CSUM, outer_daddr as u64, new_isaddr as u64, 4)?;
         ctx.store(ETH_HLEN + IP_DADDR, &new_isaddr, 0)?;
+    }
+    // An error the quoted packet's destination sent itself (the backend: say a UDP port
+    // unreachable) comes from the address that sender addressed, as with netfilter NAT:
+    // a pod address means nothing to the client and is often not routable from it.
+    // Errors from routers on the way keep their source.
+    if outer_saddr == idaddr && new_idaddr != idaddr {
+        ctx.l3_csum_replace(ETH_HLEN + IP_CSUM, outer_saddr as u64, new_idaddr as u64, 4)?;
+        ctx.store(ETH_HLEN + IP_SADDR, &new_idaddr, 0)?;
     }
     count(Counter::NpIcmpTranslated);
     Ok(TC_ACT_OK as i32)

@@ -134,6 +134,9 @@ pub struct AgentConfig {
     pub extra_args: Vec<String>,
     /// Extra environment (e.g. `RUST_LOG`).
     pub env: Vec<(String, String)>,
+    /// A network namespace file (`/run/netns/NAME`) the agent runs in (setns(2) before
+    /// exec, like a host-network DaemonSet pod on that node); `None`: the host's.
+    pub netns: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -151,7 +154,14 @@ impl AgentConfig {
             kubeconfig: None,
             extra_args: Vec::new(),
             env: Vec::new(),
+            netns: None,
         }
+    }
+
+    /// Runs the agent inside this network namespace file (e.g. [`crate::NetNs::path`]).
+    pub fn in_netns(mut self, netns: impl Into<PathBuf>) -> Self {
+        self.netns = Some(netns.into());
+        self
     }
 
     /// An agent that watches the API server of `kubeconfig`.
@@ -190,7 +200,8 @@ impl AgentConfig {
     }
 }
 
-/// A running `socklb agent`, in the host network namespace and not in the test cgroup,
+/// A running `socklb agent`, in the host network namespace (or the one of
+/// [`AgentConfig::netns`]) and not in the test cgroup,
 /// with stdout and stderr going to a log file in a temp dir of its own.
 ///
 /// Drop ends it (SIGTERM, then SIGKILL) if [`Agent::stop`] was not called, and prints
@@ -222,7 +233,11 @@ impl Agent {
         for (k, v) in &config.env {
             cmd.env(k, v);
         }
-        let child = Child::spawn(cmd, &SpawnOpts::new())?;
+        let opts = match &config.netns {
+            Some(netns) => SpawnOpts::new().netns(netns),
+            None => SpawnOpts::new(),
+        };
+        let child = Child::spawn(cmd, &opts)?;
         Ok(Agent {
             child,
             log_path,

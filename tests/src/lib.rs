@@ -28,6 +28,7 @@ pub mod child;
 pub mod cluster;
 pub mod cmd;
 pub mod manifests;
+pub mod multinode;
 pub mod names;
 pub mod netns;
 pub mod pins;
@@ -45,6 +46,10 @@ pub use cgroup::TestCgroup;
 pub use child::{Child, SpawnOpts};
 pub use cluster::{Cluster, ClusterOptions, pod_id};
 pub use manifests::{Manifests, Protocol, load_manifests};
+pub use multinode::{
+    AgentOptions, MultiNode, MultiNodeBuilder, Node, Origin, Plan, PlanFrontend, ServeSpec, Status,
+    StatusFrontend, TcpRun, TcpRunReport, TransferReport, TransferRun, UdpRun, UdpRunReport,
+};
 pub use netns::NetNs;
 pub use pins::PinDir;
 pub use privileges::{Environment, cgroup2_root, check_privileges, require_privileges};

@@ -4,8 +4,23 @@
 //!   TCP connection gets "NAME\n" and then an echo of what the client sends, every UDP
 //!   datagram is answered with "NAME" to its sender. Prints one ready line (JSON) once
 //!   every port is bound, and runs until SIGTERM.
+//!   With `--report-peer` the id is followed by the peer address the server sees:
+//!   "NAME PEER_IP:PORT\n" on TCP, "NAME PEER_IP:PORT" on UDP (tests check which client
+//!   address a backend sees through NAT).
 //! - `tcp --to IP:PORT ...` and `udp --to IP:PORT ...`: clients. Print one JSON report
-//!   (see `socklb_tests::report`) and exit 0 whatever happened to the attempts.
+//!   (see `socklb_tests::report`) and exit 0 whatever happened to the attempts. Both
+//!   take `--bind IP` (the source address); `tcp` takes `--parallel N` (N worker threads
+//!   sharing `--count`) and `--hold` (every round of N connections is open at the same
+//!   time before any is used further and closed). When the server reports the peer it
+//!   sees, the report has an extra key `seen_from`: {backend id: {client ip: count}}.
+//! - `transfer --to IP:PORT --bytes N [--seed S]`: one TCP connection to an echoing
+//!   `serve`, sending a deterministic pseudo-random stream of N bytes while verifying
+//!   what comes back byte for byte; prints {ok, bytes, received, mismatch_offset,
+//!   sha256, ...}.
+//! - `tx-csum --dev DEV... [--off|--on]`: turns TX checksum offload of interfaces of the
+//!   current network namespace off or on (the `ethtool -K DEV tx off` ioctl), so that a
+//!   wrong checksum written by the data path shows up as a dropped packet instead of
+//!   being hidden by offload; prints the state read back ({"tx_csum": {DEV: on}}).
 //!
 //! Clients refuse to run in the host network namespace or in one with a default route
 //! (unless the target is loopback): a packet whose translation failed must have nowhere
@@ -13,9 +28,11 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::MetadataExt;
 use std::process::ExitCode;
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -46,6 +63,9 @@ enum Cmd {
         /// A UDP port to serve (repeatable).
         #[arg(long = "udp", value_name = "PORT")]
         udp: Vec<u16>,
+        /// Answer "NAME PEER_IP:PORT" (the client address this server sees).
+        #[arg(long = "report-peer")]
+        report_peer: bool,
     },
     /// Make TCP connections in sequence and report who answered.
     Tcp {
@@ -67,6 +87,17 @@ enum Cmd {
         /// After the id line, send a line and check that it comes back.
         #[arg(long)]
         echo: bool,
+        /// Source address to bind (default: chosen by routing).
+        #[arg(long)]
+        bind: Option<Ipv4Addr>,
+        /// Worker threads sharing the connections (each makes its share in sequence).
+        #[arg(long, default_value_t = 1)]
+        parallel: u64,
+        /// With --parallel: each round's connections are all open at once (a barrier
+        /// after the id line) before any is echoed and closed. Needs --count, a
+        /// multiple of --parallel.
+        #[arg(long)]
+        hold: bool,
     },
     /// Send UDP datagrams from several sockets and report who answered.
     Udp {
@@ -85,13 +116,53 @@ enum Cmd {
         /// How long to wait for each reply, in milliseconds.
         #[arg(long = "timeout-ms", default_value_t = 1000)]
         timeout_ms: u64,
+        /// Source address to bind (default: chosen by routing).
+        #[arg(long)]
+        bind: Option<Ipv4Addr>,
+    },
+    /// Send a deterministic stream over one TCP connection to an echoing `serve` and
+    /// verify what comes back, byte for byte.
+    Transfer {
+        /// Target address.
+        #[arg(long)]
+        to: SocketAddr,
+        /// Bytes to send (and expect back).
+        #[arg(long)]
+        bytes: u64,
+        /// Seed of the pseudo-random stream.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Source address to bind.
+        #[arg(long)]
+        bind: Option<Ipv4Addr>,
+        /// connect() timeout, and the longest a read or write may stall, in milliseconds.
+        #[arg(long = "timeout-ms", default_value_t = 5000)]
+        timeout_ms: u64,
+    },
+    /// Turn TX checksum offload of interfaces (in the current network namespace) off or
+    /// on; without --off or --on only report it.
+    TxCsum {
+        /// Interface name (repeatable).
+        #[arg(long = "dev", required = true)]
+        dev: Vec<String>,
+        /// Turn it off.
+        #[arg(long, conflicts_with = "on")]
+        off: bool,
+        /// Turn it on.
+        #[arg(long)]
+        on: bool,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Serve { id, tcp, udp } => serve(&id, &tcp, &udp),
+        Cmd::Serve {
+            id,
+            tcp,
+            udp,
+            report_peer,
+        } => serve(&id, &tcp, &udp, report_peer),
         Cmd::Tcp {
             to,
             count,
@@ -99,15 +170,23 @@ fn main() -> ExitCode {
             interval_ms,
             timeout_ms,
             echo,
+            bind,
+            parallel,
+            hold,
         } => ensure_isolated(&to).and_then(|()| {
-            print_json(&tcp_client(
-                &to,
+            let opts = TcpOpts {
                 count,
                 duration_ms,
                 interval_ms,
                 timeout_ms,
                 echo,
-            ))
+                bind,
+                parallel,
+                hold,
+            };
+            opts.check()?;
+            let (report, seen) = tcp_client_ext(&to, &opts);
+            print_json(&with_seen_from(&report, &seen)?)
         }),
         Cmd::Udp {
             to,
@@ -115,8 +194,23 @@ fn main() -> ExitCode {
             count,
             connected,
             timeout_ms,
+            bind,
+        } => ensure_isolated(&to).and_then(|()| {
+            let (report, seen) = udp_client_ext(&to, sockets, count, connected, timeout_ms, bind);
+            print_json(&with_seen_from(&report, &seen)?)
+        }),
+        Cmd::Transfer {
+            to,
+            bytes,
+            seed,
+            bind,
+            timeout_ms,
         } => ensure_isolated(&to)
-            .and_then(|()| print_json(&udp_client(&to, sockets, count, connected, timeout_ms))),
+            .and_then(|()| print_json(&transfer(&to, bytes, seed, bind, timeout_ms))),
+        Cmd::TxCsum { dev, off, on } => {
+            let set = if off { Some(false) } else { on.then_some(true) };
+            tx_csum(&dev, set).and_then(|r| print_json(&r))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -188,7 +282,7 @@ fn has_default_route(text: &str) -> bool {
 
 // ---------------------------------------------------------------------------- serve
 
-fn serve(id: &str, tcp: &[u16], udp: &[u16]) -> Result<()> {
+fn serve(id: &str, tcp: &[u16], udp: &[u16], report_peer: bool) -> Result<()> {
     if tcp.is_empty() && udp.is_empty() {
         bail!("serve needs at least one --tcp or --udp port");
     }
@@ -205,11 +299,15 @@ fn serve(id: &str, tcp: &[u16], udp: &[u16]) -> Result<()> {
     let mut threads = Vec::new();
     for l in listeners {
         let id = id.to_string();
-        threads.push(std::thread::spawn(move || tcp_accept_loop(&l, &id)));
+        threads.push(std::thread::spawn(move || {
+            tcp_accept_loop_with(&l, &id, report_peer);
+        }));
     }
     for s in udp_sockets {
         let id = id.to_string();
-        threads.push(std::thread::spawn(move || udp_loop(&s, &id)));
+        threads.push(std::thread::spawn(move || {
+            udp_loop_with(&s, &id, report_peer)
+        }));
     }
     print_json(&serde_json::json!({
         "ready": true,
@@ -224,13 +322,22 @@ fn serve(id: &str, tcp: &[u16], udp: &[u16]) -> Result<()> {
     Ok(())
 }
 
+#[cfg(test)]
 fn tcp_accept_loop(l: &TcpListener, id: &str) {
+    tcp_accept_loop_with(l, id, false);
+}
+
+fn tcp_accept_loop_with(l: &TcpListener, id: &str, report_peer: bool) {
     loop {
         match l.accept() {
-            Ok((stream, _)) => {
-                let id = id.to_string();
+            Ok((stream, peer)) => {
+                let line = if report_peer {
+                    format!("{id} {peer}")
+                } else {
+                    id.to_string()
+                };
                 std::thread::spawn(move || {
-                    let _ = tcp_serve_one(stream, &id);
+                    let _ = tcp_serve_one(stream, &line);
                 });
             }
             Err(e) => {
@@ -254,12 +361,22 @@ fn tcp_serve_one(mut stream: TcpStream, id: &str) -> std::io::Result<()> {
     }
 }
 
+#[cfg(test)]
 fn udp_loop(s: &UdpSocket, id: &str) {
+    udp_loop_with(s, id, false);
+}
+
+fn udp_loop_with(s: &UdpSocket, id: &str, report_peer: bool) {
     let mut buf = [0u8; 64 * 1024];
     loop {
         match s.recv_from(&mut buf) {
             Ok((_, from)) => {
-                if let Err(e) = s.send_to(id.as_bytes(), from) {
+                let reply = if report_peer {
+                    format!("{id} {from}")
+                } else {
+                    id.to_string()
+                };
+                if let Err(e) = s.send_to(reply.as_bytes(), from) {
                     eprintln!("socklb-probe serve {id}: reply to {from}: {e}");
                 }
             }
@@ -300,19 +417,135 @@ fn read_line_limited(r: &mut impl BufRead) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&line).into_owned())
 }
 
-/// One connection: connect, getpeername, read the id line, (echo), close.
+/// Splits a server's answer "ID" or "ID PEER_IP:PORT" (`serve --report-peer`) into the
+/// id and the peer address the server saw.
+fn split_id(answer: &str) -> (String, Option<SocketAddr>) {
+    if let Some((id, peer)) = answer.rsplit_once(' ')
+        && let Ok(peer) = peer.parse::<SocketAddr>()
+    {
+        return (id.to_string(), Some(peer));
+    }
+    (answer.to_string(), None)
+}
+
+/// IP_BIND_ADDRESS_NO_PORT (linux/in.h): bind() only the address, choose the port at
+/// connect() time from the whole 4-tuple (many connections from one bound address).
+const IP_BIND_ADDRESS_NO_PORT: libc::c_int = 24;
+
+fn sockaddr_in(ip: Ipv4Addr, port: u16) -> libc::sockaddr_in {
+    // SAFETY: sockaddr_in is plain old data; all-zero is a valid value.
+    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sa.sin_family = libc::AF_INET as libc::sa_family_t;
+    sa.sin_port = port.to_be();
+    sa.sin_addr = libc::in_addr {
+        s_addr: u32::from(ip).to_be(),
+    };
+    sa
+}
+
+fn cvt(r: libc::c_int) -> std::io::Result<libc::c_int> {
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// connect() with a timeout, from `bind` when given (IPv4 only then).
+fn connect_from(
+    bind: Option<Ipv4Addr>,
+    to: &SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    let Some(bind) = bind else {
+        return TcpStream::connect_timeout(to, timeout);
+    };
+    let SocketAddr::V4(to4) = to else {
+        return Err(std::io::Error::from_raw_os_error(libc::EAFNOSUPPORT));
+    };
+    // SAFETY: plain socket(2); the fd is owned by `stream` right away.
+    let fd = cvt(unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    })?;
+    // SAFETY: fd is a fresh socket nobody else owns.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt with a pointer to a c_int and its size.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_IP,
+            IP_BIND_ADDRESS_NO_PORT,
+            (&raw const one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })?;
+    let local = sockaddr_in(bind, 0);
+    let sa_len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: bind with a valid sockaddr_in and its size.
+    cvt(unsafe { libc::bind(fd, (&raw const local).cast(), sa_len) })?;
+    let remote = sockaddr_in(*to4.ip(), to4.port());
+    // SAFETY: connect with a valid sockaddr_in and its size.
+    if unsafe { libc::connect(fd, (&raw const remote).cast(), sa_len) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: poll on one valid pollfd.
+        let n = cvt(unsafe { libc::poll(&raw mut pfd, 1, ms) })?;
+        if n == 0 {
+            return Err(std::io::Error::from_raw_os_error(libc::ETIMEDOUT));
+        }
+        if let Some(e) = stream.take_error()? {
+            return Err(e);
+        }
+    }
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
+/// A successful connection.
+struct Answer {
+    id: String,
+    peer: SocketAddr,
+    seen_as: Option<SocketAddr>,
+}
+
+/// One connection: connect, getpeername, read the id line, (wait for the round's other
+/// connections), (echo), close.
 fn tcp_attempt(
     to: &SocketAddr,
     timeout: Duration,
     echo: bool,
     seq: u64,
-) -> Result<(String, SocketAddr), Failure> {
-    let stream = step("connect", TcpStream::connect_timeout(to, timeout))?;
-    let peer = step("getpeername", stream.peer_addr())?;
-    step("setsockopt", stream.set_read_timeout(Some(timeout)))?;
-    step("setsockopt", stream.set_write_timeout(Some(timeout)))?;
-    let mut reader = BufReader::new(step("dup", stream.try_clone())?);
-    let id = step("read id", read_line_limited(&mut reader))?;
+    bind: Option<Ipv4Addr>,
+    hold: Option<&Barrier>,
+) -> Result<Answer, Failure> {
+    let opened = (|| {
+        let stream = step("connect", connect_from(bind, to, timeout))?;
+        let peer = step("getpeername", stream.peer_addr())?;
+        step("setsockopt", stream.set_read_timeout(Some(timeout)))?;
+        step("setsockopt", stream.set_write_timeout(Some(timeout)))?;
+        let mut reader = BufReader::new(step("dup", stream.try_clone())?);
+        let line = step("read id", read_line_limited(&mut reader))?;
+        Ok((stream, reader, peer, line))
+    })();
+    // Every worker reaches the barrier once per round, whatever happened.
+    if let Some(b) = hold {
+        b.wait();
+    }
+    let (stream, mut reader, peer, line) = opened?;
+    let (id, seen_as) = split_id(&line);
     if echo {
         let msg = format!("echo {seq}");
         step("write", (&stream).write_all(format!("{msg}\n").as_bytes()))?;
@@ -325,7 +558,7 @@ fn tcp_attempt(
         }
     }
     let _ = stream.shutdown(std::net::Shutdown::Write);
-    Ok((id, peer))
+    Ok(Answer { id, peer, seen_as })
 }
 
 fn failure_name(f: &Failure) -> String {
@@ -336,6 +569,59 @@ fn failure_name(f: &Failure) -> String {
     }
 }
 
+/// Backend id -> client IP the backend saw -> count (`serve --report-peer`).
+type SeenFrom = BTreeMap<String, BTreeMap<String, u64>>;
+
+fn note_seen(seen: &mut SeenFrom, id: &str, seen_as: Option<SocketAddr>) {
+    if let Some(a) = seen_as {
+        bump(seen.entry(id.to_string()).or_default(), a.ip().to_string());
+    }
+}
+
+/// The report as JSON, with `seen_from` added when any server reported its peer.
+fn with_seen_from<T: serde::Serialize>(report: &T, seen: &SeenFrom) -> Result<serde_json::Value> {
+    let mut v = serde_json::to_value(report)?;
+    if !seen.is_empty()
+        && let Some(o) = v.as_object_mut()
+    {
+        o.insert("seen_from".into(), serde_json::to_value(seen)?);
+    }
+    Ok(v)
+}
+
+/// What `tcp` does.
+#[derive(Clone, Debug)]
+struct TcpOpts {
+    count: Option<u64>,
+    duration_ms: Option<u64>,
+    interval_ms: u64,
+    timeout_ms: u64,
+    echo: bool,
+    bind: Option<Ipv4Addr>,
+    parallel: u64,
+    hold: bool,
+}
+
+impl TcpOpts {
+    fn check(&self) -> Result<()> {
+        if self.parallel == 0 || self.parallel > 4096 {
+            bail!("--parallel must be 1..=4096");
+        }
+        if self.hold {
+            let Some(count) = self.count else {
+                bail!("--hold needs --count");
+            };
+            if self.duration_ms.is_some() || count % self.parallel != 0 {
+                bail!(
+                    "--hold needs a --count that is a multiple of --parallel, and no --duration-ms"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
 fn tcp_client(
     to: &SocketAddr,
     count: Option<u64>,
@@ -344,24 +630,109 @@ fn tcp_client(
     timeout_ms: u64,
     echo: bool,
 ) -> TcpReport {
-    let timeout = Duration::from_millis(timeout_ms.max(1));
-    let interval = Duration::from_millis(interval_ms);
+    let opts = TcpOpts {
+        count,
+        duration_ms,
+        interval_ms,
+        timeout_ms,
+        echo,
+        bind: None,
+        parallel: 1,
+        hold: false,
+    };
+    tcp_client_ext(to, &opts).0
+}
+
+fn tcp_client_ext(to: &SocketAddr, opts: &TcpOpts) -> (TcpReport, SeenFrom) {
     let start = Instant::now();
-    let deadline = duration_ms.map(|d| start + Duration::from_millis(d));
-    let max = count.unwrap_or(if deadline.is_some() { u64::MAX } else { 1 });
+    let deadline = opts.duration_ms.map(|d| start + Duration::from_millis(d));
+    let total = opts
+        .count
+        .unwrap_or(if deadline.is_some() { u64::MAX } else { 1 });
+    if opts.parallel <= 1 {
+        let (mut r, seen) = tcp_worker(to, opts, total, deadline, None);
+        r.elapsed_ms = ms(start.elapsed());
+        return (r, seen);
+    }
+    let barrier = opts
+        .hold
+        .then(|| Arc::new(Barrier::new(opts.parallel as usize)));
+    let workers: Vec<_> = (0..opts.parallel)
+        .map(|i| {
+            // An even share of the count (the first ones take the remainder).
+            let share = if total == u64::MAX {
+                u64::MAX
+            } else {
+                total / opts.parallel + u64::from(i < total % opts.parallel)
+            };
+            let to = *to;
+            let opts = opts.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || tcp_worker(&to, &opts, share, deadline, barrier.as_deref()))
+        })
+        .collect();
     let mut r = TcpReport {
         to: to.to_string(),
         ..Default::default()
     };
+    let mut seen = SeenFrom::new();
+    for w in workers {
+        let Ok((part, part_seen)) = w.join() else {
+            bump(&mut r.errors, "WORKER_PANIC".into());
+            continue;
+        };
+        r.attempts += part.attempts;
+        r.ok += part.ok;
+        for (k, n) in part.backends {
+            *r.backends.entry(k).or_default() += n;
+        }
+        for (k, n) in part.peers {
+            *r.peers.entry(k).or_default() += n;
+        }
+        for (k, n) in part.errors {
+            *r.errors.entry(k).or_default() += n;
+        }
+        r.max_error_ms = r.max_error_ms.max(part.max_error_ms);
+        if r.first_error.is_none() {
+            r.first_error = part.first_error;
+        }
+        for (id, ips) in part_seen {
+            let e = seen.entry(id).or_default();
+            for (ip, n) in ips {
+                *e.entry(ip).or_default() += n;
+            }
+        }
+    }
+    r.elapsed_ms = ms(start.elapsed());
+    (r, seen)
+}
+
+/// Makes up to `max` connections in sequence (until `deadline`).
+fn tcp_worker(
+    to: &SocketAddr,
+    opts: &TcpOpts,
+    max: u64,
+    deadline: Option<Instant>,
+    hold: Option<&Barrier>,
+) -> (TcpReport, SeenFrom) {
+    let timeout = Duration::from_millis(opts.timeout_ms.max(1));
+    let interval = Duration::from_millis(opts.interval_ms);
+    let start = Instant::now();
+    let mut r = TcpReport {
+        to: to.to_string(),
+        ..Default::default()
+    };
+    let mut seen = SeenFrom::new();
     while r.attempts < max {
         let t0 = Instant::now();
-        let result = tcp_attempt(to, timeout, echo, r.attempts);
+        let result = tcp_attempt(to, timeout, opts.echo, r.attempts, opts.bind, hold);
         r.attempts += 1;
         match result {
-            Ok((id, peer)) => {
+            Ok(a) => {
                 r.ok += 1;
-                bump(&mut r.backends, id);
-                bump(&mut r.peers, peer.to_string());
+                note_seen(&mut seen, &a.id, a.seen_as);
+                bump(&mut r.backends, a.id);
+                bump(&mut r.peers, a.peer.to_string());
             }
             Err(f) => {
                 r.max_error_ms = r.max_error_ms.max(ms(t0.elapsed()));
@@ -381,9 +752,10 @@ fn tcp_client(
         }
     }
     r.elapsed_ms = ms(start.elapsed());
-    r
+    (r, seen)
 }
 
+#[cfg(test)]
 fn udp_client(
     to: &SocketAddr,
     sockets: u64,
@@ -391,6 +763,17 @@ fn udp_client(
     connected: bool,
     timeout_ms: u64,
 ) -> UdpReport {
+    udp_client_ext(to, sockets, count, connected, timeout_ms, None).0
+}
+
+fn udp_client_ext(
+    to: &SocketAddr,
+    sockets: u64,
+    count: u64,
+    connected: bool,
+    timeout_ms: u64,
+    bind: Option<Ipv4Addr>,
+) -> (UdpReport, SeenFrom) {
     let timeout = Duration::from_millis(timeout_ms.max(1));
     let start = Instant::now();
     let mut r = UdpReport {
@@ -398,13 +781,18 @@ fn udp_client(
         connected,
         ..Default::default()
     };
+    let mut seen = SeenFrom::new();
     let record = |r: &mut UdpReport, f: Failure| {
         bump(&mut r.errors, error_name(&f.err));
         if r.first_error.is_none() {
             r.first_error = Some(format!("{}: {}", f.step, f.err));
         }
     };
-    let bind_addr = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+    let bind_addr: SocketAddr = match (bind, to.is_ipv6()) {
+        (Some(ip), _) => SocketAddr::from((ip, 0)),
+        (None, true) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
+        (None, false) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+    };
     let mut socks: Vec<Option<UdpSocket>> = Vec::new();
     for _ in 0..sockets {
         let setup = (|| -> Result<UdpSocket, Failure> {
@@ -446,8 +834,10 @@ fn udp_client(
             };
             match got {
                 Ok((n, from)) => {
-                    let id = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let (id, seen_as) = split_id(&answer);
                     r.replies += 1;
+                    note_seen(&mut seen, &id, seen_as);
                     bump(&mut r.backends, id.clone());
                     bump(&mut r.reply_sources, from.to_string());
                     r.per_socket[i].push(id);
@@ -457,7 +847,365 @@ fn udp_client(
         }
     }
     r.elapsed_ms = ms(start.elapsed());
+    (r, seen)
+}
+
+// ---------------------------------------------------------------------------- transfer
+
+/// The deterministic stream of `transfer`: xorshift64* words, little-endian.
+struct Stream {
+    state: u64,
+    word: [u8; 8],
+    used: usize,
+}
+
+impl Stream {
+    fn new(seed: u64) -> Stream {
+        Stream {
+            // xorshift must not start at 0.
+            state: seed ^ 0x9e37_79b9_7f4a_7c15,
+            word: [0; 8],
+            used: 8,
+        }
+    }
+
+    fn next_word(&mut self) -> [u8; 8] {
+        let mut x = self.state;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.state = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes()
+    }
+
+    fn fill(&mut self, mut buf: &mut [u8]) {
+        // The rest of a word started by the previous call.
+        while self.used < 8 && !buf.is_empty() {
+            buf[0] = self.word[self.used];
+            self.used += 1;
+            buf = &mut buf[1..];
+        }
+        let mut words = buf.chunks_exact_mut(8);
+        for w in &mut words {
+            w.copy_from_slice(&self.next_word());
+        }
+        let tail = words.into_remainder();
+        if !tail.is_empty() {
+            self.word = self.next_word();
+            let n = tail.len();
+            tail.copy_from_slice(&self.word[..n]);
+            self.used = n;
+        }
+    }
+}
+
+/// Output of `transfer`.
+#[derive(Debug, Default, serde::Serialize)]
+struct TransferReport {
+    to: String,
+    /// Every byte came back, in order, and then the server closed.
+    ok: bool,
+    /// The backend id (first line of the server).
+    id: Option<String>,
+    /// The client address the server saw (`serve --report-peer`).
+    seen_as: Option<String>,
+    /// getpeername() of the connection.
+    peer: Option<String>,
+    seed: u64,
+    /// Bytes requested.
+    bytes: u64,
+    /// Bytes written.
+    sent: u64,
+    /// Bytes read back (after the id line).
+    received: u64,
+    /// Offset of the first byte that came back different (none: all equal so far).
+    mismatch_offset: Option<u64>,
+    /// SHA-256 (hex) of the bytes read back.
+    sha256: String,
+    /// The first failure.
+    error: Option<String>,
+    elapsed_ms: f64,
+    /// Payload throughput one way, in Mbit/s.
+    mbit_per_s: f64,
+}
+
+fn transfer(
+    to: &SocketAddr,
+    bytes: u64,
+    seed: u64,
+    bind: Option<Ipv4Addr>,
+    timeout_ms: u64,
+) -> TransferReport {
+    let timeout = Duration::from_millis(timeout_ms.max(1));
+    let start = Instant::now();
+    let mut r = TransferReport {
+        to: to.to_string(),
+        seed,
+        bytes,
+        ..Default::default()
+    };
+    let mut sha = Sha256::new();
+    if let Err(f) = transfer_inner(to, bytes, seed, bind, timeout, &mut r, &mut sha) {
+        r.error = Some(format!("{}: {}", f.step, f.err));
+    }
+    r.sha256 = sha.finish_hex();
+    r.ok =
+        r.error.is_none() && r.mismatch_offset.is_none() && r.sent == bytes && r.received == bytes;
+    let elapsed = start.elapsed();
+    r.elapsed_ms = ms(elapsed);
+    r.mbit_per_s = (r.received as f64) * 8.0 / 1e6 / elapsed.as_secs_f64().max(1e-9);
     r
+}
+
+fn transfer_inner(
+    to: &SocketAddr,
+    bytes: u64,
+    seed: u64,
+    bind: Option<Ipv4Addr>,
+    timeout: Duration,
+    r: &mut TransferReport,
+    sha: &mut Sha256,
+) -> Result<(), Failure> {
+    let stream = step("connect", connect_from(bind, to, timeout))?;
+    r.peer = Some(step("getpeername", stream.peer_addr())?.to_string());
+    step("setsockopt", stream.set_read_timeout(Some(timeout)))?;
+    step("setsockopt", stream.set_write_timeout(Some(timeout)))?;
+    let mut reader = BufReader::with_capacity(256 * 1024, step("dup", stream.try_clone())?);
+    let line = step("read id", read_line_limited(&mut reader))?;
+    let (id, seen_as) = split_id(&line);
+    r.id = Some(id);
+    r.seen_as = seen_as.map(|a| a.to_string());
+
+    // The writer runs beside the reader: the echo needs both directions to flow.
+    let mut writer = step("dup", stream.try_clone())?;
+    let sender = std::thread::spawn(move || -> (u64, Option<std::io::Error>) {
+        let mut source = Stream::new(seed);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut sent = 0u64;
+        while sent < bytes {
+            let n = usize::try_from((bytes - sent).min(buf.len() as u64)).unwrap_or(buf.len());
+            source.fill(&mut buf[..n]);
+            if let Err(e) = writer.write_all(&buf[..n]) {
+                return (sent, Some(e));
+            }
+            sent += n as u64;
+        }
+        let err = writer.shutdown(std::net::Shutdown::Write).err();
+        (sent, err)
+    });
+
+    let mut expect = Stream::new(seed);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut want = vec![0u8; 64 * 1024];
+    let read_result = loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => n,
+            Err(e) => break Err(e),
+        };
+        let got = &buf[..n];
+        sha.update(got);
+        // Bytes past the stream's end are a mismatch too.
+        let in_stream = usize::try_from(bytes.saturating_sub(r.received))
+            .unwrap_or(n)
+            .min(n);
+        expect.fill(&mut want[..in_stream]);
+        if r.mismatch_offset.is_none() {
+            if got[..in_stream] != want[..in_stream]
+                && let Some(i) = (0..in_stream).find(|&i| got[i] != want[i])
+            {
+                r.mismatch_offset = Some(r.received + i as u64);
+            } else if in_stream < n {
+                r.mismatch_offset = Some(r.received + in_stream as u64);
+            }
+        }
+        r.received += n as u64;
+    };
+    // A read error ends the connection for the writer too.
+    if read_result.is_err() {
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+    }
+    let (sent, write_err) = sender.join().unwrap_or((0, None));
+    r.sent = sent;
+    step("read", read_result)?;
+    step("write", write_err.map_or(Ok(()), Err))?;
+    if r.received < bytes {
+        return Err(Failure {
+            step: "read",
+            err: std::io::ErrorKind::UnexpectedEof.into(),
+        });
+    }
+    Ok(())
+}
+
+/// SHA-256 (FIPS 180-4), enough for a transfer digest without another dependency.
+struct Sha256 {
+    h: [u32; 8],
+    block: [u8; 64],
+    used: usize,
+    len: u64,
+}
+
+const SHA256_K: [u32; 64] = [
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+];
+
+impl Sha256 {
+    fn new() -> Sha256 {
+        Sha256 {
+            h: [
+                0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
+                0x5be0cd19,
+            ],
+            block: [0; 64],
+            used: 0,
+            len: 0,
+        }
+    }
+
+    fn compress(h: &mut [u32; 8], block: &[u8]) {
+        let mut w = [0u32; 64];
+        for (i, c) in block.chunks_exact(4).enumerate() {
+            w[i] = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
+        }
+        for i in 16..64 {
+            let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
+            let s1 = w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
+            w[i] = w[i - 16]
+                .wrapping_add(s0)
+                .wrapping_add(w[i - 7])
+                .wrapping_add(s1);
+        }
+        let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut hh] = *h;
+        for i in 0..64 {
+            let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
+            let ch = (e & f) ^ (!e & g);
+            let t1 = hh
+                .wrapping_add(s1)
+                .wrapping_add(ch)
+                .wrapping_add(SHA256_K[i])
+                .wrapping_add(w[i]);
+            let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
+            let maj = (a & b) ^ (a & c) ^ (b & c);
+            let t2 = s0.wrapping_add(maj);
+            hh = g;
+            g = f;
+            f = e;
+            e = d.wrapping_add(t1);
+            d = c;
+            c = b;
+            b = a;
+            a = t1.wrapping_add(t2);
+        }
+        for (x, y) in h.iter_mut().zip([a, b, c, d, e, f, g, hh]) {
+            *x = x.wrapping_add(y);
+        }
+    }
+
+    fn update(&mut self, mut data: &[u8]) {
+        self.len = self.len.wrapping_add(data.len() as u64);
+        if self.used > 0 {
+            let take = (64 - self.used).min(data.len());
+            self.block[self.used..self.used + take].copy_from_slice(&data[..take]);
+            self.used += take;
+            data = &data[take..];
+            if self.used < 64 {
+                return;
+            }
+            Self::compress(&mut self.h, &self.block);
+            self.used = 0;
+        }
+        let mut chunks = data.chunks_exact(64);
+        for c in &mut chunks {
+            Self::compress(&mut self.h, c);
+        }
+        let rest = chunks.remainder();
+        self.block[..rest.len()].copy_from_slice(rest);
+        self.used = rest.len();
+    }
+
+    fn finish_hex(mut self) -> String {
+        let bits = self.len.wrapping_mul(8);
+        let mut pad = vec![0x80u8];
+        let fill = (64 + 56 - (self.used + 1) % 64) % 64;
+        pad.extend(std::iter::repeat_n(0u8, fill));
+        pad.extend(bits.to_be_bytes());
+        let len = self.len;
+        self.update(&pad);
+        self.len = len;
+        self.h.iter().map(|x| format!("{x:08x}")).collect()
+    }
+}
+
+// ---------------------------------------------------------------------------- tx-csum
+
+/// SIOCETHTOOL and the legacy TX checksum commands (linux/ethtool.h); the kernel maps
+/// them onto the tx-checksum-* features, as `ethtool -K DEV tx off` does.
+const SIOCETHTOOL: libc::c_ulong = 0x8946;
+const ETHTOOL_GTXCSUM: u32 = 0x16;
+const ETHTOOL_STXCSUM: u32 = 0x17;
+
+#[repr(C)]
+struct EthtoolValue {
+    cmd: u32,
+    data: u32,
+}
+
+/// struct ifreq with the ifr_data member of its union (40 bytes on 64-bit Linux).
+#[repr(C)]
+struct IfreqData {
+    name: [u8; libc::IFNAMSIZ],
+    data: *mut EthtoolValue,
+    _pad: [u8; 16],
+}
+
+fn ethtool_value(fd: libc::c_int, dev: &str, cmd: u32, data: u32) -> std::io::Result<u32> {
+    if dev.is_empty() || dev.len() >= libc::IFNAMSIZ {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut value = EthtoolValue { cmd, data };
+    let mut ifr = IfreqData {
+        name: [0; libc::IFNAMSIZ],
+        data: &raw mut value,
+        _pad: [0; 16],
+    };
+    ifr.name[..dev.len()].copy_from_slice(dev.as_bytes());
+    // SAFETY: SIOCETHTOOL with an ifreq whose ifr_data points at a live ethtool_value.
+    cvt(unsafe { libc::ioctl(fd, SIOCETHTOOL as _, &raw mut ifr) })?;
+    Ok(value.data)
+}
+
+/// Sets (when `set` is given) and reads back TX checksum offload of `devs`:
+/// {"tx_csum": {dev: on}}.
+fn tx_csum(devs: &[String], set: Option<bool>) -> Result<serde_json::Value> {
+    let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+        .or_else(|_| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))
+        .context("socket for SIOCETHTOOL")?;
+    let fd = sock.as_raw_fd();
+    let mut state = serde_json::Map::new();
+    for dev in devs {
+        if let Some(on) = set {
+            ethtool_value(fd, dev, ETHTOOL_STXCSUM, u32::from(on))
+                .with_context(|| format!("ETHTOOL_STXCSUM {dev}"))?;
+        }
+        let now = ethtool_value(fd, dev, ETHTOOL_GTXCSUM, 0)
+            .with_context(|| format!("ETHTOOL_GTXCSUM {dev}"))?;
+        if set.is_some_and(|on| (now != 0) != on) {
+            bail!(
+                "{dev}: tx checksumming still {}",
+                if now != 0 { "on" } else { "off" }
+            );
+        }
+        state.insert(dev.clone(), serde_json::Value::Bool(now != 0));
+    }
+    Ok(serde_json::json!({ "tx_csum": state }))
 }
 
 #[cfg(test)]
@@ -528,5 +1276,155 @@ mod tests {
         assert!(r.first_error.as_deref().unwrap().starts_with("connect:"));
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["errors"]["ECONNREFUSED"], 2);
+    }
+
+    #[test]
+    fn sha256_known_answers() {
+        let hex = |data: &[u8], split: usize| {
+            let mut h = Sha256::new();
+            h.update(&data[..split]);
+            h.update(&data[split..]);
+            h.finish_hex()
+        };
+        assert_eq!(
+            hex(b"", 0),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(
+            hex(b"abc", 1),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let two_blocks = b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+        for split in [0, 1, 55, 56] {
+            assert_eq!(
+                hex(two_blocks, split),
+                "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"
+            );
+        }
+        let million = vec![b'a'; 1_000_000];
+        assert_eq!(
+            hex(&million, 333_333),
+            "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"
+        );
+    }
+
+    #[test]
+    fn the_stream_is_deterministic_whatever_the_chunking() {
+        let mut a = Stream::new(7);
+        let mut whole = vec![0u8; 1000];
+        a.fill(&mut whole);
+        let mut b = Stream::new(7);
+        let mut parts = vec![0u8; 1000];
+        for chunk in parts.chunks_mut(13) {
+            b.fill(chunk);
+        }
+        assert_eq!(whole, parts);
+        let mut c = Stream::new(8);
+        let mut other = vec![0u8; 1000];
+        c.fill(&mut other);
+        assert_ne!(whole, other);
+    }
+
+    #[test]
+    fn ids_with_and_without_the_peer() {
+        assert_eq!(split_id("pod-a"), ("pod-a".to_string(), None));
+        assert_eq!(
+            split_id("pod-10.244.1.10 192.0.2.11:40000"),
+            (
+                "pod-10.244.1.10".to_string(),
+                Some("192.0.2.11:40000".parse().unwrap())
+            )
+        );
+        assert_eq!(split_id("a b c"), ("a b c".to_string(), None));
+    }
+
+    #[test]
+    fn report_peer_bind_parallel_hold_and_transfer_on_loopback() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = l.local_addr().unwrap();
+        std::thread::spawn(move || tcp_accept_loop_with(&l, "p", true));
+        let opts = TcpOpts {
+            count: Some(40),
+            duration_ms: None,
+            interval_ms: 0,
+            timeout_ms: 2000,
+            echo: true,
+            bind: Some(Ipv4Addr::new(127, 0, 0, 2)),
+            parallel: 20,
+            hold: true,
+        };
+        opts.check().unwrap();
+        let (r, seen) = tcp_client_ext(&to, &opts);
+        assert_eq!((r.attempts, r.ok), (40, 40), "{r:?}");
+        assert_eq!(r.backends["p"], 40);
+        assert_eq!(seen["p"]["127.0.0.2"], 40, "{seen:?}");
+        let v = with_seen_from(&r, &seen).unwrap();
+        assert_eq!(v["seen_from"]["p"]["127.0.0.2"], 40);
+        assert!(
+            TcpOpts {
+                count: Some(30),
+                ..opts.clone()
+            }
+            .check()
+            .is_err()
+        );
+
+        let t = transfer(&to, 1_000_003, 5, Some(Ipv4Addr::new(127, 0, 0, 3)), 5000);
+        assert!(t.ok, "{t:?}");
+        assert_eq!(
+            (t.sent, t.received, t.mismatch_offset),
+            (1_000_003, 1_000_003, None)
+        );
+        assert_eq!(t.id.as_deref(), Some("p"));
+        assert_eq!(
+            t.seen_as.as_deref().map(|s| s.starts_with("127.0.0.3:")),
+            Some(true)
+        );
+        let mut expected = vec![0u8; 1_000_003];
+        Stream::new(5).fill(&mut expected);
+        let mut h = Sha256::new();
+        h.update(&expected);
+        assert_eq!(t.sha256, h.finish_hex());
+
+        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let udp_to = u.local_addr().unwrap();
+        std::thread::spawn(move || udp_loop_with(&u, "q", true));
+        let (r, seen) = udp_client_ext(
+            &udp_to,
+            3,
+            2,
+            false,
+            1000,
+            Some(Ipv4Addr::new(127, 0, 0, 4)),
+        );
+        assert_eq!(r.replies, 6, "{r:?}");
+        assert_eq!(r.backends["q"], 6);
+        assert_eq!(seen["q"]["127.0.0.4"], 6);
+    }
+
+    #[test]
+    fn a_transfer_to_a_server_that_does_not_echo_fails_with_the_offset() {
+        // A server that sends its id and then garbage instead of the echo.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            s.write_all(b"bad\n").unwrap();
+            let mut buf = [0u8; 4096];
+            let mut first = true;
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                if first {
+                    buf[10] ^= 0xff;
+                    first = false;
+                }
+                s.write_all(&buf[..n]).unwrap();
+            }
+        });
+        let t = transfer(&to, 100_000, 1, None, 5000);
+        assert!(!t.ok);
+        assert_eq!(t.mismatch_offset, Some(10), "{t:?}");
     }
 }
