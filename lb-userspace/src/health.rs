@@ -443,6 +443,15 @@ pub async fn serve_health(
 /// [`serve_health`] on a listener the caller bound (tests bind 127.0.0.1:0). Open
 /// connections are closed at shutdown.
 pub async fn serve_health_on(listener: TcpListener, health: Arc<Health>, shutdown: impl Future) {
+    serve_http(listener, "health endpoint", move |request| handle(&health, request), shutdown).await;
+}
+
+/// Serves HTTP/1.1 on `listener`, answering every request with `respond`, until
+/// `shutdown` completes; then closes the listener and the open connections.
+pub async fn serve_http<R>(listener: TcpListener, what: &'static str, respond: R, shutdown: impl Future)
+where
+    R: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
+{
     let mut connections = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -455,15 +464,15 @@ pub async fn serve_health_on(listener: TcpListener, health: Arc<Health>, shutdow
                     Ok(accepted) => accepted,
                     Err(error) => {
                         // Out of file descriptors and the like: back off briefly.
-                        warn!(%error, "health endpoint: accept failed");
+                        warn!(%error, "{what}: accept failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
                 };
-                let health = Arc::clone(&health);
+                let respond = respond.clone();
                 connections.spawn(async move {
                     let service = service_fn(move |request: Request<Incoming>| {
-                        let response = handle(&health, &request);
+                        let response = respond(&request);
                         async move { Ok::<_, Infallible>(response) }
                     });
                     let connection = http1::Builder::new()
@@ -471,12 +480,13 @@ pub async fn serve_health_on(listener: TcpListener, health: Arc<Health>, shutdow
                         .header_read_timeout(HEADER_READ_TIMEOUT)
                         .serve_connection(TokioIo::new(stream), service);
                     if let Err(error) = connection.await {
-                        debug!(%peer, %error, "health endpoint: connection ended with an error");
+                        debug!(%peer, %error, "{what}: connection ended with an error");
                     }
                 });
             }
         }
     }
+    drop(listener);
     connections.shutdown().await;
 }
 

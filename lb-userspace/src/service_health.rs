@@ -27,27 +27,22 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, btree_map::Entry},
-    convert::Infallible,
     io,
     net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     sync::{Arc, RwLock},
-    time::Duration,
 };
 
 use http_body_util::Full;
 use hyper::{
-    Request, Response, StatusCode,
-    body::{Bytes, Incoming},
+    Response, StatusCode,
+    body::Bytes,
     header::{self, HeaderName, HeaderValue},
-    server::conn::http1,
-    service::service_fn,
 };
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle, task::JoinSet};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tracing::{debug, info, warn};
 
 use crate::{
-    health::Health,
+    health::{self, Health},
     model::{
         EndpointModel, NodeModel, Protocol, ServiceModel, ServiceType, SliceModel, TrafficPolicy,
     },
@@ -60,8 +55,6 @@ pub const DEFAULT_BIND_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 /// The header Google Cloud's weighted load balancing reads; kube-proxy sets it to the
 /// local endpoint count.
 pub const ENDPOINT_WEIGHT_HEADER: &str = "x-load-balancing-endpoint-weight";
-/// How long a client may take to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What one health check port reports.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -469,42 +462,8 @@ impl ServiceHealthServers {
 
 /// Serves one port until `stop` fires or its sender is dropped; then closes the
 /// listener and the open connections.
-async fn serve(listener: TcpListener, shared: Arc<PortShared>, mut stop: oneshot::Receiver<()>) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            // Reap finished connection tasks so the set does not grow.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        // Out of file descriptors and the like: back off briefly.
-                        warn!(%error, "service health check: accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let shared = Arc::clone(&shared);
-                connections.spawn(async move {
-                    let service = service_fn(move |_request: Request<Incoming>| {
-                        let response = shared.respond();
-                        async move { Ok::<_, Infallible>(response) }
-                    });
-                    let connection = http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(HEADER_READ_TIMEOUT)
-                        .serve_connection(TokioIo::new(stream), service);
-                    if let Err(error) = connection.await {
-                        debug!(%peer, %error, "service health check: connection ended with an error");
-                    }
-                });
-            }
-        }
-    }
-    drop(listener);
-    connections.shutdown().await;
+async fn serve(listener: TcpListener, shared: Arc<PortShared>, stop: oneshot::Receiver<()>) {
+    health::serve_http(listener, "service health check", move |_request| shared.respond(), stop).await;
 }
 
 #[cfg(test)]
@@ -514,7 +473,10 @@ async fn serve(listener: TcpListener, shared: Arc<PortShared>, mut stop: oneshot
     reason = "tests fail loudly on unexpected errors"
 )]
 mod tests {
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::{
+        sync::atomic::{AtomicU64, Ordering},
+        time::Duration,
+    };
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

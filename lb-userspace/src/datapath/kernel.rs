@@ -229,6 +229,30 @@ fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
     }
 }
 
+/// Loads `program` (of aya type `$kind`), attaches it to the cgroup directory
+/// `$cgroup` and pins the link at `$pin` (replacing a link pinned there before). The
+/// cgroup program types have the same attach API but no common trait, hence a macro.
+macro_rules! attach_to_cgroup {
+    ($ebpf:expr, $kind:ty, $program:expr, $cgroup:expr, $pin:expr) => {{
+        let program: &'static str = $program;
+        let pin: &Path = $pin;
+        let prog: &mut $kind = $ebpf
+            .program_mut(program)
+            .ok_or_else(|| DatapathError::Inconsistent(format!("the eBPF object has no program {program}")))?
+            .try_into()
+            .map_err(|source| DatapathError::Program { program, source })?;
+        prog.load().map_err(|source| DatapathError::Program { program, source })?;
+        // Links made with bpf_link_create always allow several programs per hook.
+        let link_id = prog
+            .attach($cgroup.as_fd(), CgroupAttachMode::Single)
+            .map_err(|source| DatapathError::Program { program, source })?;
+        let link = prog.take_link(link_id).map_err(|source| DatapathError::Program { program, source })?;
+        let link = FdLink::try_from(link)
+            .map_err(|e| DatapathError::Link { path: pin.to_path_buf(), message: e.to_string() })?;
+        replace_link_pin(link, pin)?;
+    }};
+}
+
 /// Loads the programs with their maps pinned in `pin_dir` (reusing maps a previous
 /// agent pinned there), attaches them to `cgroup` and pins the links.
 ///
@@ -254,47 +278,16 @@ pub fn install(pin_dir: &Path, cgroup: &Path, devices: &[Device]) -> Result<Kern
         source,
     })?;
     for (program, link_name) in SOCKET_HOOKS {
-        let prog: &mut CgroupSockAddr = ebpf
-            .program_mut(program)
-            .ok_or_else(|| DatapathError::Inconsistent(format!("the eBPF object has no program {program}")))?
-            .try_into()
-            .map_err(|source| DatapathError::Program { program, source })?;
-        prog.load().map_err(|source| DatapathError::Program { program, source })?;
-        // Links attached through bpf_link_create always allow several programs.
-        let link_id = prog
-            .attach(cgroup_dir.as_fd(), CgroupAttachMode::Single)
-            .map_err(|source| DatapathError::Program { program, source })?;
-        let link = prog.take_link(link_id).map_err(|source| DatapathError::Program { program, source })?;
-        let link = FdLink::try_from(link).map_err(|e| DatapathError::Link {
-            path: pin_dir.join(link_name),
-            message: e.to_string(),
-        })?;
-        replace_link_pin(link, &pin_dir.join(link_name))?;
+        attach_to_cgroup!(&mut ebpf, CgroupSockAddr, program, &cgroup_dir, &pin_dir.join(link_name));
         debug!(program, cgroup = %cgroup.display(), "attached");
     }
-    attach_bind_hook(&mut ebpf, &cgroup_dir, pin_dir)?;
+    // post_bind4 on the cgroup: binding a NodePort is refused.
+    let (program, link_name) = BIND_HOOK;
+    attach_to_cgroup!(&mut ebpf, CgroupSock, program, &cgroup_dir, &pin_dir.join(link_name));
     attach_tc(&mut ebpf, devices, pin_dir)?;
     let mut maps = KernelMaps::from_ebpf(&mut ebpf)?;
     maps.set_devices(devices)?;
     Ok(maps)
-}
-
-/// post_bind4 on the cgroup: binding a NodePort is refused.
-fn attach_bind_hook(ebpf: &mut Ebpf, cgroup_dir: &fs::File, pin_dir: &Path) -> Result<(), DatapathError> {
-    let (program, link_name) = BIND_HOOK;
-    let prog: &mut CgroupSock = ebpf
-        .program_mut(program)
-        .ok_or_else(|| DatapathError::Inconsistent(format!("the eBPF object has no program {program}")))?
-        .try_into()
-        .map_err(|source| DatapathError::Program { program, source })?;
-    prog.load().map_err(|source| DatapathError::Program { program, source })?;
-    let link_id = prog
-        .attach(cgroup_dir.as_fd(), CgroupAttachMode::Single)
-        .map_err(|source| DatapathError::Program { program, source })?;
-    let link = prog.take_link(link_id).map_err(|source| DatapathError::Program { program, source })?;
-    let link = FdLink::try_from(link)
-        .map_err(|e| DatapathError::Link { path: pin_dir.join(link_name), message: e.to_string() })?;
-    replace_link_pin(link, &pin_dir.join(link_name))
 }
 
 /// TC ingress and egress on each device (TCX links, pinned). Links of devices no
