@@ -238,12 +238,23 @@ fn ct_track(p: &Packet, now: u64) -> Option<Ct4Value> {
     if value.expires_ns < now {
         return None;
     }
+    // A client reusing the tuple of a closing flow starts a new flow (and may get
+    // another backend), instead of inheriting the old one's last seconds.
+    let first_syn = p.tcp_flags & TCP_SYN != 0 && p.tcp_flags & TCP_ACK == 0;
+    if first_syn && value.flags & CT_FLAG_CLOSING != 0 && value.direction == CT_DIR_ORIGINAL {
+        return None;
+    }
     let (life, flags) = lifetime(p, value.flags);
     let expires = now + life;
-    if flags & CT_FLAG_CLOSING != 0 && value.flags & CT_FLAG_CLOSING == 0 {
-        // A FIN or RST closes the flow, not one direction: the other direction's entry
-        // (which a RST's peer never refreshes, and which holds the SNAT port) expires
-        // as soon.
+    let closing_now = flags & CT_FLAG_CLOSING != 0 && value.flags & CT_FLAG_CLOSING == 0;
+    // Refresh at most about once a second, or when the flow starts closing.
+    if flags != value.flags || expires > value.expires_ns + 1_000_000_000 || expires < value.expires_ns {
+        value.flags = flags;
+        value.expires_ns = expires;
+        // The flow lives as long as either direction is active: a one-way stream (say
+        // UDP from the backend) keeps the other direction's entry too. A FIN or RST
+        // closes the flow, not one direction: the other entry (which a RST's peer
+        // never refreshes, and which may hold the SNAT port) expires as soon.
         let opposite = Ct4Key {
             saddr: value.to_daddr,
             daddr: value.to_saddr,
@@ -255,16 +266,15 @@ fn ct_track(p: &Packet, now: u64) -> Option<Ct4Value> {
         if let Some(other) = CT4.get_ptr_mut(&opposite) {
             // SAFETY: as above.
             let other = unsafe { &mut *other };
-            other.flags |= CT_FLAG_CLOSING;
-            if other.expires_ns > expires {
+            if closing_now {
+                other.flags |= CT_FLAG_CLOSING;
+                if other.expires_ns > expires {
+                    other.expires_ns = expires;
+                }
+            } else if other.flags & CT_FLAG_CLOSING == 0 && other.expires_ns < expires {
                 other.expires_ns = expires;
             }
         }
-    }
-    // Refresh at most about once a second, or when the flow starts closing.
-    if flags != value.flags || expires > value.expires_ns + 1_000_000_000 || expires < value.expires_ns {
-        value.flags = flags;
-        value.expires_ns = expires;
     }
     Some(*value)
 }
@@ -297,7 +307,7 @@ pub fn egress(ctx: &TcContext) -> i32 {
 fn try_egress(ctx: &TcContext) -> Result<i32, Error> {
     let p = match parse(ctx)? {
         Parsed::Flow(p) => p,
-        Parsed::Icmp { l4_off, saddr, daddr } => return icmp_error(ctx, l4_off, saddr, daddr),
+        Parsed::Icmp { l4_off, saddr, daddr } => return icmp_error(ctx, l4_off, saddr, daddr, false),
         Parsed::Other => return Ok(TC_ACT_OK as i32),
     };
     // SAFETY: plain helper call.
@@ -313,7 +323,7 @@ fn try_egress(ctx: &TcContext) -> Result<i32, Error> {
 fn try_ingress(ctx: &TcContext) -> Result<i32, Error> {
     let p = match parse(ctx)? {
         Parsed::Flow(p) => p,
-        Parsed::Icmp { l4_off, saddr, daddr } => return icmp_error(ctx, l4_off, saddr, daddr),
+        Parsed::Icmp { l4_off, saddr, daddr } => return icmp_error(ctx, l4_off, saddr, daddr, true),
         Parsed::Other => return Ok(TC_ACT_OK as i32),
     };
     // SAFETY: plain helper call.
@@ -321,7 +331,7 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, Error> {
     if let Some(entry) = ct_track(&p, now) {
         rewrite(ctx, &p, &entry)?;
         count(Counter::NpTracked);
-        return deliver(ctx, &entry);
+        return deliver(ctx, entry.to_saddr, entry.to_daddr, entry.to_sport, entry.to_dport);
     }
     if p.frag == Frag::Later {
         // A later fragment of a flow that is not tracked: not ours.
@@ -447,7 +457,7 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &Svc4Key, svc: &Svc4Value, now: u6
     }
     rewrite(ctx, p, &original)?;
     count(Counter::NpNewFlow);
-    deliver(ctx, &original)
+    deliver(ctx, original.to_saddr, original.to_daddr, original.to_sport, original.to_dport)
 }
 
 /// After a rewrite at ingress: a packet whose source is now one of this node's
@@ -456,8 +466,8 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &Svc4Key, svc: &Svc4Value, now: u6
 /// lookup for the egress device and a redirect through the neighbour subsystem (as
 /// Cilium does). Everything else continues up the stack and is routed as usual.
 #[inline(always)]
-fn deliver(ctx: &TcContext, to: &Ct4Value) -> Result<i32, Error> {
-    if !is_node_addr(to.to_saddr) {
+fn deliver(ctx: &TcContext, saddr: u32, daddr: u32, sport: u16, dport: u16) -> Result<i32, Error> {
+    if !is_node_addr(saddr) {
         return Ok(TC_ACT_OK as i32);
     }
     // We route the packet, so we decrement its TTL; at 1, leave it to the stack.
@@ -465,31 +475,32 @@ fn deliver(ctx: &TcContext, to: &Ct4Value) -> Result<i32, Error> {
     if ttl <= 1 {
         return Ok(TC_ACT_OK as i32);
     }
-    // The checksum covers TTL and protocol as one 16-bit word.
-    let old_word: u16 = ctx.load(ETH_HLEN + IP_TTL)?;
-    let new_ttl = ttl - 1;
-    ctx.store(ETH_HLEN + IP_TTL, &new_ttl, 0)?;
-    let new_word: u16 = ctx.load(ETH_HLEN + IP_TTL)?;
-    ctx.l3_csum_replace(ETH_HLEN + IP_CSUM, old_word as u64, new_word as u64, 2)?;
 
     // SAFETY: a zeroed bpf_fib_lookup is a valid (empty) request.
     let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     fib.family = AF_INET;
     fib.l4_protocol = ctx.load(ETH_HLEN + IP_PROTO)?;
-    fib.sport = to.to_sport;
-    fib.dport = to.to_dport;
+    fib.sport = sport;
+    fib.dport = dport;
     fib.__bindgen_anon_1.tot_len = u16::from_be(ctx.load::<u16>(ETH_HLEN + IP_TOT_LEN)?);
     // SAFETY: the skb context is valid for the program's run.
     fib.ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
-    fib.__bindgen_anon_3.ipv4_src = to.to_saddr;
-    fib.__bindgen_anon_4.ipv4_dst = to.to_daddr;
+    fib.__bindgen_anon_3.ipv4_src = saddr;
+    fib.__bindgen_anon_4.ipv4_dst = daddr;
     // SAFETY: helper call with a valid context and a pointer to a local of the size given.
     let rc = unsafe {
         fib_lookup(ctx.as_ptr(), &mut fib, core::mem::size_of::<bpf_fib_lookup>() as i32, 0)
     };
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        // Not routable from here: the packet goes up unchanged (beyond the rewrite).
         return Err(Error);
     }
+    // Only now that we route it: the checksum covers TTL and protocol as one 16-bit word.
+    let old_word: u16 = ctx.load(ETH_HLEN + IP_TTL)?;
+    let new_ttl = ttl - 1;
+    ctx.store(ETH_HLEN + IP_TTL, &new_ttl, 0)?;
+    let new_word: u16 = ctx.load(ETH_HLEN + IP_TTL)?;
+    ctx.l3_csum_replace(ETH_HLEN + IP_CSUM, old_word as u64, new_word as u64, 2)?;
     // SAFETY: helper call; a null nexthop lets the kernel resolve the neighbour.
     Ok(unsafe { bpf_redirect_neigh(fib.ifindex, core::ptr::null_mut(), 0, 0) } as i32)
 }
@@ -499,7 +510,13 @@ fn deliver(ctx: &TcContext, to: &Ct4Value) -> Result<i32, Error> {
 /// is translated like a packet of the opposite direction: the quoted header is
 /// rewritten to what its sender saw, and the error goes to that sender.
 #[inline(always)]
-fn icmp_error(ctx: &TcContext, icmp_off: usize, outer_saddr: u32, outer_daddr: u32) -> Result<i32, Error> {
+fn icmp_error(
+    ctx: &TcContext,
+    icmp_off: usize,
+    outer_saddr: u32,
+    outer_daddr: u32,
+    ingress: bool,
+) -> Result<i32, Error> {
     let icmp_type: u8 = ctx.load(icmp_off)?;
     if !matches!(icmp_type, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB) {
         return Ok(TC_ACT_OK as i32);
@@ -558,10 +575,16 @@ fn icmp_error(ctx: &TcContext, icmp_off: usize, outer_saddr: u32, outer_daddr: u
     // unreachable) comes from the address that sender addressed, as with netfilter NAT:
     // a pod address means nothing to the client and is often not routable from it.
     // Errors from routers on the way keep their source.
+    let mut new_saddr = outer_saddr;
     if outer_saddr == idaddr && new_idaddr != idaddr {
         ctx.l3_csum_replace(ETH_HLEN + IP_CSUM, outer_saddr as u64, new_idaddr as u64, 4)?;
         ctx.store(ETH_HLEN + IP_SADDR, &new_idaddr, 0)?;
+        new_saddr = new_idaddr;
     }
     count(Counter::NpIcmpTranslated);
+    if ingress {
+        // From a node address now: routed here like any such packet (see deliver).
+        return deliver(ctx, new_saddr, new_isaddr, 0, 0);
+    }
     Ok(TC_ACT_OK as i32)
 }

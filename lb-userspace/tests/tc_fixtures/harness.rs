@@ -1,0 +1,405 @@
+//! The kernel side of the TC fixtures: the embedded eBPF object loaded with its maps
+//! pinned in a bpffs directory of the test's own (removed by a Drop guard, also when
+//! the test panics), the maps programmed by the agent's own code from Kubernetes
+//! objects, and packets run through `BPF_PROG_TEST_RUN`. Nothing is attached anywhere.
+//!
+//! The ingress program routes some packets itself (FIB lookup + redirect), so a test
+//! run needs a known routing table: each fixture moves its thread into a network
+//! namespace of its own with one device (the node's "uplink", a veth whose peer stays
+//! in the namespace: node addresses, a route to the remote pods) and runs every packet
+//! as received on that device. A test run never transmits (a redirect verdict is only
+//! returned, nothing is sent): no packet leaves the test, and there is nowhere to go.
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicUsize, Ordering},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, Map, MapData},
+    programs::{SchedClassifier, TestRun, TestRunOptions},
+};
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use lb_common::{Counter, Ct4Key, Ct4Value, map_names};
+use serde_json::Value;
+use socklb::{
+    datapath::{
+        DesiredState, ProgrammedState, ServiceMaps as _,
+        diff::Capacity,
+        kernel::{Device, EBPF_OBJECT, KernelMaps},
+    },
+    model::{NodeModel, ServiceModel, SliceModel},
+    plan::{Plan, compute_plan},
+};
+
+/// The node the fixtures run as.
+pub const NODE: &str = "node-a";
+/// bpffs, where the test's own pin directory goes.
+const BPFFS: &str = "/sys/fs/bpf";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
+pub const TC_ACT_REDIRECT: u32 = 7;
+
+/// The node's device in the fixture's network namespace (one end of a veth pair).
+pub const DEVICE: &str = "socklb0";
+/// The other end, left alone in the same namespace.
+const PEER: &str = "socklb0p";
+
+/// Whether `CI` says we run under CI (`true`, `1` or `yes`).
+fn in_ci() -> bool {
+    std::env::var("CI")
+        .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes"))
+        .unwrap_or(false)
+}
+
+/// The suite's rule (tests/src/privileges.rs): without root and bpffs a fixture fails
+/// under `CI=true` and otherwise prints `SKIPPED: ...` and returns false.
+pub fn require_root_and_bpf() -> bool {
+    let why = check();
+    match why {
+        None => true,
+        Some(why) if in_ci() => panic!("TC fixture cannot run under CI=true: {why}"),
+        Some(why) => {
+            // Straight to fd 2: the harness captures print macros of passing tests.
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
+            false
+        }
+    }
+}
+
+fn check() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some(
+            "needs root (BPF_PROG_LOAD, BPF_PROG_TEST_RUN, bpffs pins): run as root".into(),
+        );
+    }
+    let path = std::ffi::CString::new(BPFFS).ok()?;
+    // SAFETY: statfs writes into a zeroed struct of the right type; path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let ret = unsafe { libc::statfs(path.as_ptr(), &mut st) };
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "f_type's width differs between libcs"
+    )]
+    if ret != 0 || st.f_type as i64 != BPF_FS_MAGIC {
+        return Some(format!(
+            "bpffs is not mounted at {BPFFS} (mount -t bpf bpf {BPFFS})"
+        ));
+    }
+    let ip_ok = std::process::Command::new("ip")
+        .arg("-V")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ip_ok {
+        return Some("`ip` (iproute2) not found in PATH".into());
+    }
+    None
+}
+
+/// A pin directory of this test's own, removed with everything in it on drop.
+pub struct PinDir(PathBuf);
+
+impl PinDir {
+    fn create() -> Self {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let path = PathBuf::from(BPFFS).join(format!(
+            "socklb-fixtures-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        Self(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(&self.0) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        if let Err(e) = std::fs::remove_dir(&self.0) {
+            eprintln!("warning: could not remove {}: {e}", self.0.display());
+        }
+    }
+}
+
+/// Which TC program a packet goes through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Ingress,
+    Egress,
+}
+
+impl Hook {
+    fn program(self) -> &'static str {
+        match self {
+            Hook::Ingress => "lb4_tc_ingress",
+            Hook::Egress => "lb4_tc_egress",
+        }
+    }
+}
+
+/// What a program did with a packet.
+#[derive(Clone, Debug)]
+pub struct Run {
+    pub verdict: u32,
+    pub output: Vec<u8>,
+}
+
+/// The loaded programs and their maps, programmed for one cluster.
+///
+/// Field order matters for drop: programs and map handles close before the pin
+/// directory goes.
+pub struct Fixture {
+    ebpf: Ebpf,
+    pub maps: KernelMaps,
+    ct: BpfHashMap<MapData, Ct4Key, Ct4Value>,
+    pub plan: Plan,
+    /// The device packets arrive on (and leave through).
+    pub ifindex: u32,
+    pins: PinDir,
+}
+
+/// The node's network as the fixture's namespace has it.
+pub struct Network<'a> {
+    /// The node's addresses (address, prefix length), all on [`DEVICE`].
+    pub node_addresses: &'a [(Ipv4Addr, u8)],
+    /// The address SNAT uses on [`DEVICE`].
+    pub snat_addr: Ipv4Addr,
+    /// Routes: (destination CIDR, gateway).
+    pub routes: &'a [(&'a str, Ipv4Addr)],
+}
+
+/// Moves the calling thread into a new network namespace with `net` on device
+/// [`DEVICE`], forwarding on; returns the device's ifindex. The namespace lives as long
+/// as the thread (a test's thread ends with the test).
+fn private_netns(net: &Network<'_>) -> u32 {
+    // SAFETY: unshare affects only the calling thread's namespaces.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        panic!("unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+    }
+    // Children spawned from this thread start in its namespace.
+    let ip = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ip(&["link", "set", "lo", "up"]);
+    // A veth pair whose peer stays in the namespace too (kernels without the dummy
+    // driver have veth: the end-to-end suites need it).
+    ip(&["link", "add", DEVICE, "type", "veth", "peer", "name", PEER]);
+    ip(&["link", "set", PEER, "up"]);
+    ip(&["link", "set", DEVICE, "up"]);
+    for (addr, len) in net.node_addresses {
+        ip(&["addr", "add", &format!("{addr}/{len}"), "dev", DEVICE]);
+    }
+    for (dst, via) in net.routes {
+        ip(&["route", "add", dst, "via", &via.to_string(), "dev", DEVICE]);
+    }
+    // /proc/sys/net is the namespace of the thread that opens it.
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("enabling forwarding");
+    let name = std::ffi::CString::new(DEVICE).expect("a device name");
+    // SAFETY: a NUL-terminated name; the lookup runs in this thread's namespace.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert_ne!(ifindex, 0, "{DEVICE} has no ifindex");
+    ifindex
+}
+
+impl Fixture {
+    /// Loads the programs and programs the maps as the agent would for `objects`
+    /// (Services and EndpointSlices as the API server sends them) on node [`NODE`] with
+    /// `net` (node addresses, SNAT address of the device, routes), in a network
+    /// namespace of the calling thread's own (see [`private_netns`]): use the fixture
+    /// on that thread only. None (after printing SKIPPED) when the machine cannot run it.
+    pub fn new(objects: &[Value], net: &Network<'_>) -> Option<Self> {
+        if !require_root_and_bpf() {
+            return None;
+        }
+        let ifindex = private_netns(net);
+        let pins = PinDir::create();
+        let mut loader = EbpfLoader::new();
+        for name in map_names::ALL {
+            loader.map_pin_path(name, pins.path().join(name));
+        }
+        let mut ebpf = loader
+            .load(EBPF_OBJECT)
+            .expect("loading the embedded eBPF object");
+        for hook in [Hook::Ingress, Hook::Egress] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(hook.program())
+                .unwrap_or_else(|| panic!("the object has no program {}", hook.program()))
+                .try_into()
+                .expect("a classifier");
+            prog.load()
+                .unwrap_or_else(|e| panic!("loading {}: {e:?}", hook.program()));
+        }
+
+        // The agent's path: objects -> models -> plan -> desired state -> map ops.
+        let mut services = Vec::new();
+        let mut slices = Vec::new();
+        for object in objects {
+            match object["kind"].as_str() {
+                Some("Service") => {
+                    let svc: Service = serde_json::from_value(object.clone()).expect("a Service");
+                    services.push(
+                        ServiceModel::from_k8s(&svc)
+                            .expect("a valid Service")
+                            .expect("a proxied Service"),
+                    );
+                }
+                Some("EndpointSlice") => {
+                    let slice: EndpointSlice =
+                        serde_json::from_value(object.clone()).expect("an EndpointSlice");
+                    slices.push(
+                        SliceModel::from_k8s(&slice)
+                            .expect("a valid slice")
+                            .expect("a used slice"),
+                    );
+                }
+                other => panic!("unexpected object kind {other:?}"),
+            }
+        }
+        let plan = compute_plan(&services, &slices, &NodeModel::named(NODE));
+        let (desired, conflicts) = DesiredState::from_frontends(&plan.frontends);
+        assert!(conflicts.is_empty(), "conflicting frontends: {conflicts:?}");
+        let mut maps = KernelMaps::open_pinned(pins.path()).expect("opening the pinned maps");
+        let (ops, _) = ProgrammedState::with_capacity(Capacity::default()).sync_all(&desired);
+        for op in &ops {
+            maps.apply(op)
+                .unwrap_or_else(|e| panic!("applying {op:?}: {e}"));
+        }
+        let node_addresses: Vec<Ipv4Addr> = net.node_addresses.iter().map(|(a, _)| *a).collect();
+        maps.set_node_addresses(&node_addresses)
+            .expect("writing node addresses");
+        maps.set_devices(&[Device {
+            name: DEVICE.into(),
+            ifindex,
+            snat_addr: net.snat_addr,
+        }])
+        .expect("writing devices");
+
+        let ct_map =
+            MapData::from_pin(pins.path().join(map_names::CT4)).expect("opening the conntrack pin");
+        let ct = BpfHashMap::try_from(Map::from_map_data(ct_map).expect("a map"))
+            .expect("the conntrack map");
+        Some(Self {
+            ebpf,
+            maps,
+            ct,
+            plan,
+            ifindex,
+            pins,
+        })
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        self.pins.path()
+    }
+
+    /// Runs `frame` through a program once (BPF_PROG_TEST_RUN), as received on (or
+    /// sent through) [`DEVICE`].
+    pub fn run(&self, hook: Hook, frame: &[u8]) -> Run {
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(hook.program())
+            .expect("program present")
+            .try_into()
+            .expect("a classifier");
+        let mut out = vec![0u8; frame.len() + 512];
+        // The head of struct __sk_buff: ingress_ifindex (offset 36, what the program's
+        // FIB lookup starts from) and ifindex (offset 40, the skb's device); the kernel
+        // takes the rest as zero.
+        let mut skb_ctx = [0u8; 44];
+        skb_ctx[36..40].copy_from_slice(&self.ifindex.to_ne_bytes());
+        skb_ctx[40..44].copy_from_slice(&self.ifindex.to_ne_bytes());
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&skb_ctx),
+                ..TestRunOptions::new()
+            })
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {}: {e:?}", hook.program()));
+        out.truncate(result.data_size_out as usize);
+        Run {
+            verdict: result.return_value,
+            output: out,
+        }
+    }
+
+    pub fn ingress(&self, frame: &[u8]) -> Run {
+        self.run(Hook::Ingress, frame)
+    }
+
+    pub fn egress(&self, frame: &[u8]) -> Run {
+        self.run(Hook::Egress, frame)
+    }
+
+    /// A conntrack entry, raw.
+    pub fn ct(&self, key: &Ct4Key) -> Option<Ct4Value> {
+        self.ct.get(key, 0).ok()
+    }
+
+    /// Writes a conntrack entry, raw (for setups the programs cannot produce, such as
+    /// an expired entry).
+    pub fn put_ct(&mut self, key: Ct4Key, value: Ct4Value) {
+        self.ct
+            .insert(key, value, 0)
+            .expect("writing a conntrack entry");
+    }
+
+    /// Every conntrack entry, through the agent's reader.
+    pub fn ct_entries(&self) -> Vec<(Ct4Key, Ct4Value)> {
+        self.maps.conntrack_entries()
+    }
+
+    /// A counter summed over CPUs, through the agent's reader.
+    pub fn counter(&self, counter: Counter) -> u64 {
+        self.maps
+            .counters()
+            .expect("reading counters")
+            .into_iter()
+            .find(|(c, _)| *c == counter)
+            .map_or(0, |(_, v)| v)
+    }
+
+    /// All counters, by name (for failure messages).
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.maps
+            .counters()
+            .expect("reading counters")
+            .into_iter()
+            .map(|(c, v)| (c.name(), v))
+            .collect()
+    }
+}
+
+/// The clock of bpf_ktime_get_ns (CLOCK_MONOTONIC), in ns.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid pointer to a local timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
