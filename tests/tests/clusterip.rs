@@ -435,3 +435,40 @@ fn status_reads_back_what_plan_computes() {
     assert_eq!(addrs, ["10.96.0.10", "10.96.0.53", "10.96.0.99"]);
     c.shutdown().unwrap();
 }
+
+#[test]
+fn binding_a_node_port_is_refused_in_the_cgroup() {
+    if !require_privileges() {
+        return;
+    }
+    let src = source_dir(&[(
+        "np.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: np, namespace: e2e}\n\
+         spec:\n  type: NodePort\n  clusterIP: 10.96.0.30\n  ports:\n\
+         \x20 - {name: web, protocol: TCP, port: 80, nodePort: 30080}\n\
+         \x20 - {name: dns, protocol: UDP, port: 53, nodePort: 30053}\n"
+            .to_string(),
+    )]);
+    let mut c = Cluster::start(src.path()).unwrap();
+    c.wait_tcp(&TcpProbe::new(addr("10.96.0.30:80")).count(1).timeout_ms(3000), WAIT, |r| r.error("ECONNREFUSED") == 1)
+        .unwrap();
+    let bind = |port: u16| -> serde_json::Value {
+        let mut cmd = Command::new(probe_bin());
+        cmd.args(["bind", "--port", &port.to_string()]);
+        let opts = socklb_tests::SpawnOpts::new().netns(c.sandbox.node().path()).cgroup(c.cgroup.path());
+        let out = socklb_tests::Child::output(cmd, &opts, Duration::from_secs(10)).unwrap();
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    // The NodePort's protocol is refused (EPERM from the post_bind4 hook); other
+    // ports and protocols are free.
+    let r = bind(30080);
+    assert_eq!(r["tcp"], "EPERM", "{r}");
+    assert_eq!(r["udp"], "ok", "30080 is a TCP NodePort only: {r}");
+    let r = bind(30053);
+    assert_eq!(r["udp"], "EPERM", "{r}");
+    assert_eq!(r["tcp"], "ok", "{r}");
+    let r = bind(30081);
+    assert_eq!((r["tcp"].as_str(), r["udp"].as_str()), (Some("ok"), Some("ok")), "{r}");
+    c.shutdown().unwrap();
+}

@@ -152,6 +152,12 @@ enum Cmd {
         #[arg(long)]
         on: bool,
     },
+    /// Try to bind 0.0.0.0:PORT (TCP and UDP) and report what bind() answered; sends
+    /// nothing.
+    Bind {
+        #[arg(long)]
+        port: u16,
+    },
 }
 
 fn main() -> ExitCode {
@@ -207,6 +213,15 @@ fn main() -> ExitCode {
             timeout_ms,
         } => ensure_isolated(&to)
             .and_then(|()| print_json(&transfer(&to, bytes, seed, bind, timeout_ms))),
+        Cmd::Bind { port } => {
+            let answer = |r: std::io::Result<()>| match r {
+                Ok(()) => "ok".to_string(),
+                Err(e) => error_name(&e),
+            };
+            let tcp = answer(std::net::TcpListener::bind(("0.0.0.0", port)).map(drop));
+            let udp = answer(std::net::UdpSocket::bind(("0.0.0.0", port)).map(drop));
+            print_json(&serde_json::json!({"port": port, "tcp": tcp, "udp": udp}))
+        }
         Cmd::TxCsum { dev, off, on } => {
             let set = if off { Some(false) } else { on.then_some(true) };
             tx_csum(&dev, set).and_then(|r| print_json(&r))
