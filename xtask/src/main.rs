@@ -4,6 +4,7 @@
 //! - `build-ebpf`: builds the kernel programs and prints the object's path;
 //! - `test`: the whole test suite (what CI runs);
 //! - `demo`: the self-contained demo sandbox.
+mod bench;
 mod setup;
 
 use std::{
@@ -37,6 +38,29 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Benchmarks against kube-proxy's data path and control plane (root; see docs/bench/).
+    Bench {
+        /// A short run: N = 1, 1000 (unless --services), fewer and shorter repetitions,
+        /// written under target/bench-quick/ (unless --out).
+        #[arg(long)]
+        quick: bool,
+        /// Service counts, comma separated (default 1,1000,10000).
+        #[arg(long, value_delimiter = ',')]
+        services: Option<Vec<usize>>,
+        /// Also measure 30 000 services.
+        #[arg(long = "with-30k")]
+        with_30k: bool,
+        /// Write the summary, plots and results JSON under DIR instead of docs/bench/ and
+        /// bench/results/.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Repetitions of every data-path figure (default 5, quick 3).
+        #[arg(long)]
+        reps: Option<usize>,
+        /// Only re-render the summary and plots from a results file.
+        #[arg(long, value_name = "RESULTS_JSON")]
+        render: Option<PathBuf>,
+    },
     /// Run the demo: a sandbox with backends, the agent and clients of a ClusterIP.
     Demo {
         /// Arguments for socklb-demo (e.g. --keep-running).
@@ -69,6 +93,9 @@ fn run() -> Result<()> {
         Task::Test { args } => {
             setup::ensure()?;
             test(&root, &args)
+        }
+        Task::Bench { quick, services, with_30k, out, reps, render } => {
+            bench::run(&root, bench::Options { quick, services, with_30k, out, reps, render })
         }
         Task::Demo { args } => {
             setup::ensure()?;

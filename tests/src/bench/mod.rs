@@ -1,0 +1,14 @@
+//! socklb-bench's modules: the synthetic cluster, the kube-proxy rule generators, the
+//! load generator and the runner. Compiled into the `socklb-bench` binary only (the
+//! sandbox library stays free of benchmark code).
+
+pub mod iptables;
+pub mod load;
+pub mod manifests;
+pub mod model;
+pub mod nft;
+pub mod nodeport;
+pub mod results;
+pub mod runner;
+pub mod stats;
+pub mod util;
