@@ -1,6 +1,14 @@
-//! A directory of manifests as a source of [`ClusterEvent`]s: every change to the
-//! directory yields one `Snapshot` of everything it holds.
+//! A directory of manifests as a source of [`ClusterEvent`]s.
+//!
+//! The first read sends one `Snapshot` of everything. After that only the files whose
+//! name, size or modification time changed are read again, and only the objects whose
+//! effective definition changed are sent, as per-object events: a change costs work
+//! proportional to the changed files, not to the directory.
+//!
+//! An object defined in several files keeps the definition of the first file in name
+//! order (a warning names the others), as `manifests::load_dir` decides.
 use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -13,22 +21,42 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::{
-    manifests::{self, ManifestError},
+    manifests::{self, ManifestError, ManifestSet},
+    model::{NodeModel, ServiceModel, SliceModel},
     source::ClusterEvent,
 };
+
+/// An object of the directory: (kind, namespace, name).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum ObjectId {
+    Service(String, String),
+    Slice(String, String),
+    Node(String),
+}
+
+/// Size and modification time: a file whose stamp changed is read again.
+type Stamp = (u64, SystemTime);
+
+/// A file that changed, with its new stamp (None: removed).
+type ChangedFile = (PathBuf, Option<Stamp>);
+
+/// What one file held when it was last read.
+struct FileEntry {
+    stamp: Stamp,
+    set: ManifestSet,
+}
 
 /// Watches one directory.
 pub struct ManifestSource {
     dir: PathBuf,
     node: String,
     poll_interval: Duration,
-    fingerprint: Option<Fingerprint>,
-    last_warnings: Vec<String>,
-    /// Objects and files skipped because they are invalid (the latest load's count).
+    files: BTreeMap<PathBuf, FileEntry>,
+    /// Which files define each object (the first in name order wins).
+    definers: HashMap<ObjectId, BTreeSet<PathBuf>>,
+    /// Objects and files skipped because they are invalid (current count).
     pub invalid_objects: Arc<AtomicU64>,
 }
-
-type Fingerprint = Vec<(std::ffi::OsString, u64, SystemTime)>;
 
 impl ManifestSource {
     pub fn new(dir: impl Into<PathBuf>, node: impl Into<String>, poll_interval: Duration) -> Self {
@@ -36,50 +64,82 @@ impl ManifestSource {
             dir: dir.into(),
             node: node.into(),
             poll_interval,
-            fingerprint: None,
-            last_warnings: Vec::new(),
+            files: BTreeMap::new(),
+            definers: HashMap::new(),
             invalid_objects: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// Reads the directory once. Fails only when the directory itself is unreadable.
+    /// Reads the whole directory: the first event, a complete snapshot. Fails only when
+    /// the directory itself is unreadable.
     pub fn load(&mut self) -> Result<ClusterEvent, ManifestError> {
-        self.fingerprint = fingerprint(&self.dir);
-        let set = manifests::load_dir(&self.dir)?;
-        let warnings: Vec<String> = set.warnings.iter().map(ToString::to_string).collect();
-        if warnings != self.last_warnings {
-            for w in &warnings {
-                warn!("skipped: {w}");
+        let changed = self.changed_files()?;
+        self.reread(changed);
+        let mut services = Vec::new();
+        let mut slices = Vec::new();
+        for id in self.definers.keys() {
+            match (id, self.effective(id)) {
+                (ObjectId::Service(..), Some(Effective::Service(s))) => services.push(s),
+                (ObjectId::Slice(..), Some(Effective::Slice(s))) => slices.push(s),
+                _ => {}
             }
-            self.last_warnings = warnings;
         }
-        self.invalid_objects.store(set.warnings.len() as u64, Ordering::Relaxed);
-        let node = set.node(&self.node);
-        Ok(ClusterEvent::Snapshot { services: set.services, slices: set.slices, node })
+        Ok(ClusterEvent::Snapshot { services, slices, node: self.node_model() })
     }
 
-    /// Polls the directory and sends a snapshot after each change, until the
-    /// receiver is gone. A directory that vanishes or becomes unreadable keeps the
-    /// last state served (nothing is sent).
+    /// Reads the files that changed since the last read and returns the events that
+    /// bring a consumer of the earlier events up to date.
+    pub fn update(&mut self) -> Result<Vec<ClusterEvent>, ManifestError> {
+        let changed = self.changed_files()?;
+        if changed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let touched = self.reread(changed);
+        let mut events = Vec::new();
+        for id in touched {
+            match &id {
+                ObjectId::Service(ns, name) => events.push(match self.effective(&id) {
+                    Some(Effective::Service(s)) => ClusterEvent::ServiceApplied(s),
+                    _ => ClusterEvent::ServiceDeleted((ns.clone(), name.clone())),
+                }),
+                ObjectId::Slice(ns, name) => events.push(match self.effective(&id) {
+                    Some(Effective::Slice(s)) => ClusterEvent::SliceApplied(s),
+                    _ => ClusterEvent::SliceDeleted((ns.clone(), name.clone())),
+                }),
+                ObjectId::Node(name) if *name == self.node => {
+                    events.push(ClusterEvent::NodeApplied(self.node_model()));
+                }
+                ObjectId::Node(_) => {}
+            }
+        }
+        Ok(events)
+    }
+
+    /// Polls the directory and sends the events of each change until the receiver is
+    /// gone. A directory that vanishes or becomes unreadable keeps the last state
+    /// served (nothing is sent).
     pub async fn run(mut self, events: mpsc::Sender<ClusterEvent>) {
         let mut ticker = tokio::time::interval(self.poll_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            let now = fingerprint(&self.dir);
-            if now == self.fingerprint {
+            let Ok(first) = self.changed_files() else { continue };
+            if first.is_empty() {
                 continue;
             }
-            // Let writers finish: re-read only once the directory is quiet.
+            // Let writers finish: read only once the directory is quiet.
             tokio::time::sleep(self.poll_interval / 2).await;
-            if fingerprint(&self.dir) != now {
-                continue;
+            match self.changed_files() {
+                Ok(again) if again == first => {}
+                _ => continue,
             }
-            match self.load() {
-                Ok(event) => {
-                    debug!(dir = %self.dir.display(), "manifests changed");
-                    if events.send(event).await.is_err() {
-                        return;
+            match self.update() {
+                Ok(batch) => {
+                    debug!(dir = %self.dir.display(), events = batch.len(), "manifests changed");
+                    for event in batch {
+                        if events.send(event).await.is_err() {
+                            return;
+                        }
                     }
                 }
                 Err(e) => warn!(error = %e, "keeping the current data path"),
@@ -90,18 +150,248 @@ impl ManifestSource {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// Files added, changed (size or modification time) or removed since the last read,
+    /// with their new stamp (None: removed).
+    fn changed_files(&self) -> Result<Vec<ChangedFile>, ManifestError> {
+        let (files, unreadable) = manifests::manifest_files(&self.dir)?;
+        for (path, error) in unreadable {
+            debug!(file = %path.display(), %error, "cannot read metadata");
+        }
+        let mut changed = Vec::new();
+        let mut present = BTreeSet::new();
+        for path in files {
+            let Ok(meta) = std::fs::metadata(&path) else { continue };
+            let stamp = (meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH));
+            if self.files.get(&path).map(|f| f.stamp) != Some(stamp) {
+                changed.push((path.clone(), Some(stamp)));
+            }
+            present.insert(path);
+        }
+        changed.extend(self.files.keys().filter(|p| !present.contains(*p)).map(|p| (p.clone(), None)));
+        Ok(changed)
+    }
+
+    /// Re-reads the given files; returns the objects any of them defined before or
+    /// defines now.
+    fn reread(&mut self, changed: Vec<ChangedFile>) -> BTreeSet<ObjectId> {
+        let mut touched = BTreeSet::new();
+        for (path, stamp) in changed {
+            if let Some(old) = self.files.remove(&path) {
+                for id in ids(&old.set) {
+                    if let Some(files) = self.definers.get_mut(&id) {
+                        files.remove(&path);
+                        if files.is_empty() {
+                            self.definers.remove(&id);
+                        }
+                    }
+                    touched.insert(id);
+                }
+            }
+            let Some(stamp) = stamp else { continue };
+            let set = manifests::load_file(&path);
+            for w in &set.warnings {
+                warn!("skipped: {w}");
+            }
+            for id in ids(&set) {
+                self.definers.entry(id.clone()).or_default().insert(path.clone());
+                touched.insert(id);
+            }
+            self.files.insert(path, FileEntry { stamp, set });
+        }
+        for id in &touched {
+            if let Some(files) = self.definers.get(id).filter(|f| f.len() > 1) {
+                let mut names = files.iter().map(|p| p.display().to_string());
+                let kept = names.next().unwrap_or_default();
+                warn!(object = ?id, kept = %kept, ignored = ?names.collect::<Vec<_>>(), "defined in several files: the first file's definition is used");
+            }
+        }
+        let invalid: usize = self.files.values().map(|f| f.set.warnings.len()).sum();
+        self.invalid_objects.store(invalid as u64, Ordering::Relaxed);
+        touched
+    }
+
+    /// The definition that counts: the first defining file's.
+    fn effective(&self, id: &ObjectId) -> Option<Effective> {
+        let file = self.definers.get(id)?.iter().next()?;
+        let set = &self.files.get(file)?.set;
+        match id {
+            ObjectId::Service(ns, name) => set
+                .services
+                .iter()
+                .find(|s| &s.namespace == ns && &s.name == name)
+                .cloned()
+                .map(Effective::Service),
+            ObjectId::Slice(ns, name) => set
+                .slices
+                .iter()
+                .find(|s| &s.namespace == ns && &s.name == name)
+                .cloned()
+                .map(Effective::Slice),
+            ObjectId::Node(name) => set.nodes.iter().find(|n| &n.name == name).cloned().map(Effective::Node),
+        }
+    }
+
+    fn node_model(&self) -> NodeModel {
+        match self.effective(&ObjectId::Node(self.node.clone())) {
+            Some(Effective::Node(n)) => n,
+            _ => NodeModel::named(self.node.clone()),
+        }
+    }
 }
 
-/// Names, sizes and modification times of the directory's entries.
-fn fingerprint(dir: &Path) -> Option<Fingerprint> {
-    let mut entries: Fingerprint = std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let meta = e.metadata().ok()?;
-            Some((e.file_name(), meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)))
-        })
-        .collect();
-    entries.sort();
-    Some(entries)
+enum Effective {
+    Service(ServiceModel),
+    Slice(SliceModel),
+    Node(NodeModel),
+}
+
+fn ids(set: &ManifestSet) -> Vec<ObjectId> {
+    set.services
+        .iter()
+        .map(|s| ObjectId::Service(s.namespace.clone(), s.name.clone()))
+        .chain(set.slices.iter().map(|s| ObjectId::Slice(s.namespace.clone(), s.name.clone())))
+        .chain(set.nodes.iter().map(|n| ObjectId::Node(n.name.clone())))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::ClusterState;
+
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(tag: &str) -> Self {
+            let path = std::env::temp_dir().join(format!("socklb-msrc-{}-{tag}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir_all(&path).unwrap();
+            Dir(path)
+        }
+
+        fn write(&self, name: &str, text: &str) {
+            // A different size or a later mtime marks the file changed; sizes differ
+            // in these tests, mtimes may not on fast filesystems.
+            std::fs::write(self.0.join(name), text).unwrap();
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn service(name: &str, ip: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: t}}\n\
+             spec: {{clusterIP: {ip}, ports: [{{name: http, port: 80, protocol: TCP}}]}}\n---\n"
+        )
+    }
+
+    fn slice(name: &str, svc: &str, ips: &[&str]) -> String {
+        let eps: Vec<String> = ips.iter().map(|ip| format!("{{addresses: [{ip}]}}")).collect();
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: {name}, namespace: t, labels: {{kubernetes.io/service-name: {svc}}}}}\n\
+             addressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints: [{}]\n---\n",
+            eps.join(", ")
+        )
+    }
+
+    /// The state the events build equals the state of a fresh full read.
+    fn assert_matches_full_read(dir: &Path, state: &ClusterState) {
+        let mut fresh = ManifestSource::new(dir, "n1", Duration::from_millis(10));
+        let mut expected = ClusterState::new(NodeModel::named("n1"));
+        expected.apply(fresh.load().unwrap());
+        expected.recompute();
+        assert_eq!(state.plan(), expected.plan());
+        assert_eq!(state.index().desired, expected.index().desired);
+    }
+
+    #[test]
+    fn only_changed_files_produce_events_and_the_result_equals_a_full_read() {
+        let dir = Dir::new("incremental");
+        dir.write("a.yaml", &(service("a", "10.96.0.1") + &slice("a-1", "a", &["10.244.0.1"])));
+        dir.write("b.yaml", &(service("b", "10.96.0.2") + &slice("b-1", "b", &["10.244.0.2"])));
+        let mut src = ManifestSource::new(&dir.0, "n1", Duration::from_millis(10));
+        let mut state = ClusterState::new(NodeModel::named("n1"));
+        state.apply(src.load().unwrap());
+        state.recompute();
+        assert!(src.update().unwrap().is_empty(), "nothing changed");
+
+        // One endpoint added in b.yaml: only b's objects are sent, a's are not touched.
+        dir.write("b.yaml", &(service("b", "10.96.0.2") + &slice("b-1", "b", &["10.244.0.2", "10.244.0.3"])));
+        let events = src.update().unwrap();
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert!(events.iter().all(|e| match e {
+            ClusterEvent::ServiceApplied(s) => s.name == "b",
+            ClusterEvent::SliceApplied(s) => s.name == "b-1",
+            _ => false,
+        }));
+        for e in events {
+            state.apply(e);
+        }
+        state.recompute();
+        assert_matches_full_read(&dir.0, &state);
+
+        // A file removed: its objects are deleted.
+        std::fs::remove_file(dir.0.join("a.yaml")).unwrap();
+        let events = src.update().unwrap();
+        assert!(events.iter().any(|e| matches!(e, ClusterEvent::ServiceDeleted((_, n)) if n == "a")));
+        for e in events {
+            state.apply(e);
+        }
+        state.recompute();
+        assert_matches_full_read(&dir.0, &state);
+    }
+
+    #[test]
+    fn duplicates_keep_the_first_file_and_fall_back_when_it_goes() {
+        let dir = Dir::new("duplicates");
+        dir.write("1.yaml", &service("web", "10.96.0.10"));
+        dir.write("2.yaml", &service("web", "10.96.0.20"));
+        let mut src = ManifestSource::new(&dir.0, "n1", Duration::from_millis(10));
+        let mut state = ClusterState::new(NodeModel::named("n1"));
+        state.apply(src.load().unwrap());
+        state.recompute();
+        assert_matches_full_read(&dir.0, &state);
+        // The later file changing does not change the effective definition.
+        dir.write("2.yaml", &service("web", "10.96.0.200"));
+        for e in src.update().unwrap() {
+            state.apply(e);
+        }
+        state.recompute();
+        assert_matches_full_read(&dir.0, &state);
+        // The first file going away hands the object to the next definition.
+        std::fs::remove_file(dir.0.join("1.yaml")).unwrap();
+        let events = src.update().unwrap();
+        assert!(matches!(&events[..], [ClusterEvent::ServiceApplied(s)] if s.cluster_ips[0].to_string() == "10.96.0.200"), "{events:?}");
+        for e in events {
+            state.apply(e);
+        }
+        state.recompute();
+        assert_matches_full_read(&dir.0, &state);
+    }
+
+    #[test]
+    fn a_file_that_stops_parsing_drops_its_objects_and_the_node_follows_its_file() {
+        let dir = Dir::new("broken");
+        dir.write("svc.yaml", &service("web", "10.96.0.10"));
+        dir.write(
+            "node.yaml",
+            "apiVersion: v1\nkind: Node\nmetadata: {name: n1, labels: {topology.kubernetes.io/zone: z1}}\n",
+        );
+        let mut src = ManifestSource::new(&dir.0, "n1", Duration::from_millis(10));
+        let ClusterEvent::Snapshot { node, .. } = src.load().unwrap() else { panic!("first event is a snapshot") };
+        assert_eq!(node.zone.as_deref(), Some("z1"));
+        dir.write("svc.yaml", "kind: Service\nspec: [this is not\n");
+        let events = src.update().unwrap();
+        assert!(matches!(&events[..], [ClusterEvent::ServiceDeleted(_)]), "{events:?}");
+        assert_eq!(src.invalid_objects.load(Ordering::Relaxed), 1);
+        std::fs::remove_file(dir.0.join("node.yaml")).unwrap();
+        let events = src.update().unwrap();
+        assert!(matches!(&events[..], [ClusterEvent::NodeApplied(n)] if n.zone.is_none()), "{events:?}");
+    }
 }

@@ -86,12 +86,37 @@ pub enum ManifestError {
 /// Reads every `*.yaml`, `*.yml` and `*.json` file directly in `dir` (not in
 /// subdirectories), in file name order, skipping hidden files and editor leftovers.
 pub fn load_dir(dir: &Path) -> Result<ManifestSet, ManifestError> {
+    let mut loader = Loader::default();
+    let (files, unreadable) = manifest_files(dir)?;
+    for (path, error) in unreadable {
+        loader.warn(&path, "", format!("cannot read: {error}"));
+    }
+    for file in &files {
+        loader.load_file(file);
+    }
+    Ok(loader.set)
+}
+
+/// One manifest file on its own, with the warnings about it (duplicates within the
+/// file included).
+pub fn load_file(file: &Path) -> ManifestSet {
+    let mut loader = Loader::default();
+    loader.load_file(file);
+    loader.set
+}
+
+/// Directory entries whose metadata could not be read.
+pub type UnreadableEntries = Vec<(PathBuf, io::Error)>;
+
+/// The manifest files directly in `dir`, sorted by file name, and the entries whose
+/// metadata could not be read.
+pub fn manifest_files(dir: &Path) -> Result<(Vec<PathBuf>, UnreadableEntries), ManifestError> {
     let read_dir_error = |source| ManifestError::ReadDir {
         dir: dir.to_owned(),
         source,
     };
-    let mut loader = Loader::default();
     let mut files = Vec::new();
+    let mut unreadable = Vec::new();
     for entry in fs::read_dir(dir).map_err(read_dir_error)? {
         let path = entry.map_err(read_dir_error)?.path();
         let name = path
@@ -106,14 +131,11 @@ pub fn load_dir(dir: &Path) -> Result<ManifestSet, ManifestError> {
         match fs::metadata(&path) {
             Ok(meta) if meta.is_file() => files.push(path),
             Ok(_) => debug!(file = %path.display(), "not a regular file: skipped"),
-            Err(e) => loader.warn(&path, "", format!("cannot read: {e}")),
+            Err(e) => unreadable.push((path, e)),
         }
     }
     files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
-    for file in &files {
-        loader.load_file(file);
-    }
-    Ok(loader.set)
+    Ok((files, unreadable))
 }
 
 fn is_manifest_file_name(name: &str) -> bool {
