@@ -40,10 +40,12 @@ type Stamp = (u64, SystemTime);
 /// A file that changed, with its new stamp (None: removed).
 type ChangedFile = (PathBuf, Option<Stamp>);
 
-/// What one file held when it was last read.
+/// What one file held when it was last read: only the ids (the models live in the
+/// agent's state; a copy here would double the memory of a large directory).
 struct FileEntry {
     stamp: Stamp,
-    set: ManifestSet,
+    ids: Vec<ObjectId>,
+    warnings: usize,
 }
 
 /// Watches one directory.
@@ -51,9 +53,10 @@ pub struct ManifestSource {
     dir: PathBuf,
     node: String,
     poll_interval: Duration,
-    files: BTreeMap<PathBuf, FileEntry>,
-    /// Which files define each object (the first in name order wins).
-    definers: HashMap<ObjectId, BTreeSet<PathBuf>>,
+    files: BTreeMap<Arc<Path>, FileEntry>,
+    /// Which files define each object, sorted by name (the first wins). Almost always
+    /// one; the path is shared with `files`, not copied per object.
+    definers: HashMap<ObjectId, Vec<Arc<Path>>>,
     /// Objects and files skipped because they are invalid (current count).
     pub invalid_objects: Arc<AtomicU64>,
 }
@@ -74,17 +77,28 @@ impl ManifestSource {
     /// the directory itself is unreadable.
     pub fn load(&mut self) -> Result<ClusterEvent, ManifestError> {
         let changed = self.changed_files()?;
-        self.reread(changed);
+        let (_, mut fresh) = self.reread(changed);
+        let node = self.node_model(&mut fresh);
+        // Models are moved, not copied, into the snapshot: a large directory is held
+        // once (a copy would stay as the process's high-water mark).
         let mut services = Vec::new();
         let mut slices = Vec::new();
-        for id in self.definers.keys() {
-            match (id, self.effective(id)) {
-                (ObjectId::Service(..), Some(Effective::Service(s))) => services.push(s),
-                (ObjectId::Slice(..), Some(Effective::Slice(s))) => slices.push(s),
-                _ => {}
+        let first_definer = |id: &ObjectId, path: &Path| {
+            self.definers.get(id).and_then(|files| files.first()).is_some_and(|f| **f == *path)
+        };
+        for (path, set) in fresh {
+            for s in set.services {
+                if first_definer(&ObjectId::Service(s.namespace.clone(), s.name.clone()), &path) {
+                    services.push(s);
+                }
+            }
+            for s in set.slices {
+                if first_definer(&ObjectId::Slice(s.namespace.clone(), s.name.clone()), &path) {
+                    slices.push(s);
+                }
             }
         }
-        Ok(ClusterEvent::Snapshot { services, slices, node: self.node_model() })
+        Ok(ClusterEvent::Snapshot { services, slices, node })
     }
 
     /// Reads the files that changed since the last read and returns the events that
@@ -94,20 +108,20 @@ impl ManifestSource {
         if changed.is_empty() {
             return Ok(Vec::new());
         }
-        let touched = self.reread(changed);
+        let (touched, mut fresh) = self.reread(changed);
         let mut events = Vec::new();
         for id in touched {
             match &id {
-                ObjectId::Service(ns, name) => events.push(match self.effective(&id) {
+                ObjectId::Service(ns, name) => events.push(match self.effective(&id, &mut fresh) {
                     Some(Effective::Service(s)) => ClusterEvent::ServiceApplied(s),
                     _ => ClusterEvent::ServiceDeleted((ns.clone(), name.clone())),
                 }),
-                ObjectId::Slice(ns, name) => events.push(match self.effective(&id) {
+                ObjectId::Slice(ns, name) => events.push(match self.effective(&id, &mut fresh) {
                     Some(Effective::Slice(s)) => ClusterEvent::SliceApplied(s),
                     _ => ClusterEvent::SliceDeleted((ns.clone(), name.clone())),
                 }),
                 ObjectId::Node(name) if *name == self.node => {
-                    events.push(ClusterEvent::NodeApplied(self.node_model()));
+                    events.push(ClusterEvent::NodeApplied(self.node_model(&mut fresh)));
                 }
                 ObjectId::Node(_) => {}
             }
@@ -163,24 +177,27 @@ impl ManifestSource {
         for path in files {
             let Ok(meta) = std::fs::metadata(&path) else { continue };
             let stamp = (meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH));
-            if self.files.get(&path).map(|f| f.stamp) != Some(stamp) {
+            if self.files.get(path.as_path()).map(|f| f.stamp) != Some(stamp) {
                 changed.push((path.clone(), Some(stamp)));
             }
             present.insert(path);
         }
-        changed.extend(self.files.keys().filter(|p| !present.contains(*p)).map(|p| (p.clone(), None)));
+        changed.extend(
+            self.files.keys().filter(|p| !present.contains(&p.to_path_buf())).map(|p| (p.to_path_buf(), None)),
+        );
         Ok(changed)
     }
 
     /// Re-reads the given files; returns the objects any of them defined before or
-    /// defines now.
-    fn reread(&mut self, changed: Vec<ChangedFile>) -> BTreeSet<ObjectId> {
+    /// defines now, and what the files hold now.
+    fn reread(&mut self, changed: Vec<ChangedFile>) -> (BTreeSet<ObjectId>, HashMap<PathBuf, ManifestSet>) {
         let mut touched = BTreeSet::new();
+        let mut fresh = HashMap::new();
         for (path, stamp) in changed {
-            if let Some(old) = self.files.remove(&path) {
-                for id in ids(&old.set) {
+            if let Some(old) = self.files.remove(path.as_path()) {
+                for id in old.ids {
                     if let Some(files) = self.definers.get_mut(&id) {
-                        files.remove(&path);
+                        files.retain(|f| **f != *path);
                         if files.is_empty() {
                             self.definers.remove(&id);
                         }
@@ -193,11 +210,16 @@ impl ManifestSource {
             for w in &set.warnings {
                 warn!("skipped: {w}");
             }
-            for id in ids(&set) {
-                self.definers.entry(id.clone()).or_default().insert(path.clone());
-                touched.insert(id);
+            let file_ids = ids(&set);
+            let shared: Arc<Path> = Arc::from(path.as_path());
+            for id in &file_ids {
+                let files = self.definers.entry(id.clone()).or_default();
+                let at = files.partition_point(|f| f.file_name() < shared.file_name());
+                files.insert(at, shared.clone());
+                touched.insert(id.clone());
             }
-            self.files.insert(path, FileEntry { stamp, set });
+            self.files.insert(shared, FileEntry { stamp, ids: file_ids, warnings: set.warnings.len() });
+            fresh.insert(path, set);
         }
         for id in &touched {
             if let Some(files) = self.definers.get(id).filter(|f| f.len() > 1) {
@@ -206,15 +228,17 @@ impl ManifestSource {
                 warn!(object = ?id, kept = %kept, ignored = ?names.collect::<Vec<_>>(), "defined in several files: the first file's definition is used");
             }
         }
-        let invalid: usize = self.files.values().map(|f| f.set.warnings.len()).sum();
+        let invalid: usize = self.files.values().map(|f| f.warnings).sum();
         self.invalid_objects.store(invalid as u64, Ordering::Relaxed);
-        touched
+        (touched, fresh)
     }
 
-    /// The definition that counts: the first defining file's.
-    fn effective(&self, id: &ObjectId) -> Option<Effective> {
-        let file = self.definers.get(id)?.iter().next()?;
-        let set = &self.files.get(file)?.set;
+    /// The definition that counts: the first defining file's. Files not read in this
+    /// round (only when that file defines an object twice over with another) are read
+    /// again on demand.
+    fn effective(&self, id: &ObjectId, fresh: &mut HashMap<PathBuf, ManifestSet>) -> Option<Effective> {
+        let file = self.definers.get(id)?.first()?;
+        let set = fresh.entry(file.to_path_buf()).or_insert_with(|| manifests::load_file(file));
         match id {
             ObjectId::Service(ns, name) => set
                 .services
@@ -232,8 +256,8 @@ impl ManifestSource {
         }
     }
 
-    fn node_model(&self) -> NodeModel {
-        match self.effective(&ObjectId::Node(self.node.clone())) {
+    fn node_model(&self, fresh: &mut HashMap<PathBuf, ManifestSet>) -> NodeModel {
+        match self.effective(&ObjectId::Node(self.node.clone()), fresh) {
             Some(Effective::Node(n)) => n,
             _ => NodeModel::named(self.node.clone()),
         }
