@@ -472,3 +472,29 @@ fn binding_a_node_port_is_refused_in_the_cgroup() {
     assert_eq!((r["tcp"].as_str(), r["udp"].as_str()), (Some("ok"), Some("ok")), "{r}");
     c.shutdown().unwrap();
 }
+
+#[test]
+fn internal_traffic_policy_local_without_a_local_endpoint_is_unreachable() {
+    if !require_privileges() {
+        return;
+    }
+    let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: local, namespace: e2e}\n\
+               spec:\n  clusterIP: 10.96.0.40\n  internalTrafficPolicy: Local\n\
+               \x20 ports: [{name: http, protocol: TCP, port: 80}]\n---\n";
+    // The only endpoint runs on another node.
+    let eps = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\naddressType: IPv4\n\
+               metadata: {name: local-1, namespace: e2e, labels: {kubernetes.io/service-name: local}}\n\
+               ports: [{name: http, protocol: TCP, port: 8080}]\n\
+               endpoints: [{addresses: [\"10.244.0.51\"], nodeName: elsewhere}]\n";
+    let src = source_dir(&[("svc.yaml", svc.to_string() + eps)]);
+    let opts = socklb_tests::ClusterOptions { node: Some("here".into()), ..Default::default() };
+    let mut c = Cluster::start_with(src.path(), &opts).unwrap();
+    // kube-proxy drops such traffic; at the socket the hook fails connect() at once.
+    let r = c
+        .wait_tcp(&TcpProbe::new(addr("10.96.0.40:80")).count(3).timeout_ms(3000), WAIT, |r| {
+            r.error("EHOSTUNREACH") == 3
+        })
+        .unwrap();
+    assert_eq!(r.ok, 0, "{r:?}");
+    c.shutdown().unwrap();
+}
