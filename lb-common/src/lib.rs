@@ -398,6 +398,10 @@ pub const CT_FLAG_SNAT: u8 = 1;
 pub const CT_FLAG_CLOSING: u8 = 2;
 /// [`Ct4Value::flags`]: a TCP packet other than the first SYN was seen.
 pub const CT_FLAG_ESTABLISHED: u8 = 4;
+/// [`Ct4Value::flags`]: packets of this direction leave with one of the node's own
+/// addresses as source, so the TC program routes them itself (the input path would
+/// drop them as martians). Decided once, when the flow is created.
+pub const CT_FLAG_ROUTE: u8 = 8;
 
 /// Conntrack lifetimes, refreshed by each packet of the flow.
 pub mod ct_lifetime {

@@ -24,7 +24,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use lb_common::{
-    CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_FLAG_CLOSING, CT_FLAG_ESTABLISHED, CT_FLAG_SNAT, Counter,
+    CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_FLAG_CLOSING, CT_FLAG_ESTABLISHED, CT_FLAG_ROUTE, CT_FLAG_SNAT,
+    Counter,
     Ct4Key, Ct4Value, Frag4Key, Frag4Value, IPPROTO_TCP, IPPROTO_UDP, SNAT_PORT_MAX,
     SNAT_PORT_MIN, SRC_RANGE_FRONTEND_BITS, SVC_FLAG_SNAT, SVC_FLAG_SOURCE_RANGES, SrcRange4Key,
     Svc4Key, Svc4Value, SvcAction, BACKEND_FLAG_LOCAL, ct_lifetime, scope,
@@ -331,7 +332,10 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, Error> {
     if let Some(entry) = ct_track(&p, now) {
         rewrite(ctx, &p, &entry)?;
         count(Counter::NpTracked);
-        return deliver(ctx, entry.to_saddr, entry.to_daddr, entry.to_sport, entry.to_dport);
+        if entry.flags & CT_FLAG_ROUTE == 0 {
+            return Ok(TC_ACT_OK as i32);
+        }
+        return route(ctx, entry.to_saddr, entry.to_daddr, entry.to_sport, entry.to_dport);
     }
     if p.frag == Frag::Later {
         // A later fragment of a flow that is not tracked: not ours.
@@ -401,12 +405,15 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &Svc4Key, svc: &Svc4Value, now: u6
         proto: p.proto,
         pad: [0; 3],
     };
+    let flags = flags | if snat { CT_FLAG_SNAT } else { 0 };
+    // Replies leave as the frontend: a NodePort's frontend is a node address.
+    let reply_route = if is_node_addr(p.daddr) { CT_FLAG_ROUTE } else { 0 };
     let reply = Ct4Value {
         to_saddr: p.daddr,
         to_daddr: p.saddr,
         to_sport: p.dport,
         to_dport: p.sport,
-        flags: flags | if snat { CT_FLAG_SNAT } else { 0 },
+        flags: flags | reply_route,
         direction: CT_DIR_REPLY,
         pad: [0; 2],
         expires_ns: now + life,
@@ -443,7 +450,8 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &Svc4Key, svc: &Svc4Value, now: u6
         to_daddr: backend.address,
         to_sport: reply_key.dport,
         to_dport: backend.port,
-        flags: reply.flags,
+        // SNATed packets leave with the device's (node) address.
+        flags: flags | if snat { CT_FLAG_ROUTE } else { 0 },
         direction: CT_DIR_ORIGINAL,
         pad: [0; 2],
         expires_ns: now + life,
@@ -457,19 +465,20 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &Svc4Key, svc: &Svc4Value, now: u6
     }
     rewrite(ctx, p, &original)?;
     count(Counter::NpNewFlow);
-    deliver(ctx, original.to_saddr, original.to_daddr, original.to_sport, original.to_dport)
+    if !snat {
+        return Ok(TC_ACT_OK as i32);
+    }
+    route(ctx, original.to_saddr, original.to_daddr, original.to_sport, original.to_dport)
 }
 
 /// After a rewrite at ingress: a packet whose source is now one of this node's
 /// addresses (an SNATed flow, or a reply leaving as the NodePort) would be dropped
 /// by the routing input path as a martian, so this node forwards it itself: a FIB
 /// lookup for the egress device and a redirect through the neighbour subsystem (as
-/// Cilium does). Everything else continues up the stack and is routed as usual.
+/// Cilium does). Callers decide (flows: CT_FLAG_ROUTE, set once per flow); every
+/// other packet continues up the stack and is routed as usual.
 #[inline(always)]
-fn deliver(ctx: &TcContext, saddr: u32, daddr: u32, sport: u16, dport: u16) -> Result<i32, Error> {
-    if !is_node_addr(saddr) {
-        return Ok(TC_ACT_OK as i32);
-    }
+fn route(ctx: &TcContext, saddr: u32, daddr: u32, sport: u16, dport: u16) -> Result<i32, Error> {
     // We route the packet, so we decrement its TTL; at 1, leave it to the stack.
     let ttl: u8 = ctx.load(ETH_HLEN + IP_TTL)?;
     if ttl <= 1 {
@@ -583,8 +592,10 @@ fn icmp_error(
     }
     count(Counter::NpIcmpTranslated);
     if ingress {
-        // From a node address now: routed here like any such packet (see deliver).
-        return deliver(ctx, new_saddr, new_isaddr, 0, 0);
+        // From a node address now: routed here like any such packet (see route).
+        if is_node_addr(new_saddr) {
+            return route(ctx, new_saddr, new_isaddr, 0, 0);
+        }
     }
     Ok(TC_ACT_OK as i32)
 }

@@ -39,7 +39,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use harness::{Fixture, Hook, Network, Run, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, monotonic_ns};
 use lb_common::{
-    CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_FLAG_CLOSING, CT_FLAG_ESTABLISHED, CT_FLAG_SNAT, Counter,
+    CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_FLAG_CLOSING, CT_FLAG_ESTABLISHED, CT_FLAG_ROUTE, CT_FLAG_SNAT,
+    Counter,
     Ct4Key, Ct4Value, SNAT_PORT_MAX, SNAT_PORT_MIN, ct_lifetime,
 };
 use packet::{
@@ -537,7 +538,7 @@ fn nodeport_dnat_to_a_local_backend_keeps_the_client_address() {
         Xlate {
             to_src: frontend,
             to_dst: client(40000),
-            flags: 0,
+            flags: CT_FLAG_ROUTE, // replies leave as the NodePort, a node address
             direction: CT_DIR_REPLY
         },
         "reply direction: back to the frontend"
@@ -586,7 +587,7 @@ fn nodeport_snat_to_a_remote_backend_and_back() {
             Xlate {
                 to_src: snat,
                 to_dst: REMOTE_WEB,
-                flags: CT_FLAG_SNAT,
+                flags: CT_FLAG_SNAT | CT_FLAG_ROUTE,
                 direction: CT_DIR_ORIGINAL
             }
         );
@@ -596,7 +597,7 @@ fn nodeport_snat_to_a_remote_backend_and_back() {
             Xlate {
                 to_src: frontend,
                 to_dst: client(cport),
-                flags: CT_FLAG_SNAT,
+                flags: CT_FLAG_SNAT | CT_FLAG_ROUTE,
                 direction: CT_DIR_REPLY
             },
             "the reply answers from the address the client used"
@@ -635,7 +636,7 @@ fn nodeport_snat_to_a_remote_backend_and_back() {
         let reply = ct_entry(&fx, REMOTE_WEB, snat, IPPROTO_TCP);
         assert_eq!(
             reply.flags,
-            CT_FLAG_SNAT | CT_FLAG_ESTABLISHED,
+            CT_FLAG_SNAT | CT_FLAG_ESTABLISHED | CT_FLAG_ROUTE,
             "a SYN-ACK establishes the reply direction"
         );
 
@@ -734,7 +735,7 @@ fn egress_reverse_nat_of_a_local_backend_reply() {
     );
     let after = monotonic_ns();
     let reply = ct_entry(&fx, LOCAL_WEB, client(40000), IPPROTO_TCP);
-    assert_eq!(reply.flags, CT_FLAG_ESTABLISHED);
+    assert_eq!(reply.flags, CT_FLAG_ESTABLISHED | CT_FLAG_ROUTE);
     assert_expires(
         &reply,
         before,
