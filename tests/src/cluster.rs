@@ -115,22 +115,7 @@ impl Cluster {
         timeout: Duration,
         done: impl Fn(&TcpReport) -> bool,
     ) -> Result<TcpReport> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            self.check_agent()?;
-            let r = self.tcp(probe)?;
-            if done(&r) {
-                return Ok(r);
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "no acceptable answer from {} within {timeout:?}; last report {r:?}\nagent log tail:\n{}",
-                    probe.to,
-                    self.agent.log_tail(40)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.wait_for(&probe.to, timeout, |c| c.tcp(probe), done)
     }
 
     /// Like [`Cluster::wait_tcp`] for UDP.
@@ -140,17 +125,26 @@ impl Cluster {
         timeout: Duration,
         done: impl Fn(&UdpReport) -> bool,
     ) -> Result<UdpReport> {
+        self.wait_for(&probe.to, timeout, |c| c.udp(probe), done)
+    }
+
+    fn wait_for<R: std::fmt::Debug>(
+        &mut self,
+        to: &dyn std::fmt::Display,
+        timeout: Duration,
+        run: impl Fn(&Cluster) -> Result<R>,
+        done: impl Fn(&R) -> bool,
+    ) -> Result<R> {
         let deadline = Instant::now() + timeout;
         loop {
             self.check_agent()?;
-            let r = self.udp(probe)?;
+            let r = run(self)?;
             if done(&r) {
                 return Ok(r);
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "no acceptable answer from {} within {timeout:?}; last report {r:?}\nagent log tail:\n{}",
-                    probe.to,
+                    "no acceptable answer from {to} within {timeout:?}; last report {r:?}\nagent log tail:\n{}",
                     self.agent.log_tail(40)
                 );
             }
