@@ -34,8 +34,18 @@ pub mod map_names {
     /// loadBalancerSourceRanges (LPM trie of [`super::SrcRange4Key`] -> u8).
     pub const SRC_RANGE4: &str = "lb4_srcrng_v1";
     /// Every map the data path pins, for inspection and uninstall.
-    pub const ALL: [&str; 10] =
-        [SVC4, BACKEND4, REVNAT4, SOCK_BACKEND4, STATS, CT4, NODE_ADDR4, DEVICE4, FRAG4, SRC_RANGE4];
+    pub const ALL: [&str; 10] = [
+        SVC4,
+        BACKEND4,
+        REVNAT4,
+        SOCK_BACKEND4,
+        STATS,
+        CT4,
+        NODE_ADDR4,
+        DEVICE4,
+        FRAG4,
+        SRC_RANGE4,
+    ];
 }
 
 /// Default map capacities. The agent may raise them when it creates the maps.
@@ -126,7 +136,14 @@ const _: () = assert!(core::mem::size_of::<Svc4Key>() == 12);
 impl Svc4Key {
     /// `address` and `dport` in network byte order.
     pub const fn new(address: u32, dport: u16, proto: u8, backend_slot: u16) -> Self {
-        Self { address, dport, backend_slot, proto, scope: scope::INTERNAL, pad: [0; 2] }
+        Self {
+            address,
+            dport,
+            backend_slot,
+            proto,
+            scope: scope::INTERNAL,
+            pad: [0; 2],
+        }
     }
 
     /// The same frontend in another scope.
@@ -141,7 +158,10 @@ impl Svc4Key {
 
     /// The same frontend at another slot.
     pub const fn with_slot(self, backend_slot: u16) -> Self {
-        Self { backend_slot, ..self }
+        Self {
+            backend_slot,
+            ..self
+        }
     }
 }
 
@@ -178,13 +198,30 @@ pub const BACKEND_FLAG_LOCAL: u8 = 1;
 
 impl Svc4Value {
     /// Slot 0 of a frontend.
-    pub const fn service(action: SvcAction, count: u16, affinity_timeout_s: u32, flags: u8) -> Self {
-        Self { backend_id: 0, count, action: action as u8, flags, affinity_timeout_s }
+    pub const fn service(
+        action: SvcAction,
+        count: u16,
+        affinity_timeout_s: u32,
+        flags: u8,
+    ) -> Self {
+        Self {
+            backend_id: 0,
+            count,
+            action: action as u8,
+            flags,
+            affinity_timeout_s,
+        }
     }
 
     /// A backend slot.
     pub const fn slot(backend_id: u32) -> Self {
-        Self { backend_id, count: 0, action: 0, flags: 0, affinity_timeout_s: 0 }
+        Self {
+            backend_id,
+            count: 0,
+            action: 0,
+            flags: 0,
+            affinity_timeout_s: 0,
+        }
     }
 }
 
@@ -560,7 +597,10 @@ mod tests {
         assert_eq!(align_of::<Ct4Value>(), 8);
         assert_eq!(offset_of!(Frag4Key, id), 8);
         assert_eq!(offset_of!(SrcRange4Key, source), 8);
-        assert_eq!(SRC_RANGE_FRONTEND_BITS as usize, offset_of!(SrcRange4Key, source) * 8);
+        assert_eq!(
+            SRC_RANGE_FRONTEND_BITS as usize,
+            offset_of!(SrcRange4Key, source) * 8
+        );
         const { assert!(SNAT_PORT_MIN > 60_999) };
     }
 

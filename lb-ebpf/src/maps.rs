@@ -46,11 +46,13 @@ pub static DEVICE4: HashMap<u32, Device4, { capacity::DEVICE4 as usize }> = Hash
 
 /// Ports of fragmented datagrams, from their first fragment.
 #[aya_ebpf::macros::btf_map(name = "lb4_frag_v1")]
-pub static FRAG4: LruHashMap<Frag4Key, Frag4Value, { capacity::FRAG4 as usize }> = LruHashMap::new();
+pub static FRAG4: LruHashMap<Frag4Key, Frag4Value, { capacity::FRAG4 as usize }> =
+    LruHashMap::new();
 
 /// loadBalancerSourceRanges: (frontend, source prefix) -> allowed.
 #[aya_ebpf::macros::btf_map(name = "lb4_srcrng_v1")]
-pub static SRC_RANGE4: LpmTrie<SrcRange4Key, u8, { capacity::SRC_RANGE4 as usize }> = LpmTrie::new();
+pub static SRC_RANGE4: LpmTrie<SrcRange4Key, u8, { capacity::SRC_RANGE4 as usize }> =
+    LpmTrie::new();
 
 pub type SrcRangeKey = Key<SrcRange4Key>;
 

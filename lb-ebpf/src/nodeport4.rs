@@ -24,11 +24,10 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use lb_common::{
-    CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_FLAG_CLOSING, CT_FLAG_ESTABLISHED, CT_FLAG_ROUTE, CT_FLAG_SNAT,
-    Counter,
-    Ct4Key, Ct4Value, Frag4Key, Frag4Value, IPPROTO_TCP, IPPROTO_UDP, SNAT_PORT_MAX,
-    SNAT_PORT_MIN, SRC_RANGE_FRONTEND_BITS, SVC_FLAG_SNAT, SVC_FLAG_SOURCE_RANGES, SrcRange4Key,
-    Svc4Key, Svc4Value, SvcAction, BACKEND_FLAG_LOCAL, ct_lifetime, scope,
+    BACKEND_FLAG_LOCAL, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_FLAG_CLOSING, CT_FLAG_ESTABLISHED,
+    CT_FLAG_ROUTE, CT_FLAG_SNAT, Counter, Ct4Key, Ct4Value, Frag4Key, Frag4Value, IPPROTO_TCP,
+    IPPROTO_UDP, SNAT_PORT_MAX, SNAT_PORT_MIN, SRC_RANGE_FRONTEND_BITS, SVC_FLAG_SNAT,
+    SVC_FLAG_SOURCE_RANGES, SrcRange4Key, Svc4Key, Svc4Value, SvcAction, ct_lifetime, scope,
 };
 
 use crate::maps::{
@@ -95,7 +94,14 @@ struct Packet {
 
 impl Packet {
     fn ct_key(&self) -> Ct4Key {
-        Ct4Key { saddr: self.saddr, daddr: self.daddr, sport: self.sport, dport: self.dport, proto: self.proto, pad: [0; 3] }
+        Ct4Key {
+            saddr: self.saddr,
+            daddr: self.daddr,
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.proto,
+            pad: [0; 3],
+        }
     }
 
     /// Offset of the L4 checksum, if this packet carries the L4 header.
@@ -110,7 +116,11 @@ impl Packet {
 
     fn l4_csum_flags(&self) -> u64 {
         // UDP checksum 0 means "none": leave it 0 (and never produce 0).
-        if self.proto == IPPROTO_UDP { BPF_F_MARK_MANGLED_0 as u64 } else { 0 }
+        if self.proto == IPPROTO_UDP {
+            BPF_F_MARK_MANGLED_0 as u64
+        } else {
+            0
+        }
     }
 }
 
@@ -120,7 +130,11 @@ enum Parsed {
     Other,
     Flow(Packet),
     /// An ICMP message; `l4_off` is where the ICMP header starts.
-    Icmp { l4_off: usize, saddr: u32, daddr: u32 },
+    Icmp {
+        l4_off: usize,
+        saddr: u32,
+        daddr: u32,
+    },
 }
 
 #[inline(always)]
@@ -148,11 +162,23 @@ fn parse(ctx: &TcContext) -> Result<Parsed, Error> {
     };
     match proto {
         IPPROTO_TCP | IPPROTO_UDP => {}
-        IPPROTO_ICMP if frag != Frag::Later => return Ok(Parsed::Icmp { l4_off, saddr, daddr }),
+        IPPROTO_ICMP if frag != Frag::Later => {
+            return Ok(Parsed::Icmp {
+                l4_off,
+                saddr,
+                daddr,
+            });
+        }
         _ => return Ok(Parsed::Other),
     }
     let frag_key = || -> Result<Frag4Key, Error> {
-        Ok(Frag4Key { saddr, daddr, id: ctx.load(ETH_HLEN + 4)?, proto, pad: 0 })
+        Ok(Frag4Key {
+            saddr,
+            daddr,
+            id: ctx.load(ETH_HLEN + 4)?,
+            proto,
+            pad: 0,
+        })
     };
     let (sport, dport, tcp_flags) = if frag == Frag::Later {
         match FRAG4.get_ptr(&frag_key()?).map(|p| unsafe { *p }) {
@@ -165,7 +191,11 @@ fn parse(ctx: &TcContext) -> Result<Parsed, Error> {
     } else {
         let sport: u16 = ctx.load(l4_off)?;
         let dport: u16 = ctx.load(l4_off + 2)?;
-        let flags: u8 = if proto == IPPROTO_TCP { ctx.load(l4_off + 13)? } else { 0 };
+        let flags: u8 = if proto == IPPROTO_TCP {
+            ctx.load(l4_off + 13)?
+        } else {
+            0
+        };
         (sport, dport, flags)
     };
     if frag == Frag::First {
@@ -173,7 +203,16 @@ fn parse(ctx: &TcContext) -> Result<Parsed, Error> {
         // fragment cannot be matched otherwise.
         let _ = FRAG4.insert(&frag_key()?, &Frag4Value { sport, dport }, BPF_ANY as u64);
     }
-    Ok(Parsed::Flow(Packet { l4_off, proto, saddr, daddr, sport, dport, frag, tcp_flags }))
+    Ok(Parsed::Flow(Packet {
+        l4_off,
+        proto,
+        saddr,
+        daddr,
+        sport,
+        dport,
+        frag,
+        tcp_flags,
+    }))
 }
 
 /// Rewrites addresses and ports, keeping the IP and L4 checksums right.
@@ -184,14 +223,24 @@ fn rewrite(ctx: &TcContext, p: &Packet, to: &Ct4Value) -> Result<(), Error> {
     let l4_flags = p.l4_csum_flags();
     if to.to_saddr != p.saddr {
         if let Some(off) = l4_csum {
-            ctx.l4_csum_replace(off, p.saddr as u64, to.to_saddr as u64, BPF_F_PSEUDO_HDR as u64 | 4 | l4_flags)?;
+            ctx.l4_csum_replace(
+                off,
+                p.saddr as u64,
+                to.to_saddr as u64,
+                BPF_F_PSEUDO_HDR as u64 | 4 | l4_flags,
+            )?;
         }
         ctx.l3_csum_replace(ip_csum, p.saddr as u64, to.to_saddr as u64, 4)?;
         ctx.store(ETH_HLEN + IP_SADDR, &to.to_saddr, 0)?;
     }
     if to.to_daddr != p.daddr {
         if let Some(off) = l4_csum {
-            ctx.l4_csum_replace(off, p.daddr as u64, to.to_daddr as u64, BPF_F_PSEUDO_HDR as u64 | 4 | l4_flags)?;
+            ctx.l4_csum_replace(
+                off,
+                p.daddr as u64,
+                to.to_daddr as u64,
+                BPF_F_PSEUDO_HDR as u64 | 4 | l4_flags,
+            )?;
         }
         ctx.l3_csum_replace(ip_csum, p.daddr as u64, to.to_daddr as u64, 4)?;
         ctx.store(ETH_HLEN + IP_DADDR, &to.to_daddr, 0)?;
@@ -249,7 +298,10 @@ fn ct_track(p: &Packet, now: u64) -> Option<Ct4Value> {
     let expires = now + life;
     let closing_now = flags & CT_FLAG_CLOSING != 0 && value.flags & CT_FLAG_CLOSING == 0;
     // Refresh at most about once a second, or when the flow starts closing.
-    if flags != value.flags || expires > value.expires_ns + 1_000_000_000 || expires < value.expires_ns {
+    if flags != value.flags
+        || expires > value.expires_ns + 1_000_000_000
+        || expires < value.expires_ns
+    {
         value.flags = flags;
         value.expires_ns = expires;
         // The flow lives as long as either direction is active: a one-way stream (say
@@ -308,7 +360,11 @@ pub fn egress(ctx: &TcContext) -> i32 {
 fn try_egress(ctx: &TcContext) -> Result<i32, Error> {
     let p = match parse(ctx)? {
         Parsed::Flow(p) => p,
-        Parsed::Icmp { l4_off, saddr, daddr } => return icmp_error(ctx, l4_off, saddr, daddr, false),
+        Parsed::Icmp {
+            l4_off,
+            saddr,
+            daddr,
+        } => return icmp_error(ctx, l4_off, saddr, daddr, false),
         Parsed::Other => return Ok(TC_ACT_OK as i32),
     };
     // SAFETY: plain helper call.
@@ -324,7 +380,11 @@ fn try_egress(ctx: &TcContext) -> Result<i32, Error> {
 fn try_ingress(ctx: &TcContext) -> Result<i32, Error> {
     let p = match parse(ctx)? {
         Parsed::Flow(p) => p,
-        Parsed::Icmp { l4_off, saddr, daddr } => return icmp_error(ctx, l4_off, saddr, daddr, true),
+        Parsed::Icmp {
+            l4_off,
+            saddr,
+            daddr,
+        } => return icmp_error(ctx, l4_off, saddr, daddr, true),
         Parsed::Other => return Ok(TC_ACT_OK as i32),
     };
     // SAFETY: plain helper call.
@@ -335,7 +395,13 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, Error> {
         if entry.flags & CT_FLAG_ROUTE == 0 {
             return Ok(TC_ACT_OK as i32);
         }
-        return route(ctx, entry.to_saddr, entry.to_daddr, entry.to_sport, entry.to_dport);
+        return route(
+            ctx,
+            entry.to_saddr,
+            entry.to_daddr,
+            entry.to_sport,
+            entry.to_dport,
+        );
     }
     if p.frag == Frag::Later {
         // A later fragment of a flow that is not tracked: not ours.
@@ -374,25 +440,44 @@ fn lookup_external(p: &Packet) -> Option<(Svc4Key, Svc4Value, bool)> {
         return None;
     }
     let nodeport = Svc4Key::new(0, p.dport, p.proto, 0).with_scope(scope::EXTERNAL);
-    SVC4.get_ptr(&nodeport).map(|v| (nodeport, unsafe { *v }, true))
+    SVC4.get_ptr(&nodeport)
+        .map(|v| (nodeport, unsafe { *v }, true))
 }
 
 #[inline(always)]
 fn source_allowed(key: &Svc4Key, saddr: u32) -> bool {
     let lpm = SrcRangeKey::new(
         SRC_RANGE_FRONTEND_BITS + 32,
-        SrcRange4Key { address: key.address, dport: key.dport, proto: key.proto, pad: 0, source: saddr },
+        SrcRange4Key {
+            address: key.address,
+            dport: key.dport,
+            proto: key.proto,
+            pad: 0,
+            source: saddr,
+        },
     );
     SRC_RANGE4.get(&lpm).is_some()
 }
 
 #[inline(always)]
-fn new_flow(ctx: &TcContext, p: &Packet, key: &Svc4Key, svc: &Svc4Value, now: u64) -> Result<i32, Error> {
+fn new_flow(
+    ctx: &TcContext,
+    p: &Packet,
+    key: &Svc4Key,
+    svc: &Svc4Value,
+    now: u64,
+) -> Result<i32, Error> {
     // SAFETY: plain helper call.
     let rnd = unsafe { bpf_get_prandom_u32() };
     let slot = 1 + (rnd % svc.count as u32) as u16;
-    let backend_id = SVC4.get_ptr(&key.with_slot(slot)).map(|v| unsafe { (*v).backend_id }).ok_or(Error)?;
-    let backend = BACKEND4.get_ptr(backend_id).map(|b| unsafe { *b }).ok_or(Error)?;
+    let backend_id = SVC4
+        .get_ptr(&key.with_slot(slot))
+        .map(|v| unsafe { (*v).backend_id })
+        .ok_or(Error)?;
+    let backend = BACKEND4
+        .get_ptr(backend_id)
+        .map(|b| unsafe { *b })
+        .ok_or(Error)?;
 
     let (life, flags) = lifetime(p, 0);
     let snat = svc.flags & SVC_FLAG_SNAT != 0 && backend.flags & BACKEND_FLAG_LOCAL == 0;
@@ -407,7 +492,11 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &Svc4Key, svc: &Svc4Value, now: u6
     };
     let flags = flags | if snat { CT_FLAG_SNAT } else { 0 };
     // Replies leave as the frontend: a NodePort's frontend is a node address.
-    let reply_route = if is_node_addr(p.daddr) { CT_FLAG_ROUTE } else { 0 };
+    let reply_route = if is_node_addr(p.daddr) {
+        CT_FLAG_ROUTE
+    } else {
+        0
+    };
     let reply = Ct4Value {
         to_saddr: p.daddr,
         to_daddr: p.saddr,
@@ -423,7 +512,10 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &Svc4Key, svc: &Svc4Value, now: u6
     if snat {
         // SAFETY: the skb context is valid for the program's run.
         let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-        let device = DEVICE4.get_ptr(ifindex).map(|d| unsafe { *d }).ok_or(Error)?;
+        let device = DEVICE4
+            .get_ptr(ifindex)
+            .map(|d| unsafe { *d })
+            .ok_or(Error)?;
         reply_key.daddr = device.snat_addr;
         let mut found = false;
         for _ in 0..SNAT_TRIES {
@@ -468,7 +560,13 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &Svc4Key, svc: &Svc4Value, now: u6
     if !snat {
         return Ok(TC_ACT_OK as i32);
     }
-    route(ctx, original.to_saddr, original.to_daddr, original.to_sport, original.to_dport)
+    route(
+        ctx,
+        original.to_saddr,
+        original.to_daddr,
+        original.to_sport,
+        original.to_dport,
+    )
 }
 
 /// After a rewrite at ingress: a packet whose source is now one of this node's
@@ -498,7 +596,12 @@ fn route(ctx: &TcContext, saddr: u32, daddr: u32, sport: u16, dport: u16) -> Res
     fib.__bindgen_anon_4.ipv4_dst = daddr;
     // SAFETY: helper call with a valid context and a pointer to a local of the size given.
     let rc = unsafe {
-        fib_lookup(ctx.as_ptr(), &mut fib, core::mem::size_of::<bpf_fib_lookup>() as i32, 0)
+        fib_lookup(
+            ctx.as_ptr(),
+            &mut fib,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
     };
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         // Not routable from here: the packet goes up unchanged (beyond the rewrite).
@@ -527,7 +630,10 @@ fn icmp_error(
     ingress: bool,
 ) -> Result<i32, Error> {
     let icmp_type: u8 = ctx.load(icmp_off)?;
-    if !matches!(icmp_type, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB) {
+    if !matches!(
+        icmp_type,
+        ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB
+    ) {
         return Ok(TC_ACT_OK as i32);
     }
     let inner = icmp_off + 8;
@@ -546,14 +652,25 @@ fn icmp_error(
     let isport: u16 = ctx.load(inner_l4)?;
     let idport: u16 = ctx.load(inner_l4 + 2)?;
     // Packets of the opposite direction of the quoted one match this key.
-    let key = Ct4Key { saddr: idaddr, daddr: isaddr, sport: idport, dport: isport, proto, pad: [0; 3] };
+    let key = Ct4Key {
+        saddr: idaddr,
+        daddr: isaddr,
+        sport: idport,
+        dport: isport,
+        proto,
+        pad: [0; 3],
+    };
     let Some(entry) = CT4.get_ptr(&key).map(|e| unsafe { *e }) else {
         return Ok(TC_ACT_OK as i32);
     };
     // Opposite-direction packets become (to_saddr, to_daddr, to_sport, to_dport), so
     // the quoted packet becomes (to_daddr -> to_saddr, to_dport -> to_sport).
-    let (new_isaddr, new_idaddr, new_isport, new_idport) =
-        (entry.to_daddr, entry.to_saddr, entry.to_dport, entry.to_sport);
+    let (new_isaddr, new_idaddr, new_isport, new_idport) = (
+        entry.to_daddr,
+        entry.to_saddr,
+        entry.to_dport,
+        entry.to_sport,
+    );
     let icmp_csum = icmp_off + 2;
     let inner_csum = inner + IP_CSUM;
     // Inner addresses: the inner IP checksum changes by the opposite amount, so the

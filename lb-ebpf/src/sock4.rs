@@ -46,7 +46,11 @@ pub fn xlate_fwd(ctx: &SockAddrContext) -> i32 {
             PROCEED
         }
         Ok(Forward::Refuse(errno)) => {
-            count(if errno == ECONNREFUSED { Counter::Rejected } else { Counter::Dropped });
+            count(if errno == ECONNREFUSED {
+                Counter::Rejected
+            } else {
+                Counter::Dropped
+            });
             // SAFETY: helper call with a plain integer; allowed for connect4/sendmsg4.
             unsafe { bpf_set_retval(-errno) };
             REJECT
@@ -105,8 +109,17 @@ fn try_xlate_fwd(ctx: &SockAddrContext) -> Result<Forward, Inconsistent> {
 
     // Record the reverse translation before rewriting: if it cannot be stored,
     // getpeername() would show the backend, which is still a working socket.
-    let rev_key = RevNat4Key { cookie, address: backend.address, port: backend.port, pad: 0 };
-    let rev_val = RevNat4Value { address, port, pad: 0 };
+    let rev_key = RevNat4Key {
+        cookie,
+        address: backend.address,
+        port: backend.port,
+        pad: 0,
+    };
+    let rev_val = RevNat4Value {
+        address,
+        port,
+        pad: 0,
+    };
     if REVNAT4.insert(&rev_key, &rev_val, BPF_ANY as u64).is_err() {
         count(Counter::RevNatUpdateFailed);
     }
@@ -144,19 +157,34 @@ fn lookup_backend(id: u32) -> Option<Backend4> {
 
 /// Picks one of the `count` slots at random and resolves it.
 #[inline(always)]
-fn random_backend(key: &Svc4Key, count: u16) -> Result<(SockBackend4Value, Backend4), Inconsistent> {
+fn random_backend(
+    key: &Svc4Key,
+    count: u16,
+) -> Result<(SockBackend4Value, Backend4), Inconsistent> {
     // SAFETY: helper without arguments.
     let rnd = unsafe { bpf_get_prandom_u32() };
     let slot = 1 + (rnd % count as u32) as u16;
     let slot_val = lookup_svc(&key.with_slot(slot)).ok_or(Inconsistent)?;
     let backend = lookup_backend(slot_val.backend_id).ok_or(Inconsistent)?;
-    Ok((SockBackend4Value { backend_id: slot_val.backend_id, backend_slot: slot, pad: 0 }, backend))
+    Ok((
+        SockBackend4Value {
+            backend_id: slot_val.backend_id,
+            backend_slot: slot,
+            pad: 0,
+        },
+        backend,
+    ))
 }
 
 /// UDP: one backend per (socket, service), kept while its slot still holds it.
 #[inline(always)]
 fn udp_backend(cookie: u64, key: &Svc4Key, count: u16) -> Result<Backend4, Inconsistent> {
-    let sk_key = SockBackend4Key { cookie, address: key.address, port: key.dport, pad: 0 };
+    let sk_key = SockBackend4Key {
+        cookie,
+        address: key.address,
+        port: key.dport,
+        pad: 0,
+    };
     if let Some(chosen) = SOCK_BACKEND4.get_ptr(&sk_key).map(|p| unsafe { *p }) {
         if chosen.backend_slot >= 1 && chosen.backend_slot <= count {
             let still_there = lookup_svc(&key.with_slot(chosen.backend_slot))
@@ -180,7 +208,12 @@ pub fn xlate_rev(ctx: &SockAddrContext) -> i32 {
     let sa = sock_addr(ctx);
     // SAFETY: the context is a sock_addr context, for which the helper is allowed.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let key = RevNat4Key { cookie, address: sa.user_ip4, port: sa.user_port as u16, pad: 0 };
+    let key = RevNat4Key {
+        cookie,
+        address: sa.user_ip4,
+        port: sa.user_port as u16,
+        pad: 0,
+    };
     if let Some(orig) = REVNAT4.get_ptr(&key).map(|p| unsafe { *p }) {
         sa.user_ip4 = orig.address;
         sa.user_port = orig.port as u32;

@@ -34,7 +34,10 @@ use std::{
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use socklb::{
     datapath::{ServiceMaps, diff::Capacity, kernel, memory::MemoryMaps},
-    model::{EndpointModel, NodeModel, Protocol, ServiceModel, ServicePortModel, ServiceType, SliceModel, SlicePortModel, TrafficPolicy},
+    model::{
+        EndpointModel, NodeModel, Protocol, ServiceModel, ServicePortModel, ServiceType,
+        SliceModel, SlicePortModel, TrafficPolicy,
+    },
     reconcile::Reconciler,
     source::ClusterEvent,
     state::ClusterState,
@@ -56,7 +59,12 @@ fn service(i: usize) -> ServiceModel {
         name: format!("svc-{i}"),
         service_type: ServiceType::ClusterIP,
         cluster_ips: vec![Ipv4Addr::from(0x0a60_0000u32 + i as u32)],
-        ports: vec![ServicePortModel { name: "http".into(), protocol: Protocol::Tcp, port: 80, node_port: None }],
+        ports: vec![ServicePortModel {
+            name: "http".into(),
+            protocol: Protocol::Tcp,
+            port: 80,
+            node_port: None,
+        }],
         internal_traffic_policy: TrafficPolicy::Cluster,
         external_traffic_policy: TrafficPolicy::Cluster,
         session_affinity_timeout_s: 0,
@@ -78,7 +86,9 @@ fn slice(i: usize, generation: u32) -> SliceModel {
 fn slice_changed(i: usize, generation: u32, k: usize) -> SliceModel {
     let endpoints = (0..ENDPOINTS)
         .map(|e| {
-            let host = 0x0af4_0000u32 + (i * ENDPOINTS + e) as u32 * 2 + if e < k { generation % 2 } else { 0 };
+            let host = 0x0af4_0000u32
+                + (i * ENDPOINTS + e) as u32 * 2
+                + if e < k { generation % 2 } else { 0 };
             EndpointModel {
                 address: Ipv4Addr::from(host),
                 ready: true,
@@ -95,7 +105,11 @@ fn slice_changed(i: usize, generation: u32, k: usize) -> SliceModel {
         namespace: "bench".into(),
         name: format!("svc-{i}-1"),
         service_name: format!("svc-{i}"),
-        ports: vec![SlicePortModel { name: "http".into(), protocol: Protocol::Tcp, port: 8080 }],
+        ports: vec![SlicePortModel {
+            name: "http".into(),
+            protocol: Protocol::Tcp,
+            port: 8080,
+        }],
         endpoints,
         skipped_ports: vec![],
     }
@@ -119,7 +133,10 @@ impl BenchPins {
             eprintln!("kernel benchmarks skipped: they need root and bpffs at /sys/fs/bpf");
             return None;
         }
-        Some(Self(PathBuf::from(format!("/sys/fs/bpf/socklb-bench-{}", std::process::id()))))
+        Some(Self(PathBuf::from(format!(
+            "/sys/fs/bpf/socklb-bench-{}",
+            std::process::id()
+        ))))
     }
 }
 
@@ -171,7 +188,11 @@ fn cold_stages<M: ServiceMaps>(maps: M, n: usize) -> (ColdTimes, M) {
         ops: stats.ops,
     };
     // Untimed: empty the maps again for the next iteration.
-    state.apply(ClusterEvent::Snapshot { services: vec![], slices: vec![], node: NodeModel::named("bench-node") });
+    state.apply(ClusterEvent::Snapshot {
+        services: vec![],
+        slices: vec![],
+        node: NodeModel::named("bench-node"),
+    });
     state.recompute();
     reconciler.sync(&state.index().desired).unwrap();
     (times, reconciler.into_maps())
@@ -184,7 +205,12 @@ fn changes<M: ServiceMaps>(maps: M, n: usize, count: usize) -> (Vec<Duration>, V
 }
 
 /// Like [`changes`], with `k` endpoints of the slice replaced by each change.
-fn changes_of<M: ServiceMaps>(maps: M, n: usize, count: usize, k: usize) -> (Vec<Duration>, Vec<usize>, M) {
+fn changes_of<M: ServiceMaps>(
+    maps: M,
+    n: usize,
+    count: usize,
+    k: usize,
+) -> (Vec<Duration>, Vec<usize>, M) {
     let mut reconciler = Reconciler::adopt(maps, capacity()).unwrap();
     let mut state = ClusterState::new(NodeModel::named("bench-node"));
     state.apply(snapshot(n));
@@ -203,11 +229,17 @@ fn changes_of<M: ServiceMaps>(maps: M, n: usize, count: usize, k: usize) -> (Vec
         let start = Instant::now();
         state.apply(event);
         let changed = state.recompute();
-        let stats = reconciler.sync_keys(&state.index().desired, &changed).unwrap();
+        let stats = reconciler
+            .sync_keys(&state.index().desired, &changed)
+            .unwrap();
         latencies.push(start.elapsed());
         ops.push(stats.ops);
     }
-    state.apply(ClusterEvent::Snapshot { services: vec![], slices: vec![], node: NodeModel::named("bench-node") });
+    state.apply(ClusterEvent::Snapshot {
+        services: vec![],
+        slices: vec![],
+        node: NodeModel::named("bench-node"),
+    });
     state.recompute();
     reconciler.sync(&state.index().desired).unwrap();
     (latencies, ops, reconciler.into_maps())
@@ -237,7 +269,9 @@ fn snapshot_changes<M: ServiceMaps>(maps: M, n: usize, count: usize) -> (Vec<Col
         let applied = Instant::now();
         let changed = state.recompute();
         let recomputed = Instant::now();
-        let stats = reconciler.sync_keys(&state.index().desired, &changed).unwrap();
+        let stats = reconciler
+            .sync_keys(&state.index().desired, &changed)
+            .unwrap();
         let synced = Instant::now();
         out.push(ColdTimes {
             apply: applied - start,
@@ -247,7 +281,11 @@ fn snapshot_changes<M: ServiceMaps>(maps: M, n: usize, count: usize) -> (Vec<Col
             ops: stats.ops,
         });
     }
-    state.apply(ClusterEvent::Snapshot { services: vec![], slices: vec![], node: NodeModel::named("bench-node") });
+    state.apply(ClusterEvent::Snapshot {
+        services: vec![],
+        slices: vec![],
+        node: NodeModel::named("bench-node"),
+    });
     state.recompute();
     reconciler.sync(&state.index().desired).unwrap();
     (out, reconciler.into_maps())
@@ -274,7 +312,10 @@ fn report_changes(label: &str, n: usize, mut latencies: Vec<Duration>, ops: &[us
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -305,7 +346,11 @@ fn spread(values: &[f64]) -> serde_json::Value {
 }
 
 /// Cold syncs, changes and the proportionality series on one kind of maps.
-fn summary<M: ServiceMaps>(label: &str, n: usize, mut make: impl FnMut() -> M) -> serde_json::Value {
+fn summary<M: ServiceMaps>(
+    label: &str,
+    n: usize,
+    mut make: impl FnMut() -> M,
+) -> serde_json::Value {
     let repeats = env_usize("SOCKLB_BENCH_REPEATS", 5).max(1);
     let count = env_usize("SOCKLB_BENCH_CHANGES", 2000).max(1);
     let mut maps = make();
@@ -316,7 +361,9 @@ fn summary<M: ServiceMaps>(label: &str, n: usize, mut make: impl FnMut() -> M) -
         times.push(t);
     }
     drop(maps);
-    let stage = |f: &dyn Fn(&ColdTimes) -> Duration| spread(&times.iter().map(|t| ms(f(t))).collect::<Vec<_>>());
+    let stage = |f: &dyn Fn(&ColdTimes) -> Duration| {
+        spread(&times.iter().map(|t| ms(f(t))).collect::<Vec<_>>())
+    };
     let cold_ms = stage(&|t| t.total);
     println!(
         "summary/{label}/{n}: cold median {:.1} ms (apply {:.1}, recompute {:.1}, sync {:.1}), {} map ops",
@@ -349,13 +396,17 @@ fn summary<M: ServiceMaps>(label: &str, n: usize, mut make: impl FnMut() -> M) -
         let (_, ops, _) = changes_of(make(), n, 200.min(count).max(1), k);
         let mean = ops.iter().sum::<usize>() as f64 / ops.len().max(1) as f64;
         println!("summary/{label}/{n}: {k} endpoint(s) changed: {mean:.1} map ops per change");
-        proportional.push(serde_json::json!({"endpoints_changed": k, "map_ops_mean": mean,
-            "map_ops_max": ops.iter().max().copied().unwrap_or(0)}));
+        proportional.push(
+            serde_json::json!({"endpoints_changed": k, "map_ops_mean": mean,
+            "map_ops_max": ops.iter().max().copied().unwrap_or(0)}),
+        );
     }
     // The manifest-directory path: a whole snapshot per change.
     let snapshots = env_usize("SOCKLB_BENCH_SNAPSHOTS", 30).max(1);
     let (snap, _) = snapshot_changes(make(), n, snapshots);
-    let snap_stage = |f: &dyn Fn(&ColdTimes) -> Duration| spread(&snap.iter().map(|t| ms(f(t))).collect::<Vec<_>>());
+    let snap_stage = |f: &dyn Fn(&ColdTimes) -> Duration| {
+        spread(&snap.iter().map(|t| ms(f(t))).collect::<Vec<_>>())
+    };
     let snapshot_change = serde_json::json!({
         "count": snap.len(),
         "total_ms": snap_stage(&|t| t.total),
@@ -366,9 +417,15 @@ fn summary<M: ServiceMaps>(label: &str, n: usize, mut make: impl FnMut() -> M) -
     });
     println!(
         "summary/{label}/{n}: one slice changed inside a whole snapshot (manifest directory): median {:.2} ms (apply {:.2}, recompute {:.3}, sync {:.3})",
-        snapshot_change["total_ms"]["median"].as_f64().unwrap_or(0.0),
-        snapshot_change["apply_ms"]["median"].as_f64().unwrap_or(0.0),
-        snapshot_change["recompute_ms"]["median"].as_f64().unwrap_or(0.0),
+        snapshot_change["total_ms"]["median"]
+            .as_f64()
+            .unwrap_or(0.0),
+        snapshot_change["apply_ms"]["median"]
+            .as_f64()
+            .unwrap_or(0.0),
+        snapshot_change["recompute_ms"]["median"]
+            .as_f64()
+            .unwrap_or(0.0),
         snapshot_change["sync_ms"]["median"].as_f64().unwrap_or(0.0),
     );
     serde_json::json!({
@@ -400,7 +457,9 @@ fn bench(c: &mut Criterion) {
         // by stage, and map operations against the size of a change.
         rows.push(summary("memory", n, MemoryMaps::default));
         if let Some(pins) = &pins {
-            rows.push(summary("kernel", n, || kernel::create_maps(&pins.0).unwrap()));
+            rows.push(summary("kernel", n, || {
+                kernel::create_maps(&pins.0).unwrap()
+            }));
         }
     }
     if let Ok(path) = std::env::var("SOCKLB_BENCH_JSON") {

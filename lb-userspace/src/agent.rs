@@ -38,7 +38,11 @@ pub enum AgentError {
     #[error(transparent)]
     Kubernetes(#[from] kube_source::KubeSourceError),
     #[error("health endpoint {addr}: {source}")]
-    Health { addr: SocketAddr, #[source] source: std::io::Error },
+    Health {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the {0} source stopped")]
     SourceStopped(&'static str),
     #[error("node devices: {0}")]
@@ -49,7 +53,10 @@ pub enum AgentError {
 #[derive(Clone, Debug)]
 pub enum Source {
     /// A directory of manifests, checked every `poll_interval`.
-    Manifests { dir: PathBuf, poll_interval: Duration },
+    Manifests {
+        dir: PathBuf,
+        poll_interval: Duration,
+    },
     /// The Kubernetes API (`kubeconfig`, else KUBECONFIG, else in-cluster).
     Kubernetes { kubeconfig: Option<PathBuf> },
 }
@@ -77,8 +84,10 @@ pub struct AgentOptions {
 
 /// Reads a manifest directory and computes the plan (`socklb plan`).
 pub fn plan_from_dir(dir: &Path, node: &str) -> Result<(Plan, Vec<String>), AgentError> {
-    let set = manifests::load_dir(dir)
-        .map_err(|e| AgentError::Manifests { path: dir.to_path_buf(), message: e.to_string() })?;
+    let set = manifests::load_dir(dir).map_err(|e| AgentError::Manifests {
+        path: dir.to_path_buf(),
+        message: e.to_string(),
+    })?;
     let node_model = set.node(node);
     let plan = plan::compute_plan(&set.services, &set.slices, &node_model);
     let warnings = set.warnings.iter().map(|w| w.to_string()).collect();
@@ -123,7 +132,11 @@ pub async fn run_agent(
                 message: e.to_string(),
             })?;
             let invalid = source.invalid_objects.clone();
-            health.register_counter("socklb_manifest_invalid_objects", "Objects or files skipped as invalid in the last read of the manifest directory.", invalid);
+            health.register_counter(
+                "socklb_manifest_invalid_objects",
+                "Objects or files skipped as invalid in the last read of the manifest directory.",
+                invalid,
+            );
             // The channel is empty: this cannot fail.
             let _ = tx.try_send(first);
             let tx = tx.clone();
@@ -140,7 +153,9 @@ pub async fn run_agent(
             let config = KubeSourceConfig::new(opts.node.clone());
             let tx = tx.clone();
             tokio::spawn(async move {
-                if let Err(e) = kube_source::run_kube_source(client, config, tx, source_metrics).await {
+                if let Err(e) =
+                    kube_source::run_kube_source(client, config, tx, source_metrics).await
+                {
                     warn!(error = %e, "Kubernetes source failed");
                 }
                 "kubernetes"
@@ -161,8 +176,10 @@ pub async fn run_agent(
         }));
     }
 
-    let ifaces = node::interfaces().map_err(|e| AgentError::Node(format!("listing interfaces: {e}")))?;
-    let devices = node::select_devices(&ifaces, opts.devices.as_deref()).map_err(AgentError::Node)?;
+    let ifaces =
+        node::interfaces().map_err(|e| AgentError::Node(format!("listing interfaces: {e}")))?;
+    let devices =
+        node::select_devices(&ifaces, opts.devices.as_deref()).map_err(AgentError::Node)?;
     let mut maps = kernel::install(&opts.pin_dir, &opts.cgroup, &devices)?;
     let mut node_addrs = node::node_addresses(&ifaces);
     maps.set_node_addresses(&node_addrs)?;
@@ -251,14 +268,24 @@ pub async fn run_agent(
                 health.updated();
                 // kube-proxy's SyncServices + SyncEndpoints for healthCheckNodePorts; a
                 // port that fails to bind is logged inside and retried later.
-                let failed = service_health.update(service_health::desired_health_checks_for_state(&state)).await;
+                let failed = service_health
+                    .update(service_health::desired_health_checks_for_state(&state))
+                    .await;
                 service_health_failed = !failed.is_empty();
                 let latency = batch_started.take().map_or(Duration::ZERO, |t| t.elapsed());
                 metrics.syncs.fetch_add(1, Ordering::Relaxed);
-                metrics.map_ops.fetch_add(stats.ops as u64, Ordering::Relaxed);
-                metrics.frontends_changed.fetch_add(stats.frontends_changed as u64, Ordering::Relaxed);
-                metrics.last_latency_us.store(latency.as_micros() as u64, Ordering::Relaxed);
-                metrics.frontends.store(desired.frontends.len() as u64, Ordering::Relaxed);
+                metrics
+                    .map_ops
+                    .fetch_add(stats.ops as u64, Ordering::Relaxed);
+                metrics
+                    .frontends_changed
+                    .fetch_add(stats.frontends_changed as u64, Ordering::Relaxed);
+                metrics
+                    .last_latency_us
+                    .store(latency.as_micros() as u64, Ordering::Relaxed);
+                metrics
+                    .frontends
+                    .store(desired.frontends.len() as u64, Ordering::Relaxed);
                 for conflict in state.index().conflicts() {
                     warn!(%conflict, "two services claim one frontend");
                 }
@@ -274,7 +301,11 @@ pub async fn run_agent(
                 if !ready {
                     ready = true;
                     health.set_ready(true);
-                    info!(services = state.service_count(), slices = state.slice_count(), "ready");
+                    info!(
+                        services = state.service_count(),
+                        slices = state.slice_count(),
+                        "ready"
+                    );
                 }
             }
             Err(e) => {
@@ -302,7 +333,11 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Node addresses may change (DHCP, an added IP); conntrack entries of finished
 /// flows are removed before the LRU has to evict live ones.
-fn housekeep(reconciler: &mut Reconciler<kernel::KernelMaps>, node_addrs: &mut Vec<std::net::Ipv4Addr>, metrics: &SyncMetrics) {
+fn housekeep(
+    reconciler: &mut Reconciler<kernel::KernelMaps>,
+    node_addrs: &mut Vec<std::net::Ipv4Addr>,
+    metrics: &SyncMetrics,
+) {
     match node::interfaces() {
         Ok(ifaces) => {
             let now = node::node_addresses(&ifaces);
@@ -320,14 +355,22 @@ fn housekeep(reconciler: &mut Reconciler<kernel::KernelMaps>, node_addrs: &mut V
     }
     match reconciler.maps_mut().sweep_conntrack(monotonic_ns()) {
         Ok(sweep) => {
-            metrics.ct_entries.store(sweep.live as u64, Ordering::Relaxed);
-            metrics.ct_expired.fetch_add(sweep.removed as u64, Ordering::Relaxed);
+            metrics
+                .ct_entries
+                .store(sweep.live as u64, Ordering::Relaxed);
+            metrics
+                .ct_expired
+                .fetch_add(sweep.removed as u64, Ordering::Relaxed);
             // The table is an LRU: when full, new flows still get entries and the
             // least recently used (idle) flows lose theirs. Say so when it gets close.
             let capacity = lb_common::capacity::CT4 as usize;
             if sweep.live * 100 >= capacity * CT_PRESSURE_PERCENT {
                 metrics.ct_pressure.fetch_add(1, Ordering::Relaxed);
-                warn!(live = sweep.live, capacity, "conntrack table nearly full: idle flows are being evicted for new ones");
+                warn!(
+                    live = sweep.live,
+                    capacity,
+                    "conntrack table nearly full: idle flows are being evicted for new ones"
+                );
             }
         }
         Err(e) => warn!(error = %e, "conntrack sweep failed"),
@@ -336,7 +379,10 @@ fn housekeep(reconciler: &mut Reconciler<kernel::KernelMaps>, node_addrs: &mut V
 
 /// CLOCK_MONOTONIC in ns: the clock of bpf_ktime_get_ns.
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the local timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64

@@ -443,13 +443,23 @@ pub async fn serve_health(
 /// [`serve_health`] on a listener the caller bound (tests bind 127.0.0.1:0). Open
 /// connections are closed at shutdown.
 pub async fn serve_health_on(listener: TcpListener, health: Arc<Health>, shutdown: impl Future) {
-    serve_http(listener, "health endpoint", move |request| handle(&health, request), shutdown).await;
+    serve_http(
+        listener,
+        "health endpoint",
+        move |request| handle(&health, request),
+        shutdown,
+    )
+    .await;
 }
 
 /// Serves HTTP/1.1 on `listener`, answering every request with `respond`, until
 /// `shutdown` completes; then closes the listener and the open connections.
-pub async fn serve_http<R>(listener: TcpListener, what: &'static str, respond: R, shutdown: impl Future)
-where
+pub async fn serve_http<R>(
+    listener: TcpListener,
+    what: &'static str,
+    respond: R,
+    shutdown: impl Future,
+) where
     R: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
 {
     let mut connections = JoinSet::new();

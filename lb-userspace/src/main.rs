@@ -11,7 +11,11 @@ use socklb::{
 use tracing::info;
 
 #[derive(Parser)]
-#[command(name = "socklb", version, about = "eBPF service load balancer for Kubernetes (kube-proxy replacement)")]
+#[command(
+    name = "socklb",
+    version,
+    about = "eBPF service load balancer for Kubernetes (kube-proxy replacement)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -135,10 +139,17 @@ fn run() -> anyhow::Result<()> {
                 Some(c) => c,
                 None => kernel::cgroup2_root().context("no cgroup2 mount found; pass --cgroup")?,
             };
-            let default_health = if manifests.is_some() { None } else { Some("0.0.0.0:10256") };
+            let default_health = if manifests.is_some() {
+                None
+            } else {
+                Some("0.0.0.0:10256")
+            };
             let health_addr = match health_addr.as_deref().or(default_health) {
                 None | Some("off") => None,
-                Some(a) => Some(a.parse().with_context(|| format!("--health-addr {a:?} is not an address:port"))?),
+                Some(a) => Some(
+                    a.parse()
+                        .with_context(|| format!("--health-addr {a:?} is not an address:port"))?,
+                ),
             };
             let source = match manifests {
                 Some(dir) => Source::Manifests {
@@ -148,7 +159,11 @@ fn run() -> anyhow::Result<()> {
                 None => Source::Kubernetes { kubeconfig },
             };
             // "--devices none": an explicit empty list.
-            let devices = devices.map(|d| d.into_iter().filter(|n| n != "none" && !n.is_empty()).collect());
+            let devices = devices.map(|d| {
+                d.into_iter()
+                    .filter(|n| n != "none" && !n.is_empty())
+                    .collect()
+            });
             let opts = AgentOptions {
                 source,
                 node: node_name(node)?,
@@ -160,10 +175,16 @@ fn run() -> anyhow::Result<()> {
                 devices,
                 health_check_bind_address,
             };
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(agent::run_agent(opts, shutdown_signal()))?;
         }
-        Command::Plan { manifests, node, output } => {
+        Command::Plan {
+            manifests,
+            node,
+            output,
+        } => {
             let (plan, warnings) = agent::plan_from_dir(&manifests, &node_name(node)?)?;
             for w in warnings {
                 tracing::warn!("skipped: {w}");
@@ -199,7 +220,10 @@ fn run() -> anyhow::Result<()> {
                     std::thread::sleep(Duration::from_millis(20));
                 };
                 if !left.is_empty() {
-                    bail!("socklb programs are still attached to {}: {left:?} (attached from another pin directory?)", cgroup.display());
+                    bail!(
+                        "socklb programs are still attached to {}: {left:?} (attached from another pin directory?)",
+                        cgroup.display()
+                    );
                 }
             }
         }
@@ -211,7 +235,8 @@ fn node_name(flag: Option<String>) -> anyhow::Result<String> {
     if let Some(n) = flag.filter(|n| !n.is_empty()) {
         return Ok(n);
     }
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").context("reading the host name")?;
+    let host =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").context("reading the host name")?;
     Ok(host.trim().to_string())
 }
 
@@ -222,7 +247,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         Some(i) => text.split_at(i),
         None => (text, "s"),
     };
-    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration (e.g. 500ms, 1s, 2m)"))?;
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 500ms, 1s, 2m)"))?;
     let seconds = match unit {
         "ms" => value / 1000.0,
         "s" => value,
@@ -235,7 +262,10 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Resolves on SIGTERM or SIGINT.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

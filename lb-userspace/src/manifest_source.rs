@@ -84,11 +84,17 @@ impl ManifestSource {
         let mut services = Vec::new();
         let mut slices = Vec::new();
         let first_definer = |id: &ObjectId, path: &Path| {
-            self.definers.get(id).and_then(|files| files.first()).is_some_and(|f| **f == *path)
+            self.definers
+                .get(id)
+                .and_then(|files| files.first())
+                .is_some_and(|f| **f == *path)
         };
         for (path, set) in fresh {
             for s in set.services {
-                if first_definer(&ObjectId::Service(s.namespace.clone(), s.name.clone()), &path) {
+                if first_definer(
+                    &ObjectId::Service(s.namespace.clone(), s.name.clone()),
+                    &path,
+                ) {
                     services.push(s);
                 }
             }
@@ -98,7 +104,11 @@ impl ManifestSource {
                 }
             }
         }
-        Ok(ClusterEvent::Snapshot { services, slices, node })
+        Ok(ClusterEvent::Snapshot {
+            services,
+            slices,
+            node,
+        })
     }
 
     /// Reads the files that changed since the last read and returns the events that
@@ -137,7 +147,9 @@ impl ManifestSource {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            let Ok(first) = self.changed_files() else { continue };
+            let Ok(first) = self.changed_files() else {
+                continue;
+            };
             if first.is_empty() {
                 continue;
             }
@@ -175,22 +187,33 @@ impl ManifestSource {
         let mut changed = Vec::new();
         let mut present = BTreeSet::new();
         for path in files {
-            let Ok(meta) = std::fs::metadata(&path) else { continue };
-            let stamp = (meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH));
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            let stamp = (
+                meta.len(),
+                meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            );
             if self.files.get(path.as_path()).map(|f| f.stamp) != Some(stamp) {
                 changed.push((path.clone(), Some(stamp)));
             }
             present.insert(path);
         }
         changed.extend(
-            self.files.keys().filter(|p| !present.contains(&p.to_path_buf())).map(|p| (p.to_path_buf(), None)),
+            self.files
+                .keys()
+                .filter(|p| !present.contains(&p.to_path_buf()))
+                .map(|p| (p.to_path_buf(), None)),
         );
         Ok(changed)
     }
 
     /// Re-reads the given files; returns the objects any of them defined before or
     /// defines now, and what the files hold now.
-    fn reread(&mut self, changed: Vec<ChangedFile>) -> (BTreeSet<ObjectId>, HashMap<PathBuf, ManifestSet>) {
+    fn reread(
+        &mut self,
+        changed: Vec<ChangedFile>,
+    ) -> (BTreeSet<ObjectId>, HashMap<PathBuf, ManifestSet>) {
         let mut touched = BTreeSet::new();
         let mut fresh = HashMap::new();
         for (path, stamp) in changed {
@@ -218,7 +241,14 @@ impl ManifestSource {
                 files.insert(at, shared.clone());
                 touched.insert(id.clone());
             }
-            self.files.insert(shared, FileEntry { stamp, ids: file_ids, warnings: set.warnings.len() });
+            self.files.insert(
+                shared,
+                FileEntry {
+                    stamp,
+                    ids: file_ids,
+                    warnings: set.warnings.len(),
+                },
+            );
             fresh.insert(path, set);
         }
         for id in &touched {
@@ -229,16 +259,23 @@ impl ManifestSource {
             }
         }
         let invalid: usize = self.files.values().map(|f| f.warnings).sum();
-        self.invalid_objects.store(invalid as u64, Ordering::Relaxed);
+        self.invalid_objects
+            .store(invalid as u64, Ordering::Relaxed);
         (touched, fresh)
     }
 
     /// The definition that counts: the first defining file's. Files not read in this
     /// round (only when that file defines an object twice over with another) are read
     /// again on demand.
-    fn effective(&self, id: &ObjectId, fresh: &mut HashMap<PathBuf, ManifestSet>) -> Option<Effective> {
+    fn effective(
+        &self,
+        id: &ObjectId,
+        fresh: &mut HashMap<PathBuf, ManifestSet>,
+    ) -> Option<Effective> {
         let file = self.definers.get(id)?.first()?;
-        let set = fresh.entry(file.to_path_buf()).or_insert_with(|| manifests::load_file(file));
+        let set = fresh
+            .entry(file.to_path_buf())
+            .or_insert_with(|| manifests::load_file(file));
         match id {
             ObjectId::Service(ns, name) => set
                 .services
@@ -252,7 +289,12 @@ impl ManifestSource {
                 .find(|s| &s.namespace == ns && &s.name == name)
                 .cloned()
                 .map(Effective::Slice),
-            ObjectId::Node(name) => set.nodes.iter().find(|n| &n.name == name).cloned().map(Effective::Node),
+            ObjectId::Node(name) => set
+                .nodes
+                .iter()
+                .find(|n| &n.name == name)
+                .cloned()
+                .map(Effective::Node),
         }
     }
 
@@ -274,7 +316,11 @@ fn ids(set: &ManifestSet) -> Vec<ObjectId> {
     set.services
         .iter()
         .map(|s| ObjectId::Service(s.namespace.clone(), s.name.clone()))
-        .chain(set.slices.iter().map(|s| ObjectId::Slice(s.namespace.clone(), s.name.clone())))
+        .chain(
+            set.slices
+                .iter()
+                .map(|s| ObjectId::Slice(s.namespace.clone(), s.name.clone())),
+        )
         .chain(set.nodes.iter().map(|n| ObjectId::Node(n.name.clone())))
         .collect()
 }
@@ -288,7 +334,8 @@ mod tests {
 
     impl Dir {
         fn new(tag: &str) -> Self {
-            let path = std::env::temp_dir().join(format!("socklb-msrc-{}-{tag}", std::process::id()));
+            let path =
+                std::env::temp_dir().join(format!("socklb-msrc-{}-{tag}", std::process::id()));
             let _ = std::fs::remove_dir_all(&path);
             std::fs::create_dir_all(&path).unwrap();
             Dir(path)
@@ -315,7 +362,10 @@ mod tests {
     }
 
     fn slice(name: &str, svc: &str, ips: &[&str]) -> String {
-        let eps: Vec<String> = ips.iter().map(|ip| format!("{{addresses: [{ip}]}}")).collect();
+        let eps: Vec<String> = ips
+            .iter()
+            .map(|ip| format!("{{addresses: [{ip}]}}"))
+            .collect();
         format!(
             "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
              metadata: {{name: {name}, namespace: t, labels: {{kubernetes.io/service-name: {svc}}}}}\n\
@@ -337,8 +387,14 @@ mod tests {
     #[test]
     fn only_changed_files_produce_events_and_the_result_equals_a_full_read() {
         let dir = Dir::new("incremental");
-        dir.write("a.yaml", &(service("a", "10.96.0.1") + &slice("a-1", "a", &["10.244.0.1"])));
-        dir.write("b.yaml", &(service("b", "10.96.0.2") + &slice("b-1", "b", &["10.244.0.2"])));
+        dir.write(
+            "a.yaml",
+            &(service("a", "10.96.0.1") + &slice("a-1", "a", &["10.244.0.1"])),
+        );
+        dir.write(
+            "b.yaml",
+            &(service("b", "10.96.0.2") + &slice("b-1", "b", &["10.244.0.2"])),
+        );
         let mut src = ManifestSource::new(&dir.0, "n1", Duration::from_millis(10));
         let mut state = ClusterState::new(NodeModel::named("n1"));
         state.apply(src.load().unwrap());
@@ -346,7 +402,10 @@ mod tests {
         assert!(src.update().unwrap().is_empty(), "nothing changed");
 
         // One endpoint added in b.yaml: only b's objects are sent, a's are not touched.
-        dir.write("b.yaml", &(service("b", "10.96.0.2") + &slice("b-1", "b", &["10.244.0.2", "10.244.0.3"])));
+        dir.write(
+            "b.yaml",
+            &(service("b", "10.96.0.2") + &slice("b-1", "b", &["10.244.0.2", "10.244.0.3"])),
+        );
         let events = src.update().unwrap();
         assert_eq!(events.len(), 2, "{events:?}");
         assert!(events.iter().all(|e| match e {
@@ -363,7 +422,11 @@ mod tests {
         // A file removed: its objects are deleted.
         std::fs::remove_file(dir.0.join("a.yaml")).unwrap();
         let events = src.update().unwrap();
-        assert!(events.iter().any(|e| matches!(e, ClusterEvent::ServiceDeleted((_, n)) if n == "a")));
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, ClusterEvent::ServiceDeleted((_, n)) if n == "a"))
+        );
         for e in events {
             state.apply(e);
         }
@@ -391,7 +454,10 @@ mod tests {
         // The first file going away hands the object to the next definition.
         std::fs::remove_file(dir.0.join("1.yaml")).unwrap();
         let events = src.update().unwrap();
-        assert!(matches!(&events[..], [ClusterEvent::ServiceApplied(s)] if s.cluster_ips[0].to_string() == "10.96.0.200"), "{events:?}");
+        assert!(
+            matches!(&events[..], [ClusterEvent::ServiceApplied(s)] if s.cluster_ips[0].to_string() == "10.96.0.200"),
+            "{events:?}"
+        );
         for e in events {
             state.apply(e);
         }
@@ -408,14 +474,22 @@ mod tests {
             "apiVersion: v1\nkind: Node\nmetadata: {name: n1, labels: {topology.kubernetes.io/zone: z1}}\n",
         );
         let mut src = ManifestSource::new(&dir.0, "n1", Duration::from_millis(10));
-        let ClusterEvent::Snapshot { node, .. } = src.load().unwrap() else { panic!("first event is a snapshot") };
+        let ClusterEvent::Snapshot { node, .. } = src.load().unwrap() else {
+            panic!("first event is a snapshot")
+        };
         assert_eq!(node.zone.as_deref(), Some("z1"));
         dir.write("svc.yaml", "kind: Service\nspec: [this is not\n");
         let events = src.update().unwrap();
-        assert!(matches!(&events[..], [ClusterEvent::ServiceDeleted(_)]), "{events:?}");
+        assert!(
+            matches!(&events[..], [ClusterEvent::ServiceDeleted(_)]),
+            "{events:?}"
+        );
         assert_eq!(src.invalid_objects.load(Ordering::Relaxed), 1);
         std::fs::remove_file(dir.0.join("node.yaml")).unwrap();
         let events = src.update().unwrap();
-        assert!(matches!(&events[..], [ClusterEvent::NodeApplied(n)] if n.zone.is_none()), "{events:?}");
+        assert!(
+            matches!(&events[..], [ClusterEvent::NodeApplied(n)] if n.zone.is_none()),
+            "{events:?}"
+        );
     }
 }

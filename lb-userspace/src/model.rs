@@ -182,7 +182,11 @@ pub struct Ipv4Cidr {
 
 impl Ipv4Cidr {
     fn mask(prefix_len: u8) -> u32 {
-        if prefix_len == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix_len)) }
+        if prefix_len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(prefix_len))
+        }
     }
 
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
@@ -195,13 +199,18 @@ impl std::str::FromStr for Ipv4Cidr {
 
     fn from_str(s: &str) -> Result<Self, String> {
         let (addr, len) = s.split_once('/').unwrap_or((s, "32"));
-        let addr: Ipv4Addr = addr.parse().map_err(|_| format!("{s:?} is not an IPv4 prefix"))?;
+        let addr: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IPv4 prefix"))?;
         let prefix_len: u8 = len
             .parse()
             .ok()
             .filter(|l| *l <= 32)
             .ok_or_else(|| format!("{s:?}: bad prefix length"))?;
-        Ok(Ipv4Cidr { addr: Ipv4Addr::from(u32::from(addr) & Self::mask(prefix_len)), prefix_len })
+        Ok(Ipv4Cidr {
+            addr: Ipv4Addr::from(u32::from(addr) & Self::mask(prefix_len)),
+            prefix_len,
+        })
     }
 }
 
@@ -378,17 +387,24 @@ impl ServiceModel {
         }
 
         let mut load_balancer_source_ranges = Vec::new();
-        for (i, range) in spec.load_balancer_source_ranges.iter().flatten().enumerate() {
+        for (i, range) in spec
+            .load_balancer_source_ranges
+            .iter()
+            .flatten()
+            .enumerate()
+        {
             let field = format!("spec.loadBalancerSourceRanges[{i}]");
             let range = range.trim();
             // IPv6 ranges belong to the IPv6 part of the service, not served here.
             if range.contains(':') {
                 continue;
             }
-            let cidr = range.parse::<Ipv4Cidr>().map_err(|_| InvalidObject::BadIp {
-                field,
-                value: range.to_string(),
-            })?;
+            let cidr = range
+                .parse::<Ipv4Cidr>()
+                .map_err(|_| InvalidObject::BadIp {
+                    field,
+                    value: range.to_string(),
+                })?;
             load_balancer_source_ranges.push(cidr);
         }
 

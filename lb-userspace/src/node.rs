@@ -31,7 +31,9 @@ pub fn interfaces() -> io::Result<Vec<Interface>> {
             continue;
         }
         // SAFETY: ifa_name is a NUL-terminated string owned by the list.
-        let name = unsafe { CStr::from_ptr(entry.ifa_name) }.to_string_lossy().into_owned();
+        let name = unsafe { CStr::from_ptr(entry.ifa_name) }
+            .to_string_lossy()
+            .into_owned();
         let iface = by_name.entry(name.clone()).or_insert_with(|| Interface {
             ifindex: ifindex(&name),
             up: entry.ifa_flags & libc::IFF_UP as u32 != 0,
@@ -45,7 +47,9 @@ pub fn interfaces() -> io::Result<Vec<Interface>> {
             if i32::from(family) == libc::AF_INET {
                 // SAFETY: an AF_INET address is a sockaddr_in.
                 let sin = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in) };
-                iface.addrs.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+                iface
+                    .addrs
+                    .push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
             }
         }
     }
@@ -55,33 +59,57 @@ pub fn interfaces() -> io::Result<Vec<Interface>> {
 }
 
 fn ifindex(name: &str) -> u32 {
-    let Ok(c) = std::ffi::CString::new(name) else { return 0 };
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return 0;
+    };
     // SAFETY: a valid NUL-terminated name.
     unsafe { libc::if_nametoindex(c.as_ptr()) }
 }
 
 /// Interfaces that are never a node's own network: pod veths, bridges of container
 /// runtimes, other CNIs' devices.
-const NOT_NODE_DEVICES: [&str; 9] = ["veth", "lxc", "cni", "docker", "br-", "cilium", "flannel", "kube-ipvs", "virbr"];
+const NOT_NODE_DEVICES: [&str; 9] = [
+    "veth",
+    "lxc",
+    "cni",
+    "docker",
+    "br-",
+    "cilium",
+    "flannel",
+    "kube-ipvs",
+    "virbr",
+];
 
 /// The devices the TC programs attach to: the ones named (each must exist and have
 /// an IPv4 address, the source of SNATed flows), else every interface that is up,
 /// not loopback, has an IPv4 address and is not a pod or runtime device.
-pub fn select_devices(ifaces: &[Interface], requested: Option<&[String]>) -> Result<Vec<Device>, String> {
+pub fn select_devices(
+    ifaces: &[Interface],
+    requested: Option<&[String]>,
+) -> Result<Vec<Device>, String> {
     let device = |i: &Interface| -> Option<Device> {
-        Some(Device { name: i.name.clone(), ifindex: i.ifindex, snat_addr: *i.addrs.first()? })
+        Some(Device {
+            name: i.name.clone(),
+            ifindex: i.ifindex,
+            snat_addr: *i.addrs.first()?,
+        })
     };
     match requested {
         Some(names) => names
             .iter()
             .map(|name| {
-                let iface = ifaces.iter().find(|i| &i.name == name).ok_or_else(|| format!("no interface {name:?}"))?;
+                let iface = ifaces
+                    .iter()
+                    .find(|i| &i.name == name)
+                    .ok_or_else(|| format!("no interface {name:?}"))?;
                 device(iface).ok_or_else(|| format!("interface {name:?} has no IPv4 address"))
             })
             .collect(),
         None => Ok(ifaces
             .iter()
-            .filter(|i| i.up && !i.loopback && !NOT_NODE_DEVICES.iter().any(|p| i.name.starts_with(p)))
+            .filter(|i| {
+                i.up && !i.loopback && !NOT_NODE_DEVICES.iter().any(|p| i.name.starts_with(p))
+            })
             .filter_map(device)
             .collect()),
     }
@@ -105,7 +133,13 @@ mod tests {
     use super::*;
 
     fn iface(name: &str, ifindex: u32, addrs: &[[u8; 4]], loopback: bool) -> Interface {
-        Interface { name: name.into(), ifindex, up: true, loopback, addrs: addrs.iter().map(|a| Ipv4Addr::from(*a)).collect() }
+        Interface {
+            name: name.into(),
+            ifindex,
+            up: true,
+            loopback,
+            addrs: addrs.iter().map(|a| Ipv4Addr::from(*a)).collect(),
+        }
     }
 
     #[test]
@@ -118,19 +152,49 @@ mod tests {
             iface("cilium_host", 5, &[[10, 0, 0, 1]], false),
         ];
         let devices = select_devices(&ifaces, None).unwrap();
-        assert_eq!(devices, vec![Device { name: "eth0".into(), ifindex: 2, snat_addr: Ipv4Addr::new(192, 0, 2, 11) }]);
+        assert_eq!(
+            devices,
+            vec![Device {
+                name: "eth0".into(),
+                ifindex: 2,
+                snat_addr: Ipv4Addr::new(192, 0, 2, 11)
+            }]
+        );
         assert_eq!(
             node_addresses(&ifaces),
-            [[10, 0, 0, 1], [10, 244, 1, 1], [192, 0, 2, 11], [192, 0, 2, 99]].map(Ipv4Addr::from).to_vec()
+            [
+                [10, 0, 0, 1],
+                [10, 244, 1, 1],
+                [192, 0, 2, 11],
+                [192, 0, 2, 99]
+            ]
+            .map(Ipv4Addr::from)
+            .to_vec()
         );
     }
 
     #[test]
     fn requested_devices_must_exist_and_have_an_address() {
-        let ifaces = vec![iface("eth0", 2, &[[192, 0, 2, 11]], false), iface("eth1", 4, &[], false)];
-        assert_eq!(select_devices(&ifaces, Some(&["eth0".into()])).unwrap().len(), 1);
-        assert!(select_devices(&ifaces, Some(&["eth9".into()])).unwrap_err().contains("no interface"));
-        assert!(select_devices(&ifaces, Some(&["eth1".into()])).unwrap_err().contains("no IPv4"));
+        let ifaces = vec![
+            iface("eth0", 2, &[[192, 0, 2, 11]], false),
+            iface("eth1", 4, &[], false),
+        ];
+        assert_eq!(
+            select_devices(&ifaces, Some(&["eth0".into()]))
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(
+            select_devices(&ifaces, Some(&["eth9".into()]))
+                .unwrap_err()
+                .contains("no interface")
+        );
+        assert!(
+            select_devices(&ifaces, Some(&["eth1".into()]))
+                .unwrap_err()
+                .contains("no IPv4")
+        );
     }
 
     #[test]

@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::model::{
-    EndpointModel, Ipv4Cidr, NodeModel, Protocol, ServiceModel, ServiceType, SliceModel, TrafficPolicy,
+    EndpointModel, Ipv4Cidr, NodeModel, Protocol, ServiceModel, ServiceType, SliceModel,
+    TrafficPolicy,
 };
 
 /// How a frontend address is reached. Match on this enum exhaustively so adding a kind

@@ -21,9 +21,17 @@ impl<M: ServiceMaps> Reconciler<M> {
     pub fn adopt(maps: M, capacity: Capacity) -> Result<Self, DatapathError> {
         let (state, cleanup) = ProgrammedState::adopt(&maps, capacity)?;
         if !cleanup.is_empty() {
-            debug!(ops = cleanup.len(), "removing unreachable map entries left by an earlier agent");
+            debug!(
+                ops = cleanup.len(),
+                "removing unreachable map entries left by an earlier agent"
+            );
         }
-        let mut reconciler = Self { maps, state, capacity, pending_cleanup: Vec::new() };
+        let mut reconciler = Self {
+            maps,
+            state,
+            capacity,
+            pending_cleanup: Vec::new(),
+        };
         reconciler.run_cleanup(cleanup);
         Ok(reconciler)
     }
@@ -35,11 +43,19 @@ impl<M: ServiceMaps> Reconciler<M> {
     }
 
     /// Like [`Self::sync`] for the given frontends only: an incremental update.
-    pub fn sync_keys(&mut self, desired: &DesiredState, keys: &[FrontendKey]) -> Result<SyncStats, DatapathError> {
+    pub fn sync_keys(
+        &mut self,
+        desired: &DesiredState,
+        keys: &[FrontendKey],
+    ) -> Result<SyncStats, DatapathError> {
         self.sync_with(desired, Some(keys))
     }
 
-    fn sync_with(&mut self, desired: &DesiredState, keys: Option<&[FrontendKey]>) -> Result<SyncStats, DatapathError> {
+    fn sync_with(
+        &mut self,
+        desired: &DesiredState,
+        keys: Option<&[FrontendKey]>,
+    ) -> Result<SyncStats, DatapathError> {
         if !self.pending_cleanup.is_empty() {
             let cleanup = std::mem::take(&mut self.pending_cleanup);
             self.run_cleanup(cleanup);
@@ -104,15 +120,33 @@ mod tests {
     use crate::datapath::{BackendKey, DesiredFrontend, FrontendKey, memory::MemoryMaps};
 
     fn state(backends: &[u8]) -> DesiredState {
-        let key = FrontendKey { scope: 0, ip: Ipv4Addr::new(10, 96, 0, 10), port: 80, proto: IPPROTO_TCP };
+        let key = FrontendKey {
+            scope: 0,
+            ip: Ipv4Addr::new(10, 96, 0, 10),
+            port: 80,
+            proto: IPPROTO_TCP,
+        };
         let backends = backends
             .iter()
-            .map(|b| BackendKey { local: false, addr: SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, *b), 80), proto: IPPROTO_TCP })
+            .map(|b| BackendKey {
+                local: false,
+                addr: SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, *b), 80),
+                proto: IPPROTO_TCP,
+            })
             .collect();
         DesiredState {
-            frontends: [(key, DesiredFrontend { source_ranges: vec![], action: SvcAction::Forward, backends, affinity_timeout_s: 0, flags: 0 })]
-                .into_iter()
-                .collect(),
+            frontends: [(
+                key,
+                DesiredFrontend {
+                    source_ranges: vec![],
+                    action: SvcAction::Forward,
+                    backends,
+                    affinity_timeout_s: 0,
+                    flags: 0,
+                },
+            )]
+            .into_iter()
+            .collect(),
         }
     }
 

@@ -463,7 +463,13 @@ impl ServiceHealthServers {
 /// Serves one port until `stop` fires or its sender is dropped; then closes the
 /// listener and the open connections.
 async fn serve(listener: TcpListener, shared: Arc<PortShared>, stop: oneshot::Receiver<()>) {
-    health::serve_http(listener, "service health check", move |_request| shared.respond(), stop).await;
+    health::serve_http(
+        listener,
+        "service health check",
+        move |_request| shared.respond(),
+        stop,
+    )
+    .await;
 }
 
 #[cfg(test)]

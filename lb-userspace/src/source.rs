@@ -21,11 +21,21 @@ pub enum ClusterEvent {
     NodeApplied(NodeModel),
     /// The complete state from a source that is not incremental (a manifest
     /// directory): replaces services, slices and the node at once.
-    Snapshot { services: Vec<ServiceModel>, slices: Vec<SliceModel>, node: NodeModel },
+    Snapshot {
+        services: Vec<ServiceModel>,
+        slices: Vec<SliceModel>,
+        node: NodeModel,
+    },
     /// A complete (re)list of Services: replaces the whole set atomically at once.
     /// `invalid` lists objects present in the list that failed validation: the core
     /// keeps the last good version it had of those (bad input loses nothing).
-    ServicesListed { services: Vec<ServiceModel>, invalid: Vec<ObjectKey> },
+    ServicesListed {
+        services: Vec<ServiceModel>,
+        invalid: Vec<ObjectKey>,
+    },
     /// A complete (re)list of EndpointSlices, as above.
-    SlicesListed { slices: Vec<SliceModel>, invalid: Vec<ObjectKey> },
+    SlicesListed {
+        slices: Vec<SliceModel>,
+        invalid: Vec<ObjectKey>,
+    },
 }

@@ -72,7 +72,11 @@ impl ClusterState {
                 self.replace_slices(slices, &invalid);
                 self.slices_listed = true;
             }
-            ClusterEvent::Snapshot { services, slices, node } => {
+            ClusterEvent::Snapshot {
+                services,
+                slices,
+                node,
+            } => {
                 self.set_node(node);
                 self.replace_services(services, &[]);
                 self.replace_slices(slices, &[]);
@@ -176,7 +180,10 @@ impl ClusterState {
                 self.unlink_slice(&old_service, &key);
             }
         }
-        self.slices_by_service.entry(service.clone()).or_default().insert(key.clone());
+        self.slices_by_service
+            .entry(service.clone())
+            .or_default()
+            .insert(key.clone());
         self.slices.insert(key, slice);
         self.dirty.insert(service);
     }
@@ -214,7 +221,12 @@ impl ClusterState {
             seen.insert(object_key(&svc.namespace, &svc.name));
             self.put_service(svc);
         }
-        let gone: Vec<ObjectKey> = self.services.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+        let gone: Vec<ObjectKey> = self
+            .services
+            .keys()
+            .filter(|k| !seen.contains(*k))
+            .cloned()
+            .collect();
         for key in gone {
             self.delete_service(&key);
         }
@@ -226,7 +238,12 @@ impl ClusterState {
             seen.insert(object_key(&slice.namespace, &slice.name));
             self.put_slice(slice);
         }
-        let gone: Vec<ObjectKey> = self.slices.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+        let gone: Vec<ObjectKey> = self
+            .slices
+            .keys()
+            .filter(|k| !seen.contains(*k))
+            .cloned()
+            .collect();
         for key in gone {
             self.delete_slice(&key);
         }
@@ -249,7 +266,9 @@ mod tests {
     use super::*;
     use crate::{
         datapath::DesiredState,
-        model::{EndpointModel, Protocol, ServicePortModel, ServiceType, SlicePortModel, TrafficPolicy},
+        model::{
+            EndpointModel, Protocol, ServicePortModel, ServiceType, SlicePortModel, TrafficPolicy,
+        },
     };
 
     fn service(name: &str, ip: [u8; 4], ports: &[(&str, u16)]) -> ServiceModel {
@@ -260,7 +279,12 @@ mod tests {
             cluster_ips: vec![Ipv4Addr::from(ip)],
             ports: ports
                 .iter()
-                .map(|(n, p)| ServicePortModel { name: (*n).into(), protocol: Protocol::Tcp, port: *p, node_port: None })
+                .map(|(n, p)| ServicePortModel {
+                    name: (*n).into(),
+                    protocol: Protocol::Tcp,
+                    port: *p,
+                    node_port: None,
+                })
                 .collect(),
             internal_traffic_policy: TrafficPolicy::Cluster,
             external_traffic_policy: TrafficPolicy::Cluster,
@@ -274,12 +298,21 @@ mod tests {
         }
     }
 
-    fn slice(name: &str, service: &str, port: (&str, u16), eps: &[(u8, bool, Option<&str>)]) -> SliceModel {
+    fn slice(
+        name: &str,
+        service: &str,
+        port: (&str, u16),
+        eps: &[(u8, bool, Option<&str>)],
+    ) -> SliceModel {
         SliceModel {
             namespace: "ns".into(),
             name: name.into(),
             service_name: service.into(),
-            ports: vec![SlicePortModel { name: port.0.into(), protocol: Protocol::Tcp, port: port.1 }],
+            ports: vec![SlicePortModel {
+                name: port.0.into(),
+                protocol: Protocol::Tcp,
+                port: port.1,
+            }],
             endpoints: eps
                 .iter()
                 .map(|(last, ready, node)| EndpointModel {
@@ -306,9 +339,18 @@ mod tests {
     #[test]
     fn slice_before_service_and_service_deleted_before_slices() {
         let mut st = ClusterState::new(NodeModel::named("n1"));
-        st.apply(ClusterEvent::SliceApplied(slice("web-1", "web", ("http", 8080), &[(1, true, None)])));
+        st.apply(ClusterEvent::SliceApplied(slice(
+            "web-1",
+            "web",
+            ("http", 8080),
+            &[(1, true, None)],
+        )));
         assert!(st.recompute().is_empty(), "a slice alone programs nothing");
-        st.apply(ClusterEvent::ServiceApplied(service("web", [10, 96, 0, 10], &[("http", 80)])));
+        st.apply(ClusterEvent::ServiceApplied(service(
+            "web",
+            [10, 96, 0, 10],
+            &[("http", 80)],
+        )));
         let changed = st.recompute();
         assert_eq!(changed.len(), 2, "frontend and wildcard: {changed:?}");
         assert_consistent(&st);
@@ -324,25 +366,52 @@ mod tests {
     fn a_relist_of_the_same_objects_changes_nothing_and_never_clears_live_entries() {
         let mut st = ClusterState::new(NodeModel::named("n1"));
         assert!(!st.synced());
-        let services = vec![service("web", [10, 96, 0, 10], &[("http", 80)]), service("db", [10, 96, 0, 11], &[("", 5432)])];
-        let slices = vec![slice("web-1", "web", ("http", 8080), &[(1, true, None)]), slice("db-1", "db", ("", 5432), &[(2, true, None)])];
-        st.apply(ClusterEvent::ServicesListed { services: services.clone(), invalid: vec![] });
+        let services = vec![
+            service("web", [10, 96, 0, 10], &[("http", 80)]),
+            service("db", [10, 96, 0, 11], &[("", 5432)]),
+        ];
+        let slices = vec![
+            slice("web-1", "web", ("http", 8080), &[(1, true, None)]),
+            slice("db-1", "db", ("", 5432), &[(2, true, None)]),
+        ];
+        st.apply(ClusterEvent::ServicesListed {
+            services: services.clone(),
+            invalid: vec![],
+        });
         assert!(!st.synced(), "slices not listed yet");
-        st.apply(ClusterEvent::SlicesListed { slices: slices.clone(), invalid: vec![] });
+        st.apply(ClusterEvent::SlicesListed {
+            slices: slices.clone(),
+            invalid: vec![],
+        });
         assert!(st.synced());
         assert_eq!(st.recompute().len(), 4);
         // A relist (watch expired): same content, nothing to do.
-        st.apply(ClusterEvent::ServicesListed { services: services.clone(), invalid: vec![] });
-        st.apply(ClusterEvent::SlicesListed { slices: slices.clone(), invalid: vec![] });
+        st.apply(ClusterEvent::ServicesListed {
+            services: services.clone(),
+            invalid: vec![],
+        });
+        st.apply(ClusterEvent::SlicesListed {
+            slices: slices.clone(),
+            invalid: vec![],
+        });
         assert!(!st.has_pending());
         assert!(st.recompute().is_empty());
         // A relist without db: only db's entries change.
-        st.apply(ClusterEvent::ServicesListed { services: services[..1].to_vec(), invalid: vec![] });
+        st.apply(ClusterEvent::ServicesListed {
+            services: services[..1].to_vec(),
+            invalid: vec![],
+        });
         let changed = st.recompute();
-        assert!(changed.iter().all(|k| k.ip == Ipv4Addr::new(10, 96, 0, 11)), "{changed:?}");
+        assert!(
+            changed.iter().all(|k| k.ip == Ipv4Addr::new(10, 96, 0, 11)),
+            "{changed:?}"
+        );
         assert_consistent(&st);
         // An invalid object in a relist keeps its last good version.
-        st.apply(ClusterEvent::ServicesListed { services: vec![], invalid: vec![("ns".into(), "web".into())] });
+        st.apply(ClusterEvent::ServicesListed {
+            services: vec![],
+            invalid: vec![("ns".into(), "web".into())],
+        });
         assert!(st.recompute().is_empty());
         assert_eq!(st.service_count(), 1);
     }
@@ -353,22 +422,49 @@ mod tests {
         svc.internal_traffic_policy = TrafficPolicy::Local;
         let mut st = ClusterState::new(NodeModel::named("n1"));
         st.apply(ClusterEvent::ServiceApplied(svc));
-        st.apply(ClusterEvent::SliceApplied(slice("web-1", "web", ("http", 8080), &[(1, true, Some("n1")), (2, true, Some("n2"))])));
+        st.apply(ClusterEvent::SliceApplied(slice(
+            "web-1",
+            "web",
+            ("http", 8080),
+            &[(1, true, Some("n1")), (2, true, Some("n2"))],
+        )));
         st.recompute();
         assert_consistent(&st);
         st.apply(ClusterEvent::NodeApplied(NodeModel::named("n2")));
-        assert_eq!(st.recompute().len(), 1, "the frontend's backend changes; the wildcard does not");
+        assert_eq!(
+            st.recompute().len(),
+            1,
+            "the frontend's backend changes; the wildcard does not"
+        );
         assert_consistent(&st);
     }
 
     #[test]
     fn conflicting_services_keep_the_first_by_name_incrementally() {
         let mut st = ClusterState::new(NodeModel::named("n1"));
-        st.apply(ClusterEvent::ServiceApplied(service("b", [10, 96, 0, 10], &[("", 80)])));
-        st.apply(ClusterEvent::SliceApplied(slice("b-1", "b", ("", 8080), &[(2, true, None)])));
+        st.apply(ClusterEvent::ServiceApplied(service(
+            "b",
+            [10, 96, 0, 10],
+            &[("", 80)],
+        )));
+        st.apply(ClusterEvent::SliceApplied(slice(
+            "b-1",
+            "b",
+            ("", 8080),
+            &[(2, true, None)],
+        )));
         st.recompute();
-        st.apply(ClusterEvent::ServiceApplied(service("a", [10, 96, 0, 10], &[("", 80)])));
-        st.apply(ClusterEvent::SliceApplied(slice("a-1", "a", ("", 8080), &[(1, true, None)])));
+        st.apply(ClusterEvent::ServiceApplied(service(
+            "a",
+            [10, 96, 0, 10],
+            &[("", 80)],
+        )));
+        st.apply(ClusterEvent::SliceApplied(slice(
+            "a-1",
+            "a",
+            ("", 8080),
+            &[(1, true, None)],
+        )));
         st.recompute();
         assert_consistent(&st);
         assert_eq!(st.index().conflicts().len(), 1);
@@ -392,16 +488,37 @@ mod tests {
             let svc = ["a", "b", "c", "d"][next(4) as usize];
             let ip = [10, 96, 0, next(3) as u8]; // shared addresses: conflicts and wildcards
             match next(7) {
-                0 | 1 => st.apply(ClusterEvent::ServiceApplied(service(svc, ip, &[("http", 80 + next(2) as u16)]))),
+                0 | 1 => st.apply(ClusterEvent::ServiceApplied(service(
+                    svc,
+                    ip,
+                    &[("http", 80 + next(2) as u16)],
+                ))),
                 2 => st.apply(ClusterEvent::ServiceDeleted(("ns".into(), svc.into()))),
                 3 | 4 => {
-                    let eps: Vec<(u8, bool, Option<&str>)> =
-                        (0..next(4)).map(|_| (next(8) as u8, next(3) > 0, Some(["n1", "n2"][next(2) as usize]))).collect();
+                    let eps: Vec<(u8, bool, Option<&str>)> = (0..next(4))
+                        .map(|_| {
+                            (
+                                next(8) as u8,
+                                next(3) > 0,
+                                Some(["n1", "n2"][next(2) as usize]),
+                            )
+                        })
+                        .collect();
                     let name = format!("{svc}-{}", next(2));
-                    st.apply(ClusterEvent::SliceApplied(slice(&name, svc, ("http", 8080), &eps)));
+                    st.apply(ClusterEvent::SliceApplied(slice(
+                        &name,
+                        svc,
+                        ("http", 8080),
+                        &eps,
+                    )));
                 }
-                5 => st.apply(ClusterEvent::SliceDeleted(("ns".into(), format!("{svc}-{}", next(2))))),
-                _ => st.apply(ClusterEvent::NodeApplied(NodeModel::named(["n1", "n2"][next(2) as usize]))),
+                5 => st.apply(ClusterEvent::SliceDeleted((
+                    "ns".into(),
+                    format!("{svc}-{}", next(2)),
+                ))),
+                _ => st.apply(ClusterEvent::NodeApplied(NodeModel::named(
+                    ["n1", "n2"][next(2) as usize],
+                ))),
             }
             if next(3) == 0 {
                 st.recompute();

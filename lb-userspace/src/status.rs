@@ -49,13 +49,19 @@ pub fn read_status(pin_dir: &Path) -> Result<StatusReport, DatapathError> {
     let mut keys: Vec<_> = state.frontends().keys().copied().collect();
     keys.sort();
     for key in keys {
-        let Some(fe) = state.frontends().get(&key) else { continue };
+        let Some(fe) = state.frontends().get(&key) else {
+            continue;
+        };
         if key.is_wildcard() && fe.service.flags & SVC_FLAG_WILDCARD != 0 {
             service_addresses.push(key.ip.to_string());
             continue;
         }
-        let mut backends: Vec<SocketAddrV4> =
-            fe.slots.iter().filter_map(|id| state.backend(*id)).map(|b| b.addr).collect();
+        let mut backends: Vec<SocketAddrV4> = fe
+            .slots
+            .iter()
+            .filter_map(|id| state.backend(*id))
+            .map(|b| b.addr)
+            .collect();
         backends.sort();
         frontends.push(ProgrammedFrontendView {
             address: if key.ip.is_unspecified() {
@@ -63,7 +69,12 @@ pub fn read_status(pin_dir: &Path) -> Result<StatusReport, DatapathError> {
             } else {
                 SocketAddrV4::new(key.ip, key.port).to_string()
             },
-            scope: if key.scope == lb_common::scope::EXTERNAL { "external" } else { "internal" }.to_string(),
+            scope: if key.scope == lb_common::scope::EXTERNAL {
+                "external"
+            } else {
+                "internal"
+            }
+            .to_string(),
             protocol: proto_name(key.proto).to_string(),
             action: match SvcAction::from_u8(fe.service.action) {
                 Some(SvcAction::Forward) => "forward",
@@ -88,7 +99,11 @@ pub fn read_status(pin_dir: &Path) -> Result<StatusReport, DatapathError> {
         service_addresses,
         backends: state.backend_count(),
         service_map_entries: state.svc_entries(),
-        node_addresses: maps.node_addresses().iter().map(ToString::to_string).collect(),
+        node_addresses: maps
+            .node_addresses()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
         conntrack_entries: maps.conntrack_entries().len(),
         counters,
     })
@@ -98,17 +113,37 @@ impl StatusReport {
     pub fn render_table(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "pin directory: {}", self.pin_dir);
-        let _ = writeln!(out, "attached hooks: {}", if self.hooks.is_empty() { "none".into() } else { self.hooks.join(", ") });
+        let _ = writeln!(
+            out,
+            "attached hooks: {}",
+            if self.hooks.is_empty() {
+                "none".into()
+            } else {
+                self.hooks.join(", ")
+            }
+        );
         let _ = writeln!(
             out,
             "service map entries: {}  backends: {}",
             self.service_map_entries, self.backends
         );
-        let _ = writeln!(out, "service addresses (other ports refused): {}", self.service_addresses.join(" "));
-        let _ = writeln!(out, "node addresses (NodePorts): {}", self.node_addresses.join(" "));
+        let _ = writeln!(
+            out,
+            "service addresses (other ports refused): {}",
+            self.service_addresses.join(" ")
+        );
+        let _ = writeln!(
+            out,
+            "node addresses (NodePorts): {}",
+            self.node_addresses.join(" ")
+        );
         let _ = writeln!(out, "conntrack entries: {}", self.conntrack_entries);
         let _ = writeln!(out);
-        let _ = writeln!(out, "{:<22} {:<5} {:<8} {:<8} {:>7}  BACKENDS", "ADDRESS", "PROTO", "SCOPE", "ACTION", "AFFINITY");
+        let _ = writeln!(
+            out,
+            "{:<22} {:<5} {:<8} {:<8} {:>7}  BACKENDS",
+            "ADDRESS", "PROTO", "SCOPE", "ACTION", "AFFINITY"
+        );
         for fe in &self.frontends {
             let _ = writeln!(
                 out,
@@ -118,7 +153,11 @@ impl StatusReport {
                 fe.scope,
                 fe.action,
                 fe.affinity_timeout_s,
-                if fe.backends.is_empty() { "-".to_string() } else { fe.backends.join(" ") }
+                if fe.backends.is_empty() {
+                    "-".to_string()
+                } else {
+                    fe.backends.join(" ")
+                }
             );
         }
         let _ = writeln!(out);

@@ -39,9 +39,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use harness::{Fixture, Hook, Network, Run, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, monotonic_ns};
 use lb_common::{
-    CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_FLAG_CLOSING, CT_FLAG_ESTABLISHED, CT_FLAG_ROUTE, CT_FLAG_SNAT,
-    Counter,
-    Ct4Key, Ct4Value, SNAT_PORT_MAX, SNAT_PORT_MIN, ct_lifetime,
+    CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_FLAG_CLOSING, CT_FLAG_ESTABLISHED, CT_FLAG_ROUTE,
+    CT_FLAG_SNAT, Counter, Ct4Key, Ct4Value, SNAT_PORT_MAX, SNAT_PORT_MIN, ct_lifetime,
 };
 use packet::{
     ACK, FIN, ICMP_DEST_UNREACH, ICMP_ECHO_REQUEST, ICMP_FRAG_NEEDED, ICMP_PORT_UNREACH,
@@ -1647,24 +1646,59 @@ fn a_syn_on_a_closing_flow_starts_afresh_and_one_way_streams_keep_both_entries()
     let c = client(41000);
     open_tcp(&fx, c, frontend);
     let rst = Pkt::tcp(c, frontend, RST);
-    expect(&fx, "client RST", Hook::Ingress, &rst.frame(), TC_ACT_OK, &rst.clone().to(LOCAL_WEB).frame());
+    expect(
+        &fx,
+        "client RST",
+        Hook::Ingress,
+        &rst.frame(),
+        TC_ACT_OK,
+        &rst.clone().to(LOCAL_WEB).frame(),
+    );
     assert!(ct_entry(&fx, c, frontend, IPPROTO_TCP).flags & CT_FLAG_CLOSING != 0);
     let flows_before = fx.counter(Counter::NpNewFlow);
     let before = monotonic_ns();
     let syn = Pkt::tcp(c, frontend, SYN);
-    expect(&fx, "SYN reusing the tuple", Hook::Ingress, &syn.frame(), TC_ACT_OK, &syn.clone().to(LOCAL_WEB).frame());
+    expect(
+        &fx,
+        "SYN reusing the tuple",
+        Hook::Ingress,
+        &syn.frame(),
+        TC_ACT_OK,
+        &syn.clone().to(LOCAL_WEB).frame(),
+    );
     let after = monotonic_ns();
-    assert_eq!(fx.counter(Counter::NpNewFlow), flows_before + 1, "the SYN starts a new flow");
+    assert_eq!(
+        fx.counter(Counter::NpNewFlow),
+        flows_before + 1,
+        "the SYN starts a new flow"
+    );
     let entry = ct_entry(&fx, c, frontend, IPPROTO_TCP);
-    assert_eq!(entry.flags & CT_FLAG_CLOSING, 0, "the new flow is not closing");
-    assert_expires(&entry, before, after, ct_lifetime::TCP_SYN_NS, "the new flow's entry");
+    assert_eq!(
+        entry.flags & CT_FLAG_CLOSING,
+        0,
+        "the new flow is not closing"
+    );
+    assert_expires(
+        &entry,
+        before,
+        after,
+        ct_lifetime::TCP_SYN_NS,
+        "the new flow's entry",
+    );
 
     // A one-way UDP stream from the backend: the client's entry lives as long as the
     // stream does, so the client's next datagram still reaches the same backend.
     let frontend = sa(NODE_IP, NP_DNS_LOCAL);
     let c = client(41001);
     let query = Pkt::udp(c, frontend, b"subscribe");
-    expect(&fx, "UDP subscribe", Hook::Ingress, &query.frame(), TC_ACT_OK, &query.clone().to(LOCAL_DNS).frame());
+    expect(
+        &fx,
+        "UDP subscribe",
+        Hook::Ingress,
+        &query.frame(),
+        TC_ACT_OK,
+        &query.clone().to(LOCAL_DNS).frame(),
+    );
     // Age both entries to a second from now, as if the client had been quiet.
     let soon = monotonic_ns() + 1_000_000_000;
     for (src, dst) in [(c, frontend), (LOCAL_DNS, c)] {
@@ -1674,10 +1708,23 @@ fn a_syn_on_a_closing_flow_starts_afresh_and_one_way_streams_keep_both_entries()
     }
     let before = monotonic_ns();
     let update = Pkt::udp(LOCAL_DNS, c, b"update");
-    expect(&fx, "backend update", Hook::Egress, &update.frame(), TC_ACT_OK, &update.clone().from(frontend).frame());
+    expect(
+        &fx,
+        "backend update",
+        Hook::Egress,
+        &update.frame(),
+        TC_ACT_OK,
+        &update.clone().from(frontend).frame(),
+    );
     let after = monotonic_ns();
     let client_entry = ct_entry(&fx, c, frontend, IPPROTO_UDP);
-    assert_expires(&client_entry, before, after, ct_lifetime::UDP_NS, "the quiet direction's entry");
+    assert_expires(
+        &client_entry,
+        before,
+        after,
+        ct_lifetime::UDP_NS,
+        "the quiet direction's entry",
+    );
 }
 
 #[test]

@@ -133,7 +133,9 @@ pub fn load_manifests(dir: &Path) -> Result<Manifests> {
     for f in files {
         // Broken files are the agent's business (it warns and skips them); the
         // sandbox only needs the pods of whatever it can read.
-        let Ok(text) = std::fs::read_to_string(&f) else { continue };
+        let Ok(text) = std::fs::read_to_string(&f) else {
+            continue;
+        };
         m.add_yaml_lenient(&text);
     }
     Ok(m)
@@ -143,10 +145,17 @@ impl Manifests {
     /// Like [`Manifests::add_yaml`], skipping documents and objects it cannot read.
     pub fn add_yaml_lenient(&mut self, text: &str) {
         for doc in serde_yaml::Deserializer::from_str(text) {
-            let Ok(v) = Value::deserialize(doc) else { return };
+            let Ok(v) = Value::deserialize(doc) else {
+                return;
+            };
             match v.get("kind").and_then(Value::as_str) {
                 Some("List" | "ServiceList" | "EndpointSliceList") => {
-                    for item in v.get("items").and_then(Value::as_array).into_iter().flatten() {
+                    for item in v
+                        .get("items")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                    {
                         let _ = self.add_object(item);
                     }
                 }

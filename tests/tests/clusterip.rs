@@ -27,7 +27,9 @@ const EMPTY: &str = "10.96.0.99:80";
 const WAIT: Duration = Duration::from_secs(15);
 
 fn examples(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name)
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -41,7 +43,8 @@ fn pod(ip: &str) -> String {
 /// Starts the agent on the demo manifests and waits until the web service answers.
 fn demo_cluster() -> Cluster {
     let mut c = Cluster::start(&examples("demo")).unwrap();
-    c.wait_tcp(&TcpProbe::new(addr(WEB)).count(1), WAIT, |r| r.ok == 1).unwrap();
+    c.wait_tcp(&TcpProbe::new(addr(WEB)).count(1), WAIT, |r| r.ok == 1)
+        .unwrap();
     c
 }
 
@@ -69,9 +72,15 @@ fn slice_yaml(name: &str, service: &str, ports: &[Port], endpoints: &[(&str, boo
         .collect();
     let eps: String = endpoints
         .iter()
-        .map(|(ip, ready)| format!("  - addresses: [\"{ip}\"]\n    conditions: {{ready: {ready}}}\n"))
+        .map(|(ip, ready)| {
+            format!("  - addresses: [\"{ip}\"]\n    conditions: {{ready: {ready}}}\n")
+        })
         .collect();
-    let eps = if endpoints.is_empty() { "endpoints: []\n".to_string() } else { format!("endpoints:\n{eps}") };
+    let eps = if endpoints.is_empty() {
+        "endpoints: []\n".to_string()
+    } else {
+        format!("endpoints:\n{eps}")
+    };
     format!(
         "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\naddressType: IPv4\n\
          metadata:\n  name: {name}\n  namespace: e2e\n  labels: {{kubernetes.io/service-name: {service}}}\n\
@@ -89,7 +98,8 @@ fn source_dir(files: &[(&str, String)]) -> socklb_tests::ManifestDir {
 }
 
 fn spread_ok(r: &TcpReport, ids: &[&str]) -> bool {
-    ids.iter().all(|id| r.backends.get(&pod(id)).copied().unwrap_or(0) > 0)
+    ids.iter()
+        .all(|id| r.backends.get(&pod(id)).copied().unwrap_or(0) > 0)
 }
 
 // ---- the tests ----------------------------------------------------------------------
@@ -103,9 +113,16 @@ fn tcp_reaches_every_backend_and_getpeername_shows_the_service() {
     let r = c.tcp(&TcpProbe::new(addr(WEB)).count(300)).unwrap();
     assert_eq!(r.ok, 300, "{r:?}");
     // 300 random picks over 3 backends: each one is chosen (p(miss) ~ 1e-52).
-    assert!(spread_ok(&r, &["10.244.0.11", "10.244.0.12", "10.244.0.13"]), "{r:?}");
+    assert!(
+        spread_ok(&r, &["10.244.0.11", "10.244.0.12", "10.244.0.13"]),
+        "{r:?}"
+    );
     assert_eq!(r.backends.len(), 3, "only the service's endpoints: {r:?}");
-    assert_eq!(r.peers, BTreeMap::from([(WEB.to_string(), 300)]), "getpeername() must show the service");
+    assert_eq!(
+        r.peers,
+        BTreeMap::from([(WEB.to_string(), 300)]),
+        "getpeername() must show the service"
+    );
 
     // The TCP port of a multi-port service on another protocol, backends on another port.
     let r = c.tcp(&TcpProbe::new(addr(DNS)).count(100)).unwrap();
@@ -122,19 +139,32 @@ fn udp_replies_come_from_the_service_and_each_socket_sticks_to_one_backend() {
     }
     let mut c = demo_cluster();
     // Unconnected sockets (sendto/recvfrom), as a resolver uses them.
-    let r = c.udp(&UdpProbe::new(addr(DNS)).sockets(40).count(5)).unwrap();
+    let r = c
+        .udp(&UdpProbe::new(addr(DNS)).sockets(40).count(5))
+        .unwrap();
     assert_eq!(r.replies, 200, "{r:?}");
     assert_eq!(
         r.reply_sources,
         BTreeMap::from([(DNS.to_string(), 200)]),
         "recvfrom() must report the service address, or a resolver drops the reply"
     );
-    assert!(r.sockets_sticky(), "every datagram of one socket goes to one backend: {:?}", r.per_socket);
+    assert!(
+        r.sockets_sticky(),
+        "every datagram of one socket goes to one backend: {:?}",
+        r.per_socket
+    );
     // 40 sockets over 2 backends: both are chosen (p(miss) ~ 2e-12).
     assert_eq!(r.backends.len(), 2, "{r:?}");
 
     // Connected sockets: getpeername() shows the service.
-    let r = c.udp(&UdpProbe::new(addr(DNS)).sockets(10).count(3).connected(true)).unwrap();
+    let r = c
+        .udp(
+            &UdpProbe::new(addr(DNS))
+                .sockets(10)
+                .count(3)
+                .connected(true),
+        )
+        .unwrap();
     assert_eq!(r.replies, 30, "{r:?}");
     assert_eq!(r.reply_sources, BTreeMap::from([(DNS.to_string(), 30)]));
     assert!(r.sockets_sticky());
@@ -148,19 +178,47 @@ fn no_endpoints_and_unknown_ports_are_refused_at_once() {
     }
     let mut c = demo_cluster();
     // A hang would show as ETIMEDOUT after 3 s; a refusal is ECONNREFUSED.
-    let r = c.tcp(&TcpProbe::new(addr(EMPTY)).count(5).timeout_ms(3000)).unwrap();
-    assert_eq!(r.error("ECONNREFUSED"), 5, "a service without endpoints refuses: {r:?}");
+    let r = c
+        .tcp(&TcpProbe::new(addr(EMPTY)).count(5).timeout_ms(3000))
+        .unwrap();
+    assert_eq!(
+        r.error("ECONNREFUSED"),
+        5,
+        "a service without endpoints refuses: {r:?}"
+    );
 
-    let r = c.tcp(&TcpProbe::new(addr("10.96.0.10:81")).count(3).timeout_ms(3000)).unwrap();
-    assert_eq!(r.error("ECONNREFUSED"), 3, "a port the service does not have is refused: {r:?}");
+    let r = c
+        .tcp(
+            &TcpProbe::new(addr("10.96.0.10:81"))
+                .count(3)
+                .timeout_ms(3000),
+        )
+        .unwrap();
+    assert_eq!(
+        r.error("ECONNREFUSED"),
+        3,
+        "a port the service does not have is refused: {r:?}"
+    );
 
     // UDP to a service address on a port it does not have: sendto() is refused.
-    let r = c.udp(&UdpProbe::new(addr("10.96.0.10:53")).count(1).timeout_ms(3000)).unwrap();
+    let r = c
+        .udp(
+            &UdpProbe::new(addr("10.96.0.10:53"))
+                .count(1)
+                .timeout_ms(3000),
+        )
+        .unwrap();
     assert_eq!(r.replies, 0);
     assert_eq!(r.error("ECONNREFUSED"), 1, "{r:?}");
 
     // Addresses that are not services are left alone: no route in the sandbox.
-    let r = c.tcp(&TcpProbe::new(addr("10.96.0.200:80")).count(1).timeout_ms(3000)).unwrap();
+    let r = c
+        .tcp(
+            &TcpProbe::new(addr("10.96.0.200:80"))
+                .count(1)
+                .timeout_ms(3000),
+        )
+        .unwrap();
     assert_eq!(r.error("ENETUNREACH"), 1, "{r:?}");
     c.shutdown().unwrap();
 }
@@ -176,43 +234,99 @@ fn endpoint_changes_take_effect_for_new_connections() {
         ("svc.yaml", service_yaml("web", "10.96.0.10", &web)),
         (
             "eps.yaml",
-            slice_yaml("web-1", "web", &ep, &[("10.244.0.11", true), ("10.244.0.12", true), ("10.244.0.13", false)]),
+            slice_yaml(
+                "web-1",
+                "web",
+                &ep,
+                &[
+                    ("10.244.0.11", true),
+                    ("10.244.0.12", true),
+                    ("10.244.0.13", false),
+                ],
+            ),
         ),
     ]);
     let mut c = Cluster::start(src.path()).unwrap();
     let probe = TcpProbe::new(addr(WEB)).count(150);
     // A not-ready endpoint gets nothing, even though its pod answers.
-    let r = c.wait_tcp(&probe, WAIT, |r| r.ok == 150 && spread_ok(r, &["10.244.0.11", "10.244.0.12"])).unwrap();
+    let r = c
+        .wait_tcp(&probe, WAIT, |r| {
+            r.ok == 150 && spread_ok(r, &["10.244.0.11", "10.244.0.12"])
+        })
+        .unwrap();
     assert_eq!(r.backends.get(&pod("10.244.0.13")), None, "{r:?}");
 
     // Scale: .11 leaves (its pod keeps serving, so any connection still sent there
     // would show up), .13 becomes ready, .14 is added.
     c.sandbox.add_pod("10.244.0.14".parse().unwrap()).unwrap();
-    c.sandbox.serve("10.244.0.14".parse().unwrap(), &pod("10.244.0.14"), &[8080], &[]).unwrap();
+    c.sandbox
+        .serve(
+            "10.244.0.14".parse().unwrap(),
+            &pod("10.244.0.14"),
+            &[8080],
+            &[],
+        )
+        .unwrap();
     c.manifests
         .write(
             "eps.yaml",
-            &slice_yaml("web-1", "web", &ep, &[("10.244.0.12", true), ("10.244.0.13", true), ("10.244.0.14", true)]),
+            &slice_yaml(
+                "web-1",
+                "web",
+                &ep,
+                &[
+                    ("10.244.0.12", true),
+                    ("10.244.0.13", true),
+                    ("10.244.0.14", true),
+                ],
+            ),
         )
         .unwrap();
     c.wait_tcp(&probe, WAIT, |r| {
-        r.ok == 150 && !r.backends.contains_key(&pod("10.244.0.11")) && r.backends.contains_key(&pod("10.244.0.14"))
+        r.ok == 150
+            && !r.backends.contains_key(&pod("10.244.0.11"))
+            && r.backends.contains_key(&pod("10.244.0.14"))
     })
     .unwrap();
     let r = c.tcp(&TcpProbe::new(addr(WEB)).count(300)).unwrap();
     assert_eq!(r.ok, 300);
-    assert!(spread_ok(&r, &["10.244.0.12", "10.244.0.13", "10.244.0.14"]), "{r:?}");
-    assert_eq!(r.backends.len(), 3, "the removed backend gets no new connections: {r:?}");
+    assert!(
+        spread_ok(&r, &["10.244.0.12", "10.244.0.13", "10.244.0.14"]),
+        "{r:?}"
+    );
+    assert_eq!(
+        r.backends.len(),
+        3,
+        "the removed backend gets no new connections: {r:?}"
+    );
 
     // All endpoints gone: refused. Back: served again.
-    c.manifests.write("eps.yaml", &slice_yaml("web-1", "web", &ep, &[])).unwrap();
-    c.wait_tcp(&TcpProbe::new(addr(WEB)).count(1).timeout_ms(3000), WAIT, |r| r.error("ECONNREFUSED") == 1).unwrap();
-    c.manifests.write("eps.yaml", &slice_yaml("web-1", "web", &ep, &[("10.244.0.12", true)])).unwrap();
-    c.wait_tcp(&TcpProbe::new(addr(WEB)).count(1), WAIT, |r| r.ok == 1).unwrap();
+    c.manifests
+        .write("eps.yaml", &slice_yaml("web-1", "web", &ep, &[]))
+        .unwrap();
+    c.wait_tcp(
+        &TcpProbe::new(addr(WEB)).count(1).timeout_ms(3000),
+        WAIT,
+        |r| r.error("ECONNREFUSED") == 1,
+    )
+    .unwrap();
+    c.manifests
+        .write(
+            "eps.yaml",
+            &slice_yaml("web-1", "web", &ep, &[("10.244.0.12", true)]),
+        )
+        .unwrap();
+    c.wait_tcp(&TcpProbe::new(addr(WEB)).count(1), WAIT, |r| r.ok == 1)
+        .unwrap();
 
     // Service deleted: its address is no longer translated (and has no route).
     c.manifests.remove("svc.yaml").unwrap();
-    c.wait_tcp(&TcpProbe::new(addr(WEB)).count(1).timeout_ms(3000), WAIT, |r| r.error("ENETUNREACH") == 1).unwrap();
+    c.wait_tcp(
+        &TcpProbe::new(addr(WEB)).count(1).timeout_ms(3000),
+        WAIT,
+        |r| r.error("ENETUNREACH") == 1,
+    )
+    .unwrap();
     c.shutdown().unwrap();
 }
 
@@ -224,17 +338,33 @@ fn one_backend_behind_two_services_answers_as_each() {
     let ports = [("dns", "UDP", 53), ("web", "TCP", 80)];
     let ep = [("dns", "UDP", 5353), ("web", "TCP", 8080)];
     let src = source_dir(&[
-        ("a.yaml", service_yaml("a", "10.96.5.1", &ports) + &slice_yaml("a-1", "a", &ep, &[("10.244.0.31", true)])),
-        ("b.yaml", service_yaml("b", "10.96.5.2", &ports) + &slice_yaml("b-1", "b", &ep, &[("10.244.0.31", true)])),
+        (
+            "a.yaml",
+            service_yaml("a", "10.96.5.1", &ports)
+                + &slice_yaml("a-1", "a", &ep, &[("10.244.0.31", true)]),
+        ),
+        (
+            "b.yaml",
+            service_yaml("b", "10.96.5.2", &ports)
+                + &slice_yaml("b-1", "b", &ep, &[("10.244.0.31", true)]),
+        ),
     ]);
     let mut c = Cluster::start(src.path()).unwrap();
     for svc in ["10.96.5.1", "10.96.5.2"] {
         let tcp = format!("{svc}:80");
-        let r = c.wait_tcp(&TcpProbe::new(addr(&tcp)).count(20), WAIT, |r| r.ok == 20).unwrap();
+        let r = c
+            .wait_tcp(&TcpProbe::new(addr(&tcp)).count(20), WAIT, |r| r.ok == 20)
+            .unwrap();
         assert_eq!(r.peers, BTreeMap::from([(tcp.clone(), 20)]), "{r:?}");
         let udp = format!("{svc}:53");
-        let r = c.udp(&UdpProbe::new(addr(&udp)).sockets(5).count(4)).unwrap();
-        assert_eq!(r.reply_sources, BTreeMap::from([(udp, 20)]), "each service answers as itself: {r:?}");
+        let r = c
+            .udp(&UdpProbe::new(addr(&udp)).sockets(5).count(4))
+            .unwrap();
+        assert_eq!(
+            r.reply_sources,
+            BTreeMap::from([(udp, 20)]),
+            "each service answers as itself: {r:?}"
+        );
     }
     c.shutdown().unwrap();
 }
@@ -247,7 +377,13 @@ fn agent_restarts_do_not_fail_a_single_connection() {
     let mut c = demo_cluster();
     // A client connecting continuously for the whole test, in the cgroup.
     let mut cmd = Command::new(probe_bin());
-    cmd.args(TcpProbe::new(addr(WEB)).duration_ms(7000).interval_ms(2).timeout_ms(2000).args());
+    cmd.args(
+        TcpProbe::new(addr(WEB))
+            .duration_ms(7000)
+            .interval_ms(2)
+            .timeout_ms(2000)
+            .args(),
+    );
     cmd.stdout(Stdio::piped());
     let mut client = c.sandbox.spawn_in_node(cmd, Some(&c.cgroup)).unwrap();
 
@@ -271,9 +407,16 @@ fn agent_restarts_do_not_fail_a_single_connection() {
     std::io::Read::read_to_string(&mut client.take_stdout().unwrap(), &mut stdout).unwrap();
     let r: TcpReport = serde_json::from_str(&stdout).unwrap();
     assert!(r.attempts > 200, "the client ran: {r:?}");
-    assert_eq!(r.failed(), 0, "no connection may fail across agent restarts: {r:?}");
+    assert_eq!(
+        r.failed(),
+        0,
+        "no connection may fail across agent restarts: {r:?}"
+    );
     assert_eq!(r.ok, r.attempts);
-    assert!(spread_ok(&r, &["10.244.0.11", "10.244.0.12", "10.244.0.13"]), "{r:?}");
+    assert!(
+        spread_ok(&r, &["10.244.0.11", "10.244.0.12", "10.244.0.13"]),
+        "{r:?}"
+    );
     c.shutdown().unwrap();
 }
 
@@ -284,17 +427,36 @@ fn a_restarted_agent_applies_changes_made_while_it_was_down() {
     }
     let ep = [("http", "TCP", 8080)];
     let src = source_dir(&[
-        ("svc.yaml", service_yaml("web", "10.96.0.10", &[("http", "TCP", 80)])),
-        ("eps.yaml", slice_yaml("web-1", "web", &ep, &[("10.244.0.11", true), ("10.244.0.12", true)])),
+        (
+            "svc.yaml",
+            service_yaml("web", "10.96.0.10", &[("http", "TCP", 80)]),
+        ),
+        (
+            "eps.yaml",
+            slice_yaml(
+                "web-1",
+                "web",
+                &ep,
+                &[("10.244.0.11", true), ("10.244.0.12", true)],
+            ),
+        ),
     ]);
     let mut c = Cluster::start(src.path()).unwrap();
-    c.wait_tcp(&TcpProbe::new(addr(WEB)).count(50), WAIT, |r| r.ok == 50).unwrap();
+    c.wait_tcp(&TcpProbe::new(addr(WEB)).count(50), WAIT, |r| r.ok == 50)
+        .unwrap();
     let config = c.agent.config().clone();
     assert!(c.agent.stop().unwrap().success());
-    c.manifests.write("eps.yaml", &slice_yaml("web-1", "web", &ep, &[("10.244.0.12", true)])).unwrap();
+    c.manifests
+        .write(
+            "eps.yaml",
+            &slice_yaml("web-1", "web", &ep, &[("10.244.0.12", true)]),
+        )
+        .unwrap();
     c.agent = Agent::start(&config).unwrap();
     let r = c
-        .wait_tcp(&TcpProbe::new(addr(WEB)).count(60), WAIT, |r| r.ok == 60 && r.backends.len() == 1)
+        .wait_tcp(&TcpProbe::new(addr(WEB)).count(60), WAIT, |r| {
+            r.ok == 60 && r.backends.len() == 1
+        })
         .unwrap();
     assert_eq!(r.backends.get(&pod("10.244.0.12")), Some(&60), "{r:?}");
     c.shutdown().unwrap();
@@ -308,17 +470,27 @@ fn uninstall_leaves_nothing_behind() {
     let mut c = demo_cluster();
     let pins = c.pins.path().to_path_buf();
     let cgroup = c.cgroup.path().to_path_buf();
-    assert!(bpftool_cgroup_show(&cgroup).len() >= 5, "hooks attached while running");
-    c.shutdown().unwrap();
-    assert!(!pins.exists(), "pin directory {} is still there", pins.display());
     assert!(
-        wait_until(Duration::from_secs(5), || bpftool_cgroup_show(&cgroup).is_empty()),
+        bpftool_cgroup_show(&cgroup).len() >= 5,
+        "hooks attached while running"
+    );
+    c.shutdown().unwrap();
+    assert!(
+        !pins.exists(),
+        "pin directory {} is still there",
+        pins.display()
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || bpftool_cgroup_show(&cgroup)
+            .is_empty()),
         "programs still attached to {}: {:?}",
         cgroup.display(),
         bpftool_cgroup_show(&cgroup)
     );
     // The service address is no longer translated.
-    let r = c.tcp(&TcpProbe::new(addr(WEB)).count(1).timeout_ms(3000)).unwrap();
+    let r = c
+        .tcp(&TcpProbe::new(addr(WEB)).count(1).timeout_ms(3000))
+        .unwrap();
     assert_eq!(r.error("ENETUNREACH"), 1, "{r:?}");
     // Uninstalling again is not an error.
     let out = socklb(["uninstall", "--bpffs", pins.to_str().unwrap()]).unwrap();
@@ -327,8 +499,16 @@ fn uninstall_leaves_nothing_behind() {
 
 /// Programs attached to a cgroup, as bpftool sees them (independent of socklb).
 fn bpftool_cgroup_show(cgroup: &Path) -> Vec<serde_json::Value> {
-    let out = Command::new("bpftool").args(["-j", "cgroup", "show"]).arg(cgroup).output().unwrap();
-    assert!(out.status.success(), "bpftool cgroup show: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(cgroup)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bpftool cgroup show: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     if text.trim().is_empty() {
         return Vec::new();
@@ -342,18 +522,41 @@ fn invalid_manifests_next_to_valid_ones_do_not_stop_the_valid_services() {
         return;
     }
     let mut c = Cluster::start(&examples("invalid")).unwrap();
-    for (svc, backend) in [("10.96.1.10:80", "10.244.1.11"), ("10.96.1.20:80", "10.244.1.21")] {
-        let r = c.wait_tcp(&TcpProbe::new(addr(svc)).count(10), WAIT, |r| r.ok == 10).unwrap();
+    for (svc, backend) in [
+        ("10.96.1.10:80", "10.244.1.11"),
+        ("10.96.1.20:80", "10.244.1.21"),
+    ] {
+        let r = c
+            .wait_tcp(&TcpProbe::new(addr(svc)).count(10), WAIT, |r| r.ok == 10)
+            .unwrap();
         assert_eq!(r.backends.get(&pod(backend)), Some(&10), "{r:?}");
     }
     let log = c.agent.log();
-    for file in ["not-yaml.yaml", "bad-cluster-ip.yaml", "bad-port.yaml", "bad-protocol.yaml", "bad-slice-address.yaml", "mixed-list.yaml"] {
-        assert!(log.contains(file), "the agent names {file} in a warning:\n{log}");
+    for file in [
+        "not-yaml.yaml",
+        "bad-cluster-ip.yaml",
+        "bad-port.yaml",
+        "bad-protocol.yaml",
+        "bad-slice-address.yaml",
+        "mixed-list.yaml",
+    ] {
+        assert!(
+            log.contains(file),
+            "the agent names {file} in a warning:\n{log}"
+        );
     }
     // Garbage written while running: the agent warns, stays up and keeps serving.
-    c.manifests.write("zz-garbage.yaml", "kind: Service\nspec: [this is not\n").unwrap();
-    assert!(c.agent.wait_for_log("zz-garbage.yaml", WAIT), "{}", c.agent.log());
-    let r = c.tcp(&TcpProbe::new(addr("10.96.1.10:80")).count(10)).unwrap();
+    c.manifests
+        .write("zz-garbage.yaml", "kind: Service\nspec: [this is not\n")
+        .unwrap();
+    assert!(
+        c.agent.wait_for_log("zz-garbage.yaml", WAIT),
+        "{}",
+        c.agent.log()
+    );
+    let r = c
+        .tcp(&TcpProbe::new(addr("10.96.1.10:80")).count(10))
+        .unwrap();
     assert_eq!(r.ok, 10, "{r:?}");
     assert!(c.agent.is_running());
     c.shutdown().unwrap();
@@ -366,8 +569,16 @@ fn bpftool_dumps_the_service_map_with_named_fields() {
     }
     let mut c = demo_cluster();
     let map = c.pins.path().join("lb4_svc_v1");
-    let out = Command::new("bpftool").args(["-j", "map", "dump", "pinned"]).arg(&map).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(&map)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let entries: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert!(!entries.is_empty());
     // With BTF, bpftool prints each entry's key and value with their field names.
@@ -377,14 +588,28 @@ fn bpftool_dumps_the_service_map_with_named_fields() {
         .iter()
         .map(|e| e.get("formatted").unwrap_or(e))
         .find(|e| {
-            e["key"]["address"] == web_ip && e["key"]["dport"] == web_port && e["key"]["backend_slot"] == 0
+            e["key"]["address"] == web_ip
+                && e["key"]["dport"] == web_port
+                && e["key"]["backend_slot"] == 0
         })
         .unwrap_or_else(|| panic!("no named slot-0 entry for {WEB} in {entries:#?}"));
     for field in ["address", "dport", "backend_slot", "proto", "scope", "pad"] {
-        assert!(slot0["key"].get(field).is_some(), "key field {field} in {slot0}");
+        assert!(
+            slot0["key"].get(field).is_some(),
+            "key field {field} in {slot0}"
+        );
     }
-    for field in ["backend_id", "count", "action", "flags", "affinity_timeout_s"] {
-        assert!(slot0["value"].get(field).is_some(), "value field {field} in {slot0}");
+    for field in [
+        "backend_id",
+        "count",
+        "action",
+        "flags",
+        "affinity_timeout_s",
+    ] {
+        assert!(
+            slot0["value"].get(field).is_some(),
+            "value field {field} in {slot0}"
+        );
     }
     assert_eq!(slot0["value"]["count"], 3);
     assert_eq!(slot0["key"]["proto"], 6);
@@ -398,10 +623,26 @@ fn status_reads_back_what_plan_computes() {
     }
     let mut c = demo_cluster();
     let node = c.agent.config().node.clone();
-    let plan = socklb(["plan", "--manifests", c.manifests.path().to_str().unwrap(), "--node", &node, "-o", "json"]).unwrap();
+    let plan = socklb([
+        "plan",
+        "--manifests",
+        c.manifests.path().to_str().unwrap(),
+        "--node",
+        &node,
+        "-o",
+        "json",
+    ])
+    .unwrap();
     assert!(plan.status.success(), "{plan:?}");
     let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
-    let status = socklb(["status", "--bpffs", c.pins.path().to_str().unwrap(), "-o", "json"]).unwrap();
+    let status = socklb([
+        "status",
+        "--bpffs",
+        c.pins.path().to_str().unwrap(),
+        "-o",
+        "json",
+    ])
+    .unwrap();
     assert!(status.status.success(), "{status:?}");
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
 
@@ -411,8 +652,12 @@ fn status_reads_back_what_plan_computes() {
             .unwrap()
             .iter()
             .map(|f| {
-                let mut b: Vec<String> =
-                    f["backends"].as_array().unwrap().iter().map(|b| b.as_str().unwrap().to_string()).collect();
+                let mut b: Vec<String> = f["backends"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|b| b.as_str().unwrap().to_string())
+                    .collect();
                 b.sort();
                 (
                     f["address"].as_str().unwrap().to_string(),
@@ -425,13 +670,28 @@ fn status_reads_back_what_plan_computes() {
         out.sort();
         out
     };
-    assert_eq!(project(&plan), project(&status), "the maps hold what plan computes");
+    assert_eq!(
+        project(&plan),
+        project(&status),
+        "the maps hold what plan computes"
+    );
     assert_eq!(
         status["hooks"],
-        serde_json::json!(["connect4", "sendmsg4", "recvmsg4", "getpeername4", "post_bind4"]),
+        serde_json::json!([
+            "connect4",
+            "sendmsg4",
+            "recvmsg4",
+            "getpeername4",
+            "post_bind4"
+        ]),
         "{status}"
     );
-    let addrs: Vec<&str> = status["service_addresses"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    let addrs: Vec<&str> = status["service_addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
     assert_eq!(addrs, ["10.96.0.10", "10.96.0.53", "10.96.0.99"]);
     c.shutdown().unwrap();
 }
@@ -450,12 +710,20 @@ fn binding_a_node_port_is_refused_in_the_cgroup() {
             .to_string(),
     )]);
     let mut c = Cluster::start(src.path()).unwrap();
-    c.wait_tcp(&TcpProbe::new(addr("10.96.0.30:80")).count(1).timeout_ms(3000), WAIT, |r| r.error("ECONNREFUSED") == 1)
-        .unwrap();
+    c.wait_tcp(
+        &TcpProbe::new(addr("10.96.0.30:80"))
+            .count(1)
+            .timeout_ms(3000),
+        WAIT,
+        |r| r.error("ECONNREFUSED") == 1,
+    )
+    .unwrap();
     let bind = |port: u16| -> serde_json::Value {
         let mut cmd = Command::new(probe_bin());
         cmd.args(["bind", "--port", &port.to_string()]);
-        let opts = socklb_tests::SpawnOpts::new().netns(c.sandbox.node().path()).cgroup(c.cgroup.path());
+        let opts = socklb_tests::SpawnOpts::new()
+            .netns(c.sandbox.node().path())
+            .cgroup(c.cgroup.path());
         let out = socklb_tests::Child::output(cmd, &opts, Duration::from_secs(10)).unwrap();
         assert!(out.status.success(), "{out:?}");
         serde_json::from_slice(&out.stdout).unwrap()
@@ -469,7 +737,11 @@ fn binding_a_node_port_is_refused_in_the_cgroup() {
     assert_eq!(r["udp"], "EPERM", "{r}");
     assert_eq!(r["tcp"], "ok", "{r}");
     let r = bind(30081);
-    assert_eq!((r["tcp"].as_str(), r["udp"].as_str()), (Some("ok"), Some("ok")), "{r}");
+    assert_eq!(
+        (r["tcp"].as_str(), r["udp"].as_str()),
+        (Some("ok"), Some("ok")),
+        "{r}"
+    );
     c.shutdown().unwrap();
 }
 
@@ -487,13 +759,20 @@ fn internal_traffic_policy_local_without_a_local_endpoint_is_unreachable() {
                ports: [{name: http, protocol: TCP, port: 8080}]\n\
                endpoints: [{addresses: [\"10.244.0.51\"], nodeName: elsewhere}]\n";
     let src = source_dir(&[("svc.yaml", svc.to_string() + eps)]);
-    let opts = socklb_tests::ClusterOptions { node: Some("here".into()), ..Default::default() };
+    let opts = socklb_tests::ClusterOptions {
+        node: Some("here".into()),
+        ..Default::default()
+    };
     let mut c = Cluster::start_with(src.path(), &opts).unwrap();
     // kube-proxy drops such traffic; at the socket the hook fails connect() at once.
     let r = c
-        .wait_tcp(&TcpProbe::new(addr("10.96.0.40:80")).count(3).timeout_ms(3000), WAIT, |r| {
-            r.error("EHOSTUNREACH") == 3
-        })
+        .wait_tcp(
+            &TcpProbe::new(addr("10.96.0.40:80"))
+                .count(3)
+                .timeout_ms(3000),
+            WAIT,
+            |r| r.error("EHOSTUNREACH") == 3,
+        )
         .unwrap();
     assert_eq!(r.ok, 0, "{r:?}");
     c.shutdown().unwrap();

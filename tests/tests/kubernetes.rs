@@ -72,8 +72,16 @@ struct Env {
 
 impl Env {
     fn new(api_up: bool) -> Env {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let api = if api_up { runtime.block_on(FakeApiServer::start_new()) } else { runtime.block_on(async { FakeApiServer::unreachable() }) };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let api = if api_up {
+            runtime.block_on(FakeApiServer::start_new())
+        } else {
+            runtime.block_on(async { FakeApiServer::unreachable() })
+        };
         let kubeconfig_dir = TempDir::new("kubeconfig").unwrap();
         std::fs::write(
             kubeconfig_dir.path().join("config"),
@@ -92,22 +100,51 @@ impl Env {
             sandbox.add_pod(ip).unwrap();
             sandbox.serve(ip, &pod_id(ip), &[8080], &[]).unwrap();
         }
-        Env { runtime, api, kubeconfig_dir, sandbox, cgroup: TestCgroup::new().unwrap(), pins: PinDir::new().unwrap() }
+        Env {
+            runtime,
+            api,
+            kubeconfig_dir,
+            sandbox,
+            cgroup: TestCgroup::new().unwrap(),
+            pins: PinDir::new().unwrap(),
+        }
     }
 
     fn agent_config(&self, extra: &[&str]) -> AgentConfig {
-        let mut config = AgentConfig::kubernetes(self.kubeconfig_dir.path().join("config"), self.cgroup.path(), self.pins.path(), NODE);
+        let mut config = AgentConfig::kubernetes(
+            self.kubeconfig_dir.path().join("config"),
+            self.cgroup.path(),
+            self.pins.path(),
+            NODE,
+        );
         // In the host's network namespace: no TC programs on this machine's interfaces.
-        config.extra_args = ["--devices", "none"].iter().chain(extra).map(|s| s.to_string()).collect();
+        config.extra_args = ["--devices", "none"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect();
         config
     }
 
     fn tcp(&self, count: u64) -> TcpReport {
-        self.sandbox.tcp_probe(Some(&self.cgroup), &TcpProbe::new(WEB.parse().unwrap()).count(count).timeout_ms(3000)).unwrap()
+        self.sandbox
+            .tcp_probe(
+                Some(&self.cgroup),
+                &TcpProbe::new(WEB.parse().unwrap())
+                    .count(count)
+                    .timeout_ms(3000),
+            )
+            .unwrap()
     }
 
     /// Probes until `done` accepts a report; panics with the agent's log on timeout.
-    fn wait(&self, agent: &mut Agent, count: u64, what: &str, done: impl Fn(&TcpReport) -> bool) -> TcpReport {
+    fn wait(
+        &self,
+        agent: &mut Agent,
+        count: u64,
+        what: &str,
+        done: impl Fn(&TcpReport) -> bool,
+    ) -> TcpReport {
         let mut last = None;
         let ok = wait_until(WAIT, || {
             assert!(agent.is_running(), "the agent exited:\n{}", agent.log());
@@ -116,7 +153,11 @@ impl Env {
             last = Some(r);
             accepted
         });
-        assert!(ok, "{what}: not reached; last report {last:?}\nagent log:\n{}", agent.log_tail(60));
+        assert!(
+            ok,
+            "{what}: not reached; last report {last:?}\nagent log:\n{}",
+            agent.log_tail(60)
+        );
         last.unwrap()
     }
 
@@ -147,29 +188,48 @@ fn api_changes_reach_the_kernel() {
     env.api.apply(slice(&[(PODS[0], true), (PODS[1], true)]));
     let mut agent = Agent::start(&env.agent_config(&[])).unwrap();
 
-    let r = env.wait(&mut agent, 100, "initial sync", |r| r.ok == 100 && r.backends.len() == 2);
+    let r = env.wait(&mut agent, 100, "initial sync", |r| {
+        r.ok == 100 && r.backends.len() == 2
+    });
     assert_eq!(backends(&r), [pod(PODS[0]), pod(PODS[1])]);
-    assert_eq!(r.peers, BTreeMap::from([(WEB.to_string(), 100)]), "getpeername shows the service");
+    assert_eq!(
+        r.peers,
+        BTreeMap::from([(WEB.to_string(), 100)]),
+        "getpeername shows the service"
+    );
 
     // Scale up.
-    env.api.apply(slice(&[(PODS[0], true), (PODS[1], true), (PODS[2], true)]));
-    env.wait(&mut agent, 150, "scale-up", |r| r.ok == 150 && r.backends.len() == 3);
+    env.api
+        .apply(slice(&[(PODS[0], true), (PODS[1], true), (PODS[2], true)]));
+    env.wait(&mut agent, 150, "scale-up", |r| {
+        r.ok == 150 && r.backends.len() == 3
+    });
     // Scale down: .11 leaves (its pod still answers, so a connection sent there shows).
     env.api.apply(slice(&[(PODS[1], true), (PODS[2], true)]));
-    let r = env.wait(&mut agent, 150, "scale-down", |r| r.ok == 150 && !r.backends.contains_key(&pod(PODS[0])));
+    let r = env.wait(&mut agent, 150, "scale-down", |r| {
+        r.ok == 150 && !r.backends.contains_key(&pod(PODS[0]))
+    });
     assert_eq!(backends(&r), [pod(PODS[1]), pod(PODS[2])]);
     // Readiness flip.
     env.api.apply(slice(&[(PODS[1], false), (PODS[2], true)]));
-    let r = env.wait(&mut agent, 60, "readiness flip", |r| r.ok == 60 && r.backends.len() == 1);
+    let r = env.wait(&mut agent, 60, "readiness flip", |r| {
+        r.ok == 60 && r.backends.len() == 1
+    });
     assert_eq!(backends(&r), [pod(PODS[2])]);
     // Slice deleted: no endpoints, refused.
-    env.api.delete(Resource::EndpointSlices, "e2e", "web-abc12").unwrap();
-    env.wait(&mut agent, 1, "slice deleted", |r| r.error("ECONNREFUSED") == 1);
+    env.api
+        .delete(Resource::EndpointSlices, "e2e", "web-abc12")
+        .unwrap();
+    env.wait(&mut agent, 1, "slice deleted", |r| {
+        r.error("ECONNREFUSED") == 1
+    });
     // Service deleted: the address is not translated any more (and has no route).
     env.api.apply(slice(&[(PODS[0], true)]));
     env.wait(&mut agent, 5, "slice back", |r| r.ok == 5);
     env.api.delete(Resource::Services, "e2e", "web").unwrap();
-    env.wait(&mut agent, 1, "service deleted", |r| r.error("ENETUNREACH") == 1);
+    env.wait(&mut agent, 1, "service deleted", |r| {
+        r.error("ENETUNREACH") == 1
+    });
     env.shutdown(&mut agent);
 }
 
@@ -183,11 +243,19 @@ fn watch_expiry_and_dropped_connections_do_not_disturb_the_data_path() {
     env.api.apply(service());
     env.api.apply(slice(&[(PODS[0], true), (PODS[1], true)]));
     let mut agent = Agent::start(&env.agent_config(&[])).unwrap();
-    env.wait(&mut agent, 50, "initial sync", |r| r.ok == 50 && r.backends.len() == 2);
+    env.wait(&mut agent, 50, "initial sync", |r| {
+        r.ok == 50 && r.backends.len() == 2
+    });
 
     // A client connecting continuously while the API misbehaves.
     let mut cmd = Command::new(probe_bin());
-    cmd.args(TcpProbe::new(WEB.parse().unwrap()).duration_ms(4000).interval_ms(2).timeout_ms(2000).args());
+    cmd.args(
+        TcpProbe::new(WEB.parse().unwrap())
+            .duration_ms(4000)
+            .interval_ms(2)
+            .timeout_ms(2000)
+            .args(),
+    );
     cmd.stdout(Stdio::piped());
     let mut client = env.sandbox.spawn_in_node(cmd, Some(&env.cgroup)).unwrap();
     std::thread::sleep(Duration::from_millis(300));
@@ -198,16 +266,32 @@ fn watch_expiry_and_dropped_connections_do_not_disturb_the_data_path() {
     std::thread::sleep(Duration::from_millis(700));
     env.api.expire_watches();
 
-    assert!(client.wait_timeout(Duration::from_secs(30)).unwrap().is_some(), "client did not finish");
+    assert!(
+        client
+            .wait_timeout(Duration::from_secs(30))
+            .unwrap()
+            .is_some(),
+        "client did not finish"
+    );
     let mut stdout = String::new();
-    client.take_stdout().unwrap().read_to_string(&mut stdout).unwrap();
+    client
+        .take_stdout()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
     let r: TcpReport = serde_json::from_str(&stdout).unwrap();
     assert!(r.attempts > 100, "{r:?}");
-    assert_eq!(r.failed(), 0, "a relist or reconnection must not disturb the data path: {r:?}");
+    assert_eq!(
+        r.failed(),
+        0,
+        "a relist or reconnection must not disturb the data path: {r:?}"
+    );
 
     // The agent still follows the API after all that.
     env.api.apply(slice(&[(PODS[2], true)]));
-    let r = env.wait(&mut agent, 40, "change after relist", |r| r.ok == 40 && r.backends.len() == 1);
+    let r = env.wait(&mut agent, 40, "change after relist", |r| {
+        r.ok == 40 && r.backends.len() == 1
+    });
     assert_eq!(backends(&r), [pod(PODS[2])]);
     assert!(agent.log().contains("data path updated"));
     env.shutdown(&mut agent);
@@ -223,14 +307,23 @@ fn unreachable_api_server_at_start_is_retried_and_reported_not_ready() {
     env.api.apply(service());
     env.api.apply(slice(&[(PODS[0], true)]));
     let health = free_loopback_port();
-    let mut agent = Agent::start(&env.agent_config(&["--health-addr", &health.to_string()])).unwrap();
+    let mut agent =
+        Agent::start(&env.agent_config(&["--health-addr", &health.to_string()])).unwrap();
 
     // Up but not ready while the API server cannot be reached; healthy meanwhile
     // (nothing queued), so a liveness probe would not restart it.
-    assert!(wait_until(WAIT, || http_status(health, "/readyz") == Some(503)), "{}", agent.log());
+    assert!(
+        wait_until(WAIT, || http_status(health, "/readyz") == Some(503)),
+        "{}",
+        agent.log()
+    );
     assert_eq!(http_status(health, "/healthz"), Some(200));
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(http_status(health, "/readyz"), Some(503), "not ready without the API");
+    assert_eq!(
+        http_status(health, "/readyz"),
+        Some(503),
+        "not ready without the API"
+    );
     assert!(agent.is_running(), "{}", agent.log());
 
     {
@@ -238,7 +331,11 @@ fn unreachable_api_server_at_start_is_retried_and_reported_not_ready() {
         env.api.start();
     }
     env.wait(&mut agent, 10, "sync once the API is up", |r| r.ok == 10);
-    assert!(wait_until(WAIT, || http_status(health, "/readyz") == Some(200)), "{}", agent.log());
+    assert!(
+        wait_until(WAIT, || http_status(health, "/readyz") == Some(200)),
+        "{}",
+        agent.log()
+    );
     let metrics = http_body(health, "/metrics").unwrap();
     assert!(metrics.contains("socklb_syncs_total"), "{metrics}");
     env.shutdown(&mut agent);
@@ -252,18 +349,28 @@ fn free_loopback_port() -> SocketAddr {
 fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     Some(response)
 }
 
 fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    http_get(addr, path)?.split_whitespace().nth(1)?.parse().ok()
+    http_get(addr, path)?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 fn http_body(addr: SocketAddr, path: &str) -> Option<String> {
-    http_get(addr, path)?.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+    http_get(addr, path)?
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
 }
 
 #[test]
@@ -276,7 +383,12 @@ fn min_sync_period_coalesces_a_burst_of_events() {
     env.api.apply(service());
     env.api.apply(slice(&[(PODS[0], true)]));
     let health = free_loopback_port();
-    let config = env.agent_config(&["--health-addr", &health.to_string(), "--min-sync-period", "2s"]);
+    let config = env.agent_config(&[
+        "--health-addr",
+        &health.to_string(),
+        "--min-sync-period",
+        "2s",
+    ]);
     let mut agent = Agent::start(&config).unwrap();
     env.wait(&mut agent, 5, "initial sync", |r| r.ok == 5);
     // Past the first period, so the burst starts a fresh one.
@@ -289,10 +401,16 @@ fn min_sync_period_coalesces_a_burst_of_events() {
         env.api.apply(slice(&ready));
     }
     env.api.apply(slice(&[(PODS[2], true)]));
-    env.wait(&mut agent, 20, "burst applied", |r| r.ok == 20 && backends(r) == [pod(PODS[2])]);
+    env.wait(&mut agent, 20, "burst applied", |r| {
+        r.ok == 20 && backends(r) == [pod(PODS[2])]
+    });
     let after = syncs(health);
     // At most one sync per 2 s period over the burst (plus one at its edge).
-    assert!(after - before <= 3, "31 events took {} syncs; expected them coalesced", after - before);
+    assert!(
+        after - before <= 3,
+        "31 events took {} syncs; expected them coalesced",
+        after - before
+    );
     env.shutdown(&mut agent);
 }
 
@@ -300,7 +418,10 @@ fn min_sync_period_coalesces_a_burst_of_events() {
 fn syncs(health: SocketAddr) -> u64 {
     let body = http_body(health, "/metrics").expect("metrics");
     body.lines()
-        .find_map(|l| l.strip_prefix("socklb_syncs_total ").and_then(|v| v.trim().parse::<f64>().ok()))
+        .find_map(|l| {
+            l.strip_prefix("socklb_syncs_total ")
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
         .map(|v| v as u64)
         .unwrap_or_else(|| panic!("no socklb_syncs_total in {body}"))
 }

@@ -39,16 +39,21 @@ pub struct Options {
 }
 
 /// Debian packages the baselines need (the binaries socklb-bench runs).
-const BASELINE_PACKAGES: &[(&str, &str)] = &[("iptables", "iptables-legacy-restore"), ("nftables", "nft")];
+const BASELINE_PACKAGES: &[(&str, &str)] =
+    &[("iptables", "iptables-legacy-restore"), ("nftables", "nft")];
 
 pub fn run(root: &Path, opts: Options) -> Result<()> {
     let (docs_dir, results_dir) = match &opts.out {
         Some(dir) => (dir.clone(), dir.join("results")),
-        None if opts.quick => (root.join("target/bench-quick"), root.join("target/bench-quick/results")),
+        None if opts.quick => (
+            root.join("target/bench-quick"),
+            root.join("target/bench-quick/results"),
+        ),
         None => (root.join("docs/bench"), root.join("bench/results")),
     };
     if let Some(file) = &opts.render {
-        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         let results: Value = serde_json::from_str(&text)?;
         render(&results, &relative_link(&docs_dir, file), &docs_dir)?;
         eprintln!("xtask: summary in {}", docs_dir.join("README.md").display());
@@ -57,15 +62,37 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
 
     crate::setup::ensure()?;
     ensure_baseline_tools()?;
-    super::cargo(root, &["build", "--release", "--package", "lb-userspace", "--package", "socklb-tests", "--bins"])?;
+    super::cargo(
+        root,
+        &[
+            "build",
+            "--release",
+            "--package",
+            "lb-userspace",
+            "--package",
+            "socklb-tests",
+            "--bins",
+        ],
+    )?;
 
-    let mut services = opts.services.clone().unwrap_or_else(|| if opts.quick { vec![1, 1000] } else { vec![1, 1000, 10_000] });
+    let mut services = opts.services.clone().unwrap_or_else(|| {
+        if opts.quick {
+            vec![1, 1000]
+        } else {
+            vec![1, 1000, 10_000]
+        }
+    });
     if opts.with_30k && !services.contains(&30_000) {
         services.push(30_000);
     }
     services.sort_unstable();
     services.dedup();
-    let list = |v: &[usize]| v.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+    let list = |v: &[usize]| {
+        v.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
 
     let scratch = root.join("target/bench");
     std::fs::create_dir_all(&scratch)?;
@@ -73,17 +100,37 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     let raw = scratch.join(format!("socklb-bench-{stamp}.json"));
     let bench_bin = root.join("target/release/socklb-bench");
     let mut cmd = Command::new(&bench_bin);
-    cmd.arg("run").arg("--services").arg(list(&services)).arg("--out").arg(&raw);
+    cmd.arg("run")
+        .arg("--services")
+        .arg(list(&services))
+        .arg("--out")
+        .arg(&raw);
     let reps = opts.reps.unwrap_or(if opts.quick { 3 } else { 5 });
     cmd.arg("--reps").arg(reps.to_string());
     if opts.quick {
-        cmd.args(["--duration-ms", "500", "--warmup-ms", "100", "--changes", "5", "--quick"]);
+        cmd.args([
+            "--duration-ms",
+            "500",
+            "--warmup-ms",
+            "100",
+            "--changes",
+            "5",
+            "--quick",
+        ]);
     }
-    cmd.env("SOCKLB_BIN", root.join("target/release/socklb")).current_dir(root);
-    eprintln!("xtask: {} run --services {} (this takes a while: progress below)", bench_bin.display(), list(&services));
+    cmd.env("SOCKLB_BIN", root.join("target/release/socklb"))
+        .current_dir(root);
+    eprintln!(
+        "xtask: {} run --services {} (this takes a while: progress below)",
+        bench_bin.display(),
+        list(&services)
+    );
     let status = with_sigint_ignored(|| cmd.status()).context("running socklb-bench")?;
     if !status.success() {
-        bail!("socklb-bench failed ({status}); partial results, if any, in {}", raw.display());
+        bail!(
+            "socklb-bench failed ({status}); partial results, if any, in {}",
+            raw.display()
+        );
     }
     let mut results: Value = serde_json::from_slice(&std::fs::read(&raw)?)?;
 
@@ -98,20 +145,38 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut bench = Command::new(&cargo_bin);
     bench
-        .args(["bench", "--package", "lb-userspace", "--bench", "control_plane", "--", "--warm-up-time", "1"])
+        .args([
+            "bench",
+            "--package",
+            "lb-userspace",
+            "--bench",
+            "control_plane",
+            "--",
+            "--warm-up-time",
+            "1",
+        ])
         .env("SOCKLB_BENCH_SERVICES", list(&cp_services))
         .env("SOCKLB_BENCH_JSON", &cp_json)
         .env("SOCKLB_BENCH_REPEATS", reps.max(3).to_string())
-        .env("SOCKLB_BENCH_CHANGES", if opts.quick { "500" } else { "2000" })
+        .env(
+            "SOCKLB_BENCH_CHANGES",
+            if opts.quick { "500" } else { "2000" },
+        )
         .env("SOCKLB_BENCH_CRITERION", if opts.quick { "0" } else { "1" })
         .current_dir(root);
-    eprintln!("xtask: cargo bench -p lb-userspace --bench control_plane (SOCKLB_BENCH_SERVICES={})", list(&cp_services));
+    eprintln!(
+        "xtask: cargo bench -p lb-userspace --bench control_plane (SOCKLB_BENCH_SERVICES={})",
+        list(&cp_services)
+    );
     let status = bench.status().context("running cargo bench")?;
     if !status.success() {
         bail!("cargo bench --bench control_plane failed ({status})");
     }
     let cp: Value = serde_json::from_slice(&std::fs::read(&cp_json)?)?;
-    if let Some(obj) = results.get_mut("control_plane").and_then(Value::as_object_mut) {
+    if let Some(obj) = results
+        .get_mut("control_plane")
+        .and_then(Value::as_object_mut)
+    {
         obj.insert("socklb".into(), cp);
     }
 
@@ -119,7 +184,11 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     let name = format!("{stamp}-{}", if opts.quick { "quick" } else { "full" });
     let results_file = results_dir.join(format!("{name}.json"));
     std::fs::write(&results_file, serde_json::to_vec_pretty(&results)?)?;
-    render(&results, &relative_link(&docs_dir, &results_file), &docs_dir)?;
+    render(
+        &results,
+        &relative_link(&docs_dir, &results_file),
+        &docs_dir,
+    )?;
     eprintln!("xtask: results in {}", results_file.display());
     eprintln!("xtask: summary in {}", docs_dir.join("README.md").display());
     Ok(())
@@ -129,7 +198,13 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
 fn ensure_baseline_tools() -> Result<()> {
     let missing: Vec<&str> = BASELINE_PACKAGES
         .iter()
-        .filter(|(_, tool)| Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map_or(true, |o| !o.status.success()))
+        .filter(|(_, tool)| {
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {tool}"))
+                .output()
+                .map_or(true, |o| !o.status.success())
+        })
         .map(|(pkg, _)| *pkg)
         .collect();
     if missing.is_empty() {
@@ -169,10 +244,16 @@ fn with_sigint_ignored<T>(f: impl FnOnce() -> T) -> T {
 
 /// `YYYY-MM-DDTHHMM` (UTC) of now.
 fn utc_stamp() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
-    format!("{y:04}-{m:02}-{d:02}T{:02}{:02}", rem / 3600, (rem % 3600) / 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}{:02}",
+        rem / 3600,
+        (rem % 3600) / 60
+    )
 }
 
 fn date_of(unix: u64) -> String {
@@ -199,7 +280,11 @@ fn relative_link(docs_dir: &Path, file: &Path) -> String {
     let (from, to) = (abs(docs_dir), abs(file));
     let from_parts: Vec<_> = from.components().collect();
     let to_parts: Vec<_> = to.components().collect();
-    let common = from_parts.iter().zip(&to_parts).take_while(|(a, b)| a == b).count();
+    let common = from_parts
+        .iter()
+        .zip(&to_parts)
+        .take_while(|(a, b)| a == b)
+        .count();
     if common <= 1 {
         return to.display().to_string();
     }
@@ -207,7 +292,10 @@ fn relative_link(docs_dir: &Path, file: &Path) -> String {
     for _ in common..from_parts.len() {
         s.push_str("../");
     }
-    let rest: Vec<String> = to_parts[common..].iter().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+    let rest: Vec<String> = to_parts[common..]
+        .iter()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
     s.push_str(&rest.join("/"));
     s
 }
@@ -219,7 +307,10 @@ fn num(v: &Value, path: &str) -> Option<f64> {
 }
 
 fn arr<'a>(v: &'a Value, path: &str) -> &'a [Value] {
-    v.pointer(path).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
+    v.pointer(path)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
 }
 
 fn s<'a>(v: &'a Value, path: &str) -> &'a str {
@@ -247,7 +338,12 @@ fn sp(v: &Value, path: &str) -> Sp {
             max: num(o, "/max").unwrap_or(f64::NAN),
             n: u(o, "/n"),
         },
-        None => Sp { median: f64::NAN, min: f64::NAN, max: f64::NAN, n: 0 },
+        None => Sp {
+            median: f64::NAN,
+            min: f64::NAN,
+            max: f64::NAN,
+            n: 0,
+        },
     }
 }
 
@@ -284,14 +380,22 @@ fn group(n: i64) -> String {
 
 /// "median (min–max)".
 fn spread_text(x: Sp) -> String {
-    if x.n <= 1 { fmt(x.median) } else { format!("{} ({}–{})", fmt(x.median), fmt(x.min), fmt(x.max)) }
+    if x.n <= 1 {
+        fmt(x.median)
+    } else {
+        format!("{} ({}–{})", fmt(x.median), fmt(x.min), fmt(x.max))
+    }
 }
 
 fn ratio_text(x: Sp) -> String {
     if !x.median.is_finite() {
         return "–".into();
     }
-    if x.n <= 1 { format!("{:.2}", x.median) } else { format!("{:.2} ({:.2}–{:.2})", x.median, x.min, x.max) }
+    if x.n <= 1 {
+        format!("{:.2}", x.median)
+    } else {
+        format!("{:.2} ({:.2}–{:.2})", x.median, x.min, x.max)
+    }
 }
 
 fn services_label(n: usize) -> String {
@@ -309,9 +413,16 @@ struct Target {
 fn targets(r: &Value) -> Vec<Target> {
     let mut out = Vec::new();
     // 1. socklb within 5% of direct on every data-path figure, at every N.
-    let rows: Vec<&Value> = arr(r, "/datapath").iter().filter(|d| s(d, "/mode") == "socklb").collect();
+    let rows: Vec<&Value> = arr(r, "/datapath")
+        .iter()
+        .filter(|d| s(d, "/mode") == "socklb")
+        .collect();
     if rows.is_empty() {
-        out.push(Target { what: "socklb within 5% of direct on every data-path figure".into(), met: None, detail: "not measured".into() });
+        out.push(Target {
+            what: "socklb within 5% of direct on every data-path figure".into(),
+            met: None,
+            detail: "not measured".into(),
+        });
     }
     for d in rows {
         let n = u(d, "/services");
@@ -321,29 +432,60 @@ fn targets(r: &Value) -> Vec<Target> {
         let p99 = sp(d, "/ratio_p99");
         let mut misses = Vec::new();
         if ops.median < 0.95 {
-            misses.push(format!("{} at {:.2}× direct ({:.0} % below)", if kind == "tcp-short" { "connections/s" } else { "requests/s" }, ops.median, (1.0 - ops.median) * 100.0));
+            misses.push(format!(
+                "{} at {:.2}× direct ({:.0} % below)",
+                if kind == "tcp-short" {
+                    "connections/s"
+                } else {
+                    "requests/s"
+                },
+                ops.median,
+                (1.0 - ops.median) * 100.0
+            ));
         }
         if p50.median > 1.05 {
-            misses.push(format!("p50 at {:.2}× direct (+{:.0} %)", p50.median, (p50.median - 1.0) * 100.0));
+            misses.push(format!(
+                "p50 at {:.2}× direct (+{:.0} %)",
+                p50.median,
+                (p50.median - 1.0) * 100.0
+            ));
         }
         if p99.median > 1.05 {
-            misses.push(format!("p99 at {:.2}× direct (+{:.0} %)", p99.median, (p99.median - 1.0) * 100.0));
+            misses.push(format!(
+                "p99 at {:.2}× direct (+{:.0} %)",
+                p99.median,
+                (p99.median - 1.0) * 100.0
+            ));
         }
         let errors = u(d, "/errors");
         if errors > 0 {
             misses.push(format!("{errors} failed operations"));
         }
-        let figures = format!("rate {:.2}×, p50 {:.2}×, p99 {:.2}× direct (medians of per-repetition ratios)", ops.median, p50.median, p99.median);
+        let figures = format!(
+            "rate {:.2}×, p50 {:.2}×, p99 {:.2}× direct (medians of per-repetition ratios)",
+            ops.median, p50.median, p99.median
+        );
         out.push(Target {
-            what: format!("{kind} at {} services: socklb within 5 % of direct", services_label(n)),
+            what: format!(
+                "{kind} at {} services: socklb within 5 % of direct",
+                services_label(n)
+            ),
             met: Some(misses.is_empty()),
-            detail: if misses.is_empty() { figures } else { format!("missed: {}; {figures}", misses.join(", ")) },
+            detail: if misses.is_empty() {
+                figures
+            } else {
+                format!("missed: {}; {figures}", misses.join(", "))
+            },
         });
     }
     // 2. Cold programming of 10 000 services / 100 000 endpoints under 1 s.
     let cp = arr(r, "/control_plane/socklb/rows");
-    let kernel_10k = cp.iter().find(|x| s(x, "/maps") == "kernel" && u(x, "/services") == 10_000);
-    let memory_10k = cp.iter().find(|x| s(x, "/maps") == "memory" && u(x, "/services") == 10_000);
+    let kernel_10k = cp
+        .iter()
+        .find(|x| s(x, "/maps") == "kernel" && u(x, "/services") == 10_000);
+    let memory_10k = cp
+        .iter()
+        .find(|x| s(x, "/maps") == "memory" && u(x, "/services") == 10_000);
     match kernel_10k.or(memory_10k) {
         Some(x) => {
             let c = sp(x, "/cold_ms");
@@ -355,16 +497,28 @@ fn targets(r: &Value) -> Vec<Target> {
                     fmt(c.median),
                     fmt(c.max),
                     c.n,
-                    if kernel_10k.is_some() { "real BPF" } else { "in-memory twin of the" }
+                    if kernel_10k.is_some() {
+                        "real BPF"
+                    } else {
+                        "in-memory twin of the"
+                    }
                 ),
             });
         }
-        None => out.push(Target { what: "cold programming of 10 000 services under 1 s".into(), met: None, detail: "not measured".into() }),
+        None => out.push(Target {
+            what: "cold programming of 10 000 services under 1 s".into(),
+            met: None,
+            detail: "not measured".into(),
+        }),
     }
     // 3. One change applied under 5 ms p99: an API event (one EndpointSlice), and a
     //    file in a manifest directory.
     let kernel_rows: Vec<&Value> = cp.iter().filter(|x| s(x, "/maps") == "kernel").collect();
-    if let Some(worst) = kernel_rows.iter().max_by(|a, b| num(a, "/change/p99_us").unwrap_or(0.0).total_cmp(&num(b, "/change/p99_us").unwrap_or(0.0))) {
+    if let Some(worst) = kernel_rows.iter().max_by(|a, b| {
+        num(a, "/change/p99_us")
+            .unwrap_or(0.0)
+            .total_cmp(&num(b, "/change/p99_us").unwrap_or(0.0))
+    }) {
         let p99 = num(worst, "/change/p99_us").unwrap_or(f64::NAN);
         out.push(Target {
             what: "one changed EndpointSlice (an API event) applied under 5 ms p99".into(),
@@ -406,7 +560,10 @@ fn targets(r: &Value) -> Vec<Target> {
             }
         }
         let lo = per_endpoint.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = per_endpoint.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let hi = per_endpoint
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max);
         out.push(Target {
             what: "map operations per change proportional to what changed (not to N)".into(),
             met: Some(hi.is_finite() && hi <= lo * 1.5 + 0.5),
@@ -414,7 +571,10 @@ fn targets(r: &Value) -> Vec<Target> {
         });
     }
     // 5. Agent RSS under 100 MiB at 100 000 endpoints.
-    let mem = arr(r, "/memory").iter().filter(|m| u(m, "/endpoints") >= 100_000).min_by_key(|m| u(m, "/endpoints"));
+    let mem = arr(r, "/memory")
+        .iter()
+        .filter(|m| u(m, "/endpoints") >= 100_000)
+        .min_by_key(|m| u(m, "/endpoints"));
     match mem {
         Some(m) => {
             let rss = sp(m, "/rss_mib");
@@ -431,7 +591,11 @@ fn targets(r: &Value) -> Vec<Target> {
                 ),
             });
         }
-        None => out.push(Target { what: "agent RSS under 100 MiB at 100 000 endpoints".into(), met: None, detail: "not measured".into() }),
+        None => out.push(Target {
+            what: "agent RSS under 100 MiB at 100 000 endpoints".into(),
+            met: None,
+            detail: "not measured".into(),
+        }),
     }
     out
 }
@@ -459,7 +623,9 @@ fn render(r: &Value, results_link: &str, docs: &Path) -> Result<()> {
         plot_datapath(r, &docs.join("datapath-p99.svg"), Metric::P99)?;
         plots.push("datapath");
     }
-    if !arr(r, "/control_plane/iptables").is_empty() || !arr(r, "/control_plane/socklb/rows").is_empty() {
+    if !arr(r, "/control_plane/iptables").is_empty()
+        || !arr(r, "/control_plane/socklb/rows").is_empty()
+    {
         plot_control_plane(r, &docs.join("control-plane.svg"))?;
         plots.push("control");
     }
@@ -475,15 +641,29 @@ fn render(r: &Value, results_link: &str, docs: &Path) -> Result<()> {
 fn summary_markdown(r: &Value, results_link: &str, plots: &[&str]) -> String {
     let mut m = String::new();
     let meta = r.get("meta").cloned().unwrap_or(Value::Null);
-    let started = meta.get("started_unix").and_then(Value::as_u64).unwrap_or(0);
+    let started = meta
+        .get("started_unix")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
     let quick = meta.get("quick").and_then(Value::as_bool).unwrap_or(false);
-    let services: Vec<String> = arr(&meta, "/services").iter().filter_map(Value::as_u64).map(|n| group(n as i64)).collect();
-    let _ = writeln!(m, "# Benchmarks: socklb against kube-proxy's data path and control plane\n");
+    let services: Vec<String> = arr(&meta, "/services")
+        .iter()
+        .filter_map(Value::as_u64)
+        .map(|n| group(n as i64))
+        .collect();
+    let _ = writeln!(
+        m,
+        "# Benchmarks: socklb against kube-proxy's data path and control plane\n"
+    );
     let _ = writeln!(
         m,
         "Generated by `cargo xtask bench`{} on {} from [{}]({results_link}). Re-render with \
          `cargo xtask bench --render {}`.\n",
-        if quick { " --quick (a short run: fewer, shorter repetitions)" } else { "" },
+        if quick {
+            " --quick (a short run: fewer, shorter repetitions)"
+        } else {
+            ""
+        },
         date_of(started),
         results_link.rsplit('/').next().unwrap_or(results_link),
         results_link.trim_start_matches("../../"),
@@ -518,7 +698,10 @@ fn summary_markdown(r: &Value, results_link: &str, plots: &[&str]) -> String {
         };
         let _ = writeln!(m, "| {} | {met} | {} |", t.what, t.detail);
     }
-    let _ = writeln!(m, "| NodePort through the TC program vs the iptables NodePort DNAT (item 3) | – | {NODEPORT_STATUS} |\n");
+    let _ = writeln!(
+        m,
+        "| NodePort through the TC program vs the iptables NodePort DNAT (item 3) | – | {NODEPORT_STATUS} |\n"
+    );
 
     // Data path.
     if plots.contains(&"datapath") {
@@ -537,12 +720,22 @@ fn summary_markdown(r: &Value, results_link: &str, plots: &[&str]) -> String {
             u(&meta, "/threads"),
             u(&meta, "/request_bytes"),
         );
-        let _ = writeln!(m, "- **direct**: straight to a pod address picked at random per connection: the physical limit, no load balancer;");
-        let _ = writeln!(m, "- **socklb**: the real agent (`socklb agent --manifests` on a generated directory of the N services), the client in its cgroup, connecting to the service address;");
+        let _ = writeln!(
+            m,
+            "- **direct**: straight to a pod address picked at random per connection: the physical limit, no load balancer;"
+        );
+        let _ = writeln!(
+            m,
+            "- **socklb**: the real agent (`socklb agent --manifests` on a generated directory of the N services), the client in its cgroup, connecting to the service address;"
+        );
         let _ = writeln!(
             m,
             "- **kube-proxy iptables**: kube-proxy's iptables layout for the same N services (KUBE-SERVICES with one rule per service port, KUBE-SVC-* with `statistic random` probabilities, KUBE-SEP-* with KUBE-MARK-MASQ and DNAT, the final KUBE-NODEPORTS rule, nat OUTPUT jumping to KUBE-SERVICES) loaded with `{}` (`--noflush --counters`, as kube-proxy does). KUBE-SERVICES is a linear list: **the measured service is the last one in it (kube-proxy's worst case)**; `service first` is the best case, for comparison, from a namespace of its own with the same rules. ({})",
-            if s(&meta, "/iptables_backend") == "nft" { "iptables-nft-restore" } else { "iptables-legacy-restore" },
+            if s(&meta, "/iptables_backend") == "nft" {
+                "iptables-nft-restore"
+            } else {
+                "iptables-legacy-restore"
+            },
             s(&meta, "/iptables_version"),
         );
         if s(&meta, "/iptables_backend") != "nft" {
@@ -554,21 +747,42 @@ fn summary_markdown(r: &Value, results_link: &str, plots: &[&str]) -> String {
                  trial while this benchmark was written. kube-proxy runs whichever backend the node uses.)"
             );
         }
-        let _ = writeln!(m, "- **kube-proxy nftables**: kube-proxy's nftables layout (table `ip kube-proxy`, the `service-ips` verdict map, service chains with `numgen random mod N vmap`, endpoint chains with `dnat`) loaded with `nft -f` ({}).\n", s(&meta, "/nft_version"));
-        let _ = writeln!(m, "Short connection = socket, connect, write the request, read the answer, the server closes, close: the latency is the whole connection. Long connection = one request and answer on a connection each thread keeps open. UDP = a new unconnected socket per query (`sendto`, `recvfrom`, close), as a DNS stub resolver does. Source addresses are in the cluster CIDR, so no rule masquerades (kube-proxy's cheapest path).\n");
-        let _ = writeln!(m, "![rate relative to direct](datapath-rate.svg)\n\n![p99 latency](datapath-p99.svg)\n");
+        let _ = writeln!(
+            m,
+            "- **kube-proxy nftables**: kube-proxy's nftables layout (table `ip kube-proxy`, the `service-ips` verdict map, service chains with `numgen random mod N vmap`, endpoint chains with `dnat`) loaded with `nft -f` ({}).\n",
+            s(&meta, "/nft_version")
+        );
+        let _ = writeln!(
+            m,
+            "Short connection = socket, connect, write the request, read the answer, the server closes, close: the latency is the whole connection. Long connection = one request and answer on a connection each thread keeps open. UDP = a new unconnected socket per query (`sendto`, `recvfrom`, close), as a DNS stub resolver does. Source addresses are in the cluster CIDR, so no rule masquerades (kube-proxy's cheapest path).\n"
+        );
+        let _ = writeln!(
+            m,
+            "![rate relative to direct](datapath-rate.svg)\n\n![p99 latency](datapath-p99.svg)\n"
+        );
         for (kind, title, unit) in KINDS {
-            let rows: Vec<&Value> = arr(r, "/datapath").iter().filter(|d| s(d, "/kind") == *kind).collect();
+            let rows: Vec<&Value> = arr(r, "/datapath")
+                .iter()
+                .filter(|d| s(d, "/kind") == *kind)
+                .collect();
             if rows.is_empty() {
                 continue;
             }
             let _ = writeln!(m, "### {title}\n");
-            let _ = writeln!(m, "| services | mode | {unit} | ×direct | p50 µs | ×direct | p99 µs | ×direct | errors |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+            let _ = writeln!(
+                m,
+                "| services | mode | {unit} | ×direct | p50 µs | ×direct | p99 µs | ×direct | errors |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+            );
             let mut ns: Vec<usize> = rows.iter().map(|d| u(d, "/services")).collect();
             ns.dedup();
             for n in ns {
                 for (mode, label) in MODES {
-                    let Some(d) = rows.iter().find(|d| u(d, "/services") == n && s(d, "/mode") == *mode) else { continue };
+                    let Some(d) = rows
+                        .iter()
+                        .find(|d| u(d, "/services") == n && s(d, "/mode") == *mode)
+                    else {
+                        continue;
+                    };
                     let _ = writeln!(
                         m,
                         "| {} | {label} | {} | {} | {} | {} | {} | {} | {} |",
@@ -589,7 +803,10 @@ fn summary_markdown(r: &Value, results_link: &str, plots: &[&str]) -> String {
 
     // Control plane.
     if plots.contains(&"control") {
-        let _ = writeln!(m, "## Control plane\n\n![control plane](control-plane.svg)\n");
+        let _ = writeln!(
+            m,
+            "## Control plane\n\n![control plane](control-plane.svg)\n"
+        );
         let cp = arr(r, "/control_plane/socklb/rows");
         if !cp.is_empty() {
             let _ = writeln!(
@@ -606,7 +823,10 @@ fn summary_markdown(r: &Value, results_link: &str, plots: &[&str]) -> String {
                 u(r, "/control_plane/socklb/repeats"),
                 u(r, "/control_plane/socklb/changes"),
             );
-            let _ = writeln!(m, "| services | maps | cold ms | apply / recompute / sync ms | map ops (cold) | change p50 µs | p99 µs | max µs | map ops per change |\n|---:|---|---:|---|---:|---:|---:|---:|---:|");
+            let _ = writeln!(
+                m,
+                "| services | maps | cold ms | apply / recompute / sync ms | map ops (cold) | change p50 µs | p99 µs | max µs | map ops per change |\n|---:|---|---:|---|---:|---:|---:|---:|---:|"
+            );
             for x in cp {
                 let _ = writeln!(
                     m,
@@ -630,7 +850,10 @@ fn summary_markdown(r: &Value, results_link: &str, plots: &[&str]) -> String {
                 "\nThe manifest-directory path in the same process: one slice changed, delivered as a snapshot of all N \
                  services (what the directory source sends), ms by stage:\n"
             );
-            let _ = writeln!(m, "| services | maps | total ms | apply ms | recompute ms | sync ms |\n|---:|---|---:|---:|---:|---:|");
+            let _ = writeln!(
+                m,
+                "| services | maps | total ms | apply ms | recompute ms | sync ms |\n|---:|---|---:|---:|---:|---:|"
+            );
             for x in cp {
                 let _ = writeln!(
                     m,
@@ -643,11 +866,26 @@ fn summary_markdown(r: &Value, results_link: &str, plots: &[&str]) -> String {
                     fmt(sp(x, "/snapshot_change/sync_ms").median),
                 );
             }
-            let _ = writeln!(m, "\nMap operations against the size of one change (endpoints of one slice replaced at once):\n");
-            let _ = writeln!(m, "| services | maps | 1 endpoint | 2 | 5 | 10 |\n|---:|---|---:|---:|---:|---:|");
+            let _ = writeln!(
+                m,
+                "\nMap operations against the size of one change (endpoints of one slice replaced at once):\n"
+            );
+            let _ = writeln!(
+                m,
+                "| services | maps | 1 endpoint | 2 | 5 | 10 |\n|---:|---|---:|---:|---:|---:|"
+            );
             for x in cp {
-                let cells: Vec<String> = arr(x, "/proportional").iter().map(|p| format!("{:.1}", num(p, "/map_ops_mean").unwrap_or(f64::NAN))).collect();
-                let _ = writeln!(m, "| {} | {} | {} |", services_label(u(x, "/services")), s(x, "/maps"), cells.join(" | "));
+                let cells: Vec<String> = arr(x, "/proportional")
+                    .iter()
+                    .map(|p| format!("{:.1}", num(p, "/map_ops_mean").unwrap_or(f64::NAN)))
+                    .collect();
+                let _ = writeln!(
+                    m,
+                    "| {} | {} | {} |",
+                    services_label(u(x, "/services")),
+                    s(x, "/maps"),
+                    cells.join(" | ")
+                );
             }
             let _ = writeln!(m);
         }
@@ -663,7 +901,10 @@ fn summary_markdown(r: &Value, results_link: &str, plots: &[&str]) -> String {
                  Watching the Kubernetes API, a change arrives as one EndpointSlice event instead (the criterion \
                  figures above).\n"
             );
-            let _ = writeln!(m, "| services | changes | snapshot -> maps µs | p99 µs | file written -> maps ms | map ops | frontends changed |\n|---:|---:|---:|---:|---:|---:|---:|");
+            let _ = writeln!(
+                m,
+                "| services | changes | snapshot -> maps µs | p99 µs | file written -> maps ms | map ops | frontends changed |\n|---:|---:|---:|---:|---:|---:|---:|"
+            );
             for x in agent {
                 let _ = writeln!(
                     m,
@@ -691,13 +932,20 @@ fn summary_markdown(r: &Value, results_link: &str, plots: &[&str]) -> String {
                  KUBE-SEP chains, the stale KUBE-SEP chain declared and deleted). Wall time from exec to exit, as \
                  kube-proxy pays it.\n"
             );
-            let _ = writeln!(m, "| services | iptables | rules | cold ms | full sync ms | partial sync ms (rules) |\n|---:|---|---:|---:|---:|---:|");
+            let _ = writeln!(
+                m,
+                "| services | iptables | rules | cold ms | full sync ms | partial sync ms (rules) |\n|---:|---|---:|---:|---:|---:|"
+            );
             for x in ipt {
                 let _ = writeln!(
                     m,
                     "| {} | {} | {} | {} | {} | {} ({}) |",
                     services_label(u(x, "/services")),
-                    if s(x, "/backend") == "nft" { "iptables-nft" } else { "iptables-legacy" },
+                    if s(x, "/backend") == "nft" {
+                        "iptables-nft"
+                    } else {
+                        "iptables-legacy"
+                    },
                     group(u(x, "/rules") as i64),
                     spread_text(sp(x, "/cold_ms")),
                     spread_text(sp(x, "/full_sync_ms")),
@@ -717,7 +965,10 @@ fn summary_markdown(r: &Value, results_link: &str, plots: &[&str]) -> String {
                  stale and deletes the one that became stale one change earlier (kube-proxy deletes stale chains \
                  late).\n"
             );
-            let _ = writeln!(m, "| services | rules | cold ms | change ms |\n|---:|---:|---:|---:|");
+            let _ = writeln!(
+                m,
+                "| services | rules | cold ms | change ms |\n|---:|---:|---:|---:|"
+            );
             for x in nft {
                 let _ = writeln!(
                     m,
@@ -743,7 +994,10 @@ fn summary_markdown(r: &Value, results_link: &str, plots: &[&str]) -> String {
              which the kernel charges by each map's capacity, not by its content: it is the same at every N.\n",
             u(&meta, "/control_reps"),
         );
-        let _ = writeln!(m, "| services | endpoints | ready ms | RSS MiB | peak RSS MiB | BPF maps MiB |\n|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(
+            m,
+            "| services | endpoints | ready ms | RSS MiB | peak RSS MiB | BPF maps MiB |\n|---:|---:|---:|---:|---:|---:|"
+        );
         for x in arr(r, "/memory") {
             let _ = writeln!(
                 m,
@@ -759,7 +1013,15 @@ fn summary_markdown(r: &Value, results_link: &str, plots: &[&str]) -> String {
         if let Some(last) = arr(r, "/memory").last() {
             let maps: Vec<String> = arr(last, "/maps")
                 .iter()
-                .map(|x| format!("`{}` {} ({} entries) {} MiB", s(x, "/name"), s(x, "/type"), group(u(x, "/max_entries") as i64), fmt(num(x, "/bytes_memlock").unwrap_or(0.0) / 1_048_576.0)))
+                .map(|x| {
+                    format!(
+                        "`{}` {} ({} entries) {} MiB",
+                        s(x, "/name"),
+                        s(x, "/type"),
+                        group(u(x, "/max_entries") as i64),
+                        fmt(num(x, "/bytes_memlock").unwrap_or(0.0) / 1_048_576.0)
+                    )
+                })
                 .collect();
             let _ = writeln!(m, "\nPer map: {}.\n", maps.join(", "));
         }
@@ -789,16 +1051,28 @@ fn summary_markdown(r: &Value, results_link: &str, plots: &[&str]) -> String {
 fn headlines(r: &Value) -> String {
     let mut m = String::new();
     let rows = arr(r, "/datapath");
-    let row = |n: usize, kind: &str, mode: &str| rows.iter().find(|d| u(d, "/services") == n && s(d, "/kind") == kind && s(d, "/mode") == mode);
+    let row = |n: usize, kind: &str, mode: &str| {
+        rows.iter()
+            .find(|d| u(d, "/services") == n && s(d, "/kind") == kind && s(d, "/mode") == mode)
+    };
     let mut ns: Vec<usize> = rows.iter().map(|d| u(d, "/services")).collect();
     ns.sort_unstable();
     ns.dedup();
-    let ratio = |n: usize, kind: &str, mode: &str, f: &str| row(n, kind, mode).map_or(f64::NAN, |d| sp(d, f).median);
+    let ratio = |n: usize, kind: &str, mode: &str, f: &str| {
+        row(n, kind, mode).map_or(f64::NAN, |d| sp(d, f).median)
+    };
     let mut lines = Vec::new();
     if let (Some(&lo), Some(&hi)) = (ns.first(), ns.last()) {
         let range = |kind: &str, mode: &str| {
-            let v: Vec<f64> = ns.iter().map(|n| ratio(*n, kind, mode, "/ratio_ops_per_s")).filter(|x| x.is_finite()).collect();
-            (v.iter().copied().fold(f64::INFINITY, f64::min), v.iter().copied().fold(f64::NEG_INFINITY, f64::max))
+            let v: Vec<f64> = ns
+                .iter()
+                .map(|n| ratio(*n, kind, mode, "/ratio_ops_per_s"))
+                .filter(|x| x.is_finite())
+                .collect();
+            (
+                v.iter().copied().fold(f64::INFINITY, f64::min),
+                v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            )
         };
         let (a, b) = range("tcp-short", "socklb");
         let (c, d) = range("tcp-long", "socklb");
@@ -815,7 +1089,13 @@ fn headlines(r: &Value) -> String {
         if last.is_finite() {
             let series: Vec<String> = ns
                 .iter()
-                .map(|n| format!("{:.2}× at {}", ratio(*n, "tcp-short", "iptables", "/ratio_ops_per_s"), services_label(*n)))
+                .map(|n| {
+                    format!(
+                        "{:.2}× at {}",
+                        ratio(*n, "tcp-short", "iptables", "/ratio_ops_per_s"),
+                        services_label(*n)
+                    )
+                })
                 .collect();
             lines.push(format!(
                 "**kube-proxy's iptables layout slows new connections down as N grows, the more so the later their service is in KUBE-SERVICES** (a linear list): short connections to its last service run at {} of direct's rate; at {} services the p50 is {last_p50:.1}× direct's, against {first:.2}× direct's rate for its first service. UDP queries, each a new flow, likewise ({:.2}× for the last service at {}). nftables' verdict map does not grow with N ({:.2}× for short connections at {}).",
@@ -854,11 +1134,18 @@ fn headlines(r: &Value) -> String {
         }
     }
     let cp = arr(r, "/control_plane/socklb/rows");
-    let big = cp.iter().filter(|x| s(x, "/maps") == "kernel").max_by_key(|x| u(x, "/services"));
+    let big = cp
+        .iter()
+        .filter(|x| s(x, "/maps") == "kernel")
+        .max_by_key(|x| u(x, "/services"));
     if let Some(k) = big {
         let n = u(k, "/services");
-        let ipt = arr(r, "/control_plane/iptables").iter().find(|x| u(x, "/services") == n && s(x, "/backend") == "legacy");
-        let nft = arr(r, "/control_plane/nft").iter().find(|x| u(x, "/services") == n);
+        let ipt = arr(r, "/control_plane/iptables")
+            .iter()
+            .find(|x| u(x, "/services") == n && s(x, "/backend") == "legacy");
+        let nft = arr(r, "/control_plane/nft")
+            .iter()
+            .find(|x| u(x, "/services") == n);
         let mut line = format!(
             "**Control plane at {} services**: socklb programs everything from cold in {} ms and applies one changed EndpointSlice in {} µs (p99)",
             services_label(n),
@@ -875,7 +1162,9 @@ fn headlines(r: &Value) -> String {
                 fmt(sp(t, "/change_ms").median)
             );
         }
-        line.push_str(". A file changed in a manifest directory is the exception: O(N), see the profile.");
+        line.push_str(
+            ". A file changed in a manifest directory is the exception: O(N), see the profile.",
+        );
         lines.push(line);
     }
     if let Some(mem) = arr(r, "/memory").iter().max_by_key(|x| u(x, "/endpoints")) {
@@ -904,8 +1193,13 @@ fn profile_section(r: &Value) -> String {
     let _ = writeln!(m, "## What the profile shows\n");
     // Manifest directory: whole-directory snapshots.
     let cp = arr(r, "/control_plane/socklb/rows");
-    let snap = cp.iter().filter(|x| s(x, "/maps") == "kernel").max_by_key(|x| u(x, "/services"));
-    let agent = arr(r, "/control_plane/agent").iter().max_by_key(|x| u(x, "/services"));
+    let snap = cp
+        .iter()
+        .filter(|x| s(x, "/maps") == "kernel")
+        .max_by_key(|x| u(x, "/services"));
+    let agent = arr(r, "/control_plane/agent")
+        .iter()
+        .max_by_key(|x| u(x, "/services"));
     if let (Some(snap), Some(agent)) = (snap, agent) {
         let n = u(snap, "/services");
         let _ = writeln!(
@@ -921,7 +1215,8 @@ fn profile_section(r: &Value) -> String {
             fmt(sp(snap, "/snapshot_change/total_ms").median),
             services_label(n),
             fmt(sp(snap, "/snapshot_change/apply_ms").median),
-            fmt(sp(snap, "/snapshot_change/recompute_ms").median + sp(snap, "/snapshot_change/sync_ms").median),
+            fmt(sp(snap, "/snapshot_change/recompute_ms").median
+                + sp(snap, "/snapshot_change/sync_ms").median),
         );
         let _ = writeln!(
             m,
@@ -949,8 +1244,15 @@ fn profile_section(r: &Value) -> String {
     }
     m.push_str(DATAPATH_PROFILE);
     // Latency-tail misses that sit inside their own run-to-run spread.
-    for d in arr(r, "/datapath").iter().filter(|d| s(d, "/mode") == "socklb") {
-        let (ops, p50, p99) = (sp(d, "/ratio_ops_per_s"), sp(d, "/ratio_p50"), sp(d, "/ratio_p99"));
+    for d in arr(r, "/datapath")
+        .iter()
+        .filter(|d| s(d, "/mode") == "socklb")
+    {
+        let (ops, p50, p99) = (
+            sp(d, "/ratio_ops_per_s"),
+            sp(d, "/ratio_p50"),
+            sp(d, "/ratio_p99"),
+        );
         if ops.median >= 0.95 && p50.median <= 1.05 && p99.median > 1.05 && p99.min <= 1.05 {
             let _ = writeln!(
                 m,
@@ -1021,7 +1323,10 @@ fn mode_style(mode: &str) -> (RGBColor, &'static str) {
 type LegendItem = (String, RGBColor, bool);
 
 /// A legend below the charts, items laid out left to right, wrapping.
-fn legend_strip(area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>, items: &[LegendItem]) -> Result<()> {
+fn legend_strip(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    items: &[LegendItem],
+) -> Result<()> {
     let (w, _) = area.dim_in_pixel();
     let (mut x, mut y) = (60i32, 12i32);
     for (label, color, dashed) in items {
@@ -1031,12 +1336,25 @@ fn legend_strip(area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>, item
             y += 18;
         }
         if *dashed {
-            area.draw(&PathElement::new(vec![(x, y), (x + 8, y)], color.stroke_width(2)))?;
-            area.draw(&PathElement::new(vec![(x + 14, y), (x + 22, y)], color.stroke_width(2)))?;
+            area.draw(&PathElement::new(
+                vec![(x, y), (x + 8, y)],
+                color.stroke_width(2),
+            ))?;
+            area.draw(&PathElement::new(
+                vec![(x + 14, y), (x + 22, y)],
+                color.stroke_width(2),
+            ))?;
         } else {
-            area.draw(&PathElement::new(vec![(x, y), (x + 22, y)], color.stroke_width(2)))?;
+            area.draw(&PathElement::new(
+                vec![(x, y), (x + 22, y)],
+                color.stroke_width(2),
+            ))?;
         }
-        area.draw(&Text::new(label.clone(), (x + 28, y - 7), ("sans-serif", 13).into_font().color(&BLACK)))?;
+        area.draw(&Text::new(
+            label.clone(),
+            (x + 28, y - 7),
+            ("sans-serif", 13).into_font().color(&BLACK),
+        ))?;
         x += width + 18;
     }
     Ok(())
@@ -1048,7 +1366,11 @@ enum Metric {
     P99,
 }
 
-type Panel<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>;
+type Panel<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
 
 fn plot_datapath(r: &Value, file: &Path, metric: Metric) -> Result<()> {
     let rows = arr(r, "/datapath");
@@ -1058,12 +1380,21 @@ fn plot_datapath(r: &Value, file: &Path, metric: Metric) -> Result<()> {
     let root = SVGBackend::new(file, (W, H)).into_drawing_area();
     root.fill(&WHITE)?;
     let (title, sub) = match metric {
-        Metric::RateRatio => ("Rate relative to direct (higher is better; 1 = no load balancer)", "median of per-repetition ratios, bars: min–max"),
-        Metric::P99 => ("p99 latency per operation, µs (lower is better)", "median over repetitions, bars: min–max"),
+        Metric::RateRatio => (
+            "Rate relative to direct (higher is better; 1 = no load balancer)",
+            "median of per-repetition ratios, bars: min–max",
+        ),
+        Metric::P99 => (
+            "p99 latency per operation, µs (lower is better)",
+            "median over repetitions, bars: min–max",
+        ),
     };
     let root = root.titled(&format!("{title} — {sub}"), ("sans-serif", 16))?;
     let (charts, legend) = root.split_vertically(H as i32 - 60);
-    let kinds: Vec<&(&str, &str, &str)> = KINDS.iter().filter(|k| rows.iter().any(|d| s(d, "/kind") == k.0)).collect();
+    let kinds: Vec<&(&str, &str, &str)> = KINDS
+        .iter()
+        .filter(|k| rows.iter().any(|d| s(d, "/kind") == k.0))
+        .collect();
     let panels = charts.split_evenly((1, kinds.len().max(1)));
     let mut items: Vec<LegendItem> = MODES
         .iter()
@@ -1112,7 +1443,14 @@ fn plot_datapath(r: &Value, file: &Path, metric: Metric) -> Result<()> {
             .x_labels(ns.len())
             .x_label_formatter(&|x| {
                 let i = x.round();
-                if (x - i).abs() < 0.01 && i >= 0.0 { labels.get(i as usize).map(|n| services_label(*n)).unwrap_or_default() } else { String::new() }
+                if (x - i).abs() < 0.01 && i >= 0.0 {
+                    labels
+                        .get(i as usize)
+                        .map(|n| services_label(*n))
+                        .unwrap_or_default()
+                } else {
+                    String::new()
+                }
             })
             .x_desc("services")
             .y_desc(match metric {
@@ -1122,9 +1460,18 @@ fn plot_datapath(r: &Value, file: &Path, metric: Metric) -> Result<()> {
             .light_line_style(WHITE.mix(0.0))
             .draw()?;
         if let Metric::RateRatio = metric {
-            chart.draw_series(DashedLineSeries::new(vec![(-0.5, 0.95), (xn - 0.5, 0.95)], 8, 6, TARGET_COLOR.stroke_width(1)))?;
+            chart.draw_series(DashedLineSeries::new(
+                vec![(-0.5, 0.95), (xn - 0.5, 0.95)],
+                8,
+                6,
+                TARGET_COLOR.stroke_width(1),
+            ))?;
         }
-        let modes: Vec<&str> = MODES.iter().map(|m| m.0).filter(|m| mine.iter().any(|d| s(d, "/mode") == *m)).collect();
+        let modes: Vec<&str> = MODES
+            .iter()
+            .map(|m| m.0)
+            .filter(|m| mine.iter().any(|d| s(d, "/mode") == *m))
+            .collect();
         let count = modes.len() as f64;
         for (mi, mode) in modes.iter().enumerate() {
             let (color, label) = mode_style(mode);
@@ -1132,7 +1479,11 @@ fn plot_datapath(r: &Value, file: &Path, metric: Metric) -> Result<()> {
             let pts: Vec<(f64, Sp)> = ns
                 .iter()
                 .enumerate()
-                .filter_map(|(i, n)| mine.iter().find(|d| u(d, "/services") == *n && s(d, "/mode") == *mode).map(|d| (i as f64 + offset, pick(d))))
+                .filter_map(|(i, n)| {
+                    mine.iter()
+                        .find(|d| u(d, "/services") == *n && s(d, "/mode") == *mode)
+                        .map(|d| (i as f64 + offset, pick(d)))
+                })
                 .filter(|(_, x)| x.median.is_finite())
                 .collect();
             let _ = label;
@@ -1143,29 +1494,64 @@ fn plot_datapath(r: &Value, file: &Path, metric: Metric) -> Result<()> {
     Ok(())
 }
 
-fn draw_with_bars(chart: &mut Panel<'_, '_>, pts: &[(f64, Sp)], color: RGBColor, dashed: bool) -> Result<()> {
+fn draw_with_bars(
+    chart: &mut Panel<'_, '_>,
+    pts: &[(f64, Sp)],
+    color: RGBColor,
+    dashed: bool,
+) -> Result<()> {
     let line = pts.iter().map(|(x, v)| (*x, v.median));
     if dashed {
         chart.draw_series(DashedLineSeries::new(line, 8, 5, color.stroke_width(2)))?;
     } else {
         chart.draw_series(LineSeries::new(line, color.stroke_width(2)))?;
     }
-    chart.draw_series(pts.iter().filter(|(_, v)| v.min.is_finite() && v.max.is_finite()).map(|(x, v)| ErrorBar::new_vertical(*x, v.min, v.median, v.max, color.stroke_width(1), 8)))?;
-    chart.draw_series(pts.iter().map(|(x, v)| Circle::new((*x, v.median), 3, color.filled())))?;
+    chart.draw_series(
+        pts.iter()
+            .filter(|(_, v)| v.min.is_finite() && v.max.is_finite())
+            .map(|(x, v)| {
+                ErrorBar::new_vertical(*x, v.min, v.median, v.max, color.stroke_width(1), 8)
+            }),
+    )?;
+    chart.draw_series(
+        pts.iter()
+            .map(|(x, v)| Circle::new((*x, v.median), 3, color.filled())),
+    )?;
     Ok(())
 }
 
-type LogPanel<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::combinators::LogCoord<f64>>>;
+type LogPanel<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<
+        plotters::coord::types::RangedCoordf64,
+        plotters::coord::combinators::LogCoord<f64>,
+    >,
+>;
 
-fn draw_log_series(chart: &mut LogPanel<'_, '_>, pts: &[(f64, Sp)], color: RGBColor, dashed: bool) -> Result<()> {
+fn draw_log_series(
+    chart: &mut LogPanel<'_, '_>,
+    pts: &[(f64, Sp)],
+    color: RGBColor,
+    dashed: bool,
+) -> Result<()> {
     let line = pts.iter().map(|(x, v)| (*x, v.median));
     if dashed {
         chart.draw_series(DashedLineSeries::new(line, 8, 5, color.stroke_width(2)))?;
     } else {
         chart.draw_series(LineSeries::new(line, color.stroke_width(2)))?;
     }
-    chart.draw_series(pts.iter().filter(|(_, v)| v.min.is_finite() && v.max.is_finite() && v.min > 0.0).map(|(x, v)| ErrorBar::new_vertical(*x, v.min, v.median, v.max, color.stroke_width(1), 8)))?;
-    chart.draw_series(pts.iter().map(|(x, v)| Circle::new((*x, v.median), 3, color.filled())))?;
+    chart.draw_series(
+        pts.iter()
+            .filter(|(_, v)| v.min.is_finite() && v.max.is_finite() && v.min > 0.0)
+            .map(|(x, v)| {
+                ErrorBar::new_vertical(*x, v.min, v.median, v.max, color.stroke_width(1), 8)
+            }),
+    )?;
+    chart.draw_series(
+        pts.iter()
+            .map(|(x, v)| Circle::new((*x, v.median), 3, color.filled())),
+    )?;
     Ok(())
 }
 
@@ -1174,41 +1560,144 @@ fn plot_control_plane(r: &Value, file: &Path) -> Result<()> {
     let ipt = arr(r, "/control_plane/iptables");
     let nft = arr(r, "/control_plane/nft");
     let agent = arr(r, "/control_plane/agent");
-    let mut ns: Vec<usize> = socklb.iter().chain(ipt).chain(nft).map(|x| u(x, "/services")).collect();
+    let mut ns: Vec<usize> = socklb
+        .iter()
+        .chain(ipt)
+        .chain(nft)
+        .map(|x| u(x, "/services"))
+        .collect();
     ns.sort_unstable();
     ns.dedup();
     let xi = |n: usize| ns.iter().position(|m| *m == n).map_or(0.0, |i| i as f64);
     let root = SVGBackend::new(file, (W, H)).into_drawing_area();
     root.fill(&WHITE)?;
-    let root = root.titled("Control plane, milliseconds (log scale; lower is better) — median, bars: min–max", ("sans-serif", 16))?;
+    let root = root.titled(
+        "Control plane, milliseconds (log scale; lower is better) — median, bars: min–max",
+        ("sans-serif", 16),
+    )?;
     let panels = root.split_evenly((1, 2));
-    let single = |v: f64| Sp { median: v, min: f64::NAN, max: f64::NAN, n: 1 };
-    let scale = |x: Sp, k: f64| Sp { median: x.median * k, min: x.min * k, max: x.max * k, n: x.n };
+    let single = |v: f64| Sp {
+        median: v,
+        min: f64::NAN,
+        max: f64::NAN,
+        n: 1,
+    };
+    let scale = |x: Sp, k: f64| Sp {
+        median: x.median * k,
+        min: x.min * k,
+        max: x.max * k,
+        n: x.n,
+    };
 
     // Left: cold programming. Right: one endpoint change.
     type Series = (String, RGBColor, bool, Vec<(f64, Sp)>);
     let mut cold: Vec<Series> = Vec::new();
     let mut change: Vec<Series> = Vec::new();
-    let by = |rows: &[Value], filter: &dyn Fn(&Value) -> bool, f: &dyn Fn(&Value) -> Sp| -> Vec<(f64, Sp)> {
-        rows.iter().filter(|x| filter(x)).map(|x| (xi(u(x, "/services")), f(x))).filter(|(_, v)| v.median.is_finite() && v.median > 0.0).collect()
+    let by = |rows: &[Value],
+              filter: &dyn Fn(&Value) -> bool,
+              f: &dyn Fn(&Value) -> Sp|
+     -> Vec<(f64, Sp)> {
+        rows.iter()
+            .filter(|x| filter(x))
+            .map(|x| (xi(u(x, "/services")), f(x)))
+            .filter(|(_, v)| v.median.is_finite() && v.median > 0.0)
+            .collect()
     };
     let blue = RGBColor(31, 119, 180);
-    cold.push(("socklb, BPF maps".into(), blue, false, by(socklb, &|x| s(x, "/maps") == "kernel", &|x| sp(x, "/cold_ms"))));
-    cold.push(("socklb, in-memory twin".into(), blue, true, by(socklb, &|x| s(x, "/maps") == "memory", &|x| sp(x, "/cold_ms"))));
-    cold.push(("iptables-legacy-restore".into(), RGBColor(214, 39, 40), false, by(ipt, &|x| s(x, "/backend") == "legacy", &|x| sp(x, "/cold_ms"))));
-    cold.push(("iptables-nft-restore".into(), RGBColor(255, 127, 14), false, by(ipt, &|x| s(x, "/backend") == "nft", &|x| sp(x, "/cold_ms"))));
-    cold.push(("nft -f".into(), RGBColor(44, 160, 44), false, by(nft, &|_| true, &|x| sp(x, "/cold_ms"))));
-    change.push(("socklb p99, BPF maps".into(), blue, false, by(socklb, &|x| s(x, "/maps") == "kernel", &|x| single(num(x, "/change/p99_us").unwrap_or(f64::NAN) / 1000.0))));
-    change.push(("socklb agent, manifest dir (snapshot -> maps)".into(), blue, true, by(agent, &|_| true, &|x| scale(sp(x, "/latency_us"), 0.001))));
-    change.push(("iptables full sync (legacy)".into(), RGBColor(214, 39, 40), true, by(ipt, &|x| s(x, "/backend") == "legacy", &|x| sp(x, "/full_sync_ms"))));
-    change.push(("iptables partial sync (legacy)".into(), RGBColor(214, 39, 40), false, by(ipt, &|x| s(x, "/backend") == "legacy", &|x| sp(x, "/partial_sync_ms"))));
-    change.push(("iptables partial sync (nft)".into(), RGBColor(255, 127, 14), false, by(ipt, &|x| s(x, "/backend") == "nft", &|x| sp(x, "/partial_sync_ms"))));
-    change.push(("nft transaction".into(), RGBColor(44, 160, 44), false, by(nft, &|_| true, &|x| sp(x, "/change_ms"))));
+    cold.push((
+        "socklb, BPF maps".into(),
+        blue,
+        false,
+        by(socklb, &|x| s(x, "/maps") == "kernel", &|x| {
+            sp(x, "/cold_ms")
+        }),
+    ));
+    cold.push((
+        "socklb, in-memory twin".into(),
+        blue,
+        true,
+        by(socklb, &|x| s(x, "/maps") == "memory", &|x| {
+            sp(x, "/cold_ms")
+        }),
+    ));
+    cold.push((
+        "iptables-legacy-restore".into(),
+        RGBColor(214, 39, 40),
+        false,
+        by(ipt, &|x| s(x, "/backend") == "legacy", &|x| {
+            sp(x, "/cold_ms")
+        }),
+    ));
+    cold.push((
+        "iptables-nft-restore".into(),
+        RGBColor(255, 127, 14),
+        false,
+        by(ipt, &|x| s(x, "/backend") == "nft", &|x| sp(x, "/cold_ms")),
+    ));
+    cold.push((
+        "nft -f".into(),
+        RGBColor(44, 160, 44),
+        false,
+        by(nft, &|_| true, &|x| sp(x, "/cold_ms")),
+    ));
+    change.push((
+        "socklb p99, BPF maps".into(),
+        blue,
+        false,
+        by(socklb, &|x| s(x, "/maps") == "kernel", &|x| {
+            single(num(x, "/change/p99_us").unwrap_or(f64::NAN) / 1000.0)
+        }),
+    ));
+    change.push((
+        "socklb agent, manifest dir (snapshot -> maps)".into(),
+        blue,
+        true,
+        by(agent, &|_| true, &|x| scale(sp(x, "/latency_us"), 0.001)),
+    ));
+    change.push((
+        "iptables full sync (legacy)".into(),
+        RGBColor(214, 39, 40),
+        true,
+        by(ipt, &|x| s(x, "/backend") == "legacy", &|x| {
+            sp(x, "/full_sync_ms")
+        }),
+    ));
+    change.push((
+        "iptables partial sync (legacy)".into(),
+        RGBColor(214, 39, 40),
+        false,
+        by(ipt, &|x| s(x, "/backend") == "legacy", &|x| {
+            sp(x, "/partial_sync_ms")
+        }),
+    ));
+    change.push((
+        "iptables partial sync (nft)".into(),
+        RGBColor(255, 127, 14),
+        false,
+        by(ipt, &|x| s(x, "/backend") == "nft", &|x| {
+            sp(x, "/partial_sync_ms")
+        }),
+    ));
+    change.push((
+        "nft transaction".into(),
+        RGBColor(44, 160, 44),
+        false,
+        by(nft, &|_| true, &|x| sp(x, "/change_ms")),
+    ));
 
-    for (panel, (title, series)) in panels.iter().zip([("Cold: N services × 10 endpoints programmed", cold), ("One endpoint changed", change)]) {
+    for (panel, (title, series)) in panels.iter().zip([
+        ("Cold: N services × 10 endpoints programmed", cold),
+        ("One endpoint changed", change),
+    ]) {
         let series: Vec<Series> = series.into_iter().filter(|s| !s.3.is_empty()).collect();
         let (area, legend) = panel.split_vertically(panel.dim_in_pixel().1 as i32 - 64);
-        legend_strip(&legend, &series.iter().map(|(l, c, d, _)| (l.clone(), *c, *d)).collect::<Vec<_>>())?;
+        legend_strip(
+            &legend,
+            &series
+                .iter()
+                .map(|(l, c, d, _)| (l.clone(), *c, *d))
+                .collect::<Vec<_>>(),
+        )?;
         let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
         for (_, _, _, pts) in &series {
             for (_, v) in pts {
@@ -1223,7 +1712,10 @@ fn plot_control_plane(r: &Value, file: &Path) -> Result<()> {
         if !lo.is_finite() {
             continue;
         }
-        let (lo, hi) = (10f64.powf(lo.log10().floor()), 10f64.powf(hi.log10().ceil()).max(hi * 3.0));
+        let (lo, hi) = (
+            10f64.powf(lo.log10().floor()),
+            10f64.powf(hi.log10().ceil()).max(hi * 3.0),
+        );
         let xn = ns.len() as f64;
         let mut chart = ChartBuilder::on(&area)
             .caption(title, ("sans-serif", 15))
@@ -1237,7 +1729,14 @@ fn plot_control_plane(r: &Value, file: &Path) -> Result<()> {
             .x_labels(ns.len())
             .x_label_formatter(&|x| {
                 let i = x.round();
-                if (x - i).abs() < 0.01 && i >= 0.0 { labels.get(i as usize).map(|n| services_label(*n)).unwrap_or_default() } else { String::new() }
+                if (x - i).abs() < 0.01 && i >= 0.0 {
+                    labels
+                        .get(i as usize)
+                        .map(|n| services_label(*n))
+                        .unwrap_or_default()
+                } else {
+                    String::new()
+                }
             })
             .y_label_formatter(&|y| if *y >= 1.0 { fmt(*y) } else { format!("{y}") })
             .x_desc("services")
@@ -1257,15 +1756,31 @@ fn plot_memory(r: &Value, file: &Path) -> Result<()> {
     let ns: Vec<usize> = rows.iter().map(|x| u(x, "/services")).collect();
     let root = SVGBackend::new(file, (W / 2 + 100, H)).into_drawing_area();
     root.fill(&WHITE)?;
-    let root = root.titled("socklb agent memory, MiB — median, bars: min–max", ("sans-serif", 16))?;
+    let root = root.titled(
+        "socklb agent memory, MiB — median, bars: min–max",
+        ("sans-serif", 16),
+    )?;
     let (root, legend) = root.split_vertically(H as i32 - 60);
     let target = TARGET_COLOR;
     let series = [
-        ("/rss_mib", "agent RSS after ready", RGBColor(31, 119, 180), false),
+        (
+            "/rss_mib",
+            "agent RSS after ready",
+            RGBColor(31, 119, 180),
+            false,
+        ),
         ("/hwm_mib", "agent peak RSS", RGBColor(148, 103, 189), false),
-        ("/bpf_maps_mib", "BPF maps (memlock)", RGBColor(127, 127, 127), true),
+        (
+            "/bpf_maps_mib",
+            "BPF maps (memlock)",
+            RGBColor(127, 127, 127),
+            true,
+        ),
     ];
-    let mut items: Vec<LegendItem> = series.iter().map(|(_, l, c, d)| (l.to_string(), *c, *d)).collect();
+    let mut items: Vec<LegendItem> = series
+        .iter()
+        .map(|(_, l, c, d)| (l.to_string(), *c, *d))
+        .collect();
     items.push(("RSS target: 100 MiB".into(), target, true));
     legend_strip(&legend, &items)?;
     let mut hi: f64 = 100.0;
@@ -1286,15 +1801,32 @@ fn plot_memory(r: &Value, file: &Path) -> Result<()> {
         .x_labels(ns.len())
         .x_label_formatter(&|x| {
             let i = x.round();
-            if (x - i).abs() < 0.01 && i >= 0.0 { labels.get(i as usize).map(|n| services_label(*n)).unwrap_or_default() } else { String::new() }
+            if (x - i).abs() < 0.01 && i >= 0.0 {
+                labels
+                    .get(i as usize)
+                    .map(|n| services_label(*n))
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            }
         })
         .x_desc("services (× 10 endpoints)")
         .y_desc("MiB")
         .light_line_style(WHITE.mix(0.0))
         .draw()?;
-    chart.draw_series(DashedLineSeries::new(vec![(-0.5, 100.0), (xn - 0.5, 100.0)], 8, 6, target.stroke_width(1)))?;
+    chart.draw_series(DashedLineSeries::new(
+        vec![(-0.5, 100.0), (xn - 0.5, 100.0)],
+        8,
+        6,
+        target.stroke_width(1),
+    ))?;
     for (path, _, color, dashed) in series {
-        let pts: Vec<(f64, Sp)> = rows.iter().enumerate().map(|(i, x)| (i as f64, sp(x, path))).filter(|(_, v)| v.median.is_finite()).collect();
+        let pts: Vec<(f64, Sp)> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, x)| (i as f64, sp(x, path)))
+            .filter(|(_, v)| v.median.is_finite())
+            .collect();
         draw_with_bars(&mut chart, &pts, color, dashed)?;
     }
     root.present()?;
@@ -1313,6 +1845,12 @@ mod tests {
         assert_eq!(fmt(12_345.6), "12\u{202f}346");
         assert_eq!(fmt(0.5), "0.500");
         assert_eq!(fmt(f64::NAN), "–");
-        assert_eq!(relative_link(Path::new("/a/docs/bench"), Path::new("/a/bench/results/x.json")), "../../bench/results/x.json");
+        assert_eq!(
+            relative_link(
+                Path::new("/a/docs/bench"),
+                Path::new("/a/bench/results/x.json")
+            ),
+            "../../bench/results/x.json"
+        );
     }
 }

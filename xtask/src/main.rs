@@ -94,12 +94,37 @@ fn run() -> Result<()> {
             setup::ensure()?;
             test(&root, &args)
         }
-        Task::Bench { quick, services, with_30k, out, reps, render } => {
-            bench::run(&root, bench::Options { quick, services, with_30k, out, reps, render })
-        }
+        Task::Bench {
+            quick,
+            services,
+            with_30k,
+            out,
+            reps,
+            render,
+        } => bench::run(
+            &root,
+            bench::Options {
+                quick,
+                services,
+                with_30k,
+                out,
+                reps,
+                render,
+            },
+        ),
         Task::Demo { args } => {
             setup::ensure()?;
-            cargo(&root, &["build", "--package", "lb-userspace", "--package", "socklb-tests", "--bins"])?;
+            cargo(
+                &root,
+                &[
+                    "build",
+                    "--package",
+                    "lb-userspace",
+                    "--package",
+                    "socklb-tests",
+                    "--bins",
+                ],
+            )?;
             let demo = root.join("target/debug/socklb-demo");
             let status = Command::new(&demo)
                 .args(&args)
@@ -115,7 +140,10 @@ fn run() -> Result<()> {
 
 fn workspace_root() -> Result<PathBuf> {
     let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir.parent().map(Path::to_path_buf).context("xtask has no parent directory")
+    manifest_dir
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask has no parent directory")
 }
 
 fn cargo(root: &Path, args: &[&str]) -> Result<()> {
@@ -134,18 +162,40 @@ fn cargo(root: &Path, args: &[&str]) -> Result<()> {
 /// The same build aya-build runs from lb-userspace's build.rs, into target/.
 fn build_ebpf(root: &Path) -> Result<PathBuf> {
     let mut cmd = Command::new("rustup");
-    cmd.args(["run", "nightly", "cargo", "build", "--package", "lb-ebpf", "--bins", "--release"])
-        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            ["--cfg=bpf_target_arch=\"x86_64\"", "-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"),
-        )
-        .current_dir(root);
+    cmd.args([
+        "run",
+        "nightly",
+        "cargo",
+        "build",
+        "--package",
+        "lb-ebpf",
+        "--bins",
+        "--release",
+    ])
+    .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+    .env(
+        "CARGO_ENCODED_RUSTFLAGS",
+        [
+            "--cfg=bpf_target_arch=\"x86_64\"",
+            "-Cdebuginfo=2",
+            "-Clink-arg=--btf",
+        ]
+        .join("\x1f"),
+    )
+    .current_dir(root);
     // rustup sets these for the outer (stable) cargo; they would override `nightly`.
-    for var in ["RUSTC", "RUSTUP_TOOLCHAIN", "CARGO", "RUSTC_WRAPPER", "RUSTFLAGS"] {
+    for var in [
+        "RUSTC",
+        "RUSTUP_TOOLCHAIN",
+        "CARGO",
+        "RUSTC_WRAPPER",
+        "RUSTFLAGS",
+    ] {
         cmd.env_remove(var);
     }
-    let status = cmd.status().context("running rustup run nightly cargo build")?;
+    let status = cmd
+        .status()
+        .context("running rustup run nightly cargo build")?;
     if !status.success() {
         bail!("building lb-ebpf failed ({status})");
     }
@@ -158,7 +208,17 @@ fn build_ebpf(root: &Path) -> Result<PathBuf> {
 
 fn test(root: &Path, args: &[String]) -> Result<()> {
     // The end-to-end tests run the socklb, socklb-probe binaries: build them first.
-    cargo(root, &["build", "--package", "lb-userspace", "--package", "socklb-tests", "--bins"])?;
+    cargo(
+        root,
+        &[
+            "build",
+            "--package",
+            "lb-userspace",
+            "--package",
+            "socklb-tests",
+            "--bins",
+        ],
+    )?;
     let mut test_args: Vec<&str> = vec!["test", "--workspace", "--exclude", "lb-ebpf"];
     if !args.is_empty() {
         test_args.push("--");

@@ -61,16 +61,31 @@ pub fn setup(force: bool) -> Result<()> {
     }
     if !rust_src_installed() {
         eprintln!("xtask: rustup component add rust-src --toolchain nightly");
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     if force || !bpf_linker_ok() {
         eprintln!("xtask: cargo install bpf-linker {BPF_LINKER_VERSION} (llvm-22)");
-        let path = format!("{LLVM_PREFIX}/bin:{}", std::env::var("PATH").unwrap_or_default());
+        let path = format!(
+            "{LLVM_PREFIX}/bin:{}",
+            std::env::var("PATH").unwrap_or_default()
+        );
         let mut cmd = Command::new("cargo");
-        cmd.args(["install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION])
-            .args(["--no-default-features", "--features", "llvm-22"])
-            .env("PATH", path)
-            .env("LLVM_PREFIX", LLVM_PREFIX);
+        cmd.args([
+            "install",
+            "bpf-linker",
+            "--locked",
+            "--version",
+            BPF_LINKER_VERSION,
+        ])
+        .args(["--no-default-features", "--features", "llvm-22"])
+        .env("PATH", path)
+        .env("LLVM_PREFIX", LLVM_PREFIX);
         if force {
             cmd.arg("--force");
         }
@@ -80,9 +95,21 @@ pub fn setup(force: bool) -> Result<()> {
             // --locked pins versions from bpf-linker's lockfile; retry resolving anew.
             let mut retry = Command::new("cargo");
             retry
-                .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--force"])
+                .args([
+                    "install",
+                    "bpf-linker",
+                    "--version",
+                    BPF_LINKER_VERSION,
+                    "--force",
+                ])
                 .args(["--no-default-features", "--features", "llvm-22"])
-                .env("PATH", format!("{LLVM_PREFIX}/bin:{}", std::env::var("PATH").unwrap_or_default()))
+                .env(
+                    "PATH",
+                    format!(
+                        "{LLVM_PREFIX}/bin:{}",
+                        std::env::var("PATH").unwrap_or_default()
+                    ),
+                )
                 .env("LLVM_PREFIX", LLVM_PREFIX)
                 .env_remove("RUSTUP_TOOLCHAIN")
                 .env_remove("RUSTC");
@@ -135,11 +162,17 @@ fn apt_missing() -> Vec<&'static str> {
 }
 
 fn rust_src_installed() -> bool {
-    let Ok(out) = Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]).output() else {
+    let Ok(out) = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--print", "sysroot"])
+        .output()
+    else {
         return false;
     };
     let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    out.status.success() && Path::new(&sysroot).join("lib/rustlib/src/rust/library/core").is_dir()
+    out.status.success()
+        && Path::new(&sysroot)
+            .join("lib/rustlib/src/rust/library/core")
+            .is_dir()
 }
 
 fn bpf_linker_ok() -> bool {
@@ -152,6 +185,9 @@ fn bpf_linker_ok() -> bool {
 
 fn bpffs_mounted() -> bool {
     std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|m| m.lines().any(|l| l.contains(" /sys/fs/bpf ") && l.contains(" - bpf ")))
+        .map(|m| {
+            m.lines()
+                .any(|l| l.contains(" /sys/fs/bpf ") && l.contains(" - bpf "))
+        })
         .unwrap_or(false)
 }

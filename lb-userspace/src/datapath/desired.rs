@@ -5,7 +5,9 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4},
 };
 
-use lb_common::{SVC_FLAG_NODEPORT, SVC_FLAG_SNAT, SVC_FLAG_SOURCE_RANGES, SVC_FLAG_WILDCARD, SvcAction, scope};
+use lb_common::{
+    SVC_FLAG_NODEPORT, SVC_FLAG_SNAT, SVC_FLAG_SOURCE_RANGES, SVC_FLAG_WILDCARD, SvcAction, scope,
+};
 
 use crate::{
     model::Ipv4Cidr,
@@ -27,7 +29,12 @@ pub struct FrontendKey {
 
 impl FrontendKey {
     pub fn internal(ip: Ipv4Addr, port: u16, proto: u8) -> Self {
-        Self { ip, port, proto, scope: scope::INTERNAL }
+        Self {
+            ip,
+            port,
+            proto,
+            scope: scope::INTERNAL,
+        }
     }
 
     pub fn wildcard(ip: Ipv4Addr) -> Self {
@@ -41,13 +48,23 @@ impl FrontendKey {
 
 impl fmt::Display for FrontendKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scope = if self.scope == scope::EXTERNAL { " (external)" } else { "" };
+        let scope = if self.scope == scope::EXTERNAL {
+            " (external)"
+        } else {
+            ""
+        };
         if self.is_wildcard() {
             write!(f, "{}:*", self.ip)
         } else if self.ip.is_unspecified() {
             write!(f, "*:{}/{}{scope}", self.port, proto_name(self.proto))
         } else {
-            write!(f, "{}:{}/{}{scope}", self.ip, self.port, proto_name(self.proto))
+            write!(
+                f,
+                "{}:{}/{}{scope}",
+                self.ip,
+                self.port,
+                proto_name(self.proto)
+            )
         }
     }
 }
@@ -98,7 +115,11 @@ pub struct FrontendConflict {
 
 impl fmt::Display for FrontendConflict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} is claimed by {} and {}; {} keeps it", self.key, self.kept, self.dropped, self.kept)
+        write!(
+            f,
+            "{} is claimed by {} and {}; {} keeps it",
+            self.key, self.kept, self.dropped, self.kept
+        )
     }
 }
 
@@ -167,7 +188,10 @@ impl DesiredIndex {
                 continue;
             }
             keys.push((key, holds_address));
-            self.claims.entry(key).or_default().insert(service.to_string(), desired);
+            self.claims
+                .entry(key)
+                .or_default()
+                .insert(service.to_string(), desired);
             if holds_address {
                 self.acquire_address(key.ip, &mut touched);
             }
@@ -191,7 +215,11 @@ impl DesiredIndex {
             .flat_map(|(key, claims)| {
                 let mut names = claims.keys();
                 let kept = names.next().cloned().unwrap_or_default();
-                names.map(move |dropped| FrontendConflict { key: *key, kept: kept.clone(), dropped: dropped.clone() })
+                names.map(move |dropped| FrontendConflict {
+                    key: *key,
+                    kept: kept.clone(),
+                    dropped: dropped.clone(),
+                })
             })
             .collect();
         out.sort_by(|a, b| (a.key, &a.dropped).cmp(&(b.key, &b.dropped)));
@@ -219,9 +247,14 @@ impl DesiredIndex {
     /// Recomputes the desired entry of `key`; true when it changed.
     fn refresh(&mut self, key: FrontendKey) -> bool {
         let want = if key.is_wildcard() {
-            self.address_refs.contains_key(&key.ip).then(wildcard_frontend)
+            self.address_refs
+                .contains_key(&key.ip)
+                .then(wildcard_frontend)
         } else {
-            self.claims.get(&key).and_then(|c| c.values().next()).cloned()
+            self.claims
+                .get(&key)
+                .and_then(|c| c.values().next())
+                .cloned()
         };
         let have = self.desired.frontends.get(&key);
         if have == want.as_ref() {
@@ -252,25 +285,48 @@ fn entries(frontends: &[&Frontend]) -> Vec<(FrontendKey, DesiredFrontend, bool)>
         let proto = fe.protocol.as_ipproto();
         match fe.kind {
             FrontendKind::ClusterIP => {
-                out.push((FrontendKey::internal(fe.ip, fe.port, proto), desired_frontend(fe, proto, 0), true));
+                out.push((
+                    FrontendKey::internal(fe.ip, fe.port, proto),
+                    desired_frontend(fe, proto, 0),
+                    true,
+                ));
             }
             FrontendKind::NodePort | FrontendKind::LoadBalancer | FrontendKind::ExternalIP => {
-                let nodeport = if fe.kind == FrontendKind::NodePort { SVC_FLAG_NODEPORT } else { 0 };
-                let ranges = if fe.source_ranges.is_empty() { 0 } else { SVC_FLAG_SOURCE_RANGES };
+                let nodeport = if fe.kind == FrontendKind::NodePort {
+                    SVC_FLAG_NODEPORT
+                } else {
+                    0
+                };
+                let ranges = if fe.source_ranges.is_empty() {
+                    0
+                } else {
+                    SVC_FLAG_SOURCE_RANGES
+                };
                 // SNAT applies only to backends on other nodes; under the Local policy
                 // every backend is local, so the flag is harmless there.
                 let mut external = desired_frontend(fe, proto, SVC_FLAG_SNAT | nodeport | ranges);
                 external.source_ranges = fe.source_ranges.clone();
                 external.source_ranges.sort();
                 external.source_ranges.dedup();
-                let key = FrontendKey { ip: fe.ip, port: fe.port, proto, scope: scope::EXTERNAL };
+                let key = FrontendKey {
+                    ip: fe.ip,
+                    port: fe.port,
+                    proto,
+                    scope: scope::EXTERNAL,
+                };
                 out.push((key, external, false));
 
                 let cluster = frontends.iter().find(|c| {
-                    c.kind == FrontendKind::ClusterIP && c.port_name == fe.port_name && c.protocol == fe.protocol
+                    c.kind == FrontendKind::ClusterIP
+                        && c.port_name == fe.port_name
+                        && c.protocol == fe.protocol
                 });
                 let internal = desired_frontend(cluster.copied().unwrap_or(fe), proto, nodeport);
-                out.push((FrontendKey::internal(fe.ip, fe.port, proto), internal, false));
+                out.push((
+                    FrontendKey::internal(fe.ip, fe.port, proto),
+                    internal,
+                    false,
+                ));
             }
         }
     }
@@ -298,14 +354,24 @@ fn desired_frontend(fe: &Frontend, proto: u8, flags: u8) -> DesiredFrontend {
     let mut backends: Vec<BackendKey> = if action == SvcAction::Forward {
         fe.backends
             .iter()
-            .map(|addr| BackendKey { addr: *addr, proto, local: fe.local_backends.contains(addr) })
+            .map(|addr| BackendKey {
+                addr: *addr,
+                proto,
+                local: fe.local_backends.contains(addr),
+            })
             .collect()
     } else {
         Vec::new()
     };
     backends.sort();
     backends.dedup();
-    DesiredFrontend { action, backends, affinity_timeout_s: fe.affinity_timeout_s, flags, source_ranges: Vec::new() }
+    DesiredFrontend {
+        action,
+        backends,
+        affinity_timeout_s: fe.affinity_timeout_s,
+        flags,
+        source_ranges: Vec::new(),
+    }
 }
 
 #[cfg(test)]
@@ -333,11 +399,19 @@ mod tests {
 
     fn key(address: &str) -> FrontendKey {
         let address: SocketAddrV4 = address.parse().unwrap();
-        FrontendKey { scope: 0, ip: *address.ip(), port: address.port(), proto: lb_common::IPPROTO_TCP }
+        FrontendKey {
+            scope: 0,
+            ip: *address.ip(),
+            port: address.port(),
+            proto: lb_common::IPPROTO_TCP,
+        }
     }
 
     fn ext(address: &str) -> FrontendKey {
-        FrontendKey { scope: lb_common::scope::EXTERNAL, ..key(address) }
+        FrontendKey {
+            scope: lb_common::scope::EXTERNAL,
+            ..key(address)
+        }
     }
 
     #[test]
@@ -375,12 +449,19 @@ mod tests {
         assert!(np_ext.backends[0].local, "locality comes from the plan");
         // Connections started on the node use the cluster backends, never SNAT.
         let np_int = &desired.frontends[&key("0.0.0.0:30080")];
-        assert_eq!(np_int.flags, SVC_FLAG_NODEPORT, "the bind hook reads the NODEPORT flag");
+        assert_eq!(
+            np_int.flags, SVC_FLAG_NODEPORT,
+            "the bind hook reads the NODEPORT flag"
+        );
         assert_eq!(np_int.backends.len(), 2);
         let lb_ext = &desired.frontends[&ext("198.51.100.7:80")];
         assert_eq!(lb_ext.flags, SVC_FLAG_SNAT | SVC_FLAG_SOURCE_RANGES);
         assert_eq!(lb_ext.source_ranges, lb.source_ranges);
-        assert!(desired.frontends[&key("198.51.100.7:80")].source_ranges.is_empty());
+        assert!(
+            desired.frontends[&key("198.51.100.7:80")]
+                .source_ranges
+                .is_empty()
+        );
 
         // Incremental: the same through the index, and removal touches every entry.
         let mut index = DesiredIndex::default();

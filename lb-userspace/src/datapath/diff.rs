@@ -12,7 +12,10 @@
 //! endpoint costs a few writes however large the service is.
 use std::collections::{HashMap, HashSet};
 
-use lb_common::{BACKEND_FLAG_LOCAL, Backend4, SRC_RANGE_FRONTEND_BITS, SrcRange4Key, Svc4Key, Svc4Value, SvcAction};
+use lb_common::{
+    BACKEND_FLAG_LOCAL, Backend4, SRC_RANGE_FRONTEND_BITS, SrcRange4Key, Svc4Key, Svc4Value,
+    SvcAction,
+};
 
 use crate::model::Ipv4Cidr;
 
@@ -25,13 +28,29 @@ use super::{
 /// One write to the maps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MapOp {
-    PutBackend { id: u32, backend: Backend4 },
-    DeleteBackend { id: u32 },
-    PutSvc { key: Svc4Key, value: Svc4Value },
-    DeleteSvc { key: Svc4Key },
+    PutBackend {
+        id: u32,
+        backend: Backend4,
+    },
+    DeleteBackend {
+        id: u32,
+    },
+    PutSvc {
+        key: Svc4Key,
+        value: Svc4Value,
+    },
+    DeleteSvc {
+        key: Svc4Key,
+    },
     /// An allowed source prefix of a frontend (LPM key: data and prefix length).
-    PutSrcRange { key: SrcRange4Key, prefix_len: u32 },
-    DeleteSrcRange { key: SrcRange4Key, prefix_len: u32 },
+    PutSrcRange {
+        key: SrcRange4Key,
+        prefix_len: u32,
+    },
+    DeleteSrcRange {
+        key: SrcRange4Key,
+        prefix_len: u32,
+    },
 }
 
 /// A frontend as it is in the maps.
@@ -90,7 +109,11 @@ pub struct SyncStats {
 
 impl ProgrammedState {
     pub fn with_capacity(capacity: Capacity) -> Self {
-        Self { capacity, next_backend_id: 1, ..Default::default() }
+        Self {
+            capacity,
+            next_backend_id: 1,
+            ..Default::default()
+        }
     }
 
     pub fn frontends(&self) -> &HashMap<FrontendKey, ProgrammedFrontend> {
@@ -135,7 +158,9 @@ impl ProgrammedState {
                 dropped_backends.push(*id);
                 continue;
             }
-            state.backends.insert(key, BackendEntry { id: *id, refs: 0 });
+            state
+                .backends
+                .insert(key, BackendEntry { id: *id, refs: 0 });
             state.backend_keys.insert(*id, key);
         }
 
@@ -158,7 +183,11 @@ impl ProgrammedState {
                 None => (Svc4Value { count: 0, ..*value }, Vec::new()),
             };
             for id in &slots {
-                if let Some(entry) = state.backend_keys.get(id).and_then(|k| state.backends.get_mut(k)) {
+                if let Some(entry) = state
+                    .backend_keys
+                    .get(id)
+                    .and_then(|k| state.backends.get_mut(k))
+                {
                     entry.refs += 1;
                 }
             }
@@ -169,7 +198,14 @@ impl ProgrammedState {
                 proto: key.proto,
                 scope: key.scope,
             };
-            state.frontends.insert(fkey, ProgrammedFrontend { service, slots, source_ranges: Vec::new() });
+            state.frontends.insert(
+                fkey,
+                ProgrammedFrontend {
+                    service,
+                    slots,
+                    source_ranges: Vec::new(),
+                },
+            );
         }
         // Source ranges belong to their external frontend; others are unreachable.
         let mut stray_ranges = Vec::new();
@@ -183,10 +219,16 @@ impl ProgrammedState {
             let cidr = prefix_len
                 .checked_sub(SRC_RANGE_FRONTEND_BITS)
                 .filter(|len| *len <= 32)
-                .map(|len| Ipv4Cidr { addr: ip_from_map(rk.source), prefix_len: len as u8 });
+                .map(|len| Ipv4Cidr {
+                    addr: ip_from_map(rk.source),
+                    prefix_len: len as u8,
+                });
             match (state.frontends.get_mut(&fkey), cidr) {
                 (Some(fe), Some(cidr)) => fe.source_ranges.push(cidr),
-                _ => stray_ranges.push(MapOp::DeleteSrcRange { key: rk, prefix_len }),
+                _ => stray_ranges.push(MapOp::DeleteSrcRange {
+                    key: rk,
+                    prefix_len,
+                }),
             }
         }
         for fe in state.frontends.values_mut() {
@@ -212,7 +254,11 @@ impl ProgrammedState {
         }
         cleanup.extend(stray_ranges);
         // Backends go after the slots that might still name them.
-        cleanup.extend(dropped_backends.into_iter().map(|id| MapOp::DeleteBackend { id }));
+        cleanup.extend(
+            dropped_backends
+                .into_iter()
+                .map(|id| MapOp::DeleteBackend { id }),
+        );
         let max_id = backends.iter().map(|(id, _)| *id).max().unwrap_or(0);
         state.next_backend_id = max_id.wrapping_add(1).max(1);
         Ok((state, cleanup))
@@ -221,21 +267,30 @@ impl ProgrammedState {
     /// Computes the ops that turn the programmed state into `desired`, updating the
     /// mirror as if they were applied. Frontends that no longer exist are removed.
     pub fn sync_all(&mut self, desired: &DesiredState) -> (Vec<MapOp>, SyncStats) {
-        let mut keys: Vec<FrontendKey> =
-            self.frontends.keys().chain(desired.frontends.keys()).copied().collect();
+        let mut keys: Vec<FrontendKey> = self
+            .frontends
+            .keys()
+            .chain(desired.frontends.keys())
+            .copied()
+            .collect();
         keys.sort();
         keys.dedup();
         self.sync_keys(desired, &keys)
     }
 
     /// Like [`Self::sync_all`] for the given frontends only (an incremental update).
-    pub fn sync_keys(&mut self, desired: &DesiredState, keys: &[FrontendKey]) -> (Vec<MapOp>, SyncStats) {
+    pub fn sync_keys(
+        &mut self,
+        desired: &DesiredState,
+        keys: &[FrontendKey],
+    ) -> (Vec<MapOp>, SyncStats) {
         let mut ops = Vec::new();
         let mut released = Vec::new();
         let mut stats = SyncStats::default();
         // Removals first: they free room for additions in full maps.
-        let (removals, updates): (Vec<&FrontendKey>, Vec<&FrontendKey>) =
-            keys.iter().partition(|k| !desired.frontends.contains_key(*k));
+        let (removals, updates): (Vec<&FrontendKey>, Vec<&FrontendKey>) = keys
+            .iter()
+            .partition(|k| !desired.frontends.contains_key(*k));
         for key in removals.into_iter().chain(updates) {
             let before = ops.len();
             match self.sync_frontend(*key, desired.frontends.get(key), &mut ops, &mut released) {
@@ -248,7 +303,11 @@ impl ProgrammedState {
         }
         for id in released {
             // Released earlier in this batch but taken again by another frontend?
-            let still_used = self.backend_keys.get(&id).and_then(|k| self.backends.get(k)).is_some_and(|e| e.refs > 0);
+            let still_used = self
+                .backend_keys
+                .get(&id)
+                .and_then(|k| self.backends.get(k))
+                .is_some_and(|e| e.refs > 0);
             if !still_used {
                 if let Some(key) = self.backend_keys.remove(&id) {
                     self.backends.remove(&key);
@@ -267,13 +326,16 @@ impl ProgrammedState {
         ops: &mut Vec<MapOp>,
         released: &mut Vec<u32>,
     ) -> Result<(), Full> {
-        let svc_key = Svc4Key::new(ip_to_map(key.ip), port_to_map(key.port), key.proto, 0).with_scope(key.scope);
+        let svc_key = Svc4Key::new(ip_to_map(key.ip), port_to_map(key.port), key.proto, 0)
+            .with_scope(key.scope);
         let Some(desired) = desired else {
             if let Some(old) = self.frontends.remove(&key) {
                 // Slot 0 first: new readers stop at once; then the slots and ranges.
                 ops.push(MapOp::DeleteSvc { key: svc_key });
                 for (i, id) in old.slots.iter().enumerate() {
-                    ops.push(MapOp::DeleteSvc { key: svc_key.with_slot(slot_number(i)) });
+                    ops.push(MapOp::DeleteSvc {
+                        key: svc_key.with_slot(slot_number(i)),
+                    });
                     self.release(*id, released);
                 }
                 for cidr in &old.source_ranges {
@@ -285,15 +347,21 @@ impl ProgrammedState {
         };
 
         let wanted: &[BackendKey] = match desired.action {
-            SvcAction::Forward => &desired.backends[..desired.backends.len().min(u16::MAX as usize)],
+            SvcAction::Forward => {
+                &desired.backends[..desired.backends.len().min(u16::MAX as usize)]
+            }
             SvcAction::Reject | SvcAction::Drop => &[],
         };
         let old = self.frontends.get(&key).cloned();
         let old_slots: &[u32] = old.as_ref().map_or(&[], |o| &o.slots);
 
         // Room check before touching anything: entries added and new backends.
-        let new_entries = (1 + wanted.len()).saturating_sub(old.as_ref().map_or(0, |o| 1 + o.slots.len()));
-        let new_backends = wanted.iter().filter(|b| !self.backends.contains_key(b)).count();
+        let new_entries =
+            (1 + wanted.len()).saturating_sub(old.as_ref().map_or(0, |o| 1 + o.slots.len()));
+        let new_backends = wanted
+            .iter()
+            .filter(|b| !self.backends.contains_key(b))
+            .count();
         if self.svc_entries + new_entries > self.capacity.svc_entries
             || self.backends.len() + new_backends > self.capacity.backends
         {
@@ -329,7 +397,10 @@ impl ProgrammedState {
             let Some(backend) = needed.next() else { break };
             let id = self.acquire(*backend, ops);
             *slot = Some(id);
-            slot_writes.push(MapOp::PutSvc { key: svc_key.with_slot(slot_number(i)), value: Svc4Value::slot(id) });
+            slot_writes.push(MapOp::PutSvc {
+                key: svc_key.with_slot(slot_number(i)),
+                value: Svc4Value::slot(id),
+            });
         }
         // Release what left the surviving slots (and everything beyond the new count).
         for (i, old_id) in old_slots.iter().enumerate() {
@@ -341,24 +412,49 @@ impl ProgrammedState {
         // Rule 2: slots (and allowed sources) before slot 0 that exposes them.
         ops.extend(slot_writes);
         let old_ranges: &[Ipv4Cidr] = old.as_ref().map_or(&[], |o| &o.source_ranges);
-        for cidr in desired.source_ranges.iter().filter(|c| !old_ranges.contains(c)) {
+        for cidr in desired
+            .source_ranges
+            .iter()
+            .filter(|c| !old_ranges.contains(c))
+        {
             ops.push(src_range_op(&svc_key, cidr, true));
         }
-        let service = Svc4Value::service(desired.action, new_count as u16, desired.affinity_timeout_s, desired.flags);
+        let service = Svc4Value::service(
+            desired.action,
+            new_count as u16,
+            desired.affinity_timeout_s,
+            desired.flags,
+        );
         if old.as_ref().map(|o| o.service) != Some(service) {
-            ops.push(MapOp::PutSvc { key: svc_key, value: service });
+            ops.push(MapOp::PutSvc {
+                key: svc_key,
+                value: service,
+            });
         }
         // Rule 3: slots beyond the new count (and sources no longer allowed) go after.
         for i in new_count..old_slots.len() {
-            ops.push(MapOp::DeleteSvc { key: svc_key.with_slot(slot_number(i)) });
+            ops.push(MapOp::DeleteSvc {
+                key: svc_key.with_slot(slot_number(i)),
+            });
         }
-        for cidr in old_ranges.iter().filter(|c| !desired.source_ranges.contains(c)) {
+        for cidr in old_ranges
+            .iter()
+            .filter(|c| !desired.source_ranges.contains(c))
+        {
             ops.push(src_range_op(&svc_key, cidr, false));
         }
         slots.truncate(new_count);
         let slots: Vec<u32> = slots.into_iter().flatten().collect();
-        self.svc_entries = self.svc_entries + 1 + slots.len() - old.as_ref().map_or(0, |o| 1 + o.slots.len());
-        self.frontends.insert(key, ProgrammedFrontend { service, slots, source_ranges: desired.source_ranges.clone() });
+        self.svc_entries =
+            self.svc_entries + 1 + slots.len() - old.as_ref().map_or(0, |o| 1 + o.slots.len());
+        self.frontends.insert(
+            key,
+            ProgrammedFrontend {
+                service,
+                slots,
+                source_ranges: desired.source_ranges.clone(),
+            },
+        );
         Ok(())
     }
 
@@ -383,7 +479,11 @@ impl ProgrammedState {
     }
 
     fn release(&mut self, id: u32, released: &mut Vec<u32>) {
-        if let Some(entry) = self.backend_keys.get(&id).and_then(|k| self.backends.get_mut(k)) {
+        if let Some(entry) = self
+            .backend_keys
+            .get(&id)
+            .and_then(|k| self.backends.get_mut(k))
+        {
             entry.refs = entry.refs.saturating_sub(1);
             if entry.refs == 0 {
                 released.push(id);
@@ -417,7 +517,11 @@ fn src_range_op(svc_key: &Svc4Key, cidr: &Ipv4Cidr, put: bool) -> MapOp {
         source: ip_to_map(cidr.addr),
     };
     let prefix_len = SRC_RANGE_FRONTEND_BITS + u32::from(cidr.prefix_len);
-    if put { MapOp::PutSrcRange { key, prefix_len } } else { MapOp::DeleteSrcRange { key, prefix_len } }
+    if put {
+        MapOp::PutSrcRange { key, prefix_len }
+    } else {
+        MapOp::DeleteSrcRange { key, prefix_len }
+    }
 }
 
 fn slot_number(index: usize) -> u16 {
@@ -443,25 +547,48 @@ mod tests {
     use crate::datapath::memory::MemoryMaps;
 
     fn be(last: u8, port: u16) -> BackendKey {
-        BackendKey { local: false, addr: SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, last), port), proto: IPPROTO_TCP }
+        BackendKey {
+            local: false,
+            addr: SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, last), port),
+            proto: IPPROTO_TCP,
+        }
     }
 
     fn fe(last: u8, port: u16) -> FrontendKey {
-        FrontendKey { scope: 0, ip: Ipv4Addr::new(10, 96, 0, last), port, proto: IPPROTO_TCP }
+        FrontendKey {
+            scope: 0,
+            ip: Ipv4Addr::new(10, 96, 0, last),
+            port,
+            proto: IPPROTO_TCP,
+        }
     }
 
     fn forward(backends: &[BackendKey]) -> DesiredFrontend {
         let mut backends = backends.to_vec();
         backends.sort();
-        DesiredFrontend { source_ranges: vec![], action: SvcAction::Forward, backends, affinity_timeout_s: 0, flags: 0 }
+        DesiredFrontend {
+            source_ranges: vec![],
+            action: SvcAction::Forward,
+            backends,
+            affinity_timeout_s: 0,
+            flags: 0,
+        }
     }
 
     fn reject() -> DesiredFrontend {
-        DesiredFrontend { source_ranges: vec![], action: SvcAction::Reject, backends: vec![], affinity_timeout_s: 0, flags: 0 }
+        DesiredFrontend {
+            source_ranges: vec![],
+            action: SvcAction::Reject,
+            backends: vec![],
+            affinity_timeout_s: 0,
+            flags: 0,
+        }
     }
 
     fn desired(entries: &[(FrontendKey, DesiredFrontend)]) -> DesiredState {
-        DesiredState { frontends: entries.iter().cloned().collect() }
+        DesiredState {
+            frontends: entries.iter().cloned().collect(),
+        }
     }
 
     /// Applies ops one at a time, checking the reader invariant after each.
@@ -477,18 +604,29 @@ mod tests {
     /// The maps hold exactly the desired state.
     fn assert_maps_match(maps: &MemoryMaps, want: &DesiredState) {
         let (adopted, cleanup) = ProgrammedState::adopt(maps, Capacity::default()).unwrap();
-        assert!(cleanup.is_empty(), "maps hold unreachable entries: {cleanup:?}");
+        assert!(
+            cleanup.is_empty(),
+            "maps hold unreachable entries: {cleanup:?}"
+        );
         let mut got: Vec<(FrontendKey, SvcAction, Vec<BackendKey>)> = adopted
             .frontends()
             .iter()
             .map(|(k, f)| {
-                let mut b: Vec<BackendKey> = f.slots.iter().map(|id| adopted.backend(*id).unwrap()).collect();
+                let mut b: Vec<BackendKey> = f
+                    .slots
+                    .iter()
+                    .map(|id| adopted.backend(*id).unwrap())
+                    .collect();
                 b.sort();
                 (*k, SvcAction::from_u8(f.service.action).unwrap(), b)
             })
             .collect();
         got.sort_by_key(|g| g.0);
-        let mut expected: Vec<_> = want.frontends.iter().map(|(k, d)| (*k, d.action, d.backends.clone())).collect();
+        let mut expected: Vec<_> = want
+            .frontends
+            .iter()
+            .map(|(k, d)| (*k, d.action, d.backends.clone()))
+            .collect();
         expected.sort_by_key(|e| e.0);
         assert_eq!(got, expected);
         // No orphan backends.
@@ -506,7 +644,16 @@ mod tests {
     fn cold_program_then_noop() {
         let mut st = ProgrammedState::with_capacity(Capacity::default());
         let mut maps = MemoryMaps::default();
-        let want = desired(&[(fe(10, 80), forward(&[be(1, 8080), be(2, 8080), be(3, 8080)])), (FrontendKey::wildcard(Ipv4Addr::new(10, 96, 0, 10)), reject())]);
+        let want = desired(&[
+            (
+                fe(10, 80),
+                forward(&[be(1, 8080), be(2, 8080), be(3, 8080)]),
+            ),
+            (
+                FrontendKey::wildcard(Ipv4Addr::new(10, 96, 0, 10)),
+                reject(),
+            ),
+        ]);
         let stats = sync(&mut st, &mut maps, &want);
         // 3 backends + 3 slots + slot 0 + wildcard
         assert_eq!(stats.ops, 8);
@@ -526,19 +673,31 @@ mod tests {
             // delete the last slot, delete the backend.
             let mut fewer = all.clone();
             fewer.remove(1);
-            let stats = sync(&mut st, &mut maps, &desired(&[(fe(10, 80), forward(&fewer))]));
+            let stats = sync(
+                &mut st,
+                &mut maps,
+                &desired(&[(fe(10, 80), forward(&fewer))]),
+            );
             assert_eq!(stats.ops, 4, "n={n}");
 
             // Add one: backend, slot, count.
             let mut more = fewer.clone();
             more.push(be(250, 9090));
-            let stats = sync(&mut st, &mut maps, &desired(&[(fe(10, 80), forward(&more))]));
+            let stats = sync(
+                &mut st,
+                &mut maps,
+                &desired(&[(fe(10, 80), forward(&more))]),
+            );
             assert_eq!(stats.ops, 3, "n={n}");
 
             // Replace one: backend, slot overwrite, old backend deleted; count unchanged.
             let mut replaced = more.clone();
             replaced[0] = be(251, 9090);
-            let stats = sync(&mut st, &mut maps, &desired(&[(fe(10, 80), forward(&replaced))]));
+            let stats = sync(
+                &mut st,
+                &mut maps,
+                &desired(&[(fe(10, 80), forward(&replaced))]),
+            );
             assert_eq!(stats.ops, 3, "n={n}");
         }
     }
@@ -550,10 +709,18 @@ mod tests {
         let shared = be(1, 53);
         let a = fe(10, 53);
         let b = fe(11, 53);
-        sync(&mut st, &mut maps, &desired(&[(a, forward(&[shared])), (b, forward(&[shared, be(2, 53)]))]));
+        sync(
+            &mut st,
+            &mut maps,
+            &desired(&[(a, forward(&[shared])), (b, forward(&[shared, be(2, 53)]))]),
+        );
         assert_eq!(maps.backends.len(), 2);
         // Removing frontend a keeps the shared backend for b.
-        sync(&mut st, &mut maps, &desired(&[(b, forward(&[shared, be(2, 53)]))]));
+        sync(
+            &mut st,
+            &mut maps,
+            &desired(&[(b, forward(&[shared, be(2, 53)]))]),
+        );
         assert_eq!(maps.backends.len(), 2);
         // Moving the backend from one frontend to another in one batch keeps its id.
         let id_before = *maps.backends.keys().next().unwrap();
@@ -567,10 +734,18 @@ mod tests {
         let mut st = ProgrammedState::with_capacity(Capacity::default());
         let mut maps = MemoryMaps::default();
         let key = fe(10, 80);
-        sync(&mut st, &mut maps, &desired(&[(key, forward(&[be(1, 80), be(2, 80)]))]));
+        sync(
+            &mut st,
+            &mut maps,
+            &desired(&[(key, forward(&[be(1, 80), be(2, 80)]))]),
+        );
         sync(&mut st, &mut maps, &desired(&[(key, reject())]));
         assert!(maps.backends.is_empty());
-        sync(&mut st, &mut maps, &desired(&[(key, forward(&[be(3, 80)]))]));
+        sync(
+            &mut st,
+            &mut maps,
+            &desired(&[(key, forward(&[be(3, 80)]))]),
+        );
         sync(&mut st, &mut maps, &desired(&[]));
         assert!(maps.services.is_empty() && maps.backends.is_empty());
     }
@@ -591,7 +766,12 @@ mod tests {
             let mut entries = Vec::new();
             for f in 0..4u8 {
                 let roll = next() % 10;
-                let key = FrontendKey { scope: 0, ip: Ipv4Addr::new(10, 96, 1, f), port: 80, proto: if f % 2 == 0 { IPPROTO_TCP } else { IPPROTO_UDP } };
+                let key = FrontendKey {
+                    scope: 0,
+                    ip: Ipv4Addr::new(10, 96, 1, f),
+                    port: 80,
+                    proto: if f % 2 == 0 { IPPROTO_TCP } else { IPPROTO_UDP },
+                };
                 if roll == 0 {
                     continue; // frontend absent
                 }
@@ -601,11 +781,25 @@ mod tests {
                 }
                 let n = next() % 12;
                 let backends: Vec<BackendKey> = (0..n)
-                    .map(|_| BackendKey { local: false, addr: SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, (next() % 16) as u8), 8080), proto: key.proto })
+                    .map(|_| BackendKey {
+                        local: false,
+                        addr: SocketAddrV4::new(
+                            Ipv4Addr::new(10, 244, 0, (next() % 16) as u8),
+                            8080,
+                        ),
+                        proto: key.proto,
+                    })
                     .collect::<HashSet<_>>()
                     .into_iter()
                     .collect();
-                entries.push((key, if backends.is_empty() { reject() } else { forward(&backends) }));
+                entries.push((
+                    key,
+                    if backends.is_empty() {
+                        reject()
+                    } else {
+                        forward(&backends)
+                    },
+                ));
             }
             sync(&mut st, &mut maps, &desired(&entries));
         }
@@ -613,17 +807,34 @@ mod tests {
 
     #[test]
     fn full_maps_skip_only_what_does_not_fit() {
-        let cap = Capacity { svc_entries: 5, backends: 3 };
+        let cap = Capacity {
+            svc_entries: 5,
+            backends: 3,
+        };
         let mut st = ProgrammedState::with_capacity(cap);
         let mut maps = MemoryMaps::default();
         let small = fe(10, 80);
         let big = fe(11, 80);
-        let want = desired(&[(small, forward(&[be(1, 80), be(2, 80)])), (big, forward(&[be(3, 80), be(4, 80), be(5, 80)]))]);
+        let want = desired(&[
+            (small, forward(&[be(1, 80), be(2, 80)])),
+            (big, forward(&[be(3, 80), be(4, 80), be(5, 80)])),
+        ]);
         let (ops, stats) = st.sync_all(&want);
         apply_checked(&mut maps, &ops);
         assert_eq!(stats.skipped_full, vec![big]);
         // The one that fit is fully served.
-        assert_eq!(maps.services.get(&Svc4Key::new(ip_to_map(small.ip), port_to_map(80), IPPROTO_TCP, 0)).unwrap().count, 2);
+        assert_eq!(
+            maps.services
+                .get(&Svc4Key::new(
+                    ip_to_map(small.ip),
+                    port_to_map(80),
+                    IPPROTO_TCP,
+                    0
+                ))
+                .unwrap()
+                .count,
+            2
+        );
         assert!(maps.reader_view().is_ok());
     }
 
@@ -631,31 +842,72 @@ mod tests {
     fn adopt_restores_state_and_cleans_strays() {
         let mut st = ProgrammedState::with_capacity(Capacity::default());
         let mut maps = MemoryMaps::default();
-        let want = desired(&[(fe(10, 80), forward(&[be(1, 80), be(2, 80)])), (FrontendKey::wildcard(Ipv4Addr::new(10, 96, 0, 10)), DesiredFrontend { source_ranges: vec![], flags: SVC_FLAG_WILDCARD, ..reject() })]);
+        let want = desired(&[
+            (fe(10, 80), forward(&[be(1, 80), be(2, 80)])),
+            (
+                FrontendKey::wildcard(Ipv4Addr::new(10, 96, 0, 10)),
+                DesiredFrontend {
+                    source_ranges: vec![],
+                    flags: SVC_FLAG_WILDCARD,
+                    ..reject()
+                },
+            ),
+        ]);
         sync(&mut st, &mut maps, &want);
         // Strays: a slot beyond the count and an unreferenced backend.
         let stray_slot = Svc4Key::new(ip_to_map(fe(10, 80).ip), port_to_map(80), IPPROTO_TCP, 7);
         maps.services.insert(stray_slot, Svc4Value::slot(1));
-        maps.backends.insert(999, Backend4 { address: 1, port: 2, proto: IPPROTO_TCP, flags: 0 });
+        maps.backends.insert(
+            999,
+            Backend4 {
+                address: 1,
+                port: 2,
+                proto: IPPROTO_TCP,
+                flags: 0,
+            },
+        );
         let (mut adopted, cleanup) = ProgrammedState::adopt(&maps, Capacity::default()).unwrap();
-        assert_eq!(cleanup, vec![MapOp::DeleteSvc { key: stray_slot }, MapOp::DeleteBackend { id: 999 }]);
+        assert_eq!(
+            cleanup,
+            vec![
+                MapOp::DeleteSvc { key: stray_slot },
+                MapOp::DeleteBackend { id: 999 }
+            ]
+        );
         apply_checked(&mut maps, &cleanup);
         // The adopted mirror needs no writes for the same desired state.
         let (ops, _) = adopted.sync_all(&want);
         assert!(ops.is_empty(), "{ops:?}");
         // New ids continue after the highest seen.
-        let (ops, _) = adopted.sync_all(&desired(&[(fe(10, 80), forward(&[be(1, 80), be(2, 80), be(9, 80)]))]));
-        assert!(ops.iter().any(|op| matches!(op, MapOp::PutBackend { id, .. } if *id == 1000)));
+        let (ops, _) = adopted.sync_all(&desired(&[(
+            fe(10, 80),
+            forward(&[be(1, 80), be(2, 80), be(9, 80)]),
+        )]));
+        assert!(
+            ops.iter()
+                .any(|op| matches!(op, MapOp::PutBackend { id, .. } if *id == 1000))
+        );
     }
 
     #[test]
     fn adopt_handles_missing_slots_and_duplicate_backends() {
         let mut maps = MemoryMaps::default();
-        let key = Svc4Key::new(ip_to_map(Ipv4Addr::new(10, 96, 0, 10)), port_to_map(80), IPPROTO_TCP, 0);
-        let b = Backend4 { address: ip_to_map(Ipv4Addr::new(10, 244, 0, 1)), port: port_to_map(80), proto: IPPROTO_TCP, flags: 0 };
+        let key = Svc4Key::new(
+            ip_to_map(Ipv4Addr::new(10, 96, 0, 10)),
+            port_to_map(80),
+            IPPROTO_TCP,
+            0,
+        );
+        let b = Backend4 {
+            address: ip_to_map(Ipv4Addr::new(10, 244, 0, 1)),
+            port: port_to_map(80),
+            proto: IPPROTO_TCP,
+            flags: 0,
+        };
         maps.backends.insert(1, b);
         maps.backends.insert(2, b); // the same backend twice
-        maps.services.insert(key, Svc4Value::service(SvcAction::Forward, 2, 0, 0));
+        maps.services
+            .insert(key, Svc4Value::service(SvcAction::Forward, 2, 0, 0));
         maps.services.insert(key.with_slot(1), Svc4Value::slot(1)); // slot 2 missing
         let (mut st, cleanup) = ProgrammedState::adopt(&maps, Capacity::default()).unwrap();
         apply_checked(&mut maps, &[]);

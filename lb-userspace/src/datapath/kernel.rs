@@ -13,7 +13,10 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key as LpmKey},
+    maps::{
+        HashMap as BpfHashMap, LpmTrie, Map, MapData, MapError, PerCpuArray,
+        lpm_trie::Key as LpmKey,
+    },
     programs::{
         CgroupAttachMode, CgroupSock, CgroupSockAddr, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
@@ -93,46 +96,73 @@ impl KernelMaps {
 
     fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
         Self::from_maps(|name| {
-            ebpf.take_map(name)
-                .ok_or_else(|| DatapathError::Inconsistent(format!("the eBPF object has no map {name}")))
+            ebpf.take_map(name).ok_or_else(|| {
+                DatapathError::Inconsistent(format!("the eBPF object has no map {name}"))
+            })
         })
     }
 
-    fn from_maps(mut get: impl FnMut(&'static str) -> Result<Map, DatapathError>) -> Result<Self, DatapathError> {
+    fn from_maps(
+        mut get: impl FnMut(&'static str) -> Result<Map, DatapathError>,
+    ) -> Result<Self, DatapathError> {
         use map_names::*;
         Ok(Self {
             svc: BpfHashMap::try_from(get(SVC4)?).map_err(map_err(SVC4, "open"))?,
             backends: BpfHashMap::try_from(get(BACKEND4)?).map_err(map_err(BACKEND4, "open"))?,
             stats: PerCpuArray::try_from(get(STATS)?).map_err(map_err(STATS, "open"))?,
             src_ranges: LpmTrie::try_from(get(SRC_RANGE4)?).map_err(map_err(SRC_RANGE4, "open"))?,
-            node_addrs: BpfHashMap::try_from(get(NODE_ADDR4)?).map_err(map_err(NODE_ADDR4, "open"))?,
+            node_addrs: BpfHashMap::try_from(get(NODE_ADDR4)?)
+                .map_err(map_err(NODE_ADDR4, "open"))?,
             devices: BpfHashMap::try_from(get(DEVICE4)?).map_err(map_err(DEVICE4, "open"))?,
             ct: BpfHashMap::try_from(get(CT4)?).map_err(map_err(CT4, "open"))?,
         })
     }
 
     /// Makes the node address map hold exactly `addrs`.
-    pub fn set_node_addresses(&mut self, addrs: &[std::net::Ipv4Addr]) -> Result<(), DatapathError> {
-        let want: std::collections::HashSet<u32> = addrs.iter().map(|a| super::ip_to_map(*a)).collect();
-        let have: Vec<u32> = self.node_addrs.keys().collect::<Result<_, _>>().map_err(map_err(map_names::NODE_ADDR4, "dump"))?;
+    pub fn set_node_addresses(
+        &mut self,
+        addrs: &[std::net::Ipv4Addr],
+    ) -> Result<(), DatapathError> {
+        let want: std::collections::HashSet<u32> =
+            addrs.iter().map(|a| super::ip_to_map(*a)).collect();
+        let have: Vec<u32> = self
+            .node_addrs
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(map_names::NODE_ADDR4, "dump"))?;
         for addr in &want {
-            self.node_addrs.insert(addr, NodeAddr4 { flags: 0 }, 0).map_err(map_err(map_names::NODE_ADDR4, "update"))?;
+            self.node_addrs
+                .insert(addr, NodeAddr4 { flags: 0 }, 0)
+                .map_err(map_err(map_names::NODE_ADDR4, "update"))?;
         }
         for addr in have.iter().filter(|a| !want.contains(a)) {
-            ignore_missing(self.node_addrs.remove(addr)).map_err(map_err(map_names::NODE_ADDR4, "delete"))?;
+            ignore_missing(self.node_addrs.remove(addr))
+                .map_err(map_err(map_names::NODE_ADDR4, "delete"))?;
         }
         Ok(())
     }
 
     /// Makes the device map hold exactly `devices`.
     pub fn set_devices(&mut self, devices: &[Device]) -> Result<(), DatapathError> {
-        let have: Vec<u32> = self.devices.keys().collect::<Result<_, _>>().map_err(map_err(map_names::DEVICE4, "dump"))?;
+        let have: Vec<u32> = self
+            .devices
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(map_names::DEVICE4, "dump"))?;
         for d in devices {
-            let value = Device4 { snat_addr: super::ip_to_map(d.snat_addr) };
-            self.devices.insert(d.ifindex, value, 0).map_err(map_err(map_names::DEVICE4, "update"))?;
+            let value = Device4 {
+                snat_addr: super::ip_to_map(d.snat_addr),
+            };
+            self.devices
+                .insert(d.ifindex, value, 0)
+                .map_err(map_err(map_names::DEVICE4, "update"))?;
         }
-        for ifindex in have.iter().filter(|i| !devices.iter().any(|d| d.ifindex == **i)) {
-            ignore_missing(self.devices.remove(ifindex)).map_err(map_err(map_names::DEVICE4, "delete"))?;
+        for ifindex in have
+            .iter()
+            .filter(|i| !devices.iter().any(|d| d.ifindex == **i))
+        {
+            ignore_missing(self.devices.remove(ifindex))
+                .map_err(map_err(map_names::DEVICE4, "delete"))?;
         }
         Ok(())
     }
@@ -140,8 +170,7 @@ impl KernelMaps {
     /// Removes expired conntrack entries (the LRU map evicts the oldest on its own
     /// when full; this keeps it from filling with dead flows first).
     pub fn sweep_conntrack(&mut self, now_ns: u64) -> Result<CtSweep, DatapathError> {
-        let entries: Vec<(Ct4Key, Ct4Value)> =
-            self.ct.iter().filter_map(Result::ok).collect();
+        let entries: Vec<(Ct4Key, Ct4Value)> = self.ct.iter().filter_map(Result::ok).collect();
         let mut sweep = CtSweep::default();
         for (key, value) in entries {
             if value.expires_ns < now_ns {
@@ -161,7 +190,12 @@ impl KernelMaps {
     }
 
     pub fn node_addresses(&self) -> Vec<std::net::Ipv4Addr> {
-        let mut out: Vec<_> = self.node_addrs.keys().filter_map(Result::ok).map(super::ip_from_map).collect();
+        let mut out: Vec<_> = self
+            .node_addrs
+            .keys()
+            .filter_map(Result::ok)
+            .map(super::ip_from_map)
+            .collect();
         out.sort();
         out
     }
@@ -171,7 +205,10 @@ impl KernelMaps {
         Counter::ALL
             .iter()
             .map(|c| {
-                let per_cpu = self.stats.get(&(*c as u32), 0).map_err(map_err(map_names::STATS, "read"))?;
+                let per_cpu = self
+                    .stats
+                    .get(&(*c as u32), 0)
+                    .map_err(map_err(map_names::STATS, "read"))?;
                 Ok((*c, per_cpu.iter().sum()))
             })
             .collect()
@@ -181,14 +218,16 @@ impl KernelMaps {
 impl ServiceMaps for KernelMaps {
     fn apply(&mut self, op: &MapOp) -> Result<(), DatapathError> {
         match op {
-            MapOp::PutBackend { id, backend } => {
-                self.backends.insert(id, backend, 0).map_err(map_err(map_names::BACKEND4, "update"))
-            }
+            MapOp::PutBackend { id, backend } => self
+                .backends
+                .insert(id, backend, 0)
+                .map_err(map_err(map_names::BACKEND4, "update")),
             MapOp::DeleteBackend { id } => ignore_missing(self.backends.remove(id))
                 .map_err(map_err(map_names::BACKEND4, "delete")),
-            MapOp::PutSvc { key, value } => {
-                self.svc.insert(key, value, 0).map_err(map_err(map_names::SVC4, "update"))
-            }
+            MapOp::PutSvc { key, value } => self
+                .svc
+                .insert(key, value, 0)
+                .map_err(map_err(map_names::SVC4, "update")),
             MapOp::DeleteSvc { key } => {
                 ignore_missing(self.svc.remove(key)).map_err(map_err(map_names::SVC4, "delete"))
             }
@@ -204,11 +243,17 @@ impl ServiceMaps for KernelMaps {
     }
 
     fn dump_services(&self) -> Result<Vec<(Svc4Key, Svc4Value)>, DatapathError> {
-        self.svc.iter().collect::<Result<_, _>>().map_err(map_err(map_names::SVC4, "dump"))
+        self.svc
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(map_names::SVC4, "dump"))
     }
 
     fn dump_backends(&self) -> Result<Vec<(u32, Backend4)>, DatapathError> {
-        self.backends.iter().collect::<Result<_, _>>().map_err(map_err(map_names::BACKEND4, "dump"))
+        self.backends
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(map_names::BACKEND4, "dump"))
     }
 
     fn dump_src_ranges(&self) -> Result<Vec<(SrcRange4Key, u32)>, DatapathError> {
@@ -238,17 +283,24 @@ macro_rules! attach_to_cgroup {
         let pin: &Path = $pin;
         let prog: &mut $kind = $ebpf
             .program_mut(program)
-            .ok_or_else(|| DatapathError::Inconsistent(format!("the eBPF object has no program {program}")))?
+            .ok_or_else(|| {
+                DatapathError::Inconsistent(format!("the eBPF object has no program {program}"))
+            })?
             .try_into()
             .map_err(|source| DatapathError::Program { program, source })?;
-        prog.load().map_err(|source| DatapathError::Program { program, source })?;
+        prog.load()
+            .map_err(|source| DatapathError::Program { program, source })?;
         // Links made with bpf_link_create always allow several programs per hook.
         let link_id = prog
             .attach($cgroup.as_fd(), CgroupAttachMode::Single)
             .map_err(|source| DatapathError::Program { program, source })?;
-        let link = prog.take_link(link_id).map_err(|source| DatapathError::Program { program, source })?;
-        let link = FdLink::try_from(link)
-            .map_err(|e| DatapathError::Link { path: pin.to_path_buf(), message: e.to_string() })?;
+        let link = prog
+            .take_link(link_id)
+            .map_err(|source| DatapathError::Program { program, source })?;
+        let link = FdLink::try_from(link).map_err(|e| DatapathError::Link {
+            path: pin.to_path_buf(),
+            message: e.to_string(),
+        })?;
         replace_link_pin(link, pin)?;
     }};
 }
@@ -259,14 +311,22 @@ macro_rules! attach_to_cgroup {
 /// Hitless: when links of an earlier agent exist, the new programs are attached
 /// first and the old links removed after; while both are attached the second
 /// program sees an already translated address and leaves it alone.
-pub fn install(pin_dir: &Path, cgroup: &Path, devices: &[Device]) -> Result<KernelMaps, DatapathError> {
+pub fn install(
+    pin_dir: &Path,
+    cgroup: &Path,
+    devices: &[Device],
+) -> Result<KernelMaps, DatapathError> {
     raise_memlock_limit();
     fs::create_dir_all(pin_dir).map_err(|source| DatapathError::Io {
         what: "creating pin directory",
         path: pin_dir.to_path_buf(),
         source,
     })?;
-    let reused: Vec<&str> = map_names::ALL.iter().copied().filter(|m| pin_dir.join(m).exists()).collect();
+    let reused: Vec<&str> = map_names::ALL
+        .iter()
+        .copied()
+        .filter(|m| pin_dir.join(m).exists())
+        .collect();
     if !reused.is_empty() {
         info!(pin_dir = %pin_dir.display(), maps = ?reused, "adopting pinned maps");
     }
@@ -278,12 +338,24 @@ pub fn install(pin_dir: &Path, cgroup: &Path, devices: &[Device]) -> Result<Kern
         source,
     })?;
     for (program, link_name) in SOCKET_HOOKS {
-        attach_to_cgroup!(&mut ebpf, CgroupSockAddr, program, &cgroup_dir, &pin_dir.join(link_name));
+        attach_to_cgroup!(
+            &mut ebpf,
+            CgroupSockAddr,
+            program,
+            &cgroup_dir,
+            &pin_dir.join(link_name)
+        );
         debug!(program, cgroup = %cgroup.display(), "attached");
     }
     // post_bind4 on the cgroup: binding a NodePort is refused.
     let (program, link_name) = BIND_HOOK;
-    attach_to_cgroup!(&mut ebpf, CgroupSock, program, &cgroup_dir, &pin_dir.join(link_name));
+    attach_to_cgroup!(
+        &mut ebpf,
+        CgroupSock,
+        program,
+        &cgroup_dir,
+        &pin_dir.join(link_name)
+    );
     attach_tc(&mut ebpf, devices, pin_dir)?;
     let mut maps = KernelMaps::from_ebpf(&mut ebpf)?;
     maps.set_devices(devices)?;
@@ -297,26 +369,36 @@ fn attach_tc(ebpf: &mut Ebpf, devices: &[Device], pin_dir: &Path) -> Result<(), 
     for (program, direction, pin_prefix) in TC_HOOKS {
         let prog: &mut SchedClassifier = ebpf
             .program_mut(program)
-            .ok_or_else(|| DatapathError::Inconsistent(format!("the eBPF object has no program {program}")))?
+            .ok_or_else(|| {
+                DatapathError::Inconsistent(format!("the eBPF object has no program {program}"))
+            })?
             .try_into()
             .map_err(|source| DatapathError::Program { program, source })?;
-        prog.load().map_err(|source| DatapathError::Program { program, source })?;
+        prog.load()
+            .map_err(|source| DatapathError::Program { program, source })?;
         for device in devices {
             let pin_name = format!("{pin_prefix}{}", device.ifindex);
             let link_id = prog
                 .attach(&device.name, direction)
                 .map_err(|source| DatapathError::Program { program, source })?;
-            let link = prog.take_link(link_id).map_err(|source| DatapathError::Program { program, source })?;
-            let link: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| DatapathError::Link {
-                path: pin_dir.join(&pin_name),
-                message: format!("{e} (TCX needs Linux 6.6 or newer)"),
-            })?;
+            let link = prog
+                .take_link(link_id)
+                .map_err(|source| DatapathError::Program { program, source })?;
+            let link: FdLink = link
+                .try_into()
+                .map_err(|e: aya::programs::links::LinkError| DatapathError::Link {
+                    path: pin_dir.join(&pin_name),
+                    message: format!("{e} (TCX needs Linux 6.6 or newer)"),
+                })?;
             replace_link_pin(link, &pin_dir.join(&pin_name))?;
             debug!(program, device = %device.name, "attached");
             wanted.push(pin_name);
         }
     }
-    for stale in tc_link_pins(pin_dir).into_iter().filter(|p| !wanted.contains(p)) {
+    for stale in tc_link_pins(pin_dir)
+        .into_iter()
+        .filter(|p| !wanted.contains(p))
+    {
         info!(pin = %stale, "detaching TC program from a device no longer selected");
         remove_pin(&pin_dir.join(stale))?;
     }
@@ -325,7 +407,9 @@ fn attach_tc(ebpf: &mut Ebpf, devices: &[Device], pin_dir: &Path) -> Result<(), 
 
 /// Names of the TC link pins in `pin_dir`.
 fn tc_link_pins(pin_dir: &Path) -> Vec<String> {
-    let Ok(entries) = fs::read_dir(pin_dir) else { return Vec::new() };
+    let Ok(entries) = fs::read_dir(pin_dir) else {
+        return Vec::new();
+    };
     entries
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().into_string().ok())
@@ -337,7 +421,10 @@ fn tc_link_pins(pin_dir: &Path) -> Vec<String> {
 /// program is loaded or attached yet.
 fn load_object(pin_dir: &Path) -> Result<Ebpf, DatapathError> {
     let mut loader = EbpfLoader::new();
-    let map_paths: Vec<(&str, PathBuf)> = map_names::ALL.iter().map(|m| (*m, pin_dir.join(m))).collect();
+    let map_paths: Vec<(&str, PathBuf)> = map_names::ALL
+        .iter()
+        .map(|m| (*m, pin_dir.join(m)))
+        .collect();
     for (name, path) in &map_paths {
         loader.map_pin_path(name, path.as_path());
     }
@@ -360,7 +447,10 @@ pub fn create_maps(pin_dir: &Path) -> Result<KernelMaps, DatapathError> {
 fn replace_link_pin(link: FdLink, path: &Path) -> Result<(), DatapathError> {
     let staging = staging_pin(path);
     remove_pin(&staging)?; // left by an agent that died between these steps
-    let pinned = link.pin(&staging).map_err(|e| DatapathError::Link { path: staging.clone(), message: e.to_string() })?;
+    let pinned = link.pin(&staging).map_err(|e| DatapathError::Link {
+        path: staging.clone(),
+        message: e.to_string(),
+    })?;
     // The old link loses its last reference (its pin) and detaches; the new one
     // already runs.
     remove_pin(path)?;
@@ -378,7 +468,10 @@ fn replace_link_pin(link: FdLink, path: &Path) -> Result<(), DatapathError> {
 /// Where a new link is pinned before it replaces the old one. bpffs reserves names
 /// with a dot (lookups fail with EPERM), hence the underscore.
 fn staging_pin(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push("_new");
     path.with_file_name(name)
 }
@@ -387,7 +480,11 @@ fn remove_pin(path: &Path) -> Result<(), DatapathError> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(DatapathError::Io { what: "removing pin", path: path.to_path_buf(), source }),
+        Err(source) => Err(DatapathError::Io {
+            what: "removing pin",
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -408,9 +505,16 @@ pub fn uninstall(pin_dir: &Path) -> Result<Removed, DatapathError> {
     }
     let mut link_names: Vec<String> = SOCKET_HOOKS.iter().map(|(_, l)| l.to_string()).collect();
     link_names.push(BIND_HOOK.1.to_string());
-    link_names.extend(tc_link_pins(pin_dir).into_iter().filter(|n| !n.ends_with("_new")));
+    link_names.extend(
+        tc_link_pins(pin_dir)
+            .into_iter()
+            .filter(|n| !n.ends_with("_new")),
+    );
     for link_name in &link_names {
-        for path in [pin_dir.join(link_name), staging_pin(&pin_dir.join(link_name))] {
+        for path in [
+            pin_dir.join(link_name),
+            staging_pin(&pin_dir.join(link_name)),
+        ] {
             if path.exists() {
                 // Confirm it is a link before removing (a pin of anything else in a
                 // directory we did not create is left alone).
@@ -420,7 +524,9 @@ pub fn uninstall(pin_dir: &Path) -> Result<Removed, DatapathError> {
                         remove_pin(&path)?;
                         removed.links.push(link_name.clone());
                     }
-                    Err(e) => warn!(path = %path.display(), error = %e, "not a link pin; left in place"),
+                    Err(e) => {
+                        warn!(path = %path.display(), error = %e, "not a link pin; left in place")
+                    }
                 }
             }
         }
@@ -434,7 +540,9 @@ pub fn uninstall(pin_dir: &Path) -> Result<Removed, DatapathError> {
     }
     match fs::remove_dir(pin_dir) {
         Ok(()) => removed.dir_removed = true,
-        Err(e) => warn!(path = %pin_dir.display(), error = %e, "pin directory not removed (not empty?)"),
+        Err(e) => {
+            warn!(path = %pin_dir.display(), error = %e, "pin directory not removed (not empty?)")
+        }
     }
     Ok(removed)
 }
@@ -449,7 +557,10 @@ pub fn attached_hooks(pin_dir: &Path) -> Vec<String> {
         .collect();
     let mut tc = tc_link_pins(pin_dir);
     tc.sort();
-    out.extend(tc.into_iter().map(|n| n.trim_start_matches("link_").to_string()));
+    out.extend(
+        tc.into_iter()
+            .map(|n| n.trim_start_matches("link_").to_string()),
+    );
     out
 }
 
@@ -462,8 +573,13 @@ pub struct AttachedProgram {
 }
 
 /// cgroup attach types of the socket hooks (enum bpf_attach_type).
-const HOOK_ATTACH_TYPES: [(&str, u32); 5] =
-    [("connect4", 10), ("sendmsg4", 14), ("recvmsg4", 19), ("getpeername4", 29), ("post_bind4", 12)];
+const HOOK_ATTACH_TYPES: [(&str, u32); 5] = [
+    ("connect4", 10),
+    ("sendmsg4", 14),
+    ("recvmsg4", 19),
+    ("getpeername4", 29),
+    ("post_bind4", 12),
+];
 
 /// Our programs' names as the kernel keeps them (cut at 15 characters).
 pub fn is_socklb_program(name: &str) -> bool {
@@ -476,7 +592,11 @@ pub fn is_socklb_program(name: &str) -> bool {
 /// Programs attached to `cgroup` on the socket hooks socklb uses (BPF_PROG_QUERY).
 pub fn attached_programs(cgroup: &Path) -> Result<Vec<AttachedProgram>, DatapathError> {
     use std::os::fd::AsRawFd as _;
-    let dir = fs::File::open(cgroup).map_err(|source| DatapathError::Io { what: "opening cgroup", path: cgroup.to_path_buf(), source })?;
+    let dir = fs::File::open(cgroup).map_err(|source| DatapathError::Io {
+        what: "opening cgroup",
+        path: cgroup.to_path_buf(),
+        source,
+    })?;
     let names: std::collections::HashMap<u32, String> = aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .map(|p| (p.id(), p.name_as_str().unwrap_or_default().to_string()))
@@ -511,13 +631,26 @@ pub fn attached_programs(cgroup: &Path) -> Result<Vec<AttachedProgram>, Datapath
         const BPF_PROG_QUERY: libc::c_long = 16;
         // SAFETY: attr is a valid, initialised bpf_attr prefix and ids outlives the call.
         let ret = unsafe {
-            libc::syscall(libc::SYS_bpf, BPF_PROG_QUERY, &mut attr as *mut ProgQuery, std::mem::size_of::<ProgQuery>())
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_QUERY,
+                &mut attr as *mut ProgQuery,
+                std::mem::size_of::<ProgQuery>(),
+            )
         };
         if ret != 0 {
-            return Err(DatapathError::Io { what: "querying cgroup programs", path: cgroup.to_path_buf(), source: std::io::Error::last_os_error() });
+            return Err(DatapathError::Io {
+                what: "querying cgroup programs",
+                path: cgroup.to_path_buf(),
+                source: std::io::Error::last_os_error(),
+            });
         }
         for id in ids.iter().take((attr.prog_cnt as usize).min(ids.len())) {
-            out.push(AttachedProgram { hook, id: *id, name: names.get(id).cloned().unwrap_or_default() });
+            out.push(AttachedProgram {
+                hook,
+                id: *id,
+                name: names.get(id).cloned().unwrap_or_default(),
+            });
         }
     }
     Ok(out)
@@ -526,7 +659,10 @@ pub fn attached_programs(cgroup: &Path) -> Result<Vec<AttachedProgram>, Datapath
 /// Memory for maps is charged to the cgroup (kernel >= 5.11); older kernels need a
 /// raised RLIMIT_MEMLOCK. Raising it can fail without CAP_SYS_RESOURCE: not fatal.
 fn raise_memlock_limit() {
-    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: plain syscall with a valid pointer to a local.
     let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
     if ret != 0 {
@@ -560,9 +696,16 @@ mod tests {
         let hybrid = "25 30 0:22 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
                       26 25 0:23 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw\n\
                       27 25 0:24 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
-        assert_eq!(parse_cgroup2_root(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
-        let unified = "30 1 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
-        assert_eq!(parse_cgroup2_root(unified), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(
+            parse_cgroup2_root(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let unified =
+            "30 1 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(
+            parse_cgroup2_root(unified),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
         // A container's view of a sub-cgroup is not the root.
         let sub = "30 1 0:26 /kubepods /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
         assert_eq!(parse_cgroup2_root(sub), None);
@@ -573,16 +716,27 @@ mod tests {
     fn object_has_the_programs_and_maps_lb_common_names() {
         let obj = aya_obj_names();
         for (program, _) in SOCKET_HOOKS {
-            assert!(obj.0.iter().any(|p| p == program), "program {program} missing in {:?}", obj.0);
+            assert!(
+                obj.0.iter().any(|p| p == program),
+                "program {program} missing in {:?}",
+                obj.0
+            );
         }
         for map in map_names::ALL {
-            assert!(obj.1.iter().any(|m| m == map), "map {map} missing in {:?}", obj.1);
+            assert!(
+                obj.1.iter().any(|m| m == map),
+                "map {map} missing in {:?}",
+                obj.1
+            );
         }
     }
 
     /// Program and map names in the embedded object, without loading it.
     fn aya_obj_names() -> (Vec<String>, Vec<String>) {
         let obj = aya_obj::Object::parse(EBPF_OBJECT).expect("embedded object parses");
-        (obj.programs.keys().cloned().collect(), obj.maps.keys().cloned().collect())
+        (
+            obj.programs.keys().cloned().collect(),
+            obj.maps.keys().cloned().collect(),
+        )
     }
 }

@@ -33,7 +33,10 @@ impl MemoryMaps {
                     .get(&key.with_slot(slot))
                     .ok_or_else(|| format!("{key:?}: slot {slot} of {} missing", svc.count))?;
                 if !self.backends.contains_key(&slot_val.backend_id) {
-                    return Err(format!("{key:?}: slot {slot} names missing backend {}", slot_val.backend_id));
+                    return Err(format!(
+                        "{key:?}: slot {slot} names missing backend {}",
+                        slot_val.backend_id
+                    ));
                 }
             }
         }
@@ -44,7 +47,10 @@ impl MemoryMaps {
 impl ServiceMaps for MemoryMaps {
     fn apply(&mut self, op: &MapOp) -> Result<(), DatapathError> {
         if self.fail_at == Some(self.ops_applied) {
-            return Err(DatapathError::Memory(format!("injected failure at op {}", self.ops_applied)));
+            return Err(DatapathError::Memory(format!(
+                "injected failure at op {}",
+                self.ops_applied
+            )));
         }
         match op {
             MapOp::PutBackend { id, backend } => {
@@ -60,10 +66,22 @@ impl ServiceMaps for MemoryMaps {
                 self.services.remove(key);
             }
             MapOp::PutSrcRange { key, prefix_len } => {
-                self.src_ranges.insert((key.address, key.dport, key.proto, key.source, *prefix_len));
+                self.src_ranges.insert((
+                    key.address,
+                    key.dport,
+                    key.proto,
+                    key.source,
+                    *prefix_len,
+                ));
             }
             MapOp::DeleteSrcRange { key, prefix_len } => {
-                self.src_ranges.remove(&(key.address, key.dport, key.proto, key.source, *prefix_len));
+                self.src_ranges.remove(&(
+                    key.address,
+                    key.dport,
+                    key.proto,
+                    key.source,
+                    *prefix_len,
+                ));
             }
         }
         self.ops_applied += 1;
@@ -83,7 +101,16 @@ impl ServiceMaps for MemoryMaps {
             .src_ranges
             .iter()
             .map(|(address, dport, proto, source, len)| {
-                (lb_common::SrcRange4Key { address: *address, dport: *dport, proto: *proto, pad: 0, source: *source }, *len)
+                (
+                    lb_common::SrcRange4Key {
+                        address: *address,
+                        dport: *dport,
+                        proto: *proto,
+                        pad: 0,
+                        source: *source,
+                    },
+                    *len,
+                )
             })
             .collect())
     }

@@ -18,15 +18,32 @@ use lb_common::{Backend4, Svc4Key, Svc4Value};
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
     #[error("map {map}: {op} failed: {source}")]
-    Map { map: &'static str, op: &'static str, #[source] source: aya::maps::MapError },
+    Map {
+        map: &'static str,
+        op: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
     #[error("loading the eBPF programs failed: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("program {program}: {source}")]
-    Program { program: &'static str, #[source] source: aya::programs::ProgramError },
+    Program {
+        program: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
     #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: std::path::PathBuf, #[source] source: std::io::Error },
+    Io {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("link {path}: {message}")]
-    Link { path: std::path::PathBuf, message: String },
+    Link {
+        path: std::path::PathBuf,
+        message: String,
+    },
     #[error("the pinned maps are inconsistent: {0}")]
     Inconsistent(String),
     #[error("in-memory map: {0}")]
