@@ -21,6 +21,9 @@ pub mod map_names {
     pub const REVNAT4: &str = "lb4_rnat_v1";
     /// Backend chosen per UDP socket and service ([`super::SockBackend4Key`] -> [`super::SockBackend4Value`]).
     pub const SOCK_BACKEND4: &str = "lb4_sk_be_v1";
+    /// Per-socket translation state in socket local storage ([`super::SockState4`]):
+    /// the first service a socket talks to and its backend, freed with the socket.
+    pub const SOCK_STATE4: &str = "lb4_sk_st_v1";
     /// Per-CPU counters indexed by [`super::Counter`] (v2: more counters).
     pub const STATS: &str = "lb_stats_v2";
     /// Connection tracking of NodePort/LoadBalancer/external IP flows ([`super::Ct4Key`] -> [`super::Ct4Value`]).
@@ -34,11 +37,12 @@ pub mod map_names {
     /// loadBalancerSourceRanges (LPM trie of [`super::SrcRange4Key`] -> u8).
     pub const SRC_RANGE4: &str = "lb4_srcrng_v1";
     /// Every map the data path pins, for inspection and uninstall.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         SVC4,
         BACKEND4,
         REVNAT4,
         SOCK_BACKEND4,
+        SOCK_STATE4,
         STATS,
         CT4,
         NODE_ADDR4,
@@ -54,9 +58,11 @@ pub mod capacity {
     pub const SVC4: u32 = 262_144;
     /// Distinct backends (address, port, protocol).
     pub const BACKEND4: u32 = 131_072;
-    /// LRU: live translated sockets; the oldest entries are evicted first.
+    /// LRU: translations of sockets that talk to more than one service (the first
+    /// one lives in the socket's own storage); the oldest entries are evicted first.
     pub const REVNAT4: u32 = 262_144;
-    /// LRU: (UDP socket, service) pairs with a chosen backend.
+    /// LRU: (UDP socket, service) pairs with a chosen backend, for services after the
+    /// socket's first.
     pub const SOCK_BACKEND4: u32 = 131_072;
     /// LRU: tracked flows, two entries each (original and reply direction).
     pub const CT4: u32 = 262_144;
@@ -300,6 +306,42 @@ pub struct SockBackend4Value {
 }
 const _: () = assert!(core::mem::size_of::<SockBackend4Value>() == 8);
 
+/// Per-socket state in socket local storage (map [`map_names::SOCK_STATE4`]): the first
+/// service a socket is translated for and the backend chosen for it.
+///
+/// Most sockets talk to one service (every TCP socket, most UDP ones); for them this
+/// is the whole translation state, allocated with the socket and freed with it, so
+/// there is no shared LRU map to insert into and reclaim from per new socket. A UDP
+/// socket that sends to further services keeps those in [`map_names::SOCK_BACKEND4`]
+/// and [`map_names::REVNAT4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockState4 {
+    /// Service IPv4 address the application used (ClusterIP, node address of a
+    /// NodePort, ...), network byte order; 0 while the storage is unused.
+    pub svc_address: u32,
+    /// Service port the application used, network byte order.
+    pub svc_port: u16,
+    /// The service slot the backend was chosen from (UDP stickiness).
+    pub backend_slot: u16,
+    /// Chosen backend id; still valid only while slot `backend_slot` holds it.
+    pub backend_id: u32,
+    /// Backend IPv4 address the socket was translated to, network byte order.
+    pub backend_address: u32,
+    /// Backend port, network byte order.
+    pub backend_port: u16,
+    /// `SOCK_STATE_FLAG_*` bits.
+    pub flags: u16,
+}
+const _: () = assert!(core::mem::size_of::<SockState4>() == 20);
+
+/// [`SockState4::flags`]: the socket also sends to other services, through the LRU
+/// maps. Its replies are then looked up there first, and sends to its first service
+/// record their reverse translation there too, since two of its services may share
+/// a backend (the same reply source): the last datagram sent decides, as the kernel
+/// cannot tell such replies apart.
+pub const SOCK_STATE_FLAG_SHARED: u16 = 1;
+
 /// Indexes into the per-CPU counter array.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -537,6 +579,7 @@ mod pod {
     unsafe impl aya::Pod for super::RevNat4Value {}
     unsafe impl aya::Pod for super::SockBackend4Key {}
     unsafe impl aya::Pod for super::SockBackend4Value {}
+    unsafe impl aya::Pod for super::SockState4 {}
     unsafe impl aya::Pod for super::Ct4Key {}
     unsafe impl aya::Pod for super::Ct4Value {}
     unsafe impl aya::Pod for super::NodeAddr4 {}
@@ -587,6 +630,9 @@ mod tests {
         assert_eq!(size_of::<RevNat4Value>(), 8);
         assert_eq!(size_of::<SockBackend4Key>(), 16);
         assert_eq!(size_of::<SockBackend4Value>(), 8);
+        assert_eq!(size_of::<SockState4>(), 20);
+        assert_eq!(offset_of!(SockState4, backend_id), 8);
+        assert_eq!(offset_of!(SockState4, backend_port), 16);
     }
 
     #[test]

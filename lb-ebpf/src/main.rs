@@ -19,12 +19,12 @@ use aya_ebpf::{
 
 #[cgroup_sock_addr(connect4)]
 pub fn sock4_connect(ctx: SockAddrContext) -> i32 {
-    sock4::xlate_fwd(&ctx)
+    sock4::xlate_fwd(&ctx, sock4::FwdHook::Connect)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sock4_sendmsg(ctx: SockAddrContext) -> i32 {
-    sock4::xlate_fwd(&ctx)
+    sock4::xlate_fwd(&ctx, sock4::FwdHook::Sendmsg)
 }
 
 #[cgroup_sock_addr(recvmsg4)]

@@ -1,10 +1,11 @@
 //! The data path's maps. Names and layouts come from lb-common (the names are
 //! repeated as literals because the attribute needs one; a userspace test checks
 //! that the object's map names equal lb_common::map_names).
-use aya_ebpf::btf_maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key};
+use aya_ebpf::btf_maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, SkStorage, lpm_trie::Key};
 use lb_common::{
     Backend4, Counter, Ct4Key, Ct4Value, Device4, Frag4Key, Frag4Value, NodeAddr4, RevNat4Key,
-    RevNat4Value, SockBackend4Key, SockBackend4Value, SrcRange4Key, Svc4Key, Svc4Value, capacity,
+    RevNat4Value, SockBackend4Key, SockBackend4Value, SockState4, SrcRange4Key, Svc4Key, Svc4Value,
+    capacity,
 };
 
 /// Frontends (slot 0) and their backend slots (1..=count).
@@ -27,6 +28,12 @@ pub static SOCK_BACKEND4: LruHashMap<
     SockBackend4Value,
     { capacity::SOCK_BACKEND4 as usize },
 > = LruHashMap::new();
+
+/// Per-socket state: the first service a socket is translated for and its backend.
+/// Lives and dies with the socket; the two LRU maps above only hold what a socket
+/// does beyond its first service.
+#[aya_ebpf::macros::btf_map(name = "lb4_sk_st_v1")]
+pub static SOCK_STATE4: SkStorage<SockState4> = SkStorage::new();
 
 /// Per-CPU event counters, indexed by [`Counter`].
 #[aya_ebpf::macros::btf_map(name = "lb_stats_v2")]

@@ -10,11 +10,11 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use lb_common::{
-    Backend4, Counter, IPPROTO_TCP, IPPROTO_UDP, RevNat4Key, RevNat4Value, SockBackend4Key,
-    SockBackend4Value, Svc4Key, Svc4Value, SvcAction,
+    Backend4, Counter, IPPROTO_TCP, IPPROTO_UDP, RevNat4Key, RevNat4Value, SOCK_STATE_FLAG_SHARED,
+    SockBackend4Key, SockBackend4Value, SockState4, Svc4Key, Svc4Value, SvcAction,
 };
 
-use crate::maps::{BACKEND4, REVNAT4, SOCK_BACKEND4, SVC4, count, is_node_addr};
+use crate::maps::{BACKEND4, REVNAT4, SOCK_BACKEND4, SOCK_STATE4, SVC4, count, is_node_addr};
 
 /// Return codes of cgroup sock_addr programs.
 const PROCEED: i32 = 1;
@@ -33,13 +33,22 @@ enum Forward {
     Refuse(i32),
 }
 
+/// The hook running the forward translation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum FwdHook {
+    /// connect(): sets the socket's one peer (TCP, connected UDP).
+    Connect,
+    /// sendmsg() with an address (unconnected UDP).
+    Sendmsg,
+}
+
 /// Internal lookup failures; the socket proceeds untranslated.
 struct Inconsistent;
 
 /// connect4 / sendmsg4 entry: translate a service address to a backend.
 #[inline(always)]
-pub fn xlate_fwd(ctx: &SockAddrContext) -> i32 {
-    match try_xlate_fwd(ctx) {
+pub fn xlate_fwd(ctx: &SockAddrContext, hook: FwdHook) -> i32 {
+    match try_xlate_fwd(ctx, hook) {
         Ok(Forward::NotService) => PROCEED,
         Ok(Forward::Translated) => {
             count(Counter::Translated);
@@ -69,7 +78,7 @@ fn sock_addr(ctx: &SockAddrContext) -> &mut bpf_sock_addr {
 }
 
 #[inline(always)]
-fn try_xlate_fwd(ctx: &SockAddrContext) -> Result<Forward, Inconsistent> {
+fn try_xlate_fwd(ctx: &SockAddrContext, hook: FwdHook) -> Result<Forward, Inconsistent> {
     let sa = sock_addr(ctx);
     let proto = match sa.protocol {
         p if p == IPPROTO_TCP as u32 => IPPROTO_TCP,
@@ -98,17 +107,118 @@ fn try_xlate_fwd(ctx: &SockAddrContext) -> Result<Forward, Inconsistent> {
         return Err(Inconsistent);
     }
 
-    // SAFETY: the context is a sock_addr context, for which the helper is allowed.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let backend = if proto == IPPROTO_UDP {
-        udp_backend(cookie, &key, svc.count)?
-    } else {
-        let (_, backend) = random_backend(&key, svc.count)?;
-        backend
-    };
+    let backend = choose_backend(ctx, hook, proto, (address, port), &key, svc.count)?;
+    sa.user_ip4 = backend.address;
+    sa.user_port = backend.port as u32;
+    Ok(Forward::Translated)
+}
 
-    // Record the reverse translation before rewriting: if it cannot be stored,
-    // getpeername() would show the backend, which is still a working socket.
+/// Picks the backend for this connect()/sendmsg() and records what the reverse
+/// translation needs.
+///
+/// The socket's own storage holds its first service: every TCP socket and most UDP
+/// sockets never touch a shared map. Only a UDP socket sending to a second service
+/// falls back to the LRU maps keyed by socket cookie (as does any socket whose
+/// storage could not be allocated).
+#[inline(always)]
+fn choose_backend(
+    ctx: &SockAddrContext,
+    hook: FwdHook,
+    proto: u8,
+    frontend: (u32, u16),
+    key: &Svc4Key,
+    slots: u16,
+) -> Result<Backend4, Inconsistent> {
+    let (address, port) = frontend;
+    // SAFETY: sock_addr context; the helper only reads the socket it is given.
+    let storage = unsafe { SOCK_STATE4.get_ptr_mut(ctx) };
+    // Copy out at once: another thread sending on the same socket may rewrite it.
+    let current = if storage.is_null() {
+        None
+    } else {
+        Some(unsafe { *storage })
+    };
+    let same_service = current.is_some_and(|s| s.svc_address == address && s.svc_port == port);
+
+    let shared = current.is_some_and(|s| s.flags & SOCK_STATE_FLAG_SHARED != 0);
+
+    // UDP sticks to the backend chosen before while its slot still holds it.
+    if proto == IPPROTO_UDP && same_service {
+        if let Some(state) = current {
+            if let Some(backend) = still_chosen(key, slots, state.backend_slot, state.backend_id) {
+                if shared {
+                    remember_reverse(socket_cookie(ctx), &backend, frontend);
+                }
+                return Ok(backend);
+            }
+        }
+    }
+
+    // connect() (re)defines the socket's one peer; a socket's first service owns
+    // the storage too.
+    let owns_storage =
+        hook == FwdHook::Connect || same_service || current.is_none_or(|s| s.svc_address == 0);
+    if owns_storage {
+        let (chosen, backend) = random_backend(key, slots)?;
+        let mut state = SockState4 {
+            svc_address: address,
+            svc_port: port,
+            backend_slot: chosen.backend_slot,
+            backend_id: chosen.backend_id,
+            backend_address: backend.address,
+            backend_port: backend.port,
+            flags: if shared { SOCK_STATE_FLAG_SHARED } else { 0 },
+        };
+        if !storage.is_null() {
+            // SAFETY: non-null pointer to this socket's storage, sized for SockState4.
+            unsafe { *storage = state };
+            if shared {
+                remember_reverse(socket_cookie(ctx), &backend, frontend);
+            }
+            return Ok(backend);
+        }
+        // SAFETY: as above; the helper copies `state` into the new storage.
+        let created = unsafe { SOCK_STATE4.get_or_insert_ptr_mut(ctx, Some(&mut state)) };
+        if !created.is_null() {
+            return Ok(backend);
+        }
+        // No storage (allocation failed): remember the choice in the LRU maps.
+        let cookie = socket_cookie(ctx);
+        if proto == IPPROTO_UDP {
+            let sk_key = SockBackend4Key {
+                cookie,
+                address: key.address,
+                port: key.dport,
+                pad: 0,
+            };
+            let _ = SOCK_BACKEND4.insert(&sk_key, &chosen, BPF_ANY as u64);
+        }
+        remember_reverse(cookie, &backend, frontend);
+        return Ok(backend);
+    }
+
+    // A further service of a UDP socket: the LRU maps, keyed by socket cookie. The
+    // storage exists here (it holds another service).
+    if !shared && !storage.is_null() {
+        // SAFETY: non-null pointer to this socket's storage.
+        unsafe { (*storage).flags |= SOCK_STATE_FLAG_SHARED };
+    }
+    let cookie = socket_cookie(ctx);
+    let backend = udp_backend(cookie, key, slots)?;
+    remember_reverse(cookie, &backend, frontend);
+    Ok(backend)
+}
+
+#[inline(always)]
+fn socket_cookie(ctx: &SockAddrContext) -> u64 {
+    // SAFETY: the context is a sock_addr context, for which the helper is allowed.
+    unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
+}
+
+/// Records (socket, backend) -> service in the LRU map. If it cannot be stored,
+/// getpeername()/recvfrom() show the backend, which is still a working socket.
+#[inline(always)]
+fn remember_reverse(cookie: u64, backend: &Backend4, (address, port): (u32, u16)) {
     let rev_key = RevNat4Key {
         cookie,
         address: backend.address,
@@ -123,10 +233,6 @@ fn try_xlate_fwd(ctx: &SockAddrContext) -> Result<Forward, Inconsistent> {
     if REVNAT4.insert(&rev_key, &rev_val, BPF_ANY as u64).is_err() {
         count(Counter::RevNatUpdateFailed);
     }
-
-    sa.user_ip4 = backend.address;
-    sa.user_port = backend.port as u32;
-    Ok(Forward::Translated)
 }
 
 /// The frontend of a connection started on this node: the exact address (ClusterIP,
@@ -176,7 +282,21 @@ fn random_backend(
     ))
 }
 
-/// UDP: one backend per (socket, service), kept while its slot still holds it.
+/// The backend chosen earlier from `slot`, if the slot still holds it.
+#[inline(always)]
+fn still_chosen(key: &Svc4Key, count: u16, slot: u16, backend_id: u32) -> Option<Backend4> {
+    if slot < 1 || slot > count {
+        return None;
+    }
+    let slot_val = lookup_svc(&key.with_slot(slot))?;
+    if slot_val.backend_id != backend_id {
+        return None;
+    }
+    lookup_backend(backend_id)
+}
+
+/// UDP beyond the socket's first service: one backend per (socket, service) in the
+/// LRU map, kept while its slot still holds it.
 #[inline(always)]
 fn udp_backend(cookie: u64, key: &Svc4Key, count: u16) -> Result<Backend4, Inconsistent> {
     let sk_key = SockBackend4Key {
@@ -186,14 +306,8 @@ fn udp_backend(cookie: u64, key: &Svc4Key, count: u16) -> Result<Backend4, Incon
         pad: 0,
     };
     if let Some(chosen) = SOCK_BACKEND4.get_ptr(&sk_key).map(|p| unsafe { *p }) {
-        if chosen.backend_slot >= 1 && chosen.backend_slot <= count {
-            let still_there = lookup_svc(&key.with_slot(chosen.backend_slot))
-                .is_some_and(|s| s.backend_id == chosen.backend_id);
-            if still_there {
-                if let Some(backend) = lookup_backend(chosen.backend_id) {
-                    return Ok(backend);
-                }
-            }
+        if let Some(backend) = still_chosen(key, count, chosen.backend_slot, chosen.backend_id) {
+            return Ok(backend);
         }
     }
     let (chosen, backend) = random_backend(key, count)?;
@@ -206,19 +320,51 @@ fn udp_backend(cookie: u64, key: &Svc4Key, count: u16) -> Result<Backend4, Incon
 #[inline(always)]
 pub fn xlate_rev(ctx: &SockAddrContext) -> i32 {
     let sa = sock_addr(ctx);
-    // SAFETY: the context is a sock_addr context, for which the helper is allowed.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let key = RevNat4Key {
-        cookie,
-        address: sa.user_ip4,
-        port: sa.user_port as u16,
-        pad: 0,
-    };
-    if let Some(orig) = REVNAT4.get_ptr(&key).map(|p| unsafe { *p }) {
-        sa.user_ip4 = orig.address;
-        sa.user_port = orig.port as u32;
+    let (address, port) = (sa.user_ip4, sa.user_port as u16);
+    if let Some((svc_address, svc_port)) = reverse_of(ctx, address, port) {
+        sa.user_ip4 = svc_address;
+        sa.user_port = svc_port as u32;
         count(Counter::ReverseTranslated);
     }
     // recvmsg4 and getpeername4 must return 1.
     PROCEED
+}
+
+/// The service address a socket used for the backend `address:port`, if any: the
+/// socket's own storage first, then the LRU map.
+#[inline(always)]
+fn reverse_of(ctx: &SockAddrContext, address: u32, port: u16) -> Option<(u32, u16)> {
+    // SAFETY: sock_addr context; the helper only reads the socket it is given.
+    let storage = unsafe { SOCK_STATE4.get_ptr_mut(ctx) };
+    // The storage's answer, (0, 0) for none. Plain values rather than an Option: an
+    // Option's unset payload is uninitialized stack, which the verifier rejects.
+    let mut from_state = (0u32, 0u16);
+    if !storage.is_null() {
+        // SAFETY: non-null pointer to this socket's storage; copied out at once.
+        let state = unsafe { *storage };
+        if state.svc_address != 0 && state.backend_address == address && state.backend_port == port
+        {
+            if state.flags & SOCK_STATE_FLAG_SHARED == 0 {
+                return Some((state.svc_address, state.svc_port));
+            }
+            from_state = (state.svc_address, state.svc_port);
+        }
+    }
+    // Sockets talking to several services (and sockets without storage): the LRU map.
+    let key = RevNat4Key {
+        cookie: socket_cookie(ctx),
+        address,
+        port,
+        pad: 0,
+    };
+    if let Some(p) = REVNAT4.get_ptr(&key) {
+        // SAFETY: pointer into a map value, copied out at once.
+        let orig = unsafe { *p };
+        return Some((orig.address, orig.port));
+    }
+    if from_state.0 != 0 {
+        Some(from_state)
+    } else {
+        None
+    }
 }

@@ -60,8 +60,13 @@ pub struct UdpReport {
     /// Source address of replies (`ip:port`): what recvfrom() reported, or getpeername()
     /// for connected sockets -> count.
     pub reply_sources: BTreeMap<String, u64>,
-    /// Per socket, the backend ids of its replies in order.
+    /// Per socket, the backend ids of its replies in order. With several targets
+    /// (`--also`), one entry per (socket, target), socket-major: entry
+    /// `socket * targets + target`.
     pub per_socket: Vec<Vec<String>>,
+    /// Replies whose source was not the address the datagram was sent to (with
+    /// several targets, a reply shown as coming from another service).
+    pub wrong_source: u64,
     /// Failure name -> count (a failed connect counts once for its socket; a send
     /// failure or a reply that did not come within the timeout counts once each).
     pub errors: BTreeMap<String, u64>,
@@ -170,6 +175,9 @@ impl TcpProbe {
 #[derive(Clone, Debug, PartialEq)]
 pub struct UdpProbe {
     pub to: SocketAddr,
+    /// Further targets: each socket sends to `to` and then to each of these in turn
+    /// (unconnected sockets only).
+    pub also: Vec<SocketAddr>,
     /// Number of sockets.
     pub sockets: u64,
     /// Datagrams per socket.
@@ -184,6 +192,7 @@ impl UdpProbe {
     pub fn new(to: SocketAddr) -> Self {
         Self {
             to,
+            also: Vec::new(),
             sockets: 1,
             count: 1,
             connected: false,
@@ -202,6 +211,11 @@ impl UdpProbe {
         self.connected = on;
         self
     }
+    /// Also send to `to` from the same sockets.
+    pub fn also(mut self, to: SocketAddr) -> Self {
+        self.also.push(to);
+        self
+    }
     pub fn timeout_ms(mut self, ms: u64) -> Self {
         self.timeout_ms = ms;
         self
@@ -210,6 +224,9 @@ impl UdpProbe {
     /// The probe's command line arguments (after the program name).
     pub fn args(&self) -> Vec<String> {
         let mut a = vec!["udp".to_string(), "--to".into(), self.to.to_string()];
+        for to in &self.also {
+            a.extend(["--also".into(), to.to_string()]);
+        }
         a.extend(["--sockets".into(), self.sockets.to_string()]);
         a.extend(["--count".into(), self.count.to_string()]);
         a.extend(["--timeout-ms".into(), self.timeout_ms.to_string()]);
@@ -223,6 +240,7 @@ impl UdpProbe {
     pub fn worst_case_ms(&self) -> u64 {
         self.sockets
             .saturating_mul(self.count)
+            .saturating_mul(1 + self.also.len() as u64)
             .saturating_mul(self.timeout_ms + 10)
             + 500
     }

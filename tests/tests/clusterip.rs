@@ -369,6 +369,87 @@ fn one_backend_behind_two_services_answers_as_each() {
     c.shutdown().unwrap();
 }
 
+/// One unconnected socket sending to several services in turn (a resolver with
+/// several upstreams): its first service lives in the socket's own storage, the others
+/// in the LRU maps. Every reply must come from the service it answers, also when two
+/// of the services share a backend, and each (socket, service) sticks to one backend.
+#[test]
+fn one_socket_talking_to_several_services_sees_each_service_answer() {
+    if !require_privileges() {
+        return;
+    }
+    let ports = [("dns", "UDP", 53)];
+    let ep = [("dns", "UDP", 5353)];
+    let services = [
+        (
+            "s1",
+            "10.96.6.1",
+            vec![("10.244.0.41", true), ("10.244.0.42", true)],
+        ),
+        (
+            "s2",
+            "10.96.6.2",
+            vec![("10.244.0.43", true), ("10.244.0.44", true)],
+        ),
+        // Shares 10.244.0.41 with s1: the same reply source for two services.
+        ("s3", "10.96.6.3", vec![("10.244.0.41", true)]),
+    ];
+    let files: Vec<(String, String)> = services
+        .iter()
+        .map(|(name, ip, eps)| {
+            let text =
+                service_yaml(name, ip, &ports) + &slice_yaml(&format!("{name}-1"), name, &ep, eps);
+            (format!("{name}.yaml"), text)
+        })
+        .collect();
+    let src = source_dir(
+        &files
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.clone()))
+            .collect::<Vec<_>>(),
+    );
+    let mut c = Cluster::start(src.path()).unwrap();
+    for (_, ip, _) in &services {
+        let to = format!("{ip}:53");
+        c.wait_udp(&UdpProbe::new(addr(&to)), WAIT, |r| r.replies == 1)
+            .unwrap();
+    }
+
+    let targets: Vec<SocketAddr> = services
+        .iter()
+        .map(|(_, ip, _)| addr(&format!("{ip}:53")))
+        .collect();
+    let probe = UdpProbe::new(targets[0])
+        .also(targets[1])
+        .also(targets[2])
+        .sockets(20)
+        .count(4);
+    let r = c.udp(&probe).unwrap();
+    assert_eq!(r.replies, 20 * 4 * 3, "{r:?}");
+    assert_eq!(
+        r.wrong_source, 0,
+        "a reply shown as coming from another service: {r:?}"
+    );
+    let per_service: BTreeMap<String, u64> = targets.iter().map(|t| (t.to_string(), 80)).collect();
+    assert_eq!(r.reply_sources, per_service, "{r:?}");
+    assert!(
+        r.sockets_sticky(),
+        "each (socket, service) sticks to one backend: {:?}",
+        r.per_socket
+    );
+    for (i, ids) in r.per_socket.iter().enumerate() {
+        let (_, _, eps) = &services[i % services.len()];
+        let allowed: Vec<String> = eps.iter().map(|(ip, _)| pod(ip)).collect();
+        assert!(
+            ids.iter().all(|id| allowed.contains(id)),
+            "socket {} service {}: {ids:?} not in {allowed:?}",
+            i / 3,
+            i % 3
+        );
+    }
+    c.shutdown().unwrap();
+}
+
 #[test]
 fn agent_restarts_do_not_fail_a_single_connection() {
     if !require_privileges() {

@@ -7,7 +7,7 @@
 //!   With `--report-peer` the id is followed by the peer address the server sees:
 //!   "NAME PEER_IP:PORT\n" on TCP, "NAME PEER_IP:PORT" on UDP (tests check which client
 //!   address a backend sees through NAT).
-//! - `tcp --to IP:PORT ...` and `udp --to IP:PORT ...`: clients. Print one JSON report
+//! - `tcp --to IP:PORT ...` and `udp --to IP:PORT [--also IP:PORT]...`: clients. Print one JSON report
 //!   (see `socklb_tests::report`) and exit 0 whatever happened to the attempts. Both
 //!   take `--bind IP` (the source address); `tcp` takes `--parallel N` (N worker threads
 //!   sharing `--count`) and `--hold` (every round of N connections is open at the same
@@ -104,6 +104,9 @@ enum Cmd {
         /// Target address.
         #[arg(long)]
         to: SocketAddr,
+        /// Further targets: each socket sends to --to and then to each of these in turn.
+        #[arg(long, value_name = "IP:PORT")]
+        also: Vec<SocketAddr>,
         /// Number of sockets.
         #[arg(long, default_value_t = 1)]
         sockets: u64,
@@ -196,15 +199,25 @@ fn main() -> ExitCode {
         }),
         Cmd::Udp {
             to,
+            also,
             sockets,
             count,
             connected,
             timeout_ms,
             bind,
-        } => ensure_isolated(&to).and_then(|()| {
-            let (report, seen) = udp_client_ext(&to, sockets, count, connected, timeout_ms, bind);
-            print_json(&with_seen_from(&report, &seen)?)
-        }),
+        } => also
+            .iter()
+            .try_for_each(ensure_isolated)
+            .and_then(|()| ensure_isolated(&to))
+            .and_then(|()| {
+                if connected && !also.is_empty() {
+                    bail!("--also needs unconnected sockets");
+                }
+                let targets: Vec<SocketAddr> = std::iter::once(to).chain(also).collect();
+                let (report, seen) =
+                    udp_client_ext(&targets, sockets, count, connected, timeout_ms, bind);
+                print_json(&with_seen_from(&report, &seen)?)
+            }),
         Cmd::Transfer {
             to,
             bytes,
@@ -778,11 +791,12 @@ fn udp_client(
     connected: bool,
     timeout_ms: u64,
 ) -> UdpReport {
-    udp_client_ext(to, sockets, count, connected, timeout_ms, None).0
+    udp_client_ext(&[*to], sockets, count, connected, timeout_ms, None).0
 }
 
+/// Each socket sends to every target in turn, `count` rounds.
 fn udp_client_ext(
-    to: &SocketAddr,
+    targets: &[SocketAddr],
     sockets: u64,
     count: u64,
     connected: bool,
@@ -791,6 +805,9 @@ fn udp_client_ext(
 ) -> (UdpReport, SeenFrom) {
     let timeout = Duration::from_millis(timeout_ms.max(1));
     let start = Instant::now();
+    let Some(to) = targets.first() else {
+        return (UdpReport::default(), SeenFrom::new());
+    };
     let mut r = UdpReport {
         to: to.to_string(),
         connected,
@@ -825,39 +842,44 @@ fn udp_client_ext(
                 socks.push(None);
             }
         }
-        r.per_socket.push(Vec::new());
+        r.per_socket.extend(targets.iter().map(|_| Vec::new()));
     }
     let mut buf = [0u8; 64 * 1024];
     for seq in 0..count {
         for (i, s) in socks.iter().enumerate() {
             let Some(s) = s else { continue };
-            let payload = format!("probe {i} {seq}");
-            let sent = if connected {
-                s.send(payload.as_bytes())
-            } else {
-                s.send_to(payload.as_bytes(), to)
-            };
-            if let Err(err) = sent {
-                record(&mut r, Failure { step: "send", err });
-                continue;
-            }
-            r.sent += 1;
-            let got = if connected {
-                s.recv(&mut buf).and_then(|n| Ok((n, s.peer_addr()?)))
-            } else {
-                s.recv_from(&mut buf)
-            };
-            match got {
-                Ok((n, from)) => {
-                    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
-                    let (id, seen_as) = split_id(&answer);
-                    r.replies += 1;
-                    note_seen(&mut seen, &id, seen_as);
-                    bump(&mut r.backends, id.clone());
-                    bump(&mut r.reply_sources, from.to_string());
-                    r.per_socket[i].push(id);
+            for (t, target) in targets.iter().enumerate() {
+                let payload = format!("probe {i} {seq}");
+                let sent = if connected {
+                    s.send(payload.as_bytes())
+                } else {
+                    s.send_to(payload.as_bytes(), target)
+                };
+                if let Err(err) = sent {
+                    record(&mut r, Failure { step: "send", err });
+                    continue;
                 }
-                Err(err) => record(&mut r, Failure { step: "recv", err }),
+                r.sent += 1;
+                let got = if connected {
+                    s.recv(&mut buf).and_then(|n| Ok((n, s.peer_addr()?)))
+                } else {
+                    s.recv_from(&mut buf)
+                };
+                match got {
+                    Ok((n, from)) => {
+                        let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+                        let (id, seen_as) = split_id(&answer);
+                        r.replies += 1;
+                        note_seen(&mut seen, &id, seen_as);
+                        bump(&mut r.backends, id.clone());
+                        bump(&mut r.reply_sources, from.to_string());
+                        if from != *target {
+                            r.wrong_source += 1;
+                        }
+                        r.per_socket[i * targets.len() + t].push(id);
+                    }
+                    Err(err) => record(&mut r, Failure { step: "recv", err }),
+                }
             }
         }
     }
@@ -1405,7 +1427,7 @@ mod tests {
         let udp_to = u.local_addr().unwrap();
         std::thread::spawn(move || udp_loop_with(&u, "q", true));
         let (r, seen) = udp_client_ext(
-            &udp_to,
+            &[udp_to],
             3,
             2,
             false,
