@@ -102,6 +102,36 @@ fn socklb_bench_run_produces_well_formed_results() {
         r["meta"]["finished_unix"].as_u64().unwrap() >= r["meta"]["started_unix"].as_u64().unwrap()
     );
 
+    // NodePort from outside (item 3): every kind x (direct, socklb, iptables), each with
+    // traffic, without errors and with replies from the address the client sent to.
+    let np = r["nodeport"].as_array().unwrap();
+    assert_eq!(np.len(), KINDS.len() * 3, "{np:?}");
+    for kind in KINDS {
+        for mode in ["direct", "socklb", "iptables"] {
+            let row = np
+                .iter()
+                .find(|d| d["kind"] == kind && d["mode"] == mode)
+                .unwrap_or_else(|| panic!("no NodePort {kind} {mode} row"));
+            let run = &row["runs"][0];
+            assert!(
+                run["ops"].as_u64().unwrap() > 0,
+                "NodePort {kind} {mode} moved no traffic: {run}"
+            );
+            assert_eq!(row["errors"], 0, "NodePort {kind} {mode}: {run}");
+            assert_eq!(run["wrong_source"], 0, "NodePort {kind} {mode}: {run}");
+            spread_ok(row, "ratio_ops_per_s", 1);
+        }
+    }
+    assert!(
+        !r["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap_or("").contains("NodePort")),
+        "{:?}",
+        r["notes"]
+    );
+
     // Data path: every kind x mode once, each with traffic and its ratio to direct.
     let rows = r["datapath"].as_array().unwrap();
     assert_eq!(rows.len(), KINDS.len() * MODES.len(), "{rows:?}");

@@ -24,7 +24,13 @@
 //! -A KUBE-SEP-1 [-m comment ...] -m tcp -p tcp -j DNAT --to-destination EP1:TP
 //! ```
 //! and last in KUBE-SERVICES the NodePort rule
-//! (`-m addrtype --dst-type LOCAL -j KUBE-NODEPORTS`). Probabilities are 1/(n-i)
+//! (`-m addrtype --dst-type LOCAL -j KUBE-NODEPORTS`). NodePort services
+//! (externalTrafficPolicy Cluster) add, per port:
+//! ```text
+//! -A KUBE-NODEPORTS -m comment --comment "ns/svc:p" -m tcp -p tcp --dport NP -j KUBE-EXT-x
+//! -A KUBE-EXT-x -m comment --comment "masquerade traffic for ns/svc:p external destinations" -j KUBE-MARK-MASQ
+//! -A KUBE-EXT-x -j KUBE-SVC-x
+//! ``` Probabilities are 1/(n-i)
 //! printed with "%0.10f". As kube-proxy does above 1 000 endpoints ("large cluster
 //! mode"), the per-endpoint comments are left out then.
 
@@ -45,6 +51,11 @@ pub fn svc_chain(c: &SynthCluster, i: usize, p: &PortSpec) -> String {
         "KUBE-SVC-{}",
         hash32(&format!("{}{}", port_name(c, i, p), p.proto.lower()), 16)
     )
+}
+
+/// `KUBE-EXT-` + the service chain's hash: NodePort (external) traffic of the port.
+pub fn ext_chain(c: &SynthCluster, i: usize, p: &PortSpec) -> String {
+    svc_chain(c, i, p).replacen("KUBE-SVC-", "KUBE-EXT-", 1)
 }
 
 /// `KUBE-SEP-` + 16 characters of a hash of the service port, protocol and endpoint.
@@ -209,8 +220,26 @@ fn write_rules(c: &SynthCluster, change: Option<Change>, scope: Scope<'_>) -> St
                 "-A KUBE-SERVICES -m comment --comment \"{pn} cluster IP\" -m {proto} -p {proto} -d {vip} --dport {} -j {svc}",
                 p.port
             );
+            // KUBE-NODEPORTS: one rule per NodePort, always written (like KUBE-SERVICES).
+            let node_port = c.node_port(i);
+            if let Some(np) = node_port {
+                let ext = ext_chain(c, i, p);
+                let _ = writeln!(
+                    rules,
+                    "-A KUBE-NODEPORTS -m comment --comment {pn} -m {proto} -p {proto} --dport {np} -j {ext}"
+                );
+            }
             if !write_chains {
                 continue;
+            }
+            if node_port.is_some() {
+                let ext = ext_chain(c, i, p);
+                let _ = writeln!(chains, ":{ext} - [0:0]");
+                let _ = writeln!(
+                    rules,
+                    "-A {ext} -m comment --comment \"masquerade traffic for {pn} external destinations\" -j KUBE-MARK-MASQ"
+                );
+                let _ = writeln!(rules, "-A {ext} -j {svc}");
             }
             let eps = c.endpoints_of(i, change);
             let _ = writeln!(chains, ":{svc} - [0:0]");
@@ -354,5 +383,28 @@ mod tests {
         assert_eq!(t.lines().filter(|l| l.starts_with(":KUBE-SVC-")).count(), 1);
         // 7 service ports x (1 + 1 + 3 + 3 x 2) + POSTROUTING/MARK-MASQ 4 + NodePort 1 + filter 3.
         assert_eq!(rule_count(&full(&c, None)), 7 * 11 + 4 + 1 + 3);
+    }
+
+    #[test]
+    fn node_ports_go_through_kube_nodeports_and_kube_ext() {
+        let c = cluster(3).with_node_ports(20000);
+        let t = full(&c, None);
+        let p = &super::super::model::TCP;
+        let (ext, svc) = (ext_chain(&c, 2, p), svc_chain(&c, 2, p));
+        assert_eq!(&ext[9..], &svc[9..], "the same hash as the service chain");
+        assert!(t.contains(&format!(":{ext} - [0:0]")), "{t}");
+        assert!(
+            t.contains(&format!("-m tcp -p tcp --dport 20002 -j {ext}\n")),
+            "{t}"
+        );
+        assert!(t.contains(&format!("-A {ext} -j {svc}\n")), "{t}");
+        // One NodePort rule per service port (the measured services also have UDP).
+        let nodeports = t
+            .lines()
+            .filter(|l| l.starts_with("-A KUBE-NODEPORTS"))
+            .count();
+        assert_eq!(nodeports, 2 + 1 + 2);
+        // ClusterIP clusters have none.
+        assert!(!full(&cluster(3), None).contains("-A KUBE-NODEPORTS"));
     }
 }

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use anyhow::Result;
 
-use super::model::{Change, NAMESPACE, SynthCluster};
+use super::model::{Change, NAMESPACE, NODE_NAME, SynthCluster};
 use socklb_tests::tempdir::ManifestDir;
 
 /// Services per file.
@@ -18,14 +18,23 @@ pub const CHANGING_FILE: &str = "changing-slice.yaml";
 fn service_yaml(s: &mut String, c: &SynthCluster, i: usize) {
     let _ = write!(
         s,
-        "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {}\n  namespace: {NAMESPACE}\nspec:\n  type: ClusterIP\n  clusterIP: {vip}\n  clusterIPs: [{vip}]\n  ports:\n",
+        "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {}\n  namespace: {NAMESPACE}\nspec:\n  type: {}\n  clusterIP: {vip}\n  clusterIPs: [{vip}]\n  ports:\n",
         c.name(i),
+        if c.node_port(i).is_some() {
+            "NodePort"
+        } else {
+            "ClusterIP"
+        },
         vip = c.vip(i)
     );
+    let node_port = c
+        .node_port(i)
+        .map(|np| format!(", nodePort: {np}"))
+        .unwrap_or_default();
     for p in c.ports(i) {
         let _ = writeln!(
             s,
-            "  - {{name: {}, port: {}, targetPort: {}, protocol: {}}}",
+            "  - {{name: {}, port: {}, targetPort: {}, protocol: {}{node_port}}}",
             p.name,
             p.port,
             p.target,
@@ -50,10 +59,16 @@ fn slice_yaml(s: &mut String, c: &SynthCluster, i: usize, change: Option<Change>
         );
     }
     s.push_str("endpoints:\n");
+    // NodePort clusters: the pods are on the agent's node (local backends).
+    let node = if c.node_port_base.is_some() {
+        format!(", nodeName: {NODE_NAME}")
+    } else {
+        String::new()
+    };
     for ep in c.endpoints_of(i, change) {
         let _ = writeln!(
             s,
-            "- {{addresses: [{ep}], conditions: {{ready: true, serving: true, terminating: false}}}}"
+            "- {{addresses: [{ep}], conditions: {{ready: true, serving: true, terminating: false}}{node}}}"
         );
     }
 }
@@ -108,5 +123,24 @@ mod tests {
         assert_eq!(eps, pods.iter().map(|p| (*p, 5353)).collect::<Vec<_>>());
         let total: usize = m.slices.iter().map(|s| s.endpoints.len()).sum();
         assert_eq!(total, c.total_endpoints());
+    }
+
+    #[test]
+    fn node_port_clusters_parse_as_node_ports_on_the_bench_node() {
+        let pods: Vec<Ipv4Addr> = (1..=2).map(|i| Ipv4Addr::new(10, 244, 1, i)).collect();
+        let c = SynthCluster::new(3, 2, pods).with_node_ports(20000);
+        let dir = ManifestDir::new().unwrap();
+        write_all(&dir, &c).unwrap();
+        let text: String = dir
+            .files()
+            .unwrap()
+            .iter()
+            .map(|f| std::fs::read_to_string(dir.path().join(f)).unwrap())
+            .collect();
+        assert_eq!(text.matches("type: NodePort").count(), 3, "{text}");
+        assert!(text.contains("nodePort: 20002"), "{text}");
+        assert!(text.contains("nodeName: bench-node"), "{text}");
+        let m = load_manifests(dir.path()).unwrap();
+        assert_eq!(m.services.len(), 3);
     }
 }

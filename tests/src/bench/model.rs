@@ -30,6 +30,8 @@ pub const UDP_PORT_NAME: &str = "dns";
 pub const UDP_TARGET: u16 = 5353;
 /// Most services the address plan supports (cluster IPs in one /16).
 pub const MAX_SERVICES: usize = 60_000;
+/// The node every benchmark agent runs as (endpoints of NodePort clusters are on it).
+pub const NODE_NAME: &str = "bench-node";
 
 const VIP_BASE: u32 = 0x0a60_0000; // 10.96.0.0
 const FAKE_BASE: u32 = 0x0ae0_0000; // 10.224.0.0
@@ -99,6 +101,9 @@ pub struct SynthCluster {
     pub endpoints: usize,
     /// Endpoints of the measured services (the sandbox's real pods).
     pub real_pods: Vec<Ipv4Addr>,
+    /// NodePort services (issue 5, item 3): service i gets NodePort `base + i` on each
+    /// of its ports, and its endpoints are on [`NODE_NAME`]. None: ClusterIP services.
+    pub node_port_base: Option<u16>,
 }
 
 impl SynthCluster {
@@ -122,7 +127,26 @@ impl SynthCluster {
             services,
             endpoints,
             real_pods,
+            node_port_base: None,
         }
+    }
+
+    /// The same cluster with NodePort services: service i on NodePort `base + i`
+    /// (a range wider than the default 30000-32767, as `--service-node-port-range`
+    /// allows, so that 10 000 services fit).
+    pub fn with_node_ports(mut self, base: u16) -> Self {
+        assert!(
+            usize::from(base) + self.services <= usize::from(u16::MAX),
+            "{} NodePorts from {base} do not fit in the port space",
+            self.services
+        );
+        self.node_port_base = Some(base);
+        self
+    }
+
+    /// Service i's NodePort, if the cluster has them.
+    pub fn node_port(&self, i: usize) -> Option<u16> {
+        self.node_port_base.map(|base| base + i as u16)
     }
 
     /// The first service of the list (first in KUBE-SERVICES).

@@ -1,26 +1,396 @@
-//! Issue 5, item 3: NodePort through socklb's TC program against the iptables layout's
-//! NodePort DNAT. **Not yet**: it waits for the TC data path.
+//! Issue 5, item 3: NodePort from outside the node, through socklb's TC program and
+//! through kube-proxy's iptables NodePort DNAT, against plain forwarding.
 //!
-//! The plan, so that it slots into [`super::runner`] as one more item:
-//! - an "outside" client namespace on the bridge that is not in the agent's cgroup and
-//!   has no rules (a client on another machine), sending to NODE_IP:NODE_PORT, where
-//!   NODE_IP is the address of a "node" namespace that carries the socklb TC program on
-//!   its interface, or kube-proxy's iptables layout with the NodePort part added
-//!   (`-A KUBE-NODEPORTS -m comment --comment "ns/svc:p" -m tcp -p tcp --dport NP -j KUBE-EXT-x`,
-//!   `-A KUBE-EXT-x -j KUBE-MARK-MASQ`, `-A KUBE-EXT-x -j KUBE-SVC-x`, reached through the
-//!   last KUBE-SERVICES rule, `-m addrtype --dst-type LOCAL -j KUBE-NODEPORTS`), and the
-//!   node forwarding to the pods (so the masquerade and the forward path are paid);
-//! - the same three kinds as the ClusterIP data path (TCP short, TCP long, UDP) with
-//!   their ratios to a direct run to the pods from that outside namespace.
+//! One "node" per mode, each built the same way and holding only its own mode's
+//! machinery, so that no mode pays for another's hooks (conntrack, netfilter):
+//! ```text
+//!   client netns  lan0 192.168.77.2/24 ──veth── lan0 192.168.77.1/24  node netns (ip_forward=1)
+//!                                                br0 10.244.1.254/24 ─┬─ pod 10.244.1.1 (serve)
+//!                                                                     └─ pod 10.244.1.E
+//! ```
+//! - **direct**: the client sends straight to the pod addresses (a route to 10.244.1.0/24
+//!   via the node): the node forwards without any rule; the physical limit;
+//! - **socklb**: `socklb agent --devices lan0` in the node namespace on the NodePort
+//!   services; the client sends to 192.168.77.1:NODE_PORT. The TC program DNATs to a
+//!   pod, keeps the client address (the pods are local) and reverse-translates the
+//!   replies on the way out;
+//! - **iptables**: kube-proxy's iptables layout with the NodePort rules
+//!   (KUBE-SERVICES → `--dst-type LOCAL` → KUBE-NODEPORTS → KUBE-EXT-x → KUBE-MARK-MASQ,
+//!   KUBE-SVC-x → KUBE-SEP DNAT, then MASQUERADE in POSTROUTING), loaded with
+//!   iptables-restore in the node namespace; the same client traffic.
+//!
+//! Nothing has a default route; the pods route only the client's /24 back to the node.
+//! The measured service is the last one (its NodePort is the last rule of
+//! KUBE-NODEPORTS, kube-proxy's worst case).
 
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use socklb_tests::{
+    Agent, AgentConfig, Child, ManifestDir, NetNs, PinDir, Sandbox, TestCgroup, Topology,
+    sandbox::assert_no_default_route,
+};
+
+use super::iptables;
+use super::load::{Kind, LoadReport};
+use super::manifests;
+use super::model::{NODE_NAME, SynthCluster, TCP_TARGET, UDP_TARGET};
 use super::results::Results;
+use super::runner::{
+    Config, IptBackend, LoadRun, TOOL_TIMEOUT, datapath_row, progress, wait_ready,
+};
+use super::util::{self, check_interrupted};
 
-/// What the summary says about item 3 until it is measured.
-pub const STATUS: &str = "NodePort (issue 5, item 3): not yet measured; it waits for the TC data path (see tests/src/bench/nodeport.rs for the plan).";
+/// NodePort of service i: `NODE_PORT_BASE + i`.
+pub const NODE_PORT_BASE: u16 = 20_000;
+/// Most services this item runs at (NodePorts from 20000 up stay below 65536).
+pub const MAX_SERVICES: usize = 40_000;
+/// Real pods behind each node.
+const PODS: u8 = 4;
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
+const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);
+const LAN: &str = "192.168.77.0/24";
+const LAN_IF: &str = "lan0";
+const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 254);
+const POD_NET: &str = "10.244.1.0/24";
 
-/// The NodePort item: records that it is not measured yet.
-pub fn nodeport(results: &mut Results) {
-    if !results.notes.iter().any(|n| n == STATUS) {
-        results.notes.push(STATUS.to_string());
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Direct,
+    Socklb,
+    Iptables,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Direct => "direct",
+            Mode::Socklb => "socklb",
+            Mode::Iptables => "iptables",
+        }
     }
+}
+
+const MODES: [Mode; 3] = [Mode::Direct, Mode::Socklb, Mode::Iptables];
+
+/// The pod addresses behind every node.
+pub fn pods() -> Vec<Ipv4Addr> {
+    (1..=PODS).map(|i| Ipv4Addr::new(10, 244, 1, i)).collect()
+}
+
+/// One node with its pods, their servers and an outside client. Fields drop in
+/// order: servers, then the client namespace, then the node and pod namespaces (the
+/// veths go with their namespaces).
+struct Node {
+    servers: Vec<Child>,
+    client: NetNs,
+    sandbox: Sandbox,
+}
+
+impl Node {
+    fn new(mode: Mode) -> Result<Node> {
+        let sandbox = Topology::new()
+            .bridge(POD_GATEWAY, 24)
+            .pods(pods())
+            .build()?;
+        let client = NetNs::new()?;
+        let mut node = Node {
+            servers: Vec::new(),
+            client,
+            sandbox,
+        };
+        let ns = node.sandbox.node();
+        ns.ip([
+            "link",
+            "add",
+            LAN_IF,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            LAN_IF,
+            "netns",
+            node.client.name(),
+        ])
+        .context("creating the node's LAN veth")?;
+        ns.ip(["addr", "add", &format!("{NODE_IP}/24"), "dev", LAN_IF])?;
+        ns.ip(["link", "set", LAN_IF, "up"])?;
+        let sysctl = ns.output(
+            {
+                let mut c = Command::new("sysctl");
+                c.args(["-qw", "net.ipv4.ip_forward=1"]);
+                c
+            },
+            None,
+            Duration::from_secs(10),
+        )?;
+        if !sysctl.status.success() {
+            bail!(
+                "sysctl ip_forward in the node namespace: {}",
+                String::from_utf8_lossy(&sysctl.stderr)
+            );
+        }
+        let client = &node.client;
+        client.ip(["addr", "add", &format!("{CLIENT_IP}/24"), "dev", LAN_IF])?;
+        client.ip(["link", "set", LAN_IF, "up"])?;
+        if mode == Mode::Direct {
+            client.ip(["route", "add", POD_NET, "via", &NODE_IP.to_string()])?;
+        }
+        assert_no_default_route(client)?;
+        for ip in pods() {
+            let pod = node.sandbox.pod(ip).context("pod namespace")?;
+            pod.netns()
+                .ip(["route", "add", LAN, "via", &POD_GATEWAY.to_string()])?;
+        }
+        let exe = std::env::current_exe()?;
+        for ip in pods() {
+            let mut cmd = Command::new(&exe);
+            cmd.args(["serve", "--ip", &ip.to_string()])
+                .args(["--tcp", &TCP_TARGET.to_string()])
+                .args(["--udp", &UDP_TARGET.to_string()])
+                .stdout(Stdio::piped());
+            let mut child = node.sandbox.spawn_in_pod(ip, cmd)?;
+            let line = child.read_line(Duration::from_secs(10))?;
+            if !line.contains("\"ready\":true") {
+                bail!("server in pod {ip} is not ready: {line}");
+            }
+            node.servers.push(child);
+        }
+        Ok(node)
+    }
+}
+
+fn targets(mode: Mode, kind: Kind, c: &SynthCluster) -> (Vec<SocketAddrV4>, String) {
+    let pod_port = if kind == Kind::Udp {
+        UDP_TARGET
+    } else {
+        TCP_TARGET
+    };
+    match mode {
+        Mode::Direct => (
+            pods()
+                .into_iter()
+                .map(|p| SocketAddrV4::new(p, pod_port))
+                .collect(),
+            format!("{PODS} pods through the node, picked at random"),
+        ),
+        Mode::Socklb | Mode::Iptables => {
+            let np = c.node_port(c.last()).unwrap_or(0);
+            (
+                vec![SocketAddrV4::new(NODE_IP, np)],
+                format!(
+                    "{NODE_IP}:{np} ({}, last in KUBE-NODEPORTS)",
+                    c.key(c.last())
+                ),
+            )
+        }
+    }
+}
+
+/// Item 3 at `n` services: builds the three nodes, runs every kind in every mode
+/// `cfg.reps` times (rotating the order) and adds the rows to `results.nodeport`.
+pub fn run(n: usize, cfg: &Config, work: &Path, results: &mut Results) -> Result<()> {
+    if n > MAX_SERVICES {
+        results.notes.push(format!(
+            "NodePort: {n} services is more than the {MAX_SERVICES} NodePorts this benchmark numbers; not measured."
+        ));
+        return Ok(());
+    }
+    let c = SynthCluster::new(n, cfg.endpoints, pods()).with_node_ports(NODE_PORT_BASE);
+    let dir = ManifestDir::new()?;
+    manifests::write_all(&dir, &c)?;
+
+    let direct = Node::new(Mode::Direct).context("the direct node")?;
+    let socklb = Node::new(Mode::Socklb).context("the socklb node")?;
+    let ipt = Node::new(Mode::Iptables).context("the iptables node")?;
+
+    // socklb: the agent in its node's namespace, TC on the LAN device. Drop order:
+    // agent, pins, cgroup (no process is in the cgroup: only the outside client sends).
+    let cgroup = TestCgroup::new()?;
+    let pins = PinDir::new()?;
+    let mut agent_cfg = AgentConfig::new(dir.path(), cgroup.path(), pins.path(), NODE_NAME)
+        .in_netns(socklb.sandbox.node().path());
+    agent_cfg.extra_args = ["--poll-interval-ms", "50", "--devices", LAN_IF]
+        .map(String::from)
+        .to_vec();
+    let t0 = Instant::now();
+    let mut agent = Agent::start(&agent_cfg)?;
+    wait_ready(&mut agent, cfg.agent_ready_timeout)?;
+    progress(format!(
+        "N={n} NodePort: agent ready in {:.0} ms",
+        t0.elapsed().as_secs_f64() * 1000.0
+    ));
+
+    // iptables: kube-proxy's layout with the NodePort rules in its node's namespace.
+    let ipt_ns = ipt.sandbox.node().path();
+    let restore = cfg.iptables_backend.restore();
+    let base = work.join("ipt-np-base.rules");
+    std::fs::write(&base, iptables::base())?;
+    let full = work.join("ipt-np-full.rules");
+    let text = iptables::full(&c, None);
+    let rules = iptables::rule_count(&text);
+    std::fs::write(&full, text)?;
+    util::run_in(
+        &ipt_ns,
+        restore,
+        &["--noflush"],
+        Some(&base),
+        TOOL_TIMEOUT,
+        work,
+    )?;
+    let ms = util::timed_in(
+        &ipt_ns,
+        restore,
+        &["--noflush", "--counters"],
+        Some(&full),
+        TOOL_TIMEOUT,
+        work,
+    )?;
+    let _ = std::fs::remove_file(&full);
+    progress(format!(
+        "N={n} NodePort: {rules} iptables rules loaded in {ms:.0} ms ({restore})"
+    ));
+    if cfg.iptables_backend == IptBackend::Nft {
+        results
+            .notes
+            .push("NodePort: iptables rules loaded with iptables-nft-restore.".into());
+    }
+
+    let client_of = |mode: Mode| -> std::path::PathBuf {
+        match mode {
+            Mode::Direct => direct.client.path(),
+            Mode::Socklb => socklb.client.path(),
+            Mode::Iptables => ipt.client.path(),
+        }
+    };
+    // The kinds the ClusterIP items ask for; all three when only `nodeport` is asked.
+    let (tcp, udp) = if cfg.tcp || cfg.udp {
+        (cfg.tcp, cfg.udp)
+    } else {
+        (true, true)
+    };
+    let mut kinds = Vec::new();
+    if tcp {
+        kinds.extend([Kind::TcpShort, Kind::TcpLong]);
+    }
+    if udp {
+        kinds.push(Kind::Udp);
+    }
+    let modes: Vec<Mode> = MODES
+        .into_iter()
+        .filter(|m| {
+            *m == Mode::Direct || cfg.modes.is_empty() || cfg.modes.iter().any(|x| x == m.name())
+        })
+        .collect();
+    let runner = LoadRun { cfg, work };
+
+    // Sanity: every mode reaches every pod without errors, replies from the address sent to.
+    for &kind in &kinds {
+        for &mode in &modes {
+            check_interrupted()?;
+            let (to, _) = targets(mode, kind, &c);
+            let r = runner.run(
+                &client_of(mode),
+                None,
+                kind,
+                &to,
+                Duration::from_millis(300),
+                Duration::from_millis(50),
+                1,
+            )?;
+            let want = if kind == Kind::TcpLong {
+                1
+            } else {
+                usize::from(PODS)
+            };
+            let errors: u64 = r.errors.values().sum();
+            if errors > 0
+                || r.backends.len() < want.min(r.ops as usize).max(1)
+                || r.wrong_source > 0
+            {
+                let msg = format!(
+                    "N={n} NodePort {} {}: sanity check: {} ops, {errors} errors ({:?}), {} backends seen, {} wrong reply sources",
+                    kind.name(),
+                    mode.name(),
+                    r.ops,
+                    r.first_error,
+                    r.backends.len(),
+                    r.wrong_source
+                );
+                progress(&msg);
+                results.notes.push(msg);
+            }
+        }
+    }
+
+    let mut runs: Vec<(Kind, Mode, usize, LoadReport)> = Vec::new();
+    for rep in 0..cfg.reps {
+        for &kind in &kinds {
+            let mut order = modes.clone();
+            order.rotate_left(rep % modes.len());
+            for mode in order {
+                check_interrupted()?;
+                let (to, _) = targets(mode, kind, &c);
+                let r = runner.run(
+                    &client_of(mode),
+                    None,
+                    kind,
+                    &to,
+                    cfg.duration,
+                    cfg.warmup,
+                    cfg.threads,
+                )?;
+                progress(format!(
+                    "N={n} NodePort rep {}/{} {:9} {:9} {:>9.0} ops/s  p50 {:>7.1} us  p99 {:>7.1} us{}",
+                    rep + 1,
+                    cfg.reps,
+                    kind.name(),
+                    mode.name(),
+                    r.ops_per_s,
+                    r.latency_us.p50,
+                    r.latency_us.p99,
+                    if r.errors.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  errors {:?}", r.errors)
+                    }
+                ));
+                runs.push((kind, mode, rep, r));
+            }
+        }
+    }
+    for &kind in &kinds {
+        for &mode in &modes {
+            let mine: Vec<(usize, &LoadReport)> = runs
+                .iter()
+                .filter(|r| r.0 == kind && r.1 == mode)
+                .map(|r| (r.2, &r.3))
+                .collect();
+            let direct_run = |rep: usize| {
+                runs.iter()
+                    .find(|r| r.0 == kind && r.1 == Mode::Direct && r.2 == rep)
+                    .map(|r| &r.3)
+            };
+            let target = targets(mode, kind, &c).1;
+            results.nodeport.push(datapath_row(
+                n,
+                kind,
+                mode.name(),
+                target,
+                &mine,
+                direct_run,
+            ));
+        }
+    }
+
+    agent.stop()?;
+    agent.uninstall()?;
+    drop(agent);
+    drop(pins);
+    drop(cgroup);
+    drop((ipt, socklb, direct));
+    Ok(())
 }

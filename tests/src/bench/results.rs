@@ -15,6 +15,9 @@ pub struct Results {
     pub schema: u32,
     pub meta: Meta,
     pub datapath: Vec<DatapathRow>,
+    /// Issue 5, item 3: NodePort from outside the node (modes direct, socklb, iptables).
+    #[serde(default)]
+    pub nodeport: Vec<DatapathRow>,
     pub control_plane: ControlPlane,
     pub memory: Vec<MemoryRow>,
     /// Things the reader must know (skipped parts, capacity limits, sanity failures).

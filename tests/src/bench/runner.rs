@@ -93,7 +93,7 @@ pub struct Config {
     pub udp: bool,
     pub control: bool,
     pub memory: bool,
-    /// Item 3 (NodePort through the TC program): not yet; see `nodeport.rs`.
+    /// Item 3: NodePort from outside the node (TC program vs iptables NodePort DNAT).
     pub nodeport: bool,
     /// The data path's iptables (and the first control-plane backend).
     pub iptables_backend: IptBackend,
@@ -107,7 +107,7 @@ pub struct Config {
     pub out: std::path::PathBuf,
 }
 
-const NODE_NAME: &str = "bench-node";
+use super::model::NODE_NAME;
 /// Client namespaces of one N, by role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Client {
@@ -128,7 +128,7 @@ const CLIENTS: [Client; 5] = [
 /// Most real pods behind the measured services.
 const MAX_REAL_PODS: u8 = 10;
 /// Long enough for any rule load seen here (nft at 30 000 services).
-const TOOL_TIMEOUT: Duration = Duration::from_secs(3600);
+pub(super) const TOOL_TIMEOUT: Duration = Duration::from_secs(3600);
 
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -137,7 +137,7 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-fn progress(msg: impl AsRef<str>) {
+pub(super) fn progress(msg: impl AsRef<str>) {
     eprintln!("socklb-bench: {}", msg.as_ref());
 }
 
@@ -170,9 +170,6 @@ pub fn run(cfg: &Config) -> Result<Results> {
             cfg.other_backend_max
         ));
     }
-    if cfg.nodeport {
-        super::nodeport::nodeport(&mut results);
-    }
     let mut bed = if cfg.tcp || cfg.udp {
         Some(Bed::new(&pods)?)
     } else {
@@ -201,6 +198,11 @@ pub fn run(cfg: &Config) -> Result<Results> {
         if let Some(bed) = bed.as_mut() {
             datapath(bed, &cluster, &manifest_dir, cfg, work.path(), &mut results)
                 .with_context(|| format!("data path at {n} services"))?;
+            write(&cfg.out, &results)?;
+        }
+        if cfg.nodeport {
+            super::nodeport::run(n, cfg, work.path(), &mut results)
+                .with_context(|| format!("NodePort at {n} services"))?;
             write(&cfg.out, &results)?;
         }
         if cfg.control {
@@ -438,14 +440,14 @@ fn targets(
     }
 }
 
-struct LoadRun<'a> {
-    cfg: &'a Config,
-    work: &'a Path,
+pub(super) struct LoadRun<'a> {
+    pub(super) cfg: &'a Config,
+    pub(super) work: &'a Path,
 }
 
 impl LoadRun<'_> {
     #[allow(clippy::too_many_arguments)] // one call per figure; a struct would only rename them
-    fn run(
+    pub(super) fn run(
         &self,
         netns: &Path,
         cgroup: Option<&Path>,
@@ -644,38 +646,20 @@ fn datapath(
     }
     for &kind in &kinds {
         for &mode in &modes {
-            let mine: Vec<&(Kind, Mode, usize, LoadReport)> =
-                runs.iter().filter(|r| r.0 == kind && r.1 == mode).collect();
+            let mine: Vec<(usize, &LoadReport)> = runs
+                .iter()
+                .filter(|r| r.0 == kind && r.1 == mode)
+                .map(|r| (r.2, &r.3))
+                .collect();
             let direct = |rep: usize| {
                 runs.iter()
                     .find(|r| r.0 == kind && r.1 == Mode::Direct && r.2 == rep)
                     .map(|r| &r.3)
             };
-            let ratio = |f: &dyn Fn(&LoadReport) -> f64| -> Spread {
-                Spread::of(
-                    &mine
-                        .iter()
-                        .filter_map(|r| direct(r.2).map(|d| f(&r.3) / f(d)))
-                        .collect::<Vec<_>>(),
-                )
-            };
-            let backends: BTreeSet<&String> =
-                mine.iter().flat_map(|r| r.3.backends.keys()).collect();
-            results.datapath.push(DatapathRow {
-                services: n,
-                kind: kind.name().into(),
-                mode: mode.name().into(),
-                target: targets(mode, kind, c, &bed.pods).1,
-                ops_per_s: Spread::of(&mine.iter().map(|r| r.3.ops_per_s).collect::<Vec<_>>()),
-                p50_us: Spread::of(&mine.iter().map(|r| r.3.latency_us.p50).collect::<Vec<_>>()),
-                p99_us: Spread::of(&mine.iter().map(|r| r.3.latency_us.p99).collect::<Vec<_>>()),
-                ratio_ops_per_s: ratio(&|r| r.ops_per_s),
-                ratio_p50: ratio(&|r| r.latency_us.p50),
-                ratio_p99: ratio(&|r| r.latency_us.p99),
-                backends_seen: backends.len(),
-                errors: mine.iter().map(|r| r.3.errors.values().sum::<u64>()).sum(),
-                runs: mine.iter().map(|r| r.3.clone()).collect(),
-            });
+            let target = targets(mode, kind, c, &bed.pods).1;
+            results
+                .datapath
+                .push(datapath_row(n, kind, mode.name(), target, &mine, direct));
         }
     }
 
@@ -688,7 +672,56 @@ fn datapath(
     Ok(())
 }
 
-fn wait_ready(agent: &mut Agent, timeout: Duration) -> Result<Duration> {
+/// One (N, kind, mode) from its runs `(repetition, report)`, each also as a ratio to
+/// `direct(repetition)`, the direct run of the same repetition.
+pub(super) fn datapath_row<'a>(
+    n: usize,
+    kind: Kind,
+    mode: &str,
+    target: String,
+    mine: &[(usize, &LoadReport)],
+    direct: impl Fn(usize) -> Option<&'a LoadReport>,
+) -> DatapathRow {
+    let ratio = |f: &dyn Fn(&LoadReport) -> f64| -> Spread {
+        Spread::of(
+            &mine
+                .iter()
+                .filter_map(|(rep, r)| direct(*rep).map(|d| f(r) / f(d)))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let backends: BTreeSet<&String> = mine.iter().flat_map(|(_, r)| r.backends.keys()).collect();
+    DatapathRow {
+        services: n,
+        kind: kind.name().into(),
+        mode: mode.into(),
+        target,
+        ops_per_s: Spread::of(&mine.iter().map(|(_, r)| r.ops_per_s).collect::<Vec<_>>()),
+        p50_us: Spread::of(
+            &mine
+                .iter()
+                .map(|(_, r)| r.latency_us.p50)
+                .collect::<Vec<_>>(),
+        ),
+        p99_us: Spread::of(
+            &mine
+                .iter()
+                .map(|(_, r)| r.latency_us.p99)
+                .collect::<Vec<_>>(),
+        ),
+        ratio_ops_per_s: ratio(&|r| r.ops_per_s),
+        ratio_p50: ratio(&|r| r.latency_us.p50),
+        ratio_p99: ratio(&|r| r.latency_us.p99),
+        backends_seen: backends.len(),
+        errors: mine
+            .iter()
+            .map(|(_, r)| r.errors.values().sum::<u64>())
+            .sum(),
+        runs: mine.iter().map(|(_, r)| (*r).clone()).collect(),
+    }
+}
+
+pub(super) fn wait_ready(agent: &mut Agent, timeout: Duration) -> Result<Duration> {
     let start = Instant::now();
     loop {
         check_interrupted()?;

@@ -133,8 +133,9 @@ struct RunArgs {
     /// Request size in bytes.
     #[arg(long, default_value_t = 32)]
     size: usize,
-    /// What to run, comma separated: tcp, udp, control, memory, nodeport (item 3 of
-    /// issue 5: not yet measured, it only records so).
+    /// What to run, comma separated: tcp, udp, control, memory, nodeport (NodePort from
+    /// outside the node: direct, socklb's TC program, iptables' NodePort DNAT; the
+    /// kinds of tcp/udp, all three when neither is given).
     #[arg(
         long,
         value_delimiter = ',',
