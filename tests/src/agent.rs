@@ -196,6 +196,12 @@ impl AgentConfig {
         a.push("--node".into());
         a.push(self.node.clone().into());
         a.extend(self.extra_args.iter().map(Into::into));
+        // An agent in the host's network namespace never attaches to the host's
+        // devices: without an explicit --devices it gets none.
+        if self.netns.is_none() && !self.extra_args.iter().any(|x| x == "--devices") {
+            a.push("--devices".into());
+            a.push("none".into());
+        }
         a
     }
 }
@@ -357,8 +363,13 @@ mod tests {
                 "--bpffs",
                 "/sys/fs/bpf/x",
                 "--node",
-                "node-a"
+                "node-a",
+                "--devices",
+                "none"
             ]
         );
+        // In a namespace of its own, or with devices given, nothing is added.
+        let c = c.in_netns("/run/netns/x");
+        assert!(!c.args().iter().any(|a| a == "none"));
     }
 }

@@ -497,7 +497,10 @@ fn datapath(
     let cgroup = TestCgroup::new()?;
     let pins = PinDir::new()?;
     let mut agent_cfg = AgentConfig::new(dir.path(), cgroup.path(), pins.path(), NODE_NAME);
-    agent_cfg.extra_args = vec!["--poll-interval-ms".into(), "50".into()];
+    // In the host's network namespace: ClusterIP only, no TC on the host's devices.
+    agent_cfg.extra_args = ["--poll-interval-ms", "50", "--devices", "none"]
+        .map(String::from)
+        .to_vec();
     let t0 = Instant::now();
     let mut agent = Agent::start(&agent_cfg)?;
     wait_ready(&mut agent, cfg.agent_ready_timeout)?;
@@ -968,7 +971,10 @@ fn agent_phase(
         let cgroup = TestCgroup::new()?;
         let pins = PinDir::new()?;
         let mut agent_cfg = AgentConfig::new(dir.path(), cgroup.path(), pins.path(), NODE_NAME);
-        agent_cfg.extra_args = vec!["--poll-interval-ms".into(), "50".into()];
+        // In the host's network namespace: ClusterIP only, no TC on the host's devices.
+        agent_cfg.extra_args = ["--poll-interval-ms", "50", "--devices", "none"]
+            .map(String::from)
+            .to_vec();
         let mut agent = Agent::start(&agent_cfg)?;
         let took = wait_ready(&mut agent, cfg.agent_ready_timeout)?;
         // Let the allocator and the runtime settle after the initial sync.
