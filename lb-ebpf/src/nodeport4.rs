@@ -137,21 +137,43 @@ enum Parsed {
     },
 }
 
+/// Reads a `T` at `off`: straight from the packet when the linear area holds it (no
+/// helper call: parsing runs for every packet of the device), else through
+/// bpf_skb_load_bytes (headers in paged data). Only for `T` of 2 bytes or more:
+/// LLVM turns a 1-byte bound check into a form the verifier cannot use, so single
+/// bytes are read as half of a [`load_pair`].
+#[inline(always)]
+fn load<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, Error> {
+    let start = ctx.data();
+    if start + off + core::mem::size_of::<T>() <= ctx.data_end() {
+        // SAFETY: inside [data, data_end), which the check above proves to the verifier.
+        return Ok(unsafe { core::ptr::read_unaligned((start + off) as *const T) });
+    }
+    Ok(ctx.load(off)?)
+}
+
+/// The bytes at `off` and `off + 1`.
+#[inline(always)]
+fn load_pair(ctx: &TcContext, off: usize) -> Result<(u8, u8), Error> {
+    let [first, second] = load::<[u8; 2]>(ctx, off)?;
+    Ok((first, second))
+}
+
 #[inline(always)]
 fn parse(ctx: &TcContext) -> Result<Parsed, Error> {
-    let eth_proto: u16 = ctx.load(12)?;
+    let eth_proto: u16 = load(ctx, 12)?;
     if eth_proto != ETH_P_IP.to_be() {
         return Ok(Parsed::Other);
     }
-    let ver_ihl: u8 = ctx.load(ETH_HLEN)?;
+    let (ver_ihl, _tos) = load_pair(ctx, ETH_HLEN)?;
     let ihl = ((ver_ihl & 0x0f) as usize) * 4;
     if ver_ihl >> 4 != 4 || ihl < 20 {
         return Ok(Parsed::Other);
     }
-    let frag_off = u16::from_be(ctx.load::<u16>(ETH_HLEN + IP_FRAG_OFF)?);
-    let proto: u8 = ctx.load(ETH_HLEN + IP_PROTO)?;
-    let saddr: u32 = ctx.load(ETH_HLEN + IP_SADDR)?;
-    let daddr: u32 = ctx.load(ETH_HLEN + IP_DADDR)?;
+    let frag_off = u16::from_be(load::<u16>(ctx, ETH_HLEN + IP_FRAG_OFF)?);
+    let (_ttl, proto) = load_pair(ctx, ETH_HLEN + IP_TTL)?;
+    let saddr: u32 = load(ctx, ETH_HLEN + IP_SADDR)?;
+    let daddr: u32 = load(ctx, ETH_HLEN + IP_DADDR)?;
     let l4_off = ETH_HLEN + ihl;
     let frag = if frag_off & IP_OFFSET_MASK != 0 {
         Frag::Later
@@ -175,7 +197,7 @@ fn parse(ctx: &TcContext) -> Result<Parsed, Error> {
         Ok(Frag4Key {
             saddr,
             daddr,
-            id: ctx.load(ETH_HLEN + 4)?,
+            id: load(ctx, ETH_HLEN + 4)?,
             proto,
             pad: 0,
         })
@@ -189,10 +211,10 @@ fn parse(ctx: &TcContext) -> Result<Parsed, Error> {
             }
         }
     } else {
-        let sport: u16 = ctx.load(l4_off)?;
-        let dport: u16 = ctx.load(l4_off + 2)?;
+        let sport: u16 = load(ctx, l4_off)?;
+        let dport: u16 = load(ctx, l4_off + 2)?;
         let flags: u8 = if proto == IPPROTO_TCP {
-            ctx.load(l4_off + 13)?
+            load_pair(ctx, l4_off + 12)?.1
         } else {
             0
         };
