@@ -1282,6 +1282,9 @@ fn profile_section(r: &Value) -> String {
         );
     }
     m.push_str(DATAPATH_PROFILE);
+    if !arr(r, "/nodeport").is_empty() {
+        m.push_str(NODEPORT_PROFILE);
+    }
     // Latency-tail misses that sit inside their own run-to-run spread.
     for d in arr(r, "/datapath")
         .iter()
@@ -1332,6 +1335,25 @@ come from the backend) still ran at 0.94–0.97×. The remainder is in the trans
 this machine's noise (compare the spread of the socklb rows); it does not grow with N. Next steps: an 8 KiB \
 NodePort bitmap (array map, inlined lookup) for `post_bind4` instead of the hash lookup, and one \
 `bpf_sk_storage_get(..., F_CREATE)` instead of a lookup and a create for a new socket.\n\n\
+";
+
+/// The NodePort analysis (bpf_stats and perf during
+/// `socklb-bench run --services 1000 --items nodeport --modes socklb`).
+const NODEPORT_PROFILE: &str = "\
+**Where NodePort's cost is.** Every packet of a NodePort flow runs the TC program twice on the node: \
+ingress (client to pod: conntrack lookup, DNAT, checksums) and egress (pod to client: the reverse). With \
+`kernel.bpf_stats_enabled` at 1 000 services: 452 ns per ingress run and 214 ns per egress run, averaged \
+over all three kinds (new flows pay for the backend choice and two conntrack inserts), after parsing moved \
+from `bpf_skb_load_bytes` calls to direct packet reads (496 and 253 ns before). The rest of a run is the \
+conntrack LRU lookup, `bpf_ktime_get_ns`, and the checksum and store helpers, which have to stay helpers: \
+only they know whether the kernel will finish the L4 checksum later (`CHECKSUM_PARTIAL`). Against a \
+6 µs request/response over a forwarded connection, that is the 4–6 % the long-connection rows show. New \
+flows cost more (short connections and UDP queries, one flow each, 0.8–0.94× direct): the backend choice \
+and two inserts into the conntrack LRU per flow, and the entries' expiry; nothing in it grows with N. In \
+this run one short connection through socklb's NodePort (of several hundred thousand, at 1 and at 1 000 \
+services) got no answer within 1 s (`ETIMEDOUT` on read); it is not explained yet. Next steps: measure \
+the per-flow setup alone, refresh conntrack expiry from a coarser clock, and keep the established fast \
+path free of the per-packet counter update.\n\n\
 ";
 
 // ============================================================================ plots
