@@ -35,14 +35,14 @@ use socklb_tests::{
 };
 
 use super::iptables;
-use super::load::{Kind, LoadReport};
+use super::load::Kind;
 use super::manifests;
 use super::model::{NODE_NAME, SynthCluster, TCP_TARGET, UDP_TARGET};
 use super::results::Results;
 use super::runner::{
-    Config, IptBackend, LoadRun, TOOL_TIMEOUT, datapath_row, progress, wait_ready,
+    Config, IptBackend, LoadRun, Measured, TOOL_TIMEOUT, measure, progress, wait_ready,
 };
-use super::util::{self, check_interrupted};
+use super::util;
 
 /// NodePort of service i: `NODE_PORT_BASE + i`.
 pub const NODE_PORT_BASE: u16 = 20_000;
@@ -286,105 +286,23 @@ pub fn run(n: usize, cfg: &Config, work: &Path, results: &mut Results) -> Result
         })
         .collect();
     let runner = LoadRun { cfg, work };
-
-    // Sanity: every mode reaches every pod without errors, replies from the address sent to.
-    for &kind in &kinds {
-        for &mode in &modes {
-            check_interrupted()?;
-            let (to, _) = targets(mode, kind, &c);
-            let r = runner.run(
-                &client_of(mode),
-                None,
-                kind,
-                &to,
-                Duration::from_millis(300),
-                Duration::from_millis(50),
-                1,
-            )?;
-            let want = if kind == Kind::TcpLong {
-                1
-            } else {
-                usize::from(PODS)
-            };
-            let errors: u64 = r.errors.values().sum();
-            if errors > 0
-                || r.backends.len() < want.min(r.ops as usize).max(1)
-                || r.wrong_source > 0
-            {
-                let msg = format!(
-                    "N={n} NodePort {} {}: sanity check: {} ops, {errors} errors ({:?}), {} backends seen, {} wrong reply sources",
-                    kind.name(),
-                    mode.name(),
-                    r.ops,
-                    r.first_error,
-                    r.backends.len(),
-                    r.wrong_source
-                );
-                progress(&msg);
-                results.notes.push(msg);
-            }
-        }
-    }
-
-    let mut runs: Vec<(Kind, Mode, usize, LoadReport)> = Vec::new();
-    for rep in 0..cfg.reps {
-        for &kind in &kinds {
-            let mut order = modes.clone();
-            order.rotate_left(rep % modes.len());
-            for mode in order {
-                check_interrupted()?;
-                let (to, _) = targets(mode, kind, &c);
-                let r = runner.run(
-                    &client_of(mode),
-                    None,
-                    kind,
-                    &to,
-                    cfg.duration,
-                    cfg.warmup,
-                    cfg.threads,
-                )?;
-                progress(format!(
-                    "N={n} NodePort rep {}/{} {:9} {:9} {:>9.0} ops/s  p50 {:>7.1} us  p99 {:>7.1} us{}",
-                    rep + 1,
-                    cfg.reps,
-                    kind.name(),
-                    mode.name(),
-                    r.ops_per_s,
-                    r.latency_us.p50,
-                    r.latency_us.p99,
-                    if r.errors.is_empty() {
-                        String::new()
-                    } else {
-                        format!("  errors {:?}", r.errors)
-                    }
-                ));
-                runs.push((kind, mode, rep, r));
-            }
-        }
-    }
-    for &kind in &kinds {
-        for &mode in &modes {
-            let mine: Vec<(usize, &LoadReport)> = runs
-                .iter()
-                .filter(|r| r.0 == kind && r.1 == mode)
-                .map(|r| (r.2, &r.3))
-                .collect();
-            let direct_run = |rep: usize| {
-                runs.iter()
-                    .find(|r| r.0 == kind && r.1 == Mode::Direct && r.2 == rep)
-                    .map(|r| &r.3)
-            };
-            let target = targets(mode, kind, &c).1;
-            results.nodeport.push(datapath_row(
-                n,
-                kind,
-                mode.name(),
-                target,
-                &mine,
-                direct_run,
-            ));
-        }
-    }
+    let measured = Measured {
+        label: format!("N={n} NodePort"),
+        n,
+        kinds: &kinds,
+        modes: &modes,
+        direct: Mode::Direct,
+        pods: usize::from(PODS),
+    };
+    let rows = measure(
+        &measured,
+        &runner,
+        &mut results.notes,
+        Mode::name,
+        |mode| Ok((client_of(mode), None)),
+        |mode, kind| targets(mode, kind, &c),
+    )?;
+    results.nodeport.extend(rows);
 
     agent.stop()?;
     agent.uninstall()?;

@@ -578,62 +578,124 @@ fn datapath(
         })
     };
     let runner = LoadRun { cfg, work };
+    let measured = Measured {
+        label: format!("N={n}"),
+        n,
+        kinds: &kinds,
+        modes: &modes,
+        direct: Mode::Direct,
+        pods: bed.pods.len(),
+    };
+    let rows = measure(
+        &measured,
+        &runner,
+        &mut results.notes,
+        Mode::name,
+        |mode| where_(mode).map(|(ns, cg)| (ns, cg.map(Path::to_path_buf))),
+        |mode, kind| targets(mode, kind, c, &bed.pods),
+    )?;
+    results.datapath.extend(rows);
 
-    // Sanity: every mode reaches every pod of the measured service, without errors.
-    for &kind in &kinds {
-        for &mode in &modes {
+    agent.stop()?;
+    agent.uninstall()?;
+    drop(agent);
+    drop(pins);
+    drop(cgroup);
+    drop(clients);
+    Ok(())
+}
+
+/// One data-path measurement: every kind in every mode, each mode's client in its own
+/// namespace (and cgroup).
+pub(super) struct Measured<'a, M> {
+    /// Prefix of progress lines and notes (`N=1000`, `N=1000 NodePort`).
+    pub(super) label: String,
+    pub(super) n: usize,
+    pub(super) kinds: &'a [Kind],
+    pub(super) modes: &'a [M],
+    /// The mode every ratio is taken against.
+    pub(super) direct: M,
+    /// Real pods behind the measured service (all should answer).
+    pub(super) pods: usize,
+}
+
+/// Runs `m`: a short sanity run of every (kind, mode), whose failures go to `notes`,
+/// then `cfg.reps` repetitions with the modes in a rotated order each time; one row
+/// per (kind, mode) with its ratios to the direct run of the same repetition.
+/// `client(mode)` is where the mode's client runs, `targets(mode, kind)` what it
+/// sends to and how the row describes it.
+pub(super) fn measure<M: Copy + PartialEq>(
+    m: &Measured<'_, M>,
+    runner: &LoadRun<'_>,
+    notes: &mut Vec<String>,
+    name: impl Fn(M) -> &'static str,
+    client: impl Fn(M) -> Result<(std::path::PathBuf, Option<std::path::PathBuf>)>,
+    targets: impl Fn(M, Kind) -> (Vec<SocketAddrV4>, String),
+) -> Result<Vec<DatapathRow>> {
+    let cfg = runner.cfg;
+    // Sanity: every mode reaches every pod without errors, replies from the address sent to.
+    for &kind in m.kinds {
+        for &mode in m.modes {
             check_interrupted()?;
-            let (ns, cg) = where_(mode)?;
-            let (to, _) = targets(mode, kind, c, &bed.pods);
+            let (ns, cg) = client(mode)?;
+            let (to, _) = targets(mode, kind);
             let r = runner.run(
                 &ns,
-                cg,
+                cg.as_deref(),
                 kind,
                 &to,
                 Duration::from_millis(300),
                 Duration::from_millis(50),
                 1,
             )?;
-            let seen: BTreeSet<&String> = r.backends.keys().collect();
-            let want = if kind == Kind::TcpLong {
-                1
-            } else {
-                bed.pods.len()
-            };
+            let want = if kind == Kind::TcpLong { 1 } else { m.pods };
             let errors: u64 = r.errors.values().sum();
-            if errors > 0 || seen.len() < want.min(r.ops as usize).max(1) || r.wrong_source > 0 {
+            if errors > 0
+                || r.backends.len() < want.min(r.ops as usize).max(1)
+                || r.wrong_source > 0
+            {
                 let msg = format!(
-                    "N={n} {} {}: sanity check: {} ops, {errors} errors ({:?}), {} backends seen, {} wrong reply sources",
+                    "{} {} {}: sanity check: {} ops, {errors} errors ({:?}), {} backends seen, {} wrong reply sources",
+                    m.label,
                     kind.name(),
-                    mode.name(),
+                    name(mode),
                     r.ops,
                     r.first_error,
-                    seen.len(),
+                    r.backends.len(),
                     r.wrong_source
                 );
                 progress(&msg);
-                results.notes.push(msg);
+                notes.push(msg);
             }
         }
     }
 
     // The measurement: repetitions, each with every kind and every mode (rotated).
-    let mut runs: Vec<(Kind, Mode, usize, LoadReport)> = Vec::new();
+    let mut runs: Vec<(Kind, M, usize, LoadReport)> = Vec::new();
     for rep in 0..cfg.reps {
-        for &kind in &kinds {
-            let mut order = modes.clone();
-            order.rotate_left(rep % modes.len());
+        for &kind in m.kinds {
+            let mut order = m.modes.to_vec();
+            order.rotate_left(rep % m.modes.len().max(1));
             for mode in order {
                 check_interrupted()?;
-                let (ns, cg) = where_(mode)?;
-                let (to, _) = targets(mode, kind, c, &bed.pods);
-                let r = runner.run(&ns, cg, kind, &to, cfg.duration, cfg.warmup, cfg.threads)?;
+                let (ns, cg) = client(mode)?;
+                let (to, _) = targets(mode, kind);
+                let r = runner.run(
+                    &ns,
+                    cg.as_deref(),
+                    kind,
+                    &to,
+                    cfg.duration,
+                    cfg.warmup,
+                    cfg.threads,
+                )?;
                 progress(format!(
-                    "N={n} rep {}/{} {:9} {:14} {:>9.0} ops/s  p50 {:>7.1} us  p99 {:>7.1} us{}",
+                    "{} rep {}/{} {:9} {:14} {:>9.0} ops/s  p50 {:>7.1} us  p99 {:>7.1} us{}",
+                    m.label,
                     rep + 1,
                     cfg.reps,
                     kind.name(),
-                    mode.name(),
+                    name(mode),
                     r.ops_per_s,
                     r.latency_us.p50,
                     r.latency_us.p99,
@@ -647,8 +709,9 @@ fn datapath(
             }
         }
     }
-    for &kind in &kinds {
-        for &mode in &modes {
+    let mut rows = Vec::new();
+    for &kind in m.kinds {
+        for &mode in m.modes {
             let mine: Vec<(usize, &LoadReport)> = runs
                 .iter()
                 .filter(|r| r.0 == kind && r.1 == mode)
@@ -656,28 +719,19 @@ fn datapath(
                 .collect();
             let direct = |rep: usize| {
                 runs.iter()
-                    .find(|r| r.0 == kind && r.1 == Mode::Direct && r.2 == rep)
+                    .find(|r| r.0 == kind && r.1 == m.direct && r.2 == rep)
                     .map(|r| &r.3)
             };
-            let target = targets(mode, kind, c, &bed.pods).1;
-            results
-                .datapath
-                .push(datapath_row(n, kind, mode.name(), target, &mine, direct));
+            let target = targets(mode, kind).1;
+            rows.push(datapath_row(m.n, kind, name(mode), target, &mine, direct));
         }
     }
-
-    agent.stop()?;
-    agent.uninstall()?;
-    drop(agent);
-    drop(pins);
-    drop(cgroup);
-    drop(clients);
-    Ok(())
+    Ok(rows)
 }
 
 /// One (N, kind, mode) from its runs `(repetition, report)`, each also as a ratio to
 /// `direct(repetition)`, the direct run of the same repetition.
-pub(super) fn datapath_row<'a>(
+fn datapath_row<'a>(
     n: usize,
     kind: Kind,
     mode: &str,
