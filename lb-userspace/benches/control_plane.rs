@@ -57,6 +57,7 @@ fn service(i: usize) -> ServiceModel {
     ServiceModel {
         namespace: "bench".into(),
         name: format!("svc-{i}"),
+        created: None,
         service_type: ServiceType::ClusterIP,
         cluster_ips: vec![Ipv4Addr::from(0x0a60_0000u32 + i as u32)],
         ports: vec![ServicePortModel {

@@ -22,7 +22,7 @@ use crate::{
     manifests,
     model::NodeModel,
     node,
-    plan::{self, Plan},
+    plan::{self, Conflict, Plan},
     reconcile::Reconciler,
     service_health::{self, ServiceHealthServers},
     source::ClusterEvent,
@@ -110,6 +110,8 @@ struct SyncMetrics {
     ct_expired: AtomicU64,
     /// Sweeps that found the conntrack table nearly full (LRU eviction likely).
     ct_pressure: AtomicU64,
+    /// Frontends claimed by more than one Service, as of the last sync.
+    conflicts: std::sync::Mutex<Vec<Conflict>>,
 }
 
 /// Runs until `shutdown` resolves. The data path stays in place afterwards.
@@ -286,9 +288,7 @@ pub async fn run_agent(
                 metrics
                     .frontends
                     .store(desired.frontends.len() as u64, Ordering::Relaxed);
-                for conflict in state.index().conflicts() {
-                    warn!(%conflict, "two services claim one frontend");
-                }
+                report_conflicts(state.index().conflicts(), &metrics);
                 if stats.ops > 0 {
                     info!(
                         services = state.service_count(),
@@ -323,6 +323,27 @@ pub async fn run_agent(
         info!("shutting down; the data path stays in place");
     }
     result
+}
+
+/// Logs conflicts once when they appear and once when they are resolved (not at every
+/// sync), and keeps them for /metrics.
+fn report_conflicts(now: Vec<Conflict>, metrics: &SyncMetrics) {
+    let Ok(mut known) = metrics.conflicts.lock() else {
+        return;
+    };
+    if *known == now {
+        return;
+    }
+    for conflict in now.iter().filter(|c| !known.contains(c)) {
+        warn!(%conflict, "two services claim one frontend; the other is not served there");
+    }
+    for conflict in known.iter().filter(|c| !now.contains(c)) {
+        info!(
+            address = %conflict.address, protocol = %conflict.protocol, service = %conflict.dropped,
+            "frontend conflict resolved"
+        );
+    }
+    *known = now;
 }
 
 /// A sweep finding the conntrack table at least this full counts as pressure.
@@ -426,6 +447,33 @@ fn register_sync_metrics(health: &Health, metrics: &Arc<SyncMetrics>) {
             MetricType::Gauge,
             [(&[][..], m.last_latency_us.load(Ordering::Relaxed) as f64 / 1e6)],
         );
+        if let Ok(conflicts) = m.conflicts.lock() {
+            write_metric_family(
+                out,
+                "socklb_frontend_conflicts",
+                "Claims on a frontend that another Service keeps (not served for the claimant).",
+                MetricType::Gauge,
+                [(&[][..], conflicts.len() as f64)],
+            );
+            let labels: Vec<[(&str, &str); 4]> = conflicts
+                .iter()
+                .map(|c| {
+                    [
+                        ("address", c.address.as_str()),
+                        ("protocol", c.protocol.as_str()),
+                        ("kept", c.kept.as_str()),
+                        ("dropped", c.dropped.as_str()),
+                    ]
+                })
+                .collect();
+            write_metric_family(
+                out,
+                "socklb_frontend_conflict",
+                "One per frontend claim that lost: the frontend, the Service that keeps it and the one that does not.",
+                MetricType::Gauge,
+                labels.iter().map(|l| (&l[..], 1.0)),
+            );
+        }
         write_metric_family(
             out,
             "socklb_frontends",

@@ -15,3 +15,4 @@ pub mod service_health;
 pub mod source;
 pub mod state;
 pub mod status;
+pub mod table;

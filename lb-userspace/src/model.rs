@@ -19,6 +19,7 @@ use k8s_openapi::{
         discovery::v1::{EndpointPort, EndpointSlice},
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    jiff::Timestamp,
 };
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -238,6 +239,9 @@ impl<'de> Deserialize<'de> for Ipv4Cidr {
 pub struct ServiceModel {
     pub namespace: String,
     pub name: String,
+    /// metadata.creationTimestamp. Of two Services that claim one frontend, the older
+    /// keeps it; `None` (a hand-written manifest without one) ranks after every time.
+    pub created: Option<Timestamp>,
     pub service_type: ServiceType,
     /// The IPv4 entries of spec.clusterIPs (or spec.clusterIP); a dual-stack Service is
     /// served on its IPv4 part. Never empty.
@@ -430,6 +434,7 @@ impl ServiceModel {
         Ok(Some(ServiceModel {
             namespace,
             name,
+            created: svc.metadata.creation_timestamp.as_ref().map(|t| t.0),
             service_type,
             cluster_ips,
             ports,
@@ -833,6 +838,7 @@ mod tests {
             ServiceModel {
                 namespace: "demo".into(),
                 name: "web".into(),
+                created: None,
                 service_type: ServiceType::ClusterIP,
                 cluster_ips: vec![Ipv4Addr::new(10, 96, 0, 10)],
                 ports: vec![ServicePortModel {

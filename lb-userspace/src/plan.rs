@@ -20,12 +20,15 @@ use std::{
     str::FromStr,
 };
 
+use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
-use tracing::warn;
 
-use crate::model::{
-    EndpointModel, Ipv4Cidr, NodeModel, Protocol, ServiceModel, ServiceType, SliceModel,
-    TrafficPolicy,
+use crate::{
+    model::{
+        EndpointModel, Ipv4Cidr, NodeModel, Protocol, ServiceModel, ServiceType, SliceModel,
+        TrafficPolicy,
+    },
+    table,
 };
 
 /// How a frontend address is reached. Match on this enum exhaustively so adding a kind
@@ -231,6 +234,9 @@ pub struct Plan {
     /// Sorted by (ip, port, protocol, type), NodePort frontends (0.0.0.0) first; at most
     /// one per (ip, port, protocol).
     pub frontends: Vec<Frontend>,
+    /// Claims that lost a frontend to another Service, by address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<Conflict>,
 }
 
 impl Plan {
@@ -247,57 +253,55 @@ impl Plan {
         serde_json::from_str(json)
     }
 
-    /// An aligned table, one frontend per line.
+    /// An aligned table, one frontend per line; then the conflicts, if any.
     pub fn render_table(&self) -> String {
-        let header = [
-            "SERVICE", "PORT", "PROTO", "TYPE", "ADDRESS", "ACTION", "BACKENDS",
-        ]
-        .map(String::from);
+        let dash_if_empty = |s: String| if s.is_empty() { "-".to_owned() } else { s };
         let rows: Vec<[String; 7]> = self
             .frontends
             .iter()
             .map(|f| {
                 [
                     f.service.clone(),
-                    if f.port_name.is_empty() {
-                        "-".to_owned()
-                    } else {
-                        f.port_name.clone()
-                    },
+                    dash_if_empty(f.port_name.clone()),
                     f.protocol.to_string(),
                     f.kind.to_string(),
                     f.address_string(),
                     f.action.to_string(),
-                    if f.backends.is_empty() {
-                        "-".to_owned()
-                    } else {
+                    dash_if_empty(
                         f.backends
                             .iter()
                             .map(ToString::to_string)
                             .collect::<Vec<_>>()
-                            .join(",")
-                    },
+                            .join(","),
+                    ),
                 ]
             })
             .collect();
-        let mut widths = header.clone().map(|h| h.len());
-        for row in &rows {
-            for (width, cell) in widths.iter_mut().zip(row) {
-                *width = (*width).max(cell.chars().count());
-            }
-        }
-        let mut out = String::new();
-        for row in std::iter::once(&header).chain(&rows) {
-            let mut line = String::new();
-            for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
-                if i + 1 == row.len() {
-                    line.push_str(cell);
-                } else {
-                    line.push_str(&format!("{cell:<width$}  "));
-                }
-            }
-            out.push_str(line.trim_end());
-            out.push('\n');
+        let mut out = table::render(
+            [
+                "SERVICE", "PORT", "PROTO", "TYPE", "ADDRESS", "ACTION", "BACKENDS",
+            ],
+            &rows,
+        );
+        if !self.conflicts.is_empty() {
+            let rows: Vec<[String; 5]> = self
+                .conflicts
+                .iter()
+                .map(|c| {
+                    [
+                        c.address.clone(),
+                        c.protocol.to_string(),
+                        format!("{} ({})", c.kept, c.kept_type),
+                        format!("{} ({})", c.dropped, c.dropped_type),
+                        c.reason.clone(),
+                    ]
+                })
+                .collect();
+            out.push_str("\nconflicts: frontends claimed by more than one service\n");
+            out.push_str(&table::render(
+                ["ADDRESS", "PROTO", "KEPT BY", "NOT SERVED FOR", "WHY"],
+                &rows,
+            ));
         }
         out
     }
@@ -400,33 +404,172 @@ pub fn compute_plan(services: &[ServiceModel], slices: &[SliceModel], node: &Nod
             .or_default()
             .push(slice);
     }
-    let mut frontends: Vec<Frontend> = services
+    let mut claims: Vec<(ClaimRank, Frontend)> = services
         .iter()
         .flat_map(|svc| {
             let own = slices_by_service
                 .get(&svc.key())
                 .map(Vec::as_slice)
                 .unwrap_or_default();
+            let claimant = Claimant::of(svc);
             frontends_for_service(svc, own, node)
+                .into_iter()
+                .map(move |fe| (claimant.rank(fe.kind), fe))
         })
         .collect();
-    frontends.sort_by(frontend_order);
-    // The API server never gives two Services one address, but hand-written manifests
-    // can; the data path holds one entry per address, so keep the first: a ClusterIP
-    // frontend before an external one, then by service name.
-    frontends.dedup_by(|later, kept| {
-        let conflict = later.key() == kept.key();
-        if conflict {
-            warn!(
-                address = %later.address_string(), protocol = %later.protocol, kept = %kept.service,
-                dropped = %later.service, "two services claim one frontend; keeping the first"
-            );
+    // The API server never gives two Services one frontend, but hand-written manifests
+    // (and controllers that bypass it) can; the data path holds one entry per frontend:
+    // the best-ranked claim keeps it, the others are reported.
+    claims.sort_by(|(rank_a, a), (rank_b, b)| (a.key(), rank_a).cmp(&(b.key(), rank_b)));
+    let mut frontends: Vec<Frontend> = Vec::with_capacity(claims.len());
+    let mut kept_rank: Option<ClaimRank> = None;
+    let mut conflicts = Vec::new();
+    for (rank, fe) in claims {
+        match (frontends.last(), &kept_rank) {
+            (Some(kept), Some(kept_by)) if kept.key() == fe.key() => {
+                conflicts.push(Conflict::new(kept, kept_by, &rank));
+            }
+            _ => {
+                frontends.push(fe);
+                kept_rank = Some(rank);
+            }
         }
-        conflict
-    });
+    }
+    frontends.sort_by(frontend_order);
     Plan {
         node: node.name.clone(),
         frontends,
+        conflicts,
+    }
+}
+
+/// A Service as a claimant of frontends: its name and age.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Claimant {
+    /// `None` sorts after every timestamp (see [`ClaimRank`]).
+    created: CreatedOrder,
+    /// "namespace/name".
+    pub service: String,
+}
+
+impl Claimant {
+    pub fn of(svc: &ServiceModel) -> Claimant {
+        Claimant {
+            created: CreatedOrder(svc.created),
+            service: svc.display_name(),
+        }
+    }
+
+    /// A claimant known by name only (no creation time): ranks after dated ones.
+    pub fn named(service: impl Into<String>) -> Claimant {
+        Claimant {
+            created: CreatedOrder(None),
+            service: service.into(),
+        }
+    }
+
+    /// This claimant's rank for a frontend of `kind`.
+    pub fn rank(&self, kind: FrontendKind) -> ClaimRank {
+        ClaimRank {
+            kind,
+            claimant: self.clone(),
+        }
+    }
+}
+
+/// A creation time where "unknown" is the youngest of all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct CreatedOrder(Option<Timestamp>);
+
+impl Ord for CreatedOrder {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        match (self.0, other.0) {
+            (Some(a), Some(b)) => a.cmp(&b),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => std::cmp::Ordering::Equal,
+        }
+    }
+}
+
+impl PartialOrd for CreatedOrder {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Which of several claims on one frontend keeps it: the smallest rank.
+///
+/// First the kind (a cluster IP before an external address: an externalIP or a load
+/// balancer IP never takes over a cluster IP, the CVE-2020-8554 case), then the
+/// older Service by metadata.creationTimestamp (one without it after every dated
+/// one), then the name. A Service that has a frontend keeps it when a newer one
+/// claims it too, so its clients never notice; the order depends only on the
+/// objects, so `socklb plan`, the agent and a restarted agent all choose alike.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClaimRank {
+    pub kind: FrontendKind,
+    pub claimant: Claimant,
+}
+
+impl ClaimRank {
+    /// Why `self` ranks before `other`, in words.
+    fn reason_before(&self, other: &ClaimRank) -> String {
+        if self.kind != other.kind {
+            return format!("a {} frontend ranks before a {} one", self.kind, other.kind);
+        }
+        match (self.claimant.created.0, other.claimant.created.0) {
+            (Some(a), Some(b)) if a != b => format!("older: created {a}, the other {b}"),
+            (Some(a), None) => format!("created {a}; the other has no creationTimestamp"),
+            _ => "same age: the first by name keeps it".to_owned(),
+        }
+    }
+}
+
+/// Two Services claim one frontend: `kept` has it in the data path, `dropped` does not
+/// (its other frontends are unaffected).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Conflict {
+    /// As `socklb plan` shows addresses: "10.96.0.10:80", "*:30080".
+    pub address: String,
+    pub protocol: Protocol,
+    pub kept: String,
+    pub kept_type: FrontendKind,
+    pub dropped: String,
+    pub dropped_type: FrontendKind,
+    /// Why `kept` wins, in words.
+    pub reason: String,
+}
+
+impl Conflict {
+    /// `kept` (ranked `kept_by`) keeps the frontend against a claim ranked `dropped`.
+    pub fn new(kept: &Frontend, kept_by: &ClaimRank, dropped: &ClaimRank) -> Conflict {
+        Conflict {
+            address: kept.address_string(),
+            protocol: kept.protocol,
+            kept: kept_by.claimant.service.clone(),
+            kept_type: kept_by.kind,
+            dropped: dropped.claimant.service.clone(),
+            dropped_type: dropped.kind,
+            reason: kept_by.reason_before(dropped),
+        }
+    }
+}
+
+impl fmt::Display for Conflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{} is claimed by {} ({}) and {} ({}); {} keeps it ({})",
+            self.address,
+            self.protocol,
+            self.kept,
+            self.kept_type,
+            self.dropped,
+            self.dropped_type,
+            self.kept,
+            self.reason
+        )
     }
 }
 
@@ -644,6 +787,7 @@ mod tests {
         ServiceModel {
             namespace: "demo".into(),
             name: name.into(),
+            created: None,
             service_type: ServiceType::ClusterIP,
             cluster_ips: vec![ip.parse().unwrap()],
             ports: ports
@@ -1296,6 +1440,7 @@ mod tests {
             Case {
                 name: "a ClusterIP Service with a nodePort gets no NodePort frontend",
                 services: vec![ServiceModel {
+                    created: None,
                     service_type: ServiceType::ClusterIP,
                     external_ips: vec![],
                     ..external_web(false, TrafficPolicy::Cluster)
@@ -1497,6 +1642,7 @@ mod tests {
                 backends: vec![],
                 ..plan.frontends[0].clone()
             }],
+            conflicts: vec![],
         };
         assert_eq!(Plan::from_json(&drop_plan.to_json()).unwrap(), drop_plan);
         assert!(drop_plan.to_json().contains("\"drop\""));
@@ -1526,6 +1672,70 @@ mod tests {
         ] {
             assert!(Plan::from_json(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn conflicts_keep_the_older_service_and_are_shown_in_json_and_table() {
+        let mut web = web();
+        web.created = Some("2025-01-01T00:00:00Z".parse().unwrap());
+        // Sorts first by name and has no creation time: still loses.
+        let rival = service("aaa", "10.96.0.10", &[("http", TCP, 80)]);
+        let mut extip = service("extip", "10.96.0.77", &[("http", TCP, 80)]);
+        extip.created = Some("2000-01-01T00:00:00Z".parse().unwrap());
+        extip.external_ips = vec![Ipv4Addr::new(10, 96, 0, 10)];
+        let slices = [web_slice("web-1", vec![ep("10.244.1.5")])];
+        let plan = compute_plan(
+            &[rival.clone(), extip.clone(), web.clone()],
+            &slices,
+            &NodeModel::named("n"),
+        );
+        assert_eq!(
+            summary(&plan.frontends),
+            [
+                "10.96.0.10:80/TCP forward 10.244.1.5:8080",
+                "10.96.0.77:80/TCP reject"
+            ]
+        );
+        assert_eq!(plan.frontends[0].service, "demo/web");
+        let dropped: Vec<(&str, &str, FrontendKind)> = plan
+            .conflicts
+            .iter()
+            .map(|c| (c.kept.as_str(), c.dropped.as_str(), c.dropped_type))
+            .collect();
+        assert_eq!(
+            dropped,
+            [
+                ("demo/web", "demo/aaa", FrontendKind::ClusterIP),
+                ("demo/web", "demo/extip", FrontendKind::ExternalIP)
+            ]
+        );
+        assert!(
+            plan.conflicts[0].reason.contains("no creationTimestamp"),
+            "{:?}",
+            plan.conflicts
+        );
+        assert!(
+            plan.conflicts[1].reason.contains("ClusterIP"),
+            "{:?}",
+            plan.conflicts
+        );
+        // The input order does not matter.
+        assert_eq!(
+            compute_plan(&[web, extip, rival], &slices, &NodeModel::named("n")),
+            plan
+        );
+
+        let json: serde_json::Value = serde_json::from_str(&plan.to_json()).unwrap();
+        assert_eq!(json["conflicts"][0]["kept"], "demo/web");
+        assert_eq!(json["conflicts"][0]["dropped"], "demo/aaa");
+        assert_eq!(json["conflicts"][0]["address"], "10.96.0.10:80");
+        assert_eq!(Plan::from_json(&plan.to_json()).unwrap(), plan);
+        let table = plan.render_table();
+        assert!(table.contains("conflicts:"), "{table}");
+        assert!(table.contains("demo/aaa (ClusterIP)"), "{table}");
+        // A plan without conflicts has no such section, nor the key in JSON.
+        assert!(!sample_plan().render_table().contains("conflicts"));
+        assert!(!sample_plan().to_json().contains("conflicts"));
     }
 
     #[test]

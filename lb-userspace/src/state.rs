@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use crate::{
     datapath::{FrontendKey, desired::DesiredIndex},
     model::{NodeModel, ServiceModel, SliceModel},
-    plan::{self, Plan},
+    plan::{self, Claimant, Plan},
     source::{ClusterEvent, ObjectKey},
 };
 
@@ -93,7 +93,7 @@ impl ClusterState {
         dirty.sort();
         let mut changed = Vec::new();
         for key in dirty {
-            let frontends = match self.services.get(&key) {
+            let (claimant, frontends) = match self.services.get(&key) {
                 Some(svc) => {
                     let slices: Vec<&SliceModel> = self
                         .slices_by_service
@@ -102,11 +102,14 @@ impl ClusterState {
                         .flatten()
                         .filter_map(|k| self.slices.get(k))
                         .collect();
-                    plan::frontends_for_service(svc, &slices, &self.node)
+                    (
+                        Claimant::of(svc),
+                        plan::frontends_for_service(svc, &slices, &self.node),
+                    )
                 }
-                None => Vec::new(),
+                None => (Claimant::named(service_name(&key)), Vec::new()),
             };
-            changed.extend(self.index.set_service(&service_name(&key), &frontends));
+            changed.extend(self.index.set_service(&claimant, &frontends));
         }
         changed.sort();
         changed.dedup();
@@ -275,6 +278,7 @@ mod tests {
         ServiceModel {
             namespace: "ns".into(),
             name: name.into(),
+            created: None,
             service_type: ServiceType::ClusterIP,
             cluster_ips: vec![Ipv4Addr::from(ip)],
             ports: ports
@@ -332,7 +336,7 @@ mod tests {
 
     /// The incremental desired state equals the one computed from scratch.
     fn assert_consistent(state: &ClusterState) {
-        let (from_scratch, _) = DesiredState::from_frontends(&state.plan().frontends);
+        let from_scratch = DesiredState::from_frontends(&state.plan().frontends);
         assert_eq!(state.index().desired, from_scratch);
     }
 
@@ -475,6 +479,88 @@ mod tests {
     }
 
     #[test]
+    fn an_older_service_keeps_its_frontend_and_its_entries_are_never_rewritten() {
+        let at = |s: &str| Some(s.parse::<k8s_openapi::jiff::Timestamp>().unwrap());
+        let mut st = ClusterState::new(NodeModel::named("n1"));
+        let mut web = service("web", [10, 96, 0, 10], &[("", 80)]);
+        web.created = at("2025-01-01T00:00:00Z");
+        st.apply(ClusterEvent::ServiceApplied(web));
+        st.apply(ClusterEvent::SliceApplied(slice(
+            "web-1",
+            "web",
+            ("", 8080),
+            &[(2, true, None)],
+        )));
+        st.recompute();
+        let before = st.index().desired.clone();
+        // Newer, undated, and same age but later by name: each claims web's frontend
+        // (no endpoints, so it would reject) and changes nothing in the maps.
+        for (name, created) in [
+            ("newer", at("2025-06-01T00:00:00Z")),
+            ("aaa-undated", None),
+            ("zzz-same-age", at("2025-01-01T00:00:00Z")),
+        ] {
+            let mut rival = service(name, [10, 96, 0, 10], &[("", 80)]);
+            rival.created = created;
+            st.apply(ClusterEvent::ServiceApplied(rival));
+            assert_eq!(st.recompute(), vec![], "{name}: no map key changes");
+            assert_eq!(st.index().desired, before, "{name}");
+            let conflicts = st.index().conflicts();
+            assert_eq!(conflicts.len(), 1, "{name}");
+            assert_eq!(conflicts[0].kept, "ns/web", "{name}");
+            assert_eq!(conflicts[0].dropped, format!("ns/{name}"), "{name}");
+            assert_eq!(
+                st.plan().conflicts,
+                conflicts,
+                "{name}: plan and index agree"
+            );
+            assert_consistent(&st);
+            st.apply(ClusterEvent::ServiceDeleted(("ns".into(), name.into())));
+            assert_eq!(
+                st.recompute(),
+                vec![],
+                "{name}: removal changes nothing either"
+            );
+            assert!(st.index().conflicts().is_empty());
+        }
+        // An older claimant does win, whatever its name.
+        let mut older = service("zzz-older", [10, 96, 0, 10], &[("", 80)]);
+        older.created = at("2024-01-01T00:00:00Z");
+        st.apply(ClusterEvent::ServiceApplied(older));
+        assert!(!st.recompute().is_empty());
+        assert_eq!(st.index().conflicts()[0].kept, "ns/zzz-older");
+        assert_consistent(&st);
+    }
+
+    #[test]
+    fn an_external_ip_never_takes_a_cluster_ip_in_either_scope() {
+        let mut st = ClusterState::new(NodeModel::named("n1"));
+        st.apply(ClusterEvent::ServiceApplied(service(
+            "web",
+            [10, 96, 0, 10],
+            &[("", 80)],
+        )));
+        let mut hijack = service("a-hijack", [10, 96, 0, 99], &[("", 80)]);
+        hijack.created = Some("2000-01-01T00:00:00Z".parse().unwrap());
+        hijack.external_ips = vec![Ipv4Addr::new(10, 96, 0, 10)];
+        st.apply(ClusterEvent::ServiceApplied(hijack));
+        st.recompute();
+        assert_consistent(&st);
+        let conflicts = st.index().conflicts();
+        assert_eq!(conflicts.len(), 1);
+        assert_eq!(conflicts[0].kept, "ns/web");
+        assert!(
+            !st.index()
+                .desired
+                .frontends
+                .keys()
+                .any(|k| k.ip == Ipv4Addr::new(10, 96, 0, 10)
+                    && k.scope == lb_common::scope::EXTERNAL),
+            "the losing external IP gets no TC entry either"
+        );
+    }
+
+    #[test]
     fn random_event_sequences_stay_consistent_with_a_full_recompute() {
         let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut next = move |n: u64| {
@@ -488,11 +574,21 @@ mod tests {
             let svc = ["a", "b", "c", "d"][next(4) as usize];
             let ip = [10, 96, 0, next(3) as u8]; // shared addresses: conflicts and wildcards
             match next(7) {
-                0 | 1 => st.apply(ClusterEvent::ServiceApplied(service(
-                    svc,
-                    ip,
-                    &[("http", 80 + next(2) as u16)],
-                ))),
+                0 | 1 => {
+                    let mut model = service(svc, ip, &[("http", 80 + next(2) as u16)]);
+                    // Ages and external IPs from the same address pool: claims of every
+                    // kind and rank on one frontend.
+                    model.created = [
+                        None,
+                        Some("2025-01-01T00:00:00Z"),
+                        Some("2025-02-01T00:00:00Z"),
+                    ][next(3) as usize]
+                        .map(|t| t.parse().unwrap());
+                    if next(3) == 0 {
+                        model.external_ips = vec![Ipv4Addr::new(10, 96, 0, next(3) as u8)];
+                    }
+                    st.apply(ClusterEvent::ServiceApplied(model));
+                }
                 2 => st.apply(ClusterEvent::ServiceDeleted(("ns".into(), svc.into()))),
                 3 | 4 => {
                     let eps: Vec<(u8, bool, Option<&str>)> = (0..next(4))

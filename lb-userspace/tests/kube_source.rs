@@ -89,9 +89,14 @@ fn with_label(mut object: Value, key: &str, value: &str) -> Value {
     object
 }
 
-/// The model of an object as the test wrote it (no managed fields, no server fields).
+/// The model of an object as the test wrote it (no managed fields, no server fields
+/// but the creationTimestamp the fake server sets).
 fn service_model(object: &Value) -> ServiceModel {
-    let svc: Service = serde_json::from_value(object.clone()).unwrap();
+    let mut object = object.clone();
+    if object["metadata"].get("creationTimestamp").is_none() {
+        object["metadata"]["creationTimestamp"] = json!(kube_fake::TIMESTAMP);
+    }
+    let svc: Service = serde_json::from_value(object).unwrap();
     ServiceModel::from_k8s(&svc).unwrap().unwrap()
 }
 

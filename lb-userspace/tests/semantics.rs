@@ -441,7 +441,7 @@ fn assert_consistent(case: &str, step: usize, state: &ClusterState, objects: &Ob
         objects.plan(),
         "{case}, step {step}: plan() vs compute_plan"
     );
-    let (from_scratch, _) = DesiredState::from_frontends(&plan.frontends);
+    let from_scratch = DesiredState::from_frontends(&plan.frontends);
     assert_eq!(
         state.index().desired,
         from_scratch,

@@ -1191,7 +1191,11 @@ fn headlines(r: &Value) -> String {
             let ipt_lo = ratio(lo, "udp", "iptables", "/ratio_ops_per_s");
             let nft_lo = ratio(lo, "udp", "nft", "/ratio_ops_per_s");
             let behind = su_lo < ipt_lo.max(nft_lo);
-            let verdict = if su_lo.min(su_hi) >= 0.95 { "meets its target" } else { "misses its target" };
+            let verdict = if su_lo.min(su_hi) >= 0.95 {
+                "meets its target"
+            } else {
+                "misses its target"
+            };
             lines.push(format!(
                 "**UDP through socklb {}**: {su_lo:.2}× direct at {} service(s) and {su_hi:.2}× at {}{}, independent of N; where the cost is: see the profile below.",
                 verdict,
@@ -1429,7 +1433,11 @@ type Panel<'a, 'b> = ChartContext<
 
 /// The data-path rows at `rows` (`/datapath` or `/nodeport`), one panel per kind.
 fn plot_datapath(r: &Value, rows: &str, file: &Path, metric: Metric, prefix: &str) -> Result<()> {
-    let modes_of = if rows == "/nodeport" { NODEPORT_MODES } else { MODES };
+    let modes_of = if rows == "/nodeport" {
+        NODEPORT_MODES
+    } else {
+        MODES
+    };
     let rows = arr(r, rows);
     let mut ns: Vec<usize> = rows.iter().map(|d| u(d, "/services")).collect();
     ns.sort_unstable();

@@ -1,6 +1,6 @@
 //! Desired data path state: the plan's frontends in the maps' terms.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fmt,
     net::{Ipv4Addr, SocketAddrV4},
 };
@@ -11,7 +11,7 @@ use lb_common::{
 
 use crate::{
     model::Ipv4Cidr,
-    plan::{Action, Frontend, FrontendKind},
+    plan::{Action, ClaimRank, Claimant, Conflict, Frontend, FrontendKind},
 };
 
 /// A frontend in the service map: (address, port, protocol, scope); port 0 and
@@ -105,100 +105,129 @@ pub struct DesiredState {
     pub frontends: HashMap<FrontendKey, DesiredFrontend>,
 }
 
-/// Two services claim the same frontend; the first one (by service name) keeps it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FrontendConflict {
-    pub key: FrontendKey,
-    pub kept: String,
-    pub dropped: String,
-}
-
-impl fmt::Display for FrontendConflict {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} is claimed by {} and {}; {} keeps it",
-            self.key, self.kept, self.dropped, self.kept
-        )
-    }
-}
-
 impl DesiredState {
-    /// Builds the desired state from plan frontends (all services at once).
-    pub fn from_frontends<'a>(
-        frontends: impl IntoIterator<Item = &'a Frontend>,
-    ) -> (Self, Vec<FrontendConflict>) {
+    /// Builds the desired state from plan frontends (all services at once, ranked by
+    /// name only: a plan's frontends carry no conflicts, `compute_plan` resolved them).
+    pub fn from_frontends<'a>(frontends: impl IntoIterator<Item = &'a Frontend>) -> Self {
         let mut by_service: BTreeMap<&str, Vec<&Frontend>> = BTreeMap::new();
         for fe in frontends {
             by_service.entry(&fe.service).or_default().push(fe);
         }
         let mut index = DesiredIndex::default();
         for (service, fes) in by_service {
-            index.set_service(service, fes);
+            index.set_service(&Claimant::named(service), fes);
         }
-        let conflicts = index.conflicts();
-        (index.desired, conflicts)
+        index.desired
     }
+}
+
+/// A plan frontend: (address, port, protocol). One claim on it may own two map
+/// entries (the internal and the external scope); the claim that ranks first owns
+/// both.
+type PlanKey = (Ipv4Addr, u16, u8);
+
+fn plan_key(key: &FrontendKey) -> PlanKey {
+    (key.ip, key.port, key.proto)
+}
+
+/// One Service's claim on a plan frontend: the map entries it wants.
+#[derive(Clone, Debug)]
+struct Claim {
+    /// The plan frontend as `socklb plan` shows it (for conflict reports).
+    frontend: Frontend,
+    entries: Vec<(FrontendKey, DesiredFrontend)>,
 }
 
 /// The desired state, maintained service by service: replacing one service's
 /// frontends reports exactly the map keys whose desired content changed, so an
 /// update costs work proportional to that service.
 ///
-/// Two services may claim one frontend (only hand-written manifests can do that):
-/// the first by service name keeps it, as in `plan::compute_plan`. A service address
-/// has its wildcard entry while any frontend uses that address.
+/// Two services may claim one frontend (hand-written manifests can): the claim of
+/// the best [`ClaimRank`] owns it, as in `plan::compute_plan`, and a claim that ranks
+/// after it changes nothing in the maps. A service address has its wildcard entry
+/// while any frontend uses that address.
 #[derive(Clone, Debug, Default)]
 pub struct DesiredIndex {
-    /// Every service's claim on each frontend.
-    claims: HashMap<FrontendKey, BTreeMap<String, DesiredFrontend>>,
-    /// The frontends each service claims, and whether the claim holds a reference on
-    /// its address's wildcard (ClusterIP frontends do).
-    by_service: HashMap<String, Vec<(FrontendKey, bool)>>,
+    /// Every service's claim on each plan frontend, best rank first.
+    claims: HashMap<PlanKey, BTreeMap<ClaimRank, Claim>>,
+    /// The plan frontends each service claims (with the rank of the claim), and
+    /// whether the claim holds a reference on its address's wildcard (ClusterIP
+    /// frontends do).
+    by_service: HashMap<String, Vec<(PlanKey, ClaimRank, bool)>>,
+    /// Plan frontends with more than one claim.
+    contested: BTreeSet<PlanKey>,
     /// Number of claimed (non-wildcard) frontends per service address.
     address_refs: HashMap<Ipv4Addr, usize>,
     pub desired: DesiredState,
 }
 
 impl DesiredIndex {
-    /// Replaces the frontends of `service` (empty: the service is gone). Returns the
-    /// keys whose desired entry changed.
+    /// Replaces the frontends of `claimant`'s service (empty: the service is gone).
+    /// Returns the keys whose desired entry changed.
     pub fn set_service<'a>(
         &mut self,
-        service: &str,
+        claimant: &Claimant,
         frontends: impl IntoIterator<Item = &'a Frontend>,
     ) -> Vec<FrontendKey> {
+        let service = claimant.service.as_str();
         let mut touched: Vec<FrontendKey> = Vec::new();
-        for (key, holds_address) in self.by_service.remove(service).unwrap_or_default() {
-            if let Some(claims) = self.claims.get_mut(&key) {
-                claims.remove(service);
+        let mut touched_plan: Vec<PlanKey> = Vec::new();
+        for (key, rank, holds_address) in self.by_service.remove(service).unwrap_or_default() {
+            if let Some(claims) = self.claims.get_mut(&key)
+                && let Some(claim) = claims.remove(&rank)
+            {
+                touched.extend(claim.entries.iter().map(|(k, _)| *k));
                 if claims.is_empty() {
                     self.claims.remove(&key);
                 }
             }
             if holds_address {
-                self.release_address(key.ip, &mut touched);
+                self.release_address(key.0, &mut touched);
             }
-            touched.push(key);
+            touched_plan.push(key);
         }
         let frontends: Vec<&Frontend> = frontends.into_iter().collect();
-        let mut keys: Vec<(FrontendKey, bool)> = Vec::new();
-        for (key, desired, holds_address) in entries(&frontends) {
-            if keys.iter().any(|(k, _)| *k == key) {
+        let mut claimed: Vec<(PlanKey, ClaimRank, bool)> = Vec::new();
+        for (fe, entries) in entries(&frontends) {
+            let key = (fe.ip, fe.port, fe.protocol.as_ipproto());
+            if claimed.iter().any(|(k, _, _)| *k == key) {
                 continue;
             }
-            keys.push((key, holds_address));
-            self.claims
-                .entry(key)
-                .or_default()
-                .insert(service.to_string(), desired);
+            let rank = claimant.rank(fe.kind);
+            let holds_address = fe.kind == FrontendKind::ClusterIP;
+            touched.extend(entries.iter().map(|(k, _)| *k));
+            self.claims.entry(key).or_default().insert(
+                rank.clone(),
+                Claim {
+                    frontend: fe.clone(),
+                    entries,
+                },
+            );
             if holds_address {
-                self.acquire_address(key.ip, &mut touched);
+                self.acquire_address(key.0, &mut touched);
             }
-            touched.push(key);
+            claimed.push((key, rank, holds_address));
+            touched_plan.push(key);
         }
-        if !keys.is_empty() {
-            self.by_service.insert(service.to_string(), keys);
+        if !claimed.is_empty() {
+            self.by_service.insert(service.to_string(), claimed);
+        }
+        for key in touched_plan {
+            // The owner of a frontend may have changed: every scope of it is refreshed,
+            // also the ones only another claim has entries in.
+            for scope in [scope::INTERNAL, scope::EXTERNAL] {
+                touched.push(FrontendKey {
+                    ip: key.0,
+                    port: key.1,
+                    proto: key.2,
+                    scope,
+                });
+            }
+            if self.claims.get(&key).is_some_and(|c| c.len() > 1) {
+                self.contested.insert(key);
+            } else {
+                self.contested.remove(&key);
+            }
         }
         touched.sort();
         touched.dedup();
@@ -206,23 +235,19 @@ impl DesiredIndex {
         touched
     }
 
-    /// Frontends claimed by more than one service.
-    pub fn conflicts(&self) -> Vec<FrontendConflict> {
-        let mut out: Vec<FrontendConflict> = self
-            .claims
-            .iter()
-            .filter(|(_, c)| c.len() > 1)
-            .flat_map(|(key, claims)| {
-                let mut names = claims.keys();
-                let kept = names.next().cloned().unwrap_or_default();
-                names.map(move |dropped| FrontendConflict {
-                    key: *key,
-                    kept: kept.clone(),
-                    dropped: dropped.clone(),
-                })
-            })
-            .collect();
-        out.sort_by(|a, b| (a.key, &a.dropped).cmp(&(b.key, &b.dropped)));
+    /// Claims that lost a frontend to a better-ranked one, by address.
+    pub fn conflicts(&self) -> Vec<Conflict> {
+        let mut out = Vec::new();
+        for key in &self.contested {
+            let Some(claims) = self.claims.get(key) else {
+                continue;
+            };
+            let mut ranked = claims.iter();
+            let Some((kept_by, kept)) = ranked.next() else {
+                continue;
+            };
+            out.extend(ranked.map(|(dropped, _)| Conflict::new(&kept.frontend, kept_by, dropped)));
+        }
         out
     }
 
@@ -251,10 +276,13 @@ impl DesiredIndex {
                 .contains_key(&key.ip)
                 .then(wildcard_frontend)
         } else {
+            // The best-ranked claim owns every scope of its frontend: a losing claim
+            // gets no entry in either.
             self.claims
-                .get(&key)
-                .and_then(|c| c.values().next())
-                .cloned()
+                .get(&plan_key(&key))
+                .and_then(|claims| claims.values().next())
+                .and_then(|claim| claim.entries.iter().find(|(k, _)| *k == key))
+                .map(|(_, desired)| desired.clone())
         };
         let have = self.desired.frontends.get(&key);
         if have == want.as_ref() {
@@ -268,27 +296,30 @@ impl DesiredIndex {
     }
 }
 
-/// The map entries of one service's frontends: (key, content, holds an address
-/// wildcard reference).
+/// The map entries of one service's frontends, per frontend.
 ///
-/// - a ClusterIP frontend: one internal entry (socket hooks), and its address's
-///   wildcard;
+/// - a ClusterIP frontend: one internal entry (socket hooks); it also holds its
+///   address's wildcard;
 /// - a NodePort, LoadBalancer or external IP frontend: an external entry (the TC
 ///   program) with the backends of its externalTrafficPolicy, and an internal entry
 ///   for connections started on this node with the cluster backends of the same
 ///   service port, as kube-proxy short-circuits in-cluster clients to the cluster
 ///   endpoints. A NodePort is keyed by address 0.0.0.0 with the NODEPORT flag, which
 ///   the bind hook also reads.
-fn entries(frontends: &[&Frontend]) -> Vec<(FrontendKey, DesiredFrontend, bool)> {
-    let mut out = Vec::new();
-    for fe in frontends {
+fn entries<'a>(
+    frontends: &[&'a Frontend],
+) -> Vec<(&'a Frontend, Vec<(FrontendKey, DesiredFrontend)>)> {
+    let mut out = Vec::with_capacity(frontends.len());
+    for fe in frontends.iter().copied() {
         let proto = fe.protocol.as_ipproto();
         match fe.kind {
             FrontendKind::ClusterIP => {
                 out.push((
-                    FrontendKey::internal(fe.ip, fe.port, proto),
-                    desired_frontend(fe, proto, 0),
-                    true,
+                    fe,
+                    vec![(
+                        FrontendKey::internal(fe.ip, fe.port, proto),
+                        desired_frontend(fe, proto, 0),
+                    )],
                 ));
             }
             FrontendKind::NodePort | FrontendKind::LoadBalancer | FrontendKind::ExternalIP => {
@@ -314,8 +345,6 @@ fn entries(frontends: &[&Frontend]) -> Vec<(FrontendKey, DesiredFrontend, bool)>
                     proto,
                     scope: scope::EXTERNAL,
                 };
-                out.push((key, external, false));
-
                 let cluster = frontends.iter().find(|c| {
                     c.kind == FrontendKind::ClusterIP
                         && c.port_name == fe.port_name
@@ -323,9 +352,11 @@ fn entries(frontends: &[&Frontend]) -> Vec<(FrontendKey, DesiredFrontend, bool)>
                 });
                 let internal = desired_frontend(cluster.copied().unwrap_or(fe), proto, nodeport);
                 out.push((
-                    FrontendKey::internal(fe.ip, fe.port, proto),
-                    internal,
-                    false,
+                    fe,
+                    vec![
+                        (key, external),
+                        (FrontendKey::internal(fe.ip, fe.port, proto), internal),
+                    ],
                 ));
             }
         }
@@ -426,8 +457,7 @@ mod tests {
         nodeport.local_backends = nodeport.backends.clone();
 
         let all = [&nodeport, &lb, &extip, &cluster_ip];
-        let (desired, conflicts) = DesiredState::from_frontends(all);
-        assert!(conflicts.is_empty());
+        let desired = DesiredState::from_frontends(all);
         let mut keys: Vec<FrontendKey> = desired.frontends.keys().copied().collect();
         keys.sort();
         let mut want = vec![
@@ -465,11 +495,11 @@ mod tests {
 
         // Incremental: the same through the index, and removal touches every entry.
         let mut index = DesiredIndex::default();
-        let mut changed = index.set_service("demo/web", all);
+        let mut changed = index.set_service(&Claimant::named("demo/web"), all);
         changed.sort();
         assert_eq!(changed, want);
         assert_eq!(index.desired, desired);
-        let mut removed = index.set_service("demo/web", []);
+        let mut removed = index.set_service(&Claimant::named("demo/web"), []);
         removed.sort();
         assert_eq!(removed, want);
         assert!(index.desired.frontends.is_empty());

@@ -54,7 +54,7 @@ use tokio::{
 };
 
 /// The object timestamps the fake server writes (creationTimestamp, managedFields time).
-const TIMESTAMP: &str = "2025-01-01T00:00:00Z";
+pub const TIMESTAMP: &str = "2025-01-01T00:00:00Z";
 /// Longest request head the server reads.
 const MAX_HEAD: usize = 64 * 1024;
 
@@ -542,10 +542,16 @@ impl FakeApiServer {
         };
         meta["uid"] = uid;
         meta["generation"] = json!(generation);
-        meta["creationTimestamp"] = prev
-            .as_ref()
-            .map(|p| p["metadata"]["creationTimestamp"].clone())
-            .unwrap_or_else(|| json!(TIMESTAMP));
+        // Set once at creation, as the API server does; a test may choose it (to order
+        // objects by age), a real client cannot.
+        meta["creationTimestamp"] = match &prev {
+            Some(p) => p["metadata"]["creationTimestamp"].clone(),
+            None => meta
+                .get("creationTimestamp")
+                .filter(|t| t.is_string())
+                .cloned()
+                .unwrap_or_else(|| json!(TIMESTAMP)),
+        };
         if object["metadata"].get("managedFields").is_none() {
             let fields = managed_fields(&object);
             object["metadata"]["managedFields"] = json!([{

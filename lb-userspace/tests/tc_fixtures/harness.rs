@@ -279,8 +279,12 @@ impl Fixture {
             }
         }
         let plan = compute_plan(&services, &slices, &NodeModel::named(NODE));
-        let (desired, conflicts) = DesiredState::from_frontends(&plan.frontends);
-        assert!(conflicts.is_empty(), "conflicting frontends: {conflicts:?}");
+        assert!(
+            plan.conflicts.is_empty(),
+            "conflicting frontends: {:?}",
+            plan.conflicts
+        );
+        let desired = DesiredState::from_frontends(&plan.frontends);
         let mut maps = KernelMaps::open_pinned(pins.path()).expect("opening the pinned maps");
         let (ops, _) = ProgrammedState::with_capacity(Capacity::default()).sync_all(&desired);
         for op in &ops {
