@@ -74,7 +74,7 @@ fn service(i: usize) -> ServiceModel {
         load_balancer_ips: vec![],
         load_balancer_source_ranges: vec![],
         health_check_node_port: None,
-        skipped_ports: vec![],
+        skipped: vec![],
     }
 }
 
@@ -112,7 +112,7 @@ fn slice_changed(i: usize, generation: u32, k: usize) -> SliceModel {
             port: 8080,
         }],
         endpoints,
-        skipped_ports: vec![],
+        skipped: vec![],
     }
 }
 

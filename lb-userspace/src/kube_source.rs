@@ -265,7 +265,7 @@ trait ProxiedKind: Resource + Clone + Debug + DeserializeOwned + Send + Sync + '
     type Model: Clone + Debug + PartialEq + Send;
     const KIND: &'static str;
     fn convert(&self) -> Result<Option<Self::Model>, InvalidObject>;
-    fn skipped_ports(model: &Self::Model) -> &[String];
+    fn skipped(model: &Self::Model) -> &[String];
     fn applied(model: Self::Model) -> ClusterEvent;
     fn deleted(key: ObjectKey) -> ClusterEvent;
     fn listed(models: Vec<Self::Model>, invalid: Vec<ObjectKey>) -> ClusterEvent;
@@ -277,8 +277,8 @@ impl ProxiedKind for Service {
     fn convert(&self) -> Result<Option<ServiceModel>, InvalidObject> {
         ServiceModel::from_k8s(self)
     }
-    fn skipped_ports(model: &ServiceModel) -> &[String] {
-        &model.skipped_ports
+    fn skipped(model: &ServiceModel) -> &[String] {
+        &model.skipped
     }
     fn applied(model: ServiceModel) -> ClusterEvent {
         ClusterEvent::ServiceApplied(model)
@@ -297,8 +297,8 @@ impl ProxiedKind for EndpointSlice {
     fn convert(&self) -> Result<Option<SliceModel>, InvalidObject> {
         SliceModel::from_k8s(self)
     }
-    fn skipped_ports(model: &SliceModel) -> &[String] {
-        &model.skipped_ports
+    fn skipped(model: &SliceModel) -> &[String] {
+        &model.skipped
     }
     fn applied(model: SliceModel) -> ClusterEvent {
         ClusterEvent::SliceApplied(model)
@@ -371,13 +371,9 @@ impl<K: ProxiedKind> KindSync<K> {
         })
     }
 
-    fn warn_skipped_ports(&self, key: &ObjectKey, model: &K::Model) {
-        let previous = self
-            .known
-            .get(key)
-            .map(K::skipped_ports)
-            .unwrap_or_default();
-        let skipped = K::skipped_ports(model);
+    fn warn_skipped(&self, key: &ObjectKey, model: &K::Model) {
+        let previous = self.known.get(key).map(K::skipped).unwrap_or_default();
+        let skipped = K::skipped(model);
         if skipped != previous {
             for reason in skipped {
                 warn!(kind = K::KIND, namespace = %key.0, name = %key.1, %reason, "port not served");
@@ -418,7 +414,7 @@ impl<K: ProxiedKind> KindSync<K> {
             Event::InitDone => {
                 let Listing { valid, invalid } = self.listing.take().unwrap_or_else(Listing::new);
                 for (key, model) in &valid {
-                    self.warn_skipped_ports(key, model);
+                    self.warn_skipped(key, model);
                 }
                 let mut known: HashMap<ObjectKey, K::Model> = valid.clone().into_iter().collect();
                 for key in &invalid {
@@ -453,7 +449,7 @@ impl<K: ProxiedKind> KindSync<K> {
                             debug!(kind = K::KIND, namespace = %key.0, name = %key.1, "update does not change the model");
                             return Vec::new();
                         }
-                        self.warn_skipped_ports(&key, &model);
+                        self.warn_skipped(&key, &model);
                         self.known.insert(key, model.clone());
                         vec![K::applied(model)]
                     }

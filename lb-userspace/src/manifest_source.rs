@@ -21,18 +21,10 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::{
-    manifests::{self, ManifestError, ManifestSet},
+    manifests::{self, ManifestError, ManifestSet, ObjectId},
     model::{NodeModel, ServiceModel, SliceModel},
     source::ClusterEvent,
 };
-
-/// An object of the directory: (kind, namespace, name).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-enum ObjectId {
-    Service(String, String),
-    Slice(String, String),
-    Node(String),
-}
 
 /// Size and modification time: a file whose stamp changed is read again.
 type Stamp = (u64, SystemTime);
@@ -44,6 +36,7 @@ type ChangedFile = (PathBuf, Option<Stamp>);
 /// agent's state; a copy here would double the memory of a large directory).
 struct FileEntry {
     stamp: Stamp,
+    /// Every object the file names, valid or not.
     ids: Vec<ObjectId>,
     warnings: usize,
 }
@@ -122,14 +115,16 @@ impl ManifestSource {
         let mut events = Vec::new();
         for id in touched {
             match &id {
-                ObjectId::Service(ns, name) => events.push(match self.effective(&id, &mut fresh) {
-                    Some(Effective::Service(s)) => ClusterEvent::ServiceApplied(s),
-                    _ => ClusterEvent::ServiceDeleted((ns.clone(), name.clone())),
-                }),
-                ObjectId::Slice(ns, name) => events.push(match self.effective(&id, &mut fresh) {
-                    Some(Effective::Slice(s)) => ClusterEvent::SliceApplied(s),
-                    _ => ClusterEvent::SliceDeleted((ns.clone(), name.clone())),
-                }),
+                ObjectId::Service(ns, name) => match self.effective(&id, &mut fresh) {
+                    Some(Effective::Service(s)) => events.push(ClusterEvent::ServiceApplied(s)),
+                    Some(Effective::Invalid) => keep_last_valid(&id),
+                    _ => events.push(ClusterEvent::ServiceDeleted((ns.clone(), name.clone()))),
+                },
+                ObjectId::Slice(ns, name) => match self.effective(&id, &mut fresh) {
+                    Some(Effective::Slice(s)) => events.push(ClusterEvent::SliceApplied(s)),
+                    Some(Effective::Invalid) => keep_last_valid(&id),
+                    _ => events.push(ClusterEvent::SliceDeleted((ns.clone(), name.clone()))),
+                },
                 ObjectId::Node(name) if *name == self.node => {
                     events.push(ClusterEvent::NodeApplied(self.node_model(&mut fresh)));
                 }
@@ -276,6 +271,9 @@ impl ManifestSource {
         let set = fresh
             .entry(file.to_path_buf())
             .or_insert_with(|| manifests::load_file(file));
+        if set.invalid.contains(id) {
+            return Some(Effective::Invalid);
+        }
         match id {
             ObjectId::Service(ns, name) => set
                 .services
@@ -310,6 +308,14 @@ enum Effective {
     Service(ServiceModel),
     Slice(SliceModel),
     Node(NodeModel),
+    /// Defined, but the definition is invalid (its warning is logged already).
+    Invalid,
+}
+
+/// An object whose file now holds an invalid version of it: the consumer keeps the
+/// version it has (the API server, too, keeps an object when it rejects an update).
+fn keep_last_valid(id: &ObjectId) {
+    warn!(object = ?id, "invalid version of an object: its last valid version stays in effect");
 }
 
 fn ids(set: &ManifestSet) -> Vec<ObjectId> {
@@ -322,6 +328,7 @@ fn ids(set: &ManifestSet) -> Vec<ObjectId> {
                 .map(|s| ObjectId::Slice(s.namespace.clone(), s.name.clone())),
         )
         .chain(set.nodes.iter().map(|n| ObjectId::Node(n.name.clone())))
+        .chain(set.invalid.iter().cloned())
         .collect()
 }
 
@@ -463,6 +470,47 @@ mod tests {
         }
         state.recompute();
         assert_matches_full_read(&dir.0, &state);
+    }
+
+    #[test]
+    fn an_object_turning_invalid_keeps_its_last_valid_version() {
+        let dir = Dir::new("last-valid");
+        dir.write("svc.yaml", &service("web", "10.96.0.10"));
+        dir.write(
+            "eps.yaml",
+            &slice("web-1", "web", &["10.244.0.1", "10.244.0.2"]),
+        );
+        let mut src = ManifestSource::new(&dir.0, "n1", Duration::from_millis(10));
+        let mut state = ClusterState::new(NodeModel::named("n1"));
+        state.apply(src.load().unwrap());
+        state.recompute();
+        let before = state.index().desired.clone();
+        // The API server would reject this update and keep the object as it was.
+        dir.write(
+            "eps.yaml",
+            &slice("web-1", "web", &["10.244.0.1", "10.244.0.2", "0.0.0.0"]),
+        );
+        let events = src.update().unwrap();
+        assert!(events.is_empty(), "{events:?}");
+        assert_eq!(src.invalid_objects.load(Ordering::Relaxed), 1);
+        assert_eq!(state.index().desired, before);
+        // Fixed again: applied.
+        dir.write("eps.yaml", &slice("web-1", "web", &["10.244.0.3"]));
+        let events = src.update().unwrap();
+        assert!(
+            matches!(&events[..], [ClusterEvent::SliceApplied(s)] if s.endpoints.len() == 1),
+            "{events:?}"
+        );
+        // An invalid object that never was valid: nothing is sent for it, and removing
+        // its file deletes nothing.
+        dir.write("bad.yaml", &service("bad", "0.0.0.0"));
+        assert!(src.update().unwrap().is_empty());
+        std::fs::remove_file(dir.0.join("bad.yaml")).unwrap();
+        let events = src.update().unwrap();
+        assert!(
+            matches!(&events[..], [ClusterEvent::ServiceDeleted((_, n))] if n == "bad"),
+            "{events:?}"
+        );
     }
 
     #[test]

@@ -49,6 +49,14 @@ impl fmt::Display for ManifestWarning {
     }
 }
 
+/// An object of a manifest directory: (kind, namespace, name).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ObjectId {
+    Service(String, String),
+    Slice(String, String),
+    Node(String),
+}
+
 /// What a directory of manifests holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ManifestSet {
@@ -57,6 +65,10 @@ pub struct ManifestSet {
     /// IPv4 EndpointSlices, in file order.
     pub slices: Vec<SliceModel>,
     pub nodes: Vec<NodeModel>,
+    /// Objects whose kind and name could be read but that failed validation: a
+    /// consumer that had a valid version of one keeps it (as the API server keeps an
+    /// object when it rejects an update).
+    pub invalid: Vec<ObjectId>,
     pub warnings: Vec<ManifestWarning>,
     /// Manifest files read (including ones that did not parse).
     pub files_read: usize,
@@ -339,9 +351,15 @@ impl Loader {
     }
 
     fn add_object(&mut self, file: &Path, kind: Kind, label: String, value: Value) {
+        let id = object_id(kind, &value);
         let (meta, model) = match validate(kind, value) {
             Ok(validated) => validated,
-            Err(reason) => return self.warn(file, label, reason),
+            Err(reason) => {
+                if let Some(id) = id {
+                    self.set.invalid.push(id);
+                }
+                return self.warn(file, label, reason);
+            }
         };
         // validate() has checked the name is there.
         let name = meta.name.clone().unwrap_or_default();
@@ -365,13 +383,13 @@ impl Loader {
 
         match model {
             Model::Service(Some(service)) => {
-                for skipped in &service.skipped_ports {
+                for skipped in &service.skipped {
                     self.warn(file, label.clone(), skipped.clone());
                 }
                 self.set.services.push(service);
             }
             Model::Slice(Some(slice)) => {
-                for skipped in &slice.skipped_ports {
+                for skipped in &slice.skipped {
                     self.warn(file, label.clone(), skipped.clone());
                 }
                 self.set.slices.push(slice);
@@ -404,6 +422,28 @@ fn validate(kind: Kind, value: Value) -> Result<(ObjectMeta, Model), String> {
             Ok((node.metadata, Model::Node(model)))
         }
     }
+}
+
+/// The identity of an object from its raw form, when it has a name.
+fn object_id(kind: Kind, value: &Value) -> Option<ObjectId> {
+    let name = value
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .filter(|name| !name.is_empty())?
+        .to_owned();
+    let namespace = || {
+        value
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .filter(|ns| !ns.is_empty())
+            .unwrap_or(DEFAULT_NAMESPACE)
+            .to_owned()
+    };
+    Some(match kind {
+        Kind::Service => ObjectId::Service(namespace(), name),
+        Kind::EndpointSlice => ObjectId::Slice(namespace(), name),
+        Kind::Node => ObjectId::Node(name),
+    })
 }
 
 /// "Service demo/web" / "Node n1", when the object has a name.
@@ -877,18 +917,18 @@ mod tests {
     }
 
     #[test]
-    fn skipped_ports_become_warnings_and_not_proxied_objects_are_silent() {
+    fn skipped_become_warnings_and_not_proxied_objects_are_silent() {
         let dir = TempDir::new("skipped");
         let sctp = service_yaml("s", "10.96.0.1").replace(
             "port: 80\n",
             "port: 80\n  - name: assoc\n    port: 9000\n    protocol: SCTP\n",
         );
         let headless = service_yaml("h", "None");
-        let unnamed_port = slice_yaml("s-1", "s", "10.244.0.1")
-            .replace("- name: http\n  port: 8080", "- port: 8080");
+        let numberless_port = slice_yaml("s-1", "s", "10.244.0.1")
+            .replace("- name: http\n  port: 8080", "- name: http");
         dir.write(
             "a.yaml",
-            format!("{sctp}---\n{headless}---\n{unnamed_port}"),
+            format!("{sctp}---\n{headless}---\n{numberless_port}"),
         );
         let set = dir.load();
         assert_eq!(

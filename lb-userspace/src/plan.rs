@@ -807,7 +807,7 @@ mod tests {
             load_balancer_ips: vec![],
             load_balancer_source_ranges: vec![],
             health_check_node_port: None,
-            skipped_ports: vec![],
+            skipped: vec![],
         }
     }
 
@@ -857,7 +857,7 @@ mod tests {
                 })
                 .collect(),
             endpoints,
-            skipped_ports: vec![],
+            skipped: vec![],
         }
     }
 

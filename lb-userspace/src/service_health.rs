@@ -83,7 +83,7 @@ pub fn health_check_node_port(svc: &ServiceModel) -> Option<u16> {
     }
     // ServicePortMap.HealthCheckNodePorts walks service ports: a Service without any
     // port has no entry. kube-proxy keeps SCTP ports, which the model lists as skipped.
-    if svc.ports.is_empty() && svc.skipped_ports.is_empty() {
+    if svc.ports.is_empty() && svc.skipped.is_empty() {
         return None;
     }
     if svc.health_check_node_port.is_none() {
@@ -564,7 +564,7 @@ mod tests {
                     hints_nodes: None,
                 })
                 .collect(),
-            skipped_ports: vec![],
+            skipped: vec![],
         }
     }
 
@@ -593,7 +593,7 @@ mod tests {
         no_ports.ports.clear();
         let mut sctp_only = lb_local("sctp", Some(32005));
         sctp_only.ports.clear();
-        sctp_only.skipped_ports = vec!["spec.ports[0] (\"\" 9/SCTP): skipped".into()];
+        sctp_only.skipped = vec!["spec.ports[0] (\"\" 9/SCTP): skipped".into()];
         let services = vec![
             cluster_ip,
             node_port,

@@ -298,7 +298,7 @@ mod tests {
             load_balancer_ips: vec![],
             load_balancer_source_ranges: vec![],
             health_check_node_port: None,
-            skipped_ports: vec![],
+            skipped: vec![],
         }
     }
 
@@ -330,7 +330,7 @@ mod tests {
                     hints_nodes: None,
                 })
                 .collect(),
-            skipped_ports: vec![],
+            skipped: vec![],
         }
     }
 

@@ -740,7 +740,7 @@ fn ports() -> Vec<Case> {
             &["web ClusterIP 10.96.0.10:80/TCP reject"],
         ),
         objects(
-            "unnamed port: slice ports named \"\" match; ports without a name or a number are ignored",
+            "unnamed port: slice ports named \"\" (or without a name, which the API server defaults to \"\") match; ports without a number are ignored",
             vec![
                 svc(
                     "one",
@@ -766,7 +766,7 @@ fn ports() -> Vec<Case> {
                     json!([ep("10.244.0.13")]),
                 ),
             ],
-            &["one ClusterIP 10.96.0.30:80/TCP forward 10.244.0.13:8080"],
+            &["one ClusterIP 10.96.0.30:80/TCP forward 10.244.0.11:8080,10.244.0.13:8080"],
         ),
         objects(
             "SCTP ports are skipped, the Service's TCP ports still served",
@@ -1201,18 +1201,12 @@ endpoints:
             ],
         ),
         objects(
-            "externalTrafficPolicy Local on a ClusterIP Service without externalIPs is ignored (ingress IPs use Cluster)",
+            "externalTrafficPolicy on a ClusterIP Service without externalIPs is invalid (the API server rejects it): nothing programmed",
             vec![
-                merge(
-                    web(json!({"externalTrafficPolicy": "Local"})),
-                    json!({"status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.7"}]}}}),
-                ),
+                web(json!({"externalTrafficPolicy": "Local"})),
                 web_slice("web-1", json!([ep_on("10.244.0.12", "node-b")])),
             ],
-            &[
-                "web ClusterIP 10.96.0.10:80/TCP forward 10.244.0.12:8080",
-                "web LoadBalancer 198.51.100.7:80/TCP forward 10.244.0.12:8080",
-            ],
+            &[],
         ),
         objects(
             "internalTrafficPolicy Local with externalTrafficPolicy Cluster: ClusterIP drops, NodePort forwards",

@@ -87,6 +87,27 @@ impl UdpReport {
         self.errors.values().sum()
     }
 
+    /// Adds another run's figures (a later round of the same probe).
+    pub fn absorb(&mut self, other: UdpReport) {
+        self.sent += other.sent;
+        self.replies += other.replies;
+        self.wrong_source += other.wrong_source;
+        for (k, v) in other.backends {
+            *self.backends.entry(k).or_default() += v;
+        }
+        for (k, v) in other.reply_sources {
+            *self.reply_sources.entry(k).or_default() += v;
+        }
+        for (k, v) in other.errors {
+            *self.errors.entry(k).or_default() += v;
+        }
+        self.per_socket.extend(other.per_socket);
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.elapsed_ms += other.elapsed_ms;
+    }
+
     /// Whether every socket got all its replies from a single backend.
     pub fn sockets_sticky(&self) -> bool {
         self.per_socket
@@ -186,6 +207,10 @@ pub struct UdpProbe {
     pub connected: bool,
     /// How long to wait for each reply.
     pub timeout_ms: u64,
+    /// Repeat the run with new sockets until this much time has passed (None: once).
+    pub duration_ms: Option<u64>,
+    /// Pause between repetitions.
+    pub interval_ms: u64,
 }
 
 impl UdpProbe {
@@ -197,7 +222,18 @@ impl UdpProbe {
             count: 1,
             connected: false,
             timeout_ms: 1000,
+            duration_ms: None,
+            interval_ms: 0,
         }
+    }
+    /// Keep running rounds of new sockets for `ms` milliseconds.
+    pub fn duration_ms(mut self, ms: u64) -> Self {
+        self.duration_ms = Some(ms);
+        self
+    }
+    pub fn interval_ms(mut self, ms: u64) -> Self {
+        self.interval_ms = ms;
+        self
     }
     pub fn sockets(mut self, n: u64) -> Self {
         self.sockets = n;
@@ -233,16 +269,21 @@ impl UdpProbe {
         if self.connected {
             a.push("--connected".into());
         }
+        if let Some(ms) = self.duration_ms {
+            a.extend(["--duration-ms".into(), ms.to_string()]);
+            a.extend(["--interval-ms".into(), self.interval_ms.to_string()]);
+        }
         a
     }
 
     /// An upper bound of how long the run can take.
     pub fn worst_case_ms(&self) -> u64 {
-        self.sockets
+        let round = self
+            .sockets
             .saturating_mul(self.count)
             .saturating_mul(1 + self.also.len() as u64)
-            .saturating_mul(self.timeout_ms + 10)
-            + 500
+            .saturating_mul(self.timeout_ms + 10);
+        round + self.duration_ms.unwrap_or(0) + 500
     }
 }
 

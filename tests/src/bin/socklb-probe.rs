@@ -122,6 +122,12 @@ enum Cmd {
         /// Source address to bind (default: chosen by routing).
         #[arg(long)]
         bind: Option<Ipv4Addr>,
+        /// Repeat the whole run with new sockets until this many milliseconds passed.
+        #[arg(long = "duration-ms")]
+        duration_ms: Option<u64>,
+        /// With --duration-ms: pause between rounds, in milliseconds.
+        #[arg(long = "interval-ms", default_value_t = 0)]
+        interval_ms: u64,
     },
     /// Send a deterministic stream over one TCP connection to an echoing `serve` and
     /// verify what comes back, byte for byte.
@@ -205,6 +211,8 @@ fn main() -> ExitCode {
             connected,
             timeout_ms,
             bind,
+            duration_ms,
+            interval_ms,
         } => also
             .iter()
             .try_for_each(ensure_isolated)
@@ -214,8 +222,20 @@ fn main() -> ExitCode {
                     bail!("--also needs unconnected sockets");
                 }
                 let targets: Vec<SocketAddr> = std::iter::once(to).chain(also).collect();
-                let (report, seen) =
+                let started = Instant::now();
+                let (mut report, mut seen) =
                     udp_client_ext(&targets, sockets, count, connected, timeout_ms, bind);
+                if let Some(duration) = duration_ms.map(Duration::from_millis) {
+                    while started.elapsed() < duration {
+                        std::thread::sleep(Duration::from_millis(interval_ms));
+                        let (more, more_seen) =
+                            udp_client_ext(&targets, sockets, count, connected, timeout_ms, bind);
+                        report.absorb(more);
+                        for (id, peers) in more_seen {
+                            seen.entry(id).or_default().extend(peers);
+                        }
+                    }
+                }
                 print_json(&with_seen_from(&report, &seen)?)
             }),
         Cmd::Transfer {
