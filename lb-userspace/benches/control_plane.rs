@@ -32,14 +32,14 @@ use std::{
 };
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use socklb::{
-    datapath::{ServiceMaps, diff::Capacity, kernel, memory::MemoryMaps},
+use socklb::datapath::{kernel, reconcile::Reconciler};
+use socklb_core::{
+    events::ClusterEvent,
+    maps::{ServiceMaps, diff::Capacity, twin::MemoryMaps},
     model::{
         EndpointModel, NodeModel, Protocol, ServiceModel, ServicePortModel, ServiceType,
         SliceModel, SlicePortModel, TrafficPolicy,
     },
-    reconcile::Reconciler,
-    source::ClusterEvent,
     state::ClusterState,
 };
 

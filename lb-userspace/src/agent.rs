@@ -14,19 +14,26 @@ use std::{
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::{
-    datapath::{DatapathError, DesiredState, diff::Capacity, kernel},
-    health::{self, Health, MetricType, write_metric_family},
-    kube_source::{self, KubeSourceConfig, SourceMetrics},
-    manifest_source::ManifestSource,
-    manifests,
+use socklb_core::{
+    events::ClusterEvent,
+    maps::{DesiredState, diff::Capacity},
     model::NodeModel,
-    node,
     plan::{self, Conflict, Plan},
-    reconcile::Reconciler,
-    service_health::{self, ServiceHealthServers},
-    source::ClusterEvent,
     state::ClusterState,
+};
+
+use crate::{
+    datapath::{DatapathError, devices as node, kernel, reconcile::Reconciler},
+    http::{
+        health::{self, Health, MetricType, write_metric_family},
+        service_health::{self, ServiceHealthServers},
+    },
+    sources::{
+        kube as kube_source,
+        kube::{KubeSourceConfig, SourceMetrics},
+        manifest_dir::ManifestSource,
+        manifest_files as manifests,
+    },
 };
 
 #[derive(Debug, thiserror::Error)]

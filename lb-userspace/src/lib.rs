@@ -1,18 +1,13 @@
-//! socklb: an eBPF Kubernetes service load balancer. This library is the agent's core;
-//! the `socklb` binary (src/main.rs) is its command line.
+//! socklb: an eBPF Kubernetes service load balancer. This library is the agent with
+//! its IO at the edges; the pure core (models, plan, desired state, diff) is the
+//! `socklb-core` crate, and the `socklb` binary (src/main.rs) is the command line.
+//!
+//! - `sources`: where objects come from (the Kubernetes API, a manifest directory);
+//! - `datapath`: the kernel's maps and links, this node's devices, `socklb status`;
+//! - `http`: listeners (/healthz, /readyz, /metrics; healthCheckNodePort servers);
+//! - `agent`: the loop that joins them.
 
 pub mod agent;
 pub mod datapath;
-pub mod health;
-pub mod kube_source;
-pub mod manifest_source;
-pub mod manifests;
-pub mod model;
-pub mod node;
-pub mod plan;
-pub mod reconcile;
-pub mod service_health;
-pub mod source;
-pub mod state;
-pub mod status;
-pub mod table;
+pub mod http;
+pub mod sources;

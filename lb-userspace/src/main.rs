@@ -5,8 +5,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use socklb::{
     agent::{self, AgentOptions, Source},
-    datapath::kernel,
-    status,
+    datapath::{kernel, status},
 };
 use tracing::info;
 

@@ -18,10 +18,12 @@ use std::{
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use kube_fake::{FakeApiServer, RequestRecord, Resource};
 use serde_json::{Value, json};
-use socklb::{
-    kube_source::{KubeSourceConfig, PROXY_LABEL_SELECTOR, SourceMetrics, run_kube_source},
+use socklb::sources::kube::{
+    KubeSourceConfig, PROXY_LABEL_SELECTOR, SourceMetrics, run_kube_source,
+};
+use socklb_core::{
+    events::{ClusterEvent, ObjectKey},
     model::{NodeModel, ServiceModel, SliceModel},
-    source::{ClusterEvent, ObjectKey},
 };
 use tokio::{sync::mpsc, task::JoinHandle};
 

@@ -779,7 +779,7 @@ fn dockerfile_builds_socklb_with_the_pinned_bpf_linker() {
     let w = words(build);
     assert!(w.iter().any(|x| x == "--release"), "{build}");
     let package = w.iter().position(|x| x == "-p").and_then(|p| w.get(p + 1));
-    assert_eq!(package.map(String::as_str), Some("lb-userspace"), "{build}");
+    assert_eq!(package.map(String::as_str), Some("socklb"), "{build}");
 
     // The runtime stage carries the socklb binary and runs it.
     let last_from = instructions

@@ -48,7 +48,7 @@ use packet::{
     ether, ip_of, ipv6_tcp_syn, reassemble, render,
 };
 use serde_json::{Value, json};
-use socklb::datapath::{ServiceMaps as _, ip_from_map, ip_to_map, port_from_map, port_to_map};
+use socklb_core::maps::{ServiceMaps as _, ip_from_map, ip_to_map, port_from_map, port_to_map};
 
 // ---------------------------------------------------------------------------------------
 // The cluster every fixture runs against.

@@ -53,7 +53,7 @@ pub fn try_socklb_bin() -> Result<PathBuf> {
     locate(
         "socklb",
         "SOCKLB_BIN",
-        "cargo build -p lb-userspace (cargo xtask test does this)",
+        "cargo build -p socklb (cargo xtask test does this)",
     )
 }
 

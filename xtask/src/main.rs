@@ -119,7 +119,7 @@ fn run() -> Result<()> {
                 &[
                     "build",
                     "--package",
-                    "lb-userspace",
+                    "socklb",
                     "--package",
                     "socklb-tests",
                     "--bins",
@@ -159,7 +159,7 @@ fn cargo(root: &Path, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// The same build aya-build runs from lb-userspace's build.rs, into target/.
+/// The same build aya-build runs from lb-userspace/build.rs (package socklb), into target/.
 fn build_ebpf(root: &Path) -> Result<PathBuf> {
     let mut cmd = Command::new("rustup");
     cmd.args([
@@ -213,7 +213,7 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
         &[
             "build",
             "--package",
-            "lb-userspace",
+            "socklb",
             "--package",
             "socklb-tests",
             "--bins",

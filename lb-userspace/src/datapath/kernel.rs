@@ -28,7 +28,9 @@ use lb_common::{
 };
 use tracing::{debug, info, warn};
 
-use super::{DatapathError, MapOp, ServiceMaps};
+use socklb_core::maps::{MapOp, ServiceMaps};
+
+use super::DatapathError;
 
 /// The kernel programs, built by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
@@ -123,8 +125,10 @@ impl KernelMaps {
         &mut self,
         addrs: &[std::net::Ipv4Addr],
     ) -> Result<(), DatapathError> {
-        let want: std::collections::HashSet<u32> =
-            addrs.iter().map(|a| super::ip_to_map(*a)).collect();
+        let want: std::collections::HashSet<u32> = addrs
+            .iter()
+            .map(|a| socklb_core::maps::ip_to_map(*a))
+            .collect();
         let have: Vec<u32> = self
             .node_addrs
             .keys()
@@ -151,7 +155,7 @@ impl KernelMaps {
             .map_err(map_err(map_names::DEVICE4, "dump"))?;
         for d in devices {
             let value = Device4 {
-                snat_addr: super::ip_to_map(d.snat_addr),
+                snat_addr: socklb_core::maps::ip_to_map(d.snat_addr),
             };
             self.devices
                 .insert(d.ifindex, value, 0)
@@ -194,7 +198,7 @@ impl KernelMaps {
             .node_addrs
             .keys()
             .filter_map(Result::ok)
-            .map(super::ip_from_map)
+            .map(socklb_core::maps::ip_from_map)
             .collect();
         out.sort();
         out
@@ -216,6 +220,8 @@ impl KernelMaps {
 }
 
 impl ServiceMaps for KernelMaps {
+    type Error = DatapathError;
+
     fn apply(&mut self, op: &MapOp) -> Result<(), DatapathError> {
         match op {
             MapOp::PutBackend { id, backend } => self

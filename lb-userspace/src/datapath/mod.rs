@@ -1,20 +1,13 @@
-//! The data path as the agent sees it: what the maps should hold (`desired`), how to
-//! get there with few writes and no reader ever seeing a half-written service
-//! (`diff`), and the maps themselves (`kernel` for the real ones, `memory` for a twin
-//! used by unit tests and `plan`-only runs).
+//! The data path edge: the kernel's maps and links (`kernel`), keeping them equal to
+//! the desired state (`reconcile`), this node's devices and addresses (`devices`) and
+//! what is programmed right now (`status`).
 
-pub mod desired;
-pub mod diff;
+pub mod devices;
 pub mod kernel;
-pub mod memory;
+pub mod reconcile;
+pub mod status;
 
-use std::net::Ipv4Addr;
-
-pub use desired::{BackendKey, DesiredFrontend, DesiredState, FrontendKey};
-pub use diff::{MapOp, ProgrammedState, SyncStats};
-use lb_common::{Backend4, Svc4Key, Svc4Value};
-
-/// Errors of the data path layer.
+/// Errors of the data path edge.
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
     #[error("map {map}: {op} failed: {source}")]
@@ -46,51 +39,4 @@ pub enum DatapathError {
     },
     #[error("the pinned maps are inconsistent: {0}")]
     Inconsistent(String),
-    #[error("in-memory map: {0}")]
-    Memory(String),
-}
-
-/// Something that holds the service and backend maps: the kernel, or a twin in memory.
-pub trait ServiceMaps {
-    fn apply(&mut self, op: &MapOp) -> Result<(), DatapathError>;
-    /// Every entry of the service map.
-    fn dump_services(&self) -> Result<Vec<(Svc4Key, Svc4Value)>, DatapathError>;
-    /// Every entry of the backend map.
-    fn dump_backends(&self) -> Result<Vec<(u32, Backend4)>, DatapathError>;
-    /// Every allowed-source entry: (key data, prefix length).
-    fn dump_src_ranges(&self) -> Result<Vec<(lb_common::SrcRange4Key, u32)>, DatapathError>;
-}
-
-/// IPv4 address as the maps store it (network byte order in a u32's memory).
-pub fn ip_to_map(ip: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(ip.octets())
-}
-
-pub fn ip_from_map(raw: u32) -> Ipv4Addr {
-    Ipv4Addr::from(raw.to_ne_bytes())
-}
-
-/// L4 port as the maps store it (network byte order in a u16's memory).
-pub fn port_to_map(port: u16) -> u16 {
-    u16::from_ne_bytes(port.to_be_bytes())
-}
-
-pub fn port_from_map(raw: u16) -> u16 {
-    u16::from_be_bytes(raw.to_ne_bytes())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn byte_order_matches_the_kernel_view() {
-        // The kernel reads user_ip4 as the raw network-order bytes.
-        let raw = ip_to_map(Ipv4Addr::new(10, 96, 0, 1));
-        assert_eq!(raw.to_ne_bytes(), [10, 96, 0, 1]);
-        assert_eq!(ip_from_map(raw), Ipv4Addr::new(10, 96, 0, 1));
-        let p = port_to_map(8080);
-        assert_eq!(p.to_ne_bytes(), [0x1f, 0x90]);
-        assert_eq!(port_from_map(p), 8080);
-    }
 }

@@ -23,12 +23,9 @@ use aya::{
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use lb_common::{Counter, Ct4Key, Ct4Value, map_names};
 use serde_json::Value;
-use socklb::{
-    datapath::{
-        DesiredState, ProgrammedState, ServiceMaps as _,
-        diff::Capacity,
-        kernel::{Device, EBPF_OBJECT, KernelMaps},
-    },
+use socklb::datapath::kernel::{Device, EBPF_OBJECT, KernelMaps};
+use socklb_core::{
+    maps::{DesiredState, ProgrammedState, ServiceMaps as _, diff::Capacity},
     model::{NodeModel, ServiceModel, SliceModel},
     plan::{Plan, compute_plan},
 };

@@ -21,7 +21,7 @@ use serde_json::Value;
 use thiserror::Error;
 use tracing::debug;
 
-use crate::model::{DEFAULT_NAMESPACE, NodeModel, ServiceModel, SliceModel};
+use socklb_core::model::{DEFAULT_NAMESPACE, NodeModel, ServiceModel, SliceModel};
 
 /// A problem with one file or one object in it; the rest was still loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -497,7 +497,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::{
+    use socklb_core::{
         model::{LABEL_SERVICE_NAME, Protocol},
         plan::{Action, compute_plan},
     };

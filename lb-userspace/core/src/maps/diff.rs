@@ -20,7 +20,7 @@ use lb_common::{
 use crate::model::Ipv4Cidr;
 
 use super::{
-    DatapathError, ServiceMaps,
+    ServiceMaps,
     desired::{BackendKey, DesiredFrontend, DesiredState, FrontendKey},
     ip_from_map, ip_to_map, port_from_map, port_to_map,
 };
@@ -137,10 +137,10 @@ impl ProgrammedState {
     /// beyond a count or of missing frontends, unreferenced or duplicated backends.
     /// A frontend with a missing slot is adopted with no slots, so the next sync
     /// rewrites it whole.
-    pub fn adopt(
-        maps: &dyn ServiceMaps,
+    pub fn adopt<M: ServiceMaps + ?Sized>(
+        maps: &M,
         capacity: Capacity,
-    ) -> Result<(Self, Vec<MapOp>), DatapathError> {
+    ) -> Result<(Self, Vec<MapOp>), M::Error> {
         let mut state = Self::with_capacity(capacity);
         let entries: HashMap<Svc4Key, Svc4Value> = maps.dump_services()?.into_iter().collect();
         let mut backends = maps.dump_backends()?;
@@ -530,7 +530,7 @@ fn slot_number(index: usize) -> u16 {
 }
 
 /// Applies ops in order; stops at the first failure (the caller re-adopts the maps).
-pub fn apply_ops(maps: &mut dyn ServiceMaps, ops: &[MapOp]) -> Result<(), DatapathError> {
+pub fn apply_ops<M: ServiceMaps + ?Sized>(maps: &mut M, ops: &[MapOp]) -> Result<(), M::Error> {
     for op in ops {
         maps.apply(op)?;
     }
@@ -544,7 +544,7 @@ mod tests {
     use lb_common::{IPPROTO_TCP, IPPROTO_UDP, SVC_FLAG_WILDCARD};
 
     use super::*;
-    use crate::datapath::memory::MemoryMaps;
+    use crate::maps::twin::MemoryMaps;
 
     fn be(last: u8, port: u16) -> BackendKey {
         BackendKey {

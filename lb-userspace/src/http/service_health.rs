@@ -41,13 +41,14 @@ use hyper::{
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tracing::{debug, info, warn};
 
-use crate::{
-    health::{self, Health},
+use socklb_core::{
     model::{
         EndpointModel, NodeModel, Protocol, ServiceModel, ServiceType, SliceModel, TrafficPolicy,
     },
     state::ClusterState,
 };
+
+use crate::http::health::{self, Health};
 
 /// Where the listeners bind by default: every IPv4 address of the node (kube-proxy binds
 /// its wildcard address; pass `::` for IPv6 as well, dual-stack on Linux by default).
@@ -487,7 +488,9 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
-    use crate::{health::Clock, model::SlicePortModel, source::ClusterEvent};
+    use socklb_core::{events::ClusterEvent, model::SlicePortModel};
+
+    use crate::http::health::Clock;
     use k8s_openapi::api::core::v1::Service;
 
     const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);

@@ -57,11 +57,12 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::{
-    health::{MetricType, write_metric_family},
+use socklb_core::{
+    events::{ClusterEvent, ObjectKey},
     model::{DEFAULT_NAMESPACE, InvalidObject, NodeModel, ServiceModel, SliceModel},
-    source::{ClusterEvent, ObjectKey},
 };
+
+use crate::http::health::{MetricType, write_metric_family};
 
 /// kube-proxy's label selector for Services and EndpointSlices, spelled as its
 /// `labels.Selector.String()` prints it (requirements sorted by key).

@@ -1,8 +1,8 @@
 //! Keeps a set of service maps equal to a desired state, through the diff.
 use tracing::{debug, error, warn};
 
-use crate::datapath::{
-    DatapathError, DesiredState, FrontendKey, MapOp, ServiceMaps, SyncStats,
+use socklb_core::maps::{
+    DesiredState, FrontendKey, MapOp, ServiceMaps, SyncStats,
     diff::{Capacity, ProgrammedState, apply_ops},
 };
 
@@ -18,7 +18,7 @@ pub struct Reconciler<M: ServiceMaps> {
 impl<M: ServiceMaps> Reconciler<M> {
     /// Adopts whatever the maps hold (a previous agent's state) and removes entries
     /// no reader can reach. Live frontends are left untouched until the first sync.
-    pub fn adopt(maps: M, capacity: Capacity) -> Result<Self, DatapathError> {
+    pub fn adopt(maps: M, capacity: Capacity) -> Result<Self, M::Error> {
         let (state, cleanup) = ProgrammedState::adopt(&maps, capacity)?;
         if !cleanup.is_empty() {
             debug!(
@@ -38,7 +38,7 @@ impl<M: ServiceMaps> Reconciler<M> {
 
     /// Makes the maps hold `desired`. On a failed write the mirror is rebuilt from
     /// the maps, so the next call starts from the truth.
-    pub fn sync(&mut self, desired: &DesiredState) -> Result<SyncStats, DatapathError> {
+    pub fn sync(&mut self, desired: &DesiredState) -> Result<SyncStats, M::Error> {
         self.sync_with(desired, None)
     }
 
@@ -47,7 +47,7 @@ impl<M: ServiceMaps> Reconciler<M> {
         &mut self,
         desired: &DesiredState,
         keys: &[FrontendKey],
-    ) -> Result<SyncStats, DatapathError> {
+    ) -> Result<SyncStats, M::Error> {
         self.sync_with(desired, Some(keys))
     }
 
@@ -55,7 +55,7 @@ impl<M: ServiceMaps> Reconciler<M> {
         &mut self,
         desired: &DesiredState,
         keys: Option<&[FrontendKey]>,
-    ) -> Result<SyncStats, DatapathError> {
+    ) -> Result<SyncStats, M::Error> {
         if !self.pending_cleanup.is_empty() {
             let cleanup = std::mem::take(&mut self.pending_cleanup);
             self.run_cleanup(cleanup);
@@ -117,7 +117,7 @@ mod tests {
     use lb_common::{IPPROTO_TCP, SvcAction};
 
     use super::*;
-    use crate::datapath::{BackendKey, DesiredFrontend, FrontendKey, memory::MemoryMaps};
+    use socklb_core::maps::{BackendKey, DesiredFrontend, FrontendKey, twin::MemoryMaps};
 
     fn state(backends: &[u8]) -> DesiredState {
         let key = FrontendKey {

@@ -20,11 +20,12 @@ use std::{
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::{
-    manifests::{self, ManifestError, ManifestSet, ObjectId},
+use socklb_core::{
+    events::ClusterEvent,
     model::{NodeModel, ServiceModel, SliceModel},
-    source::ClusterEvent,
 };
+
+use crate::sources::manifest_files::{self as manifests, ManifestError, ManifestSet, ObjectId};
 
 /// Size and modification time: a file whose stamp changed is read again.
 type Stamp = (u64, SystemTime);
@@ -335,7 +336,7 @@ fn ids(set: &ManifestSet) -> Vec<ObjectId> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::ClusterState;
+    use socklb_core::state::ClusterState;
 
     struct Dir(PathBuf);
 

@@ -5,7 +5,12 @@ use std::collections::BTreeMap;
 
 use lb_common::{Backend4, Svc4Key, Svc4Value, SvcAction};
 
-use super::{DatapathError, MapOp, ServiceMaps};
+use super::{MapOp, ServiceMaps};
+
+/// An op the twin refuses: what the kernel would refuse too (a full map).
+#[derive(Debug, thiserror::Error)]
+#[error("in-memory map: {0}")]
+pub struct TwinError(pub String);
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MemoryMaps {
@@ -45,9 +50,11 @@ impl MemoryMaps {
 }
 
 impl ServiceMaps for MemoryMaps {
-    fn apply(&mut self, op: &MapOp) -> Result<(), DatapathError> {
+    type Error = TwinError;
+
+    fn apply(&mut self, op: &MapOp) -> Result<(), TwinError> {
         if self.fail_at == Some(self.ops_applied) {
-            return Err(DatapathError::Memory(format!(
+            return Err(TwinError(format!(
                 "injected failure at op {}",
                 self.ops_applied
             )));
@@ -88,15 +95,15 @@ impl ServiceMaps for MemoryMaps {
         Ok(())
     }
 
-    fn dump_services(&self) -> Result<Vec<(Svc4Key, Svc4Value)>, DatapathError> {
+    fn dump_services(&self) -> Result<Vec<(Svc4Key, Svc4Value)>, TwinError> {
         Ok(self.services.iter().map(|(k, v)| (*k, *v)).collect())
     }
 
-    fn dump_backends(&self) -> Result<Vec<(u32, Backend4)>, DatapathError> {
+    fn dump_backends(&self) -> Result<Vec<(u32, Backend4)>, TwinError> {
         Ok(self.backends.iter().map(|(k, v)| (*k, *v)).collect())
     }
 
-    fn dump_src_ranges(&self) -> Result<Vec<(lb_common::SrcRange4Key, u32)>, DatapathError> {
+    fn dump_src_ranges(&self) -> Result<Vec<(lb_common::SrcRange4Key, u32)>, TwinError> {
         Ok(self
             .src_ranges
             .iter()

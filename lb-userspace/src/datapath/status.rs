@@ -4,10 +4,13 @@ use std::{fmt::Write as _, net::SocketAddrV4, path::Path};
 use lb_common::{SVC_FLAG_WILDCARD, SvcAction};
 use serde::{Deserialize, Serialize};
 
-use crate::datapath::{
-    DatapathError,
+use socklb_core::maps::{
     desired::proto_name,
     diff::{Capacity, ProgrammedState},
+};
+
+use crate::datapath::{
+    DatapathError,
     kernel::{self, KernelMaps},
 };
 

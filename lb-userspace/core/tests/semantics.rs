@@ -23,11 +23,11 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::{core::v1::Node, core::v1::Service, discovery::v1::EndpointSlice};
 use serde_json::{Value, json};
-use socklb::{
-    datapath::DesiredState,
+use socklb_core::{
+    events::{ClusterEvent, ObjectKey},
+    maps::DesiredState,
     model::{NodeModel, ServiceModel, SliceModel},
     plan::{Action, Frontend, FrontendKind, Plan, compute_plan},
-    source::{ClusterEvent, ObjectKey},
     state::ClusterState,
 };
 

@@ -3,10 +3,10 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::{
-    datapath::{FrontendKey, desired::DesiredIndex},
+    events::{ClusterEvent, ObjectKey},
+    maps::{FrontendKey, desired::DesiredIndex},
     model::{NodeModel, ServiceModel, SliceModel},
     plan::{self, Claimant, Plan},
-    source::{ClusterEvent, ObjectKey},
 };
 
 /// Services, slices and this node, as last reported by the source.
@@ -268,7 +268,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        datapath::DesiredState,
+        maps::DesiredState,
         model::{
             EndpointModel, Protocol, ServicePortModel, ServiceType, SlicePortModel, TrafficPolicy,
         },
