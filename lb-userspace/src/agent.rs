@@ -462,14 +462,19 @@ fn register_sync_metrics(health: &Health, metrics: &Arc<SyncMetrics>) {
                 MetricType::Gauge,
                 [(&[][..], conflicts.len() as f64)],
             );
+            let names: Vec<(String, String)> = conflicts
+                .iter()
+                .map(|c| (c.kept.to_string(), c.dropped.to_string()))
+                .collect();
             let labels: Vec<[(&str, &str); 4]> = conflicts
                 .iter()
-                .map(|c| {
+                .zip(&names)
+                .map(|(c, (kept, dropped))| {
                     [
                         ("address", c.address.as_str()),
                         ("protocol", c.protocol.as_str()),
-                        ("kept", c.kept.as_str()),
-                        ("dropped", c.dropped.as_str()),
+                        ("kept", kept.as_str()),
+                        ("dropped", dropped.as_str()),
                     ]
                 })
                 .collect();

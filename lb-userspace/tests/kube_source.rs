@@ -108,7 +108,7 @@ fn slice_model(object: &Value) -> SliceModel {
 }
 
 fn key(name: &str) -> ObjectKey {
-    ("demo".to_owned(), name.to_owned())
+    ObjectKey::new("demo", name)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

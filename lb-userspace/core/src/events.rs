@@ -1,9 +1,7 @@
 //! What the sources of truth (a manifest directory, the Kubernetes API) tell the
 //! agent's core. Sources validate objects into models; the core never sees raw input.
+pub use crate::model::ObjectKey;
 use crate::model::{NodeModel, ServiceModel, SliceModel};
-
-/// (namespace, name) of an object.
-pub type ObjectKey = (String, String);
 
 /// One change reported by a source.
 #[derive(Clone, Debug, PartialEq)]

@@ -8,6 +8,8 @@
 //!   --maps::diff--> ordered map writes --> a ServiceMaps (the kernel's, or maps::twin)
 //! ```
 
+#[cfg(any(test, feature = "builders"))]
+pub mod builders;
 pub mod events;
 pub mod maps;
 pub mod model;

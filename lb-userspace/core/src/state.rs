@@ -107,7 +107,7 @@ impl ClusterState {
                         plan::frontends_for_service(svc, &slices, &self.node),
                     )
                 }
-                None => (Claimant::named(service_name(&key)), Vec::new()),
+                None => (Claimant::named(key.clone()), Vec::new()),
             };
             changed.extend(self.index.set_service(&claimant, &frontends));
         }
@@ -142,22 +142,20 @@ impl ClusterState {
         self.slices.values()
     }
 
-    /// The EndpointSlices labelled for the Service `namespace/name` (present or not),
-    /// in slice name order.
+    /// The EndpointSlices labelled for `service` (present or not), in slice name order.
     pub fn slices_for_service<'a>(
         &'a self,
-        namespace: &str,
-        name: &str,
+        service: &ObjectKey,
     ) -> impl Iterator<Item = &'a SliceModel> + 'a {
         self.slices_by_service
-            .get(&object_key(namespace, name))
+            .get(service)
             .into_iter()
             .flatten()
             .filter_map(|key| self.slices.get(key))
     }
 
     fn put_service(&mut self, svc: ServiceModel) {
-        let key = object_key(&svc.namespace, &svc.name);
+        let key = svc.key();
         if self.services.get(&key) != Some(&svc) {
             self.services.insert(key.clone(), svc);
             self.dirty.insert(key);
@@ -171,14 +169,14 @@ impl ClusterState {
     }
 
     fn put_slice(&mut self, slice: SliceModel) {
-        let key = object_key(&slice.namespace, &slice.name);
-        let service = object_key(&slice.namespace, &slice.service_name);
+        let key = slice.key();
+        let service = slice.service_key();
         if let Some(old) = self.slices.get(&key) {
             if *old == slice {
                 return;
             }
             // A slice can move to another service (its label changed).
-            let old_service = object_key(&old.namespace, &old.service_name);
+            let old_service = old.service_key();
             if old_service != service {
                 self.unlink_slice(&old_service, &key);
             }
@@ -193,7 +191,7 @@ impl ClusterState {
 
     fn delete_slice(&mut self, key: &ObjectKey) {
         if let Some(old) = self.slices.remove(key) {
-            let service = object_key(&old.namespace, &old.service_name);
+            let service = old.service_key();
             self.unlink_slice(&service, key);
         }
     }
@@ -221,7 +219,7 @@ impl ClusterState {
     fn replace_services(&mut self, services: Vec<ServiceModel>, invalid: &[ObjectKey]) {
         let mut seen: HashSet<ObjectKey> = invalid.iter().cloned().collect();
         for svc in services {
-            seen.insert(object_key(&svc.namespace, &svc.name));
+            seen.insert(svc.key());
             self.put_service(svc);
         }
         let gone: Vec<ObjectKey> = self
@@ -238,7 +236,7 @@ impl ClusterState {
     fn replace_slices(&mut self, slices: Vec<SliceModel>, invalid: &[ObjectKey]) {
         let mut seen: HashSet<ObjectKey> = invalid.iter().cloned().collect();
         for slice in slices {
-            seen.insert(object_key(&slice.namespace, &slice.name));
+            seen.insert(slice.key());
             self.put_slice(slice);
         }
         let gone: Vec<ObjectKey> = self
@@ -251,15 +249,6 @@ impl ClusterState {
             self.delete_slice(&key);
         }
     }
-}
-
-fn object_key(namespace: &str, name: &str) -> ObjectKey {
-    (namespace.to_string(), name.to_string())
-}
-
-/// "ns/name", as in plan output.
-fn service_name(key: &ObjectKey) -> String {
-    format!("{}/{}", key.0, key.1)
 }
 
 #[cfg(test)]
@@ -358,10 +347,10 @@ mod tests {
         let changed = st.recompute();
         assert_eq!(changed.len(), 2, "frontend and wildcard: {changed:?}");
         assert_consistent(&st);
-        st.apply(ClusterEvent::ServiceDeleted(("ns".into(), "web".into())));
+        st.apply(ClusterEvent::ServiceDeleted(ObjectKey::new("ns", "web")));
         assert_eq!(st.recompute().len(), 2);
         assert!(st.index().desired.frontends.is_empty());
-        st.apply(ClusterEvent::SliceDeleted(("ns".into(), "web-1".into())));
+        st.apply(ClusterEvent::SliceDeleted(ObjectKey::new("ns", "web-1")));
         assert!(st.recompute().is_empty());
         assert_consistent(&st);
     }
@@ -414,7 +403,7 @@ mod tests {
         // An invalid object in a relist keeps its last good version.
         st.apply(ClusterEvent::ServicesListed {
             services: vec![],
-            invalid: vec![("ns".into(), "web".into())],
+            invalid: vec![ObjectKey::new("ns", "web")],
         });
         assert!(st.recompute().is_empty());
         assert_eq!(st.service_count(), 1);
@@ -472,7 +461,7 @@ mod tests {
         st.recompute();
         assert_consistent(&st);
         assert_eq!(st.index().conflicts().len(), 1);
-        st.apply(ClusterEvent::ServiceDeleted(("ns".into(), "a".into())));
+        st.apply(ClusterEvent::ServiceDeleted(ObjectKey::new("ns", "a")));
         st.recompute();
         assert_consistent(&st);
         assert!(st.index().conflicts().is_empty());
@@ -507,15 +496,19 @@ mod tests {
             assert_eq!(st.index().desired, before, "{name}");
             let conflicts = st.index().conflicts();
             assert_eq!(conflicts.len(), 1, "{name}");
-            assert_eq!(conflicts[0].kept, "ns/web", "{name}");
-            assert_eq!(conflicts[0].dropped, format!("ns/{name}"), "{name}");
+            assert_eq!(conflicts[0].kept.to_string(), "ns/web", "{name}");
+            assert_eq!(
+                conflicts[0].dropped.to_string(),
+                format!("ns/{name}"),
+                "{name}"
+            );
             assert_eq!(
                 st.plan().conflicts,
                 conflicts,
                 "{name}: plan and index agree"
             );
             assert_consistent(&st);
-            st.apply(ClusterEvent::ServiceDeleted(("ns".into(), name.into())));
+            st.apply(ClusterEvent::ServiceDeleted(ObjectKey::new("ns", name)));
             assert_eq!(
                 st.recompute(),
                 vec![],
@@ -528,7 +521,7 @@ mod tests {
         older.created = at("2024-01-01T00:00:00Z");
         st.apply(ClusterEvent::ServiceApplied(older));
         assert!(!st.recompute().is_empty());
-        assert_eq!(st.index().conflicts()[0].kept, "ns/zzz-older");
+        assert_eq!(st.index().conflicts()[0].kept.to_string(), "ns/zzz-older");
         assert_consistent(&st);
     }
 
@@ -548,7 +541,7 @@ mod tests {
         assert_consistent(&st);
         let conflicts = st.index().conflicts();
         assert_eq!(conflicts.len(), 1);
-        assert_eq!(conflicts[0].kept, "ns/web");
+        assert_eq!(conflicts[0].kept.to_string(), "ns/web");
         assert!(
             !st.index()
                 .desired
@@ -589,7 +582,7 @@ mod tests {
                     }
                     st.apply(ClusterEvent::ServiceApplied(model));
                 }
-                2 => st.apply(ClusterEvent::ServiceDeleted(("ns".into(), svc.into()))),
+                2 => st.apply(ClusterEvent::ServiceDeleted(ObjectKey::new("ns", svc))),
                 3 | 4 => {
                     let eps: Vec<(u8, bool, Option<&str>)> = (0..next(4))
                         .map(|_| {
@@ -608,8 +601,8 @@ mod tests {
                         &eps,
                     )));
                 }
-                5 => st.apply(ClusterEvent::SliceDeleted((
-                    "ns".into(),
+                5 => st.apply(ClusterEvent::SliceDeleted(ObjectKey::new(
+                    "ns",
                     format!("{svc}-{}", next(2)),
                 ))),
                 _ => st.apply(ClusterEvent::NodeApplied(NodeModel::named(

@@ -276,9 +276,9 @@ fn validated<M, E>(result: Result<Option<M>, E>) -> Validated<M> {
 
 fn object_key(object: &Value) -> ObjectKey {
     let meta = &object["metadata"];
-    (
-        meta["namespace"].as_str().unwrap_or("default").to_owned(),
-        meta["name"].as_str().unwrap().to_owned(),
+    ObjectKey::new(
+        meta["namespace"].as_str().unwrap_or("default"),
+        meta["name"].as_str().unwrap(),
     )
 }
 
@@ -378,7 +378,7 @@ fn events_of(op: Op, objects: &mut Objects) -> Vec<ClusterEvent> {
         }
         Op::Delete(list) => {
             for (kind, name) in list {
-                let key = (NS.to_owned(), name.to_owned());
+                let key = ObjectKey::new(NS, name);
                 match kind {
                     "Service" => {
                         objects.services.remove(&key);
@@ -416,7 +416,11 @@ fn summary(frontends: &[Frontend]) -> Vec<String> {
             let backends: Vec<String> = f.backends.iter().map(ToString::to_string).collect();
             let mut line = format!(
                 "{} {} {}/{} {} {}",
-                f.service.strip_prefix("demo/").unwrap_or(&f.service),
+                if f.service.namespace == "demo" {
+                    f.service.name.clone()
+                } else {
+                    f.service.to_string()
+                },
                 f.kind,
                 f.address_string(),
                 f.protocol,

@@ -2,17 +2,9 @@
 //! cloud load balancer sends traffic of an `externalTrafficPolicy: Local` Service only to
 //! nodes that have a ready endpoint of it.
 //!
-//! Semantics follow kube-proxy (pkg/proxy/healthcheck/service_health.go and the
-//! proxiers' calls to `SyncServices(svcPortMap.HealthCheckNodePorts())` and
-//! `SyncEndpoints(endpointsMap.LocalReadyEndpoints())` after each successful sync):
-//! - Which Services: type LoadBalancer with externalTrafficPolicy Local
-//!   (`apiservice.NeedsHealthCheck`) and a non-zero healthCheckNodePort, that have at
-//!   least one port (kube-proxy reads the port from its per-service-port map).
-//! - The count: this node's *ready* endpoints, counted once per IP across all the
-//!   ports of the Service's EndpointSlices. Serving-but-terminating endpoints do not count, on purpose: with
-//!   only terminating endpoints left, the check fails so the load balancer drains the
-//!   node while those endpoints still finish their connections (the data path does use
-//!   them, see plan.rs).
+//! Which ports and what each reports is decided in the core
+//! (socklb_core::plan::health_checks, kube-proxy's rules). Here, as kube-proxy's
+//! pkg/proxy/healthcheck/service_health.go serves them:
 //! - Each listener answers every request (any path, any method) with 200 when the count
 //!   is > 0 and the proxy itself is healthy, else 503; headers `Content-Type:
 //!   application/json`, `X-Content-Type-Options: nosniff` and
@@ -22,13 +14,12 @@
 //! - A port that cannot be bound is logged and left out; the next update tries again.
 //!   It never stops the other listeners nor the agent.
 //!
-//! [`desired_health_checks`] is the pure part (models in, ports out);
 //! [`ServiceHealthServers`] owns the listeners and applies a desired set.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet, btree_map::Entry},
+    collections::BTreeMap,
     io,
-    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{Arc, RwLock},
 };
 
@@ -38,14 +29,15 @@ use hyper::{
     body::Bytes,
     header::{self, HeaderName, HeaderValue},
 };
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio::{
+    net::{TcpListener, TcpSocket},
+    sync::oneshot,
+    task::JoinHandle,
+};
 use tracing::{debug, info, warn};
 
-use socklb_core::{
-    model::{
-        EndpointModel, NodeModel, Protocol, ServiceModel, ServiceType, SliceModel, TrafficPolicy,
-    },
-    state::ClusterState,
+pub use socklb_core::plan::health_checks::{
+    ServiceHealthInfo, desired_health_checks, desired_health_checks_for_state,
 };
 
 use crate::http::health::{self, Health};
@@ -57,171 +49,14 @@ pub const DEFAULT_BIND_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 /// local endpoint count.
 pub const ENDPOINT_WEIGHT_HEADER: &str = "x-load-balancing-endpoint-weight";
 
-/// What one health check port reports.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ServiceHealthInfo {
-    pub namespace: String,
-    pub name: String,
-    /// Ready endpoints of the Service on this node, one per IP.
-    pub local_endpoints: usize,
-}
-
-impl ServiceHealthInfo {
-    /// "namespace/name".
-    pub fn display_name(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
-    }
-}
-
-/// The health check node port kube-proxy would open for `svc`, if any.
-pub fn health_check_node_port(svc: &ServiceModel) -> Option<u16> {
-    // apiservice.NeedsHealthCheck: type LoadBalancer and ExternalPolicyLocal (the model's
-    // external_traffic_policy already is kube-proxy's ExternalPolicyLocal).
-    if svc.service_type != ServiceType::LoadBalancer
-        || svc.external_traffic_policy != TrafficPolicy::Local
-    {
-        return None;
-    }
-    // ServicePortMap.HealthCheckNodePorts walks service ports: a Service without any
-    // port has no entry. kube-proxy keeps SCTP ports, which the model lists as skipped.
-    if svc.ports.is_empty() && svc.skipped.is_empty() {
-        return None;
-    }
-    if svc.health_check_node_port.is_none() {
-        // kube-proxy logs "Service has no healthcheck nodeport"; only a hand-written
-        // manifest can get here (the API server allocates one).
-        debug!(service = %svc.display_name(), "LoadBalancer with externalTrafficPolicy Local has no healthCheckNodePort");
-    }
-    svc.health_check_node_port
-}
-
-/// kube-proxy's `EndpointsMap.LocalReadyEndpoints` for one Service: `slices` are the
-/// Service's slices (in slice name order). Endpoints are grouped per slice port
-/// (name, protocol) and deduplicated per address:port as the data path does (a
-/// non-terminating copy wins over a terminating one, else the first); then the distinct
-/// IPs of the ready endpoints on this node are counted. Slice ports need not match a
-/// Service port, and a slice without ports contributes nothing, as in kube-proxy.
-pub fn local_ready_endpoints(slices: &[&SliceModel], node: &NodeModel) -> usize {
-    let mut by_port: HashMap<(&str, Protocol), BTreeMap<SocketAddrV4, &EndpointModel>> =
-        HashMap::new();
-    for slice in slices {
-        for port in &slice.ports {
-            let set = by_port
-                .entry((port.name.as_str(), port.protocol))
-                .or_default();
-            for endpoint in &slice.endpoints {
-                match set.entry(SocketAddrV4::new(endpoint.address, port.port)) {
-                    Entry::Vacant(entry) => {
-                        entry.insert(endpoint);
-                    }
-                    Entry::Occupied(mut entry) => {
-                        if entry.get().terminating && !endpoint.terminating {
-                            entry.insert(endpoint);
-                        }
-                    }
-                }
-            }
-        }
-    }
-    by_port
-        .values()
-        .flat_map(BTreeMap::values)
-        .filter(|e| e.ready && is_local(e, node))
-        .map(|e| e.address)
-        .collect::<HashSet<Ipv4Addr>>()
-        .len()
-}
-
-/// kube-proxy's EndpointSliceCache.isLocal: nodeName equals this node's non-empty name.
-fn is_local(e: &EndpointModel, node: &NodeModel) -> bool {
-    !node.name.is_empty() && e.node_name.as_deref() == Some(node.name.as_str())
-}
-
-/// The health check ports this node should serve, keyed by port. Pure.
-///
-/// Two Services claiming one port (the API server prevents it; manifests can do it):
-/// the first in (namespace, name) order keeps it, with a warning. (kube-proxy would
-/// bind whichever it happens to open first and fail the other.)
-pub fn desired_health_checks(
-    services: &[ServiceModel],
-    slices: &[SliceModel],
-    node: &NodeModel,
-) -> BTreeMap<u16, ServiceHealthInfo> {
-    let mut slices_by_service: HashMap<(&str, &str), Vec<&SliceModel>> = HashMap::new();
-    for slice in slices {
-        slices_by_service
-            .entry(slice.service_key())
-            .or_default()
-            .push(slice);
-    }
-    collect_health_checks(
-        services.iter(),
-        |svc| {
-            let mut own = slices_by_service
-                .get(&svc.key())
-                .cloned()
-                .unwrap_or_default();
-            own.sort_by(|a, b| a.name.cmp(&b.name));
-            own
-        },
-        node,
-    )
-}
-
-/// [`desired_health_checks`] over the agent's [`ClusterState`]: costs a scan of the
-/// Services plus the slices of the ones that need a health check.
-pub fn desired_health_checks_for_state(state: &ClusterState) -> BTreeMap<u16, ServiceHealthInfo> {
-    collect_health_checks(
-        state.services(),
-        |svc| {
-            state
-                .slices_for_service(&svc.namespace, &svc.name)
-                .collect()
-        },
-        state.node(),
-    )
-}
-
-fn collect_health_checks<'a>(
-    services: impl Iterator<Item = &'a ServiceModel>,
-    slices_of: impl Fn(&ServiceModel) -> Vec<&'a SliceModel>,
-    node: &NodeModel,
-) -> BTreeMap<u16, ServiceHealthInfo> {
-    let mut wanted: Vec<(&ServiceModel, u16)> = services
-        .filter_map(|svc| health_check_node_port(svc).map(|port| (svc, port)))
-        .collect();
-    wanted.sort_by(|a, b| a.0.key().cmp(&b.0.key()));
-    let mut desired = BTreeMap::new();
-    for (svc, port) in wanted {
-        match desired.entry(port) {
-            Entry::Occupied(kept) => {
-                let kept: &ServiceHealthInfo = kept.get();
-                warn!(
-                    port, kept = %kept.display_name(), dropped = %svc.display_name(),
-                    "two services claim one healthCheckNodePort; keeping the first"
-                );
-            }
-            Entry::Vacant(entry) => {
-                let slices = slices_of(svc);
-                entry.insert(ServiceHealthInfo {
-                    namespace: svc.namespace.clone(),
-                    name: svc.name.clone(),
-                    local_endpoints: local_ready_endpoints(&slices, node),
-                });
-            }
-        }
-    }
-    desired
-}
-
 /// kube-proxy's response body, byte for byte: tab-indented, no trailing newline.
 pub fn response_body(info: &ServiceHealthInfo, proxy_healthy: bool) -> String {
     // Kubernetes names never need escaping; serde_json keeps odd manifest input valid.
     let quote = |s: &str| serde_json::Value::from(s).to_string();
     format!(
         "{{\n\t\"service\": {{\n\t\t\"namespace\": {},\n\t\t\"name\": {}\n\t}},\n\t\"localEndpoints\": {},\n\t\"serviceProxyHealthy\": {}\n}}",
-        quote(&info.namespace),
-        quote(&info.name),
+        quote(&info.service.namespace),
+        quote(&info.service.name),
         info.local_endpoints,
         proxy_healthy
     )
@@ -309,9 +144,25 @@ impl PortListener {
     }
 }
 
+/// How a listener gets its socket for an address: [`bind_listener`] in the agent; tests
+/// hand out listeners they bound on free ports beforehand.
+pub type Binder = Box<dyn FnMut(SocketAddr) -> io::Result<TcpListener> + Send>;
+
+/// Binds `addr` with SO_REUSEADDR (as kube-proxy's listeners and tokio's own
+/// `TcpListener::bind` do), so a port closed a moment ago can be served again at once.
+pub fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
 /// The health check listeners of this node, one per healthCheckNodePort. Dropping it
 /// stops them too (without waiting); [`ServiceHealthServers::shutdown`] waits.
-#[derive(Debug)]
 pub struct ServiceHealthServers {
     bind: IpAddr,
     proxy_health: Option<Arc<Health>>,
@@ -319,9 +170,17 @@ pub struct ServiceHealthServers {
     /// Ports whose last bind failed, with the error kind: a repeated failure is logged
     /// at debug, not again at warn on every sync.
     failing: BTreeMap<u16, io::ErrorKind>,
-    /// Tests: listeners bound on an ephemeral port, used instead of binding that port.
-    #[cfg(test)]
-    prebound: HashMap<u16, TcpListener>,
+    binder: Binder,
+}
+
+impl std::fmt::Debug for ServiceHealthServers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceHealthServers")
+            .field("bind", &self.bind)
+            .field("ports", &self.listeners.keys().collect::<Vec<_>>())
+            .field("failing", &self.failing)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServiceHealthServers {
@@ -334,9 +193,14 @@ impl ServiceHealthServers {
             proxy_health: None,
             listeners: BTreeMap::new(),
             failing: BTreeMap::new(),
-            #[cfg(test)]
-            prebound: HashMap::new(),
+            binder: Box::new(bind_listener),
         }
+    }
+
+    /// Gets listeners from `binder` instead of binding their ports.
+    pub fn with_binder(mut self, binder: Binder) -> Self {
+        self.binder = binder;
+        self
     }
 
     /// Reports the agent's health as `serviceProxyHealthy` (kube-proxy's
@@ -379,7 +243,7 @@ impl ServiceHealthServers {
             .collect();
         for port in removed {
             if let Some(listener) = self.listeners.remove(&port) {
-                info!(port, service = %listener.shared.info().display_name(), "closing service health check");
+                info!(port, service = %listener.shared.info().service, "closing service health check");
                 listener.close().await;
             }
         }
@@ -391,7 +255,7 @@ impl ServiceHealthServers {
                 listener.shared.set_info(info);
                 continue;
             }
-            let service = info.display_name();
+            let service = info.service.to_string();
             match self.open(port, info).await {
                 Ok(listener) => {
                     info!(port, %service, addr = %listener.local_addr, "opened service health check");
@@ -426,7 +290,7 @@ impl ServiceHealthServers {
                 "port 0 is not a health check node port",
             ));
         }
-        let listener = self.bind_port(port).await?;
+        let listener = (self.binder)(SocketAddr::new(self.bind, port))?;
         let local_addr = listener.local_addr()?;
         let shared = Arc::new(PortShared {
             info: RwLock::new(Arc::new(info)),
@@ -440,24 +304,6 @@ impl ServiceHealthServers {
             stop,
             task,
         })
-    }
-
-    async fn bind_port(&mut self, port: u16) -> io::Result<TcpListener> {
-        #[cfg(test)]
-        if let Some(listener) = self.prebound.remove(&port) {
-            return Ok(listener);
-        }
-        TcpListener::bind(SocketAddr::new(self.bind, port)).await
-    }
-
-    /// Tests: binds the bind address on a free port now and returns the port; the next
-    /// update that asks for it uses this listener (no race with other tests for it).
-    #[cfg(test)]
-    async fn reserve_port_for_test(&mut self) -> io::Result<u16> {
-        let listener = TcpListener::bind(SocketAddr::new(self.bind, 0)).await?;
-        let port = listener.local_addr()?.port();
-        self.prebound.insert(port, listener);
-        Ok(port)
     }
 }
 
@@ -488,271 +334,48 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
-    use socklb_core::{events::ClusterEvent, model::SlicePortModel};
+    use socklb_core::model::ObjectKey;
 
     use crate::http::health::Clock;
-    use k8s_openapi::api::core::v1::Service;
 
     const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-    /// A LoadBalancer Service with externalTrafficPolicy Local, through the model's own
-    /// validation (so the test does not depend on every field of the model).
-    fn lb_local(name: &str, hc_port: Option<u16>) -> ServiceModel {
-        let svc: Service = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name, "namespace": "demo"},
-            "spec": {
-                "type": "LoadBalancer",
-                "clusterIP": "10.96.0.10",
-                "externalTrafficPolicy": "Local",
-                "healthCheckNodePort": hc_port,
-                "ports": [{"name": "http", "port": 80, "nodePort": 30080}],
-            },
-        }))
-        .unwrap();
-        ServiceModel::from_k8s(&svc).unwrap().unwrap()
-    }
+    /// Listeners bound on free ports before the servers ask for them, so tests never
+    /// race other tests for a fixed port.
+    #[derive(Clone, Default)]
+    struct Prebound(Arc<std::sync::Mutex<std::collections::HashMap<u16, TcpListener>>>);
 
-    #[derive(Clone, Copy)]
-    struct Ep {
-        last: u8,
-        node: Option<&'static str>,
-        ready: bool,
-        serving: bool,
-        terminating: bool,
-    }
+    impl Prebound {
+        /// Binds a free loopback port now and returns it; the servers' next bind of
+        /// that port gets this listener.
+        fn reserve(&self) -> u16 {
+            let listener = bind_listener(SocketAddr::new(LOOPBACK, 0)).unwrap();
+            let port = listener.local_addr().unwrap().port();
+            self.0.lock().unwrap().insert(port, listener);
+            port
+        }
 
-    const fn ready(last: u8, node: &'static str) -> Ep {
-        Ep {
-            last,
-            node: Some(node),
-            ready: true,
-            serving: true,
-            terminating: false,
+        fn binder(&self) -> Binder {
+            let prebound = self.clone();
+            Box::new(
+                move |addr| match prebound.0.lock().unwrap().remove(&addr.port()) {
+                    Some(listener) => Ok(listener),
+                    None => bind_listener(addr),
+                },
+            )
         }
     }
 
-    const fn terminating(last: u8, node: &'static str) -> Ep {
-        Ep {
-            last,
-            node: Some(node),
-            ready: false,
-            serving: true,
-            terminating: true,
-        }
-    }
-
-    fn slice(name: &str, service: &str, ports: &[(&str, u16)], eps: &[Ep]) -> SliceModel {
-        SliceModel {
-            namespace: "demo".into(),
-            name: name.into(),
-            service_name: service.into(),
-            ports: ports
-                .iter()
-                .map(|(n, p)| SlicePortModel {
-                    name: (*n).into(),
-                    protocol: Protocol::Tcp,
-                    port: *p,
-                })
-                .collect(),
-            endpoints: eps
-                .iter()
-                .map(|e| EndpointModel {
-                    address: Ipv4Addr::new(10, 244, 0, e.last),
-                    ready: e.ready,
-                    serving: e.serving,
-                    terminating: e.terminating,
-                    node_name: e.node.map(String::from),
-                    zone: None,
-                    hints_zones: None,
-                    hints_nodes: None,
-                })
-                .collect(),
-            skipped: vec![],
-        }
+    /// Servers on loopback whose ports come from `prebound`.
+    fn servers(prebound: &Prebound) -> ServiceHealthServers {
+        ServiceHealthServers::new(LOOPBACK).with_binder(prebound.binder())
     }
 
     fn info(name: &str, local_endpoints: usize) -> ServiceHealthInfo {
         ServiceHealthInfo {
-            namespace: "demo".into(),
-            name: name.into(),
+            service: ObjectKey::new("demo", name),
             local_endpoints,
         }
-    }
-
-    fn node() -> NodeModel {
-        NodeModel::named("n1")
-    }
-
-    #[test]
-    fn only_load_balancer_local_with_a_port_gets_a_health_check() {
-        let mut cluster_ip = lb_local("cip", Some(32001));
-        cluster_ip.service_type = ServiceType::ClusterIP;
-        let mut node_port = lb_local("np", Some(32002));
-        node_port.service_type = ServiceType::NodePort;
-        let mut lb_cluster = lb_local("lbc", Some(32003));
-        lb_cluster.external_traffic_policy = TrafficPolicy::Cluster;
-        let no_hc_port = lb_local("nohc", None);
-        let mut no_ports = lb_local("noports", Some(32004));
-        no_ports.ports.clear();
-        let mut sctp_only = lb_local("sctp", Some(32005));
-        sctp_only.ports.clear();
-        sctp_only.skipped = vec!["spec.ports[0] (\"\" 9/SCTP): skipped".into()];
-        let services = vec![
-            cluster_ip,
-            node_port,
-            lb_cluster,
-            no_hc_port,
-            no_ports,
-            sctp_only,
-            lb_local("web", Some(32000)),
-        ];
-        let desired = desired_health_checks(&services, &[], &node());
-        assert_eq!(
-            desired,
-            BTreeMap::from([(32000, info("web", 0)), (32005, info("sctp", 0))])
-        );
-    }
-
-    #[test]
-    fn local_count_is_ready_endpoints_on_this_node_by_ip() {
-        let count = |slices: &[SliceModel], node: &NodeModel| {
-            let services = [lb_local("web", Some(32000))];
-            desired_health_checks(&services, slices, node)[&32000].local_endpoints
-        };
-        let n1 = node();
-        let not_ready = Ep {
-            ready: false,
-            serving: false,
-            ..ready(4, "n1")
-        };
-        let no_node = Ep {
-            node: None,
-            ..ready(5, "n1")
-        };
-        // Counted: .1 and .2 (ready, here). Not: .3 (elsewhere), .4 (not ready), .5 (no
-        // nodeName), .6 (serving but terminating: no fallback, unlike the data path).
-        let slices = [slice(
-            "web-a",
-            "web",
-            &[("http", 8080)],
-            &[
-                ready(1, "n1"),
-                ready(2, "n1"),
-                ready(3, "n2"),
-                not_ready,
-                no_node,
-                terminating(6, "n1"),
-            ],
-        )];
-        assert_eq!(count(&slices, &n1), 2);
-        assert_eq!(count(&slices, &NodeModel::named("n2")), 1);
-        assert_eq!(
-            count(&slices, &NodeModel::named("")),
-            0,
-            "empty node name: nothing is local"
-        );
-
-        // Only terminating endpoints here: 0, so the load balancer drains the node.
-        let draining = [slice(
-            "web-a",
-            "web",
-            &[("http", 8080)],
-            &[terminating(1, "n1"), terminating(2, "n1"), ready(3, "n2")],
-        )];
-        assert_eq!(count(&draining, &n1), 0);
-
-        // One IP on two ports, in two slices, and on a port the Service does not have:
-        // one endpoint. Other services' slices do not count.
-        let spread = [
-            slice(
-                "web-a",
-                "web",
-                &[("http", 8080), ("metrics", 9090)],
-                &[ready(1, "n1")],
-            ),
-            slice(
-                "web-b",
-                "web",
-                &[("http", 8080)],
-                &[ready(1, "n1"), ready(7, "n1")],
-            ),
-            slice("web-c", "web", &[("unknown", 7000)], &[ready(8, "n1")]),
-            slice("db-a", "db", &[("http", 8080)], &[ready(9, "n1")]),
-        ];
-        assert_eq!(count(&spread, &n1), 3, ".1, .7, .8");
-
-        // A slice without usable ports contributes nothing (kube-proxy has no
-        // service port to file its endpoints under).
-        let portless = [slice("web-a", "web", &[], &[ready(1, "n1")])];
-        assert_eq!(count(&portless, &n1), 0);
-
-        // The same address:port twice: the non-terminating copy wins, whichever slice
-        // comes first.
-        let reused_ip = Ep {
-            ready: true,
-            ..terminating(1, "n1")
-        };
-        let moved = [
-            slice("web-a", "web", &[("http", 8080)], &[reused_ip]),
-            slice("web-b", "web", &[("http", 8080)], &[ready(1, "n2")]),
-        ];
-        assert_eq!(count(&moved, &n1), 0, "the running copy is on n2");
-        assert_eq!(count(&moved, &NodeModel::named("n2")), 1);
-    }
-
-    #[test]
-    fn two_services_on_one_port_keep_the_first_by_name() {
-        let services = [
-            lb_local("zeta", Some(32000)),
-            lb_local("alpha", Some(32000)),
-            lb_local("mid", Some(32001)),
-        ];
-        let slices = [slice(
-            "zeta-1",
-            "zeta",
-            &[("http", 8080)],
-            &[ready(1, "n1")],
-        )];
-        let desired = desired_health_checks(&services, &slices, &node());
-        assert_eq!(
-            desired,
-            BTreeMap::from([(32000, info("alpha", 0)), (32001, info("mid", 0))])
-        );
-    }
-
-    #[test]
-    fn the_state_variant_agrees_with_the_pure_one() {
-        let services = vec![
-            lb_local("web", Some(32000)),
-            lb_local("api", Some(32001)),
-            lb_local("nohc", None),
-        ];
-        let slices = vec![
-            slice(
-                "web-b",
-                "web",
-                &[("http", 8080)],
-                &[ready(1, "n1"), ready(2, "n2")],
-            ),
-            slice("web-a", "web", &[("http", 8080)], &[ready(3, "n1")]),
-            slice("api-a", "api", &[("http", 8080)], &[terminating(4, "n1")]),
-            slice("orphan", "gone", &[("http", 8080)], &[ready(5, "n1")]),
-        ];
-        let mut state = ClusterState::new(node());
-        state.apply(ClusterEvent::Snapshot {
-            services: services.clone(),
-            slices: slices.clone(),
-            node: node(),
-        });
-        let from_state = desired_health_checks_for_state(&state);
-        assert_eq!(
-            from_state,
-            desired_health_checks(&services, &slices, &node())
-        );
-        assert_eq!(
-            from_state,
-            BTreeMap::from([(32000, info("web", 2)), (32001, info("api", 0))])
-        );
     }
 
     #[test]
@@ -783,8 +406,7 @@ mod tests {
         );
         // Odd manifest input stays valid JSON.
         let odd = ServiceHealthInfo {
-            namespace: "a\"b".into(),
-            name: "c\\d".into(),
+            service: ObjectKey::new("a\"b", "c\\d"),
             local_endpoints: 0,
         };
         let json: serde_json::Value = serde_json::from_str(&response_body(&odd, true)).unwrap();
@@ -849,9 +471,10 @@ mod tests {
 
     #[tokio::test]
     async fn serves_adds_changes_and_removes_ports() {
-        let mut servers = ServiceHealthServers::new(LOOPBACK);
-        let p1 = servers.reserve_port_for_test().await.unwrap();
-        let p2 = servers.reserve_port_for_test().await.unwrap();
+        let prebound = Prebound::default();
+        let mut servers = servers(&prebound);
+        let p1 = prebound.reserve();
+        let p2 = prebound.reserve();
         let errors = servers
             .update(BTreeMap::from([(p1, info("web", 2)), (p2, info("api", 0))]))
             .await;
@@ -948,8 +571,9 @@ mod tests {
         // Someone else holds a port.
         let squatter = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let taken = squatter.local_addr().unwrap().port();
-        let mut servers = ServiceHealthServers::new(LOOPBACK);
-        let free = servers.reserve_port_for_test().await.unwrap();
+        let prebound = Prebound::default();
+        let mut servers = servers(&prebound);
+        let free = prebound.reserve();
         let desired = BTreeMap::from([(taken, info("web", 1)), (free, info("api", 1))]);
 
         let errors = servers.update(desired.clone()).await;
@@ -977,8 +601,9 @@ mod tests {
 
     #[tokio::test]
     async fn dropping_the_servers_closes_the_ports() {
-        let mut servers = ServiceHealthServers::new(LOOPBACK);
-        let port = servers.reserve_port_for_test().await.unwrap();
+        let prebound = Prebound::default();
+        let mut servers = servers(&prebound);
+        let port = prebound.reserve();
         assert!(
             servers
                 .update(BTreeMap::from([(port, info("web", 1))]))
@@ -1013,8 +638,9 @@ mod tests {
     async fn proxy_health_reaches_the_listeners() {
         let clock = Arc::new(FakeClock::default());
         let health = Arc::new(Health::with_clock(Duration::from_secs(60), clock.clone()));
-        let mut servers = ServiceHealthServers::new(LOOPBACK).with_proxy_health(health.clone());
-        let port = servers.reserve_port_for_test().await.unwrap();
+        let prebound = Prebound::default();
+        let mut servers = servers(&prebound).with_proxy_health(health.clone());
+        let port = prebound.reserve();
         assert!(
             servers
                 .update(BTreeMap::from([(port, info("web", 1))]))

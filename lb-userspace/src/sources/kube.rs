@@ -319,7 +319,7 @@ fn object_key(meta: &ObjectMeta) -> ObjectKey {
         .clone()
         .filter(|ns| !ns.is_empty())
         .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
-    (namespace, meta.name.clone().unwrap_or_default())
+    ObjectKey::new(namespace, meta.name.clone().unwrap_or_default())
 }
 
 /// Turns the watcher events of one kind into ClusterEvents. Pure: no IO, so it is
@@ -377,7 +377,7 @@ impl<K: ProxiedKind> KindSync<K> {
         let skipped = K::skipped(model);
         if skipped != previous {
             for reason in skipped {
-                warn!(kind = K::KIND, namespace = %key.0, name = %key.1, %reason, "port not served");
+                warn!(kind = K::KIND, object = %key, %reason, "port not served");
             }
         }
     }
@@ -405,7 +405,7 @@ impl<K: ProxiedKind> KindSync<K> {
                     }
                     Ok(None) => {}
                     Err(()) => {
-                        if !key.1.is_empty() {
+                        if !key.name.is_empty() {
                             listing.invalid.push(key);
                         }
                     }
@@ -447,7 +447,7 @@ impl<K: ProxiedKind> KindSync<K> {
                 match Self::convert(&object, metrics) {
                     Ok(Some(model)) => {
                         if self.known.get(&key) == Some(&model) {
-                            debug!(kind = K::KIND, namespace = %key.0, name = %key.1, "update does not change the model");
+                            debug!(kind = K::KIND, object = %key, "update does not change the model");
                             return Vec::new();
                         }
                         self.warn_skipped(&key, &model);
@@ -743,7 +743,7 @@ mod tests {
     }
 
     fn key(name: &str) -> ObjectKey {
-        ("demo".to_owned(), name.to_owned())
+        ObjectKey::new("demo", name)
     }
 
     fn model(svc: &Service) -> ServiceModel {

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use socklb_core::{
-    events::ClusterEvent,
+    events::{ClusterEvent, ObjectKey},
     model::{NodeModel, ServiceModel, SliceModel},
 };
 
@@ -119,12 +119,12 @@ impl ManifestSource {
                 ObjectId::Service(ns, name) => match self.effective(&id, &mut fresh) {
                     Some(Effective::Service(s)) => events.push(ClusterEvent::ServiceApplied(s)),
                     Some(Effective::Invalid) => keep_last_valid(&id),
-                    _ => events.push(ClusterEvent::ServiceDeleted((ns.clone(), name.clone()))),
+                    _ => events.push(ClusterEvent::ServiceDeleted(ObjectKey::new(ns, name))),
                 },
                 ObjectId::Slice(ns, name) => match self.effective(&id, &mut fresh) {
                     Some(Effective::Slice(s)) => events.push(ClusterEvent::SliceApplied(s)),
                     Some(Effective::Invalid) => keep_last_valid(&id),
-                    _ => events.push(ClusterEvent::SliceDeleted((ns.clone(), name.clone()))),
+                    _ => events.push(ClusterEvent::SliceDeleted(ObjectKey::new(ns, name))),
                 },
                 ObjectId::Node(name) if *name == self.node => {
                     events.push(ClusterEvent::NodeApplied(self.node_model(&mut fresh)));
@@ -433,7 +433,7 @@ mod tests {
         assert!(
             events
                 .iter()
-                .any(|e| matches!(e, ClusterEvent::ServiceDeleted((_, n)) if n == "a"))
+                .any(|e| matches!(e, ClusterEvent::ServiceDeleted(k) if k.name == "a"))
         );
         for e in events {
             state.apply(e);
@@ -509,7 +509,7 @@ mod tests {
         std::fs::remove_file(dir.0.join("bad.yaml")).unwrap();
         let events = src.update().unwrap();
         assert!(
-            matches!(&events[..], [ClusterEvent::ServiceDeleted((_, n))] if n == "bad"),
+            matches!(&events[..], [ClusterEvent::ServiceDeleted(k)] if k.name == "bad"),
             "{events:?}"
         );
     }

@@ -552,7 +552,7 @@ mod tests {
 
     fn names(set: &ManifestSet) -> (Vec<String>, Vec<String>) {
         (
-            set.services.iter().map(|s| s.display_name()).collect(),
+            set.services.iter().map(|s| s.key().to_string()).collect(),
             set.slices
                 .iter()
                 .map(|s| format!("{}/{}", s.namespace, s.name))

@@ -10,7 +10,7 @@ use lb_common::{
 };
 
 use crate::{
-    model::Ipv4Cidr,
+    model::{Ipv4Cidr, ObjectKey},
     plan::{Action, ClaimRank, Claimant, Conflict, Frontend, FrontendKind},
 };
 
@@ -109,13 +109,13 @@ impl DesiredState {
     /// Builds the desired state from plan frontends (all services at once, ranked by
     /// name only: a plan's frontends carry no conflicts, `compute_plan` resolved them).
     pub fn from_frontends<'a>(frontends: impl IntoIterator<Item = &'a Frontend>) -> Self {
-        let mut by_service: BTreeMap<&str, Vec<&Frontend>> = BTreeMap::new();
+        let mut by_service: BTreeMap<&ObjectKey, Vec<&Frontend>> = BTreeMap::new();
         for fe in frontends {
             by_service.entry(&fe.service).or_default().push(fe);
         }
         let mut index = DesiredIndex::default();
         for (service, fes) in by_service {
-            index.set_service(&Claimant::named(service), fes);
+            index.set_service(&Claimant::named(service.clone()), fes);
         }
         index.desired
     }
@@ -153,7 +153,7 @@ pub struct DesiredIndex {
     /// The plan frontends each service claims (with the rank of the claim), and
     /// whether the claim holds a reference on its address's wildcard (ClusterIP
     /// frontends do).
-    by_service: HashMap<String, Vec<(PlanKey, ClaimRank, bool)>>,
+    by_service: HashMap<ObjectKey, Vec<(PlanKey, ClaimRank, bool)>>,
     /// Plan frontends with more than one claim.
     contested: BTreeSet<PlanKey>,
     /// Number of claimed (non-wildcard) frontends per service address.
@@ -169,7 +169,7 @@ impl DesiredIndex {
         claimant: &Claimant,
         frontends: impl IntoIterator<Item = &'a Frontend>,
     ) -> Vec<FrontendKey> {
-        let service = claimant.service.as_str();
+        let service = &claimant.service;
         let mut touched: Vec<FrontendKey> = Vec::new();
         let mut touched_plan: Vec<PlanKey> = Vec::new();
         for (key, rank, holds_address) in self.by_service.remove(service).unwrap_or_default() {
@@ -210,7 +210,7 @@ impl DesiredIndex {
             touched_plan.push(key);
         }
         if !claimed.is_empty() {
-            self.by_service.insert(service.to_string(), claimed);
+            self.by_service.insert(service.clone(), claimed);
         }
         for key in touched_plan {
             // The owner of a frontend may have changed: every scope of it is refreshed,
@@ -414,7 +414,7 @@ mod tests {
     fn frontend(service: &str, kind: FrontendKind, address: &str) -> Frontend {
         let address: SocketAddrV4 = address.parse().unwrap();
         Frontend {
-            service: service.into(),
+            service: service.parse().unwrap(),
             port_name: "http".into(),
             protocol: Protocol::Tcp,
             kind,
@@ -495,11 +495,11 @@ mod tests {
 
         // Incremental: the same through the index, and removal touches every entry.
         let mut index = DesiredIndex::default();
-        let mut changed = index.set_service(&Claimant::named("demo/web"), all);
+        let mut changed = index.set_service(&Claimant::named(ObjectKey::new("demo", "web")), all);
         changed.sort();
         assert_eq!(changed, want);
         assert_eq!(index.desired, desired);
-        let mut removed = index.set_service(&Claimant::named("demo/web"), []);
+        let mut removed = index.set_service(&Claimant::named(ObjectKey::new("demo", "web")), []);
         removed.sort();
         assert_eq!(removed, want);
         assert!(index.desired.frontends.is_empty());

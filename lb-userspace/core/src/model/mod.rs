@@ -129,6 +129,56 @@ pub enum InvalidObject {
     EndpointWithoutAddress { index: usize },
 }
 
+/// The namespace and name of a namespaced object (a Service, an EndpointSlice);
+/// shown, and written in JSON, as "namespace/name".
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> ObjectKey {
+        ObjectKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl std::str::FromStr for ObjectKey {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ObjectKey, String> {
+        match s.split_once('/') {
+            Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() => {
+                Ok(ObjectKey::new(namespace, name))
+            }
+            _ => Err(format!("{s:?} is not namespace/name")),
+        }
+    }
+}
+
+impl Serialize for ObjectKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ObjectKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// A transport protocol the data path balances.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Protocol {
@@ -455,14 +505,9 @@ impl ServiceModel {
         }))
     }
 
-    /// (namespace, name): the key EndpointSlices join on.
-    pub fn key(&self) -> (&str, &str) {
-        (&self.namespace, &self.name)
-    }
-
-    /// "namespace/name".
-    pub fn display_name(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
+    /// namespace/name: the key EndpointSlices join on.
+    pub fn key(&self) -> ObjectKey {
+        ObjectKey::new(&self.namespace, &self.name)
     }
 }
 
@@ -1013,9 +1058,14 @@ impl SliceModel {
         }))
     }
 
-    /// (namespace, service name): the key of the Service this slice belongs to.
-    pub fn service_key(&self) -> (&str, &str) {
-        (&self.namespace, &self.service_name)
+    /// namespace/name of the slice.
+    pub fn key(&self) -> ObjectKey {
+        ObjectKey::new(&self.namespace, &self.name)
+    }
+
+    /// namespace/name of the Service this slice belongs to.
+    pub fn service_key(&self) -> ObjectKey {
+        ObjectKey::new(&self.namespace, &self.service_name)
     }
 }
 
@@ -1380,8 +1430,8 @@ mod tests {
                 skipped: vec![],
             }
         );
-        assert_eq!(model.key(), ("demo", "web"));
-        assert_eq!(model.display_name(), "demo/web");
+        assert_eq!(model.key(), ObjectKey::new("demo", "web"));
+        assert_eq!(model.key().to_string(), "demo/web");
     }
 
     #[test]
@@ -1594,7 +1644,7 @@ mod tests {
         })))
         .unwrap()
         .unwrap();
-        assert_eq!(model.service_key(), ("demo", "web"));
+        assert_eq!(model.service_key(), ObjectKey::new("demo", "web"));
         assert_eq!(
             model.ports,
             vec![SlicePortModel {

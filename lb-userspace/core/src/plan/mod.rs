@@ -14,20 +14,24 @@
 //! its slices costs work proportional to that Service.
 
 use std::{
-    collections::{BTreeMap, HashMap, btree_map::Entry},
+    collections::HashMap,
     fmt,
     net::{Ipv4Addr, SocketAddrV4},
     str::FromStr,
 };
 
-use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+mod claims;
+mod endpoints;
+pub mod health_checks;
+
+pub use claims::{ClaimRank, Claimant, Conflict};
+pub use endpoints::is_local;
+use endpoints::{Categorized, endpoints_for_port};
+
 use crate::{
-    model::{
-        EndpointModel, Ipv4Cidr, NodeModel, Protocol, ServiceModel, ServiceType, SliceModel,
-        TrafficPolicy,
-    },
+    model::{Ipv4Cidr, NodeModel, ObjectKey, Protocol, ServiceModel, ServiceType, SliceModel},
     table,
 };
 
@@ -102,8 +106,8 @@ impl fmt::Display for Action {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(into = "FrontendJson", try_from = "FrontendJson")]
 pub struct Frontend {
-    /// "namespace/name" of the Service.
-    pub service: String,
+    /// The Service.
+    pub service: ObjectKey,
     /// The Service port's name, "" when unnamed.
     pub port_name: String,
     pub protocol: Protocol,
@@ -152,7 +156,7 @@ impl Frontend {
 /// "ip:port" strings, a NodePort address as "*:port".
 #[derive(Serialize, Deserialize)]
 struct FrontendJson {
-    service: String,
+    service: ObjectKey,
     port: String,
     protocol: Protocol,
     #[serde(rename = "type")]
@@ -261,7 +265,7 @@ impl Plan {
             .iter()
             .map(|f| {
                 [
-                    f.service.clone(),
+                    f.service.to_string(),
                     dash_if_empty(f.port_name.clone()),
                     f.protocol.to_string(),
                     f.kind.to_string(),
@@ -357,7 +361,7 @@ pub fn frontends_for_service(
                 Vec::new()
             };
             Frontend {
-                service: svc.display_name(),
+                service: svc.key(),
                 port_name: port.name.clone(),
                 protocol: port.protocol,
                 kind,
@@ -397,7 +401,7 @@ pub fn frontends_for_service(
 /// The plan of `node`: every Service's frontends, slices joined to Services by
 /// (namespace, service name). Slices of a Service that is absent yield nothing.
 pub fn compute_plan(services: &[ServiceModel], slices: &[SliceModel], node: &NodeModel) -> Plan {
-    let mut slices_by_service: HashMap<(&str, &str), Vec<&SliceModel>> = HashMap::new();
+    let mut slices_by_service: HashMap<ObjectKey, Vec<&SliceModel>> = HashMap::new();
     for slice in slices {
         slices_by_service
             .entry(slice.service_key())
@@ -443,342 +447,18 @@ pub fn compute_plan(services: &[ServiceModel], slices: &[SliceModel], node: &Nod
     }
 }
 
-/// A Service as a claimant of frontends: its name and age.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Claimant {
-    /// `None` sorts after every timestamp (see [`ClaimRank`]).
-    created: CreatedOrder,
-    /// "namespace/name".
-    pub service: String,
-}
-
-impl Claimant {
-    pub fn of(svc: &ServiceModel) -> Claimant {
-        Claimant {
-            created: CreatedOrder(svc.created),
-            service: svc.display_name(),
-        }
-    }
-
-    /// A claimant known by name only (no creation time): ranks after dated ones.
-    pub fn named(service: impl Into<String>) -> Claimant {
-        Claimant {
-            created: CreatedOrder(None),
-            service: service.into(),
-        }
-    }
-
-    /// This claimant's rank for a frontend of `kind`.
-    pub fn rank(&self, kind: FrontendKind) -> ClaimRank {
-        ClaimRank {
-            kind,
-            claimant: self.clone(),
-        }
-    }
-}
-
-/// A creation time where "unknown" is the youngest of all.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct CreatedOrder(Option<Timestamp>);
-
-impl Ord for CreatedOrder {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        match (self.0, other.0) {
-            (Some(a), Some(b)) => a.cmp(&b),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (None, None) => std::cmp::Ordering::Equal,
-        }
-    }
-}
-
-impl PartialOrd for CreatedOrder {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-/// Which of several claims on one frontend keeps it: the smallest rank.
-///
-/// First the kind (a cluster IP before an external address: an externalIP or a load
-/// balancer IP never takes over a cluster IP, the CVE-2020-8554 case), then the
-/// older Service by metadata.creationTimestamp (one without it after every dated
-/// one), then the name. A Service that has a frontend keeps it when a newer one
-/// claims it too, so its clients never notice; the order depends only on the
-/// objects, so `socklb plan`, the agent and a restarted agent all choose alike.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ClaimRank {
-    pub kind: FrontendKind,
-    pub claimant: Claimant,
-}
-
-impl ClaimRank {
-    /// Why `self` ranks before `other`, in words.
-    fn reason_before(&self, other: &ClaimRank) -> String {
-        if self.kind != other.kind {
-            return format!("a {} frontend ranks before a {} one", self.kind, other.kind);
-        }
-        match (self.claimant.created.0, other.claimant.created.0) {
-            (Some(a), Some(b)) if a != b => format!("older: created {a}, the other {b}"),
-            (Some(a), None) => format!("created {a}; the other has no creationTimestamp"),
-            _ => "same age: the first by name keeps it".to_owned(),
-        }
-    }
-}
-
-/// Two Services claim one frontend: `kept` has it in the data path, `dropped` does not
-/// (its other frontends are unaffected).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Conflict {
-    /// As `socklb plan` shows addresses: "10.96.0.10:80", "*:30080".
-    pub address: String,
-    pub protocol: Protocol,
-    pub kept: String,
-    pub kept_type: FrontendKind,
-    pub dropped: String,
-    pub dropped_type: FrontendKind,
-    /// Why `kept` wins, in words.
-    pub reason: String,
-}
-
-impl Conflict {
-    /// `kept` (ranked `kept_by`) keeps the frontend against a claim ranked `dropped`.
-    pub fn new(kept: &Frontend, kept_by: &ClaimRank, dropped: &ClaimRank) -> Conflict {
-        Conflict {
-            address: kept.address_string(),
-            protocol: kept.protocol,
-            kept: kept_by.claimant.service.clone(),
-            kept_type: kept_by.kind,
-            dropped: dropped.claimant.service.clone(),
-            dropped_type: dropped.kind,
-            reason: kept_by.reason_before(dropped),
-        }
-    }
-}
-
-impl fmt::Display for Conflict {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}/{} is claimed by {} ({}) and {} ({}); {} keeps it ({})",
-            self.address,
-            self.protocol,
-            self.kept,
-            self.kept_type,
-            self.dropped,
-            self.dropped_type,
-            self.kept,
-            self.reason
-        )
-    }
-}
-
 /// (ip, port, protocol, kind), then service and port name so the order is total.
 fn frontend_order(a: &Frontend, b: &Frontend) -> std::cmp::Ordering {
     (a.key(), a.kind, &a.service, &a.port_name).cmp(&(b.key(), b.kind, &b.service, &b.port_name))
-}
-
-/// The endpoints of one Service port: endpoints of slices whose ports[] has an entry of
-/// that name and protocol, at that entry's port, one per (address, port).
-fn endpoints_for_port<'a>(
-    slices: &[&'a SliceModel],
-    port_name: &str,
-    protocol: Protocol,
-) -> BTreeMap<SocketAddrV4, &'a EndpointModel> {
-    let mut endpoints: BTreeMap<SocketAddrV4, &EndpointModel> = BTreeMap::new();
-    for slice in slices {
-        for slice_port in slice
-            .ports
-            .iter()
-            .filter(|p| p.name == port_name && p.protocol == protocol)
-        {
-            for endpoint in &slice.endpoints {
-                match endpoints.entry(SocketAddrV4::new(endpoint.address, slice_port.port)) {
-                    Entry::Vacant(entry) => {
-                        entry.insert(endpoint);
-                    }
-                    // An endpoint moving between slices, or a pod IP reused while the old
-                    // pod terminates: like kube-proxy, prefer a copy that is not
-                    // terminating. Otherwise the first copy (slice name order) stays.
-                    Entry::Occupied(mut entry) => {
-                        if entry.get().terminating && !endpoint.terminating {
-                            entry.insert(endpoint);
-                        }
-                    }
-                }
-            }
-        }
-    }
-    endpoints
-}
-
-/// The endpoints of one service port as kube-proxy's `CategorizeEndpoints` sorts them.
-struct Categorized {
-    /// For a Cluster policy: ready endpoints narrowed by topology hints; when none is
-    /// ready anywhere, the serving-and-terminating ones.
-    cluster: Vec<SocketAddrV4>,
-    /// For a Local policy: this node's ready endpoints; when none of them is ready, this
-    /// node's serving-and-terminating ones. Hints do not apply.
-    local: Vec<SocketAddrV4>,
-    /// Whether any endpoint anywhere is usable (kube-proxy's hasEndpoints): it decides
-    /// between reject (none) and drop (a Local policy with none on this node).
-    usable_anywhere: bool,
-}
-
-impl Categorized {
-    fn new(endpoints: &BTreeMap<SocketAddrV4, &EndpointModel>, node: &NodeModel) -> Categorized {
-        Categorized {
-            cluster: cluster_endpoints(endpoints, node),
-            local: local_endpoints(endpoints, node),
-            usable_anywhere: endpoints.values().any(|e| usable_in_cluster(e)),
-        }
-    }
-
-    /// Action and backends under `policy` (the proxier's choice between the policy
-    /// chain, DROP and REJECT).
-    fn traffic(&self, policy: TrafficPolicy) -> (Action, Vec<SocketAddrV4>) {
-        let chosen = match policy {
-            TrafficPolicy::Cluster => &self.cluster,
-            TrafficPolicy::Local => &self.local,
-        };
-        if !chosen.is_empty() {
-            (Action::Forward, chosen.clone())
-        } else if self.usable_anywhere {
-            // Only reachable under Local: the cluster set is empty only when no endpoint
-            // is usable anywhere.
-            (Action::Drop, Vec::new())
-        } else {
-            (Action::Reject, Vec::new())
-        }
-    }
-}
-
-/// Ready endpoints, narrowed by topology hints when they apply; when none is ready,
-/// serving-and-terminating ones (KEP-1669).
-fn cluster_endpoints(
-    endpoints: &BTreeMap<SocketAddrV4, &EndpointModel>,
-    node: &NodeModel,
-) -> Vec<SocketAddrV4> {
-    let topology = TopologyMode::from_hints(endpoints.values().copied(), node);
-    let ready: Vec<SocketAddrV4> = endpoints
-        .iter()
-        .filter(|(_, e)| e.ready && topology.admits(e, node))
-        .map(|(addr, _)| *addr)
-        .collect();
-    if !ready.is_empty() {
-        return ready;
-    }
-    // Topology is never the reason for an empty set here: a topology mode is only
-    // chosen when some ready endpoint matches it.
-    endpoints
-        .iter()
-        .filter(|(_, e)| e.serving && e.terminating)
-        .map(|(addr, _)| *addr)
-        .collect()
-}
-
-/// This node's ready endpoints; when none is ready, its serving-and-terminating ones.
-/// Topology hints do not apply.
-fn local_endpoints(
-    endpoints: &BTreeMap<SocketAddrV4, &EndpointModel>,
-    node: &NodeModel,
-) -> Vec<SocketAddrV4> {
-    let local_ready: Vec<SocketAddrV4> = endpoints
-        .iter()
-        .filter(|(_, e)| is_local(e, node) && e.ready)
-        .map(|(addr, _)| *addr)
-        .collect();
-    if !local_ready.is_empty() {
-        return local_ready;
-    }
-    endpoints
-        .iter()
-        .filter(|(_, e)| is_local(e, node) && e.serving && e.terminating)
-        .map(|(addr, _)| *addr)
-        .collect()
-}
-
-/// An endpoint on this node: its nodeName is this node's (non-empty) name, as
-/// kube-proxy's EndpointSliceCache.isLocal.
-fn is_local(e: &EndpointModel, node: &NodeModel) -> bool {
-    !node.name.is_empty() && e.node_name.as_deref() == Some(node.name.as_str())
-}
-
-/// Whether cluster traffic could use this endpoint somewhere (kube-proxy's
-/// hasAnyEndpoints).
-fn usable_in_cluster(e: &EndpointModel) -> bool {
-    e.ready || (e.serving && e.terminating)
-}
-/// Which topology hints narrow the cluster endpoints (kube-proxy's topologyModeFromHints).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TopologyMode {
-    /// No hints apply: all ready endpoints.
-    Any,
-    /// Endpoints whose hints.forNodes names this node.
-    SameNode,
-    /// Endpoints whose hints.forZones names this node's zone.
-    SameZone,
-}
-
-impl TopologyMode {
-    /// Hints apply only if every *ready* endpoint carries them and at least one names
-    /// this node (forNodes, checked first) or this node's zone (forZones). Endpoints
-    /// that are not ready do not count either way.
-    fn from_hints<'a>(
-        endpoints: impl Iterator<Item = &'a EndpointModel>,
-        node: &NodeModel,
-    ) -> TopologyMode {
-        let zone = node_zone(node);
-        let mut any_ready = false;
-        let (mut all_node_hints, mut hinted_for_node) = (true, false);
-        let (mut all_zone_hints, mut hinted_for_zone) = (true, false);
-        for endpoint in endpoints.filter(|e| e.ready) {
-            any_ready = true;
-            match &endpoint.hints_nodes {
-                None => all_node_hints = false,
-                Some(nodes) => hinted_for_node |= nodes.contains(&node.name),
-            }
-            match &endpoint.hints_zones {
-                None => all_zone_hints = false,
-                Some(zones) => hinted_for_zone |= zones.iter().any(|z| z == zone),
-            }
-        }
-        if any_ready && all_node_hints && hinted_for_node {
-            TopologyMode::SameNode
-        } else if any_ready && all_zone_hints && hinted_for_zone {
-            TopologyMode::SameZone
-        } else {
-            TopologyMode::Any
-        }
-    }
-
-    fn admits(self, endpoint: &EndpointModel, node: &NodeModel) -> bool {
-        match self {
-            TopologyMode::Any => true,
-            TopologyMode::SameNode => endpoint
-                .hints_nodes
-                .iter()
-                .flatten()
-                .any(|n| *n == node.name),
-            TopologyMode::SameZone => endpoint
-                .hints_zones
-                .iter()
-                .flatten()
-                .any(|z| z == node_zone(node)),
-        }
-    }
-}
-
-/// The node's zone as kube-proxy reads it: a missing label is "".
-fn node_zone(node: &NodeModel) -> &str {
-    node.zone.as_deref().unwrap_or_default()
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 mod tests {
     use super::*;
-    use crate::model::{ServicePortModel, ServiceType, SlicePortModel};
+    use crate::model::{
+        EndpointModel, ServicePortModel, ServiceType, SlicePortModel, TrafficPolicy,
+    };
 
     const TCP: Protocol = Protocol::Tcp;
     const UDP: Protocol = Protocol::Udp;
@@ -1546,7 +1226,7 @@ mod tests {
         assert_eq!(
             plan.frontends,
             vec![Frontend {
-                service: "demo/dns".into(),
+                service: ObjectKey::new("demo", "dns"),
                 port_name: "dns".into(),
                 protocol: UDP,
                 kind: FrontendKind::ClusterIP,
@@ -1696,17 +1376,25 @@ mod tests {
                 "10.96.0.77:80/TCP reject"
             ]
         );
-        assert_eq!(plan.frontends[0].service, "demo/web");
-        let dropped: Vec<(&str, &str, FrontendKind)> = plan
+        assert_eq!(plan.frontends[0].service.to_string(), "demo/web");
+        let dropped: Vec<(String, String, FrontendKind)> = plan
             .conflicts
             .iter()
-            .map(|c| (c.kept.as_str(), c.dropped.as_str(), c.dropped_type))
+            .map(|c| (c.kept.to_string(), c.dropped.to_string(), c.dropped_type))
             .collect();
         assert_eq!(
             dropped,
             [
-                ("demo/web", "demo/aaa", FrontendKind::ClusterIP),
-                ("demo/web", "demo/extip", FrontendKind::ExternalIP)
+                (
+                    "demo/web".into(),
+                    "demo/aaa".into(),
+                    FrontendKind::ClusterIP
+                ),
+                (
+                    "demo/web".into(),
+                    "demo/extip".into(),
+                    FrontendKind::ExternalIP
+                )
             ]
         );
         assert!(
