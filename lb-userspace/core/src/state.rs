@@ -269,7 +269,7 @@ mod tests {
             name: name.into(),
             created: None,
             service_type: ServiceType::ClusterIP,
-            cluster_ips: vec![Ipv4Addr::from(ip)],
+            cluster_ips: vec![Ipv4Addr::from(ip).into()],
             ports: ports
                 .iter()
                 .map(|(n, p)| ServicePortModel {
@@ -309,7 +309,7 @@ mod tests {
             endpoints: eps
                 .iter()
                 .map(|(last, ready, node)| EndpointModel {
-                    address: Ipv4Addr::new(10, 244, 0, *last),
+                    address: Ipv4Addr::new(10, 244, 0, *last).into(),
                     ready: *ready,
                     serving: *ready,
                     terminating: false,
@@ -535,7 +535,7 @@ mod tests {
         )));
         let mut hijack = service("a-hijack", [10, 96, 0, 99], &[("", 80)]);
         hijack.created = Some("2000-01-01T00:00:00Z".parse().unwrap());
-        hijack.external_ips = vec![Ipv4Addr::new(10, 96, 0, 10)];
+        hijack.external_ips = vec![Ipv4Addr::new(10, 96, 0, 10).into()];
         st.apply(ClusterEvent::ServiceApplied(hijack));
         st.recompute();
         assert_consistent(&st);
@@ -548,7 +548,7 @@ mod tests {
                 .frontends
                 .keys()
                 .any(|k| k.ip == Ipv4Addr::new(10, 96, 0, 10)
-                    && k.scope == lb_common::scope::EXTERNAL),
+                    && k.scope == crate::maps::Scope::External),
             "the losing external IP gets no TC entry either"
         );
     }
@@ -578,7 +578,7 @@ mod tests {
                     ][next(3) as usize]
                         .map(|t| t.parse().unwrap());
                     if next(3) == 0 {
-                        model.external_ips = vec![Ipv4Addr::new(10, 96, 0, next(3) as u8)];
+                        model.external_ips = vec![Ipv4Addr::new(10, 96, 0, next(3) as u8).into()];
                     }
                     st.apply(ClusterEvent::ServiceApplied(model));
                 }

@@ -112,26 +112,29 @@ impl<M: ServiceMaps> Reconciler<M> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, SocketAddrV4};
+    use std::net::{Ipv4Addr, SocketAddr};
 
-    use lb_common::{IPPROTO_TCP, SvcAction};
+    use lb_common::SvcAction;
 
     use super::*;
-    use socklb_core::maps::{BackendKey, DesiredFrontend, FrontendKey, twin::MemoryMaps};
+    use socklb_core::{
+        maps::{BackendKey, DesiredFrontend, FrontendKey, twin::MemoryMaps},
+        model::Protocol,
+        plan::FrontendAddr,
+    };
 
     fn state(backends: &[u8]) -> DesiredState {
-        let key = FrontendKey {
-            scope: 0,
-            ip: Ipv4Addr::new(10, 96, 0, 10),
+        let key = FrontendKey::internal(FrontendAddr {
+            ip: Ipv4Addr::new(10, 96, 0, 10).into(),
             port: 80,
-            proto: IPPROTO_TCP,
-        };
+            protocol: Protocol::Tcp,
+        });
         let backends = backends
             .iter()
             .map(|b| BackendKey {
                 local: false,
-                addr: SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, *b), 80),
-                proto: IPPROTO_TCP,
+                addr: SocketAddr::new(Ipv4Addr::new(10, 244, 0, *b).into(), 80),
+                protocol: Protocol::Tcp,
             })
             .collect();
         DesiredState {

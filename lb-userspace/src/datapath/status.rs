@@ -1,11 +1,11 @@
 //! `socklb status`: what the pinned maps hold, in the same terms as `socklb plan`.
-use std::{fmt::Write as _, net::SocketAddrV4, path::Path};
+use std::{fmt::Write as _, net::SocketAddr, path::Path};
 
 use lb_common::{SVC_FLAG_WILDCARD, SvcAction};
 use serde::{Deserialize, Serialize};
 
 use socklb_core::maps::{
-    desired::proto_name,
+    Scope,
     diff::{Capacity, ProgrammedState},
 };
 
@@ -59,7 +59,7 @@ pub fn read_status(pin_dir: &Path) -> Result<StatusReport, DatapathError> {
             service_addresses.push(key.ip.to_string());
             continue;
         }
-        let mut backends: Vec<SocketAddrV4> = fe
+        let mut backends: Vec<SocketAddr> = fe
             .slots
             .iter()
             .filter_map(|id| state.backend(*id))
@@ -70,15 +70,14 @@ pub fn read_status(pin_dir: &Path) -> Result<StatusReport, DatapathError> {
             address: if key.ip.is_unspecified() {
                 format!("*:{}", key.port)
             } else {
-                SocketAddrV4::new(key.ip, key.port).to_string()
+                SocketAddr::new(key.ip, key.port).to_string()
             },
-            scope: if key.scope == lb_common::scope::EXTERNAL {
-                "external"
-            } else {
-                "internal"
+            scope: match key.scope {
+                Scope::External => "external",
+                Scope::Internal => "internal",
             }
             .to_string(),
-            protocol: proto_name(key.proto).to_string(),
+            protocol: key.protocol.map_or("any", |p| p.as_str()).to_string(),
             action: match SvcAction::from_u8(fe.service.action) {
                 Some(SvcAction::Forward) => "forward",
                 Some(SvcAction::Reject) => "reject",

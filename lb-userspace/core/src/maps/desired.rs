@@ -2,7 +2,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fmt,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
 };
 
 use lb_common::{
@@ -10,79 +10,105 @@ use lb_common::{
 };
 
 use crate::{
-    model::{Ipv4Cidr, ObjectKey},
-    plan::{Action, ClaimRank, Claimant, Conflict, Frontend, FrontendKind},
+    model::{IpCidr, ObjectKey, Protocol},
+    plan::{Action, ClaimRank, Claimant, Conflict, Frontend, FrontendAddr, FrontendKind},
 };
 
-/// A frontend in the service map: (address, port, protocol, scope); port 0 and
-/// protocol 0 is the address wildcard that refuses ports the service does not have;
-/// address 0.0.0.0 is a NodePort (every node address).
+/// Which traffic a service-map entry is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FrontendKey {
-    pub ip: Ipv4Addr,
-    pub port: u16,
-    pub proto: u8,
-    /// [`scope::INTERNAL`] (connections started on this node) or [`scope::EXTERNAL`]
-    /// (traffic from outside, through the TC program).
-    pub scope: u8,
+pub enum Scope {
+    /// Connections started on this node (the socket hooks).
+    Internal,
+    /// Traffic from outside the node (the TC program).
+    External,
 }
 
-impl FrontendKey {
-    pub fn internal(ip: Ipv4Addr, port: u16, proto: u8) -> Self {
-        Self {
-            ip,
-            port,
-            proto,
-            scope: scope::INTERNAL,
+impl Scope {
+    /// The map's encoding ([`lb_common::scope`]).
+    pub fn as_map(self) -> u8 {
+        match self {
+            Scope::Internal => scope::INTERNAL,
+            Scope::External => scope::EXTERNAL,
         }
     }
 
-    pub fn wildcard(ip: Ipv4Addr) -> Self {
-        Self::internal(ip, 0, 0)
+    pub fn from_map(raw: u8) -> Option<Scope> {
+        match raw {
+            scope::INTERNAL => Some(Scope::Internal),
+            scope::EXTERNAL => Some(Scope::External),
+            _ => None,
+        }
+    }
+}
+
+/// A service-map entry: a frontend in one scope, or the wildcard of a service address
+/// (port 0, no protocol) that refuses the ports the service does not have. A NodePort
+/// has the unspecified address (every address of the node).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FrontendKey {
+    pub ip: IpAddr,
+    pub port: u16,
+    /// `None` only in the wildcard entry.
+    pub protocol: Option<Protocol>,
+    pub scope: Scope,
+}
+
+impl FrontendKey {
+    pub fn new(frontend: FrontendAddr, scope: Scope) -> Self {
+        Self {
+            ip: frontend.ip,
+            port: frontend.port,
+            protocol: Some(frontend.protocol),
+            scope,
+        }
+    }
+
+    pub fn internal(frontend: FrontendAddr) -> Self {
+        Self::new(frontend, Scope::Internal)
+    }
+
+    pub fn wildcard(ip: IpAddr) -> Self {
+        Self {
+            ip,
+            port: 0,
+            protocol: None,
+            scope: Scope::Internal,
+        }
     }
 
     pub fn is_wildcard(&self) -> bool {
-        self.port == 0 && self.proto == 0
+        self.protocol.is_none()
+    }
+
+    /// The plan frontend this entry belongs to (None for a wildcard).
+    pub fn frontend(&self) -> Option<FrontendAddr> {
+        self.protocol.map(|protocol| FrontendAddr {
+            ip: self.ip,
+            port: self.port,
+            protocol,
+        })
     }
 }
 
 impl fmt::Display for FrontendKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scope = if self.scope == scope::EXTERNAL {
-            " (external)"
-        } else {
-            ""
+        let scope = match self.scope {
+            Scope::External => " (external)",
+            Scope::Internal => "",
         };
-        if self.is_wildcard() {
-            write!(f, "{}:*", self.ip)
-        } else if self.ip.is_unspecified() {
-            write!(f, "*:{}/{}{scope}", self.port, proto_name(self.proto))
-        } else {
-            write!(
-                f,
-                "{}:{}/{}{scope}",
-                self.ip,
-                self.port,
-                proto_name(self.proto)
-            )
+        match self.frontend() {
+            None if self.ip.is_ipv6() => write!(f, "[{}]:*", self.ip),
+            None => write!(f, "{}:*", self.ip),
+            Some(frontend) => write!(f, "{frontend}{scope}"),
         }
-    }
-}
-
-pub fn proto_name(proto: u8) -> &'static str {
-    match proto {
-        lb_common::IPPROTO_TCP => "TCP",
-        lb_common::IPPROTO_UDP => "UDP",
-        0 => "any",
-        _ => "?",
     }
 }
 
 /// A backend in the backend map; its id is allocated by the diff.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BackendKey {
-    pub addr: SocketAddrV4,
-    pub proto: u8,
+    pub addr: SocketAddr,
+    pub protocol: Protocol,
     /// The backend runs on this node (external flows to it need no SNAT).
     pub local: bool,
 }
@@ -96,7 +122,7 @@ pub struct DesiredFrontend {
     pub affinity_timeout_s: u32,
     pub flags: u8,
     /// loadBalancerSourceRanges (external LoadBalancer frontends only), sorted.
-    pub source_ranges: Vec<Ipv4Cidr>,
+    pub source_ranges: Vec<IpCidr>,
 }
 
 /// The whole desired content of the service and backend maps.
@@ -121,15 +147,6 @@ impl DesiredState {
     }
 }
 
-/// A plan frontend: (address, port, protocol). One claim on it may own two map
-/// entries (the internal and the external scope); the claim that ranks first owns
-/// both.
-type PlanKey = (Ipv4Addr, u16, u8);
-
-fn plan_key(key: &FrontendKey) -> PlanKey {
-    (key.ip, key.port, key.proto)
-}
-
 /// One Service's claim on a plan frontend: the map entries it wants.
 #[derive(Clone, Debug)]
 struct Claim {
@@ -148,16 +165,18 @@ struct Claim {
 /// while any frontend uses that address.
 #[derive(Clone, Debug, Default)]
 pub struct DesiredIndex {
-    /// Every service's claim on each plan frontend, best rank first.
-    claims: HashMap<PlanKey, BTreeMap<ClaimRank, Claim>>,
+    /// Every service's claim on each plan frontend, best rank first. One claim may own
+    /// two map entries (the internal and the external scope); the claim that ranks
+    /// first owns both.
+    claims: HashMap<FrontendAddr, BTreeMap<ClaimRank, Claim>>,
     /// The plan frontends each service claims (with the rank of the claim), and
     /// whether the claim holds a reference on its address's wildcard (ClusterIP
     /// frontends do).
-    by_service: HashMap<ObjectKey, Vec<(PlanKey, ClaimRank, bool)>>,
+    by_service: HashMap<ObjectKey, Vec<(FrontendAddr, ClaimRank, bool)>>,
     /// Plan frontends with more than one claim.
-    contested: BTreeSet<PlanKey>,
+    contested: BTreeSet<FrontendAddr>,
     /// Number of claimed (non-wildcard) frontends per service address.
-    address_refs: HashMap<Ipv4Addr, usize>,
+    address_refs: HashMap<IpAddr, usize>,
     pub desired: DesiredState,
 }
 
@@ -171,7 +190,7 @@ impl DesiredIndex {
     ) -> Vec<FrontendKey> {
         let service = &claimant.service;
         let mut touched: Vec<FrontendKey> = Vec::new();
-        let mut touched_plan: Vec<PlanKey> = Vec::new();
+        let mut touched_plan: Vec<FrontendAddr> = Vec::new();
         for (key, rank, holds_address) in self.by_service.remove(service).unwrap_or_default() {
             if let Some(claims) = self.claims.get_mut(&key)
                 && let Some(claim) = claims.remove(&rank)
@@ -182,14 +201,14 @@ impl DesiredIndex {
                 }
             }
             if holds_address {
-                self.release_address(key.0, &mut touched);
+                self.release_address(key.ip, &mut touched);
             }
             touched_plan.push(key);
         }
         let frontends: Vec<&Frontend> = frontends.into_iter().collect();
-        let mut claimed: Vec<(PlanKey, ClaimRank, bool)> = Vec::new();
+        let mut claimed: Vec<(FrontendAddr, ClaimRank, bool)> = Vec::new();
         for (fe, entries) in entries(&frontends) {
-            let key = (fe.ip, fe.port, fe.protocol.as_ipproto());
+            let key = fe.key();
             if claimed.iter().any(|(k, _, _)| *k == key) {
                 continue;
             }
@@ -204,7 +223,7 @@ impl DesiredIndex {
                 },
             );
             if holds_address {
-                self.acquire_address(key.0, &mut touched);
+                self.acquire_address(key.ip, &mut touched);
             }
             claimed.push((key, rank, holds_address));
             touched_plan.push(key);
@@ -215,13 +234,8 @@ impl DesiredIndex {
         for key in touched_plan {
             // The owner of a frontend may have changed: every scope of it is refreshed,
             // also the ones only another claim has entries in.
-            for scope in [scope::INTERNAL, scope::EXTERNAL] {
-                touched.push(FrontendKey {
-                    ip: key.0,
-                    port: key.1,
-                    proto: key.2,
-                    scope,
-                });
+            for scope in [Scope::Internal, Scope::External] {
+                touched.push(FrontendKey::new(key, scope));
             }
             if self.claims.get(&key).is_some_and(|c| c.len() > 1) {
                 self.contested.insert(key);
@@ -251,7 +265,7 @@ impl DesiredIndex {
         out
     }
 
-    fn acquire_address(&mut self, ip: Ipv4Addr, touched: &mut Vec<FrontendKey>) {
+    fn acquire_address(&mut self, ip: IpAddr, touched: &mut Vec<FrontendKey>) {
         let refs = self.address_refs.entry(ip).or_default();
         *refs += 1;
         if *refs == 1 {
@@ -259,7 +273,7 @@ impl DesiredIndex {
         }
     }
 
-    fn release_address(&mut self, ip: Ipv4Addr, touched: &mut Vec<FrontendKey>) {
+    fn release_address(&mut self, ip: IpAddr, touched: &mut Vec<FrontendKey>) {
         if let Some(refs) = self.address_refs.get_mut(&ip) {
             *refs = refs.saturating_sub(1);
             if *refs == 0 {
@@ -278,8 +292,8 @@ impl DesiredIndex {
         } else {
             // The best-ranked claim owns every scope of its frontend: a losing claim
             // gets no entry in either.
-            self.claims
-                .get(&plan_key(&key))
+            key.frontend()
+                .and_then(|frontend| self.claims.get(&frontend))
                 .and_then(|claims| claims.values().next())
                 .and_then(|claim| claim.entries.iter().find(|(k, _)| *k == key))
                 .map(|(_, desired)| desired.clone())
@@ -311,13 +325,13 @@ fn entries<'a>(
 ) -> Vec<(&'a Frontend, Vec<(FrontendKey, DesiredFrontend)>)> {
     let mut out = Vec::with_capacity(frontends.len());
     for fe in frontends.iter().copied() {
-        let proto = fe.protocol.as_ipproto();
+        let proto = fe.protocol;
         match fe.kind {
             FrontendKind::ClusterIP => {
                 out.push((
                     fe,
                     vec![(
-                        FrontendKey::internal(fe.ip, fe.port, proto),
+                        FrontendKey::internal(fe.key()),
                         desired_frontend(fe, proto, 0),
                     )],
                 ));
@@ -339,12 +353,7 @@ fn entries<'a>(
                 external.source_ranges = fe.source_ranges.clone();
                 external.source_ranges.sort();
                 external.source_ranges.dedup();
-                let key = FrontendKey {
-                    ip: fe.ip,
-                    port: fe.port,
-                    proto,
-                    scope: scope::EXTERNAL,
-                };
+                let key = FrontendKey::new(fe.key(), Scope::External);
                 let cluster = frontends.iter().find(|c| {
                     c.kind == FrontendKind::ClusterIP
                         && c.port_name == fe.port_name
@@ -353,10 +362,7 @@ fn entries<'a>(
                 let internal = desired_frontend(cluster.copied().unwrap_or(fe), proto, nodeport);
                 out.push((
                     fe,
-                    vec![
-                        (key, external),
-                        (FrontendKey::internal(fe.ip, fe.port, proto), internal),
-                    ],
+                    vec![(key, external), (FrontendKey::internal(fe.key()), internal)],
                 ));
             }
         }
@@ -374,7 +380,7 @@ fn wildcard_frontend() -> DesiredFrontend {
     }
 }
 
-fn desired_frontend(fe: &Frontend, proto: u8, flags: u8) -> DesiredFrontend {
+fn desired_frontend(fe: &Frontend, protocol: Protocol, flags: u8) -> DesiredFrontend {
     let action = match fe.action {
         Action::Forward if !fe.backends.is_empty() => SvcAction::Forward,
         // A forward without backends cannot translate: refuse rather than let the
@@ -387,7 +393,7 @@ fn desired_frontend(fe: &Frontend, proto: u8, flags: u8) -> DesiredFrontend {
             .iter()
             .map(|addr| BackendKey {
                 addr: *addr,
-                proto,
+                protocol,
                 local: fe.local_backends.contains(addr),
             })
             .collect()
@@ -412,13 +418,13 @@ mod tests {
     use crate::model::Protocol;
 
     fn frontend(service: &str, kind: FrontendKind, address: &str) -> Frontend {
-        let address: SocketAddrV4 = address.parse().unwrap();
+        let address: SocketAddr = address.parse().unwrap();
         Frontend {
             service: service.parse().unwrap(),
             port_name: "http".into(),
             protocol: Protocol::Tcp,
             kind,
-            ip: *address.ip(),
+            ip: address.ip(),
             port: address.port(),
             action: Action::Forward,
             backends: vec!["10.244.0.11:8080".parse().unwrap()],
@@ -429,18 +435,17 @@ mod tests {
     }
 
     fn key(address: &str) -> FrontendKey {
-        let address: SocketAddrV4 = address.parse().unwrap();
-        FrontendKey {
-            scope: 0,
-            ip: *address.ip(),
+        let address: SocketAddr = address.parse().unwrap();
+        FrontendKey::internal(FrontendAddr {
+            ip: address.ip(),
             port: address.port(),
-            proto: lb_common::IPPROTO_TCP,
-        }
+            protocol: Protocol::Tcp,
+        })
     }
 
     fn ext(address: &str) -> FrontendKey {
         FrontendKey {
-            scope: lb_common::scope::EXTERNAL,
+            scope: Scope::External,
             ..key(address)
         }
     }
@@ -463,7 +468,7 @@ mod tests {
         let mut want = vec![
             key("0.0.0.0:30080"),
             ext("0.0.0.0:30080"),
-            FrontendKey::wildcard(Ipv4Addr::new(10, 96, 0, 10)),
+            FrontendKey::wildcard("10.96.0.10".parse().unwrap()),
             key("10.96.0.10:80"),
             key("192.0.2.10:80"),
             ext("192.0.2.10:80"),

@@ -12,18 +12,14 @@
 //! endpoint costs a few writes however large the service is.
 use std::collections::{HashMap, HashSet};
 
-use lb_common::{
-    BACKEND_FLAG_LOCAL, Backend4, SRC_RANGE_FRONTEND_BITS, SrcRange4Key, Svc4Key, Svc4Value,
-    SvcAction,
-};
-
-use crate::model::Ipv4Cidr;
+use lb_common::{Backend4, SrcRange4Key, Svc4Key, Svc4Value, SvcAction};
 
 use super::{
     ServiceMaps,
     desired::{BackendKey, DesiredFrontend, DesiredState, FrontendKey},
-    ip_from_map, ip_to_map, port_from_map, port_to_map,
+    v4,
 };
+use crate::model::IpCidr;
 
 /// One write to the maps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,7 +57,7 @@ pub struct ProgrammedFrontend {
     /// Backend ids of slots 1..=count (index 0 is slot 1).
     pub slots: Vec<u32>,
     /// Allowed source prefixes (loadBalancerSourceRanges), sorted.
-    pub source_ranges: Vec<Ipv4Cidr>,
+    pub source_ranges: Vec<IpCidr>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,6 +101,8 @@ pub struct SyncStats {
     pub frontends_changed: usize,
     /// Frontends left as they were because the maps are full.
     pub skipped_full: Vec<FrontendKey>,
+    /// Frontends of an address family the maps do not hold, not programmed.
+    pub skipped_family: Vec<FrontendKey>,
 }
 
 impl ProgrammedState {
@@ -149,15 +147,12 @@ impl ProgrammedState {
         // Canonical id per backend: the lowest; a duplicate id is dropped.
         let mut dropped_backends = Vec::new();
         for (id, be) in &backends {
-            let key = BackendKey {
-                addr: std::net::SocketAddrV4::new(ip_from_map(be.address), port_from_map(be.port)),
-                proto: be.proto,
-                local: be.flags & BACKEND_FLAG_LOCAL != 0,
-            };
-            if *id == 0 || state.backends.contains_key(&key) {
+            let Some(key) =
+                v4::backend_key(be).filter(|k| *id != 0 && !state.backends.contains_key(k))
+            else {
                 dropped_backends.push(*id);
                 continue;
-            }
+            };
             state
                 .backends
                 .insert(key, BackendEntry { id: *id, refs: 0 });
@@ -166,6 +161,11 @@ impl ProgrammedState {
 
         let mut reachable: HashSet<Svc4Key> = HashSet::new();
         for (key, value) in entries.iter().filter(|(k, _)| k.backend_slot == 0) {
+            // An entry this agent would not write (unknown protocol or scope) is
+            // unreachable for it: removed below.
+            let Some(fkey) = v4::frontend_key(key) else {
+                continue;
+            };
             reachable.insert(*key);
             let slots: Option<Vec<u32>> = (1..=value.count)
                 .map(|slot| {
@@ -192,12 +192,6 @@ impl ProgrammedState {
                 }
             }
             state.svc_entries += 1 + slots.len();
-            let fkey = FrontendKey {
-                ip: ip_from_map(key.address),
-                port: port_from_map(key.dport),
-                proto: key.proto,
-                scope: key.scope,
-            };
             state.frontends.insert(
                 fkey,
                 ProgrammedFrontend {
@@ -210,22 +204,11 @@ impl ProgrammedState {
         // Source ranges belong to their external frontend; others are unreachable.
         let mut stray_ranges = Vec::new();
         for (rk, prefix_len) in maps.dump_src_ranges()? {
-            let fkey = FrontendKey {
-                ip: ip_from_map(rk.address),
-                port: port_from_map(rk.dport),
-                proto: rk.proto,
-                scope: lb_common::scope::EXTERNAL,
-            };
-            let cidr = prefix_len
-                .checked_sub(SRC_RANGE_FRONTEND_BITS)
-                .filter(|len| *len <= 32)
-                .map(|len| Ipv4Cidr {
-                    addr: ip_from_map(rk.source),
-                    prefix_len: len as u8,
-                });
-            match (state.frontends.get_mut(&fkey), cidr) {
-                (Some(fe), Some(cidr)) => fe.source_ranges.push(cidr),
-                _ => stray_ranges.push(MapOp::DeleteSrcRange {
+            let owner = v4::src_range_entry(&rk, prefix_len)
+                .and_then(|(fkey, cidr)| Some((state.frontends.get_mut(&fkey)?, cidr)));
+            match owner {
+                Some((fe, cidr)) => fe.source_ranges.push(cidr),
+                None => stray_ranges.push(MapOp::DeleteSrcRange {
                     key: rk,
                     prefix_len,
                 }),
@@ -295,7 +278,8 @@ impl ProgrammedState {
             let before = ops.len();
             match self.sync_frontend(*key, desired.frontends.get(key), &mut ops, &mut released) {
                 Ok(()) => {}
-                Err(Full) => stats.skipped_full.push(*key),
+                Err(Skip::Full) => stats.skipped_full.push(*key),
+                Err(Skip::Family) => stats.skipped_family.push(*key),
             }
             if ops.len() > before {
                 stats.frontends_changed += 1;
@@ -325,9 +309,8 @@ impl ProgrammedState {
         desired: Option<&DesiredFrontend>,
         ops: &mut Vec<MapOp>,
         released: &mut Vec<u32>,
-    ) -> Result<(), Full> {
-        let svc_key = Svc4Key::new(ip_to_map(key.ip), port_to_map(key.port), key.proto, 0)
-            .with_scope(key.scope);
+    ) -> Result<(), Skip> {
+        let svc_key = v4::svc_key(&key).ok_or(Skip::Family)?;
         let Some(desired) = desired else {
             if let Some(old) = self.frontends.remove(&key) {
                 // Slot 0 first: new readers stop at once; then the slots and ranges.
@@ -339,7 +322,7 @@ impl ProgrammedState {
                     self.release(*id, released);
                 }
                 for cidr in &old.source_ranges {
-                    ops.push(src_range_op(&svc_key, cidr, false));
+                    ops.extend(src_range_op(&svc_key, cidr, false));
                 }
                 self.svc_entries -= 1 + old.slots.len();
             }
@@ -352,6 +335,15 @@ impl ProgrammedState {
             }
             SvcAction::Reject | SvcAction::Drop => &[],
         };
+        // Backends of another family than the frontend cannot be in its map.
+        if wanted.iter().any(|b| v4::backend(b).is_none())
+            || desired
+                .source_ranges
+                .iter()
+                .any(|c| v4::src_range(&svc_key, c).is_none())
+        {
+            return Err(Skip::Family);
+        }
         let old = self.frontends.get(&key).cloned();
         let old_slots: &[u32] = old.as_ref().map_or(&[], |o| &o.slots);
 
@@ -365,7 +357,7 @@ impl ProgrammedState {
         if self.svc_entries + new_entries > self.capacity.svc_entries
             || self.backends.len() + new_backends > self.capacity.backends
         {
-            return Err(Full);
+            return Err(Skip::Full);
         }
 
         let new_count = wanted.len();
@@ -411,13 +403,13 @@ impl ProgrammedState {
         }
         // Rule 2: slots (and allowed sources) before slot 0 that exposes them.
         ops.extend(slot_writes);
-        let old_ranges: &[Ipv4Cidr] = old.as_ref().map_or(&[], |o| &o.source_ranges);
+        let old_ranges: &[IpCidr] = old.as_ref().map_or(&[], |o| &o.source_ranges);
         for cidr in desired
             .source_ranges
             .iter()
             .filter(|c| !old_ranges.contains(c))
         {
-            ops.push(src_range_op(&svc_key, cidr, true));
+            ops.extend(src_range_op(&svc_key, cidr, true));
         }
         let service = Svc4Value::service(
             desired.action,
@@ -441,7 +433,7 @@ impl ProgrammedState {
             .iter()
             .filter(|c| !desired.source_ranges.contains(c))
         {
-            ops.push(src_range_op(&svc_key, cidr, false));
+            ops.extend(src_range_op(&svc_key, cidr, false));
         }
         slots.truncate(new_count);
         let slots: Vec<u32> = slots.into_iter().flatten().collect();
@@ -458,6 +450,8 @@ impl ProgrammedState {
         Ok(())
     }
 
+    /// The id of `backend`, written to the backend map when new. The caller checked
+    /// that the backend has an encoding in the map.
     fn acquire(&mut self, backend: BackendKey, ops: &mut Vec<MapOp>) -> u32 {
         if let Some(entry) = self.backends.get_mut(&backend) {
             entry.refs += 1;
@@ -466,15 +460,9 @@ impl ProgrammedState {
         let id = self.allocate_id();
         self.backends.insert(backend, BackendEntry { id, refs: 1 });
         self.backend_keys.insert(id, backend);
-        ops.push(MapOp::PutBackend {
-            id,
-            backend: Backend4 {
-                address: ip_to_map(*backend.addr.ip()),
-                port: port_to_map(backend.addr.port()),
-                proto: backend.proto,
-                flags: if backend.local { BACKEND_FLAG_LOCAL } else { 0 },
-            },
-        });
+        if let Some(value) = v4::backend(&backend) {
+            ops.push(MapOp::PutBackend { id, backend: value });
+        }
         id
     }
 
@@ -504,24 +492,23 @@ impl ProgrammedState {
     }
 }
 
-/// The maps have no room for this frontend's new entries.
-struct Full;
+/// Why a frontend was left as it was.
+enum Skip {
+    /// The maps have no room for this frontend's new entries.
+    Full,
+    /// The maps cannot hold this frontend's address family.
+    Family,
+}
 
-/// An allowed-source entry of the frontend `svc_key`.
-fn src_range_op(svc_key: &Svc4Key, cidr: &Ipv4Cidr, put: bool) -> MapOp {
-    let key = SrcRange4Key {
-        address: svc_key.address,
-        dport: svc_key.dport,
-        proto: svc_key.proto,
-        pad: 0,
-        source: ip_to_map(cidr.addr),
-    };
-    let prefix_len = SRC_RANGE_FRONTEND_BITS + u32::from(cidr.prefix_len);
-    if put {
+/// The allowed-source entry of `cidr` for the frontend `svc_key` (the caller checked
+/// that it has one).
+fn src_range_op(svc_key: &Svc4Key, cidr: &IpCidr, put: bool) -> Option<MapOp> {
+    let (key, prefix_len) = v4::src_range(svc_key, cidr)?;
+    Some(if put {
         MapOp::PutSrcRange { key, prefix_len }
     } else {
         MapOp::DeleteSrcRange { key, prefix_len }
-    }
+    })
 }
 
 fn slot_number(index: usize) -> u16 {
@@ -539,27 +526,37 @@ pub fn apply_ops<M: ServiceMaps + ?Sized>(maps: &mut M, ops: &[MapOp]) -> Result
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, SocketAddrV4};
+    use std::net::{Ipv4Addr, SocketAddr};
 
-    use lb_common::{IPPROTO_TCP, IPPROTO_UDP, SVC_FLAG_WILDCARD};
+    use lb_common::{IPPROTO_TCP, SVC_FLAG_WILDCARD};
 
     use super::*;
-    use crate::maps::twin::MemoryMaps;
+    use crate::{
+        maps::{ip_to_map, port_to_map, twin::MemoryMaps},
+        model::Protocol,
+        plan::FrontendAddr,
+    };
 
     fn be(last: u8, port: u16) -> BackendKey {
         BackendKey {
             local: false,
-            addr: SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, last), port),
-            proto: IPPROTO_TCP,
+            addr: SocketAddr::new(Ipv4Addr::new(10, 244, 0, last).into(), port),
+            protocol: Protocol::Tcp,
         }
     }
 
     fn fe(last: u8, port: u16) -> FrontendKey {
-        FrontendKey {
-            scope: 0,
-            ip: Ipv4Addr::new(10, 96, 0, last),
+        FrontendKey::internal(FrontendAddr {
+            ip: Ipv4Addr::new(10, 96, 0, last).into(),
             port,
-            proto: IPPROTO_TCP,
+            protocol: Protocol::Tcp,
+        })
+    }
+
+    fn v4(key: &FrontendKey) -> Ipv4Addr {
+        match key.ip {
+            std::net::IpAddr::V4(ip) => ip,
+            std::net::IpAddr::V6(_) => panic!("an IPv4 frontend"),
         }
     }
 
@@ -650,7 +647,7 @@ mod tests {
                 forward(&[be(1, 8080), be(2, 8080), be(3, 8080)]),
             ),
             (
-                FrontendKey::wildcard(Ipv4Addr::new(10, 96, 0, 10)),
+                FrontendKey::wildcard(Ipv4Addr::new(10, 96, 0, 10).into()),
                 reject(),
             ),
         ]);
@@ -766,12 +763,15 @@ mod tests {
             let mut entries = Vec::new();
             for f in 0..4u8 {
                 let roll = next() % 10;
-                let key = FrontendKey {
-                    scope: 0,
-                    ip: Ipv4Addr::new(10, 96, 1, f),
+                let key = FrontendKey::internal(FrontendAddr {
+                    ip: Ipv4Addr::new(10, 96, 1, f).into(),
                     port: 80,
-                    proto: if f % 2 == 0 { IPPROTO_TCP } else { IPPROTO_UDP },
-                };
+                    protocol: if f % 2 == 0 {
+                        Protocol::Tcp
+                    } else {
+                        Protocol::Udp
+                    },
+                });
                 if roll == 0 {
                     continue; // frontend absent
                 }
@@ -783,11 +783,11 @@ mod tests {
                 let backends: Vec<BackendKey> = (0..n)
                     .map(|_| BackendKey {
                         local: false,
-                        addr: SocketAddrV4::new(
-                            Ipv4Addr::new(10, 244, 0, (next() % 16) as u8),
+                        addr: SocketAddr::new(
+                            Ipv4Addr::new(10, 244, 0, (next() % 16) as u8).into(),
                             8080,
                         ),
-                        proto: key.proto,
+                        protocol: key.protocol.unwrap(),
                     })
                     .collect::<HashSet<_>>()
                     .into_iter()
@@ -826,7 +826,7 @@ mod tests {
         assert_eq!(
             maps.services
                 .get(&Svc4Key::new(
-                    ip_to_map(small.ip),
+                    ip_to_map(v4(&small)),
                     port_to_map(80),
                     IPPROTO_TCP,
                     0
@@ -845,7 +845,7 @@ mod tests {
         let want = desired(&[
             (fe(10, 80), forward(&[be(1, 80), be(2, 80)])),
             (
-                FrontendKey::wildcard(Ipv4Addr::new(10, 96, 0, 10)),
+                FrontendKey::wildcard(Ipv4Addr::new(10, 96, 0, 10).into()),
                 DesiredFrontend {
                     source_ranges: vec![],
                     flags: SVC_FLAG_WILDCARD,
@@ -855,7 +855,7 @@ mod tests {
         ]);
         sync(&mut st, &mut maps, &want);
         // Strays: a slot beyond the count and an unreferenced backend.
-        let stray_slot = Svc4Key::new(ip_to_map(fe(10, 80).ip), port_to_map(80), IPPROTO_TCP, 7);
+        let stray_slot = Svc4Key::new(ip_to_map(v4(&fe(10, 80))), port_to_map(80), IPPROTO_TCP, 7);
         maps.services.insert(stray_slot, Svc4Value::slot(1));
         maps.backends.insert(
             999,

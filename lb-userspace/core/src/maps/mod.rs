@@ -6,10 +6,11 @@
 pub mod desired;
 pub mod diff;
 pub mod twin;
+pub mod v4;
 
 use std::net::Ipv4Addr;
 
-pub use desired::{BackendKey, DesiredFrontend, DesiredState, FrontendKey};
+pub use desired::{BackendKey, DesiredFrontend, DesiredState, FrontendKey, Scope};
 pub use diff::{Capacity, MapOp, ProgrammedState, SyncStats};
 use lb_common::{Backend4, SrcRange4Key, Svc4Key, Svc4Value};
 

@@ -15,7 +15,11 @@
 
 pub mod fields;
 
-use std::{collections::HashSet, fmt, net::Ipv4Addr};
+use std::{
+    collections::HashSet,
+    fmt,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use k8s_openapi::{
     api::{
@@ -197,6 +201,15 @@ impl Protocol {
         }
     }
 
+    /// The protocol of an IP protocol number, if the data path balances it.
+    pub fn from_ipproto(proto: u8) -> Option<Protocol> {
+        match proto {
+            6 => Some(Protocol::Tcp),
+            17 => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
+
     /// The Kubernetes spelling.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -279,63 +292,76 @@ pub struct ServicePortModel {
     pub node_port: Option<u16>,
 }
 
-/// An IPv4 prefix such as 10.0.0.0/8 (the host bits are cleared).
+/// An IP prefix such as 10.0.0.0/8 or fd00::/8 (the host bits are cleared).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Ipv4Cidr {
-    pub addr: Ipv4Addr,
+pub struct IpCidr {
+    pub addr: IpAddr,
     pub prefix_len: u8,
 }
 
-impl Ipv4Cidr {
-    fn mask(prefix_len: u8) -> u32 {
-        if prefix_len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(prefix_len))
-        }
+impl IpCidr {
+    /// `addr` with the bits beyond `prefix_len` cleared; None when the length is
+    /// longer than the family's.
+    pub fn new(addr: IpAddr, prefix_len: u8) -> Option<IpCidr> {
+        let addr = match addr {
+            IpAddr::V4(v4) if prefix_len <= 32 => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(prefix_len))
+                    .unwrap_or(0);
+                IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask))
+            }
+            IpAddr::V6(v6) if prefix_len <= 128 => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(prefix_len))
+                    .unwrap_or(0);
+                IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & mask))
+            }
+            _ => return None,
+        };
+        Some(IpCidr { addr, prefix_len })
     }
 
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & Self::mask(self.prefix_len) == u32::from(self.addr)
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        IpCidr::new(ip, self.prefix_len).is_some_and(|c| c.addr == self.addr)
     }
 }
 
-impl std::str::FromStr for Ipv4Cidr {
+impl std::str::FromStr for IpCidr {
     type Err = String;
 
-    /// "a.b.c.d/len" or a plain address (/32). Leading zeros and host bits are
-    /// accepted, as the API server's legacy CIDR parse accepts them; host bits are
+    /// "address/len" or a plain address (a host prefix). Leading zeros and host bits
+    /// are accepted, as the API server's legacy CIDR parse accepts them; host bits are
     /// cleared.
     fn from_str(s: &str) -> Result<Self, String> {
-        let (addr, len) = s.split_once('/').unwrap_or((s, "32"));
-        let Some(std::net::IpAddr::V4(addr)) = parse_ip_sloppy(addr) else {
-            return Err(format!("{s:?} is not an IPv4 prefix"));
+        let (addr, len) = match s.split_once('/') {
+            Some((addr, len)) => (addr, Some(len)),
+            None => (s, None),
         };
-        let prefix_len: u8 = len
-            .parse()
-            .ok()
-            .filter(|l| *l <= 32)
-            .ok_or_else(|| format!("{s:?}: bad prefix length"))?;
-        Ok(Ipv4Cidr {
-            addr: Ipv4Addr::from(u32::from(addr) & Self::mask(prefix_len)),
-            prefix_len,
-        })
+        let addr = parse_ip_sloppy(addr).ok_or_else(|| format!("{s:?} is not an IP prefix"))?;
+        let host_len = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix_len: u8 = match len {
+            None => host_len,
+            Some(len) => len
+                .parse()
+                .map_err(|_| format!("{s:?}: bad prefix length"))?,
+        };
+        IpCidr::new(addr, prefix_len).ok_or_else(|| format!("{s:?}: bad prefix length"))
     }
 }
 
-impl fmt::Display for Ipv4Cidr {
+impl fmt::Display for IpCidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix_len)
     }
 }
 
-impl Serialize for Ipv4Cidr {
+impl Serialize for IpCidr {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
     }
 }
 
-impl<'de> Deserialize<'de> for Ipv4Cidr {
+impl<'de> Deserialize<'de> for IpCidr {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
         text.parse().map_err(serde::de::Error::custom)
@@ -351,9 +377,9 @@ pub struct ServiceModel {
     /// keeps it; `None` (a hand-written manifest without one) ranks after every time.
     pub created: Option<Timestamp>,
     pub service_type: ServiceType,
-    /// The IPv4 entries of spec.clusterIPs (or spec.clusterIP); a dual-stack Service is
-    /// served on its IPv4 part. Never empty.
-    pub cluster_ips: Vec<Ipv4Addr>,
+    /// The entries of spec.clusterIPs (or spec.clusterIP) of the families the data path
+    /// serves (IPv4 today); a dual-stack Service is served on its IPv4 part. Never empty.
+    pub cluster_ips: Vec<IpAddr>,
     /// TCP and UDP ports; SCTP ports are left out and described in `skipped`.
     pub ports: Vec<ServicePortModel>,
     pub internal_traffic_policy: TrafficPolicy,
@@ -364,15 +390,15 @@ pub struct ServiceModel {
     /// ClientIP affinity timeout; 0 means no affinity.
     pub session_affinity_timeout_s: u32,
     pub traffic_distribution: Option<String>,
-    /// IPv4 entries of spec.externalIPs.
-    pub external_ips: Vec<Ipv4Addr>,
-    /// IPv4 entries of status.loadBalancer.ingress[].ip in VIP mode (ipMode unset or
-    /// "VIP"); a "Proxy" load balancer delivers to the nodes, not to its IP, so kube-proxy
-    /// does not capture that IP.
-    pub load_balancer_ips: Vec<Ipv4Addr>,
-    /// spec.loadBalancerSourceRanges (IPv4 ones): only these sources may use the
-    /// LoadBalancer ingress IPs; empty = everyone.
-    pub load_balancer_source_ranges: Vec<Ipv4Cidr>,
+    /// spec.externalIPs of the families served (IPv4 today).
+    pub external_ips: Vec<IpAddr>,
+    /// status.loadBalancer.ingress[].ip in VIP mode (ipMode unset or "VIP") of the
+    /// families served (IPv4 today); a "Proxy" load balancer delivers to the nodes, not
+    /// to its IP, so kube-proxy does not capture that IP.
+    pub load_balancer_ips: Vec<IpAddr>,
+    /// spec.loadBalancerSourceRanges of the families served: only these sources may use
+    /// the LoadBalancer ingress IPs; empty = everyone.
+    pub load_balancer_source_ranges: Vec<IpCidr>,
     pub health_check_node_port: Option<u16>,
     /// Valid parts the data path cannot serve (SCTP ports, multicast external IPs, ...),
     /// one human-readable line each, so the caller can warn about them.
@@ -547,7 +573,7 @@ fn validate_ip_families(spec: &ServiceSpec) -> Result<(), InvalidObject> {
 /// that could never be allocated (unspecified, loopback, link-local, multicast, the
 /// broadcast address) is refused too: 0.0.0.0 would alias the NodePort entries and a
 /// loopback address would capture the node's own loopback traffic.
-fn cluster_ips(spec: &ServiceSpec) -> Result<Option<Vec<Ipv4Addr>>, InvalidObject> {
+fn cluster_ips(spec: &ServiceSpec) -> Result<Option<Vec<IpAddr>>, InvalidObject> {
     let single = spec.cluster_ip.as_deref().filter(|ip| !ip.is_empty());
     let list: Vec<&str> = spec
         .cluster_ips
@@ -605,12 +631,7 @@ fn cluster_ips(spec: &ServiceSpec) -> Result<Option<Vec<Ipv4Addr>>, InvalidObjec
         ips.push(ip);
     }
     Ok(Some(
-        ips.into_iter()
-            .filter_map(|ip| match ip {
-                std::net::IpAddr::V4(v4) => Some(v4),
-                std::net::IpAddr::V6(_) => None,
-            })
-            .collect(),
+        ips.into_iter().filter(|ip| served_family(*ip)).collect(),
     ))
 }
 
@@ -777,7 +798,7 @@ fn session_affinity(spec: &ServiceSpec) -> Result<u32, InvalidObject> {
 fn external_ips(
     spec: &ServiceSpec,
     skipped: &mut Vec<String>,
-) -> Result<Vec<Ipv4Addr>, InvalidObject> {
+) -> Result<Vec<IpAddr>, InvalidObject> {
     let entries = spec.external_ips.as_deref().unwrap_or_default();
     if entries.len() > limits::SERVICE_ADDRESSES {
         return Err(InvalidObject::TooMany {
@@ -804,10 +825,8 @@ fn external_ips(
             skipped.push(format!("{field} {text:?} {reason}; not served"));
             continue;
         }
-        if let std::net::IpAddr::V4(v4) = ip
-            && !ips.contains(&v4)
-        {
-            ips.push(v4);
+        if served_family(ip) && !ips.contains(&ip) {
+            ips.push(ip);
         }
     }
     Ok(ips)
@@ -821,7 +840,7 @@ fn load_balancer_ips(
     service_type: ServiceType,
     object: &str,
     skipped: &mut Vec<String>,
-) -> Result<Vec<Ipv4Addr>, InvalidObject> {
+) -> Result<Vec<IpAddr>, InvalidObject> {
     let ingress = svc
         .status
         .as_ref()
@@ -881,10 +900,8 @@ fn load_balancer_ips(
             skipped.push(format!("{field} {text:?} {reason}; not served"));
             continue;
         }
-        if let std::net::IpAddr::V4(v4) = ip
-            && !ips.contains(&v4)
-        {
-            ips.push(v4);
+        if served_family(ip) && !ips.contains(&ip) {
+            ips.push(ip);
         }
     }
     Ok(ips)
@@ -895,7 +912,7 @@ fn load_balancer_ips(
 fn source_ranges(
     spec: &ServiceSpec,
     service_type: ServiceType,
-) -> Result<Vec<Ipv4Cidr>, InvalidObject> {
+) -> Result<Vec<IpCidr>, InvalidObject> {
     let ranges = spec
         .load_balancer_source_ranges
         .as_deref()
@@ -923,15 +940,14 @@ fn source_ranges(
             field: format!("spec.loadBalancerSourceRanges[{i}]"),
             value: range.to_owned(),
         };
-        if range.contains(':') {
-            // Checked as a prefix of the other family; served by that family.
-            let (addr, len) = range.split_once('/').ok_or_else(bad)?;
-            match (parse_ip_sloppy(addr), len.parse::<u8>()) {
-                (Some(std::net::IpAddr::V6(_)), Ok(len)) if len <= 128 => continue,
-                _ => return Err(bad()),
-            }
+        // Validated whatever its family; kept when its family is served.
+        if !range.contains('/') {
+            return Err(bad());
         }
-        out.push(range.parse::<Ipv4Cidr>().map_err(|_| bad())?);
+        let cidr = range.parse::<IpCidr>().map_err(|_| bad())?;
+        if served_family(cidr.addr) {
+            out.push(cidr);
+        }
     }
     Ok(out)
 }
@@ -948,8 +964,9 @@ pub struct SlicePortModel {
 /// One endpoint of an EndpointSlice, with its conditions defaulted as kube-proxy does.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EndpointModel {
-    /// addresses[0], as kube-proxy uses (the others are validated, then ignored).
-    pub address: Ipv4Addr,
+    /// addresses[0], as kube-proxy uses (the others are validated, then ignored); of
+    /// the slice's address type.
+    pub address: IpAddr,
     /// conditions.ready; absent means true.
     pub ready: bool,
     /// conditions.serving; absent means true.
@@ -1150,8 +1167,8 @@ fn slice_endpoints(
         for (i, text) in addresses.iter().enumerate() {
             let field = || format!("endpoints[{index}].addresses[{i}]");
             let ip = match parse_ip_sloppy(text) {
-                Some(std::net::IpAddr::V4(ip)) => ip,
-                Some(std::net::IpAddr::V6(_)) => {
+                Some(ip @ IpAddr::V4(_)) => ip,
+                Some(IpAddr::V6(_)) => {
                     return Err(InvalidObject::NotIpv4 {
                         field: field(),
                         value: text.clone(),
@@ -1164,7 +1181,7 @@ fn slice_endpoints(
                     });
                 }
             };
-            if let Some(reason) = endpoint_ip_problem(ip.into()) {
+            if let Some(reason) = endpoint_ip_problem(ip) {
                 return Err(InvalidObject::SpecialIp {
                     field: field(),
                     value: text.clone(),
@@ -1200,7 +1217,7 @@ fn slice_endpoints(
             .collect();
         check_hints(index, "forZones", &zones, is_label_value)?;
         check_hints(index, "forNodes", &nodes, is_dns1123_subdomain)?;
-        if let Some(reason) = unservable_ip_problem(address.into()) {
+        if let Some(reason) = unservable_ip_problem(address) {
             skipped.push(format!(
                 "endpoints[{index}] {address} {reason}; endpoint skipped"
             ));
@@ -1309,6 +1326,11 @@ fn check_name(
     }
 }
 
+/// The address families the data path serves: IPv4 until the IPv6 maps exist.
+fn served_family(ip: IpAddr) -> bool {
+    ip.is_ipv4()
+}
+
 /// metadata.namespace, "default" when absent; a DNS-1123 label.
 fn namespace_or_default(meta: &ObjectMeta) -> Result<String, InvalidObject> {
     let namespace = meta
@@ -1412,7 +1434,7 @@ mod tests {
                 name: "web".into(),
                 created: None,
                 service_type: ServiceType::ClusterIP,
-                cluster_ips: vec![Ipv4Addr::new(10, 96, 0, 10)],
+                cluster_ips: vec![Ipv4Addr::new(10, 96, 0, 10).into()],
                 ports: vec![ServicePortModel {
                     name: "http".into(),
                     protocol: Protocol::Tcp,
@@ -1657,7 +1679,7 @@ mod tests {
             model.endpoints,
             vec![
                 EndpointModel {
-                    address: Ipv4Addr::new(10, 244, 0, 11),
+                    address: Ipv4Addr::new(10, 244, 0, 11).into(),
                     ready: false,
                     serving: true,
                     terminating: true,
@@ -1668,7 +1690,7 @@ mod tests {
                 },
                 // Absent conditions: ready and serving, not terminating; empty hints: none.
                 EndpointModel {
-                    address: Ipv4Addr::new(10, 244, 0, 12),
+                    address: Ipv4Addr::new(10, 244, 0, 12).into(),
                     ready: true,
                     serving: true,
                     terminating: false,

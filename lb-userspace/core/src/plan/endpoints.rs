@@ -5,7 +5,7 @@
 //! both use them.
 use std::{
     collections::{BTreeMap, btree_map::Entry},
-    net::SocketAddrV4,
+    net::SocketAddr,
 };
 
 use super::Action;
@@ -17,8 +17,8 @@ pub fn endpoints_for_port<'a>(
     slices: &[&'a SliceModel],
     port_name: &str,
     protocol: Protocol,
-) -> BTreeMap<SocketAddrV4, &'a EndpointModel> {
-    let mut endpoints: BTreeMap<SocketAddrV4, &EndpointModel> = BTreeMap::new();
+) -> BTreeMap<SocketAddr, &'a EndpointModel> {
+    let mut endpoints: BTreeMap<SocketAddr, &EndpointModel> = BTreeMap::new();
     for slice in slices {
         for slice_port in slice
             .ports
@@ -26,7 +26,7 @@ pub fn endpoints_for_port<'a>(
             .filter(|p| p.name == port_name && p.protocol == protocol)
         {
             for endpoint in &slice.endpoints {
-                match endpoints.entry(SocketAddrV4::new(endpoint.address, slice_port.port)) {
+                match endpoints.entry(SocketAddr::new(endpoint.address, slice_port.port)) {
                     Entry::Vacant(entry) => {
                         entry.insert(endpoint);
                     }
@@ -49,20 +49,17 @@ pub fn endpoints_for_port<'a>(
 pub struct Categorized {
     /// For a Cluster policy: ready endpoints narrowed by topology hints; when none is
     /// ready anywhere, the serving-and-terminating ones.
-    cluster: Vec<SocketAddrV4>,
+    cluster: Vec<SocketAddr>,
     /// For a Local policy: this node's ready endpoints; when none of them is ready, this
     /// node's serving-and-terminating ones. Hints do not apply.
-    local: Vec<SocketAddrV4>,
+    local: Vec<SocketAddr>,
     /// Whether any endpoint anywhere is usable (kube-proxy's hasEndpoints): it decides
     /// between reject (none) and drop (a Local policy with none on this node).
     usable_anywhere: bool,
 }
 
 impl Categorized {
-    pub fn new(
-        endpoints: &BTreeMap<SocketAddrV4, &EndpointModel>,
-        node: &NodeModel,
-    ) -> Categorized {
+    pub fn new(endpoints: &BTreeMap<SocketAddr, &EndpointModel>, node: &NodeModel) -> Categorized {
         Categorized {
             cluster: cluster_endpoints(endpoints, node),
             local: local_endpoints(endpoints, node),
@@ -72,7 +69,7 @@ impl Categorized {
 
     /// Action and backends under `policy` (the proxier's choice between the policy
     /// chain, DROP and REJECT).
-    pub fn traffic(&self, policy: TrafficPolicy) -> (Action, Vec<SocketAddrV4>) {
+    pub fn traffic(&self, policy: TrafficPolicy) -> (Action, Vec<SocketAddr>) {
         let chosen = match policy {
             TrafficPolicy::Cluster => &self.cluster,
             TrafficPolicy::Local => &self.local,
@@ -92,11 +89,11 @@ impl Categorized {
 /// Ready endpoints, narrowed by topology hints when they apply; when none is ready,
 /// serving-and-terminating ones (KEP-1669).
 fn cluster_endpoints(
-    endpoints: &BTreeMap<SocketAddrV4, &EndpointModel>,
+    endpoints: &BTreeMap<SocketAddr, &EndpointModel>,
     node: &NodeModel,
-) -> Vec<SocketAddrV4> {
+) -> Vec<SocketAddr> {
     let topology = TopologyMode::from_hints(endpoints.values().copied(), node);
-    let ready: Vec<SocketAddrV4> = endpoints
+    let ready: Vec<SocketAddr> = endpoints
         .iter()
         .filter(|(_, e)| e.ready && topology.admits(e, node))
         .map(|(addr, _)| *addr)
@@ -116,10 +113,10 @@ fn cluster_endpoints(
 /// This node's ready endpoints; when none is ready, its serving-and-terminating ones.
 /// Topology hints do not apply.
 fn local_endpoints(
-    endpoints: &BTreeMap<SocketAddrV4, &EndpointModel>,
+    endpoints: &BTreeMap<SocketAddr, &EndpointModel>,
     node: &NodeModel,
-) -> Vec<SocketAddrV4> {
-    let local_ready: Vec<SocketAddrV4> = endpoints
+) -> Vec<SocketAddr> {
+    let local_ready: Vec<SocketAddr> = endpoints
         .iter()
         .filter(|(_, e)| is_local(e, node) && e.ready)
         .map(|(addr, _)| *addr)

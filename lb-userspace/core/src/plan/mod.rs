@@ -16,7 +16,7 @@
 use std::{
     collections::HashMap,
     fmt,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     str::FromStr,
 };
 
@@ -31,7 +31,7 @@ pub use endpoints::is_local;
 use endpoints::{Categorized, endpoints_for_port};
 
 use crate::{
-    model::{Ipv4Cidr, NodeModel, ObjectKey, Protocol, ServiceModel, ServiceType, SliceModel},
+    model::{IpCidr, NodeModel, ObjectKey, Protocol, ServiceModel, ServiceType, SliceModel},
     table,
 };
 
@@ -112,27 +112,27 @@ pub struct Frontend {
     pub port_name: String,
     pub protocol: Protocol,
     pub kind: FrontendKind,
-    /// The frontend address; 0.0.0.0 ("any address of this node") for NodePort, and
-    /// only there.
-    pub ip: Ipv4Addr,
+    /// The frontend address; the unspecified address ("any address of this node") for
+    /// NodePort, and only there.
+    pub ip: IpAddr,
     /// The service port, or the nodePort for a NodePort frontend.
     pub port: u16,
     pub action: Action,
     /// Sorted, without duplicates; empty unless `action` is Forward.
-    pub backends: Vec<SocketAddrV4>,
+    pub backends: Vec<SocketAddr>,
     /// ClientIP affinity timeout; 0 when the Service has none.
     pub affinity_timeout_s: u32,
     /// The backends that run on this node (a subset of `backends`): replies of their
     /// external flows come back through this node without SNAT.
-    pub local_backends: Vec<SocketAddrV4>,
+    pub local_backends: Vec<SocketAddr>,
     /// loadBalancerSourceRanges of a LoadBalancer frontend; empty = every source.
-    pub source_ranges: Vec<Ipv4Cidr>,
+    pub source_ranges: Vec<IpCidr>,
 }
 
 impl Frontend {
     /// `ip:port`; 0.0.0.0:nodePort for a NodePort frontend (see `address_string`).
-    pub fn address(&self) -> SocketAddrV4 {
-        SocketAddrV4::new(self.ip, self.port)
+    pub fn address(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port)
     }
 
     /// The address as `socklb plan` shows it: "10.96.0.10:80", or "*:30080" for a
@@ -147,8 +147,37 @@ impl Frontend {
     }
 
     /// What identifies a frontend in the data path.
-    pub fn key(&self) -> (Ipv4Addr, u16, Protocol) {
-        (self.ip, self.port, self.protocol)
+    pub fn key(&self) -> FrontendAddr {
+        FrontendAddr {
+            ip: self.ip,
+            port: self.port,
+            protocol: self.protocol,
+        }
+    }
+}
+
+/// A frontend as the data path keys it: address, port and protocol. A NodePort's
+/// address is the unspecified address of its family ("every address of this node").
+/// At most one Service owns each (see `claims`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FrontendAddr {
+    pub ip: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for FrontendAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.ip.is_unspecified() {
+            write!(f, "*:{}/{}", self.port, self.protocol)
+        } else {
+            write!(
+                f,
+                "{}/{}",
+                SocketAddr::new(self.ip, self.port),
+                self.protocol
+            )
+        }
     }
 }
 
@@ -163,12 +192,12 @@ struct FrontendJson {
     kind: FrontendKind,
     address: String,
     action: Action,
-    backends: Vec<SocketAddrV4>,
+    backends: Vec<SocketAddr>,
     affinity_timeout_s: u32,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    local_backends: Vec<SocketAddrV4>,
+    local_backends: Vec<SocketAddr>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    source_ranges: Vec<Ipv4Cidr>,
+    source_ranges: Vec<IpCidr>,
 }
 
 impl From<Frontend> for FrontendJson {
@@ -194,7 +223,7 @@ impl TryFrom<FrontendJson> for Frontend {
     fn try_from(f: FrontendJson) -> Result<Frontend, String> {
         let (ip, port) = match (f.kind, f.address.strip_prefix("*:")) {
             (FrontendKind::NodePort, Some(port)) => (
-                Ipv4Addr::UNSPECIFIED,
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
                 u16::from_str(port).map_err(|e| format!("address {:?}: {e}", f.address))?,
             ),
             (FrontendKind::NodePort, None) => {
@@ -204,7 +233,7 @@ impl TryFrom<FrontendJson> for Frontend {
                 ));
             }
             (kind, _) => {
-                let addr = SocketAddrV4::from_str(&f.address)
+                let addr = SocketAddr::from_str(&f.address)
                     .map_err(|e| format!("address {:?}: {e}", f.address))?;
                 if addr.ip().is_unspecified() {
                     return Err(format!(
@@ -212,7 +241,7 @@ impl TryFrom<FrontendJson> for Frontend {
                         f.address
                     ));
                 }
-                (*addr.ip(), addr.port())
+                (addr.ip(), addr.port())
             }
         };
         Ok(Frontend {
@@ -343,7 +372,7 @@ pub fn frontends_for_service(
     for port in &svc.ports {
         let endpoints = endpoints_for_port(&own_slices, &port.name, port.protocol);
         let categorized = Categorized::new(&endpoints, node);
-        let frontend = |kind: FrontendKind, ip: Ipv4Addr, port_number: u16| {
+        let frontend = |kind: FrontendKind, ip: IpAddr, port_number: u16| {
             let policy = if kind.is_external() {
                 svc.external_traffic_policy
             } else {
@@ -378,11 +407,19 @@ pub fn frontends_for_service(
             frontends.push(frontend(FrontendKind::ClusterIP, *ip, port.port));
         }
         if has_node_ports && let Some(node_port) = port.node_port {
-            frontends.push(frontend(
-                FrontendKind::NodePort,
-                Ipv4Addr::UNSPECIFIED,
-                node_port,
-            ));
+            // One NodePort per family the Service has: every address of that family.
+            let (v4, v6) = (
+                svc.cluster_ips.iter().any(IpAddr::is_ipv4),
+                svc.cluster_ips.iter().any(IpAddr::is_ipv6),
+            );
+            if v4 {
+                let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+                frontends.push(frontend(FrontendKind::NodePort, any, node_port));
+            }
+            if v6 {
+                let any = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+                frontends.push(frontend(FrontendKind::NodePort, any, node_port));
+            }
         }
         for ip in &svc.load_balancer_ips {
             frontends.push(frontend(FrontendKind::LoadBalancer, *ip, port.port));
@@ -1362,7 +1399,7 @@ mod tests {
         let rival = service("aaa", "10.96.0.10", &[("http", TCP, 80)]);
         let mut extip = service("extip", "10.96.0.77", &[("http", TCP, 80)]);
         extip.created = Some("2000-01-01T00:00:00Z".parse().unwrap());
-        extip.external_ips = vec![Ipv4Addr::new(10, 96, 0, 10)];
+        extip.external_ips = vec![Ipv4Addr::new(10, 96, 0, 10).into()];
         let slices = [web_slice("web-1", vec![ep("10.244.1.5")])];
         let plan = compute_plan(
             &[rival.clone(), extip.clone(), web.clone()],
