@@ -11,8 +11,8 @@
 //!
 //! `--render FILE` only re-renders the summary from a saved results file.
 //!
-//! NodePort (issue 5, item 3) is measured from a client outside a node: socklb's TC
-//! program against the iptables layout's NodePort DNAT (`results.nodeport`).
+//! The results are `socklb_bench_results::Results`, the types socklb-bench writes; the
+//! targets they are judged against, and how figures are written, come from there too.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -20,7 +20,12 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
 use plotters::prelude::*;
-use serde_json::Value;
+use socklb_bench_results::format::{count, fmt, group, ratio_text, spread_text};
+use socklb_bench_results::targets::{self, Verdict};
+use socklb_bench_results::{
+    AgentChangeRow, DatapathRow, IptablesBackend, IptablesRow, Kind, Maps, MemoryRow, Mode, NftRow,
+    Results, SocklbControlPlane, SocklbControlRow, Spread, service_counts,
+};
 
 /// What `cargo xtask bench` was asked.
 #[derive(Debug, Clone, Default)]
@@ -49,7 +54,8 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     if let Some(file) = &opts.render {
         let text =
             std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        let results: Value = serde_json::from_str(&text)?;
+        let results =
+            parse_results(&text).with_context(|| format!("reading {}", file.display()))?;
         render(&results, &relative_link(&docs_dir, file), &docs_dir)?;
         eprintln!("xtask: summary in {}", docs_dir.join("README.md").display());
         return Ok(());
@@ -127,7 +133,8 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
             raw.display()
         );
     }
-    let mut results: Value = serde_json::from_slice(&std::fs::read(&raw)?)?;
+    let mut results = parse_results(&std::fs::read_to_string(&raw)?)
+        .with_context(|| format!("reading {}", raw.display()))?;
 
     // lb-userspace's criterion benchmark: objects in memory -> maps. Always at 10 000
     // services too (the cold-programming target is stated there).
@@ -167,13 +174,9 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     if !status.success() {
         bail!("cargo bench --bench control_plane failed ({status})");
     }
-    let cp: Value = serde_json::from_slice(&std::fs::read(&cp_json)?)?;
-    if let Some(obj) = results
-        .get_mut("control_plane")
-        .and_then(Value::as_object_mut)
-    {
-        obj.insert("socklb".into(), cp);
-    }
+    let cp: SocklbControlPlane = serde_json::from_slice(&std::fs::read(&cp_json)?)
+        .with_context(|| format!("reading {}", cp_json.display()))?;
+    results.control_plane.socklb = Some(cp);
 
     std::fs::create_dir_all(&results_dir)?;
     let name = format!("{stamp}-{}", if opts.quick { "quick" } else { "full" });
@@ -187,6 +190,19 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     eprintln!("xtask: results in {}", results_file.display());
     eprintln!("xtask: summary in {}", docs_dir.join("README.md").display());
     Ok(())
+}
+
+/// A results file (socklb-bench's, or a saved one).
+fn parse_results(text: &str) -> Result<Results> {
+    let r: Results = serde_json::from_str(text)?;
+    if r.schema != socklb_bench_results::SCHEMA {
+        bail!(
+            "results schema {}, this xtask reads {}",
+            r.schema,
+            socklb_bench_results::SCHEMA
+        );
+    }
+    Ok(r)
 }
 
 /// Installs iptables and nftables from Debian's packages when their tools are missing.
@@ -295,315 +311,12 @@ fn relative_link(docs_dir: &Path, file: &Path) -> String {
     s
 }
 
-// ============================================================================ reading
-
-fn num(v: &Value, path: &str) -> Option<f64> {
-    v.pointer(path).and_then(Value::as_f64)
-}
-
-fn arr<'a>(v: &'a Value, path: &str) -> &'a [Value] {
-    v.pointer(path)
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
-}
-
-fn s<'a>(v: &'a Value, path: &str) -> &'a str {
-    v.pointer(path).and_then(Value::as_str).unwrap_or("")
-}
-
-fn u(v: &Value, path: &str) -> usize {
-    v.pointer(path).and_then(Value::as_u64).unwrap_or(0) as usize
-}
-
-/// A spread object (median, min, max, n).
-#[derive(Clone, Copy, Debug, Default)]
-struct Sp {
-    median: f64,
-    min: f64,
-    max: f64,
-    n: usize,
-}
-
-fn sp(v: &Value, path: &str) -> Sp {
-    match v.pointer(path) {
-        Some(o) => Sp {
-            median: num(o, "/median").unwrap_or(f64::NAN),
-            min: num(o, "/min").unwrap_or(f64::NAN),
-            max: num(o, "/max").unwrap_or(f64::NAN),
-            n: u(o, "/n"),
-        },
-        None => Sp {
-            median: f64::NAN,
-            min: f64::NAN,
-            max: f64::NAN,
-            n: 0,
-        },
-    }
-}
-
-/// Three significant digits, grouped thousands.
-fn fmt(x: f64) -> String {
-    if !x.is_finite() {
-        return "–".into();
-    }
-    let a = x.abs();
-    if a >= 1000.0 {
-        group(x.round() as i64)
-    } else if a >= 100.0 {
-        format!("{x:.0}")
-    } else if a >= 10.0 {
-        format!("{x:.1}")
-    } else if a >= 1.0 {
-        format!("{x:.2}")
-    } else {
-        format!("{x:.3}")
-    }
-}
-
-fn group(n: i64) -> String {
-    let digits = n.abs().to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push('\u{202f}');
-        }
-        out.push(c);
-    }
-    if n < 0 { format!("-{out}") } else { out }
-}
-
-/// "median (min–max)".
-fn spread_text(x: Sp) -> String {
-    if x.n <= 1 {
-        fmt(x.median)
-    } else {
-        format!("{} ({}–{})", fmt(x.median), fmt(x.min), fmt(x.max))
-    }
-}
-
-fn ratio_text(x: Sp) -> String {
-    if !x.median.is_finite() {
-        return "–".into();
-    }
-    if x.n <= 1 {
-        format!("{:.2}", x.median)
-    } else {
-        format!("{:.2} ({:.2}–{:.2})", x.median, x.min, x.max)
-    }
-}
-
-fn services_label(n: usize) -> String {
-    group(n as i64)
-}
-
-// ============================================================================ targets
-
-struct Target {
-    what: String,
-    met: Option<bool>,
-    detail: String,
-}
-
-/// One target row per socklb row of `rows`: within 5 % of direct on rate, p50, p99.
-fn within_5_percent(out: &mut Vec<Target>, rows: &[Value], label: &str) {
-    let rows: Vec<&Value> = rows.iter().filter(|d| s(d, "/mode") == "socklb").collect();
-    if rows.is_empty() {
-        out.push(Target {
-            what: format!("{label}socklb within 5% of direct on every data-path figure"),
-            met: None,
-            detail: "not measured".into(),
-        });
-    }
-    for d in rows {
-        let n = u(d, "/services");
-        let kind = s(d, "/kind");
-        let ops = sp(d, "/ratio_ops_per_s");
-        let p50 = sp(d, "/ratio_p50");
-        let p99 = sp(d, "/ratio_p99");
-        let mut misses = Vec::new();
-        if ops.median < 0.95 {
-            misses.push(format!(
-                "{} at {:.2}× direct ({:.0} % below)",
-                if kind == "tcp-short" {
-                    "connections/s"
-                } else {
-                    "requests/s"
-                },
-                ops.median,
-                (1.0 - ops.median) * 100.0
-            ));
-        }
-        if p50.median > 1.05 {
-            misses.push(format!(
-                "p50 at {:.2}× direct (+{:.0} %)",
-                p50.median,
-                (p50.median - 1.0) * 100.0
-            ));
-        }
-        if p99.median > 1.05 {
-            misses.push(format!(
-                "p99 at {:.2}× direct (+{:.0} %)",
-                p99.median,
-                (p99.median - 1.0) * 100.0
-            ));
-        }
-        let errors = u(d, "/errors");
-        if errors > 0 {
-            misses.push(format!("{errors} failed operations"));
-        }
-        let figures = format!(
-            "rate {:.2}×, p50 {:.2}×, p99 {:.2}× direct (medians of per-repetition ratios)",
-            ops.median, p50.median, p99.median
-        );
-        out.push(Target {
-            what: format!(
-                "{label}{kind} at {} services: socklb within 5 % of direct",
-                services_label(n)
-            ),
-            met: Some(misses.is_empty()),
-            detail: if misses.is_empty() {
-                figures
-            } else {
-                format!("missed: {}; {figures}", misses.join(", "))
-            },
-        });
-    }
-}
-
-fn targets(r: &Value) -> Vec<Target> {
-    let mut out = Vec::new();
-    // 1. socklb within 5% of direct on every data-path figure, at every N.
-    within_5_percent(&mut out, arr(r, "/datapath"), "");
-    within_5_percent(&mut out, arr(r, "/nodeport"), "NodePort from outside, ");
-    // 2. Cold programming of 10 000 services / 100 000 endpoints under 1 s.
-    let cp = arr(r, "/control_plane/socklb/rows");
-    let kernel_10k = cp
-        .iter()
-        .find(|x| s(x, "/maps") == "kernel" && u(x, "/services") == 10_000);
-    let memory_10k = cp
-        .iter()
-        .find(|x| s(x, "/maps") == "memory" && u(x, "/services") == 10_000);
-    match kernel_10k.or(memory_10k) {
-        Some(x) => {
-            let c = sp(x, "/cold_ms");
-            out.push(Target {
-                what: "cold programming of 10 000 services / 100 000 endpoints under 1 s".into(),
-                met: Some(c.max < 1000.0),
-                detail: format!(
-                    "{} ms median, {} ms worst of {} (objects in memory -> {} maps)",
-                    fmt(c.median),
-                    fmt(c.max),
-                    c.n,
-                    if kernel_10k.is_some() {
-                        "real BPF"
-                    } else {
-                        "in-memory twin of the"
-                    }
-                ),
-            });
-        }
-        None => out.push(Target {
-            what: "cold programming of 10 000 services under 1 s".into(),
-            met: None,
-            detail: "not measured".into(),
-        }),
-    }
-    // 3. One change applied under 5 ms p99: an API event (one EndpointSlice), and a
-    //    file in a manifest directory.
-    let kernel_rows: Vec<&Value> = cp.iter().filter(|x| s(x, "/maps") == "kernel").collect();
-    if let Some(worst) = kernel_rows.iter().max_by(|a, b| {
-        num(a, "/change/p99_us")
-            .unwrap_or(0.0)
-            .total_cmp(&num(b, "/change/p99_us").unwrap_or(0.0))
-    }) {
-        let p99 = num(worst, "/change/p99_us").unwrap_or(f64::NAN);
-        out.push(Target {
-            what: "one changed EndpointSlice (an API event) applied under 5 ms p99".into(),
-            met: Some(p99 < 5000.0),
-            detail: format!(
-                "worst p99 {} µs (at {} services; p50 {} µs; {} changes; event -> real BPF maps written)",
-                fmt(p99),
-                services_label(u(worst, "/services")),
-                fmt(num(worst, "/change/p50_us").unwrap_or(f64::NAN)),
-                u(worst, "/change/count")
-            ),
-        });
-    }
-    let agent = arr(r, "/control_plane/agent");
-    if let Some(worst) = agent.iter().max_by_key(|x| u(x, "/services")) {
-        let p99_ms = num(worst, "/p99_us").unwrap_or(f64::NAN) / 1000.0;
-        let wall = sp(worst, "/wall_ms");
-        let met = p99_ms < 5.0;
-        out.push(Target {
-            what: "one changed slice file (manifest directory) applied under 5 ms p99, once the agent has read it".into(),
-            met: Some(met),
-            detail: format!(
-                "{}at {} services: p99 {} ms from the changed objects' arrival to the maps written{}; from the file written to the maps: {} ms median (mostly the 50 ms poll; only the changed file is re-read)",
-                if met { "" } else { "missed: " },
-                services_label(u(worst, "/services")),
-                fmt(p99_ms),
-                if met { String::new() } else { format!(" ({:.0}× the budget)", p99_ms / 5.0) },
-                fmt(wall.median),
-            ),
-        });
-    }
-    // 4. Map operations proportional to the change.
-    if !kernel_rows.is_empty() {
-        let mut per_endpoint = Vec::new();
-        for x in &kernel_rows {
-            for p in arr(x, "/proportional") {
-                let k = u(p, "/endpoints_changed").max(1) as f64;
-                per_endpoint.push(num(p, "/map_ops_mean").unwrap_or(f64::NAN) / k);
-            }
-        }
-        let lo = per_endpoint.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = per_endpoint
-            .iter()
-            .copied()
-            .fold(f64::NEG_INFINITY, f64::max);
-        out.push(Target {
-            what: "map operations per change proportional to what changed (not to N)".into(),
-            met: Some(hi.is_finite() && hi <= lo * 1.5 + 0.5),
-            detail: format!("{lo:.1}–{hi:.1} map operations per changed endpoint, for 1 to 10 endpoints changed at every N"),
-        });
-    }
-    // 5. Agent RSS under 100 MiB at 100 000 endpoints.
-    let mem = arr(r, "/memory")
-        .iter()
-        .filter(|m| u(m, "/endpoints") >= 100_000)
-        .min_by_key(|m| u(m, "/endpoints"));
-    match mem {
-        Some(m) => {
-            let rss = sp(m, "/rss_mib");
-            let hwm = sp(m, "/hwm_mib");
-            out.push(Target {
-                what: "agent RSS under 100 MiB at 100 000 endpoints".into(),
-                met: Some(rss.max < 100.0),
-                detail: format!(
-                    "{} MiB median after the initial sync (peak during it: {} MiB), at {} services / {} endpoints",
-                    fmt(rss.median),
-                    fmt(hwm.median),
-                    services_label(u(m, "/services")),
-                    group(u(m, "/endpoints") as i64)
-                ),
-            });
-        }
-        None => out.push(Target {
-            what: "agent RSS under 100 MiB at 100 000 endpoints".into(),
-            met: None,
-            detail: "not measured".into(),
-        }),
-    }
-    out
-}
-
 // ============================================================================ summary
 
 /// One table per kind of `rows`, modes in the order of `modes`.
-fn datapath_tables(m: &mut String, rows: &[Value], modes: &[(&str, &str)]) {
+fn datapath_tables(m: &mut String, rows: &[DatapathRow], modes: &[(Mode, &str)]) {
     for (kind, title, unit) in KINDS {
-        let rows: Vec<&Value> = rows.iter().filter(|d| s(d, "/kind") == *kind).collect();
+        let rows: Vec<&DatapathRow> = rows.iter().filter(|d| d.kind == *kind).collect();
         if rows.is_empty() {
             continue;
         }
@@ -612,27 +325,24 @@ fn datapath_tables(m: &mut String, rows: &[Value], modes: &[(&str, &str)]) {
             m,
             "| services | mode | {unit} | ×direct | p50 µs | ×direct | p99 µs | ×direct | errors |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|"
         );
-        let mut ns: Vec<usize> = rows.iter().map(|d| u(d, "/services")).collect();
+        let mut ns: Vec<usize> = rows.iter().map(|d| d.services).collect();
         ns.dedup();
         for n in ns {
             for (mode, label) in modes {
-                let Some(d) = rows
-                    .iter()
-                    .find(|d| u(d, "/services") == n && s(d, "/mode") == *mode)
-                else {
+                let Some(d) = rows.iter().find(|d| d.services == n && d.mode == *mode) else {
                     continue;
                 };
                 let _ = writeln!(
                     m,
                     "| {} | {label} | {} | {} | {} | {} | {} | {} | {} |",
-                    services_label(n),
-                    spread_text(sp(d, "/ops_per_s")),
-                    ratio_text(sp(d, "/ratio_ops_per_s")),
-                    spread_text(sp(d, "/p50_us")),
-                    ratio_text(sp(d, "/ratio_p50")),
-                    spread_text(sp(d, "/p99_us")),
-                    ratio_text(sp(d, "/ratio_p99")),
-                    u(d, "/errors"),
+                    count(n),
+                    spread_text(&d.ops_per_s),
+                    ratio_text(&d.ratio_ops_per_s),
+                    spread_text(&d.p50_us),
+                    ratio_text(&d.ratio_p50),
+                    spread_text(&d.p99_us),
+                    ratio_text(&d.ratio_p99),
+                    d.errors,
                 );
             }
         }
@@ -640,71 +350,62 @@ fn datapath_tables(m: &mut String, rows: &[Value], modes: &[(&str, &str)]) {
     }
 }
 
-const NODEPORT_MODES: &[(&str, &str)] = &[
-    ("direct", "direct (routed to a pod, no rule)"),
-    ("socklb", "socklb (TC)"),
-    ("iptables", "kube-proxy iptables (NodePort last)"),
+/// The NodePort tables' modes, in their order.
+const NODEPORT_MODES: &[(Mode, &str)] = &[
+    (Mode::Direct, "direct (routed to a pod, no rule)"),
+    (Mode::Socklb, "socklb (TC)"),
+    (Mode::Iptables, "kube-proxy iptables (NodePort last)"),
 ];
 
-const MODES: &[(&str, &str)] = &[
-    ("direct", "direct (no load balancer)"),
-    ("socklb", "socklb"),
-    ("iptables", "kube-proxy iptables (service last)"),
-    ("iptables-first", "kube-proxy iptables (service first)"),
-    ("nft", "kube-proxy nftables"),
+/// The ClusterIP tables' modes, in their order.
+const MODES: &[(Mode, &str)] = &[
+    (Mode::Direct, "direct (no load balancer)"),
+    (Mode::Socklb, "socklb"),
+    (Mode::Iptables, "kube-proxy iptables (service last)"),
+    (Mode::IptablesFirst, "kube-proxy iptables (service first)"),
+    (Mode::Nft, "kube-proxy nftables"),
 ];
-const KINDS: &[(&str, &str, &str)] = &[
-    ("tcp-short", "TCP short connections", "connections/s"),
-    ("tcp-long", "TCP long connections", "requests/s"),
-    ("udp", "UDP request/response (DNS-like)", "queries/s"),
+/// Kind, title, unit of its rate.
+const KINDS: &[(Kind, &str, &str)] = &[
+    (Kind::TcpShort, "TCP short connections", "connections/s"),
+    (Kind::TcpLong, "TCP long connections", "requests/s"),
+    (Kind::Udp, "UDP request/response (DNS-like)", "queries/s"),
 ];
 
-fn render(r: &Value, results_link: &str, docs: &Path) -> Result<()> {
+fn render(r: &Results, results_link: &str, docs: &Path) -> Result<()> {
     std::fs::create_dir_all(docs)?;
     let mut plots = Vec::new();
-    if !arr(r, "/datapath").is_empty() {
-        plot_datapath(
-            r,
-            "/datapath",
-            &docs.join("datapath-rate.svg"),
-            Metric::RateRatio,
-            "",
-        )?;
-        plot_datapath(
-            r,
-            "/datapath",
-            &docs.join("datapath-p99.svg"),
-            Metric::P99,
-            "",
-        )?;
+    if !r.datapath.is_empty() {
+        for (file, metric) in [
+            ("datapath-rate.svg", Metric::RateRatio),
+            ("datapath-p99.svg", Metric::P99),
+        ] {
+            plot_datapath(&r.datapath, MODES, &docs.join(file), metric, "")?;
+        }
         plots.push("datapath");
     }
-    if !arr(r, "/nodeport").is_empty() {
+    if !r.nodeport.is_empty() {
         let prefix = "NodePort from outside: ";
-        plot_datapath(
-            r,
-            "/nodeport",
-            &docs.join("nodeport-rate.svg"),
-            Metric::RateRatio,
-            prefix,
-        )?;
-        plot_datapath(
-            r,
-            "/nodeport",
-            &docs.join("nodeport-p99.svg"),
-            Metric::P99,
-            prefix,
-        )?;
+        for (file, metric) in [
+            ("nodeport-rate.svg", Metric::RateRatio),
+            ("nodeport-p99.svg", Metric::P99),
+        ] {
+            plot_datapath(
+                &r.nodeport,
+                NODEPORT_MODES,
+                &docs.join(file),
+                metric,
+                prefix,
+            )?;
+        }
         plots.push("nodeport");
     }
-    if !arr(r, "/control_plane/iptables").is_empty()
-        || !arr(r, "/control_plane/socklb/rows").is_empty()
-    {
+    if !r.control_plane.iptables.is_empty() || !r.socklb_control_rows().is_empty() {
         plot_control_plane(r, &docs.join("control-plane.svg"))?;
         plots.push("control");
     }
-    if !arr(r, "/memory").is_empty() {
-        plot_memory(r, &docs.join("memory.svg"))?;
+    if !r.memory.is_empty() {
+        plot_memory(&r.memory, &docs.join("memory.svg"))?;
         plots.push("memory");
     }
     let md = summary_markdown(r, results_link, &plots);
@@ -712,19 +413,10 @@ fn render(r: &Value, results_link: &str, docs: &Path) -> Result<()> {
     Ok(())
 }
 
-fn summary_markdown(r: &Value, results_link: &str, plots: &[&str]) -> String {
+fn summary_markdown(r: &Results, results_link: &str, plots: &[&str]) -> String {
     let mut m = String::new();
-    let meta = r.get("meta").cloned().unwrap_or(Value::Null);
-    let started = meta
-        .get("started_unix")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
-    let quick = meta.get("quick").and_then(Value::as_bool).unwrap_or(false);
-    let services: Vec<String> = arr(&meta, "/services")
-        .iter()
-        .filter_map(Value::as_u64)
-        .map(|n| group(n as i64))
-        .collect();
+    let meta = &r.meta;
+    let services: Vec<String> = meta.services.iter().map(|n| count(*n)).collect();
     let _ = writeln!(
         m,
         "# Benchmarks: socklb against kube-proxy's data path and control plane\n"
@@ -733,12 +425,12 @@ fn summary_markdown(r: &Value, results_link: &str, plots: &[&str]) -> String {
         m,
         "Generated by `cargo xtask bench`{} on {} from [{}]({results_link}). Re-render with \
          `cargo xtask bench --render {}`.\n",
-        if quick {
+        if meta.quick {
             " --quick (a short run: fewer, shorter repetitions)"
         } else {
             ""
         },
-        date_of(started),
+        date_of(meta.started_unix),
         results_link.rsplit('/').next().unwrap_or(results_link),
         results_link.trim_start_matches("../../"),
     );
@@ -750,13 +442,13 @@ fn summary_markdown(r: &Value, results_link: &str, plots: &[&str]) -> String {
          `direct` measured in the same repetition (the modes take turns, in a different order each \
          repetition). Every figure is the median of {} repetitions of {} s (plus {} ms warm-up) with its \
          range (min–max) in brackets; latencies are per operation, from the client's side.\n",
-        u(&meta, "/cpus"),
-        s(&meta, "/cpu_model"),
-        u(&meta, "/memory_mib"),
-        s(&meta, "/kernel"),
-        u(&meta, "/reps"),
-        num(&meta, "/duration_ms").unwrap_or(0.0) / 1000.0,
-        u(&meta, "/warmup_ms"),
+        meta.cpus,
+        meta.cpu_model,
+        meta.memory_mib,
+        meta.kernel,
+        meta.reps,
+        meta.duration_ms as f64 / 1000.0,
+        meta.warmup_ms,
     );
 
     m.push_str(&headlines(r));
@@ -764,11 +456,11 @@ fn summary_markdown(r: &Value, results_link: &str, plots: &[&str]) -> String {
     // Targets.
     let _ = writeln!(m, "## Targets (issue 5)\n");
     let _ = writeln!(m, "| target | met? | figures |\n|---|---|---|");
-    for t in targets(r) {
-        let met = match t.met {
-            Some(true) => "✅ met",
-            Some(false) => "❌ missed",
-            None => "– not measured",
+    for t in targets::evaluate(r) {
+        let met = match t.verdict {
+            Verdict::Met => "✅ met",
+            Verdict::Missed => "❌ missed",
+            Verdict::NotMeasured => "– not measured",
         };
         let _ = writeln!(m, "| {} | {met} | {} |", t.what, t.detail);
     }
@@ -786,10 +478,10 @@ fn summary_markdown(r: &Value, results_link: &str, plots: &[&str]) -> String {
              node for that mode (same veth, same bridge, same pods), so the netfilter hooks and conntrack \
              that the iptables and nftables modes need do not tax the others:\n",
             services.join(", "),
-            u(&meta, "/endpoints_per_service"),
-            u(&meta, "/real_pods"),
-            u(&meta, "/threads"),
-            u(&meta, "/request_bytes"),
+            meta.endpoints_per_service,
+            meta.real_pods,
+            meta.threads,
+            meta.request_bytes,
         );
         let _ = writeln!(
             m,
@@ -802,14 +494,10 @@ fn summary_markdown(r: &Value, results_link: &str, plots: &[&str]) -> String {
         let _ = writeln!(
             m,
             "- **kube-proxy iptables**: kube-proxy's iptables layout for the same N services (KUBE-SERVICES with one rule per service port, KUBE-SVC-* with `statistic random` probabilities, KUBE-SEP-* with KUBE-MARK-MASQ and DNAT, the final KUBE-NODEPORTS rule, nat OUTPUT jumping to KUBE-SERVICES) loaded with `{}` (`--noflush --counters`, as kube-proxy does). KUBE-SERVICES is a linear list: **the measured service is the last one in it (kube-proxy's worst case)**; `service first` is the best case, for comparison, from a namespace of its own with the same rules. ({})",
-            if s(&meta, "/iptables_backend") == "nft" {
-                "iptables-nft-restore"
-            } else {
-                "iptables-legacy-restore"
-            },
-            s(&meta, "/iptables_version"),
+            meta.iptables_backend.restore(),
+            meta.iptables_version,
         );
-        if s(&meta, "/iptables_backend") != "nft" {
+        if meta.iptables_backend != IptablesBackend::Nft {
             let _ = writeln!(
                 m,
                 "  (iptables-legacy rather than Debian 12's default, iptables-nft: its \
@@ -821,7 +509,7 @@ fn summary_markdown(r: &Value, results_link: &str, plots: &[&str]) -> String {
         let _ = writeln!(
             m,
             "- **kube-proxy nftables**: kube-proxy's nftables layout (table `ip kube-proxy`, the `service-ips` verdict map, service chains with `numgen random mod N vmap`, endpoint chains with `dnat`) loaded with `nft -f` ({}).\n",
-            s(&meta, "/nft_version")
+            meta.nft_version
         );
         let _ = writeln!(
             m,
@@ -831,7 +519,7 @@ fn summary_markdown(r: &Value, results_link: &str, plots: &[&str]) -> String {
             m,
             "![rate relative to direct](datapath-rate.svg)\n\n![p99 latency](datapath-p99.svg)\n"
         );
-        datapath_tables(&mut m, arr(r, "/datapath"), MODES);
+        datapath_tables(&mut m, &r.datapath, MODES);
     }
 
     // NodePort.
@@ -863,13 +551,13 @@ fn summary_markdown(r: &Value, results_link: &str, plots: &[&str]) -> String {
              counts those stalls; p50 does not, and in a closed loop a stalled thread even lowers the others' \
              latency. socklb keeps the client's address and port, so it has nothing to collide.\n\n\
              ![NodePort rate relative to direct](nodeport-rate.svg)\n\n![NodePort p99 latency](nodeport-p99.svg)\n",
-            u(&meta, "/endpoints_per_service"),
-            arr(r, "/nodeport")
+            meta.endpoints_per_service,
+            r.nodeport
                 .iter()
-                .find(|d| s(d, "/mode") == "socklb")
-                .map_or(0, |d| u(d, "/backends_seen")),
+                .find(|d| d.mode == Mode::Socklb)
+                .map_or(0, |d| d.backends_seen),
         );
-        datapath_tables(&mut m, arr(r, "/nodeport"), NODEPORT_MODES);
+        datapath_tables(&mut m, &r.nodeport, NODEPORT_MODES);
     }
 
     // Control plane.
@@ -878,8 +566,13 @@ fn summary_markdown(r: &Value, results_link: &str, plots: &[&str]) -> String {
             m,
             "## Control plane\n\n![control plane](control-plane.svg)\n"
         );
-        let cp = arr(r, "/control_plane/socklb/rows");
-        if !cp.is_empty() {
+        if let Some(socklb) = r
+            .control_plane
+            .socklb
+            .as_ref()
+            .filter(|s| !s.rows.is_empty())
+        {
+            let cp = &socklb.rows;
             let _ = writeln!(
                 m,
                 "### socklb: objects in memory -> maps written\n\nlb-userspace's criterion benchmark `control_plane` \
@@ -890,9 +583,7 @@ fn summary_markdown(r: &Value, results_link: &str, plots: &[&str]) -> String {
                  map writes) with their percentiles and map operations. `kernel` = real BPF maps pinned in a \
                  directory of the benchmark's own (the agent's full cost); `memory` = the in-memory twin (the \
                  agent's CPU cost alone).\n",
-                u(r, "/control_plane/socklb/endpoints_per_service"),
-                u(r, "/control_plane/socklb/repeats"),
-                u(r, "/control_plane/socklb/changes"),
+                socklb.endpoints_per_service, socklb.repeats, socklb.changes,
             );
             let _ = writeln!(
                 m,
@@ -902,18 +593,18 @@ fn summary_markdown(r: &Value, results_link: &str, plots: &[&str]) -> String {
                 let _ = writeln!(
                     m,
                     "| {} | {} | {} | {} / {} / {} | {} | {} | {} | {} | {:.1} (max {}) |",
-                    services_label(u(x, "/services")),
-                    s(x, "/maps"),
-                    spread_text(sp(x, "/cold_ms")),
-                    fmt(sp(x, "/cold_stages_ms/apply").median),
-                    fmt(sp(x, "/cold_stages_ms/recompute").median),
-                    fmt(sp(x, "/cold_stages_ms/sync").median),
-                    group(u(x, "/cold_map_ops") as i64),
-                    fmt(num(x, "/change/p50_us").unwrap_or(f64::NAN)),
-                    fmt(num(x, "/change/p99_us").unwrap_or(f64::NAN)),
-                    fmt(num(x, "/change/max_us").unwrap_or(f64::NAN)),
-                    num(x, "/change/map_ops_mean").unwrap_or(f64::NAN),
-                    u(x, "/change/map_ops_max"),
+                    count(x.services),
+                    x.maps,
+                    spread_text(&x.cold_ms),
+                    fmt(x.cold_stages_ms.apply.median),
+                    fmt(x.cold_stages_ms.recompute.median),
+                    fmt(x.cold_stages_ms.sync.median),
+                    group(x.cold_map_ops as i64),
+                    fmt(x.change.p50_us),
+                    fmt(x.change.p99_us),
+                    fmt(x.change.max_us),
+                    x.change.map_ops_mean,
+                    x.change.map_ops_max,
                 );
             }
             let _ = writeln!(
@@ -929,12 +620,12 @@ fn summary_markdown(r: &Value, results_link: &str, plots: &[&str]) -> String {
                 let _ = writeln!(
                     m,
                     "| {} | {} | {} | {} | {} | {} |",
-                    services_label(u(x, "/services")),
-                    s(x, "/maps"),
-                    spread_text(sp(x, "/snapshot_change/total_ms")),
-                    fmt(sp(x, "/snapshot_change/apply_ms").median),
-                    fmt(sp(x, "/snapshot_change/recompute_ms").median),
-                    fmt(sp(x, "/snapshot_change/sync_ms").median),
+                    count(x.services),
+                    x.maps,
+                    spread_text(&x.snapshot_change.total_ms),
+                    fmt(x.snapshot_change.apply_ms.median),
+                    fmt(x.snapshot_change.recompute_ms.median),
+                    fmt(x.snapshot_change.sync_ms.median),
                 );
             }
             let _ = writeln!(
@@ -946,21 +637,22 @@ fn summary_markdown(r: &Value, results_link: &str, plots: &[&str]) -> String {
                 "| services | maps | 1 endpoint | 2 | 5 | 10 |\n|---:|---|---:|---:|---:|---:|"
             );
             for x in cp {
-                let cells: Vec<String> = arr(x, "/proportional")
+                let cells: Vec<String> = x
+                    .proportional
                     .iter()
-                    .map(|p| format!("{:.1}", num(p, "/map_ops_mean").unwrap_or(f64::NAN)))
+                    .map(|p| format!("{:.1}", p.map_ops_mean))
                     .collect();
                 let _ = writeln!(
                     m,
                     "| {} | {} | {} |",
-                    services_label(u(x, "/services")),
-                    s(x, "/maps"),
+                    count(x.services),
+                    x.maps,
                     cells.join(" | ")
                 );
             }
             let _ = writeln!(m);
         }
-        let agent = arr(r, "/control_plane/agent");
+        let agent = &r.control_plane.agent;
         if !agent.is_empty() {
             let _ = writeln!(
                 m,
@@ -979,18 +671,18 @@ fn summary_markdown(r: &Value, results_link: &str, plots: &[&str]) -> String {
                 let _ = writeln!(
                     m,
                     "| {} | {} | {} | {} | {} | {} | {} |",
-                    services_label(u(x, "/services")),
-                    u(x, "/changes"),
-                    spread_text(sp(x, "/latency_us")),
-                    fmt(num(x, "/p99_us").unwrap_or(f64::NAN)),
-                    spread_text(sp(x, "/wall_ms")),
-                    spread_text(sp(x, "/map_ops")),
-                    spread_text(sp(x, "/frontends_changed")),
+                    count(x.services),
+                    x.changes,
+                    spread_text(&x.latency_us),
+                    fmt(x.p99_us),
+                    spread_text(&x.wall_ms),
+                    spread_text(&x.map_ops),
+                    spread_text(&x.frontends_changed),
                 );
             }
             let _ = writeln!(m);
         }
-        let ipt = arr(r, "/control_plane/iptables");
+        let ipt = &r.control_plane.iptables;
         if !ipt.is_empty() {
             let _ = writeln!(
                 m,
@@ -1010,22 +702,18 @@ fn summary_markdown(r: &Value, results_link: &str, plots: &[&str]) -> String {
                 let _ = writeln!(
                     m,
                     "| {} | {} | {} | {} | {} | {} ({}) |",
-                    services_label(u(x, "/services")),
-                    if s(x, "/backend") == "nft" {
-                        "iptables-nft"
-                    } else {
-                        "iptables-legacy"
-                    },
-                    group(u(x, "/rules") as i64),
-                    spread_text(sp(x, "/cold_ms")),
-                    spread_text(sp(x, "/full_sync_ms")),
-                    spread_text(sp(x, "/partial_sync_ms")),
-                    group(u(x, "/partial_rules") as i64),
+                    count(x.services),
+                    x.backend.iptables(),
+                    count(x.rules),
+                    spread_text(&x.cold_ms),
+                    spread_text(&x.full_sync_ms),
+                    spread_text(&x.partial_sync_ms),
+                    count(x.partial_rules),
                 );
             }
             let _ = writeln!(m);
         }
-        let nft = arr(r, "/control_plane/nft");
+        let nft = &r.control_plane.nft;
         if !nft.is_empty() {
             let _ = writeln!(
                 m,
@@ -1043,10 +731,10 @@ fn summary_markdown(r: &Value, results_link: &str, plots: &[&str]) -> String {
                 let _ = writeln!(
                     m,
                     "| {} | {} | {} | {} |",
-                    services_label(u(x, "/services")),
-                    group(u(x, "/rules") as i64),
-                    spread_text(sp(x, "/cold_ms")),
-                    spread_text(sp(x, "/change_ms")),
+                    count(x.services),
+                    count(x.rules),
+                    spread_text(&x.cold_ms),
+                    spread_text(&x.change_ms),
                 );
             }
             let _ = writeln!(m);
@@ -1062,34 +750,35 @@ fn summary_markdown(r: &Value, results_link: &str, plots: &[&str]) -> String {
              programs loaded and attached, every service programmed). RSS = `VmRSS` 300 ms after ready, peak = \
              `VmHWM` (the initial parse and sync). BPF maps = `bytes_memlock` of the pinned maps (`bpftool map show`), \
              which the kernel charges by each map's capacity, not by its content: it is the same at every N.\n",
-            u(&meta, "/control_reps"),
+            meta.control_reps,
         );
         let _ = writeln!(
             m,
             "| services | endpoints | ready ms | RSS MiB | peak RSS MiB | BPF maps MiB |\n|---:|---:|---:|---:|---:|---:|"
         );
-        for x in arr(r, "/memory") {
+        for x in &r.memory {
             let _ = writeln!(
                 m,
                 "| {} | {} | {} | {} | {} | {} |",
-                services_label(u(x, "/services")),
-                group(u(x, "/endpoints") as i64),
-                spread_text(sp(x, "/ready_ms")),
-                spread_text(sp(x, "/rss_mib")),
-                spread_text(sp(x, "/hwm_mib")),
-                spread_text(sp(x, "/bpf_maps_mib")),
+                count(x.services),
+                count(x.endpoints),
+                spread_text(&x.ready_ms),
+                spread_text(&x.rss_mib),
+                spread_text(&x.hwm_mib),
+                spread_text(&x.bpf_maps_mib),
             );
         }
-        if let Some(last) = arr(r, "/memory").last() {
-            let maps: Vec<String> = arr(last, "/maps")
+        if let Some(last) = r.memory.last() {
+            let maps: Vec<String> = last
+                .maps
                 .iter()
                 .map(|x| {
                     format!(
                         "`{}` {} ({} entries) {} MiB",
-                        s(x, "/name"),
-                        s(x, "/type"),
-                        group(u(x, "/max_entries") as i64),
-                        fmt(num(x, "/bytes_memlock").unwrap_or(0.0) / 1_048_576.0)
+                        x.name,
+                        x.map_type,
+                        group(x.max_entries as i64),
+                        fmt(x.bytes_memlock as f64 / 1_048_576.0)
                     )
                 })
                 .collect();
@@ -1099,11 +788,10 @@ fn summary_markdown(r: &Value, results_link: &str, plots: &[&str]) -> String {
 
     m.push_str(&profile_section(r));
 
-    let notes = arr(r, "/notes");
-    if !notes.is_empty() {
+    if !r.notes.is_empty() {
         let _ = writeln!(m, "## Notes from this run\n");
-        for n in notes {
-            let _ = writeln!(m, "- {}", n.as_str().unwrap_or_default());
+        for n in &r.notes {
+            let _ = writeln!(m, "- {n}");
         }
         let _ = writeln!(m);
     }
@@ -1118,25 +806,20 @@ fn summary_markdown(r: &Value, results_link: &str, plots: &[&str]) -> String {
 }
 
 /// The findings in a few lines, from the figures (medians of per-repetition ratios).
-fn headlines(r: &Value) -> String {
+fn headlines(r: &Results) -> String {
     let mut m = String::new();
-    let rows = arr(r, "/datapath");
-    let row = |n: usize, kind: &str, mode: &str| {
-        rows.iter()
-            .find(|d| u(d, "/services") == n && s(d, "/kind") == kind && s(d, "/mode") == mode)
+    let ns = service_counts(&r.datapath);
+    let median = |n: usize, kind: Kind, mode: Mode, f: fn(&DatapathRow) -> &Spread| {
+        r.datapath_row(n, kind, mode)
+            .map_or(f64::NAN, |d| f(d).median)
     };
-    let mut ns: Vec<usize> = rows.iter().map(|d| u(d, "/services")).collect();
-    ns.sort_unstable();
-    ns.dedup();
-    let ratio = |n: usize, kind: &str, mode: &str, f: &str| {
-        row(n, kind, mode).map_or(f64::NAN, |d| sp(d, f).median)
-    };
+    let rate = |n, kind, mode| median(n, kind, mode, |d| &d.ratio_ops_per_s);
     let mut lines = Vec::new();
     if let (Some(&lo), Some(&hi)) = (ns.first(), ns.last()) {
-        let range = |kind: &str, mode: &str| {
+        let range = |kind: Kind, mode: Mode| {
             let v: Vec<f64> = ns
                 .iter()
-                .map(|n| ratio(*n, kind, mode, "/ratio_ops_per_s"))
+                .map(|n| rate(*n, kind, mode))
                 .filter(|x| x.is_finite())
                 .collect();
             (
@@ -1144,54 +827,54 @@ fn headlines(r: &Value) -> String {
                 v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
             )
         };
-        let (a, b) = range("tcp-short", "socklb");
-        let (c, d) = range("tcp-long", "socklb");
+        let (a, b) = range(Kind::TcpShort, Mode::Socklb);
+        let (c, d) = range(Kind::TcpLong, Mode::Socklb);
         if a.is_finite() && c.is_finite() {
             lines.push(format!(
                 "**TCP through socklb runs at direct speed at every N**: {a:.2}–{b:.2}× direct's connection rate (short connections) and {c:.2}–{d:.2}× its request rate (long connections), from {} to {} services.",
-                services_label(lo),
-                services_label(hi)
+                count(lo),
+                count(hi)
             ));
         }
-        let last = ratio(hi, "tcp-short", "iptables", "/ratio_ops_per_s");
-        let last_p50 = ratio(hi, "tcp-short", "iptables", "/ratio_p50");
-        let first = ratio(hi, "tcp-short", "iptables-first", "/ratio_ops_per_s");
+        let last = rate(hi, Kind::TcpShort, Mode::Iptables);
+        let last_p50 = median(hi, Kind::TcpShort, Mode::Iptables, |d| &d.ratio_p50);
+        let first = rate(hi, Kind::TcpShort, Mode::IptablesFirst);
         if last.is_finite() {
             let series: Vec<String> = ns
                 .iter()
                 .map(|n| {
                     format!(
                         "{:.2}× at {}",
-                        ratio(*n, "tcp-short", "iptables", "/ratio_ops_per_s"),
-                        services_label(*n)
+                        rate(*n, Kind::TcpShort, Mode::Iptables),
+                        count(*n)
                     )
                 })
                 .collect();
             lines.push(format!(
                 "**kube-proxy's iptables layout slows new connections down as N grows, the more so the later their service is in KUBE-SERVICES** (a linear list): short connections to its last service run at {} of direct's rate; at {} services the p50 is {last_p50:.1}× direct's, against {first:.2}× direct's rate for its first service. UDP queries, each a new flow, likewise ({:.2}× for the last service at {}). nftables' verdict map does not grow with N ({:.2}× for short connections at {}).",
                 series.join(", "),
-                services_label(hi),
-                ratio(hi, "udp", "iptables", "/ratio_ops_per_s"),
-                services_label(hi),
-                ratio(hi, "tcp-short", "nft", "/ratio_ops_per_s"),
-                services_label(hi),
+                count(hi),
+                rate(hi, Kind::Udp, Mode::Iptables),
+                count(hi),
+                rate(hi, Kind::TcpShort, Mode::Nft),
+                count(hi),
             ));
         }
-        let ipt_long = ratio(lo, "tcp-long", "iptables", "/ratio_ops_per_s");
-        let nft_long = ratio(lo, "tcp-long", "nft", "/ratio_ops_per_s");
+        let ipt_long = rate(lo, Kind::TcpLong, Mode::Iptables);
+        let nft_long = rate(lo, Kind::TcpLong, Mode::Nft);
         if ipt_long.is_finite() {
             lines.push(format!(
                 "**Even established connections pay for kube-proxy** (conntrack and the NAT hooks on every packet): {ipt_long:.2}× direct with iptables and {nft_long:.2}× with nftables at {} service(s), where socklb translates once per connect and then stays out of the way.",
-                services_label(lo)
+                count(lo)
             ));
         }
-        let su_lo = ratio(lo, "udp", "socklb", "/ratio_ops_per_s");
-        let su_hi = ratio(hi, "udp", "socklb", "/ratio_ops_per_s");
+        let su_lo = rate(lo, Kind::Udp, Mode::Socklb);
+        let su_hi = rate(hi, Kind::Udp, Mode::Socklb);
         if su_lo.is_finite() {
-            let ipt_lo = ratio(lo, "udp", "iptables", "/ratio_ops_per_s");
-            let nft_lo = ratio(lo, "udp", "nft", "/ratio_ops_per_s");
+            let ipt_lo = rate(lo, Kind::Udp, Mode::Iptables);
+            let nft_lo = rate(lo, Kind::Udp, Mode::Nft);
             let behind = su_lo < ipt_lo.max(nft_lo);
-            let verdict = if su_lo.min(su_hi) >= 0.95 {
+            let verdict = if targets::rate_ok(su_lo.min(su_hi)) {
                 "meets its target"
             } else {
                 "misses its target"
@@ -1199,54 +882,54 @@ fn headlines(r: &Value) -> String {
             lines.push(format!(
                 "**UDP through socklb {}**: {su_lo:.2}× direct at {} service(s) and {su_hi:.2}× at {}{}, independent of N; where the cost is: see the profile below.",
                 verdict,
-                services_label(lo),
-                services_label(hi),
+                count(lo),
+                count(hi),
                 if behind {
-                    format!(", behind kube-proxy at small N ({ipt_lo:.2}× with iptables, {nft_lo:.2}× with nftables at {} service(s))", services_label(lo))
+                    format!(", behind kube-proxy at small N ({ipt_lo:.2}× with iptables, {nft_lo:.2}× with nftables at {} service(s))", count(lo))
                 } else {
                     String::new()
                 }
             ));
         }
     }
-    let cp = arr(r, "/control_plane/socklb/rows");
-    let big = cp
+    let big = r
+        .socklb_control_rows()
         .iter()
-        .filter(|x| s(x, "/maps") == "kernel")
-        .max_by_key(|x| u(x, "/services"));
+        .filter(|x| x.maps == Maps::Kernel)
+        .max_by_key(|x| x.services);
     if let Some(k) = big {
-        let n = u(k, "/services");
-        let ipt = arr(r, "/control_plane/iptables")
+        let n = k.services;
+        let ipt = r
+            .control_plane
+            .iptables
             .iter()
-            .find(|x| u(x, "/services") == n && s(x, "/backend") == "legacy");
-        let nft = arr(r, "/control_plane/nft")
-            .iter()
-            .find(|x| u(x, "/services") == n);
+            .find(|x| x.services == n && x.backend == IptablesBackend::Legacy);
+        let nft = r.control_plane.nft.iter().find(|x| x.services == n);
         let mut line = format!(
             "**Control plane at {} services**: socklb programs everything from cold in {} ms and applies one changed EndpointSlice in {} µs (p99)",
-            services_label(n),
-            fmt(sp(k, "/cold_ms").median),
-            fmt(num(k, "/change/p99_us").unwrap_or(f64::NAN))
+            count(n),
+            fmt(k.cold_ms.median),
+            fmt(k.change.p99_us)
         );
         if let (Some(i), Some(t)) = (ipt, nft) {
             let _ = write!(
                 line,
                 "; iptables-restore takes {} ms from cold and {} ms for kube-proxy's partial sync of one change, `nft -f` {} ms and {} ms",
-                fmt(sp(i, "/cold_ms").median),
-                fmt(sp(i, "/partial_sync_ms").median),
-                fmt(sp(t, "/cold_ms").median),
-                fmt(sp(t, "/change_ms").median)
+                fmt(i.cold_ms.median),
+                fmt(i.partial_sync_ms.median),
+                fmt(t.cold_ms.median),
+                fmt(t.change_ms.median)
             );
         }
         line.push('.');
         lines.push(line);
     }
-    if let Some(mem) = arr(r, "/memory").iter().max_by_key(|x| u(x, "/endpoints")) {
+    if let Some(mem) = r.memory.iter().max_by_key(|x| x.endpoints) {
         lines.push(format!(
             "**Memory at {} endpoints**: agent RSS {} MiB; the BPF maps take {} MiB whatever N (sized by capacity).",
-            group(u(mem, "/endpoints") as i64),
-            fmt(sp(mem, "/rss_mib").median),
-            fmt(sp(mem, "/bpf_maps_mib").median)
+            count(mem.endpoints),
+            fmt(mem.rss_mib.median),
+            fmt(mem.bpf_maps_mib.median)
         ));
     }
     if lines.is_empty() {
@@ -1262,14 +945,11 @@ fn headlines(r: &Value) -> String {
 
 /// What profiling found for the targets this benchmark misses (the measurements were
 /// made while preparing this benchmark; the figures quoted come from this run).
-fn profile_section(r: &Value) -> String {
+fn profile_section(r: &Results) -> String {
     let mut m = String::new();
     let _ = writeln!(m, "## What the profile shows\n");
     // Manifest directory: fixed since the first full run; say what changed.
-    if let Some(agent) = arr(r, "/control_plane/agent")
-        .iter()
-        .max_by_key(|x| u(x, "/services"))
-    {
+    if let Some(agent) = r.control_plane.agent.iter().max_by_key(|x| x.services) {
         let _ = writeln!(
             m,
             "**A changed file in a manifest directory now costs O(change).** The first full run (2026-11-22T0117) \
@@ -1279,35 +959,32 @@ fn profile_section(r: &Value) -> String {
              mtime changed, and sends one event per object that differs (deletions included). In this run: {} µs \
              median, {} µs p99 from the events' arrival to the maps at {} services; {} ms from the file written \
              (the 50 ms poll dominates).\n",
-            fmt(sp(agent, "/latency_us").median),
-            fmt(num(agent, "/p99_us").unwrap_or(f64::NAN)),
-            services_label(u(agent, "/services")),
-            fmt(sp(agent, "/wall_ms").median),
+            fmt(agent.latency_us.median),
+            fmt(agent.p99_us),
+            count(agent.services),
+            fmt(agent.wall_ms.median),
         );
     }
     m.push_str(DATAPATH_PROFILE);
-    if !arr(r, "/nodeport").is_empty() {
+    if !r.nodeport.is_empty() {
         m.push_str(NODEPORT_PROFILE);
     }
     // Latency-tail misses that sit inside their own run-to-run spread.
-    for d in arr(r, "/datapath")
-        .iter()
-        .filter(|d| s(d, "/mode") == "socklb")
-    {
-        let (ops, p50, p99) = (
-            sp(d, "/ratio_ops_per_s"),
-            sp(d, "/ratio_p50"),
-            sp(d, "/ratio_p99"),
-        );
-        if ops.median >= 0.95 && p50.median <= 1.05 && p99.median > 1.05 && p99.min <= 1.05 {
+    for d in r.datapath.iter().filter(|d| d.mode == Mode::Socklb) {
+        let (ops, p50, p99) = (&d.ratio_ops_per_s, &d.ratio_p50, &d.ratio_p99);
+        if targets::rate_ok(ops.median)
+            && targets::latency_ok(p50.median)
+            && !targets::latency_ok(p99.median)
+            && targets::latency_ok(p99.min)
+        {
             let _ = writeln!(
                 m,
                 "**The {} p99 miss at {} services** ({:.2}× direct) is inside that cell's own spread ({:.2}–{:.2} \
                  over {} repetitions): p99 ratios on two shared cores move by tens of percent between repetitions, \
                  so a single-digit p99 excess there is not a measured regression; the rate and the p50 of the same \
                  row are within the budget.\n",
-                s(d, "/kind"),
-                services_label(u(d, "/services")),
+                d.kind,
+                count(d.services),
                 p99.median,
                 p99.min,
                 p99.max,
@@ -1367,14 +1044,50 @@ const TARGET_COLOR: RGBColor = RGBColor(120, 170, 210);
 const W: u32 = 1200;
 const H: u32 = 380;
 
-fn mode_style(mode: &str) -> (RGBColor, &'static str) {
+fn mode_style(mode: Mode) -> (RGBColor, &'static str) {
     match mode {
-        "direct" => (RGBColor(40, 40, 40), "direct"),
-        "socklb" => (RGBColor(31, 119, 180), "socklb"),
-        "iptables" => (RGBColor(214, 39, 40), "iptables (last)"),
-        "iptables-first" => (RGBColor(255, 127, 14), "iptables (first)"),
-        "nft" => (RGBColor(44, 160, 44), "nftables"),
-        _ => (RGBColor(128, 128, 128), "?"),
+        Mode::Direct => (RGBColor(40, 40, 40), "direct"),
+        Mode::Socklb => (RGBColor(31, 119, 180), "socklb"),
+        Mode::Iptables => (RGBColor(214, 39, 40), "iptables (last)"),
+        Mode::IptablesFirst => (RGBColor(255, 127, 14), "iptables (first)"),
+        Mode::Nft => (RGBColor(44, 160, 44), "nftables"),
+    }
+}
+
+/// A plotted point: the median with its range (min, max: NaN for no bar).
+#[derive(Clone, Copy, Debug)]
+struct Sp {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl From<&Spread> for Sp {
+    fn from(s: &Spread) -> Sp {
+        Sp {
+            median: s.median,
+            min: s.min,
+            max: s.max,
+        }
+    }
+}
+
+impl Sp {
+    /// A single figure, without a bar.
+    fn single(v: f64) -> Sp {
+        Sp {
+            median: v,
+            min: f64::NAN,
+            max: f64::NAN,
+        }
+    }
+
+    fn scaled(self, k: f64) -> Sp {
+        Sp {
+            median: self.median * k,
+            min: self.min * k,
+            max: self.max * k,
+        }
     }
 }
 
@@ -1431,17 +1144,15 @@ type Panel<'a, 'b> = ChartContext<
     Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
 >;
 
-/// The data-path rows at `rows` (`/datapath` or `/nodeport`), one panel per kind.
-fn plot_datapath(r: &Value, rows: &str, file: &Path, metric: Metric, prefix: &str) -> Result<()> {
-    let modes_of = if rows == "/nodeport" {
-        NODEPORT_MODES
-    } else {
-        MODES
-    };
-    let rows = arr(r, rows);
-    let mut ns: Vec<usize> = rows.iter().map(|d| u(d, "/services")).collect();
-    ns.sort_unstable();
-    ns.dedup();
+/// Data-path rows (ClusterIP or NodePort, with their modes), one panel per kind.
+fn plot_datapath(
+    rows: &[DatapathRow],
+    modes_of: &[(Mode, &str)],
+    file: &Path,
+    metric: Metric,
+    prefix: &str,
+) -> Result<()> {
+    let ns = service_counts(rows);
     let root = SVGBackend::new(file, (W, H)).into_drawing_area();
     root.fill(&WHITE)?;
     let (title, sub) = match metric {
@@ -1456,28 +1167,32 @@ fn plot_datapath(r: &Value, rows: &str, file: &Path, metric: Metric, prefix: &st
     };
     let root = root.titled(&format!("{prefix}{title} — {sub}"), ("sans-serif", 16))?;
     let (charts, legend) = root.split_vertically(H as i32 - 60);
-    let kinds: Vec<&(&str, &str, &str)> = KINDS
+    let kinds: Vec<&(Kind, &str, &str)> = KINDS
         .iter()
-        .filter(|k| rows.iter().any(|d| s(d, "/kind") == k.0))
+        .filter(|k| rows.iter().any(|d| d.kind == k.0))
         .collect();
     let panels = charts.split_evenly((1, kinds.len().max(1)));
     let mut items: Vec<LegendItem> = modes_of
         .iter()
-        .filter(|(m, _)| rows.iter().any(|d| s(d, "/mode") == *m))
-        .map(|(m, _)| (mode_style(m).1.to_string(), mode_style(m).0, false))
+        .filter(|(m, _)| rows.iter().any(|d| d.mode == *m))
+        .map(|(m, _)| (mode_style(*m).1.to_string(), mode_style(*m).0, false))
         .collect();
     if let Metric::RateRatio = metric {
-        items.push(("socklb target: 0.95 × direct".into(), TARGET_COLOR, true));
+        items.push((
+            format!("socklb target: {} × direct", targets::RATE_MIN),
+            TARGET_COLOR,
+            true,
+        ));
     }
     legend_strip(&legend, &items)?;
     for (area, (kind, title, _)) in panels.iter().zip(kinds) {
-        let pick = |d: &Value| -> Sp {
+        let pick = |d: &DatapathRow| -> Sp {
             match metric {
-                Metric::RateRatio => sp(d, "/ratio_ops_per_s"),
-                Metric::P99 => sp(d, "/p99_us"),
+                Metric::RateRatio => Sp::from(&d.ratio_ops_per_s),
+                Metric::P99 => Sp::from(&d.p99_us),
             }
         };
-        let mine: Vec<&Value> = rows.iter().filter(|d| s(d, "/kind") == *kind).collect();
+        let mine: Vec<&DatapathRow> = rows.iter().filter(|d| d.kind == *kind).collect();
         let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
         for d in &mine {
             let x = pick(d);
@@ -1511,7 +1226,7 @@ fn plot_datapath(r: &Value, rows: &str, file: &Path, metric: Metric, prefix: &st
                 if (x - i).abs() < 0.01 && i >= 0.0 {
                     labels
                         .get(i as usize)
-                        .map(|n| services_label(*n))
+                        .map(|n| count(*n))
                         .unwrap_or_default()
                 } else {
                     String::new()
@@ -1525,33 +1240,33 @@ fn plot_datapath(r: &Value, rows: &str, file: &Path, metric: Metric, prefix: &st
             .light_line_style(WHITE.mix(0.0))
             .draw()?;
         if let Metric::RateRatio = metric {
+            let t = targets::RATE_MIN;
             chart.draw_series(DashedLineSeries::new(
-                vec![(-0.5, 0.95), (xn - 0.5, 0.95)],
+                vec![(-0.5, t), (xn - 0.5, t)],
                 8,
                 6,
                 TARGET_COLOR.stroke_width(1),
             ))?;
         }
-        let modes: Vec<&str> = modes_of
+        let modes: Vec<Mode> = modes_of
             .iter()
             .map(|m| m.0)
-            .filter(|m| mine.iter().any(|d| s(d, "/mode") == *m))
+            .filter(|m| mine.iter().any(|d| d.mode == *m))
             .collect();
         let count = modes.len() as f64;
         for (mi, mode) in modes.iter().enumerate() {
-            let (color, label) = mode_style(mode);
+            let (color, _) = mode_style(*mode);
             let offset = (mi as f64 - (count - 1.0) / 2.0) * 0.06;
             let pts: Vec<(f64, Sp)> = ns
                 .iter()
                 .enumerate()
                 .filter_map(|(i, n)| {
                     mine.iter()
-                        .find(|d| u(d, "/services") == *n && s(d, "/mode") == *mode)
+                        .find(|d| d.services == *n && d.mode == *mode)
                         .map(|d| (i as f64 + offset, pick(d)))
                 })
                 .filter(|(_, x)| x.median.is_finite())
                 .collect();
-            let _ = label;
             draw_with_bars(&mut chart, &pts, color, false)?;
         }
     }
@@ -1620,16 +1335,32 @@ fn draw_log_series(
     Ok(())
 }
 
-fn plot_control_plane(r: &Value, file: &Path) -> Result<()> {
-    let socklb = arr(r, "/control_plane/socklb/rows");
-    let ipt = arr(r, "/control_plane/iptables");
-    let nft = arr(r, "/control_plane/nft");
-    let agent = arr(r, "/control_plane/agent");
+/// A control-plane row, placed on the x axis by its service count.
+trait AtServices {
+    fn services(&self) -> usize;
+}
+
+macro_rules! at_services {
+    ($($t:ty),*) => {
+        $(impl AtServices for $t {
+            fn services(&self) -> usize {
+                self.services
+            }
+        })*
+    };
+}
+at_services!(SocklbControlRow, IptablesRow, NftRow, AgentChangeRow);
+
+fn plot_control_plane(r: &Results, file: &Path) -> Result<()> {
+    let socklb = r.socklb_control_rows();
+    let ipt = &r.control_plane.iptables;
+    let nft = &r.control_plane.nft;
+    let agent = &r.control_plane.agent;
     let mut ns: Vec<usize> = socklb
         .iter()
-        .chain(ipt)
-        .chain(nft)
-        .map(|x| u(x, "/services"))
+        .map(|x| x.services)
+        .chain(ipt.iter().map(|x| x.services))
+        .chain(nft.iter().map(|x| x.services))
         .collect();
     ns.sort_unstable();
     ns.dedup();
@@ -1641,113 +1372,91 @@ fn plot_control_plane(r: &Value, file: &Path) -> Result<()> {
         ("sans-serif", 16),
     )?;
     let panels = root.split_evenly((1, 2));
-    let single = |v: f64| Sp {
-        median: v,
-        min: f64::NAN,
-        max: f64::NAN,
-        n: 1,
-    };
-    let scale = |x: Sp, k: f64| Sp {
-        median: x.median * k,
-        min: x.min * k,
-        max: x.max * k,
-        n: x.n,
-    };
 
     // Left: cold programming. Right: one endpoint change.
     type Series = (String, RGBColor, bool, Vec<(f64, Sp)>);
     let mut cold: Vec<Series> = Vec::new();
     let mut change: Vec<Series> = Vec::new();
-    let by = |rows: &[Value],
-              filter: &dyn Fn(&Value) -> bool,
-              f: &dyn Fn(&Value) -> Sp|
-     -> Vec<(f64, Sp)> {
-        rows.iter()
-            .filter(|x| filter(x))
-            .map(|x| (xi(u(x, "/services")), f(x)))
+    fn by<'a, T: AtServices + 'a>(
+        rows: impl IntoIterator<Item = &'a T>,
+        xi: &dyn Fn(usize) -> f64,
+        f: impl Fn(&T) -> Sp,
+    ) -> Vec<(f64, Sp)> {
+        rows.into_iter()
+            .map(|x| (xi(x.services()), f(x)))
             .filter(|(_, v)| v.median.is_finite() && v.median > 0.0)
             .collect()
-    };
+    }
+    let kernel = || socklb.iter().filter(|x| x.maps == Maps::Kernel);
+    let memory = || socklb.iter().filter(|x| x.maps == Maps::Memory);
+    let backend = |b: IptablesBackend| ipt.iter().filter(move |x| x.backend == b);
+    let (legacy, ipt_nft) = (IptablesBackend::Legacy, IptablesBackend::Nft);
     let blue = RGBColor(31, 119, 180);
     cold.push((
         "socklb, BPF maps".into(),
         blue,
         false,
-        by(socklb, &|x| s(x, "/maps") == "kernel", &|x| {
-            sp(x, "/cold_ms")
-        }),
+        by(kernel(), &xi, |x| Sp::from(&x.cold_ms)),
     ));
     cold.push((
         "socklb, in-memory twin".into(),
         blue,
         true,
-        by(socklb, &|x| s(x, "/maps") == "memory", &|x| {
-            sp(x, "/cold_ms")
-        }),
+        by(memory(), &xi, |x| Sp::from(&x.cold_ms)),
     ));
     cold.push((
-        "iptables-legacy-restore".into(),
+        legacy.restore().into(),
         RGBColor(214, 39, 40),
         false,
-        by(ipt, &|x| s(x, "/backend") == "legacy", &|x| {
-            sp(x, "/cold_ms")
-        }),
+        by(backend(legacy), &xi, |x| Sp::from(&x.cold_ms)),
     ));
     cold.push((
-        "iptables-nft-restore".into(),
+        ipt_nft.restore().into(),
         RGBColor(255, 127, 14),
         false,
-        by(ipt, &|x| s(x, "/backend") == "nft", &|x| sp(x, "/cold_ms")),
+        by(backend(ipt_nft), &xi, |x| Sp::from(&x.cold_ms)),
     ));
     cold.push((
         "nft -f".into(),
         RGBColor(44, 160, 44),
         false,
-        by(nft, &|_| true, &|x| sp(x, "/cold_ms")),
+        by(nft, &xi, |x| Sp::from(&x.cold_ms)),
     ));
     change.push((
         "socklb p99, BPF maps".into(),
         blue,
         false,
-        by(socklb, &|x| s(x, "/maps") == "kernel", &|x| {
-            single(num(x, "/change/p99_us").unwrap_or(f64::NAN) / 1000.0)
-        }),
+        by(kernel(), &xi, |x| Sp::single(x.change.p99_us / 1000.0)),
     ));
     change.push((
         "socklb agent, manifest dir (snapshot -> maps)".into(),
         blue,
         true,
-        by(agent, &|_| true, &|x| scale(sp(x, "/latency_us"), 0.001)),
+        by(agent, &xi, |x| Sp::from(&x.latency_us).scaled(0.001)),
     ));
     change.push((
         "iptables full sync (legacy)".into(),
         RGBColor(214, 39, 40),
         true,
-        by(ipt, &|x| s(x, "/backend") == "legacy", &|x| {
-            sp(x, "/full_sync_ms")
-        }),
+        by(backend(legacy), &xi, |x| Sp::from(&x.full_sync_ms)),
     ));
     change.push((
         "iptables partial sync (legacy)".into(),
         RGBColor(214, 39, 40),
         false,
-        by(ipt, &|x| s(x, "/backend") == "legacy", &|x| {
-            sp(x, "/partial_sync_ms")
-        }),
+        by(backend(legacy), &xi, |x| Sp::from(&x.partial_sync_ms)),
     ));
     change.push((
         "iptables partial sync (nft)".into(),
         RGBColor(255, 127, 14),
         false,
-        by(ipt, &|x| s(x, "/backend") == "nft", &|x| {
-            sp(x, "/partial_sync_ms")
-        }),
+        by(backend(ipt_nft), &xi, |x| Sp::from(&x.partial_sync_ms)),
     ));
     change.push((
         "nft transaction".into(),
         RGBColor(44, 160, 44),
         false,
-        by(nft, &|_| true, &|x| sp(x, "/change_ms")),
+        by(nft, &xi, |x| Sp::from(&x.change_ms)),
     ));
 
     for (panel, (title, series)) in panels.iter().zip([
@@ -1797,7 +1506,7 @@ fn plot_control_plane(r: &Value, file: &Path) -> Result<()> {
                 if (x - i).abs() < 0.01 && i >= 0.0 {
                     labels
                         .get(i as usize)
-                        .map(|n| services_label(*n))
+                        .map(|n| count(*n))
                         .unwrap_or_default()
                 } else {
                     String::new()
@@ -1816,9 +1525,8 @@ fn plot_control_plane(r: &Value, file: &Path) -> Result<()> {
     Ok(())
 }
 
-fn plot_memory(r: &Value, file: &Path) -> Result<()> {
-    let rows = arr(r, "/memory");
-    let ns: Vec<usize> = rows.iter().map(|x| u(x, "/services")).collect();
+fn plot_memory(rows: &[MemoryRow], file: &Path) -> Result<()> {
+    let ns: Vec<usize> = rows.iter().map(|x| x.services).collect();
     let root = SVGBackend::new(file, (W / 2 + 100, H)).into_drawing_area();
     root.fill(&WHITE)?;
     let root = root.titled(
@@ -1827,16 +1535,22 @@ fn plot_memory(r: &Value, file: &Path) -> Result<()> {
     )?;
     let (root, legend) = root.split_vertically(H as i32 - 60);
     let target = TARGET_COLOR;
-    let series = [
+    type Figure = fn(&MemoryRow) -> &Spread;
+    let series: [(Figure, &str, RGBColor, bool); 3] = [
         (
-            "/rss_mib",
+            |x| &x.rss_mib,
             "agent RSS after ready",
             RGBColor(31, 119, 180),
             false,
         ),
-        ("/hwm_mib", "agent peak RSS", RGBColor(148, 103, 189), false),
         (
-            "/bpf_maps_mib",
+            |x| &x.hwm_mib,
+            "agent peak RSS",
+            RGBColor(148, 103, 189),
+            false,
+        ),
+        (
+            |x| &x.bpf_maps_mib,
             "BPF maps (memlock)",
             RGBColor(127, 127, 127),
             true,
@@ -1846,12 +1560,16 @@ fn plot_memory(r: &Value, file: &Path) -> Result<()> {
         .iter()
         .map(|(_, l, c, d)| (l.to_string(), *c, *d))
         .collect();
-    items.push(("RSS target: 100 MiB".into(), target, true));
+    items.push((
+        format!("RSS target: {} MiB", targets::RSS_MAX_MIB),
+        target,
+        true,
+    ));
     legend_strip(&legend, &items)?;
-    let mut hi: f64 = 100.0;
+    let mut hi: f64 = targets::RSS_MAX_MIB;
     for x in rows {
-        for p in ["/rss_mib/max", "/hwm_mib/max", "/bpf_maps_mib/max"] {
-            hi = hi.max(num(x, p).unwrap_or(0.0));
+        for (figure, ..) in &series {
+            hi = hi.max(figure(x).max);
         }
     }
     let xn = ns.len() as f64;
@@ -1869,7 +1587,7 @@ fn plot_memory(r: &Value, file: &Path) -> Result<()> {
             if (x - i).abs() < 0.01 && i >= 0.0 {
                 labels
                     .get(i as usize)
-                    .map(|n| services_label(*n))
+                    .map(|n| count(*n))
                     .unwrap_or_default()
             } else {
                 String::new()
@@ -1880,16 +1598,19 @@ fn plot_memory(r: &Value, file: &Path) -> Result<()> {
         .light_line_style(WHITE.mix(0.0))
         .draw()?;
     chart.draw_series(DashedLineSeries::new(
-        vec![(-0.5, 100.0), (xn - 0.5, 100.0)],
+        vec![
+            (-0.5, targets::RSS_MAX_MIB),
+            (xn - 0.5, targets::RSS_MAX_MIB),
+        ],
         8,
         6,
         target.stroke_width(1),
     ))?;
-    for (path, _, color, dashed) in series {
+    for (figure, _, color, dashed) in series {
         let pts: Vec<(f64, Sp)> = rows
             .iter()
             .enumerate()
-            .map(|(i, x)| (i as f64, sp(x, path)))
+            .map(|(i, x)| (i as f64, Sp::from(figure(x))))
             .filter(|(_, v)| v.median.is_finite())
             .collect();
         draw_with_bars(&mut chart, &pts, color, dashed)?;
@@ -1903,13 +1624,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dates_and_numbers() {
+    fn dates_and_links() {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(19_723), (2024, 1, 1));
         assert_eq!(date_of(1_709_164_800), "2024-02-29");
-        assert_eq!(fmt(12_345.6), "12\u{202f}346");
-        assert_eq!(fmt(0.5), "0.500");
-        assert_eq!(fmt(f64::NAN), "–");
         assert_eq!(
             relative_link(
                 Path::new("/a/docs/bench"),
@@ -1917,5 +1635,63 @@ mod tests {
             ),
             "../../bench/results/x.json"
         );
+    }
+
+    fn root() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    }
+
+    /// Every committed results file still loads as the results types.
+    #[test]
+    fn committed_results_files_load() {
+        let dir = root().join("bench/results");
+        let mut seen = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.extension().is_some_and(|x| x == "json") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                parse_results(&text).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                seen += 1;
+            }
+        }
+        assert!(seen > 0, "no results file in {}", dir.display());
+    }
+
+    /// docs/bench/ is what the renderer makes of the results file its README names.
+    #[test]
+    fn committed_summary_is_what_its_results_render_to() {
+        let docs = root().join("docs/bench");
+        let readme = std::fs::read_to_string(docs.join("README.md")).unwrap();
+        let link = readme
+            .split_once("](")
+            .and_then(|(_, rest)| rest.split_once(')'))
+            .map(|(link, _)| link)
+            .expect("the README links its results file");
+        let results = parse_results(&std::fs::read_to_string(docs.join(link)).unwrap()).unwrap();
+        let out = std::env::temp_dir().join(format!("xtask-render-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        let rendered = render(&results, link, &out);
+        let compare = || -> Result<()> {
+            rendered?;
+            for e in std::fs::read_dir(&out)? {
+                let name = e?.file_name();
+                let (want, got) = (
+                    std::fs::read_to_string(docs.join(&name))
+                        .with_context(|| format!("docs/bench/{name:?}"))?,
+                    std::fs::read_to_string(out.join(&name))?,
+                );
+                if want != got {
+                    bail!(
+                        "docs/bench/{} differs from its re-render (cargo xtask bench --render {})",
+                        name.to_string_lossy(),
+                        link.trim_start_matches("../../")
+                    );
+                }
+            }
+            Ok(())
+        };
+        let result = compare();
+        let _ = std::fs::remove_dir_all(&out);
+        result.unwrap();
     }
 }
