@@ -1,5 +1,5 @@
-//! Issue 5, item 3: NodePort from outside the node, through socklb's TC program and
-//! through kube-proxy's iptables NodePort DNAT, against plain forwarding.
+//! NodePort from outside the node, through socklb's TC program and through
+//! kube-proxy's iptables NodePort DNAT, against plain forwarding.
 //!
 //! One "node" per mode, each built the same way and holding only its own mode's
 //! machinery, so that no mode pays for another's hooks (conntrack, netfilter):
@@ -43,7 +43,8 @@ use super::util;
 
 /// NodePort of service i: `NODE_PORT_BASE + i`.
 pub const NODE_PORT_BASE: u16 = 20_000;
-/// Most services this item runs at (NodePorts from 20000 up stay below 65536).
+/// Most services the NodePort measurement runs at (NodePorts from 20000 up stay below
+/// 65536).
 pub const MAX_SERVICES: usize = 40_000;
 /// Real pods behind each node.
 const PODS: u8 = 4;
@@ -169,7 +170,7 @@ fn targets(mode: Mode, kind: Kind, c: &SynthCluster) -> (Vec<SocketAddrV4>, Stri
     }
 }
 
-/// Item 3 at `n` services: builds the three nodes, runs every kind in every mode
+/// NodePort at `n` services: builds the three nodes, runs every kind in every mode
 /// `cfg.reps` times (rotating the order) and adds the rows to `results.nodeport`.
 pub fn run(n: usize, cfg: &Config, work: &Path, results: &mut Results) -> Result<()> {
     if n > MAX_SERVICES {

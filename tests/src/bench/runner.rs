@@ -64,7 +64,7 @@ pub struct Config {
     pub udp: bool,
     pub control: bool,
     pub memory: bool,
-    /// Item 3: NodePort from outside the node (TC program vs iptables NodePort DNAT).
+    /// NodePort from outside the node (TC program vs iptables NodePort DNAT).
     pub nodeport: bool,
     /// The data path's iptables (and the first control-plane backend).
     pub iptables_backend: IptablesBackend,
