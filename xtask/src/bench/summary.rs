@@ -51,7 +51,7 @@ pub(super) fn markdown(r: &Results, results_link: &str, plots: &[&str]) -> Strin
     m.push_str(&headlines(r));
 
     // Targets.
-    let _ = writeln!(m, "## Targets (issue 5)\n");
+    let _ = writeln!(m, "## Targets\n");
     let _ = writeln!(m, "| target | met? | figures |\n|---|---|---|");
     for t in targets::evaluate(r) {
         let met = match t.verdict {
@@ -123,7 +123,7 @@ pub(super) fn markdown(r: &Results, results_link: &str, plots: &[&str]) -> Strin
     if plots.contains(&"nodeport") {
         let _ = writeln!(
             m,
-            "## NodePort from outside the node (item 3)\n\n\
+            "## NodePort from outside the node\n\n\
              A client namespace outside the node sends to NODE_IP:NODE_PORT of the last of the N NodePort \
              services (externalTrafficPolicy Cluster, {} endpoints each; the measured one has {} real pods \
              behind the node's bridge, every other endpoint exists only in rules and maps; NodePorts numbered \
