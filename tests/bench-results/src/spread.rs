@@ -43,19 +43,6 @@ impl Spread {
             values: values.to_vec(),
         }
     }
-
-    /// Every figure multiplied by `k` (a change of unit).
-    pub fn scaled(&self, k: f64) -> Spread {
-        Spread {
-            median: self.median * k,
-            q1: self.q1 * k,
-            q3: self.q3 * k,
-            min: self.min * k,
-            max: self.max * k,
-            n: self.n,
-            values: self.values.iter().map(|v| v * k).collect(),
-        }
-    }
 }
 
 /// Linear-interpolated quantile of sorted values (NaN when there are none).
@@ -93,7 +80,6 @@ mod tests {
         assert_eq!((s.q1, s.q3), (2.0, 4.0));
         assert_eq!(Spread::of(&[]).n, 0);
         assert!(quantile(&[], 0.5).is_nan());
-        assert_eq!(s.scaled(2.0).max, 10.0);
     }
 
     #[test]
