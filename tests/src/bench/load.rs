@@ -23,67 +23,10 @@ use std::os::fd::FromRawFd;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Serialize};
+use socklb_bench_results::{Kind, Latency, LoadReport};
 use socklb_tests::report::error_name;
 
 use super::stats::percentile_u32;
-
-/// What one operation is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum Kind {
-    /// Connect, one request and answer, close.
-    TcpShort,
-    /// Request and answer on a connection kept open.
-    TcpLong,
-    /// DNS-like: one query per new UDP socket.
-    Udp,
-}
-
-impl Kind {
-    #[cfg(test)]
-    pub const ALL: [Kind; 3] = [Kind::TcpShort, Kind::TcpLong, Kind::Udp];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::TcpShort => "tcp-short",
-            Kind::TcpLong => "tcp-long",
-            Kind::Udp => "udp",
-        }
-    }
-}
-
-/// Latency percentiles of one load run, in microseconds.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Latency {
-    pub p50: f64,
-    pub p90: f64,
-    pub p99: f64,
-    pub p999: f64,
-    pub max: f64,
-    pub mean: f64,
-}
-
-/// What `socklb-bench load` prints.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct LoadReport {
-    pub kind: String,
-    pub threads: usize,
-    /// The measured window (warm-up excluded), seconds.
-    pub duration_s: f64,
-    /// Operations that succeeded inside the window.
-    pub ops: u64,
-    pub ops_per_s: f64,
-    /// Failed operations by error name (whole run, warm-up included).
-    pub errors: BTreeMap<String, u64>,
-    pub first_error: Option<String>,
-    pub latency_us: Latency,
-    /// Answers per backend address (whole run).
-    pub backends: BTreeMap<String, u64>,
-    /// UDP answers whose source was not the address the query went to.
-    pub wrong_source: u64,
-}
 
 // ----------------------------------------------------------------------------- server
 
@@ -319,7 +262,7 @@ pub fn run(spec: &LoadSpec) -> Result<LoadReport> {
     };
     let duration_s = spec.duration.as_secs_f64();
     Ok(LoadReport {
-        kind: spec.kind.name().into(),
+        kind: spec.kind,
         threads: spec.threads.max(1),
         duration_s,
         ops: all.ops,

@@ -101,8 +101,9 @@ pub struct SynthCluster {
     pub endpoints: usize,
     /// Endpoints of the measured services (the sandbox's real pods).
     pub real_pods: Vec<Ipv4Addr>,
-    /// NodePort services (issue 5, item 3): service i gets NodePort `base + i` on each
-    /// of its ports, and its endpoints are on [`NODE_NAME`]. None: ClusterIP services.
+    /// NodePort services (the NodePort measurement): service i gets NodePort `base + i`
+    /// on each of its ports, and its endpoints are on [`NODE_NAME`]. None: ClusterIP
+    /// services.
     pub node_port_base: Option<u16>,
 }
 

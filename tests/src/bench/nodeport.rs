@@ -1,5 +1,5 @@
-//! Issue 5, item 3: NodePort from outside the node, through socklb's TC program and
-//! through kube-proxy's iptables NodePort DNAT, against plain forwarding.
+//! NodePort from outside the node, through socklb's TC program and through
+//! kube-proxy's iptables NodePort DNAT, against plain forwarding.
 //!
 //! One "node" per mode, each built the same way and holding only its own mode's
 //! machinery, so that no mode pays for another's hooks (conntrack, netfilter):
@@ -29,24 +29,22 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use socklb_bench_results::{IptablesBackend, Kind, Mode, Results};
 use socklb_tests::{
     Agent, AgentConfig, Child, ManifestDir, NetNs, PinDir, Sandbox, TestCgroup, Topology,
     sandbox::assert_no_default_route,
 };
 
 use super::iptables;
-use super::load::Kind;
 use super::manifests;
 use super::model::{NODE_NAME, SynthCluster, TCP_TARGET, UDP_TARGET};
-use super::results::Results;
-use super::runner::{
-    Config, IptBackend, LoadRun, Measured, TOOL_TIMEOUT, measure, progress, wait_ready,
-};
+use super::runner::{Config, LoadRun, Measured, TOOL_TIMEOUT, measure, progress, wait_ready};
 use super::util;
 
 /// NodePort of service i: `NODE_PORT_BASE + i`.
 pub const NODE_PORT_BASE: u16 = 20_000;
-/// Most services this item runs at (NodePorts from 20000 up stay below 65536).
+/// Most services the NodePort measurement runs at (NodePorts from 20000 up stay below
+/// 65536).
 pub const MAX_SERVICES: usize = 40_000;
 /// Real pods behind each node.
 const PODS: u8 = 4;
@@ -56,25 +54,6 @@ const LAN: &str = "192.168.77.0/24";
 const LAN_IF: &str = "lan0";
 const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 254);
 const POD_NET: &str = "10.244.1.0/24";
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
-    Direct,
-    Socklb,
-    Iptables,
-}
-
-impl Mode {
-    fn name(self) -> &'static str {
-        match self {
-            Mode::Direct => "direct",
-            Mode::Socklb => "socklb",
-            Mode::Iptables => "iptables",
-        }
-    }
-}
-
-const MODES: [Mode; 3] = [Mode::Direct, Mode::Socklb, Mode::Iptables];
 
 /// The pod addresses behind every node.
 pub fn pods() -> Vec<Ipv4Addr> {
@@ -177,7 +156,8 @@ fn targets(mode: Mode, kind: Kind, c: &SynthCluster) -> (Vec<SocketAddrV4>, Stri
                 .collect(),
             format!("{PODS} pods through the node, picked at random"),
         ),
-        Mode::Socklb | Mode::Iptables => {
+        // socklb and iptables (the only other NodePort modes): to the node's NodePort.
+        _ => {
             let np = c.node_port(c.last()).unwrap_or(0);
             (
                 vec![SocketAddrV4::new(NODE_IP, np)],
@@ -190,7 +170,7 @@ fn targets(mode: Mode, kind: Kind, c: &SynthCluster) -> (Vec<SocketAddrV4>, Stri
     }
 }
 
-/// Item 3 at `n` services: builds the three nodes, runs every kind in every mode
+/// NodePort at `n` services: builds the three nodes, runs every kind in every mode
 /// `cfg.reps` times (rotating the order) and adds the rows to `results.nodeport`.
 pub fn run(n: usize, cfg: &Config, work: &Path, results: &mut Results) -> Result<()> {
     if n > MAX_SERVICES {
@@ -253,18 +233,19 @@ pub fn run(n: usize, cfg: &Config, work: &Path, results: &mut Results) -> Result
     progress(format!(
         "N={n} NodePort: {rules} iptables rules loaded in {ms:.0} ms ({restore})"
     ));
-    if cfg.iptables_backend == IptBackend::Nft {
+    if cfg.iptables_backend == IptablesBackend::Nft {
         results
             .notes
             .push("NodePort: iptables rules loaded with iptables-nft-restore.".into());
     }
 
-    let client_of = |mode: Mode| -> std::path::PathBuf {
-        match mode {
+    let client_of = |mode: Mode| -> Result<std::path::PathBuf> {
+        Ok(match mode {
             Mode::Direct => direct.client.path(),
             Mode::Socklb => socklb.client.path(),
             Mode::Iptables => ipt.client.path(),
-        }
+            Mode::IptablesFirst | Mode::Nft => bail!("no NodePort node for {mode}"),
+        })
     };
     // The kinds the ClusterIP items ask for; all three when only `nodeport` is asked.
     let (tcp, udp) = if cfg.tcp || cfg.udp {
@@ -279,11 +260,9 @@ pub fn run(n: usize, cfg: &Config, work: &Path, results: &mut Results) -> Result
     if udp {
         kinds.push(Kind::Udp);
     }
-    let modes: Vec<Mode> = MODES
+    let modes: Vec<Mode> = Mode::NODE_PORT
         .into_iter()
-        .filter(|m| {
-            *m == Mode::Direct || cfg.modes.is_empty() || cfg.modes.iter().any(|x| x == m.name())
-        })
+        .filter(|m| *m == Mode::Direct || cfg.wants(*m))
         .collect();
     let runner = LoadRun { cfg, work };
     let measured = Measured {
@@ -291,15 +270,13 @@ pub fn run(n: usize, cfg: &Config, work: &Path, results: &mut Results) -> Result
         n,
         kinds: &kinds,
         modes: &modes,
-        direct: Mode::Direct,
         pods: usize::from(PODS),
     };
     let rows = measure(
         &measured,
         &runner,
         &mut results.notes,
-        Mode::name,
-        |mode| Ok((client_of(mode), None)),
+        |mode| Ok((client_of(mode)?, None)),
         |mode, kind| targets(mode, kind, &c),
     )?;
     results.nodeport.extend(rows);

@@ -31,48 +31,19 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use socklb_bench_results::{
+    AgentChangeRow, DatapathRow, IptablesBackend, IptablesRow, Kind, LoadReport, MemoryRow, Meta,
+    Mode, NftRow, Results, SCHEMA, Spread, quantile,
+};
 use socklb_tests::{
     Agent, AgentConfig, Child, ManifestDir, NetNs, PinDir, Sandbox, SpawnOpts, TestCgroup,
     Topology, check_privileges,
 };
 
-use super::load::{Kind, LoadReport};
 use super::manifests;
 use super::model::{Change, SERVICE_CIDR, SynthCluster, TCP_TARGET, UDP_TARGET};
-use super::results::*;
-use super::stats::Spread;
 use super::util::{self, check_interrupted};
 use super::{iptables, nft};
-
-/// iptables backend binary set.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum IptBackend {
-    /// iptables-legacy-restore (x_tables).
-    Legacy,
-    /// iptables-nft-restore (iptables on nf_tables).
-    Nft,
-}
-
-impl IptBackend {
-    pub fn restore(self) -> &'static str {
-        match self {
-            IptBackend::Legacy => "iptables-legacy-restore",
-            IptBackend::Nft => "iptables-nft-restore",
-        }
-    }
-    pub fn save(self) -> &'static str {
-        match self {
-            IptBackend::Legacy => "iptables-legacy-save",
-            IptBackend::Nft => "iptables-nft-save",
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            IptBackend::Legacy => "legacy",
-            IptBackend::Nft => "nft",
-        }
-    }
-}
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -93,18 +64,25 @@ pub struct Config {
     pub udp: bool,
     pub control: bool,
     pub memory: bool,
-    /// Item 3: NodePort from outside the node (TC program vs iptables NodePort DNAT).
+    /// NodePort from outside the node (TC program vs iptables NodePort DNAT).
     pub nodeport: bool,
     /// The data path's iptables (and the first control-plane backend).
-    pub iptables_backend: IptBackend,
+    pub iptables_backend: IptablesBackend,
     /// Also time the other iptables backend's control plane, up to this N (0: never).
     pub other_backend_max: usize,
     pub quick: bool,
     /// Data-path modes to run (empty: all). `direct` always runs: the ratios need it.
-    pub modes: Vec<String>,
+    pub modes: Vec<Mode>,
     pub agent_ready_timeout: Duration,
     /// Where to write the results as they grow (after every N).
     pub out: std::path::PathBuf,
+}
+
+impl Config {
+    /// Whether `--modes` asks for `mode` (no `--modes`: every mode).
+    pub fn wants(&self, mode: Mode) -> bool {
+        self.modes.is_empty() || self.modes.contains(&mode)
+    }
 }
 
 use super::model::NODE_NAME;
@@ -164,7 +142,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
         meta: meta(cfg, pods.len()),
         ..Default::default()
     };
-    if cfg.iptables_backend == IptBackend::Legacy && cfg.other_backend_max > 0 {
+    if cfg.iptables_backend == IptablesBackend::Legacy && cfg.other_backend_max > 0 {
         results.notes.push(format!(
             "iptables: the data path and the control plane use iptables-legacy-restore; the control plane is also timed with iptables-nft-restore up to {} services (above that it takes minutes here).",
             cfg.other_backend_max
@@ -268,7 +246,7 @@ fn meta(cfg: &Config, real_pods: usize) -> Meta {
         cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
         cpu_model,
         memory_mib,
-        iptables_backend: cfg.iptables_backend.name().into(),
+        iptables_backend: cfg.iptables_backend,
         iptables_version: util::tool_version(cfg.iptables_backend.restore(), "--version"),
         nft_version: util::tool_version("nft", "--version"),
         bpftool_version: util::tool_version("bpftool", "--version"),
@@ -386,27 +364,6 @@ impl Drop for Clients<'_> {
 }
 
 // ----------------------------------------------------------------------------- data path
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
-    Direct,
-    Socklb,
-    Iptables,
-    IptablesFirst,
-    Nft,
-}
-
-impl Mode {
-    fn name(self) -> &'static str {
-        match self {
-            Mode::Direct => "direct",
-            Mode::Socklb => "socklb",
-            Mode::Iptables => "iptables",
-            Mode::IptablesFirst => "iptables-first",
-            Mode::Nft => "nft",
-        }
-    }
-}
 
 fn targets(
     mode: Mode,
@@ -553,14 +510,9 @@ fn datapath(
     progress(format!("N={n}: {nft_rules} nft rules loaded in {ms:.0} ms"));
     let _ = std::fs::remove_file(&script);
 
-    let mut modes = vec![Mode::Direct, Mode::Socklb, Mode::Iptables];
-    if n > 1 {
-        modes.push(Mode::IptablesFirst);
-    }
-    modes.push(Mode::Nft);
-    modes.retain(|m| {
-        *m == Mode::Direct || cfg.modes.is_empty() || cfg.modes.iter().any(|x| x == m.name())
-    });
+    // With one service, its first is its last: no `iptables-first`.
+    let mut modes = Mode::CLUSTER_IP.to_vec();
+    modes.retain(|m| (*m != Mode::IptablesFirst || n > 1) && (*m == Mode::Direct || cfg.wants(*m)));
     let mut kinds = Vec::new();
     if cfg.tcp {
         kinds.extend([Kind::TcpShort, Kind::TcpLong]);
@@ -583,14 +535,12 @@ fn datapath(
         n,
         kinds: &kinds,
         modes: &modes,
-        direct: Mode::Direct,
         pods: bed.pods.len(),
     };
     let rows = measure(
         &measured,
         &runner,
         &mut results.notes,
-        Mode::name,
         |mode| where_(mode).map(|(ns, cg)| (ns, cg.map(Path::to_path_buf))),
         |mode, kind| targets(mode, kind, c, &bed.pods),
     )?;
@@ -607,14 +557,13 @@ fn datapath(
 
 /// One data-path measurement: every kind in every mode, each mode's client in its own
 /// namespace (and cgroup).
-pub(super) struct Measured<'a, M> {
+pub(super) struct Measured<'a> {
     /// Prefix of progress lines and notes (`N=1000`, `N=1000 NodePort`).
     pub(super) label: String,
     pub(super) n: usize,
     pub(super) kinds: &'a [Kind],
-    pub(super) modes: &'a [M],
-    /// The mode every ratio is taken against.
-    pub(super) direct: M,
+    /// `Mode::Direct` among them: every ratio is taken against it.
+    pub(super) modes: &'a [Mode],
     /// Real pods behind the measured service (all should answer).
     pub(super) pods: usize,
 }
@@ -624,13 +573,12 @@ pub(super) struct Measured<'a, M> {
 /// per (kind, mode) with its ratios to the direct run of the same repetition.
 /// `client(mode)` is where the mode's client runs, `targets(mode, kind)` what it
 /// sends to and how the row describes it.
-pub(super) fn measure<M: Copy + PartialEq>(
-    m: &Measured<'_, M>,
+pub(super) fn measure(
+    m: &Measured<'_>,
     runner: &LoadRun<'_>,
     notes: &mut Vec<String>,
-    name: impl Fn(M) -> &'static str,
-    client: impl Fn(M) -> Result<(std::path::PathBuf, Option<std::path::PathBuf>)>,
-    targets: impl Fn(M, Kind) -> (Vec<SocketAddrV4>, String),
+    client: impl Fn(Mode) -> Result<(std::path::PathBuf, Option<std::path::PathBuf>)>,
+    targets: impl Fn(Mode, Kind) -> (Vec<SocketAddrV4>, String),
 ) -> Result<Vec<DatapathRow>> {
     let cfg = runner.cfg;
     // Sanity: every mode reaches every pod without errors, replies from the address sent to.
@@ -649,7 +597,7 @@ pub(super) fn measure<M: Copy + PartialEq>(
                 1,
             )?;
             let want = if kind == Kind::TcpLong { 1 } else { m.pods };
-            let errors: u64 = r.errors.values().sum();
+            let errors = r.error_count();
             if errors > 0
                 || r.backends.len() < want.min(r.ops as usize).max(1)
                 || r.wrong_source > 0
@@ -658,7 +606,7 @@ pub(super) fn measure<M: Copy + PartialEq>(
                     "{} {} {}: sanity check: {} ops, {errors} errors ({:?}), {} backends seen, {} wrong reply sources",
                     m.label,
                     kind.name(),
-                    name(mode),
+                    mode.name(),
                     r.ops,
                     r.first_error,
                     r.backends.len(),
@@ -671,7 +619,7 @@ pub(super) fn measure<M: Copy + PartialEq>(
     }
 
     // The measurement: repetitions, each with every kind and every mode (rotated).
-    let mut runs: Vec<(Kind, M, usize, LoadReport)> = Vec::new();
+    let mut runs: Vec<(Kind, Mode, usize, LoadReport)> = Vec::new();
     for rep in 0..cfg.reps {
         for &kind in m.kinds {
             let mut order = m.modes.to_vec();
@@ -695,7 +643,7 @@ pub(super) fn measure<M: Copy + PartialEq>(
                     rep + 1,
                     cfg.reps,
                     kind.name(),
-                    name(mode),
+                    mode.name(),
                     r.ops_per_s,
                     r.latency_us.p50,
                     r.latency_us.p99,
@@ -719,11 +667,11 @@ pub(super) fn measure<M: Copy + PartialEq>(
                 .collect();
             let direct = |rep: usize| {
                 runs.iter()
-                    .find(|r| r.0 == kind && r.1 == m.direct && r.2 == rep)
+                    .find(|r| r.0 == kind && r.1 == Mode::Direct && r.2 == rep)
                     .map(|r| &r.3)
             };
             let target = targets(mode, kind).1;
-            rows.push(datapath_row(m.n, kind, name(mode), target, &mine, direct));
+            rows.push(datapath_row(m.n, kind, mode, target, &mine, direct));
         }
     }
     Ok(rows)
@@ -734,7 +682,7 @@ pub(super) fn measure<M: Copy + PartialEq>(
 fn datapath_row<'a>(
     n: usize,
     kind: Kind,
-    mode: &str,
+    mode: Mode,
     target: String,
     mine: &[(usize, &LoadReport)],
     direct: impl Fn(usize) -> Option<&'a LoadReport>,
@@ -750,8 +698,8 @@ fn datapath_row<'a>(
     let backends: BTreeSet<&String> = mine.iter().flat_map(|(_, r)| r.backends.keys()).collect();
     DatapathRow {
         services: n,
-        kind: kind.name().into(),
-        mode: mode.into(),
+        kind,
+        mode,
         target,
         ops_per_s: Spread::of(&mine.iter().map(|(_, r)| r.ops_per_s).collect::<Vec<_>>()),
         p50_us: Spread::of(
@@ -770,10 +718,7 @@ fn datapath_row<'a>(
         ratio_p50: ratio(&|r| r.latency_us.p50),
         ratio_p99: ratio(&|r| r.latency_us.p99),
         backends_seen: backends.len(),
-        errors: mine
-            .iter()
-            .map(|(_, r)| r.errors.values().sum::<u64>())
-            .sum(),
+        errors: mine.iter().map(|(_, r)| r.error_count()).sum(),
         runs: mine.iter().map(|(_, r)| (*r).clone()).collect(),
     }
 }
@@ -813,10 +758,10 @@ fn control(c: &SynthCluster, cfg: &Config, work: &Path, results: &mut Results) -
 
     // iptables, with the data path's backend, and the other one up to its cap.
     let mut backends = vec![cfg.iptables_backend];
-    let other = if cfg.iptables_backend == IptBackend::Legacy {
-        IptBackend::Nft
+    let other = if cfg.iptables_backend == IptablesBackend::Legacy {
+        IptablesBackend::Nft
     } else {
-        IptBackend::Legacy
+        IptablesBackend::Legacy
     };
     if n <= cfg.other_backend_max {
         backends.push(other);
@@ -914,7 +859,7 @@ fn control(c: &SynthCluster, cfg: &Config, work: &Path, results: &mut Results) -
         }
         results.control_plane.iptables.push(IptablesRow {
             services: n,
-            backend: backend.name().into(),
+            backend,
             rules: iptables::rule_count(&full_text),
             restore_bytes: full_text.len(),
             cold_ms: Spread::of(&cold),
@@ -1128,7 +1073,7 @@ fn agent_changes(
     }
     let mut sorted = lat.clone();
     sorted.sort_by(f64::total_cmp);
-    let p99 = super::stats::quantile(&sorted, 0.99);
+    let p99 = quantile(&sorted, 0.99);
     let row = AgentChangeRow {
         services: n,
         changes: lat.len(),

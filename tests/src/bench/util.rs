@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
+use socklb_bench_results::MapMemory;
 use socklb_tests::{Child, SpawnOpts, TempDir};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -233,16 +234,6 @@ pub fn rss_bytes(pid: u32) -> Result<(u64, u64)> {
         (Some(rss), Some(hwm)) => Ok((rss, hwm)),
         _ => bail!("no VmRSS/VmHWM in /proc/{pid}/status"),
     }
-}
-
-/// One BPF map, as bpftool reports it.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct MapMemory {
-    pub name: String,
-    #[serde(rename = "type")]
-    pub map_type: String,
-    pub max_entries: u64,
-    pub bytes_memlock: u64,
 }
 
 /// `bpftool -j map show pinned PIN` for every map pinned directly in `dir`.

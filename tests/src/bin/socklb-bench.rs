@@ -2,7 +2,7 @@
 //!
 //! - `run`: every measurement (data path, UDP, control plane, memory) inside network
 //!   namespaces, a cgroup and a pin directory it creates; prints progress to stderr and
-//!   writes one JSON file (see `bench/results.rs`). Needs root.
+//!   writes one JSON file (`socklb_bench_results::Results`). Needs root.
 //! - `serve`: a backend (run by `run` inside each pod namespace).
 //! - `load`: the load generator (run by `run` inside a client namespace; refuses to
 //!   send anywhere but loopback from the host namespace or from one with a default
@@ -19,10 +19,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use bench::load::{Kind, LoadSpec};
+use bench::load::LoadSpec;
 use bench::model::{Change, SynthCluster};
-use bench::runner::{Config, IptBackend};
+use bench::runner::Config;
 use clap::{Parser, Subcommand, ValueEnum};
+use socklb_bench_results::{IptablesBackend, Kind, Mode};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -144,11 +145,11 @@ struct RunArgs {
     items: Vec<String>,
     /// Data-path modes, comma separated (default: all): socklb, iptables,
     /// iptables-first, nft (direct always runs: every ratio needs it).
-    #[arg(long, value_delimiter = ',')]
-    modes: Vec<String>,
+    #[arg(long, value_delimiter = ',', value_enum)]
+    modes: Vec<Mode>,
     /// iptables binaries for the data path and the first control-plane figures.
     #[arg(long = "iptables-backend", value_enum, default_value = "legacy")]
-    iptables_backend: IptBackend,
+    iptables_backend: IptablesBackend,
     /// Also time the other iptables backend's control plane up to this many services.
     #[arg(long = "other-backend-max", default_value_t = 1000)]
     other_backend_max: usize,
