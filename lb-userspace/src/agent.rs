@@ -4,10 +4,7 @@
 use std::{
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -25,9 +22,10 @@ use socklb_core::{
 use crate::{
     datapath::{DatapathError, devices as node, kernel, reconcile::Reconciler},
     http::{
-        health::{self, Health, MetricType, write_metric_family},
+        health::{self, Health},
         service_health::{self, ServiceHealthServers},
     },
+    metrics::{Metrics, SyncMetrics},
     sources::{
         kube as kube_source,
         kube::{KubeSourceConfig, SourceMetrics},
@@ -101,51 +99,38 @@ pub fn plan_from_dir(dir: &Path, node: &str) -> Result<(Plan, Vec<String>), Agen
     Ok((plan, warnings))
 }
 
-/// Counters of the sync loop, exported on /metrics.
-#[derive(Debug, Default)]
-struct SyncMetrics {
-    syncs: AtomicU64,
-    sync_errors: AtomicU64,
-    map_ops: AtomicU64,
-    frontends_changed: AtomicU64,
-    /// Time from the first event of a batch to its maps written, last sync (µs).
-    last_latency_us: AtomicU64,
-    frontends: AtomicU64,
-    /// Live conntrack entries at the last sweep.
-    ct_entries: AtomicU64,
-    /// Expired conntrack entries removed by sweeps.
-    ct_expired: AtomicU64,
-    /// Sweeps that found the conntrack table nearly full (LRU eviction likely).
-    ct_pressure: AtomicU64,
-    /// Frontends claimed by more than one Service, as of the last sync.
-    conflicts: std::sync::Mutex<Vec<Conflict>>,
-}
-
 /// Runs until `shutdown` resolves. The data path stays in place afterwards.
 pub async fn run_agent(
     opts: AgentOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    let health = Arc::new(Health::new(opts.health_timeout));
-    let metrics = Arc::new(SyncMetrics::default());
-    register_sync_metrics(&health, &metrics);
+    let all_metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::with_metrics(
+        opts.health_timeout,
+        all_metrics.clone(),
+    ));
+    let metrics = &all_metrics.sync;
+    metrics
+        .conntrack_capacity
+        .set(i64::from(lb_common::capacity::CT4));
+    // Conflicts known from the last sync: logged when they appear or go away.
+    let mut conflicts: Vec<Conflict> = Vec::new();
 
     let (tx, mut rx) = mpsc::channel::<ClusterEvent>(4096);
     // Read the manifests before touching the kernel: an unreadable directory fails
     // without side effects.
     let mut source_task = match &opts.source {
         Source::Manifests { dir, poll_interval } => {
-            let mut source = ManifestSource::new(dir, &opts.node, *poll_interval);
+            let mut source = ManifestSource::with_metrics(
+                dir,
+                &opts.node,
+                *poll_interval,
+                all_metrics.manifests.invalid_objects.clone(),
+            );
             let first = source.load().map_err(|e| AgentError::Manifests {
                 path: dir.clone(),
                 message: e.to_string(),
             })?;
-            let invalid = source.invalid_objects.clone();
-            health.register_counter(
-                "socklb_manifest_invalid_objects",
-                "Objects or files skipped as invalid in the last read of the manifest directory.",
-                invalid,
-            );
             // The channel is empty: this cannot fail.
             let _ = tx.try_send(first);
             let tx = tx.clone();
@@ -156,9 +141,7 @@ pub async fn run_agent(
         }
         Source::Kubernetes { kubeconfig } => {
             let client = kube_source::client_from_env(kubeconfig.clone()).await?;
-            let source_metrics = Arc::new(SourceMetrics::default());
-            let for_metrics = source_metrics.clone();
-            health.register_collector(move |out| for_metrics.render_prometheus(out));
+            let source_metrics = Arc::new(SourceMetrics::new(&all_metrics.kube));
             let config = KubeSourceConfig::new(opts.node.clone());
             let tx = tx.clone();
             tokio::spawn(async move {
@@ -252,7 +235,7 @@ pub async fn run_agent(
             },
             () = sleep => {}
             _ = housekeeping.tick() => {
-                housekeep(&mut reconciler, &mut node_addrs, &metrics);
+                housekeep(&mut reconciler, &mut node_addrs, metrics);
                 if service_health_failed && ready {
                     let failed = service_health.update(service_health::desired_health_checks_for_state(&state)).await;
                     service_health_failed = !failed.is_empty();
@@ -282,20 +265,23 @@ pub async fn run_agent(
                     .await;
                 service_health_failed = !failed.is_empty();
                 let latency = batch_started.take().map_or(Duration::ZERO, |t| t.elapsed());
-                metrics.syncs.fetch_add(1, Ordering::Relaxed);
-                metrics
-                    .map_ops
-                    .fetch_add(stats.ops as u64, Ordering::Relaxed);
+                metrics.syncs.inc();
+                metrics.map_operations.inc_by(stats.ops as u64);
                 metrics
                     .frontends_changed
-                    .fetch_add(stats.frontends_changed as u64, Ordering::Relaxed);
+                    .inc_by(stats.frontends_changed as u64);
+                metrics.last_sync_latency_seconds.set(latency.as_secs_f64());
                 metrics
-                    .last_latency_us
-                    .store(latency.as_micros() as u64, Ordering::Relaxed);
+                    .network_programming_duration_seconds
+                    .observe(latency.as_secs_f64());
+                metrics
+                    .sync_duration_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                metrics.last_sync_timestamp_seconds.set(unix_now_s());
                 metrics
                     .frontends
-                    .store(desired.frontends.len() as u64, Ordering::Relaxed);
-                report_conflicts(state.index().conflicts(), &metrics);
+                    .set(i64::try_from(desired.frontends.len()).unwrap_or(i64::MAX));
+                report_conflicts(state.index().conflicts(), &mut conflicts, metrics);
                 if stats.ops > 0 {
                     info!(
                         services = state.service_count(),
@@ -316,7 +302,7 @@ pub async fn run_agent(
                 }
             }
             Err(e) => {
-                metrics.sync_errors.fetch_add(1, Ordering::Relaxed);
+                metrics.sync_errors.inc();
                 warn!(error = %e, "data path update failed; retrying with a full sync");
                 full_sync = true;
                 retry_at = Some(Instant::now() + Duration::from_secs(1));
@@ -333,14 +319,12 @@ pub async fn run_agent(
 }
 
 /// Logs conflicts once when they appear and once when they are resolved (not at every
-/// sync), and keeps them for /metrics.
-fn report_conflicts(now: Vec<Conflict>, metrics: &SyncMetrics) {
-    let Ok(mut known) = metrics.conflicts.lock() else {
-        return;
-    };
+/// sync), and shows them on /metrics.
+fn report_conflicts(now: Vec<Conflict>, known: &mut Vec<Conflict>, metrics: &SyncMetrics) {
     if *known == now {
         return;
     }
+    metrics.set_conflicts(&now);
     for conflict in now.iter().filter(|c| !known.contains(c)) {
         warn!(%conflict, "two services claim one frontend; the other is not served there");
     }
@@ -384,16 +368,14 @@ fn housekeep(
     match reconciler.maps_mut().sweep_conntrack(monotonic_ns()) {
         Ok(sweep) => {
             metrics
-                .ct_entries
-                .store(sweep.live as u64, Ordering::Relaxed);
-            metrics
-                .ct_expired
-                .fetch_add(sweep.removed as u64, Ordering::Relaxed);
+                .conntrack_entries
+                .set(i64::try_from(sweep.live).unwrap_or(i64::MAX));
+            metrics.conntrack_expired.inc_by(sweep.removed as u64);
             // The table is an LRU: when full, new flows still get entries and the
             // least recently used (idle) flows lose theirs. Say so when it gets close.
             let capacity = lb_common::capacity::CT4 as usize;
             if sweep.live * 100 >= capacity * CT_PRESSURE_PERCENT {
-                metrics.ct_pressure.fetch_add(1, Ordering::Relaxed);
+                metrics.conntrack_full_sweeps.inc();
                 warn!(
                     live = sweep.live,
                     capacity,
@@ -416,82 +398,9 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn register_sync_metrics(health: &Health, metrics: &Arc<SyncMetrics>) {
-    let m = metrics.clone();
-    health.register_collector(move |out| {
-        let counter = |out: &mut String, name: &str, help: &str, v: &AtomicU64| {
-            write_metric_family(out, name, help, MetricType::Counter, [(&[][..], v.load(Ordering::Relaxed) as f64)]);
-        };
-        counter(out, "socklb_syncs_total", "Data path syncs applied.", &m.syncs);
-        counter(out, "socklb_sync_errors_total", "Data path syncs that failed (retried).", &m.sync_errors);
-        counter(out, "socklb_map_operations_total", "BPF map writes and deletes.", &m.map_ops);
-        counter(out, "socklb_frontends_changed_total", "Frontends rewritten by syncs.", &m.frontends_changed);
-        counter(out, "socklb_conntrack_expired_total", "Expired conntrack entries removed by the agent's sweeps.", &m.ct_expired);
-        counter(
-            out,
-            "socklb_conntrack_full_sweeps_total",
-            "Sweeps that found the conntrack table at 95% of its capacity or more: new flows evict the least recently used ones.",
-            &m.ct_pressure,
-        );
-        write_metric_family(
-            out,
-            "socklb_conntrack_capacity",
-            "Conntrack table size (entries; two per flow).",
-            MetricType::Gauge,
-            [(&[][..], f64::from(lb_common::capacity::CT4))],
-        );
-        write_metric_family(
-            out,
-            "socklb_conntrack_entries",
-            "Live conntrack entries (both directions of each external flow) at the last sweep.",
-            MetricType::Gauge,
-            [(&[][..], m.ct_entries.load(Ordering::Relaxed) as f64)],
-        );
-        write_metric_family(
-            out,
-            "socklb_last_sync_latency_seconds",
-            "Time from the first event of the last applied batch to its maps written.",
-            MetricType::Gauge,
-            [(&[][..], m.last_latency_us.load(Ordering::Relaxed) as f64 / 1e6)],
-        );
-        if let Ok(conflicts) = m.conflicts.lock() {
-            write_metric_family(
-                out,
-                "socklb_frontend_conflicts",
-                "Claims on a frontend that another Service keeps (not served for the claimant).",
-                MetricType::Gauge,
-                [(&[][..], conflicts.len() as f64)],
-            );
-            let names: Vec<(String, String)> = conflicts
-                .iter()
-                .map(|c| (c.kept.to_string(), c.dropped.to_string()))
-                .collect();
-            let labels: Vec<[(&str, &str); 4]> = conflicts
-                .iter()
-                .zip(&names)
-                .map(|(c, (kept, dropped))| {
-                    [
-                        ("address", c.address.as_str()),
-                        ("protocol", c.protocol.as_str()),
-                        ("kept", kept.as_str()),
-                        ("dropped", dropped.as_str()),
-                    ]
-                })
-                .collect();
-            write_metric_family(
-                out,
-                "socklb_frontend_conflict",
-                "One per frontend claim that lost: the frontend, the Service that keeps it and the one that does not.",
-                MetricType::Gauge,
-                labels.iter().map(|l| (&l[..], 1.0)),
-            );
-        }
-        write_metric_family(
-            out,
-            "socklb_frontends",
-            "Frontends (service address, port, protocol, plus address wildcards) wanted in the maps.",
-            MetricType::Gauge,
-            [(&[][..], m.frontends.load(Ordering::Relaxed) as f64)],
-        );
-    });
+/// Unix time in seconds (wall clock), for the last-sync timestamp.
+fn unix_now_s() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }

@@ -10,4 +10,5 @@
 pub mod agent;
 pub mod datapath;
 pub mod http;
+pub mod metrics;
 pub mod sources;

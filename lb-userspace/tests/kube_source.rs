@@ -11,7 +11,7 @@ mod kube_fake;
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{Arc, atomic::Ordering},
+    sync::Arc,
     time::Duration,
 };
 
@@ -371,9 +371,9 @@ async fn lists_then_watch_events() {
     assert_eq!(watch.param("allowWatchBookmarks"), Some("true"));
 
     let m = &source.metrics;
-    assert_eq!(m.services.relists.load(Ordering::Relaxed), 0);
-    assert_eq!(m.slices.invalid_objects.load(Ordering::Relaxed), 0);
-    assert!(m.slices.watch_events.load(Ordering::Relaxed) >= 5);
+    assert_eq!(m.services.relists.get(), 0);
+    assert_eq!(m.slices.invalid_objects.get(), 0);
+    assert!(m.slices.watch_events.get() >= 5);
 }
 
 #[tokio::test]
@@ -489,22 +489,8 @@ async fn invalid_objects_are_counted_and_skipped() {
         (vec![service_model(&good)], vec![key("bad")])
     );
     assert_eq!(listed_slices(slices), (vec![], vec![key("bad-1")]));
-    assert_eq!(
-        source
-            .metrics
-            .services
-            .invalid_objects
-            .load(Ordering::Relaxed),
-        1
-    );
-    assert_eq!(
-        source
-            .metrics
-            .slices
-            .invalid_objects
-            .load(Ordering::Relaxed),
-        1
-    );
+    assert_eq!(source.metrics.services.invalid_objects.get(), 1);
+    assert_eq!(source.metrics.slices.invalid_objects.get(), 1);
 
     // A good Service turns invalid: counted, nothing sent (the core keeps the last good
     // version); the next valid change comes through.
@@ -517,14 +503,7 @@ async fn invalid_objects_are_counted_and_skipped() {
         source.next(Kind::Service).await,
         ClusterEvent::ServiceApplied(service_model(&sentinel))
     );
-    assert_eq!(
-        source
-            .metrics
-            .services
-            .invalid_objects
-            .load(Ordering::Relaxed),
-        2
-    );
+    assert_eq!(source.metrics.services.invalid_objects.get(), 2);
 
     // Fixed again: identical to the last good version the core kept, so nothing to
     // send; a real change is sent.
@@ -603,9 +582,9 @@ async fn expired_watch_relists_with_still_wanted_objects() {
         listed_slices(source.next(Kind::Slice).await).0,
         vec![slice_model(&a_1)]
     );
-    assert_eq!(source.metrics.services.relists.load(Ordering::Relaxed), 1);
-    assert_eq!(source.metrics.slices.relists.load(Ordering::Relaxed), 1);
-    assert!(source.metrics.services.watch_errors.load(Ordering::Relaxed) >= 1);
+    assert_eq!(source.metrics.services.relists.get(), 1);
+    assert_eq!(source.metrics.slices.relists.get(), 1);
+    assert!(source.metrics.services.watch_errors.get() >= 1);
     let relist = server
         .wait_for_request(mark, WAIT, |r| {
             r.path == "/api/v1/services" && !r.is_watch()
@@ -641,7 +620,7 @@ async fn changes_while_unreachable_arrive_by_relist_after_410() {
     server.start();
     let (services, _) = listed_services(source.next(Kind::Service).await);
     assert_eq!(names(&services), vec!["a", "c"]);
-    assert_eq!(source.metrics.services.relists.load(Ordering::Relaxed), 1);
+    assert_eq!(source.metrics.services.relists.get(), 1);
 }
 
 #[tokio::test]
@@ -684,8 +663,8 @@ async fn dropped_connection_resumes_without_relist() {
         "resumed with a watch, not a list: {rewatch:?}"
     );
     assert_eq!(resource_version_of(&rewatch), synced_rv);
-    assert_eq!(source.metrics.slices.relists.load(Ordering::Relaxed), 0);
-    assert_eq!(source.metrics.services.relists.load(Ordering::Relaxed), 0);
+    assert_eq!(source.metrics.slices.relists.get(), 0);
+    assert_eq!(source.metrics.services.relists.get(), 0);
 }
 
 #[tokio::test]
@@ -698,7 +677,7 @@ async fn unreachable_at_start_then_catches_up() {
 
     // Wait (bounded) until the source has failed at least once: not synced.
     let deadline = tokio::time::Instant::now() + WAIT;
-    while source.metrics.services.watch_errors.load(Ordering::Relaxed) == 0 {
+    while source.metrics.services.watch_errors.get() == 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "no connection error seen"
@@ -720,7 +699,7 @@ async fn unreachable_at_start_then_catches_up() {
     );
     assert!(source.metrics.services_synced() && source.metrics.slices_synced());
     // The first complete list is not a relist.
-    assert_eq!(source.metrics.services.relists.load(Ordering::Relaxed), 0);
+    assert_eq!(source.metrics.services.relists.get(), 0);
 }
 
 #[tokio::test]
@@ -757,7 +736,7 @@ async fn bookmark_lets_the_watch_resume_after_compaction() {
         ClusterEvent::ServiceApplied(service_model(&new)),
         "no relist in between"
     );
-    assert_eq!(source.metrics.services.relists.load(Ordering::Relaxed), 0);
+    assert_eq!(source.metrics.services.relists.get(), 0);
 }
 
 #[tokio::test]
@@ -821,5 +800,5 @@ async fn undecodable_object_in_a_watch_is_skipped_without_panic() {
         source.next(Kind::Service).await,
         ClusterEvent::ServiceApplied(service_model(&web))
     );
-    assert!(source.metrics.services.watch_errors.load(Ordering::Relaxed) >= 1);
+    assert!(source.metrics.services.watch_errors.get() >= 1);
 }

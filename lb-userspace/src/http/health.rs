@@ -8,9 +8,8 @@
 //!   does not. The JSON body names `lastUpdated` and `currentTime` like kube-proxy's.
 //! - `/readyz` is 200 once the agent said it is ready (initial sync done and the data
 //!   path programmed, see [`Health::set_ready`]), else 503.
-//! - `/metrics` is the Prometheus text format 0.0.4: the endpoint's own metrics plus
-//!   whatever callers registered ([`Health::register_counter`],
-//!   [`Health::register_collector`]).
+//! - `/metrics` is every family of the agent's [`Metrics`] (OpenMetrics text), with the
+//!   health gauges read at the moment of the scrape.
 //!
 //! The server is hyper 1 (http1 only, behind hyper-util's tokio glue): hyper, hyper-util
 //! and http-body-util are already compiled into the agent through kube's client, so a
@@ -20,12 +19,11 @@
 
 use std::{
     convert::Infallible,
-    fmt::Write as _,
     future::Future,
     io,
     net::SocketAddr,
     sync::{
-        Arc, RwLock,
+        Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant, SystemTime},
@@ -44,10 +42,10 @@ use k8s_openapi::jiff::Timestamp;
 use tokio::{net::TcpListener, task::JoinSet};
 use tracing::{debug, info, warn};
 
+use crate::metrics::{self, Metrics};
+
 /// kube-proxy's default `--healthz` timeout (2 x its default iptables sync period).
 pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
-/// Content type of the Prometheus text exposition format 0.0.4.
-pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -80,74 +78,6 @@ impl Clock for MonotonicClock {
 }
 
 /// Prometheus metric type, for `# TYPE` lines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MetricType {
-    Counter,
-    Gauge,
-}
-
-impl MetricType {
-    fn as_str(self) -> &'static str {
-        match self {
-            MetricType::Counter => "counter",
-            MetricType::Gauge => "gauge",
-        }
-    }
-}
-
-/// Appends one metric family in the text format 0.0.4: `# HELP`, `# TYPE` and one line
-/// per sample. Each sample is (labels, value); label values are escaped.
-pub fn write_metric_family<'a>(
-    out: &mut String,
-    name: &str,
-    help: &str,
-    metric_type: MetricType,
-    samples: impl IntoIterator<Item = (&'a [(&'a str, &'a str)], f64)>,
-) {
-    let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
-    let _ = writeln!(out, "# TYPE {name} {}", metric_type.as_str());
-    for (labels, value) in samples {
-        out.push_str(name);
-        if !labels.is_empty() {
-            out.push('{');
-            for (i, (key, value)) in labels.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                let _ = write!(out, "{key}=\"{}\"", escape_label_value(value));
-            }
-            out.push('}');
-        }
-        let _ = writeln!(out, " {}", format_value(value));
-    }
-}
-
-fn escape_help(help: &str) -> String {
-    help.replace('\\', "\\\\").replace('\n', "\\n")
-}
-
-fn escape_label_value(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-fn format_value(value: f64) -> String {
-    if value.is_nan() {
-        "NaN".to_owned()
-    } else if value.is_infinite() {
-        if value > 0.0 { "+Inf" } else { "-Inf" }.to_owned()
-    } else if value.fract() == 0.0 && value.abs() < 1e15 {
-        // Integral values (all counters) without a trailing ".0".
-        format!("{value:.0}")
-    } else {
-        format!("{value}")
-    }
-}
-
-type Collector = Box<dyn Fn(&mut String) + Send + Sync>;
-
 /// What `/healthz` reports at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthzStatus {
@@ -191,9 +121,8 @@ pub struct Health {
     /// Clock time (ns) + 1 of the last time the data path was programmed; 0 = never.
     last_updated: AtomicU64,
     ready: AtomicBool,
-    updates_queued: AtomicU64,
-    updates_applied: AtomicU64,
-    collectors: RwLock<Vec<Collector>>,
+    /// Every metric of the agent, served on /metrics; the health ones are kept here.
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Health {
@@ -207,9 +136,17 @@ impl std::fmt::Debug for Health {
 }
 
 impl Health {
-    /// A health tracker on the real monotonic clock.
+    /// A health tracker on the real monotonic clock, with metrics of its own.
     pub fn new(health_timeout: Duration) -> Health {
         Health::with_clock(health_timeout, Arc::new(MonotonicClock::new()))
+    }
+
+    /// A health tracker whose /metrics serves `metrics` (the agent's).
+    pub fn with_metrics(health_timeout: Duration, metrics: Arc<Metrics>) -> Health {
+        Health {
+            metrics,
+            ..Health::new(health_timeout)
+        }
     }
 
     /// A health tracker on the given clock (tests use a fake one).
@@ -224,9 +161,7 @@ impl Health {
             oldest_pending: AtomicU64::new(0),
             last_updated: AtomicU64::new(0),
             ready: AtomicBool::new(false),
-            updates_queued: AtomicU64::new(0),
-            updates_applied: AtomicU64::new(0),
-            collectors: RwLock::new(Vec::new()),
+            metrics: Arc::new(Metrics::new()),
         }
     }
 
@@ -243,7 +178,7 @@ impl Health {
     /// An event arrived that the data path must reflect. Only the oldest pending one
     /// counts (kube-proxy's `QueuedUpdate`).
     pub fn queued_update(&self) {
-        self.updates_queued.fetch_add(1, Ordering::Relaxed);
+        self.metrics.health.updates_queued.inc();
         let now = self.now_stamp();
         let _ = self
             .oldest_pending
@@ -253,7 +188,7 @@ impl Health {
     /// The data path was programmed with everything queued so far (kube-proxy's
     /// `Updated`).
     pub fn updated(&self) {
-        self.updates_applied.fetch_add(1, Ordering::Relaxed);
+        self.metrics.health.updates_applied.inc();
         let now = self.now_stamp();
         self.last_updated.store(now, Ordering::Release);
         self.oldest_pending.store(0, Ordering::Release);
@@ -283,78 +218,20 @@ impl Health {
         }
     }
 
-    /// Registers a counter; its current value is read at each scrape.
-    pub fn register_counter(&self, name: &'static str, help: &'static str, value: Arc<AtomicU64>) {
-        self.register_collector(move |out| {
-            let samples: [(&[(&str, &str)], f64); 1] =
-                [(&[], value.load(Ordering::Relaxed) as f64)];
-            write_metric_family(out, name, help, MetricType::Counter, samples);
-        });
-    }
-
-    /// Registers a closure that appends complete metric families (text format 0.0.4,
-    /// see [`write_metric_family`]) at each scrape.
-    pub fn register_collector(&self, collector: impl Fn(&mut String) + Send + Sync + 'static) {
-        match self.collectors.write() {
-            Ok(mut collectors) => collectors.push(Box::new(collector)),
-            Err(poisoned) => poisoned.into_inner().push(Box::new(collector)),
-        }
-    }
-
-    /// The `/metrics` body: this endpoint's own metrics, then every registered one.
+    /// The `/metrics` body: the health gauges as of now, then every family.
     pub fn render_metrics(&self) -> String {
-        let mut out = String::new();
         let status = self.healthz();
-        let gauge = |b: bool| if b { 1.0 } else { 0.0 };
-        write_metric_family(
-            &mut out,
-            "socklb_healthy",
-            "1 unless an update has been pending for longer than the health timeout",
-            MetricType::Gauge,
-            [(&[][..], gauge(status.healthy))],
-        );
-        write_metric_family(
-            &mut out,
-            "socklb_ready",
-            "1 once the initial sync is done and the data path programmed",
-            MetricType::Gauge,
-            [(&[][..], gauge(self.is_ready()))],
-        );
-        write_metric_family(
-            &mut out,
-            "socklb_updates_queued_total",
-            "Events queued for the data path",
-            MetricType::Counter,
-            [(&[][..], self.updates_queued.load(Ordering::Relaxed) as f64)],
-        );
-        write_metric_family(
-            &mut out,
-            "socklb_updates_applied_total",
-            "Times the data path was programmed",
-            MetricType::Counter,
-            [(&[][..], self.updates_applied.load(Ordering::Relaxed) as f64)],
-        );
+        let health = &self.metrics.health;
+        health.healthy.set(i64::from(status.healthy));
+        health.ready.set(i64::from(self.is_ready()));
         if let Some(last) = status.last_updated {
             let seconds = last
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map(|d| d.as_secs_f64())
                 .unwrap_or(0.0);
-            write_metric_family(
-                &mut out,
-                "socklb_last_updated_timestamp_seconds",
-                "Unix time the data path was last programmed",
-                MetricType::Gauge,
-                [(&[][..], seconds)],
-            );
+            health.last_updated_timestamp_seconds.set(seconds);
         }
-        let collectors = match self.collectors.read() {
-            Ok(collectors) => collectors,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        for collect in collectors.iter() {
-            collect(&mut out);
-        }
-        out
+        self.metrics.encode()
     }
 
     /// Answers one request (method, path without query). Separate from the server so
@@ -392,11 +269,7 @@ impl Health {
                     )
                 }
             }
-            "/metrics" => (
-                StatusCode::OK,
-                PROMETHEUS_CONTENT_TYPE,
-                self.render_metrics(),
-            ),
+            "/metrics" => (StatusCode::OK, metrics::CONTENT_TYPE, self.render_metrics()),
             _ => (
                 StatusCode::NOT_FOUND,
                 "text/plain; charset=utf-8",
@@ -608,33 +481,12 @@ mod tests {
     }
 
     #[test]
-    fn health_metrics_text_format() {
-        let (_clock, health) = fake(60);
-        let events = Arc::new(AtomicU64::new(0));
-        health.register_counter("socklb_test_events_total", "Test events", events.clone());
-        health.register_collector(|out| {
-            write_metric_family(
-                out,
-                "socklb_test_labelled_total",
-                "Labelled \\ help\nsecond line",
-                MetricType::Counter,
-                [
-                    (&[("kind", "service")][..], 3.0),
-                    (&[("kind", "we\"ird\\")][..], 4.0),
-                ],
-            );
-        });
-        events.fetch_add(7, Ordering::Relaxed);
+    fn health_metrics_are_read_at_the_scrape() {
+        let (clock, health) = fake(60);
         health.queued_update();
         health.updated();
         let text = health.render_metrics();
         for want in [
-            "# HELP socklb_test_events_total Test events\n",
-            "# TYPE socklb_test_events_total counter\n",
-            "socklb_test_events_total 7\n",
-            "# HELP socklb_test_labelled_total Labelled \\\\ help\\nsecond line\n",
-            "socklb_test_labelled_total{kind=\"service\"} 3\n",
-            "socklb_test_labelled_total{kind=\"we\\\"ird\\\\\"} 4\n",
             "socklb_updates_queued_total 1\n",
             "socklb_updates_applied_total 1\n",
             "socklb_healthy 1\n",
@@ -643,6 +495,13 @@ mod tests {
         ] {
             assert!(text.contains(want), "missing {want:?} in:\n{text}");
         }
+        // An update pending for longer than the timeout: unhealthy at the next scrape.
+        health.queued_update();
+        clock.advance(Duration::from_secs(61));
+        health.set_ready(true);
+        let text = health.render_metrics();
+        assert!(text.contains("socklb_healthy 0\n"), "{text}");
+        assert!(text.contains("socklb_ready 1\n"), "{text}");
         // Every non-comment line is `name[{labels}] value`.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().unwrap();
@@ -689,7 +548,7 @@ mod tests {
 
         let (code, head, body) = get(addr, "/metrics").await;
         assert_eq!(code, 200);
-        assert!(head.contains("version=0.0.4"), "{head}");
+        assert!(head.contains("application/openmetrics-text"), "{head}");
         assert!(body.contains("socklb_ready 1\n"), "{body}");
         assert_eq!(get(addr, "/other").await.0, 404);
 

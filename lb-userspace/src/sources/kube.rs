@@ -33,10 +33,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     fmt::Debug,
     path::PathBuf,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
+    sync::Arc,
 };
 
 use futures::{Stream, StreamExt};
@@ -62,7 +59,7 @@ use socklb_core::{
     model::{DEFAULT_NAMESPACE, InvalidObject, NodeModel, ServiceModel, SliceModel},
 };
 
-use crate::http::health::{MetricType, write_metric_family};
+use crate::metrics::{KindMetrics, KubeMetrics};
 
 /// kube-proxy's label selector for Services and EndpointSlices, spelled as its
 /// `labels.Selector.String()` prints it (requirements sorted by key).
@@ -137,34 +134,8 @@ pub async fn client_from_env(kubeconfig: Option<PathBuf>) -> Result<Client, Kube
     Client::try_from(config).map_err(|e| KubeSourceError::Client(Box::new(e)))
 }
 
-/// Counters of one watched kind.
-#[derive(Debug, Default)]
-pub struct KindMetrics {
-    /// Watch events received (objects listed, applied or deleted).
-    pub watch_events: AtomicU64,
-    /// ClusterEvents sent to the core.
-    pub cluster_events: AtomicU64,
-    /// Objects that failed validation (each time one was seen).
-    pub invalid_objects: AtomicU64,
-    /// Relists after the first complete list (410 Gone and the like).
-    pub relists: AtomicU64,
-    /// Errors from the watch (API server unreachable, list failed, stream broken).
-    pub watch_errors: AtomicU64,
-    /// Set at the first complete list.
-    pub synced: AtomicBool,
-}
-
-impl KindMetrics {
-    fn count(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn is_synced(&self) -> bool {
-        self.synced.load(Ordering::Acquire)
-    }
-}
-
-/// Counters and readiness of the Kubernetes source, shared with the health endpoint.
+/// Counters and readiness of the Kubernetes source, per watched kind: handles into the
+/// agent's [`KubeMetrics`] families.
 #[derive(Debug, Default)]
 pub struct SourceMetrics {
     pub services: KindMetrics,
@@ -173,6 +144,14 @@ pub struct SourceMetrics {
 }
 
 impl SourceMetrics {
+    pub fn new(families: &KubeMetrics) -> SourceMetrics {
+        SourceMetrics {
+            services: KindMetrics::of(families, "service"),
+            slices: KindMetrics::of(families, "endpointslice"),
+            nodes: KindMetrics::of(families, "node"),
+        }
+    }
+
     /// The first complete list of Services has been delivered.
     pub fn services_synced(&self) -> bool {
         self.services.is_synced()
@@ -186,78 +165,6 @@ impl SourceMetrics {
     /// The first list of this node's Node is done (the Node may not exist).
     pub fn node_synced(&self) -> bool {
         self.nodes.is_synced()
-    }
-
-    fn kinds(&self) -> [(&'static str, &KindMetrics); 3] {
-        [
-            ("service", &self.services),
-            ("endpointslice", &self.slices),
-            ("node", &self.nodes),
-        ]
-    }
-
-    /// Appends the source's metric families (Prometheus text format 0.0.4), labelled
-    /// by kind; suitable for [`crate::health::Health::register_collector`].
-    pub fn render_prometheus(&self, out: &mut String) {
-        /// (name, help, type, value of one kind).
-        type Family = (
-            &'static str,
-            &'static str,
-            MetricType,
-            fn(&KindMetrics) -> f64,
-        );
-        let families: [Family; 6] = [
-            (
-                "socklb_kube_watch_events_total",
-                "Watch events received from the API server",
-                MetricType::Counter,
-                |m| m.watch_events.load(Ordering::Relaxed) as f64,
-            ),
-            (
-                "socklb_kube_cluster_events_total",
-                "Changes forwarded to the agent's core",
-                MetricType::Counter,
-                |m| m.cluster_events.load(Ordering::Relaxed) as f64,
-            ),
-            (
-                "socklb_kube_invalid_objects_total",
-                "Objects skipped because they failed validation",
-                MetricType::Counter,
-                |m| m.invalid_objects.load(Ordering::Relaxed) as f64,
-            ),
-            (
-                "socklb_kube_relists_total",
-                "Relists after the initial list (410 Gone and the like)",
-                MetricType::Counter,
-                |m| m.relists.load(Ordering::Relaxed) as f64,
-            ),
-            (
-                "socklb_kube_watch_errors_total",
-                "Errors of the list/watch (retried with backoff)",
-                MetricType::Counter,
-                |m| m.watch_errors.load(Ordering::Relaxed) as f64,
-            ),
-            (
-                "socklb_kube_synced",
-                "1 once the first complete list was delivered",
-                MetricType::Gauge,
-                |m| if m.is_synced() { 1.0 } else { 0.0 },
-            ),
-        ];
-        for (name, help, metric_type, value) in families {
-            let labels: Vec<[(&str, &str); 1]> = self
-                .kinds()
-                .iter()
-                .map(|(kind, _)| [("kind", *kind)])
-                .collect();
-            let samples = self
-                .kinds()
-                .iter()
-                .zip(labels.iter())
-                .map(|((_, metrics), labels)| (&labels[..], value(metrics)))
-                .collect::<Vec<_>>();
-            write_metric_family(out, name, help, metric_type, samples);
-        }
     }
 }
 
@@ -361,7 +268,7 @@ impl<K: ProxiedKind> KindSync<K> {
     /// Validates one object; logs and counts it when invalid.
     fn convert(object: &K, metrics: &KindMetrics) -> Result<Option<K::Model>, ()> {
         object.convert().map_err(|reason| {
-            KindMetrics::count(&metrics.invalid_objects);
+            metrics.invalid_objects.inc();
             warn!(
                 kind = K::KIND,
                 namespace = object.namespace().as_deref().unwrap_or(""),
@@ -387,14 +294,14 @@ impl<K: ProxiedKind> KindSync<K> {
             Event::Init => {
                 // A list that failed half-way starts again with Init: one relist.
                 if metrics.is_synced() && self.listing.is_none() {
-                    KindMetrics::count(&metrics.relists);
+                    metrics.relists.inc();
                     info!(kind = K::KIND, "relisting");
                 }
                 self.listing = Some(Listing::new());
                 Vec::new()
             }
             Event::InitApply(object) => {
-                KindMetrics::count(&metrics.watch_events);
+                metrics.watch_events.inc();
                 let key = object_key(object.meta());
                 let converted = Self::convert(&object, metrics);
                 // Never without a preceding Init; if it were, this starts the list.
@@ -424,7 +331,7 @@ impl<K: ProxiedKind> KindSync<K> {
                     }
                 }
                 self.known = known;
-                if !metrics.synced.swap(true, Ordering::AcqRel) {
+                if metrics.mark_synced() {
                     info!(
                         kind = K::KIND,
                         objects = valid.len(),
@@ -442,7 +349,7 @@ impl<K: ProxiedKind> KindSync<K> {
                 vec![K::listed(valid.into_values().collect(), invalid)]
             }
             Event::Apply(object) => {
-                KindMetrics::count(&metrics.watch_events);
+                metrics.watch_events.inc();
                 let key = object_key(object.meta());
                 match Self::convert(&object, metrics) {
                     Ok(Some(model)) => {
@@ -461,7 +368,7 @@ impl<K: ProxiedKind> KindSync<K> {
                 }
             }
             Event::Delete(object) => {
-                KindMetrics::count(&metrics.watch_events);
+                metrics.watch_events.inc();
                 self.forget(object_key(object.meta()))
             }
         }
@@ -510,7 +417,7 @@ impl NodeSync {
                 None
             }
             Err(reason) => {
-                KindMetrics::count(&metrics.invalid_objects);
+                metrics.invalid_objects.inc();
                 warn!(kind = "Node", name = %self.node_name, %reason, "invalid object skipped");
                 None
             }
@@ -540,13 +447,13 @@ impl NodeSync {
         match event {
             Event::Init => {
                 if metrics.is_synced() && self.listing.is_none() {
-                    KindMetrics::count(&metrics.relists);
+                    metrics.relists.inc();
                 }
                 self.listing = Some(NodeListing::NotSeen);
                 Vec::new()
             }
             Event::InitApply(node) => {
-                KindMetrics::count(&metrics.watch_events);
+                metrics.watch_events.inc();
                 if node.meta().name.as_deref() == Some(self.node_name.as_str()) {
                     self.listing = Some(match self.convert(&node, metrics) {
                         Some(model) => NodeListing::Valid(model),
@@ -556,7 +463,7 @@ impl NodeSync {
                 Vec::new()
             }
             Event::InitDone => {
-                metrics.synced.store(true, Ordering::Release);
+                metrics.mark_synced();
                 match self.listing.take().unwrap_or(NodeListing::NotSeen) {
                     NodeListing::Valid(model) => self.apply(model),
                     // Listed but invalid: keep what the core has.
@@ -568,14 +475,14 @@ impl NodeSync {
                 }
             }
             Event::Apply(node) => {
-                KindMetrics::count(&metrics.watch_events);
+                metrics.watch_events.inc();
                 match self.convert(&node, metrics) {
                     Some(model) => self.apply(model),
                     None => Vec::new(),
                 }
             }
             Event::Delete(node) => {
-                KindMetrics::count(&metrics.watch_events);
+                metrics.watch_events.inc();
                 if node.meta().name.as_deref() == Some(self.node_name.as_str()) {
                     self.forget()
                 } else {
@@ -627,13 +534,13 @@ where
                     streak = 0;
                 }
                 for cluster_event in on_event(event, metrics) {
-                    KindMetrics::count(&metrics.cluster_events);
+                    metrics.cluster_events.inc();
                     events.send(cluster_event).await.map_err(|_| Closed)?;
                 }
             }
             Err(error) => {
                 streak += 1;
-                KindMetrics::count(&metrics.watch_errors);
+                metrics.watch_errors.inc();
                 log_watch_error(kind, &error, streak);
             }
         }
@@ -772,8 +679,8 @@ mod tests {
             }]
         );
         assert!(metrics.is_synced());
-        assert_eq!(metrics.invalid_objects.load(Ordering::Relaxed), 1);
-        assert_eq!(metrics.relists.load(Ordering::Relaxed), 0);
+        assert_eq!(metrics.invalid_objects.get(), 1);
+        assert_eq!(metrics.relists.get(), 0);
     }
 
     #[test]
@@ -797,7 +704,7 @@ mod tests {
             json!({"clusterIP": "10.96.0.10", "ports": [{"port": 0}]}),
         );
         assert!(sync.on_event(Event::Apply(bad), &metrics).is_empty());
-        assert_eq!(metrics.invalid_objects.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.invalid_objects.get(), 1);
         assert_eq!(
             sync.on_event(Event::Apply(web(81)), &metrics),
             vec![ClusterEvent::ServiceApplied(model(&web(81)))]
@@ -844,7 +751,7 @@ mod tests {
                 invalid: vec![key("web")]
             }]
         );
-        assert_eq!(metrics.relists.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.relists.get(), 1);
         // The core still has web:80, so an identical update is not resent but a
         // deletion is.
         assert!(sync.on_event(Event::Apply(web(80)), &metrics).is_empty());
@@ -947,14 +854,11 @@ mod tests {
 
     #[test]
     fn metrics_render_per_kind() {
-        let metrics = SourceMetrics::default();
-        metrics
-            .services
-            .invalid_objects
-            .fetch_add(2, Ordering::Relaxed);
-        metrics.slices.synced.store(true, Ordering::Relaxed);
-        let mut out = String::new();
-        metrics.render_prometheus(&mut out);
+        let all = crate::metrics::Metrics::new();
+        let metrics = SourceMetrics::new(&all.kube);
+        metrics.services.invalid_objects.inc_by(2);
+        metrics.slices.mark_synced();
+        let out = all.encode();
         assert!(
             out.contains("socklb_kube_invalid_objects_total{kind=\"service\"} 2\n"),
             "{out}"
@@ -967,10 +871,6 @@ mod tests {
             out.contains("socklb_kube_synced{kind=\"service\"} 0\n"),
             "{out}"
         );
-        assert_eq!(
-            out.matches("# TYPE socklb_kube_relists_total counter")
-                .count(),
-            1
-        );
+        assert_eq!(out.matches("# TYPE socklb_kube_relists counter").count(), 1);
     }
 }

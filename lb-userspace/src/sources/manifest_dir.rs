@@ -10,13 +10,11 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -52,18 +50,29 @@ pub struct ManifestSource {
     /// one; the path is shared with `files`, not copied per object.
     definers: HashMap<ObjectId, Vec<Arc<Path>>>,
     /// Objects and files skipped because they are invalid (current count).
-    pub invalid_objects: Arc<AtomicU64>,
+    pub invalid_objects: Gauge,
 }
 
 impl ManifestSource {
     pub fn new(dir: impl Into<PathBuf>, node: impl Into<String>, poll_interval: Duration) -> Self {
+        Self::with_metrics(dir, node, poll_interval, Gauge::default())
+    }
+
+    /// A source whose count of invalid objects is `invalid_objects` (the agent's
+    /// `socklb_manifest_invalid_objects`).
+    pub fn with_metrics(
+        dir: impl Into<PathBuf>,
+        node: impl Into<String>,
+        poll_interval: Duration,
+        invalid_objects: Gauge,
+    ) -> Self {
         Self {
             dir: dir.into(),
             node: node.into(),
             poll_interval,
             files: BTreeMap::new(),
             definers: HashMap::new(),
-            invalid_objects: Arc::new(AtomicU64::new(0)),
+            invalid_objects,
         }
     }
 
@@ -256,7 +265,7 @@ impl ManifestSource {
         }
         let invalid: usize = self.files.values().map(|f| f.warnings).sum();
         self.invalid_objects
-            .store(invalid as u64, Ordering::Relaxed);
+            .set(i64::try_from(invalid).unwrap_or(i64::MAX));
         (touched, fresh)
     }
 
@@ -493,7 +502,7 @@ mod tests {
         );
         let events = src.update().unwrap();
         assert!(events.is_empty(), "{events:?}");
-        assert_eq!(src.invalid_objects.load(Ordering::Relaxed), 1);
+        assert_eq!(src.invalid_objects.get(), 1);
         assert_eq!(state.index().desired, before);
         // Fixed again: applied.
         dir.write("eps.yaml", &slice("web-1", "web", &["10.244.0.3"]));
@@ -533,7 +542,7 @@ mod tests {
             matches!(&events[..], [ClusterEvent::ServiceDeleted(_)]),
             "{events:?}"
         );
-        assert_eq!(src.invalid_objects.load(Ordering::Relaxed), 1);
+        assert_eq!(src.invalid_objects.get(), 1);
         std::fs::remove_file(dir.0.join("node.yaml")).unwrap();
         let events = src.update().unwrap();
         assert!(
