@@ -8,6 +8,7 @@
 #![no_main]
 
 mod bind4;
+mod error;
 mod maps;
 mod nodeport4;
 mod sock4;

@@ -30,8 +30,9 @@ use lb_common::{
     SVC_FLAG_SOURCE_RANGES, SrcRange4Key, Svc4Key, Svc4Value, SvcAction, ct_lifetime, scope,
 };
 
-use crate::maps::{
-    BACKEND4, CT4, DEVICE4, FRAG4, SRC_RANGE4, SVC4, SrcRangeKey, count, is_node_addr,
+use crate::{
+    error::{Cause, Error},
+    maps::{BACKEND4, CT4, DEVICE4, FRAG4, SRC_RANGE4, SVC4, SrcRangeKey, count, is_node_addr},
 };
 
 const ETH_HLEN: usize = 14;
@@ -59,15 +60,6 @@ const IP_PROTO: usize = 9;
 const IP_CSUM: usize = 10;
 const IP_SADDR: usize = 12;
 const IP_DADDR: usize = 16;
-
-/// A helper failed (a packet shorter than its headers, a full map): pass untranslated.
-pub struct Error;
-
-impl From<i64> for Error {
-    fn from(_: i64) -> Self {
-        Error
-    }
-}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Frag {
@@ -359,8 +351,8 @@ fn ct_track(p: &Packet, now: u64) -> Option<Ct4Value> {
 pub fn ingress(ctx: &TcContext) -> i32 {
     match try_ingress(ctx) {
         Ok(verdict) => verdict,
-        Err(Error) => {
-            count(Counter::Inconsistent);
+        Err(e) => {
+            count(e.counter());
             TC_ACT_OK as i32
         }
     }
@@ -371,8 +363,8 @@ pub fn ingress(ctx: &TcContext) -> i32 {
 pub fn egress(ctx: &TcContext) -> i32 {
     match try_egress(ctx) {
         Ok(verdict) => verdict,
-        Err(Error) => {
-            count(Counter::Inconsistent);
+        Err(e) => {
+            count(e.counter());
             TC_ACT_OK as i32
         }
     }
@@ -445,7 +437,8 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, Error> {
             count(Counter::NpDropped);
             return Ok(TC_ACT_SHOT as i32);
         }
-        _ => return Err(Error),
+        Some(SvcAction::Forward) => return Err(Cause::NoSlots.into()),
+        None => return Err(Cause::UnknownAction.into()),
     }
     new_flow(ctx, &p, &key, &svc, now)
 }
@@ -495,11 +488,11 @@ fn new_flow(
     let backend_id = SVC4
         .get_ptr(&key.with_slot(slot))
         .map(|v| unsafe { (*v).backend_id })
-        .ok_or(Error)?;
+        .ok_or(Cause::SlotMissing)?;
     let backend = BACKEND4
         .get_ptr(backend_id)
         .map(|b| unsafe { *b })
-        .ok_or(Error)?;
+        .ok_or(Cause::BackendMissing)?;
 
     let (life, flags) = lifetime(p, 0);
     let snat = svc.flags & SVC_FLAG_SNAT != 0 && backend.flags & BACKEND_FLAG_LOCAL == 0;
@@ -537,7 +530,7 @@ fn new_flow(
         let device = DEVICE4
             .get_ptr(ifindex)
             .map(|d| unsafe { *d })
-            .ok_or(Error)?;
+            .ok_or(Cause::DeviceMissing)?;
         reply_key.daddr = device.snat_addr;
         let mut found = false;
         for _ in 0..SNAT_TRIES {
@@ -627,7 +620,7 @@ fn route(ctx: &TcContext, saddr: u32, daddr: u32, sport: u16, dport: u16) -> Res
     };
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         // Not routable from here: the packet goes up unchanged (beyond the rewrite).
-        return Err(Error);
+        return Err(Cause::NoRoute.into());
     }
     // Only now that we route it: the checksum covers TTL and protocol as one 16-bit word.
     let old_word: u16 = ctx.load(ETH_HLEN + IP_TTL)?;

@@ -14,7 +14,10 @@ use lb_common::{
     SockBackend4Key, SockBackend4Value, SockState4, Svc4Key, Svc4Value, SvcAction,
 };
 
-use crate::maps::{BACKEND4, REVNAT4, SOCK_BACKEND4, SOCK_STATE4, SVC4, count, is_node_addr};
+use crate::{
+    error::{Cause, Error},
+    maps::{BACKEND4, REVNAT4, SOCK_BACKEND4, SOCK_STATE4, SVC4, count, is_node_addr},
+};
 
 /// Return codes of cgroup sock_addr programs.
 const PROCEED: i32 = 1;
@@ -42,9 +45,6 @@ pub enum FwdHook {
     Sendmsg,
 }
 
-/// Internal lookup failures; the socket proceeds untranslated.
-struct Inconsistent;
-
 /// connect4 / sendmsg4 entry: translate a service address to a backend.
 #[inline(always)]
 pub fn xlate_fwd(ctx: &SockAddrContext, hook: FwdHook) -> i32 {
@@ -64,8 +64,9 @@ pub fn xlate_fwd(ctx: &SockAddrContext, hook: FwdHook) -> i32 {
             unsafe { bpf_set_retval(-errno) };
             REJECT
         }
-        Err(Inconsistent) => {
-            count(Counter::Inconsistent);
+        // An internal error never fails the connect: it proceeds untranslated.
+        Err(e) => {
+            count(e.counter());
             PROCEED
         }
     }
@@ -78,7 +79,7 @@ fn sock_addr(ctx: &SockAddrContext) -> &mut bpf_sock_addr {
 }
 
 #[inline(always)]
-fn try_xlate_fwd(ctx: &SockAddrContext, hook: FwdHook) -> Result<Forward, Inconsistent> {
+fn try_xlate_fwd(ctx: &SockAddrContext, hook: FwdHook) -> Result<Forward, Error> {
     let sa = sock_addr(ctx);
     let proto = match sa.protocol {
         p if p == IPPROTO_TCP as u32 => IPPROTO_TCP,
@@ -101,10 +102,10 @@ fn try_xlate_fwd(ctx: &SockAddrContext, hook: FwdHook) -> Result<Forward, Incons
         Some(SvcAction::Forward) => {}
         Some(SvcAction::Reject) => return Ok(Forward::Refuse(ECONNREFUSED)),
         Some(SvcAction::Drop) => return Ok(Forward::Refuse(EHOSTUNREACH)),
-        None => return Err(Inconsistent),
+        None => return Err(Cause::UnknownAction.into()),
     }
     if svc.count == 0 {
-        return Err(Inconsistent);
+        return Err(Cause::NoSlots.into());
     }
 
     let backend = choose_backend(ctx, hook, proto, (address, port), &key, svc.count)?;
@@ -128,7 +129,7 @@ fn choose_backend(
     frontend: (u32, u16),
     key: &Svc4Key,
     slots: u16,
-) -> Result<Backend4, Inconsistent> {
+) -> Result<Backend4, Error> {
     let (address, port) = frontend;
     // SAFETY: sock_addr context; the helper only reads the socket it is given.
     let storage = unsafe { SOCK_STATE4.get_ptr_mut(ctx) };
@@ -263,15 +264,12 @@ fn lookup_backend(id: u32) -> Option<Backend4> {
 
 /// Picks one of the `count` slots at random and resolves it.
 #[inline(always)]
-fn random_backend(
-    key: &Svc4Key,
-    count: u16,
-) -> Result<(SockBackend4Value, Backend4), Inconsistent> {
+fn random_backend(key: &Svc4Key, count: u16) -> Result<(SockBackend4Value, Backend4), Error> {
     // SAFETY: helper without arguments.
     let rnd = unsafe { bpf_get_prandom_u32() };
     let slot = 1 + (rnd % count as u32) as u16;
-    let slot_val = lookup_svc(&key.with_slot(slot)).ok_or(Inconsistent)?;
-    let backend = lookup_backend(slot_val.backend_id).ok_or(Inconsistent)?;
+    let slot_val = lookup_svc(&key.with_slot(slot)).ok_or(Cause::SlotMissing)?;
+    let backend = lookup_backend(slot_val.backend_id).ok_or(Cause::BackendMissing)?;
     Ok((
         SockBackend4Value {
             backend_id: slot_val.backend_id,
@@ -298,7 +296,7 @@ fn still_chosen(key: &Svc4Key, count: u16, slot: u16, backend_id: u32) -> Option
 /// UDP beyond the socket's first service: one backend per (socket, service) in the
 /// LRU map, kept while its slot still holds it.
 #[inline(always)]
-fn udp_backend(cookie: u64, key: &Svc4Key, count: u16) -> Result<Backend4, Inconsistent> {
+fn udp_backend(cookie: u64, key: &Svc4Key, count: u16) -> Result<Backend4, Error> {
     let sk_key = SockBackend4Key {
         cookie,
         address: key.address,
