@@ -32,7 +32,9 @@ use lb_common::{
 
 use crate::{
     error::{Cause, Error},
-    maps::{BACKEND4, CT4, DEVICE4, FRAG4, SRC_RANGE4, SVC4, SrcRangeKey, count, is_node_addr},
+    maps::{
+        BACKEND4, CT4, DEVICE4, FRAG4, SRC_RANGE4, SVC4, SrcRangeKey, count, get_copy, is_node_addr,
+    },
 };
 
 const ETH_HLEN: usize = 14;
@@ -195,7 +197,7 @@ fn parse(ctx: &TcContext) -> Result<Parsed, Error> {
         })
     };
     let (sport, dport, tcp_flags) = if frag == Frag::Later {
-        match FRAG4.get_ptr(&frag_key()?).map(|p| unsafe { *p }) {
+        match get_copy(&FRAG4, &frag_key()?) {
             Some(ports) => (ports.sport, ports.dport, 0),
             None => {
                 count(Counter::NpFragUnknown);
@@ -448,15 +450,14 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, Error> {
 #[inline(always)]
 fn lookup_external(p: &Packet) -> Option<(Svc4Key, Svc4Value, bool)> {
     let exact = Svc4Key::new(p.daddr, p.dport, p.proto, 0).with_scope(scope::EXTERNAL);
-    if let Some(v) = SVC4.get_ptr(&exact) {
-        return Some((exact, unsafe { *v }, false));
+    if let Some(v) = get_copy(&SVC4, &exact) {
+        return Some((exact, v, false));
     }
     if !is_node_addr(p.daddr) {
         return None;
     }
     let nodeport = Svc4Key::new(0, p.dport, p.proto, 0).with_scope(scope::EXTERNAL);
-    SVC4.get_ptr(&nodeport)
-        .map(|v| (nodeport, unsafe { *v }, true))
+    get_copy(&SVC4, &nodeport).map(|v| (nodeport, v, true))
 }
 
 #[inline(always)]
@@ -485,14 +486,10 @@ fn new_flow(
     // SAFETY: plain helper call.
     let rnd = unsafe { bpf_get_prandom_u32() };
     let slot = 1 + (rnd % svc.count as u32) as u16;
-    let backend_id = SVC4
-        .get_ptr(&key.with_slot(slot))
-        .map(|v| unsafe { (*v).backend_id })
+    let backend_id = get_copy(&SVC4, &key.with_slot(slot))
+        .map(|v| v.backend_id)
         .ok_or(Cause::SlotMissing)?;
-    let backend = BACKEND4
-        .get_ptr(backend_id)
-        .map(|b| unsafe { *b })
-        .ok_or(Cause::BackendMissing)?;
+    let backend = get_copy(&BACKEND4, &backend_id).ok_or(Cause::BackendMissing)?;
 
     let (life, flags) = lifetime(p, 0);
     let snat = svc.flags & SVC_FLAG_SNAT != 0 && backend.flags & BACKEND_FLAG_LOCAL == 0;
@@ -527,10 +524,7 @@ fn new_flow(
     if snat {
         // SAFETY: the skb context is valid for the program's run.
         let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-        let device = DEVICE4
-            .get_ptr(ifindex)
-            .map(|d| unsafe { *d })
-            .ok_or(Cause::DeviceMissing)?;
+        let device = get_copy(&DEVICE4, &ifindex).ok_or(Cause::DeviceMissing)?;
         reply_key.daddr = device.snat_addr;
         let mut found = false;
         for _ in 0..SNAT_TRIES {
@@ -675,7 +669,7 @@ fn icmp_error(
         proto,
         pad: [0; 3],
     };
-    let Some(entry) = CT4.get_ptr(&key).map(|e| unsafe { *e }) else {
+    let Some(entry) = get_copy(&CT4, &key) else {
         return Ok(TC_ACT_OK as i32);
     };
     // Opposite-direction packets become (to_saddr, to_daddr, to_sport, to_dport), so

@@ -16,7 +16,7 @@ use lb_common::{
 
 use crate::{
     error::{Cause, Error},
-    maps::{BACKEND4, REVNAT4, SOCK_BACKEND4, SOCK_STATE4, SVC4, count, is_node_addr},
+    maps::{BACKEND4, REVNAT4, SOCK_BACKEND4, SOCK_STATE4, SVC4, count, get_copy, is_node_addr},
 };
 
 /// Return codes of cgroup sock_addr programs.
@@ -253,13 +253,12 @@ fn lookup_frontend(address: u32, port: u16, proto: u8) -> Option<(Svc4Key, Svc4V
 
 #[inline(always)]
 fn lookup_svc(key: &Svc4Key) -> Option<Svc4Value> {
-    // Copy out at once: the entry may be rewritten by the agent at any time.
-    SVC4.get_ptr(key).map(|p| unsafe { *p })
+    get_copy(&SVC4, key)
 }
 
 #[inline(always)]
 fn lookup_backend(id: u32) -> Option<Backend4> {
-    BACKEND4.get_ptr(id).map(|p| unsafe { *p })
+    get_copy(&BACKEND4, &id)
 }
 
 /// Picks one of the `count` slots at random and resolves it.
@@ -303,7 +302,7 @@ fn udp_backend(cookie: u64, key: &Svc4Key, count: u16) -> Result<Backend4, Error
         port: key.dport,
         pad: 0,
     };
-    if let Some(chosen) = SOCK_BACKEND4.get_ptr(&sk_key).map(|p| unsafe { *p }) {
+    if let Some(chosen) = get_copy(&SOCK_BACKEND4, &sk_key) {
         if let Some(backend) = still_chosen(key, count, chosen.backend_slot, chosen.backend_id) {
             return Ok(backend);
         }
@@ -355,9 +354,7 @@ fn reverse_of(ctx: &SockAddrContext, address: u32, port: u16) -> Option<(u32, u1
         port,
         pad: 0,
     };
-    if let Some(p) = REVNAT4.get_ptr(&key) {
-        // SAFETY: pointer into a map value, copied out at once.
-        let orig = unsafe { *p };
+    if let Some(orig) = get_copy(&REVNAT4, &key) {
         return Some((orig.address, orig.port));
     }
     if from_state.0 != 0 {
