@@ -9,6 +9,7 @@
 
 mod bind4;
 mod error;
+mod lb;
 mod maps;
 mod nodeport4;
 mod sock4;

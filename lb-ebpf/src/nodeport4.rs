@@ -26,15 +26,13 @@ use aya_ebpf::{
 use lb_common::{
     BACKEND_FLAG_LOCAL, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_FLAG_CLOSING, CT_FLAG_ESTABLISHED,
     CT_FLAG_ROUTE, CT_FLAG_SNAT, Counter, Ct4Key, Ct4Value, Frag4Key, Frag4Value, IPPROTO_TCP,
-    IPPROTO_UDP, SNAT_PORT_MAX, SNAT_PORT_MIN, SRC_RANGE_FRONTEND_BITS, SVC_FLAG_SNAT,
-    SVC_FLAG_SOURCE_RANGES, SrcRange4Key, Svc4Key, Svc4Value, SvcAction, ct_lifetime, scope,
+    IPPROTO_UDP, SNAT_PORT_MAX, SNAT_PORT_MIN, SVC_FLAG_SNAT, SvcAction, ct_lifetime, scope,
 };
 
 use crate::{
     error::{Cause, Error},
-    maps::{
-        BACKEND4, CT4, DEVICE4, FRAG4, SRC_RANGE4, SVC4, SrcRangeKey, count, get_copy, is_node_addr,
-    },
+    lb::{self, Flow, Frontend, Selection},
+    maps::{CT4, DEVICE4, FRAG4, count, get_copy, is_node_addr},
 };
 
 const ETH_HLEN: usize = 14;
@@ -423,76 +421,40 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, Error> {
         // A later fragment of a flow that is not tracked: not ours.
         return Ok(TC_ACT_OK as i32);
     }
-    let Some((key, svc, nodeport)) = lookup_external(&p) else {
+    let Some(fe) = lb::lookup_frontend(p.daddr, p.dport, p.proto, scope::EXTERNAL) else {
         return Ok(TC_ACT_OK as i32);
     };
-    if svc.flags & SVC_FLAG_SOURCE_RANGES != 0 && !source_allowed(&key, p.saddr) {
+    if !fe.admits(p.saddr) {
         count(Counter::NpSourceDenied);
         return Ok(TC_ACT_SHOT as i32);
     }
-    match SvcAction::from_u8(svc.action) {
-        Some(SvcAction::Forward) if svc.count > 0 => {}
+    match fe.action()? {
+        SvcAction::Forward => {}
         // No endpoint: on a node address nothing listens on the NodePort (bind is
         // refused there), so the stack answers: TCP RST, UDP port unreachable.
-        Some(SvcAction::Reject) if nodeport => return Ok(TC_ACT_OK as i32),
-        Some(SvcAction::Reject | SvcAction::Drop) => {
+        SvcAction::Reject if fe.nodeport => return Ok(TC_ACT_OK as i32),
+        SvcAction::Reject | SvcAction::Drop => {
             count(Counter::NpDropped);
             return Ok(TC_ACT_SHOT as i32);
         }
-        Some(SvcAction::Forward) => return Err(Cause::NoSlots.into()),
-        None => return Err(Cause::UnknownAction.into()),
     }
-    new_flow(ctx, &p, &key, &svc, now)
-}
-
-/// The external frontend a packet is for: its exact address, else a NodePort when
-/// it is addressed to a node address.
-#[inline(always)]
-fn lookup_external(p: &Packet) -> Option<(Svc4Key, Svc4Value, bool)> {
-    let exact = Svc4Key::new(p.daddr, p.dport, p.proto, 0).with_scope(scope::EXTERNAL);
-    if let Some(v) = get_copy(&SVC4, &exact) {
-        return Some((exact, v, false));
-    }
-    if !is_node_addr(p.daddr) {
-        return None;
-    }
-    let nodeport = Svc4Key::new(0, p.dport, p.proto, 0).with_scope(scope::EXTERNAL);
-    get_copy(&SVC4, &nodeport).map(|v| (nodeport, v, true))
+    new_flow(ctx, &p, &fe, now)
 }
 
 #[inline(always)]
-fn source_allowed(key: &Svc4Key, saddr: u32) -> bool {
-    let lpm = SrcRangeKey::new(
-        SRC_RANGE_FRONTEND_BITS + 32,
-        SrcRange4Key {
-            address: key.address,
-            dport: key.dport,
-            proto: key.proto,
-            pad: 0,
-            source: saddr,
-        },
-    );
-    SRC_RANGE4.get(&lpm).is_some()
-}
-
-#[inline(always)]
-fn new_flow(
-    ctx: &TcContext,
-    p: &Packet,
-    key: &Svc4Key,
-    svc: &Svc4Value,
-    now: u64,
-) -> Result<i32, Error> {
-    // SAFETY: plain helper call.
-    let rnd = unsafe { bpf_get_prandom_u32() };
-    let slot = 1 + (rnd % svc.count as u32) as u16;
-    let backend_id = get_copy(&SVC4, &key.with_slot(slot))
-        .map(|v| v.backend_id)
-        .ok_or(Cause::SlotMissing)?;
-    let backend = get_copy(&BACKEND4, &backend_id).ok_or(Cause::BackendMissing)?;
+fn new_flow(ctx: &TcContext, p: &Packet, fe: &Frontend, now: u64) -> Result<i32, Error> {
+    let flow = Flow::Packet {
+        saddr: p.saddr,
+        sport: p.sport,
+    };
+    let Selection {
+        backend_id,
+        backend,
+        ..
+    } = lb::select_backend(fe, flow)?;
 
     let (life, flags) = lifetime(p, 0);
-    let snat = svc.flags & SVC_FLAG_SNAT != 0 && backend.flags & BACKEND_FLAG_LOCAL == 0;
+    let snat = fe.svc.flags & SVC_FLAG_SNAT != 0 && backend.flags & BACKEND_FLAG_LOCAL == 0;
     // The reply direction: backend -> (node address, SNAT port) or -> client.
     let mut reply_key = Ct4Key {
         saddr: backend.address,
