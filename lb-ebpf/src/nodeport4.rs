@@ -35,31 +35,120 @@ use crate::{
     maps::{CT4, DEVICE4, FRAG4, count, get_copy, is_node_addr},
 };
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const IPPROTO_ICMP: u8 = 1;
-const IP_MF: u16 = 0x2000;
-const IP_OFFSET_MASK: u16 = 0x1fff;
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_TIME_EXCEEDED: u8 = 11;
-const ICMP_PARAMETERPROB: u8 = 12;
 /// Tries at finding a free SNAT port before a new flow is dropped.
 const SNAT_TRIES: u32 = 8;
 
 const AF_INET: u8 = 2;
 
-/// Offsets within the IPv4 header.
-const IP_TOT_LEN: usize = 2;
-const IP_FRAG_OFF: usize = 6;
-const IP_TTL: usize = 8;
-const IP_PROTO: usize = 9;
-const IP_CSUM: usize = 10;
-const IP_SADDR: usize = 12;
-const IP_DADDR: usize = 16;
+/// Size of the field a checksum helper accounts for, in the low bits of its flags.
+const CSUM_U32: u64 = 4;
+const CSUM_U16: u64 = 2;
+
+/// Conntrack entries are refreshed at most this often (or when the flow's flags change).
+const CT_REFRESH_NS: u64 = 1_000_000_000;
+
+/// Header layouts: where each field sits within its header, and its values.
+mod hdr {
+    /// The IPv4 header starts right after the Ethernet header.
+    pub const IP4_OFF: usize = eth::HLEN;
+
+    /// IP protocol number of ICMP (TCP and UDP: [`lb_common`]).
+    pub const IPPROTO_ICMP: u8 = 1;
+
+    /// Ethernet II.
+    pub mod eth {
+        /// Header length.
+        pub const HLEN: usize = 14;
+        /// EtherType, network byte order.
+        pub const PROTO: usize = 12;
+        /// EtherType of IPv4.
+        pub const P_IP: u16 = 0x0800;
+    }
+
+    /// IPv4 (RFC 791).
+    pub mod ip4 {
+        /// Version (high nibble) and header length in 32-bit words (low nibble),
+        /// followed by the TOS byte.
+        pub const VER_IHL: usize = 0;
+        /// Total length.
+        pub const TOT_LEN: usize = 2;
+        /// Identification (fragments of one datagram share it).
+        pub const ID: usize = 4;
+        /// Flags and fragment offset.
+        pub const FRAG_OFF: usize = 6;
+        /// TTL, followed by the protocol: one 16-bit word of the checksum.
+        pub const TTL: usize = 8;
+        /// Protocol.
+        pub const PROTO: usize = 9;
+        /// Header checksum.
+        pub const CSUM: usize = 10;
+        /// Source address.
+        pub const SADDR: usize = 12;
+        /// Destination address.
+        pub const DADDR: usize = 16;
+        /// Length of a header without options.
+        pub const MIN_HLEN: usize = 20;
+        /// The version nibble of IPv4.
+        pub const VERSION: u8 = 4;
+        /// FRAG_OFF: more fragments follow.
+        pub const MF: u16 = 0x2000;
+        /// FRAG_OFF: the fragment's offset (non-zero in all but the first fragment).
+        pub const OFFSET_MASK: u16 = 0x1fff;
+
+        /// The version, from the VER_IHL byte.
+        #[inline(always)]
+        pub const fn version(ver_ihl: u8) -> u8 {
+            ver_ihl >> 4
+        }
+
+        /// The header length in bytes, from the VER_IHL byte.
+        #[inline(always)]
+        pub const fn header_len(ver_ihl: u8) -> usize {
+            ((ver_ihl & 0x0f) as usize) * 4
+        }
+    }
+
+    /// TCP and UDP headers both start with the ports.
+    pub mod l4 {
+        /// Source port.
+        pub const SPORT: usize = 0;
+        /// Destination port.
+        pub const DPORT: usize = 2;
+    }
+
+    /// TCP (RFC 9293).
+    pub mod tcp {
+        /// Data offset, followed by the flags byte.
+        pub const DOFF_FLAGS: usize = 12;
+        /// Checksum.
+        pub const CSUM: usize = 16;
+        pub const FIN: u8 = 0x01;
+        pub const SYN: u8 = 0x02;
+        pub const RST: u8 = 0x04;
+        pub const ACK: u8 = 0x10;
+    }
+
+    /// UDP (RFC 768).
+    pub mod udp {
+        /// Checksum (0: none).
+        pub const CSUM: usize = 6;
+    }
+
+    /// ICMP (RFC 792).
+    pub mod icmp {
+        /// Type.
+        pub const TYPE: usize = 0;
+        /// Checksum (over the ICMP header and payload, no pseudo header).
+        pub const CSUM: usize = 2;
+        /// Header length: an error message quotes the IP header it is about after it.
+        pub const HLEN: usize = 8;
+        pub const DEST_UNREACH: u8 = 3;
+        pub const TIME_EXCEEDED: u8 = 11;
+        pub const PARAMETERPROB: u8 = 12;
+    }
+}
+
+use hdr::{IP4_OFF, IPPROTO_ICMP, eth, icmp, ip4, l4, tcp, udp};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Frag {
@@ -100,8 +189,8 @@ impl Packet {
     fn l4_csum_off(&self) -> Option<usize> {
         match (self.frag, self.proto) {
             (Frag::Later, _) => None,
-            (_, IPPROTO_TCP) => Some(self.l4_off + 16),
-            (_, IPPROTO_UDP) => Some(self.l4_off + 6),
+            (_, IPPROTO_TCP) => Some(self.l4_off + tcp::CSUM),
+            (_, IPPROTO_UDP) => Some(self.l4_off + udp::CSUM),
             _ => None,
         }
     }
@@ -153,23 +242,23 @@ fn load_pair(ctx: &TcContext, off: usize) -> Result<(u8, u8), Error> {
 
 #[inline(always)]
 fn parse(ctx: &TcContext) -> Result<Parsed, Error> {
-    let eth_proto: u16 = load(ctx, 12)?;
-    if eth_proto != ETH_P_IP.to_be() {
+    let eth_proto: u16 = load(ctx, eth::PROTO)?;
+    if eth_proto != eth::P_IP.to_be() {
         return Ok(Parsed::Other);
     }
-    let (ver_ihl, _tos) = load_pair(ctx, ETH_HLEN)?;
-    let ihl = ((ver_ihl & 0x0f) as usize) * 4;
-    if ver_ihl >> 4 != 4 || ihl < 20 {
+    let (ver_ihl, _tos) = load_pair(ctx, IP4_OFF + ip4::VER_IHL)?;
+    let ihl = ip4::header_len(ver_ihl);
+    if ip4::version(ver_ihl) != ip4::VERSION || ihl < ip4::MIN_HLEN {
         return Ok(Parsed::Other);
     }
-    let frag_off = u16::from_be(load::<u16>(ctx, ETH_HLEN + IP_FRAG_OFF)?);
-    let (_ttl, proto) = load_pair(ctx, ETH_HLEN + IP_TTL)?;
-    let saddr: u32 = load(ctx, ETH_HLEN + IP_SADDR)?;
-    let daddr: u32 = load(ctx, ETH_HLEN + IP_DADDR)?;
-    let l4_off = ETH_HLEN + ihl;
-    let frag = if frag_off & IP_OFFSET_MASK != 0 {
+    let frag_off = u16::from_be(load::<u16>(ctx, IP4_OFF + ip4::FRAG_OFF)?);
+    let (_ttl, proto) = load_pair(ctx, IP4_OFF + ip4::TTL)?;
+    let saddr: u32 = load(ctx, IP4_OFF + ip4::SADDR)?;
+    let daddr: u32 = load(ctx, IP4_OFF + ip4::DADDR)?;
+    let l4_off = IP4_OFF + ihl;
+    let frag = if frag_off & ip4::OFFSET_MASK != 0 {
         Frag::Later
-    } else if frag_off & IP_MF != 0 {
+    } else if frag_off & ip4::MF != 0 {
         Frag::First
     } else {
         Frag::Whole
@@ -189,7 +278,7 @@ fn parse(ctx: &TcContext) -> Result<Parsed, Error> {
         Ok(Frag4Key {
             saddr,
             daddr,
-            id: load(ctx, ETH_HLEN + 4)?,
+            id: load(ctx, IP4_OFF + ip4::ID)?,
             proto,
             pad: 0,
         })
@@ -203,10 +292,10 @@ fn parse(ctx: &TcContext) -> Result<Parsed, Error> {
             }
         }
     } else {
-        let sport: u16 = load(ctx, l4_off)?;
-        let dport: u16 = load(ctx, l4_off + 2)?;
+        let sport: u16 = load(ctx, l4_off + l4::SPORT)?;
+        let dport: u16 = load(ctx, l4_off + l4::DPORT)?;
         let flags: u8 = if proto == IPPROTO_TCP {
-            load_pair(ctx, l4_off + 12)?.1
+            load_pair(ctx, l4_off + tcp::DOFF_FLAGS)?.1
         } else {
             0
         };
@@ -232,7 +321,7 @@ fn parse(ctx: &TcContext) -> Result<Parsed, Error> {
 /// Rewrites addresses and ports, keeping the IP and L4 checksums right.
 #[inline(always)]
 fn rewrite(ctx: &TcContext, p: &Packet, to: &Ct4Value) -> Result<(), Error> {
-    let ip_csum = ETH_HLEN + IP_CSUM;
+    let ip_csum = IP4_OFF + ip4::CSUM;
     let l4_csum = p.l4_csum_off();
     let l4_flags = p.l4_csum_flags();
     if to.to_saddr != p.saddr {
@@ -241,11 +330,11 @@ fn rewrite(ctx: &TcContext, p: &Packet, to: &Ct4Value) -> Result<(), Error> {
                 off,
                 p.saddr as u64,
                 to.to_saddr as u64,
-                BPF_F_PSEUDO_HDR as u64 | 4 | l4_flags,
+                BPF_F_PSEUDO_HDR as u64 | CSUM_U32 | l4_flags,
             )?;
         }
-        ctx.l3_csum_replace(ip_csum, p.saddr as u64, to.to_saddr as u64, 4)?;
-        ctx.store(ETH_HLEN + IP_SADDR, &to.to_saddr, 0)?;
+        ctx.l3_csum_replace(ip_csum, p.saddr as u64, to.to_saddr as u64, CSUM_U32)?;
+        ctx.store(IP4_OFF + ip4::SADDR, &to.to_saddr, 0)?;
     }
     if to.to_daddr != p.daddr {
         if let Some(off) = l4_csum {
@@ -253,20 +342,20 @@ fn rewrite(ctx: &TcContext, p: &Packet, to: &Ct4Value) -> Result<(), Error> {
                 off,
                 p.daddr as u64,
                 to.to_daddr as u64,
-                BPF_F_PSEUDO_HDR as u64 | 4 | l4_flags,
+                BPF_F_PSEUDO_HDR as u64 | CSUM_U32 | l4_flags,
             )?;
         }
-        ctx.l3_csum_replace(ip_csum, p.daddr as u64, to.to_daddr as u64, 4)?;
-        ctx.store(ETH_HLEN + IP_DADDR, &to.to_daddr, 0)?;
+        ctx.l3_csum_replace(ip_csum, p.daddr as u64, to.to_daddr as u64, CSUM_U32)?;
+        ctx.store(IP4_OFF + ip4::DADDR, &to.to_daddr, 0)?;
     }
     if let Some(off) = l4_csum {
         if to.to_sport != p.sport {
-            ctx.l4_csum_replace(off, p.sport as u64, to.to_sport as u64, 2 | l4_flags)?;
-            ctx.store(p.l4_off, &to.to_sport, 0)?;
+            ctx.l4_csum_replace(off, p.sport as u64, to.to_sport as u64, CSUM_U16 | l4_flags)?;
+            ctx.store(p.l4_off + l4::SPORT, &to.to_sport, 0)?;
         }
         if to.to_dport != p.dport {
-            ctx.l4_csum_replace(off, p.dport as u64, to.to_dport as u64, 2 | l4_flags)?;
-            ctx.store(p.l4_off + 2, &to.to_dport, 0)?;
+            ctx.l4_csum_replace(off, p.dport as u64, to.to_dport as u64, CSUM_U16 | l4_flags)?;
+            ctx.store(p.l4_off + l4::DPORT, &to.to_dport, 0)?;
         }
     }
     Ok(())
@@ -278,10 +367,10 @@ fn lifetime(p: &Packet, flags: u8) -> (u64, u8) {
     if p.proto != IPPROTO_TCP {
         return (ct_lifetime::UDP_NS, flags);
     }
-    if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 || flags & CT_FLAG_CLOSING != 0 {
+    if p.tcp_flags & (tcp::FIN | tcp::RST) != 0 || flags & CT_FLAG_CLOSING != 0 {
         return (ct_lifetime::TCP_CLOSING_NS, flags | CT_FLAG_CLOSING);
     }
-    let first_syn = p.tcp_flags & TCP_SYN != 0 && p.tcp_flags & TCP_ACK == 0;
+    let first_syn = p.tcp_flags & tcp::SYN != 0 && p.tcp_flags & tcp::ACK == 0;
     if first_syn && flags & CT_FLAG_ESTABLISHED == 0 {
         (ct_lifetime::TCP_SYN_NS, flags)
     } else if p.frag == Frag::Later {
@@ -304,7 +393,7 @@ fn ct_track(p: &Packet, now: u64) -> Option<Ct4Value> {
     }
     // A client reusing the tuple of a closing flow starts a new flow (and may get
     // another backend), instead of inheriting the old one's last seconds.
-    let first_syn = p.tcp_flags & TCP_SYN != 0 && p.tcp_flags & TCP_ACK == 0;
+    let first_syn = p.tcp_flags & tcp::SYN != 0 && p.tcp_flags & tcp::ACK == 0;
     if first_syn && value.flags & CT_FLAG_CLOSING != 0 && value.direction == CT_DIR_ORIGINAL {
         return None;
     }
@@ -313,7 +402,7 @@ fn ct_track(p: &Packet, now: u64) -> Option<Ct4Value> {
     let closing_now = flags & CT_FLAG_CLOSING != 0 && value.flags & CT_FLAG_CLOSING == 0;
     // Refresh at most about once a second, or when the flow starts closing.
     if flags != value.flags
-        || expires > value.expires_ns + 1_000_000_000
+        || expires > value.expires_ns + CT_REFRESH_NS
         || expires < value.expires_ns
     {
         value.flags = flags;
@@ -549,7 +638,7 @@ fn new_flow(ctx: &TcContext, p: &Packet, fe: &Frontend, now: u64) -> Result<i32,
 #[inline(always)]
 fn route(ctx: &TcContext, saddr: u32, daddr: u32, sport: u16, dport: u16) -> Result<i32, Error> {
     // We route the packet, so we decrement its TTL; at 1, leave it to the stack.
-    let ttl: u8 = ctx.load(ETH_HLEN + IP_TTL)?;
+    let ttl: u8 = ctx.load(IP4_OFF + ip4::TTL)?;
     if ttl <= 1 {
         return Ok(TC_ACT_OK as i32);
     }
@@ -557,10 +646,10 @@ fn route(ctx: &TcContext, saddr: u32, daddr: u32, sport: u16, dport: u16) -> Res
     // SAFETY: a zeroed bpf_fib_lookup is a valid (empty) request.
     let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     fib.family = AF_INET;
-    fib.l4_protocol = ctx.load(ETH_HLEN + IP_PROTO)?;
+    fib.l4_protocol = ctx.load(IP4_OFF + ip4::PROTO)?;
     fib.sport = sport;
     fib.dport = dport;
-    fib.__bindgen_anon_1.tot_len = u16::from_be(ctx.load::<u16>(ETH_HLEN + IP_TOT_LEN)?);
+    fib.__bindgen_anon_1.tot_len = u16::from_be(ctx.load::<u16>(IP4_OFF + ip4::TOT_LEN)?);
     // SAFETY: the skb context is valid for the program's run.
     fib.ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
     fib.__bindgen_anon_3.ipv4_src = saddr;
@@ -579,11 +668,16 @@ fn route(ctx: &TcContext, saddr: u32, daddr: u32, sport: u16, dport: u16) -> Res
         return Err(Cause::NoRoute.into());
     }
     // Only now that we route it: the checksum covers TTL and protocol as one 16-bit word.
-    let old_word: u16 = ctx.load(ETH_HLEN + IP_TTL)?;
+    let old_word: u16 = ctx.load(IP4_OFF + ip4::TTL)?;
     let new_ttl = ttl - 1;
-    ctx.store(ETH_HLEN + IP_TTL, &new_ttl, 0)?;
-    let new_word: u16 = ctx.load(ETH_HLEN + IP_TTL)?;
-    ctx.l3_csum_replace(ETH_HLEN + IP_CSUM, old_word as u64, new_word as u64, 2)?;
+    ctx.store(IP4_OFF + ip4::TTL, &new_ttl, 0)?;
+    let new_word: u16 = ctx.load(IP4_OFF + ip4::TTL)?;
+    ctx.l3_csum_replace(
+        IP4_OFF + ip4::CSUM,
+        old_word as u64,
+        new_word as u64,
+        CSUM_U16,
+    )?;
     // SAFETY: helper call; a null nexthop lets the kernel resolve the neighbour.
     Ok(unsafe { bpf_redirect_neigh(fib.ifindex, core::ptr::null_mut(), 0, 0) } as i32)
 }
@@ -600,28 +694,28 @@ fn icmp_error(
     outer_daddr: u32,
     ingress: bool,
 ) -> Result<i32, Error> {
-    let icmp_type: u8 = ctx.load(icmp_off)?;
+    let icmp_type: u8 = ctx.load(icmp_off + icmp::TYPE)?;
     if !matches!(
         icmp_type,
-        ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB
+        icmp::DEST_UNREACH | icmp::TIME_EXCEEDED | icmp::PARAMETERPROB
     ) {
         return Ok(TC_ACT_OK as i32);
     }
-    let inner = icmp_off + 8;
-    let ver_ihl: u8 = ctx.load(inner)?;
-    let ihl = ((ver_ihl & 0x0f) as usize) * 4;
-    if ver_ihl >> 4 != 4 || ihl < 20 {
+    let inner = icmp_off + icmp::HLEN;
+    let ver_ihl: u8 = ctx.load(inner + ip4::VER_IHL)?;
+    let ihl = ip4::header_len(ver_ihl);
+    if ip4::version(ver_ihl) != ip4::VERSION || ihl < ip4::MIN_HLEN {
         return Ok(TC_ACT_OK as i32);
     }
-    let proto: u8 = ctx.load(inner + IP_PROTO)?;
+    let proto: u8 = ctx.load(inner + ip4::PROTO)?;
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         return Ok(TC_ACT_OK as i32);
     }
-    let isaddr: u32 = ctx.load(inner + IP_SADDR)?;
-    let idaddr: u32 = ctx.load(inner + IP_DADDR)?;
+    let isaddr: u32 = ctx.load(inner + ip4::SADDR)?;
+    let idaddr: u32 = ctx.load(inner + ip4::DADDR)?;
     let inner_l4 = inner + ihl;
-    let isport: u16 = ctx.load(inner_l4)?;
-    let idport: u16 = ctx.load(inner_l4 + 2)?;
+    let isport: u16 = ctx.load(inner_l4 + l4::SPORT)?;
+    let idport: u16 = ctx.load(inner_l4 + l4::DPORT)?;
     // Packets of the opposite direction of the quoted one match this key.
     let key = Ct4Key {
         saddr: idaddr,
@@ -642,31 +736,36 @@ fn icmp_error(
         entry.to_dport,
         entry.to_sport,
     );
-    let icmp_csum = icmp_off + 2;
-    let inner_csum = inner + IP_CSUM;
+    let icmp_csum = icmp_off + icmp::CSUM;
+    let inner_csum = inner + ip4::CSUM;
     // Inner addresses: the inner IP checksum changes by the opposite amount, so the
     // ICMP checksum (which covers both) is unchanged.
     if new_isaddr != isaddr {
-        ctx.l3_csum_replace(inner_csum, isaddr as u64, new_isaddr as u64, 4)?;
-        ctx.store(inner + IP_SADDR, &new_isaddr, 0)?;
+        ctx.l3_csum_replace(inner_csum, isaddr as u64, new_isaddr as u64, CSUM_U32)?;
+        ctx.store(inner + ip4::SADDR, &new_isaddr, 0)?;
     }
     if new_idaddr != idaddr {
-        ctx.l3_csum_replace(inner_csum, idaddr as u64, new_idaddr as u64, 4)?;
-        ctx.store(inner + IP_DADDR, &new_idaddr, 0)?;
+        ctx.l3_csum_replace(inner_csum, idaddr as u64, new_idaddr as u64, CSUM_U32)?;
+        ctx.store(inner + ip4::DADDR, &new_idaddr, 0)?;
     }
     // Inner ports are plain ICMP payload.
     if new_isport != isport {
-        ctx.l4_csum_replace(icmp_csum, isport as u64, new_isport as u64, 2)?;
-        ctx.store(inner_l4, &new_isport, 0)?;
+        ctx.l4_csum_replace(icmp_csum, isport as u64, new_isport as u64, CSUM_U16)?;
+        ctx.store(inner_l4 + l4::SPORT, &new_isport, 0)?;
     }
     if new_idport != idport {
-        ctx.l4_csum_replace(icmp_csum, idport as u64, new_idport as u64, 2)?;
-        ctx.store(inner_l4 + 2, &new_idport, 0)?;
+        ctx.l4_csum_replace(icmp_csum, idport as u64, new_idport as u64, CSUM_U16)?;
+        ctx.store(inner_l4 + l4::DPORT, &new_idport, 0)?;
     }
     // The error goes to the quoted packet's (new) sender.
     if new_isaddr != outer_daddr {
-        ctx.l3_csum_replace(ETH_HLEN + IP_CSUM, outer_daddr as u64, new_isaddr as u64, 4)?;
-        ctx.store(ETH_HLEN + IP_DADDR, &new_isaddr, 0)?;
+        ctx.l3_csum_replace(
+            IP4_OFF + ip4::CSUM,
+            outer_daddr as u64,
+            new_isaddr as u64,
+            CSUM_U32,
+        )?;
+        ctx.store(IP4_OFF + ip4::DADDR, &new_isaddr, 0)?;
     }
     // An error the quoted packet's destination sent itself (the backend: say a UDP port
     // unreachable) comes from the address that sender addressed, as with netfilter NAT:
@@ -674,8 +773,13 @@ fn icmp_error(
     // Errors from routers on the way keep their source.
     let mut new_saddr = outer_saddr;
     if outer_saddr == idaddr && new_idaddr != idaddr {
-        ctx.l3_csum_replace(ETH_HLEN + IP_CSUM, outer_saddr as u64, new_idaddr as u64, 4)?;
-        ctx.store(ETH_HLEN + IP_SADDR, &new_idaddr, 0)?;
+        ctx.l3_csum_replace(
+            IP4_OFF + ip4::CSUM,
+            outer_saddr as u64,
+            new_idaddr as u64,
+            CSUM_U32,
+        )?;
+        ctx.store(IP4_OFF + ip4::SADDR, &new_idaddr, 0)?;
         new_saddr = new_idaddr;
     }
     count(Counter::NpIcmpTranslated);
