@@ -11,8 +11,8 @@ mod bind4;
 mod error;
 mod lb;
 mod maps;
-mod nodeport4;
 mod sock4;
+mod tc;
 
 use aya_ebpf::{
     macros::{cgroup_sock, cgroup_sock_addr, classifier},
@@ -46,12 +46,12 @@ pub fn sock4_post_bind(ctx: SockContext) -> i32 {
 
 #[classifier]
 pub fn lb4_tc_ingress(ctx: TcContext) -> i32 {
-    nodeport4::ingress(&ctx)
+    tc::ingress(&ctx)
 }
 
 #[classifier]
 pub fn lb4_tc_egress(ctx: TcContext) -> i32 {
-    nodeport4::egress(&ctx)
+    tc::egress(&ctx)
 }
 
 #[cfg(not(test))]
