@@ -13,40 +13,35 @@
 //! counter records it. Only a service's own verdict drops.
 //!
 //! One file per concern: [`parse`] (headers), [`rewrite`] (NAT with checksums),
-//! [`conntrack`], [`route`] (forwarding packets this node must route itself),
-//! [`icmp`] (errors about tracked flows); [`hdr`] holds the header layouts.
+//! [`conntrack`], [`snat`], [`route`] (forwarding the packets this node must route
+//! itself), [`icmp`] (errors about tracked flows); [`hdr`] holds the header layouts.
 mod conntrack;
 mod hdr;
 mod icmp;
 mod parse;
 mod rewrite;
 mod route;
+mod snat;
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::bpf_ktime_get_ns,
     programs::TcContext,
 };
-use lb_common::{
-    BACKEND_FLAG_LOCAL, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_FLAG_ROUTE, CT_FLAG_SNAT, Counter,
-    Ct4Key, Ct4Value, SNAT_PORT_MAX, SNAT_PORT_MIN, SVC_FLAG_SNAT, SvcAction, scope,
-};
+use lb_common::{CT_FLAG_ROUTE, Counter, SvcAction, scope};
 
 use self::{
-    conntrack::{ct_track, lifetime},
+    conntrack::{Created, ct_track},
     icmp::icmp_error,
     parse::{Frag, Packet, Parsed, parse},
     rewrite::rewrite,
     route::route,
 };
 use crate::{
-    error::{Cause, Error},
-    lb::{self, Flow, Frontend, Selection},
-    maps::{CT4, DEVICE4, count, get_copy, is_node_addr},
+    error::Error,
+    lb::{self, Flow, Frontend},
+    maps::count,
 };
-
-/// Tries at finding a free SNAT port before a new flow is dropped.
-const SNAT_TRIES: u32 = 8;
 
 /// TC ingress on a node device.
 #[inline(always)]
@@ -143,91 +138,27 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, Error> {
     new_flow(ctx, &p, &fe, now)
 }
 
+/// The first packet of a new flow to a forwarding frontend: pick a backend, track
+/// both directions, rewrite (and route what was SNATed).
 #[inline(always)]
 fn new_flow(ctx: &TcContext, p: &Packet, fe: &Frontend, now: u64) -> Result<i32, Error> {
     let flow = Flow::Packet {
         saddr: p.saddr,
         sport: p.sport,
     };
-    let Selection {
-        backend_id,
-        backend,
-        ..
-    } = lb::select_backend(fe, flow)?;
-
-    let (life, flags) = lifetime(p, 0);
-    let snat = fe.svc.flags & SVC_FLAG_SNAT != 0 && backend.flags & BACKEND_FLAG_LOCAL == 0;
-    // The reply direction: backend -> (node address, SNAT port) or -> client.
-    let mut reply_key = Ct4Key {
-        saddr: backend.address,
-        daddr: p.saddr,
-        sport: backend.port,
-        dport: p.sport,
-        proto: p.proto,
-        pad: [0; 3],
-    };
-    let flags = flags | if snat { CT_FLAG_SNAT } else { 0 };
-    // Replies leave as the frontend: a NodePort's frontend is a node address.
-    let reply_route = if is_node_addr(p.daddr) {
-        CT_FLAG_ROUTE
-    } else {
-        0
-    };
-    let reply = Ct4Value {
-        to_saddr: p.daddr,
-        to_daddr: p.saddr,
-        to_sport: p.dport,
-        to_dport: p.sport,
-        flags: flags | reply_route,
-        direction: CT_DIR_REPLY,
-        pad: [0; 2],
-        expires_ns: now + life,
-        backend_id,
-        pad2: 0,
-    };
-    if snat {
-        // SAFETY: the skb context is valid for the program's run.
-        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-        let device = get_copy(&DEVICE4, &ifindex).ok_or(Cause::DeviceMissing)?;
-        reply_key.daddr = device.snat_addr;
-        let mut found = false;
-        for _ in 0..SNAT_TRIES {
-            // SAFETY: plain helper call.
-            let r = unsafe { bpf_get_prandom_u32() };
-            let port = SNAT_PORT_MIN as u32 + r % (SNAT_PORT_MAX as u32 - SNAT_PORT_MIN as u32 + 1);
-            reply_key.dport = (port as u16).to_be();
-            // NOEXIST: a port in use towards this backend belongs to another flow.
-            if CT4.insert(&reply_key, &reply, BPF_NOEXIST as u64).is_ok() {
-                found = true;
-                break;
-            }
-        }
-        if !found {
+    let picked = lb::select_backend(fe, flow)?;
+    let snat = snat::needed(fe, &picked.backend);
+    let original = match conntrack::create(ctx, p, &picked, snat, now)? {
+        Created::Tracked(original) => original,
+        Created::NoSnatPort => {
             count(Counter::NpSnatExhausted);
             return Ok(TC_ACT_SHOT as i32);
         }
-    } else if CT4.insert(&reply_key, &reply, BPF_ANY as u64).is_err() {
-        count(Counter::NpCtFailed);
-        return Ok(TC_ACT_OK as i32);
-    }
-    let original = Ct4Value {
-        to_saddr: reply_key.daddr,
-        to_daddr: backend.address,
-        to_sport: reply_key.dport,
-        to_dport: backend.port,
-        // SNATed packets leave with the device's (node) address.
-        flags: flags | if snat { CT_FLAG_ROUTE } else { 0 },
-        direction: CT_DIR_ORIGINAL,
-        pad: [0; 2],
-        expires_ns: now + life,
-        backend_id,
-        pad2: 0,
+        Created::Failed => {
+            count(Counter::NpCtFailed);
+            return Ok(TC_ACT_OK as i32);
+        }
     };
-    if CT4.insert(&p.ct_key(), &original, BPF_ANY as u64).is_err() {
-        let _ = CT4.remove(&reply_key);
-        count(Counter::NpCtFailed);
-        return Ok(TC_ACT_OK as i32);
-    }
     rewrite(ctx, p, &original)?;
     count(Counter::NpNewFlow);
     if !snat {
