@@ -4,7 +4,7 @@ use lb_common::{Counter, Ct4Key, IPPROTO_TCP, IPPROTO_UDP};
 
 use super::{
     hdr::{IP4_OFF, icmp, ip4, l4},
-    rewrite::{CSUM_U16, CSUM_U32},
+    rewrite::{set_addr, set_port},
     route::route,
 };
 use crate::{
@@ -71,31 +71,40 @@ pub fn icmp_error(
     // Inner addresses: the inner IP checksum changes by the opposite amount, so the
     // ICMP checksum (which covers both) is unchanged.
     if new_isaddr != isaddr {
-        ctx.l3_csum_replace(inner_csum, isaddr as u64, new_isaddr as u64, CSUM_U32)?;
-        ctx.store(inner + ip4::SADDR, &new_isaddr, 0)?;
+        set_addr(
+            ctx,
+            inner + ip4::SADDR,
+            isaddr,
+            new_isaddr,
+            inner_csum,
+            None,
+            0,
+        )?;
     }
     if new_idaddr != idaddr {
-        ctx.l3_csum_replace(inner_csum, idaddr as u64, new_idaddr as u64, CSUM_U32)?;
-        ctx.store(inner + ip4::DADDR, &new_idaddr, 0)?;
+        set_addr(
+            ctx,
+            inner + ip4::DADDR,
+            idaddr,
+            new_idaddr,
+            inner_csum,
+            None,
+            0,
+        )?;
     }
     // Inner ports are plain ICMP payload.
     if new_isport != isport {
-        ctx.l4_csum_replace(icmp_csum, isport as u64, new_isport as u64, CSUM_U16)?;
-        ctx.store(inner_l4 + l4::SPORT, &new_isport, 0)?;
+        set_port(ctx, inner_l4 + l4::SPORT, isport, new_isport, icmp_csum, 0)?;
     }
     if new_idport != idport {
-        ctx.l4_csum_replace(icmp_csum, idport as u64, new_idport as u64, CSUM_U16)?;
-        ctx.store(inner_l4 + l4::DPORT, &new_idport, 0)?;
+        set_port(ctx, inner_l4 + l4::DPORT, idport, new_idport, icmp_csum, 0)?;
     }
+    // The outer header: the ICMP checksum does not cover it.
+    let ip_csum = IP4_OFF + ip4::CSUM;
     // The error goes to the quoted packet's (new) sender.
     if new_isaddr != outer_daddr {
-        ctx.l3_csum_replace(
-            IP4_OFF + ip4::CSUM,
-            outer_daddr as u64,
-            new_isaddr as u64,
-            CSUM_U32,
-        )?;
-        ctx.store(IP4_OFF + ip4::DADDR, &new_isaddr, 0)?;
+        let off = IP4_OFF + ip4::DADDR;
+        set_addr(ctx, off, outer_daddr, new_isaddr, ip_csum, None, 0)?;
     }
     // An error the quoted packet's destination sent itself (the backend: say a UDP port
     // unreachable) comes from the address that sender addressed, as with netfilter NAT:
@@ -103,13 +112,8 @@ pub fn icmp_error(
     // Errors from routers on the way keep their source.
     let mut new_saddr = outer_saddr;
     if outer_saddr == idaddr && new_idaddr != idaddr {
-        ctx.l3_csum_replace(
-            IP4_OFF + ip4::CSUM,
-            outer_saddr as u64,
-            new_idaddr as u64,
-            CSUM_U32,
-        )?;
-        ctx.store(IP4_OFF + ip4::SADDR, &new_idaddr, 0)?;
+        let off = IP4_OFF + ip4::SADDR;
+        set_addr(ctx, off, outer_saddr, new_idaddr, ip_csum, None, 0)?;
         new_saddr = new_idaddr;
     }
     count(Counter::NpIcmpTranslated);

@@ -43,38 +43,72 @@ pub fn rewrite(ctx: &TcContext, p: &Packet, to: &Ct4Value) -> Result<(), Error> 
     let l4_csum = p.l4_csum_off();
     let l4_flags = p.l4_csum_flags();
     if to.to_saddr != p.saddr {
-        if let Some(off) = l4_csum {
-            ctx.l4_csum_replace(
-                off,
-                p.saddr as u64,
-                to.to_saddr as u64,
-                BPF_F_PSEUDO_HDR as u64 | CSUM_U32 | l4_flags,
-            )?;
-        }
-        ctx.l3_csum_replace(ip_csum, p.saddr as u64, to.to_saddr as u64, CSUM_U32)?;
-        ctx.store(IP4_OFF + ip4::SADDR, &to.to_saddr, 0)?;
+        let off = IP4_OFF + ip4::SADDR;
+        set_addr(ctx, off, p.saddr, to.to_saddr, ip_csum, l4_csum, l4_flags)?;
     }
     if to.to_daddr != p.daddr {
-        if let Some(off) = l4_csum {
-            ctx.l4_csum_replace(
-                off,
-                p.daddr as u64,
-                to.to_daddr as u64,
-                BPF_F_PSEUDO_HDR as u64 | CSUM_U32 | l4_flags,
+        let off = IP4_OFF + ip4::DADDR;
+        set_addr(ctx, off, p.daddr, to.to_daddr, ip_csum, l4_csum, l4_flags)?;
+    }
+    if let Some(csum) = l4_csum {
+        if to.to_sport != p.sport {
+            set_port(
+                ctx,
+                p.l4_off + l4::SPORT,
+                p.sport,
+                to.to_sport,
+                csum,
+                l4_flags,
             )?;
         }
-        ctx.l3_csum_replace(ip_csum, p.daddr as u64, to.to_daddr as u64, CSUM_U32)?;
-        ctx.store(IP4_OFF + ip4::DADDR, &to.to_daddr, 0)?;
-    }
-    if let Some(off) = l4_csum {
-        if to.to_sport != p.sport {
-            ctx.l4_csum_replace(off, p.sport as u64, to.to_sport as u64, CSUM_U16 | l4_flags)?;
-            ctx.store(p.l4_off + l4::SPORT, &to.to_sport, 0)?;
-        }
         if to.to_dport != p.dport {
-            ctx.l4_csum_replace(off, p.dport as u64, to.to_dport as u64, CSUM_U16 | l4_flags)?;
-            ctx.store(p.l4_off + l4::DPORT, &to.to_dport, 0)?;
+            set_port(
+                ctx,
+                p.l4_off + l4::DPORT,
+                p.dport,
+                to.to_dport,
+                csum,
+                l4_flags,
+            )?;
         }
     }
+    Ok(())
+}
+
+/// Writes the IPv4 address `new` over `old` at `off`, updating the IP header checksum
+/// at `ip_csum` and, if there is one (`l4_csum`), the L4 checksum that covers the
+/// address through the pseudo header.
+#[inline(always)]
+pub fn set_addr(
+    ctx: &TcContext,
+    off: usize,
+    old: u32,
+    new: u32,
+    ip_csum: usize,
+    l4_csum: Option<usize>,
+    l4_flags: u64,
+) -> Result<(), Error> {
+    if let Some(csum) = l4_csum {
+        let flags = BPF_F_PSEUDO_HDR as u64 | CSUM_U32 | l4_flags;
+        ctx.l4_csum_replace(csum, old as u64, new as u64, flags)?;
+    }
+    ctx.l3_csum_replace(ip_csum, old as u64, new as u64, CSUM_U32)?;
+    ctx.store(off, &new, 0)?;
+    Ok(())
+}
+
+/// Writes the port `new` over `old` at `off`, updating the checksum at `csum` that
+/// covers it (the L4 checksum; the ICMP checksum for a port an ICMP error quotes).
+#[inline(always)]
+pub fn set_port(
+    ctx: &TcContext,
+    off: usize,
+    old: u16,
+    new: u16,
+    csum: usize,
+    flags: u64,
+) -> Result<(), Error> {
+    ctx.l4_csum_replace(csum, old as u64, new as u64, CSUM_U16 | flags)?;
+    ctx.store(off, &new, 0)?;
     Ok(())
 }
