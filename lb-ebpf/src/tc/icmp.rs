@@ -1,8 +1,9 @@
 //! ICMP errors about tracked flows, translated like their flow's packets.
-use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use lb_common::{Counter, Ct4Key, IPPROTO_TCP, IPPROTO_UDP};
 
 use super::{
+    PASS,
     hdr::{IP4_OFF, icmp, ip4, l4},
     rewrite::{set_addr, set_port},
     route::route,
@@ -29,17 +30,17 @@ pub fn icmp_error(
         icmp_type,
         icmp::DEST_UNREACH | icmp::TIME_EXCEEDED | icmp::PARAMETERPROB
     ) {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(PASS);
     }
     let inner = icmp_off + icmp::HLEN;
     let ver_ihl: u8 = ctx.load(inner + ip4::VER_IHL)?;
     let ihl = ip4::header_len(ver_ihl);
     if ip4::version(ver_ihl) != ip4::VERSION || ihl < ip4::MIN_HLEN {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(PASS);
     }
     let proto: u8 = ctx.load(inner + ip4::PROTO)?;
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(PASS);
     }
     let isaddr: u32 = ctx.load(inner + ip4::SADDR)?;
     let idaddr: u32 = ctx.load(inner + ip4::DADDR)?;
@@ -56,7 +57,7 @@ pub fn icmp_error(
         pad: [0; 3],
     };
     let Some(entry) = get_copy(&CT4, &key) else {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(PASS);
     };
     // Opposite-direction packets become (to_saddr, to_daddr, to_sport, to_dport), so
     // the quoted packet becomes (to_daddr -> to_saddr, to_dport -> to_sport).
@@ -123,5 +124,5 @@ pub fn icmp_error(
             return route(ctx, new_saddr, new_isaddr, 0, 0);
         }
     }
-    Ok(TC_ACT_OK as i32)
+    Ok(PASS)
 }

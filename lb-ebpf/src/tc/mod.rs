@@ -43,6 +43,11 @@ use crate::{
     maps::count,
 };
 
+/// Verdict: the packet continues (up the stack at ingress, out at egress).
+const PASS: i32 = TC_ACT_OK as i32;
+/// Verdict: the packet is dropped (a service's own verdict, never an internal error).
+const DROP: i32 = TC_ACT_SHOT as i32;
+
 /// TC ingress on a node device.
 #[inline(always)]
 pub fn ingress(ctx: &TcContext) -> i32 {
@@ -50,7 +55,7 @@ pub fn ingress(ctx: &TcContext) -> i32 {
         Ok(verdict) => verdict,
         Err(e) => {
             count(e.counter());
-            TC_ACT_OK as i32
+            PASS
         }
     }
 }
@@ -62,7 +67,7 @@ pub fn egress(ctx: &TcContext) -> i32 {
         Ok(verdict) => verdict,
         Err(e) => {
             count(e.counter());
-            TC_ACT_OK as i32
+            PASS
         }
     }
 }
@@ -76,7 +81,7 @@ fn try_egress(ctx: &TcContext) -> Result<i32, Error> {
             saddr,
             daddr,
         } => return icmp_error(ctx, l4_off, saddr, daddr, false),
-        Parsed::Other => return Ok(TC_ACT_OK as i32),
+        Parsed::Other => return Ok(PASS),
     };
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -84,7 +89,7 @@ fn try_egress(ctx: &TcContext) -> Result<i32, Error> {
         rewrite(ctx, &p, &entry)?;
         count(Counter::NpTracked);
     }
-    Ok(TC_ACT_OK as i32)
+    Ok(PASS)
 }
 
 #[inline(always)]
@@ -96,7 +101,7 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, Error> {
             saddr,
             daddr,
         } => return icmp_error(ctx, l4_off, saddr, daddr, true),
-        Parsed::Other => return Ok(TC_ACT_OK as i32),
+        Parsed::Other => return Ok(PASS),
     };
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -104,7 +109,7 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, Error> {
         rewrite(ctx, &p, &entry)?;
         count(Counter::NpTracked);
         if entry.flags & CT_FLAG_ROUTE == 0 {
-            return Ok(TC_ACT_OK as i32);
+            return Ok(PASS);
         }
         return route(
             ctx,
@@ -116,23 +121,23 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, Error> {
     }
     if p.frag == Frag::Later {
         // A later fragment of a flow that is not tracked: not ours.
-        return Ok(TC_ACT_OK as i32);
+        return Ok(PASS);
     }
     let Some(fe) = lb::lookup_frontend(p.daddr, p.dport, p.proto, scope::EXTERNAL) else {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(PASS);
     };
     if !fe.admits(p.saddr) {
         count(Counter::NpSourceDenied);
-        return Ok(TC_ACT_SHOT as i32);
+        return Ok(DROP);
     }
     match fe.action()? {
         SvcAction::Forward => {}
         // No endpoint: on a node address nothing listens on the NodePort (bind is
         // refused there), so the stack answers: TCP RST, UDP port unreachable.
-        SvcAction::Reject if fe.nodeport => return Ok(TC_ACT_OK as i32),
+        SvcAction::Reject if fe.nodeport => return Ok(PASS),
         SvcAction::Reject | SvcAction::Drop => {
             count(Counter::NpDropped);
-            return Ok(TC_ACT_SHOT as i32);
+            return Ok(DROP);
         }
     }
     new_flow(ctx, &p, &fe, now)
@@ -152,17 +157,17 @@ fn new_flow(ctx: &TcContext, p: &Packet, fe: &Frontend, now: u64) -> Result<i32,
         Created::Tracked(original) => original,
         Created::NoSnatPort => {
             count(Counter::NpSnatExhausted);
-            return Ok(TC_ACT_SHOT as i32);
+            return Ok(DROP);
         }
         Created::Failed => {
             count(Counter::NpCtFailed);
-            return Ok(TC_ACT_OK as i32);
+            return Ok(PASS);
         }
     };
     rewrite(ctx, p, &original)?;
     count(Counter::NpNewFlow);
     if !snat {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(PASS);
     }
     route(
         ctx,

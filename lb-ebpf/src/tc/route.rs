@@ -1,12 +1,13 @@
 //! Forwarding the packets this node must route itself (FIB lookup, redirect).
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, bpf_fib_lookup},
+    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
     helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect_neigh},
     programs::TcContext,
 };
 
 use super::{
+    PASS,
     hdr::{IP4_OFF, ip4},
     rewrite::CSUM_U16,
 };
@@ -31,7 +32,7 @@ pub fn route(
     // We route the packet, so we decrement its TTL; at 1, leave it to the stack.
     let ttl: u8 = ctx.load(IP4_OFF + ip4::TTL)?;
     if ttl <= 1 {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(PASS);
     }
 
     // SAFETY: a zeroed bpf_fib_lookup is a valid (empty) request.
