@@ -3,7 +3,16 @@
 //! cgroup socket hooks translate a service address to a backend once per connect() or
 //! sendmsg(), so packets leave already addressed to the backend, and translate the
 //! backend back to the service address for getpeername() and recvmsg() so the
-//! application only ever sees the service.
+//! application only ever sees the service. TC programs on the node's devices do the
+//! same for NodePort, LoadBalancer and external IP traffic from outside the node.
+//!
+//! - `lb.rs`: the load-balancing core every hook calls: frontends, backend selection;
+//! - `sock4.rs`: the IPv4 socket hooks (connect4, sendmsg4, recvmsg4, getpeername4);
+//! - `bind4.rs`: post_bind4, which keeps NodePorts' ports from local listeners;
+//! - `tc/`: the IPv4 TC programs (parse, rewrite, conntrack, snat, route, icmp);
+//! - `maps.rs`: the maps and the helpers that read them; `error.rs`: the error type.
+//!
+//! Entry points here stay thin; their names are the program names the agent attaches.
 #![no_std]
 #![no_main]
 

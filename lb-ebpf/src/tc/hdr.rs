@@ -1,4 +1,5 @@
 //! Header layouts: where each field sits within its header, and its values.
+
 /// The IPv4 header starts right after the Ethernet header.
 pub const IP4_OFF: usize = eth::HLEN;
 

@@ -10,7 +10,8 @@
 //! first fragment carried.
 //!
 //! An internal error never drops traffic: the packet passes untranslated and a
-//! counter records it. Only a service's own verdict drops.
+//! counter records it. Only a service's own verdict drops, and a new flow that finds
+//! no free SNAT port.
 //!
 //! One file per concern: [`parse`] (headers), [`rewrite`] (NAT with checksums),
 //! [`conntrack`], [`snat`], [`route`] (forwarding the packets this node must route
@@ -45,7 +46,7 @@ use crate::{
 
 /// Verdict: the packet continues (up the stack at ingress, out at egress).
 const PASS: i32 = TC_ACT_OK as i32;
-/// Verdict: the packet is dropped (a service's own verdict, never an internal error).
+/// Verdict: the packet is dropped (never for an internal error).
 const DROP: i32 = TC_ACT_SHOT as i32;
 
 /// TC ingress on a node device.

@@ -8,6 +8,7 @@ use crate::{
     maps::{FRAG4, count, get_copy},
 };
 
+/// Where a packet sits in a fragmented datagram.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Frag {
     /// Not fragmented.
@@ -21,17 +22,26 @@ pub enum Frag {
 /// What the translation needs of a packet.
 #[derive(Clone, Copy)]
 pub struct Packet {
+    /// Where the L4 header starts (past the IPv4 options); none in a later fragment.
     pub l4_off: usize,
+    /// IP protocol: TCP or UDP.
     pub proto: u8,
+    /// Source address, network byte order.
     pub saddr: u32,
+    /// Destination address, network byte order.
     pub daddr: u32,
+    /// Source port, network byte order (a later fragment: its first fragment's).
     pub sport: u16,
+    /// Destination port, network byte order (a later fragment: its first fragment's).
     pub dport: u16,
+    /// Where the packet sits in a fragmented datagram.
     pub frag: Frag,
+    /// TCP flags; 0 for UDP and later fragments.
     pub tcp_flags: u8,
 }
 
 impl Packet {
+    /// The packet's conntrack key: its tuple as it arrived.
     pub fn ct_key(&self) -> Ct4Key {
         Ct4Key {
             saddr: self.saddr,
