@@ -3,14 +3,25 @@
 //! cgroup socket hooks translate a service address to a backend once per connect() or
 //! sendmsg(), so packets leave already addressed to the backend, and translate the
 //! backend back to the service address for getpeername() and recvmsg() so the
-//! application only ever sees the service.
+//! application only ever sees the service. TC programs on the node's devices do the
+//! same for NodePort, LoadBalancer and external IP traffic from outside the node.
+//!
+//! - `lb.rs`: the load-balancing core every hook calls: frontends, backend selection;
+//! - `sock4.rs`: the IPv4 socket hooks (connect4, sendmsg4, recvmsg4, getpeername4);
+//! - `bind4.rs`: post_bind4, which keeps NodePorts' ports from local listeners;
+//! - `tc/`: the IPv4 TC programs (parse, rewrite, conntrack, snat, route, icmp);
+//! - `maps.rs`: the maps and the helpers that read them; `error.rs`: the error type.
+//!
+//! Entry points here stay thin; their names are the program names the agent attaches.
 #![no_std]
 #![no_main]
 
 mod bind4;
+mod error;
+mod lb;
 mod maps;
-mod nodeport4;
 mod sock4;
+mod tc;
 
 use aya_ebpf::{
     macros::{cgroup_sock, cgroup_sock_addr, classifier},
@@ -44,12 +55,12 @@ pub fn sock4_post_bind(ctx: SockContext) -> i32 {
 
 #[classifier]
 pub fn lb4_tc_ingress(ctx: TcContext) -> i32 {
-    nodeport4::ingress(&ctx)
+    tc::ingress(&ctx)
 }
 
 #[classifier]
 pub fn lb4_tc_egress(ctx: TcContext) -> i32 {
-    nodeport4::egress(&ctx)
+    tc::egress(&ctx)
 }
 
 #[cfg(not(test))]

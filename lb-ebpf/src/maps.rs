@@ -63,6 +63,40 @@ pub static SRC_RANGE4: LpmTrie<SrcRange4Key, u8, { capacity::SRC_RANGE4 as usize
 
 pub type SrcRangeKey = Key<SrcRange4Key>;
 
+/// The hash maps above, read by key (see [`get_copy`]).
+pub trait Lookup<K, V> {
+    fn lookup(&self, key: &K) -> Option<*const V>;
+}
+
+impl<K, V, const N: usize, const F: usize> Lookup<K, V> for HashMap<K, V, N, F> {
+    #[inline(always)]
+    fn lookup(&self, key: &K) -> Option<*const V> {
+        self.get_ptr(key)
+    }
+}
+
+impl<K, V, const N: usize, const F: usize> Lookup<K, V> for LruHashMap<K, V, N, F> {
+    #[inline(always)]
+    fn lookup(&self, key: &K) -> Option<*const V> {
+        self.get_ptr(key)
+    }
+}
+
+/// The value under `key`, copied out of the map at once.
+///
+/// Every read of a map value goes through here, except the conntrack entries the TC
+/// program refreshes in place and the socket storage (sock4.rs).
+#[inline(always)]
+pub fn get_copy<K, V: Copy>(map: &impl Lookup<K, V>, key: &K) -> Option<V> {
+    // SAFETY: the lookup helper returned a pointer to a value of this map, of V's
+    // size (the map was declared with V) and aligned for it, valid for this program
+    // run: an element replaced or deleted meanwhile is freed only after an RCU grace
+    // period. The agent replaces elements whole, but programs on other CPUs update
+    // some values in place (conntrack refreshes), so the value is copied at once and
+    // no reference to it is kept.
+    map.lookup(key).map(|p| unsafe { *p })
+}
+
 #[inline(always)]
 pub fn is_node_addr(addr: u32) -> bool {
     NODE_ADDR4.get_ptr(addr).is_some()

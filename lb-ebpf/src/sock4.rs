@@ -6,15 +6,19 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_ANY, bpf_sock_addr},
-    helpers::{bpf_get_prandom_u32, bpf_get_socket_cookie, generated::bpf_set_retval},
+    helpers::{bpf_get_socket_cookie, generated::bpf_set_retval},
     programs::SockAddrContext,
 };
 use lb_common::{
     Backend4, Counter, IPPROTO_TCP, IPPROTO_UDP, RevNat4Key, RevNat4Value, SOCK_STATE_FLAG_SHARED,
-    SockBackend4Key, SockBackend4Value, SockState4, Svc4Key, Svc4Value, SvcAction,
+    SockBackend4Key, SockBackend4Value, SockState4, SvcAction, scope,
 };
 
-use crate::maps::{BACKEND4, REVNAT4, SOCK_BACKEND4, SOCK_STATE4, SVC4, count, is_node_addr};
+use crate::{
+    error::Error,
+    lb::{self, Flow, Frontend, Selection},
+    maps::{REVNAT4, SOCK_BACKEND4, SOCK_STATE4, count, get_copy},
+};
 
 /// Return codes of cgroup sock_addr programs.
 const PROCEED: i32 = 1;
@@ -42,9 +46,6 @@ pub enum FwdHook {
     Sendmsg,
 }
 
-/// Internal lookup failures; the socket proceeds untranslated.
-struct Inconsistent;
-
 /// connect4 / sendmsg4 entry: translate a service address to a backend.
 #[inline(always)]
 pub fn xlate_fwd(ctx: &SockAddrContext, hook: FwdHook) -> i32 {
@@ -64,8 +65,9 @@ pub fn xlate_fwd(ctx: &SockAddrContext, hook: FwdHook) -> i32 {
             unsafe { bpf_set_retval(-errno) };
             REJECT
         }
-        Err(Inconsistent) => {
-            count(Counter::Inconsistent);
+        // An internal error never fails the connect: it proceeds untranslated.
+        Err(e) => {
+            count(e.counter());
             PROCEED
         }
     }
@@ -78,7 +80,7 @@ fn sock_addr(ctx: &SockAddrContext) -> &mut bpf_sock_addr {
 }
 
 #[inline(always)]
-fn try_xlate_fwd(ctx: &SockAddrContext, hook: FwdHook) -> Result<Forward, Inconsistent> {
+fn try_xlate_fwd(ctx: &SockAddrContext, hook: FwdHook) -> Result<Forward, Error> {
     let sa = sock_addr(ctx);
     let proto = match sa.protocol {
         p if p == IPPROTO_TCP as u32 => IPPROTO_TCP,
@@ -89,25 +91,22 @@ fn try_xlate_fwd(ctx: &SockAddrContext, hook: FwdHook) -> Result<Forward, Incons
     // user_port holds the port in network byte order in its low 16 bits.
     let port = sa.user_port as u16;
 
-    let Some((key, svc)) = lookup_frontend(address, port, proto) else {
+    let Some(fe) = lb::lookup_frontend(address, port, proto, scope::INTERNAL) else {
         // A service address on a port the service does not have is refused too.
-        return Ok(match lookup_svc(&Svc4Key::wildcard(address)) {
-            Some(_) => Forward::Refuse(ECONNREFUSED),
-            None => Forward::NotService,
+        return Ok(if lb::is_service_address(address) {
+            Forward::Refuse(ECONNREFUSED)
+        } else {
+            Forward::NotService
         });
     };
 
-    match SvcAction::from_u8(svc.action) {
-        Some(SvcAction::Forward) => {}
-        Some(SvcAction::Reject) => return Ok(Forward::Refuse(ECONNREFUSED)),
-        Some(SvcAction::Drop) => return Ok(Forward::Refuse(EHOSTUNREACH)),
-        None => return Err(Inconsistent),
-    }
-    if svc.count == 0 {
-        return Err(Inconsistent);
+    match fe.action()? {
+        SvcAction::Forward => {}
+        SvcAction::Reject => return Ok(Forward::Refuse(ECONNREFUSED)),
+        SvcAction::Drop => return Ok(Forward::Refuse(EHOSTUNREACH)),
     }
 
-    let backend = choose_backend(ctx, hook, proto, (address, port), &key, svc.count)?;
+    let backend = choose_backend(ctx, hook, proto, (address, port), &fe)?;
     sa.user_ip4 = backend.address;
     sa.user_port = backend.port as u32;
     Ok(Forward::Translated)
@@ -126,9 +125,8 @@ fn choose_backend(
     hook: FwdHook,
     proto: u8,
     frontend: (u32, u16),
-    key: &Svc4Key,
-    slots: u16,
-) -> Result<Backend4, Inconsistent> {
+    fe: &Frontend,
+) -> Result<Backend4, Error> {
     let (address, port) = frontend;
     // SAFETY: sock_addr context; the helper only reads the socket it is given.
     let storage = unsafe { SOCK_STATE4.get_ptr_mut(ctx) };
@@ -145,7 +143,7 @@ fn choose_backend(
     // UDP sticks to the backend chosen before while its slot still holds it.
     if proto == IPPROTO_UDP && same_service {
         if let Some(state) = current {
-            if let Some(backend) = still_chosen(key, slots, state.backend_slot, state.backend_id) {
+            if let Some(backend) = lb::still_selected(fe, state.backend_slot, state.backend_id) {
                 if shared {
                     remember_reverse(socket_cookie(ctx), &backend, frontend);
                 }
@@ -159,7 +157,8 @@ fn choose_backend(
     let owns_storage =
         hook == FwdHook::Connect || same_service || current.is_none_or(|s| s.svc_address == 0);
     if owns_storage {
-        let (chosen, backend) = random_backend(key, slots)?;
+        let picked = lb::select_backend(fe, Flow::Socket(ctx))?;
+        let (chosen, backend) = (kept_choice(&picked), picked.backend);
         let mut state = SockState4 {
             svc_address: address,
             svc_port: port,
@@ -185,12 +184,7 @@ fn choose_backend(
         // No storage (allocation failed): remember the choice in the LRU maps.
         let cookie = socket_cookie(ctx);
         if proto == IPPROTO_UDP {
-            let sk_key = SockBackend4Key {
-                cookie,
-                address: key.address,
-                port: key.dport,
-                pad: 0,
-            };
+            let sk_key = sock_backend_key(cookie, fe);
             let _ = SOCK_BACKEND4.insert(&sk_key, &chosen, BPF_ANY as u64);
         }
         remember_reverse(cookie, &backend, frontend);
@@ -204,7 +198,7 @@ fn choose_backend(
         unsafe { (*storage).flags |= SOCK_STATE_FLAG_SHARED };
     }
     let cookie = socket_cookie(ctx);
-    let backend = udp_backend(cookie, key, slots)?;
+    let backend = udp_backend(ctx, cookie, fe)?;
     remember_reverse(cookie, &backend, frontend);
     Ok(backend)
 }
@@ -235,85 +229,41 @@ fn remember_reverse(cookie: u64, backend: &Backend4, (address, port): (u32, u16)
     }
 }
 
-/// The frontend of a connection started on this node: the exact address (ClusterIP,
-/// LoadBalancer or external IP), else a NodePort when the address is the node's.
+/// The choice a UDP socket keeps: backend id and slot, valid while the slot holds it.
 #[inline(always)]
-fn lookup_frontend(address: u32, port: u16, proto: u8) -> Option<(Svc4Key, Svc4Value)> {
-    let key = Svc4Key::new(address, port, proto, 0);
-    if let Some(svc) = lookup_svc(&key) {
-        return Some((key, svc));
+fn kept_choice(picked: &Selection) -> SockBackend4Value {
+    SockBackend4Value {
+        backend_id: picked.backend_id,
+        backend_slot: picked.slot,
+        pad: 0,
     }
-    if !is_node_addr(address) {
-        return None;
-    }
-    let nodeport = Svc4Key::new(0, port, proto, 0);
-    lookup_svc(&nodeport).map(|svc| (nodeport, svc))
 }
 
+/// Key of a UDP socket's choice for one service in the LRU map.
 #[inline(always)]
-fn lookup_svc(key: &Svc4Key) -> Option<Svc4Value> {
-    // Copy out at once: the entry may be rewritten by the agent at any time.
-    SVC4.get_ptr(key).map(|p| unsafe { *p })
-}
-
-#[inline(always)]
-fn lookup_backend(id: u32) -> Option<Backend4> {
-    BACKEND4.get_ptr(id).map(|p| unsafe { *p })
-}
-
-/// Picks one of the `count` slots at random and resolves it.
-#[inline(always)]
-fn random_backend(
-    key: &Svc4Key,
-    count: u16,
-) -> Result<(SockBackend4Value, Backend4), Inconsistent> {
-    // SAFETY: helper without arguments.
-    let rnd = unsafe { bpf_get_prandom_u32() };
-    let slot = 1 + (rnd % count as u32) as u16;
-    let slot_val = lookup_svc(&key.with_slot(slot)).ok_or(Inconsistent)?;
-    let backend = lookup_backend(slot_val.backend_id).ok_or(Inconsistent)?;
-    Ok((
-        SockBackend4Value {
-            backend_id: slot_val.backend_id,
-            backend_slot: slot,
-            pad: 0,
-        },
-        backend,
-    ))
-}
-
-/// The backend chosen earlier from `slot`, if the slot still holds it.
-#[inline(always)]
-fn still_chosen(key: &Svc4Key, count: u16, slot: u16, backend_id: u32) -> Option<Backend4> {
-    if slot < 1 || slot > count {
-        return None;
+fn sock_backend_key(cookie: u64, fe: &Frontend) -> SockBackend4Key {
+    SockBackend4Key {
+        cookie,
+        address: fe.key.address,
+        port: fe.key.dport,
+        pad: 0,
     }
-    let slot_val = lookup_svc(&key.with_slot(slot))?;
-    if slot_val.backend_id != backend_id {
-        return None;
-    }
-    lookup_backend(backend_id)
 }
 
 /// UDP beyond the socket's first service: one backend per (socket, service) in the
 /// LRU map, kept while its slot still holds it.
 #[inline(always)]
-fn udp_backend(cookie: u64, key: &Svc4Key, count: u16) -> Result<Backend4, Inconsistent> {
-    let sk_key = SockBackend4Key {
-        cookie,
-        address: key.address,
-        port: key.dport,
-        pad: 0,
-    };
-    if let Some(chosen) = SOCK_BACKEND4.get_ptr(&sk_key).map(|p| unsafe { *p }) {
-        if let Some(backend) = still_chosen(key, count, chosen.backend_slot, chosen.backend_id) {
+fn udp_backend(ctx: &SockAddrContext, cookie: u64, fe: &Frontend) -> Result<Backend4, Error> {
+    let sk_key = sock_backend_key(cookie, fe);
+    if let Some(chosen) = get_copy(&SOCK_BACKEND4, &sk_key) {
+        if let Some(backend) = lb::still_selected(fe, chosen.backend_slot, chosen.backend_id) {
             return Ok(backend);
         }
     }
-    let (chosen, backend) = random_backend(key, count)?;
+    let picked = lb::select_backend(fe, Flow::Socket(ctx))?;
     // Failing to remember the choice only costs stickiness for this datagram.
-    let _ = SOCK_BACKEND4.insert(&sk_key, &chosen, BPF_ANY as u64);
-    Ok(backend)
+    let _ = SOCK_BACKEND4.insert(&sk_key, &kept_choice(&picked), BPF_ANY as u64);
+    Ok(picked.backend)
 }
 
 /// recvmsg4 / getpeername4 entry: show the service address instead of the backend.
@@ -357,9 +307,7 @@ fn reverse_of(ctx: &SockAddrContext, address: u32, port: u16) -> Option<(u32, u1
         port,
         pad: 0,
     };
-    if let Some(p) = REVNAT4.get_ptr(&key) {
-        // SAFETY: pointer into a map value, copied out at once.
-        let orig = unsafe { *p };
+    if let Some(orig) = get_copy(&REVNAT4, &key) {
         return Some((orig.address, orig.port));
     }
     if from_state.0 != 0 {

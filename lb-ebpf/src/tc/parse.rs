@@ -1,0 +1,168 @@
+//! Parsing: what the translation needs of a packet, read once per packet.
+use aya_ebpf::{bindings::BPF_ANY, programs::TcContext};
+use lb_common::{Counter, Ct4Key, Frag4Key, Frag4Value, IPPROTO_TCP, IPPROTO_UDP};
+
+use super::hdr::{IP4_OFF, IPPROTO_ICMP, eth, ip4, l4, tcp};
+use crate::{
+    error::Error,
+    maps::{FRAG4, count, get_copy},
+};
+
+/// Where a packet sits in a fragmented datagram.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Frag {
+    /// Not fragmented.
+    Whole,
+    /// The first fragment: it carries the L4 header.
+    First,
+    /// A later fragment: no L4 header; ports come from the first fragment.
+    Later,
+}
+
+/// What the translation needs of a packet.
+#[derive(Clone, Copy)]
+pub struct Packet {
+    /// Where the L4 header starts (past the IPv4 options); none in a later fragment.
+    pub l4_off: usize,
+    /// IP protocol: TCP or UDP.
+    pub proto: u8,
+    /// Source address, network byte order.
+    pub saddr: u32,
+    /// Destination address, network byte order.
+    pub daddr: u32,
+    /// Source port, network byte order (a later fragment: its first fragment's).
+    pub sport: u16,
+    /// Destination port, network byte order (a later fragment: its first fragment's).
+    pub dport: u16,
+    /// Where the packet sits in a fragmented datagram.
+    pub frag: Frag,
+    /// TCP flags; 0 for UDP and later fragments.
+    pub tcp_flags: u8,
+}
+
+impl Packet {
+    /// The packet's conntrack key: its tuple as it arrived.
+    pub fn ct_key(&self) -> Ct4Key {
+        Ct4Key {
+            saddr: self.saddr,
+            daddr: self.daddr,
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.proto,
+            pad: [0; 3],
+        }
+    }
+}
+
+/// Outcome of parsing.
+pub enum Parsed {
+    /// Not IPv4 TCP/UDP/ICMP, or a later fragment of an unknown datagram.
+    Other,
+    Flow(Packet),
+    /// An ICMP message; `l4_off` is where the ICMP header starts.
+    Icmp {
+        l4_off: usize,
+        saddr: u32,
+        daddr: u32,
+    },
+}
+
+/// Reads a `T` at `off`: straight from the packet when the linear area holds it (no
+/// helper call: parsing runs for every packet of the device), else through
+/// bpf_skb_load_bytes (headers in paged data). Only for `T` of 2 bytes or more:
+/// LLVM turns a 1-byte bound check into a form the verifier cannot use, so single
+/// bytes are read as half of a [`load_pair`].
+#[inline(always)]
+fn load<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, Error> {
+    let start = ctx.data();
+    if start + off + core::mem::size_of::<T>() <= ctx.data_end() {
+        // SAFETY: inside [data, data_end), which the check above proves to the verifier.
+        return Ok(unsafe { core::ptr::read_unaligned((start + off) as *const T) });
+    }
+    Ok(ctx.load(off)?)
+}
+
+/// The bytes at `off` and `off + 1`.
+#[inline(always)]
+fn load_pair(ctx: &TcContext, off: usize) -> Result<(u8, u8), Error> {
+    let [first, second] = load::<[u8; 2]>(ctx, off)?;
+    Ok((first, second))
+}
+
+#[inline(always)]
+pub fn parse(ctx: &TcContext) -> Result<Parsed, Error> {
+    let eth_proto: u16 = load(ctx, eth::PROTO)?;
+    if eth_proto != eth::P_IP.to_be() {
+        return Ok(Parsed::Other);
+    }
+    let (ver_ihl, _tos) = load_pair(ctx, IP4_OFF + ip4::VER_IHL)?;
+    let ihl = ip4::header_len(ver_ihl);
+    if ip4::version(ver_ihl) != ip4::VERSION || ihl < ip4::MIN_HLEN {
+        return Ok(Parsed::Other);
+    }
+    let frag_off = u16::from_be(load::<u16>(ctx, IP4_OFF + ip4::FRAG_OFF)?);
+    let (_ttl, proto) = load_pair(ctx, IP4_OFF + ip4::TTL)?;
+    let saddr: u32 = load(ctx, IP4_OFF + ip4::SADDR)?;
+    let daddr: u32 = load(ctx, IP4_OFF + ip4::DADDR)?;
+    let l4_off = IP4_OFF + ihl;
+    let frag = if frag_off & ip4::OFFSET_MASK != 0 {
+        Frag::Later
+    } else if frag_off & ip4::MF != 0 {
+        Frag::First
+    } else {
+        Frag::Whole
+    };
+    match proto {
+        IPPROTO_TCP | IPPROTO_UDP => {}
+        IPPROTO_ICMP if frag != Frag::Later => {
+            return Ok(Parsed::Icmp {
+                l4_off,
+                saddr,
+                daddr,
+            });
+        }
+        _ => return Ok(Parsed::Other),
+    }
+    let frag_key = || -> Result<Frag4Key, Error> {
+        Ok(Frag4Key {
+            saddr,
+            daddr,
+            id: load(ctx, IP4_OFF + ip4::ID)?,
+            proto,
+            pad: 0,
+        })
+    };
+    let (sport, dport, tcp_flags) = if frag == Frag::Later {
+        match get_copy(&FRAG4, &frag_key()?) {
+            Some(ports) => (ports.sport, ports.dport, 0),
+            None => {
+                count(Counter::NpFragUnknown);
+                return Ok(Parsed::Other);
+            }
+        }
+    } else {
+        let sport: u16 = load(ctx, l4_off + l4::SPORT)?;
+        let dport: u16 = load(ctx, l4_off + l4::DPORT)?;
+        let flags: u8 = if proto == IPPROTO_TCP {
+            load_pair(ctx, l4_off + tcp::DOFF_FLAGS)?.1
+        } else {
+            0
+        };
+        (sport, dport, flags)
+    };
+    if frag == Frag::First {
+        // Remembered whether or not the datagram turns out to be ours: a later
+        // fragment cannot be matched otherwise.
+        let _ = FRAG4.insert(&frag_key()?, &Frag4Value { sport, dport }, BPF_ANY as u64);
+    }
+    Ok(Parsed::Flow(Packet {
+        l4_off,
+        proto,
+        saddr,
+        daddr,
+        sport,
+        dport,
+        frag,
+        tcp_flags,
+    }))
+}
