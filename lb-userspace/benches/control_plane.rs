@@ -34,12 +34,10 @@ use std::{
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use socklb::datapath::{kernel, reconcile::Reconciler};
 use socklb_core::{
+    builders::{self, TCP, ep},
     events::ClusterEvent,
     maps::{ServiceMaps, diff::Capacity, twin::MemoryMaps},
-    model::{
-        EndpointModel, NodeModel, Protocol, ServiceModel, ServicePortModel, ServiceType,
-        SliceModel, SlicePortModel, TrafficPolicy,
-    },
+    model::{NodeModel, ServiceModel, SliceModel},
     state::ClusterState,
 };
 
@@ -54,28 +52,8 @@ fn service_counts() -> Vec<usize> {
 }
 
 fn service(i: usize) -> ServiceModel {
-    ServiceModel {
-        namespace: "bench".into(),
-        name: format!("svc-{i}"),
-        created: None,
-        service_type: ServiceType::ClusterIP,
-        cluster_ips: vec![Ipv4Addr::from(0x0a60_0000u32 + i as u32)],
-        ports: vec![ServicePortModel {
-            name: "http".into(),
-            protocol: Protocol::Tcp,
-            port: 80,
-            node_port: None,
-        }],
-        internal_traffic_policy: TrafficPolicy::Cluster,
-        external_traffic_policy: TrafficPolicy::Cluster,
-        session_affinity_timeout_s: 0,
-        traffic_distribution: None,
-        external_ips: vec![],
-        load_balancer_ips: vec![],
-        load_balancer_source_ranges: vec![],
-        health_check_node_port: None,
-        skipped: vec![],
-    }
+    let ip = Ipv4Addr::from(0x0a60_0000u32 + i as u32).to_string();
+    builders::service("bench", &format!("svc-{i}"), &ip, &[("http", TCP, 80)])
 }
 
 /// Endpoint addresses of service i, generation g: endpoint 0 changes with g.
@@ -90,30 +68,16 @@ fn slice_changed(i: usize, generation: u32, k: usize) -> SliceModel {
             let host = 0x0af4_0000u32
                 + (i * ENDPOINTS + e) as u32 * 2
                 + if e < k { generation % 2 } else { 0 };
-            EndpointModel {
-                address: Ipv4Addr::from(host),
-                ready: true,
-                serving: true,
-                terminating: false,
-                node_name: None,
-                zone: None,
-                hints_zones: None,
-                hints_nodes: None,
-            }
+            ep(&Ipv4Addr::from(host).to_string())
         })
         .collect();
-    SliceModel {
-        namespace: "bench".into(),
-        name: format!("svc-{i}-1"),
-        service_name: format!("svc-{i}"),
-        ports: vec![SlicePortModel {
-            name: "http".into(),
-            protocol: Protocol::Tcp,
-            port: 8080,
-        }],
+    builders::slice(
+        "bench",
+        &format!("svc-{i}-1"),
+        &format!("svc-{i}"),
+        &[("http", TCP, 8080)],
         endpoints,
-        skipped: vec![],
-    }
+    )
 }
 
 fn snapshot(n: usize) -> ClusterEvent {

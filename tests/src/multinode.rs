@@ -1051,11 +1051,25 @@ impl MultiNode {
         Ok(())
     }
 
-    /// Starts every node's agent (see [`MultiNode::start_agent`]).
+    /// Starts every node's agent (see [`MultiNode::start_agent`]) and waits until each
+    /// has programmed its data path (its "ready" log line): a test may then use any
+    /// node at once.
     pub fn start_agents(&mut self, opts: &AgentOptions) -> Result<()> {
         let indexes: Vec<u8> = self.nodes.iter().map(|n| n.index).collect();
+        for n in &indexes {
+            self.start_agent(*n, opts)?;
+        }
         for n in indexes {
-            self.start_agent(n, opts)?;
+            let node = self.node_mut(n)?;
+            if let Some(agent) = node.agent.as_mut()
+                && !agent.wait_for_log("ready", AGENT_WAIT)
+            {
+                bail!(
+                    "the agent of {} did not get ready within {AGENT_WAIT:?}; its log:\n{}",
+                    node_name(n),
+                    agent.log()
+                );
+            }
         }
         Ok(())
     }

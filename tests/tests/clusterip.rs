@@ -16,6 +16,7 @@ use std::{
     time::Duration,
 };
 
+use socklb_core::builders;
 use socklb_tests::{
     Agent, Cluster, TcpProbe, TcpReport, UdpProbe, cluster::pod_id, probe_bin, require_privileges,
     socklb, wait_until,
@@ -54,38 +55,20 @@ fn demo_cluster() -> Cluster {
 type Port<'a> = (&'a str, &'a str, u16);
 
 fn service_yaml(name: &str, ip: &str, ports: &[Port]) -> String {
-    let ports: String = ports
-        .iter()
-        .map(|(n, p, port)| format!("  - {{name: \"{n}\", protocol: {p}, port: {port}}}\n"))
-        .collect();
-    format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: e2e}}\n\
-         spec:\n  clusterIP: {ip}\n  ports:\n{ports}---\n"
-    )
+    builders::manifest_text(&[builders::service_object("e2e", name, ip, ports)])
 }
 
 /// Endpoint: (address, ready)
 fn slice_yaml(name: &str, service: &str, ports: &[Port], endpoints: &[(&str, bool)]) -> String {
-    let ports: String = ports
+    let endpoints: Vec<serde_json::Value> = endpoints
         .iter()
-        .map(|(n, p, port)| format!("  - {{name: \"{n}\", protocol: {p}, port: {port}}}\n"))
+        .map(|(ip, ready)| serde_json::json!({"addresses": [ip], "conditions": {"ready": ready}}))
         .collect();
-    let eps: String = endpoints
-        .iter()
-        .map(|(ip, ready)| {
-            format!("  - addresses: [\"{ip}\"]\n    conditions: {{ready: {ready}}}\n")
-        })
-        .collect();
-    let eps = if endpoints.is_empty() {
-        "endpoints: []\n".to_string()
-    } else {
-        format!("endpoints:\n{eps}")
-    };
-    format!(
-        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\naddressType: IPv4\n\
-         metadata:\n  name: {name}\n  namespace: e2e\n  labels: {{kubernetes.io/service-name: {service}}}\n\
-         ports:\n{ports}{eps}---\n"
-    )
+    let object = builders::merge(
+        builders::slice_object("e2e", name, service, ports, &[]),
+        serde_json::json!({ "endpoints": endpoints }),
+    );
+    builders::manifest_text(&[object])
 }
 
 /// Writes `files` into an empty temp dir used as the cluster's source.

@@ -9,6 +9,8 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+use serde_json::{Value, json};
+use socklb_core::builders;
 use socklb_tests::{Cluster, ManifestDir, TcpProbe, UdpProbe, require_privileges, wait_until};
 
 const WEB: &str = "10.96.0.10:80";
@@ -23,63 +25,48 @@ fn addr(s: &str) -> SocketAddr {
 
 fn healthy_manifests() -> ManifestDir {
     let dir = ManifestDir::new().unwrap();
-    dir.write(
-        "web.yaml",
-        &format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: e2e, creationTimestamp: \"{CREATED}\"}}\n\
-             spec: {{clusterIP: 10.96.0.10, ports: [{{name: http, port: 80, protocol: TCP}}]}}\n---\n{}",
-            web_slice(&["10.244.0.11", "10.244.0.12"])
-        ),
-    )
-    .unwrap();
-    dir.write(
-        "dns.yaml",
-        &format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: dns, namespace: e2e, creationTimestamp: \"{CREATED}\"}}\n\
-             spec: {{clusterIP: 10.96.0.53, ports: [{{name: dns, port: 53, protocol: UDP}}]}}\n---\n\
-             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\naddressType: IPv4\n\
-             metadata: {{name: dns-1, namespace: e2e, labels: {{kubernetes.io/service-name: dns}}}}\n\
-             ports: [{{name: dns, port: 5353, protocol: UDP}}]\n\
-             endpoints: [{{addresses: [10.244.0.21]}}, {{addresses: [10.244.0.22]}}]\n"
-        ),
-    )
-    .unwrap();
+    dir.write("web.yaml", &web_manifest(&["10.244.0.11", "10.244.0.12"]))
+        .unwrap();
+    let dns = builders::merge(
+        builders::service_object("e2e", "dns", "10.96.0.53", &[("dns", "UDP", 53)]),
+        json!({"metadata": {"creationTimestamp": CREATED}}),
+    );
+    let dns_slice = builders::slice_object(
+        "e2e",
+        "dns-1",
+        "dns",
+        &[("dns", "UDP", 5353)],
+        &["10.244.0.21", "10.244.0.22"],
+    );
+    dir.write("dns.yaml", &builders::manifest_text(&[dns, dns_slice]))
+        .unwrap();
     dir
 }
 
-/// web's slice with these endpoint addresses (quoted: they may be anything).
-fn web_slice(addresses: &[&str]) -> String {
-    let eps: Vec<String> = addresses
-        .iter()
-        .map(|a| format!("{{addresses: [\"{a}\"]}}"))
-        .collect();
-    format!(
-        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\naddressType: IPv4\n\
-         metadata: {{name: web-1, namespace: e2e, labels: {{kubernetes.io/service-name: web}}}}\n\
-         ports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints: [{}]\n",
-        eps.join(", ")
+/// web (created at [`CREATED`]) and its slice with these endpoint addresses.
+fn web_manifest(addresses: &[&str]) -> String {
+    let web = builders::merge(
+        builders::service_object("e2e", "web", "10.96.0.10", &[("http", "TCP", 80)]),
+        json!({"metadata": {"creationTimestamp": CREATED}}),
+    );
+    builders::manifest_text(&[web, slice_object("web-1", "web", addresses)])
+}
+
+/// A Service `name` with `overrides` merged over a ClusterIP Service on 10.96.0.10:80.
+fn service(name: &str, overrides: Value) -> Value {
+    builders::merge(
+        builders::service_object("e2e", name, "10.96.0.10", &[("http", "TCP", 80)]),
+        overrides,
     )
 }
 
-/// A Service `name` with the given metadata extras and spec (flow YAML inside `{}`).
-fn service(name: &str, meta: &str, spec: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: e2e{meta}}}\nspec: {{{spec}}}\n"
-    )
+/// An EndpointSlice `name` of Service `svc` with port http 8080 and these endpoints.
+fn slice_object(name: &str, svc: &str, addresses: &[&str]) -> Value {
+    builders::slice_object("e2e", name, svc, &[("http", "TCP", 8080)], addresses)
 }
 
-/// An EndpointSlice `name` of Service `svc` with one TCP port 8080 and these endpoints.
-fn slice(name: &str, svc: &str, addresses: &[&str]) -> String {
-    let eps: Vec<String> = addresses
-        .iter()
-        .map(|a| format!("{{addresses: [\"{a}\"]}}"))
-        .collect();
-    format!(
-        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\naddressType: IPv4\n\
-         metadata: {{name: {name}, namespace: e2e, labels: {{kubernetes.io/service-name: {svc}}}}}\n\
-         ports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints: [{}]\n",
-        eps.join(", ")
-    )
+fn text(objects: &[Value]) -> String {
+    builders::manifest_text(objects)
 }
 
 /// One bad input: a file to add (and remove again), and a log line that shows the
@@ -93,114 +80,110 @@ struct Bad {
 
 fn bad_objects() -> Vec<Bad> {
     let conflict = "two services claim one frontend";
-    let port80 = "ports: [{name: http, port: 80, protocol: TCP}]";
     let many_endpoints: Vec<String> = (0..1001)
         .map(|i| format!("10.244.{}.{}", 100 + i / 250, 1 + i % 250))
         .collect();
     let many_endpoints: Vec<&str> = many_endpoints.iter().map(String::as_str).collect();
+    let created = |t: &str| json!({"metadata": {"creationTimestamp": t}});
     vec![
         Bad {
             what: "a newer Service on web's cluster IP and port, without endpoints",
             file: "conflict-newer.yaml",
-            text: service(
-                "conflict-newer",
-                ", creationTimestamp: \"2025-06-01T00:00:00Z\"",
-                &format!("clusterIP: 10.96.0.10, {port80}"),
-            ),
+            text: text(&[service("conflict-newer", created("2025-06-01T00:00:00Z"))]),
             logged: conflict,
         },
         Bad {
             what: "an undated Service on web's frontend whose name sorts first",
             file: "aaa.yaml",
-            text: service("aaa", "", &format!("clusterIP: 10.96.0.10, {port80}")),
+            text: text(&[service("aaa", json!({}))]),
             logged: conflict,
         },
         Bad {
             what: "an undated UDP Service on dns's frontend",
             file: "aaa-dns.yaml",
-            text: service(
+            text: text(&[builders::service_object(
+                "e2e",
                 "aaa-dns",
-                "",
-                "clusterIP: 10.96.0.53, ports: [{name: dns, port: 53, protocol: UDP}]",
-            ),
+                "10.96.0.53",
+                &[("dns", "UDP", 53)],
+            )]),
             logged: conflict,
         },
         Bad {
             what: "an older Service with web's cluster IP as an external IP",
             file: "extip.yaml",
-            text: service(
+            text: text(&[service(
                 "extip",
-                ", creationTimestamp: \"2000-01-01T00:00:00Z\"",
-                &format!("clusterIP: 10.96.0.77, externalIPs: [10.96.0.10], {port80}"),
-            ),
+                builders::merge(
+                    created("2000-01-01T00:00:00Z"),
+                    json!({"spec": {"clusterIP": "10.96.0.77", "externalIPs": ["10.96.0.10"]}}),
+                ),
+            )]),
             logged: conflict,
         },
         Bad {
             what: "an endpoint 0.0.0.0 in a second slice of web",
             file: "web-unspecified.yaml",
-            text: slice("web-bad", "web", &["0.0.0.0"]),
+            text: text(&[slice_object("web-bad", "web", &["0.0.0.0"])]),
             logged: "web-bad",
         },
         Bad {
             what: "loopback, link-local and multicast endpoints for web",
             file: "web-special.yaml",
-            text: [
-                slice("web-loopback", "web", &["127.0.0.1"]),
-                slice("web-linklocal", "web", &["169.254.169.254"]),
-                slice("web-multicast", "web", &["224.0.0.1"]),
-            ]
-            .join("---\n"),
+            text: text(&[
+                slice_object("web-loopback", "web", &["127.0.0.1"]),
+                slice_object("web-linklocal", "web", &["169.254.169.254"]),
+                slice_object("web-multicast", "web", &["224.0.0.1"]),
+            ]),
             logged: "web-multicast",
         },
         Bad {
             what: "a slice of web with more endpoints than the API allows",
             file: "web-huge.yaml",
-            text: slice("web-huge", "web", &many_endpoints),
+            text: text(&[slice_object("web-huge", "web", &many_endpoints)]),
             logged: "web-huge",
         },
         Bad {
             what: "a cluster IP 0.0.0.0 (the NodePort key) on web's port",
             file: "zero.yaml",
-            text: service("zero", "", &format!("clusterIP: 0.0.0.0, {port80}")),
+            text: text(&[service("zero", json!({"spec": {"clusterIP": "0.0.0.0"}}))]),
             logged: "Service e2e/zero",
         },
         Bad {
             what: "a loopback cluster IP",
             file: "loop.yaml",
-            text: service("loop", "", &format!("clusterIP: 127.0.0.1, {port80}")),
+            text: text(&[service("loop", json!({"spec": {"clusterIP": "127.0.0.1"}}))]),
             logged: "Service e2e/loop",
         },
         Bad {
             what: "an external IP 0.0.0.0",
             file: "extzero.yaml",
-            text: service(
+            text: text(&[service(
                 "extzero",
-                "",
-                &format!("clusterIP: 10.96.0.78, externalIPs: [0.0.0.0], {port80}"),
-            ),
+                json!({"spec": {"clusterIP": "10.96.0.78", "externalIPs": ["0.0.0.0"]}}),
+            )]),
             logged: "Service e2e/extzero",
         },
         Bad {
             what: "ports out of range, unknown protocols, duplicate names",
             file: "ports.yaml",
-            text: [
+            text: text(&[
                 service(
                     "port-range",
-                    "",
-                    "clusterIP: 10.96.0.10, ports: [{name: http, port: 70000}]",
+                    json!({"spec": {"ports": [{"name": "http", "port": 70000}]}}),
                 ),
                 service(
                     "proto",
-                    "",
-                    "clusterIP: 10.96.0.10, ports: [{name: http, port: 80, protocol: tcp}]",
+                    json!({"spec": {"ports": [{"name": "http", "port": 80, "protocol": "tcp"}]}}),
                 ),
                 service(
                     "dup-names",
-                    "",
-                    "clusterIP: 10.96.0.10, ports: [{name: a, port: 80, protocol: TCP}, {name: a, port: 81, protocol: UDP}]",
+                    json!({"spec": {"ports": [
+                        {"name": "a", "port": 80, "protocol": "TCP"},
+                        {"name": "a", "port": 81, "protocol": "UDP"},
+                    ]}}),
                 ),
-            ]
-            .join("---\n"),
+            ]),
             logged: "Service e2e/dup-names",
         },
         Bad {
@@ -262,11 +245,7 @@ fn bad_objects_never_disturb_a_healthy_service() {
         c.manifests
             .write(
                 "web.yaml",
-                &format!(
-                    "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: e2e, creationTimestamp: \"{CREATED}\"}}\n\
-                     spec: {{clusterIP: 10.96.0.10, ports: [{{name: http, port: 80, protocol: TCP}}]}}\n---\n{}",
-                    web_slice(&["10.244.0.11", "10.244.0.12", "0.0.0.0"])
-                ),
+                &web_manifest(&["10.244.0.11", "10.244.0.12", "0.0.0.0"]),
             )
             .unwrap();
         assert!(

@@ -14,6 +14,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use serde_json::{Value, json};
+use socklb_core::builders;
 use socklb_tests::child::{Child, SpawnOpts};
 use socklb_tests::multinode::{
     AGENT_WAIT, CLIENT_ADDR, CLIENT_ALT_ADDR, CLIENT_IF, LAN_IF, node_addr, read_proc_sys,
@@ -124,69 +126,61 @@ struct Svc {
 }
 
 fn service_yaml(s: &Svc) -> String {
-    let mut y = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: {}, namespace: e2e}}\nspec:\n  type: {}\n  clusterIP: {}\n",
-        s.name, s.kind, s.cluster_ip
-    );
+    let ports: Vec<Value> = s
+        .ports
+        .iter()
+        .map(|p| {
+            let mut port = json!({"name": p.name, "protocol": p.protocol, "port": p.port, "targetPort": p.target});
+            if let Some(n) = p.node_port {
+                port["nodePort"] = json!(n);
+            }
+            port
+        })
+        .collect();
+    let mut spec = json!({"type": s.kind, "ports": ports});
     if let Some(p) = s.policy {
-        y += &format!("  externalTrafficPolicy: {p}\n");
-    }
-    y += "  ports:\n";
-    for p in &s.ports {
-        y += &format!(
-            "  - {{name: {}, protocol: {}, port: {}, targetPort: {}",
-            p.name, p.protocol, p.port, p.target
-        );
-        if let Some(n) = p.node_port {
-            y += &format!(", nodePort: {n}");
-        }
-        y += "}\n";
+        spec["externalTrafficPolicy"] = json!(p);
     }
     if !s.source_ranges.is_empty() {
-        y += &format!(
-            "  loadBalancerSourceRanges: [{}]\n",
-            s.source_ranges.join(", ")
-        );
+        spec["loadBalancerSourceRanges"] = json!(s.source_ranges);
     }
     if !s.external_ips.is_empty() {
-        let ips: Vec<String> = s.external_ips.iter().map(|i| format!("\"{i}\"")).collect();
-        y += &format!("  externalIPs: [{}]\n", ips.join(", "));
+        spec["externalIPs"] = json!(s.external_ips);
     }
+    let mut object = builders::merge(
+        builders::service_object("e2e", s.name, s.cluster_ip, &[]),
+        json!({ "spec": spec }),
+    );
     if !s.lb_ingress.is_empty() {
-        y += "status:\n  loadBalancer:\n    ingress:\n";
-        for ip in &s.lb_ingress {
-            y += &format!("    - {{ip: \"{ip}\"}}\n");
-        }
+        let ingress: Vec<Value> = s.lb_ingress.iter().map(|ip| json!({"ip": ip})).collect();
+        object["status"] = json!({"loadBalancer": {"ingress": ingress}});
     }
-    y + "---\n"
+    builders::manifest_text(&[object])
 }
 
 /// The service's EndpointSlice: its ports (by name, target port) and these pods, each
 /// with the nodeName of its node.
 fn slice_yaml(s: &Svc, endpoints: &[Ipv4Addr]) -> String {
-    let mut y = format!(
-        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\naddressType: IPv4\n\
-         metadata:\n  name: {}-abcde\n  namespace: e2e\n  labels: {{kubernetes.io/service-name: {}}}\nports:\n",
-        s.name, s.name
+    let ports: Vec<(&str, &str, u16)> = s
+        .ports
+        .iter()
+        .map(|p| (p.name, p.protocol, p.target))
+        .collect();
+    let endpoints: Vec<Value> = endpoints
+        .iter()
+        .map(|ip| {
+            json!({
+                "addresses": [ip],
+                "conditions": {"ready": true, "serving": true, "terminating": false},
+                "nodeName": format!("node-{}", ip.octets()[2]),
+            })
+        })
+        .collect();
+    let object = builders::merge(
+        builders::slice_object("e2e", &format!("{}-abcde", s.name), s.name, &ports, &[]),
+        json!({ "endpoints": endpoints }),
     );
-    for p in &s.ports {
-        y += &format!(
-            "- {{name: {}, protocol: {}, port: {}}}\n",
-            p.name, p.protocol, p.target
-        );
-    }
-    if endpoints.is_empty() {
-        y += "endpoints: []\n";
-    } else {
-        y += "endpoints:\n";
-        for ip in endpoints {
-            y += &format!(
-                "- addresses: [\"{ip}\"]\n  conditions: {{ready: true, serving: true, terminating: false}}\n  nodeName: node-{}\n",
-                ip.octets()[2]
-            );
-        }
-    }
-    y + "---\n"
+    builders::manifest_text(&[object])
 }
 
 fn nodes_yaml() -> String {

@@ -213,15 +213,10 @@ pub fn slice_object(
     })
 }
 
-/// Objects as the text of one manifest file: JSON documents separated by `---` (JSON
-/// is YAML, so a `.yaml` file of these loads).
+/// Objects as the text of a manifest file: JSON documents each followed by `---` (JSON
+/// is YAML, so a `.yaml` file of these loads), so that texts can be concatenated.
 pub fn manifest_text(objects: &[Value]) -> String {
-    objects
-        .iter()
-        .map(Value::to_string)
-        .collect::<Vec<_>>()
-        .join("\n---\n")
-        + "\n"
+    objects.iter().map(|o| format!("{o}\n---\n")).collect()
 }
 
 #[cfg(test)]

@@ -257,70 +257,39 @@ mod tests {
 
     use super::*;
     use crate::{
+        builders::{self, EndpointExt, TCP, ep},
         maps::DesiredState,
-        model::{
-            EndpointModel, Protocol, ServicePortModel, ServiceType, SlicePortModel, TrafficPolicy,
-        },
+        model::TrafficPolicy,
     };
 
+    /// A ClusterIP Service of namespace ns with TCP ports (name, port).
     fn service(name: &str, ip: [u8; 4], ports: &[(&str, u16)]) -> ServiceModel {
-        ServiceModel {
-            namespace: "ns".into(),
-            name: name.into(),
-            created: None,
-            service_type: ServiceType::ClusterIP,
-            cluster_ips: vec![Ipv4Addr::from(ip).into()],
-            ports: ports
-                .iter()
-                .map(|(n, p)| ServicePortModel {
-                    name: (*n).into(),
-                    protocol: Protocol::Tcp,
-                    port: *p,
-                    node_port: None,
-                })
-                .collect(),
-            internal_traffic_policy: TrafficPolicy::Cluster,
-            external_traffic_policy: TrafficPolicy::Cluster,
-            session_affinity_timeout_s: 0,
-            traffic_distribution: None,
-            external_ips: vec![],
-            load_balancer_ips: vec![],
-            load_balancer_source_ranges: vec![],
-            health_check_node_port: None,
-            skipped: vec![],
-        }
+        let ports: Vec<_> = ports.iter().map(|(n, p)| (*n, TCP, *p)).collect();
+        builders::service("ns", name, &Ipv4Addr::from(ip).to_string(), &ports)
     }
 
+    /// A slice of namespace ns with one TCP port; endpoints (last octet of
+    /// 10.244.0.x, ready, node).
     fn slice(
         name: &str,
         service: &str,
         port: (&str, u16),
         eps: &[(u8, bool, Option<&str>)],
     ) -> SliceModel {
-        SliceModel {
-            namespace: "ns".into(),
-            name: name.into(),
-            service_name: service.into(),
-            ports: vec![SlicePortModel {
-                name: port.0.into(),
-                protocol: Protocol::Tcp,
-                port: port.1,
-            }],
-            endpoints: eps
-                .iter()
-                .map(|(last, ready, node)| EndpointModel {
-                    address: Ipv4Addr::new(10, 244, 0, *last).into(),
-                    ready: *ready,
-                    serving: *ready,
-                    terminating: false,
-                    node_name: node.map(String::from),
-                    zone: None,
-                    hints_zones: None,
-                    hints_nodes: None,
-                })
-                .collect(),
-            skipped: vec![],
-        }
+        let endpoints = eps
+            .iter()
+            .map(|(last, ready, node)| {
+                let mut e = ep(&format!("10.244.0.{last}"));
+                if !ready {
+                    e = e.not_ready();
+                }
+                if let Some(node) = node {
+                    e = e.on(node);
+                }
+                e
+            })
+            .collect();
+        builders::slice("ns", name, service, &[(port.0, TCP, port.1)], endpoints)
     }
 
     /// The incremental desired state equals the one computed from scratch.

@@ -345,7 +345,7 @@ fn ids(set: &ManifestSet) -> Vec<ObjectId> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use socklb_core::state::ClusterState;
+    use socklb_core::{builders, state::ClusterState};
 
     struct Dir(PathBuf);
 
@@ -371,24 +371,25 @@ mod tests {
         }
     }
 
+    /// A Service of namespace t with port http 80, as manifest text.
     fn service(name: &str, ip: &str) -> String {
-        format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: t}}\n\
-             spec: {{clusterIP: {ip}, ports: [{{name: http, port: 80, protocol: TCP}}]}}\n---\n"
-        )
+        builders::manifest_text(&[builders::service_object(
+            "t",
+            name,
+            ip,
+            &[("http", "TCP", 80)],
+        )])
     }
 
+    /// A slice of namespace t with port http 8080 and these endpoints, as manifest text.
     fn slice(name: &str, svc: &str, ips: &[&str]) -> String {
-        let eps: Vec<String> = ips
-            .iter()
-            .map(|ip| format!("{{addresses: [{ip}]}}"))
-            .collect();
-        format!(
-            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-             metadata: {{name: {name}, namespace: t, labels: {{kubernetes.io/service-name: {svc}}}}}\n\
-             addressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints: [{}]\n---\n",
-            eps.join(", ")
-        )
+        builders::manifest_text(&[builders::slice_object(
+            "t",
+            name,
+            svc,
+            &[("http", "TCP", 8080)],
+            ips,
+        )])
     }
 
     /// The state the events build equals the state of a fresh full read.

@@ -498,7 +498,8 @@ mod tests {
 
     use super::*;
     use socklb_core::{
-        model::{LABEL_SERVICE_NAME, Protocol},
+        builders,
+        model::Protocol,
         plan::{Action, compute_plan},
     };
 
@@ -535,19 +536,23 @@ mod tests {
         }
     }
 
+    /// A Service of namespace t with port http 80, as manifest text (JSON, which is
+    /// YAML too).
     fn service_yaml(name: &str, ip: &str) -> String {
-        format!(
-            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: t\nspec:\n  clusterIP: {ip}\n  \
-             ports:\n  - name: http\n    port: 80\n"
-        )
+        builders::manifest_text(&[service_object(name, ip)])
     }
 
+    fn service_object(name: &str, ip: &str) -> serde_json::Value {
+        builders::service_object("t", name, ip, &[("http", "TCP", 80)])
+    }
+
+    /// A slice of namespace t with port http 8080 and one endpoint, as manifest text.
     fn slice_yaml(name: &str, service: &str, address: &str) -> String {
-        format!(
-            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: t\n  \
-             labels:\n    {LABEL_SERVICE_NAME}: {service}\naddressType: IPv4\nports:\n- name: http\n  port: 8080\n  \
-             protocol: TCP\nendpoints:\n- addresses: [\"{address}\"]\n"
-        )
+        builders::manifest_text(&[slice_object(name, service, address)])
+    }
+
+    fn slice_object(name: &str, service: &str, address: &str) -> serde_json::Value {
+        builders::slice_object("t", name, service, &[("http", "TCP", 8080)], &[address])
     }
 
     fn names(set: &ManifestSet) -> (Vec<String>, Vec<String>) {
@@ -828,7 +833,7 @@ mod tests {
             .write("b-syntax.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: x\n")
             .write("c-not-utf8.yaml", [0x61, 0x3a, 0x20, 0xff, 0xfe, 0x0a])
             .write("d-scalar.yaml", "just some words\n")
-            .write("e-huge.yaml", service_yaml("huge", "10.96.0.5").replace("port: 80", "port: 99999999999999999999999"))
+            .write("e-huge.yaml", service_yaml("huge", "10.96.0.5").replace("\"port\":80", "\"port\":99999999999999999999999"))
             .write("f-nulls.yaml", "apiVersion: v1\nkind: Service\nmetadata: null\nspec: null\n")
             .write("g-no-kind.yaml", "apiVersion: v1\nmetadata: {name: x}\n")
             .write("h-old-api.yaml", slice_yaml("old", "good", "10.244.0.1").replace("discovery.k8s.io/v1", "discovery.k8s.io/v1beta1"))
@@ -895,7 +900,8 @@ mod tests {
         )
         .write(
             "c.yaml",
-            service_yaml("web", "10.96.0.3").replace("namespace: t", "namespace: other"),
+            service_yaml("web", "10.96.0.3")
+                .replace("\"namespace\":\"t\"", "\"namespace\":\"other\""),
         );
         let set = dir.load();
         assert_eq!(
@@ -922,16 +928,21 @@ mod tests {
     #[test]
     fn skipped_become_warnings_and_not_proxied_objects_are_silent() {
         let dir = TempDir::new("skipped");
-        let sctp = service_yaml("s", "10.96.0.1").replace(
-            "port: 80\n",
-            "port: 80\n  - name: assoc\n    port: 9000\n    protocol: SCTP\n",
+        let sctp = builders::merge(
+            service_object("s", "10.96.0.1"),
+            serde_json::json!({"spec": {"ports": [
+                {"name": "http", "port": 80},
+                {"name": "assoc", "port": 9000, "protocol": "SCTP"},
+            ]}}),
         );
-        let headless = service_yaml("h", "None");
-        let numberless_port = slice_yaml("s-1", "s", "10.244.0.1")
-            .replace("- name: http\n  port: 8080", "- name: http");
+        let headless = service_object("h", "None");
+        let numberless_port = builders::merge(
+            slice_object("s-1", "s", "10.244.0.1"),
+            serde_json::json!({"ports": [{"name": "http"}]}),
+        );
         dir.write(
             "a.yaml",
-            format!("{sctp}---\n{headless}---\n{numberless_port}"),
+            builders::manifest_text(&[sctp, headless, numberless_port]),
         );
         let set = dir.load();
         assert_eq!(

@@ -493,39 +493,14 @@ fn frontend_order(a: &Frontend, b: &Frontend) -> std::cmp::Ordering {
 #[allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 mod tests {
     use super::*;
-    use crate::model::{
-        EndpointModel, ServicePortModel, ServiceType, SlicePortModel, TrafficPolicy,
+    use crate::{
+        builders::{self, EndpointExt, TCP, UDP, ep},
+        model::{EndpointModel, ServiceType, TrafficPolicy},
     };
 
-    const TCP: Protocol = Protocol::Tcp;
-    const UDP: Protocol = Protocol::Udp;
-
+    /// A ClusterIP Service of namespace demo.
     fn service(name: &str, ip: &str, ports: &[(&str, Protocol, u16)]) -> ServiceModel {
-        ServiceModel {
-            namespace: "demo".into(),
-            name: name.into(),
-            created: None,
-            service_type: ServiceType::ClusterIP,
-            cluster_ips: vec![ip.parse().unwrap()],
-            ports: ports
-                .iter()
-                .map(|(name, protocol, port)| ServicePortModel {
-                    name: (*name).into(),
-                    protocol: *protocol,
-                    port: *port,
-                    node_port: None,
-                })
-                .collect(),
-            internal_traffic_policy: TrafficPolicy::Cluster,
-            external_traffic_policy: TrafficPolicy::Cluster,
-            session_affinity_timeout_s: 0,
-            traffic_distribution: None,
-            external_ips: vec![],
-            load_balancer_ips: vec![],
-            load_balancer_source_ranges: vec![],
-            health_check_node_port: None,
-            skipped: vec![],
-        }
+        builders::service("demo", name, ip, ports)
     }
 
     fn web() -> ServiceModel {
@@ -555,27 +530,14 @@ mod tests {
         svc
     }
 
+    /// A slice of namespace demo.
     fn slice(
         service: &str,
         name: &str,
         ports: &[(&str, Protocol, u16)],
         endpoints: Vec<EndpointModel>,
     ) -> SliceModel {
-        SliceModel {
-            namespace: "demo".into(),
-            name: name.into(),
-            service_name: service.into(),
-            ports: ports
-                .iter()
-                .map(|(name, protocol, port)| SlicePortModel {
-                    name: (*name).into(),
-                    protocol: *protocol,
-                    port: *port,
-                })
-                .collect(),
-            endpoints,
-            skipped: vec![],
-        }
+        builders::slice("demo", name, service, ports, endpoints)
     }
 
     /// A slice of `web` with port http -> 8080.
@@ -583,59 +545,8 @@ mod tests {
         slice("web", name, &[("http", TCP, 8080)], endpoints)
     }
 
-    /// A ready endpoint on no particular node.
-    fn ep(address: &str) -> EndpointModel {
-        EndpointModel {
-            address: address.parse().unwrap(),
-            ready: true,
-            serving: true,
-            terminating: false,
-            node_name: None,
-            zone: None,
-            hints_zones: None,
-            hints_nodes: None,
-        }
-    }
-
-    trait EndpointExt {
-        fn on(self, node: &str) -> Self;
-        fn not_ready(self) -> Self;
-        fn terminating(self, serving: bool) -> Self;
-        fn for_zones(self, zones: &[&str]) -> Self;
-        fn for_nodes(self, nodes: &[&str]) -> Self;
-    }
-
-    impl EndpointExt for EndpointModel {
-        fn on(mut self, node: &str) -> Self {
-            self.node_name = Some(node.into());
-            self
-        }
-        fn not_ready(mut self) -> Self {
-            self.ready = false;
-            self.serving = false;
-            self
-        }
-        fn terminating(mut self, serving: bool) -> Self {
-            self.ready = false;
-            self.serving = serving;
-            self.terminating = true;
-            self
-        }
-        fn for_zones(mut self, zones: &[&str]) -> Self {
-            self.hints_zones = Some(zones.iter().map(|z| (*z).into()).collect());
-            self
-        }
-        fn for_nodes(mut self, nodes: &[&str]) -> Self {
-            self.hints_nodes = Some(nodes.iter().map(|n| (*n).into()).collect());
-            self
-        }
-    }
-
     fn node_in_zone(zone: &str) -> NodeModel {
-        NodeModel {
-            name: "node-a".into(),
-            zone: Some(zone.into()),
-        }
+        builders::node_in_zone("node-a", zone)
     }
 
     /// "address/PROTO action backend,backend" per frontend: easy to read in a table.
