@@ -29,7 +29,7 @@ use crate::{
     sources::{
         kube as kube_source,
         kube::{KubeSourceConfig, SourceMetrics},
-        manifest_dir::ManifestSource,
+        manifest_dir::ManifestDirSource,
         manifest_files as manifests,
     },
 };
@@ -121,7 +121,7 @@ pub async fn run_agent(
     // without side effects.
     let mut source_task = match &opts.source {
         Source::Manifests { dir, poll_interval } => {
-            let mut source = ManifestSource::with_metrics(
+            let mut source = ManifestDirSource::with_metrics(
                 dir,
                 &opts.node,
                 *poll_interval,

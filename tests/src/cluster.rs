@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::agent::{Agent, AgentConfig, uninstall};
 use crate::cgroup::TestCgroup;
-use crate::manifests::{Manifests, load_manifests};
+use crate::cluster_spec::{ClusterSpec, read_cluster_spec};
 use crate::pins::PinDir;
 use crate::report::{TcpProbe, TcpReport, UdpProbe, UdpReport};
 use crate::sandbox::{Sandbox, Topology};
@@ -47,7 +47,7 @@ pub struct Cluster {
     pub manifests: ManifestDir,
     /// What the manifests held when the cluster started (or at the last
     /// [`Cluster::sync_pods`]).
-    pub model: Manifests,
+    pub model: ClusterSpec,
 }
 
 impl Cluster {
@@ -62,7 +62,7 @@ impl Cluster {
     /// [`Cluster::wait_tcp`].
     pub fn start_with(src: &Path, opts: &ClusterOptions) -> Result<Cluster> {
         let manifests = ManifestDir::copy_from(src)?;
-        let model = load_manifests(manifests.path())?;
+        let model = read_cluster_spec(manifests.path())?;
         let mut sandbox = Topology::new().build()?;
         sync_pods(&mut sandbox, &model)?;
         let cgroup = TestCgroup::new()?;
@@ -93,7 +93,7 @@ impl Cluster {
     /// ports) for every new endpoint address, and removes pods whose address is gone.
     /// Pods whose ports changed are restarted.
     pub fn sync_pods(&mut self) -> Result<()> {
-        self.model = load_manifests(self.manifests.path())?;
+        self.model = read_cluster_spec(self.manifests.path())?;
         sync_pods(&mut self.sandbox, &self.model)
     }
 
@@ -176,7 +176,7 @@ impl Cluster {
     }
 }
 
-fn sync_pods(sandbox: &mut Sandbox, model: &Manifests) -> Result<()> {
+fn sync_pods(sandbox: &mut Sandbox, model: &ClusterSpec) -> Result<()> {
     let want = model.pod_ports();
     for ip in sandbox.pod_ips() {
         let keep = want.get(&ip).is_some_and(|p| {

@@ -26,8 +26,8 @@ pub mod agent;
 pub mod cgroup;
 pub mod child;
 pub mod cluster;
+pub mod cluster_spec;
 pub mod cmd;
-pub mod manifests;
 pub mod multinode;
 pub mod names;
 pub mod netns;
@@ -45,7 +45,7 @@ pub use agent::{
 pub use cgroup::TestCgroup;
 pub use child::{Child, SpawnOpts};
 pub use cluster::{Cluster, ClusterOptions, pod_id};
-pub use manifests::{Manifests, Protocol, load_manifests};
+pub use cluster_spec::{ClusterSpec, Protocol, read_cluster_spec};
 pub use multinode::{
     AgentOptions, MultiNode, MultiNodeBuilder, Node, Origin, Plan, PlanFrontend, ServeSpec, Status,
     StatusFrontend, TcpRun, TcpRunReport, TransferReport, TransferRun, UdpRun, UdpRunReport,

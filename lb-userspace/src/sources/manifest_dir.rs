@@ -41,7 +41,7 @@ struct FileEntry {
 }
 
 /// Watches one directory.
-pub struct ManifestSource {
+pub struct ManifestDirSource {
     dir: PathBuf,
     node: String,
     poll_interval: Duration,
@@ -53,7 +53,7 @@ pub struct ManifestSource {
     pub invalid_objects: Gauge,
 }
 
-impl ManifestSource {
+impl ManifestDirSource {
     pub fn new(dir: impl Into<PathBuf>, node: impl Into<String>, poll_interval: Duration) -> Self {
         Self::with_metrics(dir, node, poll_interval, Gauge::default())
     }
@@ -394,7 +394,7 @@ mod tests {
 
     /// The state the events build equals the state of a fresh full read.
     fn assert_matches_full_read(dir: &Path, state: &ClusterState) {
-        let mut fresh = ManifestSource::new(dir, "n1", Duration::from_millis(10));
+        let mut fresh = ManifestDirSource::new(dir, "n1", Duration::from_millis(10));
         let mut expected = ClusterState::new(NodeModel::named("n1"));
         expected.apply(fresh.load().unwrap());
         expected.recompute();
@@ -413,7 +413,7 @@ mod tests {
             "b.yaml",
             &(service("b", "10.96.0.2") + &slice("b-1", "b", &["10.244.0.2"])),
         );
-        let mut src = ManifestSource::new(&dir.0, "n1", Duration::from_millis(10));
+        let mut src = ManifestDirSource::new(&dir.0, "n1", Duration::from_millis(10));
         let mut state = ClusterState::new(NodeModel::named("n1"));
         state.apply(src.load().unwrap());
         state.recompute();
@@ -457,7 +457,7 @@ mod tests {
         let dir = Dir::new("duplicates");
         dir.write("1.yaml", &service("web", "10.96.0.10"));
         dir.write("2.yaml", &service("web", "10.96.0.20"));
-        let mut src = ManifestSource::new(&dir.0, "n1", Duration::from_millis(10));
+        let mut src = ManifestDirSource::new(&dir.0, "n1", Duration::from_millis(10));
         let mut state = ClusterState::new(NodeModel::named("n1"));
         state.apply(src.load().unwrap());
         state.recompute();
@@ -491,7 +491,7 @@ mod tests {
             "eps.yaml",
             &slice("web-1", "web", &["10.244.0.1", "10.244.0.2"]),
         );
-        let mut src = ManifestSource::new(&dir.0, "n1", Duration::from_millis(10));
+        let mut src = ManifestDirSource::new(&dir.0, "n1", Duration::from_millis(10));
         let mut state = ClusterState::new(NodeModel::named("n1"));
         state.apply(src.load().unwrap());
         state.recompute();
@@ -532,7 +532,7 @@ mod tests {
             "node.yaml",
             "apiVersion: v1\nkind: Node\nmetadata: {name: n1, labels: {topology.kubernetes.io/zone: z1}}\n",
         );
-        let mut src = ManifestSource::new(&dir.0, "n1", Duration::from_millis(10));
+        let mut src = ManifestDirSource::new(&dir.0, "n1", Duration::from_millis(10));
         let ClusterEvent::Snapshot { node, .. } = src.load().unwrap() else {
             panic!("first event is a snapshot")
         };

@@ -5,10 +5,10 @@
 
 pub mod iptables;
 pub mod load;
-pub mod manifests;
 pub mod model;
 pub mod nft;
 pub mod nodeport;
 pub mod runner;
 pub mod stats;
+pub mod synth_files;
 pub mod util;

@@ -36,9 +36,9 @@ use socklb_tests::{
 };
 
 use super::iptables;
-use super::manifests;
 use super::model::{NODE_NAME, SynthCluster, TCP_TARGET, UDP_TARGET};
 use super::runner::{Config, LoadRun, Measured, TOOL_TIMEOUT, measure, progress, wait_ready};
+use super::synth_files;
 use super::util;
 
 /// NodePort of service i: `NODE_PORT_BASE + i`.
@@ -181,7 +181,7 @@ pub fn run(n: usize, cfg: &Config, work: &Path, results: &mut Results) -> Result
     }
     let c = SynthCluster::new(n, cfg.endpoints, pods()).with_node_ports(NODE_PORT_BASE);
     let dir = ManifestDir::new()?;
-    manifests::write_all(&dir, &c)?;
+    synth_files::write_all(&dir, &c)?;
 
     let direct = Node::new(Mode::Direct).context("the direct node")?;
     let socklb = Node::new(Mode::Socklb).context("the socklb node")?;

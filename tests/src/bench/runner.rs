@@ -40,8 +40,8 @@ use socklb_tests::{
     Topology, check_privileges,
 };
 
-use super::manifests;
 use super::model::{Change, SERVICE_CIDR, SynthCluster, TCP_TARGET, UDP_TARGET};
+use super::synth_files;
 use super::util::{self, check_interrupted};
 use super::{iptables, nft};
 
@@ -166,7 +166,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
             ));
         }
         let manifest_dir = ManifestDir::new()?;
-        manifests::write_all(&manifest_dir, &cluster)?;
+        synth_files::write_all(&manifest_dir, &cluster)?;
         progress(format!(
             "N={n}: {} services, {} endpoints, manifests in {}",
             n,
@@ -999,7 +999,7 @@ fn agent_phase(
             let row = agent_changes(&mut agent, c, dir, cfg)?;
             results.control_plane.agent.push(row);
             // Back to the original slice for the next start.
-            manifests::write_changing(dir, c, None)?;
+            synth_files::write_changing(dir, c, None)?;
         }
         agent.stop()?;
         agent.uninstall()?;
@@ -1028,7 +1028,7 @@ fn agent_changes(
     for g in 1..=cfg.changes {
         check_interrupted()?;
         let before = agent.log().matches(UPDATED).count();
-        manifests::write_changing(
+        synth_files::write_changing(
             dir,
             c,
             Some(Change {

@@ -103,7 +103,7 @@ enum RulesWhat {
     /// One nftables transaction changing one endpoint.
     NftChange,
     /// socklb manifests (every file, concatenated).
-    Manifests,
+    ClusterSpec,
 }
 
 #[derive(clap::Args, Debug)]
@@ -283,9 +283,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 RulesWhat::IptablesPartial => bench::iptables::partial(&c, change, original),
                 RulesWhat::Nft => bench::nft::full(&c, None),
                 RulesWhat::NftChange => bench::nft::change_tx(&c, change, original, None),
-                RulesWhat::Manifests => {
+                RulesWhat::ClusterSpec => {
                     let dir = socklb_tests::ManifestDir::new()?;
-                    bench::manifests::write_all(&dir, &c)?;
+                    bench::synth_files::write_all(&dir, &c)?;
                     let mut s = String::new();
                     for f in dir.files()? {
                         s.push_str(&dir.read(&f)?);

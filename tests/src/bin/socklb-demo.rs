@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use socklb_tests::manifests::{Manifests, Service, ServicePort};
+use socklb_tests::cluster_spec::{ClusterSpec, Service, ServicePort};
 use socklb_tests::netns::netns_exists;
 use socklb_tests::{
     Agent, Child, Cluster, ClusterOptions, Protocol, Sandbox, SpawnOpts, TcpProbe, TcpReport,
-    TestCgroup, UdpProbe, UdpReport, check_privileges, load_manifests, pod_id, try_probe_bin,
+    TestCgroup, UdpProbe, UdpReport, check_privileges, pod_id, read_cluster_spec, try_probe_bin,
     try_socklb_bin, uninstall,
 };
 
@@ -150,7 +150,7 @@ impl Target {
     }
 }
 
-fn targets(m: &Manifests) -> Vec<Target> {
+fn targets(m: &ClusterSpec) -> Vec<Target> {
     let mut out = Vec::new();
     for svc in &m.services {
         let Some(ip) = svc.cluster_ip else { continue };
@@ -174,7 +174,7 @@ fn run(cli: &Cli) -> Result<Outcome> {
     let dir = dir
         .canonicalize()
         .with_context(|| format!("manifests directory {} not found", dir.display()))?;
-    let manifests = load_manifests(&dir)?;
+    let manifests = read_cluster_spec(&dir)?;
     let targets = targets(&manifests);
     if targets.is_empty() {
         bail!("no Service with a clusterIP in {}", dir.display());

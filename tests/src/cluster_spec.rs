@@ -1,11 +1,11 @@
-//! A small reader of the Services and EndpointSlices in a manifests directory: what the
-//! demo and tests need to build a sandbox (pod addresses and their ports) and to know
-//! which service addresses to probe.
+//! The cluster a test or the demo builds, read from a directory of Service and
+//! EndpointSlice manifests: pod addresses and their ports (the sandbox), and the
+//! service addresses to probe.
 //!
-//! This is deliberately independent of the agent's own parser (lb-userspace's
-//! `manifests`/`model`): it reads YAML into `serde_json::Value` and takes only a few
-//! fields, so the sandbox builds without the eBPF toolchain, and a bug in the agent's
-//! parser is not mirrored here.
+//! This is deliberately independent of the agent's own reading of manifest files
+//! (socklb's `sources::manifest_files` and socklb_core's `model`): it reads YAML into
+//! `serde_json::Value` and takes only a few fields, so a bug in the agent's parser is
+//! not mirrored here.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -106,14 +106,14 @@ pub struct PodPorts {
 
 /// What a manifests directory holds.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Manifests {
+pub struct ClusterSpec {
     pub services: Vec<Service>,
     pub slices: Vec<Slice>,
 }
 
 /// Reads every `*.yaml`/`*.yml`/`*.json` file of `dir` (multi-document files and `List`
 /// objects included) and keeps Services and IPv4 EndpointSlices.
-pub fn load_manifests(dir: &Path) -> Result<Manifests> {
+pub fn read_cluster_spec(dir: &Path) -> Result<ClusterSpec> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read manifests directory {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -129,7 +129,7 @@ pub fn load_manifests(dir: &Path) -> Result<Manifests> {
         })
         .collect();
     files.sort();
-    let mut m = Manifests::default();
+    let mut m = ClusterSpec::default();
     for f in files {
         // Broken files are the agent's business (it warns and skips them); the
         // sandbox only needs the pods of whatever it can read.
@@ -141,8 +141,8 @@ pub fn load_manifests(dir: &Path) -> Result<Manifests> {
     Ok(m)
 }
 
-impl Manifests {
-    /// Like [`Manifests::add_yaml`], skipping documents and objects it cannot read.
+impl ClusterSpec {
+    /// Like [`ClusterSpec::add_yaml`], skipping documents and objects it cannot read.
     pub fn add_yaml_lenient(&mut self, text: &str) {
         for doc in serde_yaml::Deserializer::from_str(text) {
             let Ok(v) = Value::deserialize(doc) else {
@@ -433,7 +433,7 @@ items:
 
     #[test]
     fn reads_services_and_slices() {
-        let mut m = Manifests::default();
+        let mut m = ClusterSpec::default();
         m.add_yaml(YAML).unwrap();
         assert_eq!(m.services.len(), 2);
         let web = m.service("demo", "web").unwrap();
@@ -454,7 +454,7 @@ items:
 
     #[test]
     fn pod_ports_cover_every_endpoint_address() {
-        let mut m = Manifests::default();
+        let mut m = ClusterSpec::default();
         m.add_yaml(YAML).unwrap();
         let pp = m.pod_ports();
         assert_eq!(pp.len(), 3);
@@ -466,7 +466,7 @@ items:
 
     #[test]
     fn rejects_bad_input() {
-        let mut m = Manifests::default();
+        let mut m = ClusterSpec::default();
         assert!(
             m.add_yaml("kind: Service\nmetadata: {name: x}\nspec: {clusterIP: nope}\n")
                 .is_err()

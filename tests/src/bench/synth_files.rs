@@ -105,7 +105,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use socklb_tests::manifests::load_manifests;
+    use socklb_tests::cluster_spec::read_cluster_spec;
 
     #[test]
     fn the_sandbox_reader_sees_every_service_and_endpoint() {
@@ -114,7 +114,7 @@ mod tests {
         let dir = ManifestDir::new().unwrap();
         write_all(&dir, &c).unwrap();
         assert_eq!(dir.files().unwrap().len(), 3 + 1);
-        let m = load_manifests(dir.path()).unwrap();
+        let m = read_cluster_spec(dir.path()).unwrap();
         assert_eq!(m.services.len(), 2500);
         assert_eq!(m.slices.len(), 2500);
         let last = m.service(NAMESPACE, &c.name(2499)).unwrap();
@@ -140,7 +140,7 @@ mod tests {
         assert_eq!(text.matches("type: NodePort").count(), 3, "{text}");
         assert!(text.contains("nodePort: 20002"), "{text}");
         assert!(text.contains("nodeName: bench-node"), "{text}");
-        let m = load_manifests(dir.path()).unwrap();
+        let m = read_cluster_spec(dir.path()).unwrap();
         assert_eq!(m.services.len(), 3);
     }
 }
