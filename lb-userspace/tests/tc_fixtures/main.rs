@@ -29,10 +29,8 @@
     reason = "tests fail loudly on unexpected errors"
 )]
 
-#[path = "tc_fixtures/harness.rs"]
 mod harness;
 #[allow(dead_code, reason = "a toolbox: not every fixture uses every helper")]
-#[path = "tc_fixtures/packet.rs"]
 mod packet;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
