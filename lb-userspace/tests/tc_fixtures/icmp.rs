@@ -20,6 +20,19 @@ fn quote(ip: &[u8]) -> Vec<u8> {
     ip[..ihl + 8].to_vec()
 }
 
+/// What an ICMP error about the datagram `ip` should quote once translated back, when
+/// the datagram went out as `sent`: `ip`'s quote with `sent`'s UDP checksum (the last
+/// two quoted bytes). The quoted UDP checksum is left as quoted: nothing checks it
+/// (Linux's udp_err does not), and an ICMP error may quote too little of a TCP header
+/// to fix it.
+fn quote_with_sent_udp_checksum(ip: &[u8], sent: &[u8]) -> Vec<u8> {
+    let mut quoted = quote(ip);
+    let sent_quote = quote(sent);
+    let n = quoted.len();
+    quoted[n - 2..].copy_from_slice(&sent_quote[n - 2..]);
+    quoted
+}
+
 #[test]
 fn icmp_errors_about_tracked_flows_are_translated_back() {
     let Some(fx) = fixture() else { return };
@@ -74,12 +87,7 @@ fn icmp_errors_about_tracked_flows_are_translated_back() {
         [0; 4],
         &quote(ip_of(&sent)),
     );
-    // The quoted UDP checksum is left as quoted: nothing checks it (Linux's udp_err
-    // does not), and an ICMP error may quote too little of a TCP header to fix it.
-    let mut quoted = quote(&query.clone().routed().ip_bytes());
-    let sent_quote = quote(ip_of(&sent));
-    let n = quoted.len();
-    quoted[n - 2..].copy_from_slice(&sent_quote[n - 2..]);
+    let quoted = quote_with_sent_udp_checksum(&query.clone().routed().ip_bytes(), ip_of(&sent));
     let want = Pkt::icmp(
         NODE_IP,
         CLIENT_IP,
@@ -111,10 +119,8 @@ fn icmp_errors_about_tracked_flows_are_translated_back() {
         [0; 4],
         &quote(ip_of(&delivered)),
     );
-    let mut quoted = quote(&answer.clone().routed().ip_bytes());
-    let delivered_quote = quote(ip_of(&delivered));
-    let n = quoted.len();
-    quoted[n - 2..].copy_from_slice(&delivered_quote[n - 2..]);
+    let quoted =
+        quote_with_sent_udp_checksum(&answer.clone().routed().ip_bytes(), ip_of(&delivered));
     let want = Pkt::icmp(
         NODE_IP,
         REMOTE_POD,
@@ -145,10 +151,7 @@ fn icmp_errors_about_tracked_flows_are_translated_back() {
         [0; 4],
         &quote(ip_of(&delivered)),
     );
-    let mut quoted = quote(&query.ip_bytes());
-    let delivered_quote = quote(ip_of(&delivered));
-    let n = quoted.len();
-    quoted[n - 2..].copy_from_slice(&delivered_quote[n - 2..]);
+    let quoted = quote_with_sent_udp_checksum(&query.ip_bytes(), ip_of(&delivered));
     let want = Pkt::icmp(
         NODE_IP,
         CLIENT_IP,
