@@ -14,9 +14,38 @@ use crate::{
         assert_expires, client, ct_entry, ct_key, expect, expect_snat, fixture, open_tcp, sa,
         xlate,
     },
-    harness::{Hook, TC_ACT_OK, TC_ACT_REDIRECT, monotonic_ns},
+    harness::{Fixture, Hook, TC_ACT_OK, TC_ACT_REDIRECT, monotonic_ns},
     packet::{ACK, FIN, IPPROTO_TCP, IPPROTO_UDP, PSH, Pkt, RST, SYN},
 };
+
+/// Both entries of a TCP flow, `original` (client to frontend) and `reply` (backend to
+/// client or SNAT source), are closing after `event` and expire
+/// [`ct_lifetime::TCP_CLOSING_NS`] after a moment in [before, after].
+#[track_caller]
+fn assert_closing(
+    fx: &Fixture,
+    event: &str,
+    original: (SocketAddrV4, SocketAddrV4),
+    reply: (SocketAddrV4, SocketAddrV4),
+    before: u64,
+    after: u64,
+) {
+    for (what, (src, dst)) in [("original", original), ("reply", reply)] {
+        let entry = ct_entry(fx, src, dst, IPPROTO_TCP);
+        assert!(
+            entry.flags & CT_FLAG_CLOSING != 0,
+            "{what} entry after {event}: flags {:#x}",
+            entry.flags
+        );
+        assert_expires(
+            &entry,
+            before,
+            after,
+            ct_lifetime::TCP_CLOSING_NS,
+            &format!("{what} entry after {event}"),
+        );
+    }
+}
 
 #[test]
 fn tcp_fin_and_rst_close_tracked_flows_and_expired_entries_are_not_used() {
@@ -61,21 +90,7 @@ fn tcp_fin_and_rst_close_tracked_flows_and_expired_entries_are_not_used() {
         &fin.clone().to(LOCAL_WEB).frame(),
     );
     let after = monotonic_ns();
-    for (what, src, dst) in [("original", c, frontend), ("reply", LOCAL_WEB, c)] {
-        let entry = ct_entry(&fx, src, dst, IPPROTO_TCP);
-        assert!(
-            entry.flags & CT_FLAG_CLOSING != 0,
-            "{what} entry after a FIN: flags {:#x}",
-            entry.flags
-        );
-        assert_expires(
-            &entry,
-            before,
-            after,
-            ct_lifetime::TCP_CLOSING_NS,
-            &format!("{what} entry after a FIN"),
-        );
-    }
+    assert_closing(&fx, "a FIN", (c, frontend), (LOCAL_WEB, c), before, after);
     // The backend's FIN and the last ACK are still translated.
     let fin_back = Pkt::tcp(LOCAL_WEB, c, FIN | ACK);
     expect(
@@ -126,21 +141,14 @@ fn tcp_fin_and_rst_close_tracked_flows_and_expired_entries_are_not_used() {
         &rst.clone().from(snat).to(REMOTE_WEB).routed().frame(),
     );
     let after = monotonic_ns();
-    for (what, src, dst) in [("original", c, frontend), ("reply", REMOTE_WEB, snat)] {
-        let entry = ct_entry(&fx, src, dst, IPPROTO_TCP);
-        assert!(
-            entry.flags & CT_FLAG_CLOSING != 0,
-            "{what} entry after a RST: flags {:#x}",
-            entry.flags
-        );
-        assert_expires(
-            &entry,
-            before,
-            after,
-            ct_lifetime::TCP_CLOSING_NS,
-            &format!("{what} entry after a RST"),
-        );
-    }
+    assert_closing(
+        &fx,
+        "a RST",
+        (c, frontend),
+        (REMOTE_WEB, snat),
+        before,
+        after,
+    );
     // The backend's RST (answering a late segment) is translated too.
     let rst_back = Pkt::tcp(REMOTE_WEB, snat, RST);
     expect(
