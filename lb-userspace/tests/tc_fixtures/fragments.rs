@@ -6,9 +6,31 @@ use crate::{
         LOCAL_DNS, NODE_IP, NP_DNS_LOCAL, NP_DNS_REMOTE, REMOTE_DNS, check, client, expect,
         fixture, sa, snat_source,
     },
-    harness::{Hook, TC_ACT_OK, TC_ACT_REDIRECT},
+    harness::{Fixture, Hook, TC_ACT_OK, TC_ACT_REDIRECT},
     packet::{IPPROTO_UDP, Pkt, checksum_problems, diff, reassemble},
 };
+
+/// Runs `input[first..]` one fragment after the other through `hook` as [`expect`]
+/// does, each against its `want` (`what` and the fragment's index name it); returns the
+/// outputs.
+#[track_caller]
+fn expect_fragments(
+    fx: &Fixture,
+    what: &str,
+    hook: Hook,
+    input: &[Vec<u8>],
+    first: usize,
+    verdict: u32,
+    want: &[Vec<u8>],
+) -> Vec<Vec<u8>> {
+    let mut outputs = Vec::new();
+    // A loop, not a closure: #[track_caller] reaches `expect` through it.
+    for (i, (frag, want)) in input.iter().zip(want).enumerate().skip(first) {
+        let run = expect(fx, &format!("{what} {i}"), hook, frag, verdict, want);
+        outputs.push(run.output);
+    }
+    outputs
+}
 
 #[test]
 fn fragments_follow_their_first_fragment() {
@@ -22,18 +44,15 @@ fn fragments_follow_their_first_fragment() {
     let datagram = Pkt::udp(client(40000), frontend, &payload).id(0x2222);
     let input = datagram.fragments(&cuts);
     let want = datagram.clone().to(LOCAL_DNS).fragments(&cuts);
-    let mut outputs = Vec::new();
-    for (i, (frag, want)) in input.iter().zip(&want).enumerate() {
-        let run = expect(
-            &fx,
-            &format!("client fragment {i}"),
-            Hook::Ingress,
-            frag,
-            TC_ACT_OK,
-            want,
-        );
-        outputs.push(run.output);
-    }
+    let outputs = expect_fragments(
+        &fx,
+        "client fragment",
+        Hook::Ingress,
+        &input,
+        0,
+        TC_ACT_OK,
+        &want,
+    );
     let whole = reassemble(&outputs);
     let problems = checksum_problems(&whole);
     assert!(
@@ -46,20 +65,15 @@ fn fragments_follow_their_first_fragment() {
     let answer = Pkt::udp(LOCAL_DNS, client(40000), &payload).id(0x3333);
     let input = answer.fragments(&cuts);
     let want = answer.clone().from(frontend).fragments(&cuts);
-    let mut outputs = Vec::new();
-    for (i, (frag, want)) in input.iter().zip(&want).enumerate() {
-        outputs.push(
-            expect(
-                &fx,
-                &format!("answer fragment {i}"),
-                Hook::Egress,
-                frag,
-                TC_ACT_OK,
-                want,
-            )
-            .output,
-        );
-    }
+    let outputs = expect_fragments(
+        &fx,
+        "answer fragment",
+        Hook::Egress,
+        &input,
+        0,
+        TC_ACT_OK,
+        &want,
+    );
     assert!(checksum_problems(&reassemble(&outputs)).is_empty());
 
     // SNAT: a fragmented datagram to a remote backend.
@@ -84,19 +98,15 @@ fn fragments_follow_their_first_fragment() {
         &want[0],
     );
     let mut outputs = vec![first.output];
-    for (i, frag) in input.iter().enumerate().skip(1) {
-        outputs.push(
-            expect(
-                &fx,
-                &format!("SNAT fragment {i}"),
-                Hook::Ingress,
-                frag,
-                TC_ACT_REDIRECT,
-                &want[i],
-            )
-            .output,
-        );
-    }
+    outputs.extend(expect_fragments(
+        &fx,
+        "SNAT fragment",
+        Hook::Ingress,
+        &input,
+        1,
+        TC_ACT_REDIRECT,
+        &want,
+    ));
     assert!(checksum_problems(&reassemble(&outputs)).is_empty());
 
     // A later fragment whose first fragment was never seen: untouched, counted.
