@@ -1,0 +1,456 @@
+//! What every fixture shares: the cluster it runs against (node addresses, services,
+//! endpoints, as Kubernetes objects), the fixture built from it, and the checks that
+//! judge a program's output (verdict, packet field by field, checksums, conntrack).
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use lb_common::{Ct4Key, Ct4Value, SNAT_PORT_MAX, SNAT_PORT_MIN};
+use serde_json::{Value, json};
+use socklb_core::maps::{ServiceMaps as _, ip_from_map, ip_to_map, port_from_map, port_to_map};
+
+use crate::{
+    harness::{Fixture, Hook, Network, Run, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    packet::{Pkt, SYN, checksum_problems, decode, diff, render},
+};
+
+// ---------------------------------------------------------------------------------------
+// The cluster every fixture runs against.
+// ---------------------------------------------------------------------------------------
+
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
+/// A second address of the node: NodePorts answer there too.
+pub const NODE_IP2: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 11);
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+/// A source outside the LoadBalancer's loadBalancerSourceRanges (192.0.2.0/24).
+pub const OUTSIDER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 5);
+pub const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
+/// node-b, where the remote pods (10.244.2.0/24) live.
+const REMOTE_NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 12);
+pub const LOCAL_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
+pub const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 12);
+pub const LB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+pub const EMPTY_LB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 8);
+pub const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 20);
+/// Neither a node address nor a frontend.
+pub const STRANGER_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 99);
+
+/// NodePorts: TCP to a local / a remote backend, UDP to a local / a remote backend,
+/// the LoadBalancer service's, a Local policy without local endpoints, no endpoints.
+pub const NP_WEB_LOCAL: u16 = 30080;
+pub const NP_WEB_REMOTE: u16 = 30090;
+pub const NP_DNS_LOCAL: u16 = 30053;
+pub const NP_DNS_REMOTE: u16 = 30054;
+pub const NP_LB: u16 = 30081;
+pub const NP_LOCAL_POLICY: u16 = 30082;
+pub const NP_NO_ENDPOINTS: u16 = 30083;
+
+pub fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip, port)
+}
+
+pub fn client(port: u16) -> SocketAddrV4 {
+    sa(CLIENT_IP, port)
+}
+
+pub const LOCAL_WEB: SocketAddrV4 = SocketAddrV4::new(LOCAL_POD, 8080);
+pub const REMOTE_WEB: SocketAddrV4 = SocketAddrV4::new(REMOTE_POD, 8080);
+pub const LOCAL_DNS: SocketAddrV4 = SocketAddrV4::new(LOCAL_POD, 5353);
+pub const REMOTE_DNS: SocketAddrV4 = SocketAddrV4::new(REMOTE_POD, 5353);
+
+/// A Service of namespace demo with one port "p" (`port` -> targetPort `target`);
+/// `overrides.spec` and `overrides.status` are merged over the defaults (their
+/// top-level keys replace).
+fn service(
+    name: &str,
+    cluster_ip: &str,
+    proto: &str,
+    port: u16,
+    target: u16,
+    node_port: Option<u16>,
+    overrides: Value,
+) -> Value {
+    let mut port_spec = json!({"name": "p", "port": port, "protocol": proto, "targetPort": target});
+    if let Some(np) = node_port {
+        port_spec["nodePort"] = json!(np);
+    }
+    let mut svc = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "demo", "resourceVersion": "1"},
+        "spec": {
+            "type": if node_port.is_some() { "NodePort" } else { "ClusterIP" },
+            "clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
+            "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+            "selector": {"app": name},
+            "sessionAffinity": "None", "internalTrafficPolicy": "Cluster",
+            "externalTrafficPolicy": "Cluster",
+            "ports": [port_spec],
+        },
+        "status": {"loadBalancer": {}},
+    });
+    for part in ["spec", "status"] {
+        for (k, v) in overrides[part].as_object().cloned().unwrap_or_default() {
+            svc[part][k] = v;
+        }
+    }
+    svc
+}
+
+/// The EndpointSlice of `service`: ready endpoints (address, node) on port "p".
+fn slice(service: &str, proto: &str, port: u16, endpoints: &[(Ipv4Addr, &str)]) -> Value {
+    let endpoints: Vec<Value> = endpoints
+        .iter()
+        .map(|(ip, node)| {
+            json!({
+                "addresses": [ip.to_string()],
+                "conditions": {"ready": true, "serving": true, "terminating": false},
+                "nodeName": node,
+            })
+        })
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {
+            "name": format!("{service}-1"), "namespace": "demo", "resourceVersion": "1",
+            "labels": {
+                "kubernetes.io/service-name": service,
+                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
+            },
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "p", "port": port, "protocol": proto}],
+        "endpoints": endpoints,
+    })
+}
+
+fn cluster() -> Vec<Value> {
+    vec![
+        // NodePorts, externalTrafficPolicy Cluster, one backend each.
+        service(
+            "web-local",
+            "10.96.0.10",
+            "TCP",
+            80,
+            8080,
+            Some(NP_WEB_LOCAL),
+            json!({}),
+        ),
+        slice("web-local", "TCP", 8080, &[(LOCAL_POD, "node-a")]),
+        service(
+            "web-remote",
+            "10.96.0.11",
+            "TCP",
+            80,
+            8080,
+            Some(NP_WEB_REMOTE),
+            json!({}),
+        ),
+        slice("web-remote", "TCP", 8080, &[(REMOTE_POD, "node-b")]),
+        service(
+            "dns-local",
+            "10.96.0.12",
+            "UDP",
+            53,
+            5353,
+            Some(NP_DNS_LOCAL),
+            json!({}),
+        ),
+        slice("dns-local", "UDP", 5353, &[(LOCAL_POD, "node-a")]),
+        service(
+            "dns-remote",
+            "10.96.0.13",
+            "UDP",
+            53,
+            5353,
+            Some(NP_DNS_REMOTE),
+            json!({}),
+        ),
+        slice("dns-remote", "UDP", 5353, &[(REMOTE_POD, "node-b")]),
+        // A LoadBalancer with an external IP and source ranges, local backend.
+        service(
+            "lb",
+            "10.96.0.20",
+            "TCP",
+            80,
+            8080,
+            Some(NP_LB),
+            json!({
+                "spec": {"type": "LoadBalancer", "externalIPs": [EXTERNAL_IP.to_string()], "loadBalancerSourceRanges": ["192.0.2.0/24"]},
+                "status": {"loadBalancer": {"ingress": [{"ip": LB_IP.to_string()}]}},
+            }),
+        ),
+        slice("lb", "TCP", 8080, &[(LOCAL_POD, "node-a")]),
+        // externalTrafficPolicy Local with its only endpoint on another node.
+        service(
+            "local-only",
+            "10.96.0.30",
+            "TCP",
+            80,
+            8080,
+            Some(NP_LOCAL_POLICY),
+            json!({"spec": {"externalTrafficPolicy": "Local"}}),
+        ),
+        slice("local-only", "TCP", 8080, &[(REMOTE_POD, "node-b")]),
+        // No endpoints at all: a NodePort and a LoadBalancer IP.
+        service(
+            "empty",
+            "10.96.0.40",
+            "TCP",
+            80,
+            8080,
+            Some(NP_NO_ENDPOINTS),
+            json!({}),
+        ),
+        service(
+            "empty-lb",
+            "10.96.0.41",
+            "TCP",
+            80,
+            8080,
+            Some(30084),
+            json!({
+                "spec": {"type": "LoadBalancer"},
+                "status": {"loadBalancer": {"ingress": [{"ip": EMPTY_LB_IP.to_string()}]}},
+            }),
+        ),
+    ]
+}
+
+/// The fixture cluster on node-a with addresses NODE_IP and NODE_IP2, SNAT to NODE_IP.
+/// None when skipped.
+pub fn fixture() -> Option<Fixture> {
+    let net = Network {
+        node_addresses: &[(NODE_IP, 24), (NODE_IP2, 24)],
+        snat_addr: NODE_IP,
+        routes: &[("10.244.2.0/24", REMOTE_NODE_IP)],
+    };
+    Fixture::new(&cluster(), &net)
+}
+
+// ---------------------------------------------------------------------------------------
+// Assertions
+// ---------------------------------------------------------------------------------------
+
+/// Offset of the UDP checksum in a frame with a 20-byte IP header.
+pub const ETH_UDP_CSUM: usize = 14 + 20 + 6;
+
+pub fn verdict_name(v: u32) -> &'static str {
+    match v {
+        TC_ACT_OK => "TC_ACT_OK",
+        TC_ACT_SHOT => "TC_ACT_SHOT",
+        TC_ACT_REDIRECT => "TC_ACT_REDIRECT",
+        _ => "other",
+    }
+}
+
+/// Runs `input` through `hook` and checks the verdict, the output field by field
+/// against `expected`, and every checksum of the output from scratch.
+#[track_caller]
+pub fn expect(
+    fx: &Fixture,
+    what: &str,
+    hook: Hook,
+    input: &[u8],
+    verdict: u32,
+    expected: &[u8],
+) -> Run {
+    // The fixtures' own packets must be right before they can judge the program's.
+    let sane = checksum_problems(expected);
+    assert!(
+        sane.is_empty(),
+        "{what}: the expected packet is broken: {sane:?}"
+    );
+    let run = fx.run(hook, input);
+    check(fx, what, hook, input, &run, verdict, expected);
+    run
+}
+
+/// Checks a run: verdict, output field by field, every checksum of the output.
+#[track_caller]
+pub fn check(
+    fx: &Fixture,
+    what: &str,
+    hook: Hook,
+    input: &[u8],
+    run: &Run,
+    verdict: u32,
+    expected: &[u8],
+) {
+    assert_eq!(
+        run.verdict,
+        verdict,
+        "{what}: verdict {} ({}), expected {} ({})\ninput:\n{}output:\n{}counters: {:?}",
+        run.verdict,
+        verdict_name(run.verdict),
+        verdict,
+        verdict_name(verdict),
+        render(&decode(input)),
+        render(&decode(&run.output)),
+        fx.counters(),
+    );
+    if let Some(d) = diff(expected, &run.output) {
+        panic!("{what} ({hook:?}): the output differs from the expected packet:\n{d}");
+    }
+    let problems = checksum_problems(&run.output);
+    assert!(
+        problems.is_empty(),
+        "{what}: checksum errors in the output: {problems:?}"
+    );
+}
+
+/// `input` must come out byte for byte as it went in, with TC_ACT_OK, through both
+/// programs, and create no conntrack entry.
+#[track_caller]
+pub fn expect_untouched(fx: &Fixture, what: &str, input: &[u8]) {
+    let before = fx.ct_entries().len();
+    for hook in [Hook::Ingress, Hook::Egress] {
+        let run = fx.run(hook, input);
+        assert_eq!(
+            run.verdict,
+            TC_ACT_OK,
+            "{what} ({hook:?}): verdict {}",
+            verdict_name(run.verdict)
+        );
+        if let Some(d) = diff(input, &run.output) {
+            panic!("{what} ({hook:?}): must pass untouched, but:\n{d}");
+        }
+    }
+    assert_eq!(
+        fx.ct_entries().len(),
+        before,
+        "{what}: created conntrack entries"
+    );
+}
+
+pub fn ct_key(src: SocketAddrV4, dst: SocketAddrV4, proto: u8) -> Ct4Key {
+    Ct4Key {
+        saddr: ip_to_map(*src.ip()),
+        daddr: ip_to_map(*dst.ip()),
+        sport: port_to_map(src.port()),
+        dport: port_to_map(dst.port()),
+        proto,
+        pad: [0; 3],
+    }
+}
+
+/// A conntrack value in readable terms (expiry and backend id checked apart).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Xlate {
+    pub to_src: SocketAddrV4,
+    pub to_dst: SocketAddrV4,
+    pub flags: u8,
+    pub direction: u8,
+}
+
+pub fn xlate(v: &Ct4Value) -> Xlate {
+    Xlate {
+        to_src: sa(ip_from_map(v.to_saddr), port_from_map(v.to_sport)),
+        to_dst: sa(ip_from_map(v.to_daddr), port_from_map(v.to_dport)),
+        flags: v.flags,
+        direction: v.direction,
+    }
+}
+
+#[track_caller]
+pub fn ct_entry(fx: &Fixture, src: SocketAddrV4, dst: SocketAddrV4, proto: u8) -> Ct4Value {
+    fx.ct(&ct_key(src, dst, proto)).unwrap_or_else(|| {
+        let all: Vec<String> = fx
+            .ct_entries()
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "{}:{} -> {}:{} = {:?}",
+                    ip_from_map(k.saddr),
+                    port_from_map(k.sport),
+                    ip_from_map(k.daddr),
+                    port_from_map(k.dport),
+                    xlate(v)
+                )
+            })
+            .collect();
+        panic!("no conntrack entry for {src} -> {dst} (proto {proto}); entries: {all:#?}")
+    })
+}
+
+/// `v` expires `lifetime` after a moment in [before, after].
+#[track_caller]
+pub fn assert_expires(v: &Ct4Value, before: u64, after: u64, lifetime: u64, what: &str) {
+    assert!(
+        (before + lifetime..=after + lifetime).contains(&v.expires_ns),
+        "{what}: expires at {} ns, expected {} s after a moment in [{before}, {after}] (that is {:.3} s from {after})",
+        v.expires_ns,
+        lifetime / 1_000_000_000,
+        (v.expires_ns as f64 - after as f64) / 1e9,
+    );
+}
+
+/// The id the agent gave backend `addr` (proto), from the backend map.
+pub fn backend_id(fx: &Fixture, addr: SocketAddrV4, proto: u8) -> u32 {
+    fx.maps
+        .dump_backends()
+        .unwrap()
+        .into_iter()
+        .find(|(_, b)| {
+            ip_from_map(b.address) == *addr.ip()
+                && port_from_map(b.port) == addr.port()
+                && b.proto == proto
+        })
+        .map(|(id, _)| id)
+        .unwrap_or_else(|| panic!("backend {addr} not in the backend map"))
+}
+
+/// Sends the first packet of a TCP flow (SYN) from `from` to `frontend` and returns
+/// the translated SYN.
+pub fn open_tcp(fx: &Fixture, from: SocketAddrV4, frontend: SocketAddrV4) -> Vec<u8> {
+    let run = fx.ingress(&Pkt::tcp(from, frontend, SYN).frame());
+    assert!(
+        [TC_ACT_OK, TC_ACT_REDIRECT].contains(&run.verdict),
+        "SYN {from} -> {frontend}: verdict {}",
+        verdict_name(run.verdict)
+    );
+    run.output
+}
+
+/// Sends the first packet of a flow that gets SNAT and checks what comes out: from the
+/// device's SNAT address, with a port of the SNAT range, to `backend`, routed by the
+/// program itself (a packet from a node address would be a martian to the stack):
+/// redirect verdict, TTL one less. Returns the SNAT source.
+#[track_caller]
+pub fn expect_snat(
+    fx: &Fixture,
+    what: &str,
+    input: &Pkt,
+    backend: SocketAddrV4,
+) -> (SocketAddrV4, Run) {
+    let run = fx.ingress(&input.frame());
+    let snat = snat_source(fx, input.src_sa(), input.dst_sa(), input.proto());
+    assert_eq!(
+        *snat.ip(),
+        NODE_IP,
+        "{what}: the device's SNAT address, whichever node address was used"
+    );
+    assert!(
+        (SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&snat.port()),
+        "{what}: SNAT port {} outside {SNAT_PORT_MIN}-{SNAT_PORT_MAX}",
+        snat.port()
+    );
+    let want = input.clone().from(snat).to(backend).routed().frame();
+    check(
+        fx,
+        what,
+        Hook::Ingress,
+        &input.frame(),
+        &run,
+        TC_ACT_REDIRECT,
+        &want,
+    );
+    (snat, run)
+}
+
+/// The SNAT source a flow from `from` to `frontend` got, from its conntrack entry.
+pub fn snat_source(
+    fx: &Fixture,
+    from: SocketAddrV4,
+    frontend: SocketAddrV4,
+    proto: u8,
+) -> SocketAddrV4 {
+    xlate(&ct_entry(fx, from, frontend, proto)).to_src
+}

@@ -1,0 +1,67 @@
+//! Packet fixtures for the TC data path (lb4_tc_ingress, lb4_tc_egress) through
+//! BPF_PROG_TEST_RUN, in the manner of Katran's and Cilium's BPF tests: an input
+//! packet, the expected output packet, the expected verdict.
+//!
+//! The maps are programmed by the agent's own code (Kubernetes objects -> models ->
+//! plan -> desired state -> diff -> `KernelMaps`), so the fixtures test the pairing of
+//! agent and kernel, not a hand-written map layout; only conntrack setups the programs
+//! cannot produce themselves (an expired entry) are written raw.
+//!
+//! Every output is compared field by field with the expected packet (built by the
+//! test's own packet builder, with checksums computed here) and every checksum of the
+//! output is recomputed from scratch, so a checksum bug fails. One blind spot: a test
+//! run's skb is CHECKSUM_NONE, for which the kernel's l4_csum_replace ignores
+//! BPF_F_PSEUDO_HDR; that flag matters with checksum offload (CHECKSUM_PARTIAL) and
+//! only the real-traffic suite (tests/tests/nodeport.rs) can see it.
+//!
+//! Packets whose source becomes a node address are routed by the ingress program
+//! itself (FIB lookup, redirect, TTL one less), so each fixture runs on a thread moved
+//! into a network namespace of its own with the node's device, addresses and a route
+//! to the remote pods (see harness.rs): the lookups are deterministic and the host's
+//! routing never matters.
+//!
+//! Needs root, bpffs and iproute2: without them a fixture prints `SKIPPED: ...`, or
+//! fails under `CI=true`. Nothing is attached anywhere and no packet leaves the test:
+//! BPF_PROG_TEST_RUN runs the program on a buffer (a redirect is only a verdict).
+//!
+//! One module per scenario (each test's path names it), sharing the cluster and the
+//! checks of `common.rs`:
+//! - `dnat.rs`: NodePort DNAT to a local backend, the client address kept;
+//! - `snat.rs`: NodePort SNAT to a remote backend, replies back through ingress;
+//! - `reverse_nat.rs`: a local backend's replies translated back on egress;
+//! - `udp.rs`: UDP DNAT and SNAT, with a checksum, without one, 0xffff for 0;
+//! - `loadbalancer.rs`: LoadBalancer and external IPs, loadBalancerSourceRanges;
+//! - `no_endpoints.rs`: frontends without usable endpoints, addresses not ours;
+//! - `fragments.rs`: later fragments follow their first fragment;
+//! - `ip_options.rs`: IPv4 options (IHL > 5) through DNAT and SNAT;
+//! - `icmp.rs`: ICMP errors about tracked flows, translated back;
+//! - `conntrack.rs`: entry lifetimes: FIN, RST, expiry, reuse, one-way streams;
+//! - `unknown_traffic.rs`: traffic that is not ours, passed untouched;
+//! - `machinery.rs`: the fixture machinery itself (maps programmed, packet builder);
+//! - `common.rs`: the cluster (addresses, Services, EndpointSlices), the fixture on it,
+//!   and the checks (verdict, packet field by field, checksums, conntrack entries);
+//! - `harness.rs`: loads the programs, programs the maps, runs BPF_PROG_TEST_RUN;
+//! - `packet.rs`: builds, decodes and diffs packets, and checks their checksums.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests fail loudly on unexpected errors"
+)]
+
+mod common;
+mod harness;
+#[allow(dead_code, reason = "a toolbox: not every fixture uses every helper")]
+mod packet;
+
+mod conntrack;
+mod dnat;
+mod fragments;
+mod icmp;
+mod ip_options;
+mod loadbalancer;
+mod machinery;
+mod no_endpoints;
+mod reverse_nat;
+mod snat;
+mod udp;
+mod unknown_traffic;
