@@ -36,8 +36,14 @@ pub mod map_names {
     pub const FRAG4: &str = "lb4_frag_v1";
     /// loadBalancerSourceRanges (LPM trie of [`super::SrcRange4Key`] -> u8).
     pub const SRC_RANGE4: &str = "lb4_srcrng_v1";
+    /// ClientIP session affinity: (client, frontend) -> backend and when it was last
+    /// used ([`super::Affinity4Key`] -> [`super::Affinity4Value`]).
+    pub const AFFINITY4: &str = "lb4_aff_v1";
+    /// The backends that still serve a frontend with affinity, and their slots
+    /// ([`super::AffinityMatch4Key`] -> [`super::AffinityMatch4Value`]).
+    pub const AFFINITY_MATCH4: &str = "lb4_affmatch_v1";
     /// Every map the data path pins, for inspection and uninstall.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 13] = [
         SVC4,
         BACKEND4,
         REVNAT4,
@@ -49,6 +55,8 @@ pub mod map_names {
         DEVICE4,
         FRAG4,
         SRC_RANGE4,
+        AFFINITY4,
+        AFFINITY_MATCH4,
     ];
 }
 
@@ -74,6 +82,11 @@ pub mod capacity {
     pub const FRAG4: u32 = 8_192;
     /// loadBalancerSourceRanges entries over all LoadBalancer frontends.
     pub const SRC_RANGE4: u32 = 16_384;
+    /// LRU: (client, frontend) pairs of services with session affinity; the least
+    /// recently used client is forgotten first.
+    pub const AFFINITY4: u32 = 262_144;
+    /// (frontend, backend) pairs of services with session affinity.
+    pub const AFFINITY_MATCH4: u32 = 262_144;
 }
 
 /// [`Svc4Key::scope`]: which traffic a frontend entry is for.
@@ -567,6 +580,75 @@ const _: () = assert!(core::mem::size_of::<SrcRange4Key>() == 12);
 /// Bits of a [`SrcRange4Key`] that are always matched (address, port, proto, pad).
 pub const SRC_RANGE_FRONTEND_BITS: u32 = 64;
 
+/// Key of the session-affinity map: one client of one frontend.
+///
+/// The client of a connection started on this node (socket hooks) is its network
+/// namespace, by cookie: one pod, or the node itself; the source address is not known
+/// yet when connect() runs. The client of traffic from outside (TC) is its source
+/// address, as kube-proxy's ClientIP affinity has it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Affinity4Key {
+    /// Internal scope: the netns cookie; external scope: the IPv4 source address
+    /// (network byte order) in the low 32 bits.
+    pub client: u64,
+    /// Frontend address as the service table keys it (0 for a NodePort), network byte
+    /// order.
+    pub address: u32,
+    /// Frontend port, network byte order.
+    pub dport: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// [`scope::INTERNAL`] or [`scope::EXTERNAL`]: also says what `client` is.
+    pub scope: u8,
+}
+const _: () = assert!(core::mem::size_of::<Affinity4Key>() == 16);
+
+/// Value of the session-affinity map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Affinity4Value {
+    /// When the client last started a flow through this entry (bpf_ktime_get_ns
+    /// clock): the affinity ends `affinity_timeout_s` after it.
+    pub last_used_ns: u64,
+    /// The backend the client sticks to, valid while the match map says the frontend
+    /// still has it.
+    pub backend_id: u32,
+    /// Explicit padding, always zero.
+    pub pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<Affinity4Value>() == 16);
+
+/// Key of the affinity match map: a backend of a frontend with session affinity. The
+/// agent keeps one entry per (frontend, backend) while the backend serves it, so an
+/// affinity to a backend that left the frontend ends at once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AffinityMatch4Key {
+    /// Frontend address as the service table keys it, network byte order.
+    pub address: u32,
+    /// Frontend port, network byte order.
+    pub dport: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// [`scope::INTERNAL`] or [`scope::EXTERNAL`].
+    pub scope: u8,
+    /// The backend id.
+    pub backend_id: u32,
+}
+const _: () = assert!(core::mem::size_of::<AffinityMatch4Key>() == 12);
+
+/// Value of the affinity match map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityMatch4Value {
+    /// The frontend's slot (1..=count) that holds the backend.
+    pub slot: u16,
+    /// Explicit padding, always zero.
+    pub pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<AffinityMatch4Value>() == 4);
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: every type is repr(C), Copy, and has no implicit padding (the size
@@ -587,6 +669,10 @@ mod pod {
     unsafe impl aya::Pod for super::Frag4Key {}
     unsafe impl aya::Pod for super::Frag4Value {}
     unsafe impl aya::Pod for super::SrcRange4Key {}
+    unsafe impl aya::Pod for super::Affinity4Key {}
+    unsafe impl aya::Pod for super::Affinity4Value {}
+    unsafe impl aya::Pod for super::AffinityMatch4Key {}
+    unsafe impl aya::Pod for super::AffinityMatch4Value {}
 }
 
 #[cfg(test)]
@@ -648,6 +734,16 @@ mod tests {
             offset_of!(SrcRange4Key, source) * 8
         );
         const { assert!(SNAT_PORT_MIN > 60_999) };
+    }
+
+    #[test]
+    fn affinity_layouts() {
+        assert_eq!(offset_of!(Affinity4Key, address), 8);
+        assert_eq!(offset_of!(Affinity4Key, scope), 15);
+        assert_eq!(align_of::<Affinity4Key>(), 8);
+        assert_eq!(offset_of!(Affinity4Value, backend_id), 8);
+        assert_eq!(offset_of!(AffinityMatch4Key, backend_id), 8);
+        assert_eq!(offset_of!(AffinityMatch4Value, pad), 2);
     }
 
     #[test]

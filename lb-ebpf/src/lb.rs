@@ -5,15 +5,22 @@
 //! The service table is two-level: a frontend's slot 0 holds its action and slot count,
 //! slots 1..=count hold backend ids, and the backends live in their own map (see
 //! [`lb_common::Svc4Key`]). Backend selection happens in [`select_backend`] only.
-use aya_ebpf::{helpers::bpf_get_prandom_u32, programs::SockAddrContext};
+use aya_ebpf::{
+    EbpfContext,
+    bindings::BPF_ANY,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, generated::bpf_get_netns_cookie},
+    programs::SockAddrContext,
+};
 use lb_common::{
-    Backend4, SRC_RANGE_FRONTEND_BITS, SVC_FLAG_SOURCE_RANGES, SrcRange4Key, Svc4Key, Svc4Value,
-    SvcAction,
+    Affinity4Key, Affinity4Value, AffinityMatch4Key, Backend4, SRC_RANGE_FRONTEND_BITS,
+    SVC_FLAG_SOURCE_RANGES, SrcRange4Key, Svc4Key, Svc4Value, SvcAction,
 };
 
 use crate::{
     error::{Cause, Error},
-    maps::{BACKEND4, SRC_RANGE4, SVC4, SrcRangeKey, get_copy, is_node_addr},
+    maps::{
+        AFFINITY_MATCH4, AFFINITY4, BACKEND4, SRC_RANGE4, SVC4, SrcRangeKey, get_copy, is_node_addr,
+    },
 };
 
 /// A frontend found in the service table: its slot-0 entry.
@@ -100,16 +107,30 @@ impl Frontend {
 /// none of it; a pick by session affinity (by client) or by a Maglev table (by a hash
 /// of the flow) reads it here, and each hook already passes what it has.
 #[derive(Clone, Copy)]
-#[expect(
-    dead_code,
-    reason = "read by the backend selections to come: session affinity, Maglev"
-)]
 pub enum Flow<'a> {
     /// connect()/sendmsg() on this node: the client is the socket (its cookies, its
     /// network namespace are read from the context by a pick that needs them).
     Socket(&'a SockAddrContext),
     /// A packet from outside the node: its source, network byte order.
-    Packet { saddr: u32, sport: u16 },
+    Packet {
+        saddr: u32,
+        #[expect(dead_code, reason = "read by a pick by flow hash (Maglev), to come")]
+        sport: u16,
+    },
+}
+
+impl Flow<'_> {
+    /// The client as session affinity knows it: the socket's network namespace (a
+    /// pod, or the node: at connect() the source address is not chosen yet), or the
+    /// packet's source address.
+    #[inline(always)]
+    fn affinity_client(&self) -> u64 {
+        match self {
+            // SAFETY: helper call with the program's own context.
+            Flow::Socket(ctx) => unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
+            Flow::Packet { saddr, .. } => u64::from(*saddr),
+        }
+    }
 }
 
 /// A backend picked for a flow, with the slot it came from: a choice kept for later
@@ -125,10 +146,78 @@ pub struct Selection {
 }
 
 /// Picks the backend of a new flow to `fe`, a frontend whose action is Forward. The
-/// one place a backend is chosen, for every hook: session affinity and a Maglev table
-/// go here, in front of the random pick (today the only one).
+/// one place a backend is chosen, for every hook: by session affinity when the
+/// frontend has it, else at random.
 #[inline(always)]
-pub fn select_backend(fe: &Frontend, _flow: Flow) -> Result<Selection, Error> {
+pub fn select_backend(fe: &Frontend, flow: Flow) -> Result<Selection, Error> {
+    if fe.svc.affinity_timeout_s != 0 {
+        return select_by_affinity(fe, flow.affinity_client());
+    }
+    select_at_random(fe)
+}
+
+/// ClientIP session affinity, as kube-proxy's: the client keeps its backend while the
+/// backend still serves the frontend (the agent's match map says so) and the client
+/// started a flow within the timeout; each new flow renews it. Otherwise a random
+/// pick, remembered.
+#[inline(always)]
+fn select_by_affinity(fe: &Frontend, client: u64) -> Result<Selection, Error> {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = Affinity4Key {
+        client,
+        address: fe.key.address,
+        dport: fe.key.dport,
+        proto: fe.key.proto,
+        scope: fe.key.scope,
+    };
+    if let Some(sel) = affined_backend(fe, &key, now) {
+        return Ok(sel);
+    }
+    let sel = select_at_random(fe)?;
+    let remembered = Affinity4Value {
+        last_used_ns: now,
+        backend_id: sel.backend_id,
+        pad: 0,
+    };
+    // Failing to remember only costs this client its stickiness for the next flow.
+    let _ = AFFINITY4.insert(&key, &remembered, BPF_ANY as u64);
+    Ok(sel)
+}
+
+/// The backend `key`'s client sticks to, renewed, if the affinity holds.
+#[inline(always)]
+fn affined_backend(fe: &Frontend, key: &Affinity4Key, now: u64) -> Option<Selection> {
+    let entry = AFFINITY4.get_ptr_mut(key)?;
+    // SAFETY: a value pointer of this LRU map, valid for this run; copied out at once
+    // (another CPU may renew it concurrently: at worst one renewal is lost).
+    let affinity = unsafe { *entry };
+    let timeout_ns = u64::from(fe.svc.affinity_timeout_s) * 1_000_000_000;
+    if now.saturating_sub(affinity.last_used_ns) > timeout_ns {
+        return None;
+    }
+    let matched = get_copy(
+        &AFFINITY_MATCH4,
+        &AffinityMatch4Key {
+            address: key.address,
+            dport: key.dport,
+            proto: key.proto,
+            scope: key.scope,
+            backend_id: affinity.backend_id,
+        },
+    )?;
+    let sel = resolve_slot(&fe.key, matched.slot).ok()?;
+    if sel.backend_id != affinity.backend_id {
+        return None;
+    }
+    // SAFETY: as above; a plain store into the value.
+    unsafe { (*entry).last_used_ns = now };
+    Some(sel)
+}
+
+/// A backend slot picked uniformly at random.
+#[inline(always)]
+fn select_at_random(fe: &Frontend) -> Result<Selection, Error> {
     let count = fe.svc.count;
     if count == 0 {
         return Err(Cause::NoSlots.into());

@@ -3,9 +3,9 @@
 //! that the object's map names equal lb_common::map_names).
 use aya_ebpf::btf_maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, SkStorage, lpm_trie::Key};
 use lb_common::{
-    Backend4, Counter, Ct4Key, Ct4Value, Device4, Frag4Key, Frag4Value, NodeAddr4, RevNat4Key,
-    RevNat4Value, SockBackend4Key, SockBackend4Value, SockState4, SrcRange4Key, Svc4Key, Svc4Value,
-    capacity,
+    Affinity4Key, Affinity4Value, AffinityMatch4Key, AffinityMatch4Value, Backend4, Counter,
+    Ct4Key, Ct4Value, Device4, Frag4Key, Frag4Value, NodeAddr4, RevNat4Key, RevNat4Value,
+    SockBackend4Key, SockBackend4Value, SockState4, SrcRange4Key, Svc4Key, Svc4Value, capacity,
 };
 
 /// Frontends (slot 0) and their backend slots (1..=count).
@@ -62,6 +62,19 @@ pub static SRC_RANGE4: LpmTrie<SrcRange4Key, u8, { capacity::SRC_RANGE4 as usize
     LpmTrie::new();
 
 pub type SrcRangeKey = Key<SrcRange4Key>;
+
+/// ClientIP session affinity: which backend each client of a frontend sticks to.
+#[aya_ebpf::macros::btf_map(name = "lb4_aff_v1")]
+pub static AFFINITY4: LruHashMap<Affinity4Key, Affinity4Value, { capacity::AFFINITY4 as usize }> =
+    LruHashMap::new();
+
+/// The backends (and slots) of the frontends with affinity, written by the agent.
+#[aya_ebpf::macros::btf_map(name = "lb4_affmatch_v1")]
+pub static AFFINITY_MATCH4: HashMap<
+    AffinityMatch4Key,
+    AffinityMatch4Value,
+    { capacity::AFFINITY_MATCH4 as usize },
+> = HashMap::new();
 
 /// The hash maps above, read by key (see [`get_copy`]).
 pub trait Lookup<K, V> {

@@ -365,7 +365,10 @@ fn housekeep(
         }
         Err(e) => warn!(error = %e, "listing interfaces failed"),
     }
-    match reconciler.maps_mut().sweep_conntrack(monotonic_ns()) {
+    match reconciler
+        .maps_mut()
+        .sweep_conntrack(kernel::monotonic_ns())
+    {
         Ok(sweep) => {
             metrics
                 .conntrack_entries
@@ -385,17 +388,6 @@ fn housekeep(
         }
         Err(e) => warn!(error = %e, "conntrack sweep failed"),
     }
-}
-
-/// CLOCK_MONOTONIC in ns: the clock of bpf_ktime_get_ns.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the local timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Unix time in seconds (wall clock), for the last-sync timestamp.

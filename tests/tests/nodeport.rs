@@ -59,6 +59,8 @@ const LB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 const LB_NP: u16 = 30180;
 /// e2e/ext: ClusterIP with externalIPs [198.51.100.8].
 const EXT_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 8);
+/// e2e/sticky: NodePort (Cluster) with ClientIP session affinity, every pod.
+const STICKY_NP: u16 = 30085;
 /// e2e/web's ClusterIP.
 const WEB_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 
@@ -123,6 +125,8 @@ struct Svc {
     lb_ingress: Vec<Ipv4Addr>,
     source_ranges: Vec<&'static str>,
     external_ips: Vec<Ipv4Addr>,
+    /// ClientIP session affinity with this timeout.
+    affinity_s: Option<u32>,
 }
 
 fn service_yaml(s: &Svc) -> String {
@@ -146,6 +150,10 @@ fn service_yaml(s: &Svc) -> String {
     }
     if !s.external_ips.is_empty() {
         spec["externalIPs"] = json!(s.external_ips);
+    }
+    if let Some(timeout) = s.affinity_s {
+        spec["sessionAffinity"] = json!("ClientIP");
+        spec["sessionAffinityConfig"] = json!({"clientIP": {"timeoutSeconds": timeout}});
     }
     let mut object = builders::merge(
         builders::service_object("e2e", s.name, s.cluster_ip, &[]),
@@ -280,6 +288,18 @@ fn services() -> Vec<(Svc, Vec<Ipv4Addr>)> {
                 ports: vec![tcp("http", 80, Some(LB_NP))],
                 lb_ingress: vec![LB_IP],
                 source_ranges: vec!["192.0.2.100/32"],
+                ..Svc::default()
+            },
+            PODS.to_vec(),
+        ),
+        (
+            Svc {
+                name: "sticky",
+                kind: "NodePort",
+                cluster_ip: "10.96.0.13",
+                policy: Some("Cluster"),
+                ports: vec![tcp("http", 80, Some(STICKY_NP))],
+                affinity_s: Some(600),
                 ..Svc::default()
             },
             PODS.to_vec(),
@@ -989,6 +1009,37 @@ fn load_balancer_ip_honours_source_ranges_and_external_ip_serves() {
     );
 }
 
+/// ClientIP affinity through the TC program: the client is the source address, on
+/// each node (affinity is node-local state, as kube-proxy's).
+#[test]
+fn session_affinity_through_a_nodeport_sticks_per_client_address() {
+    if !require_privileges() {
+        return;
+    }
+    let mn = cluster();
+    for node in [1, 2] {
+        for source in [CLIENT_ADDR, CLIENT_ALT_ADDR] {
+            let r = mn
+                .tcp(
+                    Origin::Client,
+                    &TcpRun::new(np(node, STICKY_NP)).count(150).bind(source),
+                )
+                .unwrap();
+            assert_all_ok_tcp(&r, 150);
+            assert_eq!(
+                r.backends.len(),
+                1,
+                "node-{node}, client {source}: one backend for every connection: {r:?}"
+            );
+        }
+    }
+    // Without affinity the same client spreads (web, the same backends).
+    let r = mn
+        .tcp(Origin::Client, &TcpRun::new(np(1, WEB_NP)).count(150))
+        .unwrap();
+    assert_backends_tcp(&r, &ids(&PODS));
+}
+
 /// From inside the cluster, through the socket hooks: a pod on node-1 and node-1
 /// itself (both in node-1's cgroup) reach the NodePort and the external IP; a backend
 /// reaching its own service through the NodePort gets answers, from itself too
@@ -1106,7 +1157,13 @@ fn plan_and_maps_agree_with_the_traffic_on_every_node() {
                         )
                         .unwrap();
                     assert_eq!(r.ok, r.attempts, "{what}: {r:?}");
-                    assert_eq!(backend_set(r.backends.keys()), want, "{what}");
+                    let got = backend_set(r.backends.keys());
+                    if f.affinity_timeout_s > 0 {
+                        // One client sticks to one of the backends.
+                        assert!(got.len() == 1 && got.is_subset(&want), "{what}: {got:?}");
+                    } else {
+                        assert_eq!(got, want, "{what}");
+                    }
                 }
                 ("forward", "UDP") => {
                     let sockets = 20 * want.len() as u64;

@@ -706,6 +706,7 @@ fn run_case(dir: &Path, bless: bool) -> Result<(), String> {
 /// svc <frontend> <scope> slot <n>: backend <id>
 /// backend <id>: <ip>:<port>/<proto> local=<true|false>
 /// src <frontend>: <source prefix>
+/// affinity <frontend> <scope>: backend <id> in slot <n>
 /// skipped <frontend key>: not IPv4
 /// ```
 ///
@@ -716,6 +717,8 @@ fn run_case(dir: &Path, bless: bool) -> Result<(), String> {
 ///   snat, nodeport, source-ranges) joined by commas, `-` for none.
 /// - a `src` line is one allowed source (loadBalancerSourceRanges) of an external
 ///   frontend: the LPM key's frontend and its source prefix.
+/// - an `affinity` line is one entry of the affinity match map: a backend that still
+///   serves a frontend with session affinity, and the slot that holds it.
 /// - `skipped` lines list desired frontends the IPv4 maps cannot hold.
 ///
 /// Fields the layout says are zero (padding; a slot's count, action, flags and
@@ -726,7 +729,8 @@ fn run_case(dir: &Path, bless: bool) -> Result<(), String> {
 ///
 /// Lines are sorted: service entries by address, port, protocol, scope and slot
 /// (numerically); then backends by id; then source ranges by frontend and prefix;
-/// then skipped frontends. Backend ids come from `ProgrammedState` on a fresh state,
+/// then affinity matches by frontend and backend id; then skipped frontends. Backend
+/// ids come from `ProgrammedState` on a fresh state,
 /// so they are deterministic.
 fn dump_maps(desired: &DesiredState) -> Result<String, String> {
     let mut programmed = ProgrammedState::with_capacity(Capacity::default());
@@ -772,6 +776,25 @@ fn dump_maps(desired: &DesiredState) -> Result<String, String> {
     });
     for (key, len) in &ranges {
         out.push_str(&src_line(key, *len));
+    }
+    let mut matches = maps.dump_affinity_matches().map_err(|e| e.to_string())?;
+    matches.sort_by_key(|(key, _)| {
+        (
+            u32::from(ip(key.address)),
+            port(key.dport),
+            key.proto,
+            key.scope,
+            key.backend_id,
+        )
+    });
+    for (key, slot) in &matches {
+        let _ = writeln!(
+            out,
+            "affinity {} {}: backend {} in slot {slot}",
+            frontend(key.address, key.dport, key.proto),
+            scope_name(key.scope),
+            key.backend_id
+        );
     }
     let mut skipped: Vec<String> = stats
         .skipped_family
@@ -831,12 +854,16 @@ fn flag_names(flags: u8, names: &[(u8, &str)]) -> String {
     }
 }
 
-fn svc_line(key: &Svc4Key, value: &Svc4Value) -> String {
-    let scope = match key.scope {
+fn scope_name(raw: u8) -> String {
+    match raw {
         scope::INTERNAL => "internal".to_owned(),
         scope::EXTERNAL => "external".to_owned(),
         other => format!("scope{other}"),
-    };
+    }
+}
+
+fn svc_line(key: &Svc4Key, value: &Svc4Value) -> String {
+    let scope = scope_name(key.scope);
     let mut line = format!(
         "svc {} {scope} slot {}:",
         frontend(key.address, key.dport, key.proto),

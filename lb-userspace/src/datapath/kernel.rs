@@ -23,8 +23,8 @@ use aya::{
     },
 };
 use lb_common::{
-    Backend4, Counter, Ct4Key, Ct4Value, Device4, NodeAddr4, SrcRange4Key, Svc4Key, Svc4Value,
-    map_names,
+    Affinity4Key, Affinity4Value, AffinityMatch4Key, AffinityMatch4Value, Backend4, Counter,
+    Ct4Key, Ct4Value, Device4, NodeAddr4, SrcRange4Key, Svc4Key, Svc4Value, map_names,
 };
 use tracing::{debug, info, warn};
 
@@ -63,6 +63,8 @@ pub struct KernelMaps {
     node_addrs: BpfHashMap<MapData, u32, NodeAddr4>,
     devices: BpfHashMap<MapData, u32, Device4>,
     ct: BpfHashMap<MapData, Ct4Key, Ct4Value>,
+    affinity: BpfHashMap<MapData, Affinity4Key, Affinity4Value>,
+    affinity_matches: BpfHashMap<MapData, AffinityMatch4Key, AffinityMatch4Value>,
 }
 
 /// A device the TC programs attach to.
@@ -117,6 +119,9 @@ impl KernelMaps {
                 .map_err(map_err(NODE_ADDR4, "open"))?,
             devices: BpfHashMap::try_from(get(DEVICE4)?).map_err(map_err(DEVICE4, "open"))?,
             ct: BpfHashMap::try_from(get(CT4)?).map_err(map_err(CT4, "open"))?,
+            affinity: BpfHashMap::try_from(get(AFFINITY4)?).map_err(map_err(AFFINITY4, "open"))?,
+            affinity_matches: BpfHashMap::try_from(get(AFFINITY_MATCH4)?)
+                .map_err(map_err(AFFINITY_MATCH4, "open"))?,
         })
     }
 
@@ -193,6 +198,12 @@ impl KernelMaps {
         self.ct.iter().filter_map(Result::ok).collect()
     }
 
+    /// The session-affinity entries: which client sticks to which backend of which
+    /// frontend, and since when (expired ones included until the LRU reuses them).
+    pub fn affinity_entries(&self) -> Vec<(Affinity4Key, Affinity4Value)> {
+        self.affinity.iter().filter_map(Result::ok).collect()
+    }
+
     pub fn node_addresses(&self) -> Vec<std::net::Ipv4Addr> {
         let mut out: Vec<_> = self
             .node_addrs
@@ -245,7 +256,28 @@ impl ServiceMaps for KernelMaps {
                 ignore_missing(self.src_ranges.remove(&LpmKey::new(*prefix_len, *key)))
                     .map_err(map_err(map_names::SRC_RANGE4, "delete"))
             }
+            MapOp::PutAffinityMatch { key, slot } => self
+                .affinity_matches
+                .insert(
+                    key,
+                    AffinityMatch4Value {
+                        slot: *slot,
+                        pad: 0,
+                    },
+                    0,
+                )
+                .map_err(map_err(map_names::AFFINITY_MATCH4, "update")),
+            MapOp::DeleteAffinityMatch { key } => ignore_missing(self.affinity_matches.remove(key))
+                .map_err(map_err(map_names::AFFINITY_MATCH4, "delete")),
         }
+    }
+
+    fn dump_affinity_matches(&self) -> Result<Vec<(AffinityMatch4Key, u16)>, DatapathError> {
+        self.affinity_matches
+            .iter()
+            .map(|entry| entry.map(|(k, v)| (k, v.slot)))
+            .collect::<Result<_, _>>()
+            .map_err(map_err(map_names::AFFINITY_MATCH4, "dump"))
     }
 
     fn dump_services(&self) -> Result<Vec<(Svc4Key, Svc4Value)>, DatapathError> {
@@ -269,6 +301,17 @@ impl ServiceMaps for KernelMaps {
             .collect::<Result<_, _>>()
             .map_err(map_err(map_names::SRC_RANGE4, "dump"))
     }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of bpf_ktime_get_ns (conntrack expiry, affinity).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the local timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// A delete of an entry that is already gone has reached its goal.

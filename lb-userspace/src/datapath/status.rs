@@ -4,9 +4,11 @@ use std::{fmt::Write as _, net::SocketAddr, path::Path};
 use lb_common::{SVC_FLAG_WILDCARD, SvcAction};
 use serde::{Deserialize, Serialize};
 
+use lb_common::Svc4Key;
 use socklb_core::maps::{
     Scope,
     diff::{Capacity, ProgrammedState},
+    ip_from_map, v4,
 };
 
 use crate::datapath::{
@@ -41,7 +43,25 @@ pub struct StatusReport {
     pub node_addresses: Vec<String>,
     /// Live conntrack entries (two per external flow).
     pub conntrack_entries: usize,
+    /// Clients that stick to a backend (session affinity) and have not expired.
+    #[serde(default)]
+    pub affinity: Vec<AffinityView>,
     pub counters: std::collections::BTreeMap<String, u64>,
+}
+
+/// One client's session affinity to a backend of a frontend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AffinityView {
+    /// The frontend, as `address` of [`ProgrammedFrontendView`].
+    pub frontend: String,
+    pub protocol: String,
+    pub scope: String,
+    /// "netns:<cookie>" (a client on this node: its network namespace) or the source
+    /// address of a client from outside.
+    pub client: String,
+    pub backend: String,
+    /// Seconds since the client last started a flow through it.
+    pub idle_s: u64,
 }
 
 pub fn read_status(pin_dir: &Path) -> Result<StatusReport, DatapathError> {
@@ -107,8 +127,52 @@ pub fn read_status(pin_dir: &Path) -> Result<StatusReport, DatapathError> {
             .map(ToString::to_string)
             .collect(),
         conntrack_entries: maps.conntrack_entries().len(),
+        affinity: affinity_views(&maps, &state),
         counters,
     })
+}
+
+/// The affinity entries that are still in effect: not expired, and naming a backend
+/// the frontend still has.
+fn affinity_views(maps: &KernelMaps, state: &ProgrammedState) -> Vec<AffinityView> {
+    let now = kernel::monotonic_ns();
+    let mut out: Vec<AffinityView> = maps
+        .affinity_entries()
+        .into_iter()
+        .filter_map(|(key, value)| {
+            let svc_key = Svc4Key::new(key.address, key.dport, key.proto, 0).with_scope(key.scope);
+            let fkey = v4::frontend_key(&svc_key)?;
+            let fe = state.frontends().get(&fkey)?;
+            let idle_ns = now.saturating_sub(value.last_used_ns);
+            let timeout_ns = u64::from(fe.service.affinity_timeout_s) * 1_000_000_000;
+            if idle_ns > timeout_ns || !fe.slots.contains(&value.backend_id) {
+                return None;
+            }
+            let backend = state.backend(value.backend_id)?;
+            let client = match fkey.scope {
+                Scope::Internal => format!("netns:{}", key.client),
+                Scope::External => ip_from_map(key.client as u32).to_string(),
+            };
+            Some(AffinityView {
+                frontend: if fkey.ip.is_unspecified() {
+                    format!("*:{}", fkey.port)
+                } else {
+                    SocketAddr::new(fkey.ip, fkey.port).to_string()
+                },
+                protocol: fkey.protocol.map_or("any", |p| p.as_str()).to_string(),
+                scope: match fkey.scope {
+                    Scope::External => "external",
+                    Scope::Internal => "internal",
+                }
+                .to_string(),
+                client,
+                backend: backend.addr.to_string(),
+                idle_s: idle_ns / 1_000_000_000,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.frontend, &a.client).cmp(&(&b.frontend, &b.client)));
+    out
 }
 
 impl StatusReport {
@@ -161,6 +225,28 @@ impl StatusReport {
                     fe.backends.join(" ")
                 }
             );
+        }
+        if !self.affinity.is_empty() {
+            let _ = writeln!(out);
+            let _ = writeln!(out, "session affinity ({} clients):", self.affinity.len());
+            let rows: Vec<[String; 6]> = self
+                .affinity
+                .iter()
+                .map(|a| {
+                    [
+                        a.frontend.clone(),
+                        a.protocol.clone(),
+                        a.scope.clone(),
+                        a.client.clone(),
+                        a.backend.clone(),
+                        format!("{}s", a.idle_s),
+                    ]
+                })
+                .collect();
+            out.push_str(&socklb_core::table::render(
+                ["FRONTEND", "PROTO", "SCOPE", "CLIENT", "BACKEND", "IDLE"],
+                &rows,
+            ));
         }
         let _ = writeln!(out);
         let _ = writeln!(out, "counters:");

@@ -12,7 +12,7 @@
 //! endpoint costs a few writes however large the service is.
 use std::collections::{HashMap, HashSet};
 
-use lb_common::{Backend4, SrcRange4Key, Svc4Key, Svc4Value, SvcAction};
+use lb_common::{AffinityMatch4Key, Backend4, SrcRange4Key, Svc4Key, Svc4Value, SvcAction};
 
 use super::{
     ServiceMaps,
@@ -47,6 +47,14 @@ pub enum MapOp {
         key: SrcRange4Key,
         prefix_len: u32,
     },
+    /// A backend still serves a frontend with session affinity, in this slot.
+    PutAffinityMatch {
+        key: AffinityMatch4Key,
+        slot: u16,
+    },
+    DeleteAffinityMatch {
+        key: AffinityMatch4Key,
+    },
 }
 
 /// A frontend as it is in the maps.
@@ -72,6 +80,7 @@ struct BackendEntry {
 pub struct Capacity {
     pub svc_entries: usize,
     pub backends: usize,
+    pub affinity_matches: usize,
 }
 
 impl Default for Capacity {
@@ -79,6 +88,7 @@ impl Default for Capacity {
         Self {
             svc_entries: lb_common::capacity::SVC4 as usize,
             backends: lb_common::capacity::BACKEND4 as usize,
+            affinity_matches: lb_common::capacity::AFFINITY_MATCH4 as usize,
         }
     }
 }
@@ -91,6 +101,8 @@ pub struct ProgrammedState {
     backend_keys: HashMap<u32, BackendKey>,
     next_backend_id: u32,
     svc_entries: usize,
+    /// Entries of the affinity match map: one per slot of a frontend with affinity.
+    affinity_matches: usize,
     capacity: Capacity,
 }
 
@@ -218,6 +230,32 @@ impl ProgrammedState {
             fe.source_ranges.sort();
         }
 
+        // Affinity matches: the ones that say what the adopted slots say are kept; the
+        // others go, and a frontend with affinity gets the ones it lacks.
+        let mut matches: HashMap<AffinityMatch4Key, u16> =
+            maps.dump_affinity_matches()?.into_iter().collect();
+        let mut match_ops = Vec::new();
+        for (fkey, fe) in &state.frontends {
+            if fe.service.affinity_timeout_s == 0 {
+                continue;
+            }
+            let Some(svc_key) = v4::svc_key(fkey) else {
+                continue;
+            };
+            for (i, id) in fe.slots.iter().enumerate() {
+                let key = v4::affinity_match(&svc_key, *id);
+                if matches.remove(&key) != Some(slot_number(i)) {
+                    match_ops.push(MapOp::PutAffinityMatch {
+                        key,
+                        slot: slot_number(i),
+                    });
+                }
+            }
+            state.affinity_matches += fe.slots.len();
+        }
+        let mut stray_matches: Vec<AffinityMatch4Key> = matches.into_keys().collect();
+        stray_matches.sort();
+
         let mut cleanup: Vec<MapOp> = entries
             .keys()
             .filter(|k| !reachable.contains(*k))
@@ -236,6 +274,12 @@ impl ProgrammedState {
             dropped_backends.push(id);
         }
         cleanup.extend(stray_ranges);
+        cleanup.extend(
+            stray_matches
+                .into_iter()
+                .map(|key| MapOp::DeleteAffinityMatch { key }),
+        );
+        cleanup.extend(match_ops);
         // Backends go after the slots that might still name them.
         cleanup.extend(
             dropped_backends
@@ -313,7 +357,16 @@ impl ProgrammedState {
         let svc_key = v4::svc_key(&key).ok_or(Skip::Family)?;
         let Some(desired) = desired else {
             if let Some(old) = self.frontends.remove(&key) {
-                // Slot 0 first: new readers stop at once; then the slots and ranges.
+                // Affinities to its backends end first; then slot 0: new readers stop
+                // at once; then the slots and ranges.
+                if old.service.affinity_timeout_s != 0 {
+                    for id in &old.slots {
+                        ops.push(MapOp::DeleteAffinityMatch {
+                            key: v4::affinity_match(&svc_key, *id),
+                        });
+                    }
+                    self.affinity_matches -= old.slots.len();
+                }
                 ops.push(MapOp::DeleteSvc { key: svc_key });
                 for (i, id) in old.slots.iter().enumerate() {
                     ops.push(MapOp::DeleteSvc {
@@ -354,11 +407,23 @@ impl ProgrammedState {
             .iter()
             .filter(|b| !self.backends.contains_key(b))
             .count();
+        let old_matches = match &old {
+            Some(o) if o.service.affinity_timeout_s != 0 => o.slots.len(),
+            _ => 0,
+        };
+        let new_matches = if desired.affinity_timeout_s != 0 {
+            wanted.len()
+        } else {
+            0
+        };
         if self.svc_entries + new_entries > self.capacity.svc_entries
             || self.backends.len() + new_backends > self.capacity.backends
+            || self.affinity_matches + new_matches.saturating_sub(old_matches)
+                > self.capacity.affinity_matches
         {
             return Err(Skip::Full);
         }
+        let first_op = ops.len();
 
         let new_count = wanted.len();
         let wanted_set: HashSet<BackendKey> = wanted.iter().copied().collect();
@@ -401,8 +466,20 @@ impl ProgrammedState {
                 self.release(*old_id, released);
             }
         }
+        // Affinity matches say which slot holds each backend of the frontend. Those
+        // that end or move are removed before any slot changes (first in this
+        // frontend's ops), and the new or moved ones written once their slots are: a
+        // reader following a match only ever finds the backend it names.
+        let final_slots: Vec<Option<u32>> = slots.iter().take(new_count).copied().collect();
+        let (match_deletes, match_puts) = affinity_changes(
+            &svc_key,
+            (old_matches > 0).then_some(old_slots),
+            (desired.affinity_timeout_s != 0).then_some(&final_slots[..]),
+        );
+        ops.splice(first_op..first_op, match_deletes);
         // Rule 2: slots (and allowed sources) before slot 0 that exposes them.
         ops.extend(slot_writes);
+        ops.extend(match_puts);
         let old_ranges: &[IpCidr] = old.as_ref().map_or(&[], |o| &o.source_ranges);
         for cidr in desired
             .source_ranges
@@ -439,6 +516,7 @@ impl ProgrammedState {
         let slots: Vec<u32> = slots.into_iter().flatten().collect();
         self.svc_entries =
             self.svc_entries + 1 + slots.len() - old.as_ref().map_or(0, |o| 1 + o.slots.len());
+        self.affinity_matches = self.affinity_matches + new_matches - old_matches;
         self.frontends.insert(
             key,
             ProgrammedFrontend {
@@ -490,6 +568,51 @@ impl ProgrammedState {
             }
         }
     }
+}
+
+/// The affinity match ops of a frontend going from `old` slots to `new` ones (each
+/// `None` when the frontend has no affinity there): (deletes, puts). A backend that
+/// stays in its slot needs none.
+fn affinity_changes(
+    svc_key: &Svc4Key,
+    old: Option<&[u32]>,
+    new: Option<&[Option<u32>]>,
+) -> (Vec<MapOp>, Vec<MapOp>) {
+    let old: HashMap<u32, u16> = old
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (*id, slot_number(i)))
+        .collect();
+    let new: HashMap<u32, u16> = new
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, id)| id.map(|id| (id, slot_number(i))))
+        .collect();
+    let mut deletes: Vec<MapOp> = old
+        .iter()
+        .filter(|(id, slot)| new.get(id) != Some(slot))
+        .map(|(id, _)| MapOp::DeleteAffinityMatch {
+            key: v4::affinity_match(svc_key, *id),
+        })
+        .collect();
+    let mut puts: Vec<MapOp> = new
+        .iter()
+        .filter(|(id, slot)| old.get(id) != Some(slot))
+        .map(|(id, slot)| MapOp::PutAffinityMatch {
+            key: v4::affinity_match(svc_key, *id),
+            slot: *slot,
+        })
+        .collect();
+    // A deterministic order (the maps do not care, tests and op counts do).
+    let order = |op: &MapOp| match op {
+        MapOp::PutAffinityMatch { key, .. } | MapOp::DeleteAffinityMatch { key } => key.backend_id,
+        _ => 0,
+    };
+    deletes.sort_by_key(order);
+    puts.sort_by_key(order);
+    (deletes, puts)
 }
 
 /// Why a frontend was left as it was.
@@ -792,17 +915,74 @@ mod tests {
                     .collect::<HashSet<_>>()
                     .into_iter()
                     .collect();
-                entries.push((
-                    key,
-                    if backends.is_empty() {
-                        reject()
-                    } else {
-                        forward(&backends)
-                    },
-                ));
+                let mut frontend = if backends.is_empty() {
+                    reject()
+                } else {
+                    forward(&backends)
+                };
+                // Affinity comes and goes too: its match entries must follow the slots.
+                if next() % 3 == 0 {
+                    frontend.affinity_timeout_s = 10;
+                }
+                entries.push((key, frontend));
             }
             sync(&mut st, &mut maps, &desired(&entries));
+            // Every slot of a frontend with affinity has its match, and nothing else.
+            let want_matches: usize = st
+                .frontends()
+                .values()
+                .filter(|f| f.service.affinity_timeout_s != 0)
+                .map(|f| f.slots.len())
+                .sum();
+            assert_eq!(maps.affinity_matches.len(), want_matches);
         }
+    }
+
+    #[test]
+    fn affinity_matches_follow_backends_in_and_out_of_slots() {
+        let mut st = ProgrammedState::with_capacity(Capacity::default());
+        let mut maps = MemoryMaps::default();
+        let mut web = forward(&[be(1, 80), be(2, 80), be(3, 80)]);
+        web.affinity_timeout_s = 60;
+        sync(&mut st, &mut maps, &desired(&[(fe(10, 80), web.clone())]));
+        assert_eq!(maps.affinity_matches.len(), 3);
+        let slot_of = |maps: &MemoryMaps, id: u32| {
+            maps.affinity_matches
+                .iter()
+                .find(|(k, _)| k.backend_id == id)
+                .map(|(_, slot)| *slot)
+        };
+        let id_of = |st: &ProgrammedState, b: BackendKey| {
+            st.frontends()[&fe(10, 80)]
+                .slots
+                .iter()
+                .copied()
+                .find(|id| st.backend(*id) == Some(b))
+                .unwrap()
+        };
+        let (id1, id3) = (id_of(&st, be(1, 80)), id_of(&st, be(3, 80)));
+        // Backend 1 leaves: its match goes, backend 3 moves into its slot and its
+        // match says so.
+        let mut fewer = forward(&[be(2, 80), be(3, 80)]);
+        fewer.affinity_timeout_s = 60;
+        let stats = sync(&mut st, &mut maps, &desired(&[(fe(10, 80), fewer.clone())]));
+        assert_eq!(slot_of(&maps, id1), None);
+        assert_eq!(slot_of(&maps, id3), Some(1));
+        // Matches of 1 and 3 deleted, slot 1 rewritten to 3, 3's match, slot 0's count,
+        // slot 3 and backend 1 deleted.
+        assert_eq!(stats.ops, 7, "{stats:?}");
+        // Affinity turned off: every match goes; on again: back.
+        sync(
+            &mut st,
+            &mut maps,
+            &desired(&[(fe(10, 80), forward(&[be(2, 80), be(3, 80)]))]),
+        );
+        assert!(maps.affinity_matches.is_empty());
+        sync(&mut st, &mut maps, &desired(&[(fe(10, 80), fewer)]));
+        assert_eq!(maps.affinity_matches.len(), 2);
+        // The frontend removed: nothing left.
+        sync(&mut st, &mut maps, &desired(&[]));
+        assert!(maps.affinity_matches.is_empty() && maps.services.is_empty());
     }
 
     #[test]
@@ -810,6 +990,7 @@ mod tests {
         let cap = Capacity {
             svc_entries: 5,
             backends: 3,
+            ..Capacity::default()
         };
         let mut st = ProgrammedState::with_capacity(cap);
         let mut maps = MemoryMaps::default();

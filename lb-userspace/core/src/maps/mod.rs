@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 
 pub use desired::{BackendKey, DesiredFrontend, DesiredState, FrontendKey, Scope};
 pub use diff::{Capacity, MapOp, ProgrammedState, SyncStats};
-use lb_common::{Backend4, SrcRange4Key, Svc4Key, Svc4Value};
+use lb_common::{AffinityMatch4Key, Backend4, SrcRange4Key, Svc4Key, Svc4Value};
 
 /// Something that holds the service and backend maps: the kernel, or a twin in memory.
 pub trait ServiceMaps {
@@ -25,6 +25,8 @@ pub trait ServiceMaps {
     fn dump_backends(&self) -> Result<Vec<(u32, Backend4)>, Self::Error>;
     /// Every allowed-source entry: (key data, prefix length).
     fn dump_src_ranges(&self) -> Result<Vec<(SrcRange4Key, u32)>, Self::Error>;
+    /// Every affinity match entry: (key, slot).
+    fn dump_affinity_matches(&self) -> Result<Vec<(AffinityMatch4Key, u16)>, Self::Error>;
 }
 
 /// IPv4 address as the maps store it (network byte order in a u32's memory).

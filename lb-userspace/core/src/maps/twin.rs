@@ -3,7 +3,7 @@
 //! see, which is how the ordering rules of `diff` are tested without a kernel.
 use std::collections::BTreeMap;
 
-use lb_common::{Backend4, Svc4Key, Svc4Value, SvcAction};
+use lb_common::{AffinityMatch4Key, Backend4, Svc4Key, Svc4Value, SvcAction};
 
 use super::{MapOp, ServiceMaps};
 
@@ -18,6 +18,8 @@ pub struct MemoryMaps {
     pub backends: BTreeMap<u32, Backend4>,
     /// Allowed sources: (frontend address, port, proto, source, prefix length).
     pub src_ranges: std::collections::BTreeSet<(u32, u16, u8, u32, u32)>,
+    /// The affinity match map: (frontend, backend id) -> slot.
+    pub affinity_matches: BTreeMap<AffinityMatch4Key, u16>,
     /// Writes and deletes applied so far.
     pub ops_applied: usize,
     /// Fail the op with this index (counting from 0), to test error paths.
@@ -41,6 +43,19 @@ impl MemoryMaps {
                     return Err(format!(
                         "{key:?}: slot {slot} names missing backend {}",
                         slot_val.backend_id
+                    ));
+                }
+            }
+        }
+        // An affinity match names a slot that holds its backend: a reader following
+        // it never reaches another backend than the one the client sticks to.
+        for (m, slot) in &self.affinity_matches {
+            let key = Svc4Key::new(m.address, m.dport, m.proto, *slot).with_scope(m.scope);
+            match self.services.get(&key) {
+                Some(v) if v.backend_id == m.backend_id => {}
+                other => {
+                    return Err(format!(
+                        "affinity match {m:?} -> slot {slot}, which holds {other:?}"
                     ));
                 }
             }
@@ -90,6 +105,12 @@ impl ServiceMaps for MemoryMaps {
                     *prefix_len,
                 ));
             }
+            MapOp::PutAffinityMatch { key, slot } => {
+                self.affinity_matches.insert(*key, *slot);
+            }
+            MapOp::DeleteAffinityMatch { key } => {
+                self.affinity_matches.remove(key);
+            }
         }
         self.ops_applied += 1;
         Ok(())
@@ -101,6 +122,14 @@ impl ServiceMaps for MemoryMaps {
 
     fn dump_backends(&self) -> Result<Vec<(u32, Backend4)>, TwinError> {
         Ok(self.backends.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn dump_affinity_matches(&self) -> Result<Vec<(AffinityMatch4Key, u16)>, TwinError> {
+        Ok(self
+            .affinity_matches
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect())
     }
 
     fn dump_src_ranges(&self) -> Result<Vec<(lb_common::SrcRange4Key, u32)>, TwinError> {

@@ -3,7 +3,9 @@
 //! (adopting pinned maps). Everything above works with IpAddr.
 use std::net::{IpAddr, SocketAddr};
 
-use lb_common::{BACKEND_FLAG_LOCAL, Backend4, SRC_RANGE_FRONTEND_BITS, SrcRange4Key, Svc4Key};
+use lb_common::{
+    AffinityMatch4Key, BACKEND_FLAG_LOCAL, Backend4, SRC_RANGE_FRONTEND_BITS, SrcRange4Key, Svc4Key,
+};
 
 use super::{
     desired::{BackendKey, FrontendKey, Scope},
@@ -60,6 +62,22 @@ pub fn backend_key(value: &Backend4) -> Option<BackendKey> {
         protocol: Protocol::from_ipproto(value.proto)?,
         local: value.flags & BACKEND_FLAG_LOCAL != 0,
     })
+}
+
+/// The affinity match entry of backend `backend_id` of the frontend `svc` (slot 0).
+pub fn affinity_match(svc: &Svc4Key, backend_id: u32) -> AffinityMatch4Key {
+    AffinityMatch4Key {
+        address: svc.address,
+        dport: svc.dport,
+        proto: svc.proto,
+        scope: svc.scope,
+        backend_id,
+    }
+}
+
+/// The frontend (slot 0 key) of an affinity match entry.
+pub fn affinity_match_frontend(key: &AffinityMatch4Key) -> Svc4Key {
+    Svc4Key::new(key.address, key.dport, key.proto, 0).with_scope(key.scope)
 }
 
 /// The LPM entry allowing sources in `cidr` to reach the frontend `svc` (key data and
