@@ -2,6 +2,7 @@
 //! API) drives the data path. Events update the [`ClusterState`]; each sync
 //! programs only the frontends they changed.
 use std::{
+    collections::BTreeSet,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
@@ -12,7 +13,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use socklb_core::{
-    events::ClusterEvent,
+    events::{ClusterEvent, ObjectKey},
     maps::{DesiredState, diff::Capacity},
     model::NodeModel,
     plan::{self, Conflict, Plan},
@@ -113,8 +114,10 @@ pub async fn run_agent(
     metrics
         .conntrack_capacity
         .set(i64::from(lb_common::capacity::CT4));
-    // Conflicts known from the last sync: logged when they appear or go away.
+    // Conflicts and orphan slices known from the last sync: logged when they appear
+    // (and conflicts when they go away), not at every sync.
     let mut conflicts: Vec<Conflict> = Vec::new();
+    let mut orphans: BTreeSet<ObjectKey> = BTreeSet::new();
 
     let (tx, mut rx) = mpsc::channel::<ClusterEvent>(4096);
     // Read the manifests before touching the kernel: an unreadable directory fails
@@ -282,6 +285,7 @@ pub async fn run_agent(
                     .frontends
                     .set(i64::try_from(desired.frontends.len()).unwrap_or(i64::MAX));
                 report_conflicts(state.index().conflicts(), &mut conflicts, metrics);
+                report_orphans(&state, &mut orphans, metrics);
                 if stats.ops > 0 {
                     info!(
                         services = state.service_count(),
@@ -334,6 +338,25 @@ fn report_conflicts(now: Vec<Conflict>, known: &mut Vec<Conflict>, metrics: &Syn
             "frontend conflict resolved"
         );
     }
+    *known = now;
+}
+
+/// Warns once about each EndpointSlice that names a Service that does not exist.
+fn report_orphans(state: &ClusterState, known: &mut BTreeSet<ObjectKey>, metrics: &SyncMetrics) {
+    let mut now = BTreeSet::new();
+    for slice in state.orphan_slices() {
+        let key = slice.key();
+        if !known.contains(&key) {
+            warn!(
+                slice = %key, service = %slice.service_key(),
+                "EndpointSlice for a Service that does not exist: not used until it does"
+            );
+        }
+        now.insert(key);
+    }
+    metrics
+        .orphan_slices
+        .set(i64::try_from(now.len()).unwrap_or(i64::MAX));
     *known = now;
 }
 

@@ -63,6 +63,8 @@ pub struct SyncMetrics {
     pub last_sync_timestamp_seconds: GaugeF64,
     pub conflicts: Gauge,
     pub conflict: Family<ConflictLabels, Gauge>,
+    /// EndpointSlices naming a Service that does not exist.
+    pub orphan_slices: Gauge,
     pub conntrack_expired: Counter,
     pub conntrack_full_sweeps: Counter,
     pub conntrack_capacity: Gauge,
@@ -119,6 +121,7 @@ impl Default for SyncMetrics {
             last_sync_timestamp_seconds: GaugeF64::default(),
             conflicts: Gauge::default(),
             conflict: Family::default(),
+            orphan_slices: Gauge::default(),
             conntrack_expired: Counter::default(),
             conntrack_full_sweeps: Counter::default(),
             conntrack_capacity: Gauge::default(),
@@ -214,6 +217,11 @@ impl Metrics {
             sync.conflicts.clone(),
         );
         r.register("socklb_frontend_conflict", "One per frontend claim that lost: the frontend, the Service that keeps it and the one that does not", sync.conflict.clone());
+        r.register(
+            "socklb_orphan_slices",
+            "EndpointSlices whose kubernetes.io/service-name names a Service that does not exist (they serve nothing)",
+            sync.orphan_slices.clone(),
+        );
         r.register(
             "socklb_conntrack_expired",
             "Expired conntrack entries removed by the agent's sweeps",
