@@ -76,8 +76,11 @@ pub struct AgentOptions {
     /// Bursts of events closer than this are applied in one sync (kube-proxy's
     /// --min-sync-period); 0 applies every event at once.
     pub min_sync_period: Duration,
-    /// Where /healthz, /readyz and /metrics are served; None: not served.
+    /// Where /healthz, /livez and /readyz are served; None: not served.
     pub health_addr: Option<SocketAddr>,
+    /// Where /metrics is served; None: not served. The same address as `health_addr`
+    /// serves both on one listener.
+    pub metrics_addr: Option<SocketAddr>,
     /// /healthz fails when an update waits longer than this.
     pub health_timeout: Duration,
     /// Devices for the TC programs (NodePort, LoadBalancer, external IPs from
@@ -159,16 +162,27 @@ pub async fn run_agent(
     };
     drop(tx);
 
-    let (stop_health, health_stopped) = tokio::sync::oneshot::channel::<()>();
-    if let Some(addr) = opts.health_addr {
+    // One agent per pin directory; held until this function returns (the process's
+    // end releases it in any case).
+    kernel::prepare_pin_dir(&opts.pin_dir)?;
+    let _pin_dir_lock = kernel::PinDirLock::acquire(&opts.pin_dir)?;
+
+    let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
+    for (addr, routes) in listeners(opts.health_addr, opts.metrics_addr) {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| AgentError::Health { addr, source })?;
-        info!(addr = %listener.local_addr().unwrap_or(addr), "health endpoint listening");
+        info!(addr = %listener.local_addr().unwrap_or(addr), ?routes, "HTTP endpoint listening");
         let health = health.clone();
-        tokio::spawn(health::serve_health_on(listener, health, async move {
-            let _ = health_stopped.await;
-        }));
+        let mut stopped = http_stopped.clone();
+        tokio::spawn(health::serve_health_on(
+            listener,
+            health,
+            routes,
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            },
+        ));
     }
 
     let ifaces =
@@ -313,13 +327,29 @@ pub async fn run_agent(
             }
         }
     };
-    let _ = stop_health.send(());
+    let _ = stop_http.send(true);
     service_health.shutdown().await;
     source_task.abort();
     if result.is_ok() {
         info!("shutting down; the data path stays in place");
     }
     result
+}
+
+/// The listeners to open: health and metrics on their addresses, one listener when
+/// the addresses are the same.
+fn listeners(
+    health: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
+) -> Vec<(SocketAddr, health::Routes)> {
+    match (health, metrics) {
+        (Some(h), Some(m)) if h == m => vec![(h, health::Routes::ALL)],
+        (h, m) => h
+            .map(|h| (h, health::Routes::HEALTH))
+            .into_iter()
+            .chain(m.map(|m| (m, health::Routes::METRICS)))
+            .collect(),
+    }
 }
 
 /// Logs conflicts once when they appear and once when they are resolved (not at every

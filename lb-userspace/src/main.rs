@@ -54,10 +54,18 @@ enum Command {
         /// together (like kube-proxy's --min-sync-period). E.g. 0, 500ms, 1s.
         #[arg(long, default_value = "0", value_parser = parse_duration)]
         min_sync_period: Duration,
-        /// Address of /healthz, /readyz and /metrics; "off" disables it. Default:
-        /// 0.0.0.0:10256 (kube-proxy's) when watching the API, off with --manifests.
-        #[arg(long)]
+        /// Address of /healthz, /livez and /readyz (kube-proxy's
+        /// --healthz-bind-address); "off" disables it. Default: 0.0.0.0:10256
+        /// (kube-proxy's: cloud load balancers probe it) when watching the API, off
+        /// with --manifests.
+        #[arg(long, alias = "healthz-bind-address")]
         health_addr: Option<String>,
+        /// Address of /metrics (kube-proxy's --metrics-bind-address); "off" disables
+        /// it. Default: 127.0.0.1:10249 (kube-proxy's: not reachable from outside the
+        /// node) when watching the API, off with --manifests. The same address as
+        /// --health-addr serves both on one listener.
+        #[arg(long)]
+        metrics_bind_address: Option<String>,
         /// /healthz reports unhealthy when an update waits longer than this.
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         health_timeout: Duration,
@@ -130,6 +138,7 @@ fn run() -> anyhow::Result<()> {
             poll_interval_ms,
             min_sync_period,
             health_addr,
+            metrics_bind_address,
             health_timeout,
             devices,
             health_check_bind_address,
@@ -138,18 +147,17 @@ fn run() -> anyhow::Result<()> {
                 Some(c) => c,
                 None => kernel::cgroup2_root().context("no cgroup2 mount found; pass --cgroup")?,
             };
-            let default_health = if manifests.is_some() {
-                None
+            let (default_health, default_metrics) = if manifests.is_some() {
+                (None, None)
             } else {
-                Some("0.0.0.0:10256")
+                (Some("0.0.0.0:10256"), Some("127.0.0.1:10249"))
             };
-            let health_addr = match health_addr.as_deref().or(default_health) {
-                None | Some("off") => None,
-                Some(a) => Some(
-                    a.parse()
-                        .with_context(|| format!("--health-addr {a:?} is not an address:port"))?,
-                ),
-            };
+            let health_addr =
+                listen_address("--health-addr", health_addr.as_deref().or(default_health))?;
+            let metrics_addr = listen_address(
+                "--metrics-bind-address",
+                metrics_bind_address.as_deref().or(default_metrics),
+            )?;
             let source = match manifests {
                 Some(dir) => Source::Manifests {
                     dir,
@@ -170,6 +178,7 @@ fn run() -> anyhow::Result<()> {
                 pin_dir: bpffs,
                 min_sync_period,
                 health_addr,
+                metrics_addr,
                 health_timeout,
                 devices,
                 health_check_bind_address,
@@ -228,6 +237,17 @@ fn run() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// An `address:port` flag, or "off" (None).
+fn listen_address(flag: &str, value: Option<&str>) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    match value {
+        None | Some("off") => Ok(None),
+        Some(a) => a
+            .parse()
+            .map(Some)
+            .with_context(|| format!("{flag} {a:?} is not an address:port (or \"off\")")),
+    }
 }
 
 fn node_name(flag: Option<String>) -> anyhow::Result<String> {

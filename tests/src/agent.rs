@@ -196,6 +196,16 @@ impl AgentConfig {
         a.push("--node".into());
         a.push(self.node.clone().into());
         a.extend(self.extra_args.iter().map(Into::into));
+        // The agent's HTTP listeners default to kube-proxy's fixed ports when it
+        // watches the API: a test that wants one names its own free port.
+        if self.kubeconfig.is_some() {
+            for flag in ["--health-addr", "--metrics-bind-address"] {
+                if !self.extra_args.iter().any(|x| x == flag) {
+                    a.push(flag.into());
+                    a.push("off".into());
+                }
+            }
+        }
         // An agent in the host's network namespace never attaches to the host's
         // devices: without an explicit --devices it gets none.
         if self.netns.is_none() && !self.extra_args.iter().any(|x| x == "--devices") {

@@ -307,8 +307,13 @@ fn unreachable_api_server_at_start_is_retried_and_reported_not_ready() {
     env.api.apply(service());
     env.api.apply(slice(&[(PODS[0], true)]));
     let health = free_loopback_port();
-    let mut agent =
-        Agent::start(&env.agent_config(&["--health-addr", &health.to_string()])).unwrap();
+    let mut agent = Agent::start(&env.agent_config(&[
+        "--health-addr",
+        &health.to_string(),
+        "--metrics-bind-address",
+        &health.to_string(),
+    ]))
+    .unwrap();
 
     // Up but not ready while the API server cannot be reached; healthy meanwhile
     // (nothing queued), so a liveness probe would not restart it.
@@ -385,6 +390,8 @@ fn min_sync_period_coalesces_a_burst_of_events() {
     let health = free_loopback_port();
     let config = env.agent_config(&[
         "--health-addr",
+        &health.to_string(),
+        "--metrics-bind-address",
         &health.to_string(),
         "--min-sync-period",
         "2s",

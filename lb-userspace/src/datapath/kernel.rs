@@ -366,11 +366,7 @@ pub fn install(
     devices: &[Device],
 ) -> Result<KernelMaps, DatapathError> {
     raise_memlock_limit();
-    fs::create_dir_all(pin_dir).map_err(|source| DatapathError::Io {
-        what: "creating pin directory",
-        path: pin_dir.to_path_buf(),
-        source,
-    })?;
+    prepare_pin_dir(pin_dir)?;
     let reused: Vec<&str> = map_names::ALL
         .iter()
         .copied()
@@ -484,12 +480,91 @@ fn load_object(pin_dir: &Path) -> Result<Ebpf, DatapathError> {
 /// attached: for benchmarks and tools that only need the maps.
 pub fn create_maps(pin_dir: &Path) -> Result<KernelMaps, DatapathError> {
     raise_memlock_limit();
-    fs::create_dir_all(pin_dir).map_err(|source| DatapathError::Io {
-        what: "creating pin directory",
-        path: pin_dir.to_path_buf(),
-        source,
-    })?;
+    prepare_pin_dir(pin_dir)?;
     KernelMaps::from_ebpf(&mut load_object(pin_dir)?)
+}
+
+/// An exclusive lock on a pin directory, held for as long as the agent runs: two
+/// agents programming one set of maps would undo each other's writes. An flock on the
+/// directory itself (bpffs holds no regular files to lock); the kernel releases it
+/// when the process ends, however it ends.
+#[derive(Debug)]
+pub struct PinDirLock {
+    _dir: fs::File,
+}
+
+impl PinDirLock {
+    /// Takes the lock, or fails at once if another process holds it.
+    pub fn acquire(pin_dir: &Path) -> Result<PinDirLock, DatapathError> {
+        use std::os::fd::AsRawFd as _;
+        let dir = fs::File::open(pin_dir).map_err(|source| DatapathError::Io {
+            what: "opening pin directory",
+            path: pin_dir.to_path_buf(),
+            source,
+        })?;
+        // SAFETY: flock on a file descriptor we own.
+        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let source = std::io::Error::last_os_error();
+            if source.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Err(DatapathError::PinDirInUse {
+                    path: pin_dir.to_path_buf(),
+                });
+            }
+            return Err(DatapathError::Io {
+                what: "locking pin directory",
+                path: pin_dir.to_path_buf(),
+                source,
+            });
+        }
+        Ok(PinDirLock { _dir: dir })
+    }
+}
+
+/// Creates the pin directory (mode 0700) when missing, and refuses one that another
+/// user could have prepared or can change: whoever can write there can swap the maps
+/// and links the data path trusts. It must be a directory (not a symlink) owned by
+/// the agent's user (root in the DaemonSet) and writable by nobody else.
+pub fn prepare_pin_dir(pin_dir: &Path) -> Result<(), DatapathError> {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+    let io = |what: &'static str| {
+        move |source| DatapathError::Io {
+            what,
+            path: pin_dir.to_path_buf(),
+            source,
+        }
+    };
+    if !pin_dir.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(pin_dir)
+            .map_err(io("creating pin directory"))?;
+    }
+    let meta = fs::symlink_metadata(pin_dir).map_err(io("reading pin directory"))?;
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    let unsafe_dir = |reason: String| DatapathError::UnsafePinDir {
+        path: pin_dir.to_path_buf(),
+        reason,
+    };
+    if !meta.file_type().is_dir() {
+        return Err(unsafe_dir(
+            "it is not a directory (a symlink or a file)".into(),
+        ));
+    }
+    if meta.uid() != euid {
+        return Err(unsafe_dir(format!(
+            "it is owned by uid {}, not by the agent's uid {euid}",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(unsafe_dir(format!(
+            "its mode {:o} lets others write to it (chmod go-w)",
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
 }
 
 /// Pins `link` at `path`, replacing (and so detaching) a link pinned there before.
@@ -552,6 +627,8 @@ pub fn uninstall(pin_dir: &Path) -> Result<Removed, DatapathError> {
     if !pin_dir.exists() {
         return Ok(removed);
     }
+    // Not under a running agent: it would put back what is removed here.
+    let _lock = PinDirLock::acquire(pin_dir)?;
     let mut link_names: Vec<String> = SOCKET_HOOKS.iter().map(|(_, l)| l.to_string()).collect();
     link_names.push(BIND_HOOK.1.to_string());
     link_names.extend(
@@ -787,5 +864,43 @@ mod tests {
             obj.programs.keys().cloned().collect(),
             obj.maps.keys().cloned().collect(),
         )
+    }
+
+    #[test]
+    fn pin_directories_others_could_change_are_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let base = std::env::temp_dir().join(format!("socklb-pindir-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        fs::create_dir_all(&base).unwrap();
+        // Created when missing, mode 0700.
+        let fresh = base.join("fresh");
+        prepare_pin_dir(&fresh).unwrap();
+        assert_eq!(
+            fs::metadata(&fresh).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        // World-writable: refused.
+        let open = base.join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = prepare_pin_dir(&open).unwrap_err().to_string();
+        assert!(err.contains("lets others write"), "{err}");
+        // A symlink to a good directory: refused.
+        let link = base.join("link");
+        std::os::unix::fs::symlink(&fresh, &link).unwrap();
+        let err = prepare_pin_dir(&link).unwrap_err().to_string();
+        assert!(err.contains("not a directory"), "{err}");
+        // Owned by someone else: refused (needs root to chown, which the suite has).
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let other = base.join("other");
+            fs::create_dir(&other).unwrap();
+            let c = std::ffi::CString::new(other.to_string_lossy().as_bytes()).unwrap();
+            // SAFETY: chown with a valid path; 65534 is nobody.
+            assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
+            let err = prepare_pin_dir(&other).unwrap_err().to_string();
+            assert!(err.contains("owned by uid 65534"), "{err}");
+        }
+        fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -39,4 +39,13 @@ pub enum DatapathError {
     },
     #[error("the pinned maps are inconsistent: {0}")]
     Inconsistent(String),
+    #[error(
+        "pin directory {path} is in use by another socklb agent (stop it first, or give this one another --bpffs)"
+    )]
+    PinDirInUse { path: std::path::PathBuf },
+    #[error("pin directory {path}: refused: {reason}")]
+    UnsafePinDir {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
