@@ -162,6 +162,11 @@ pub async fn run_agent(
     };
     drop(tx);
 
+    // Before the kernel is touched: a container without the capabilities gets one
+    // clear error instead of an EPERM from some program load.
+    kernel::check_cgroup2(&opts.cgroup)?;
+    crate::datapath::capabilities::check_agent()?;
+
     // One agent per pin directory; held until this function returns (the process's
     // end releases it in any case).
     kernel::prepare_pin_dir(&opts.pin_dir)?;

@@ -211,6 +211,9 @@ fn run() -> anyhow::Result<()> {
             }
         }
         Command::Uninstall { cgroup, bpffs } => {
+            if let Some(cgroup) = &cgroup {
+                kernel::check_cgroup2(cgroup)?;
+            }
             let removed = kernel::uninstall(&bpffs)?;
             info!(links = ?removed.links, maps = ?removed.maps, dir_removed = removed.dir_removed, "uninstalled");
             if let Some(cgroup) = cgroup {

@@ -605,6 +605,8 @@ pub struct AgentOptions {
     pub extra_args: Vec<String>,
     /// More environment (e.g. `RUST_LOG=debug`).
     pub env: Vec<(String, String)>,
+    /// The agent is started through this command ([`AgentConfig::wrapper`]).
+    pub wrapper: Vec<String>,
 }
 
 impl Default for AgentOptions {
@@ -613,6 +615,7 @@ impl Default for AgentOptions {
             devices: Some(vec![LAN_IF.to_string()]),
             extra_args: vec!["--poll-interval-ms".into(), "50".into()],
             env: Vec::new(),
+            wrapper: Vec::new(),
         }
     }
 }
@@ -1093,6 +1096,7 @@ impl MultiNode {
         }
         config.extra_args.extend(opts.extra_args.iter().cloned());
         config.env = opts.env.clone();
+        config.wrapper = opts.wrapper.clone();
         node.agent = Some(Agent::start(&config)?);
         Ok(())
     }

@@ -567,6 +567,47 @@ pub fn prepare_pin_dir(pin_dir: &Path) -> Result<(), DatapathError> {
     Ok(())
 }
 
+/// Refuses a `--cgroup` that is not in a cgroup v2 hierarchy: the socket hooks attach
+/// only there, and the kernel's answer otherwise is a bare EBADF. (A common mistake on
+/// hybrid layouts: /sys/fs/cgroup is a tmpfs and the v2 root is .../unified.)
+pub fn check_cgroup2(cgroup: &Path) -> Result<(), DatapathError> {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    use std::os::unix::ffi::OsStrExt as _;
+    let c_path = std::ffi::CString::new(cgroup.as_os_str().as_bytes()).map_err(|_| {
+        DatapathError::NotCgroup2 {
+            path: cgroup.to_path_buf(),
+            found: "the path has a NUL byte".into(),
+        }
+    })?;
+    // SAFETY: an all-zero statfs is a valid out parameter; c_path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let ret = unsafe { libc::statfs(c_path.as_ptr(), &mut st) };
+    if ret != 0 {
+        return Err(DatapathError::Io {
+            what: "reading cgroup",
+            path: cgroup.to_path_buf(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    #[allow(clippy::unnecessary_cast)] // f_type is i64 or u32 depending on the libc
+    let fs_type = st.f_type as i64;
+    if fs_type != CGROUP2_SUPER_MAGIC {
+        return Err(DatapathError::NotCgroup2 {
+            path: cgroup.to_path_buf(),
+            found: format!(
+                "file system type {fs_type:#x}; the cgroup2 mount is in /proc/self/mountinfo"
+            ),
+        });
+    }
+    if !cgroup.is_dir() {
+        return Err(DatapathError::NotCgroup2 {
+            path: cgroup.to_path_buf(),
+            found: "not a directory".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Pins `link` at `path`, replacing (and so detaching) a link pinned there before.
 fn replace_link_pin(link: FdLink, path: &Path) -> Result<(), DatapathError> {
     let staging = staging_pin(path);

@@ -2,6 +2,7 @@
 //! the desired state (`reconcile`), this node's devices and addresses (`devices`) and
 //! what is programmed right now (`status`).
 
+pub mod capabilities;
 pub mod devices;
 pub mod kernel;
 pub mod reconcile;
@@ -43,6 +44,13 @@ pub enum DatapathError {
         "pin directory {path} is in use by another socklb agent (stop it first, or give this one another --bpffs)"
     )]
     PinDirInUse { path: std::path::PathBuf },
+    #[error("{0}")]
+    Capabilities(String),
+    #[error("--cgroup {path} is not a directory of a cgroup v2 hierarchy ({found})")]
+    NotCgroup2 {
+        path: std::path::PathBuf,
+        found: String,
+    },
     #[error("pin directory {path}: refused: {reason}")]
     UnsafePinDir {
         path: std::path::PathBuf,
