@@ -42,8 +42,11 @@ pub mod map_names {
     /// The backends that still serve a frontend with affinity, and their slots
     /// ([`super::AffinityMatch4Key`] -> [`super::AffinityMatch4Value`]).
     pub const AFFINITY_MATCH4: &str = "lb4_affmatch_v1";
+    /// What the agent last programmed, for `socklb status` (one [`super::AgentStatus`];
+    /// written by the agent, read by nothing in the kernel).
+    pub const AGENT_STATUS: &str = "lb_agent_v1";
     /// Every map the data path pins, for inspection and uninstall.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         SVC4,
         BACKEND4,
         REVNAT4,
@@ -57,6 +60,7 @@ pub mod map_names {
         SRC_RANGE4,
         AFFINITY4,
         AFFINITY_MATCH4,
+        AGENT_STATUS,
     ];
 }
 
@@ -649,12 +653,37 @@ pub struct AffinityMatch4Value {
 }
 const _: () = assert!(core::mem::size_of::<AffinityMatch4Value>() == 4);
 
+/// The agent's report on its last sync, in [`map_names::AGENT_STATUS`] (index 0): a
+/// `socklb status` run without the agent's objects can still say whether the data
+/// path is complete.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AgentStatus {
+    /// When the last sync finished (CLOCK_MONOTONIC, ns, as `bpf_ktime_get_ns`); 0:
+    /// no agent has synced these maps.
+    pub synced_at_ns: u64,
+    /// Service map entries of slot 0 the agent wants (frontends and wildcards).
+    pub wanted: u32,
+    /// Of these, not programmed (or left as they were) because the maps are full.
+    pub maps_full: u32,
+    /// Programmed with fewer backends than wanted because the maps are full.
+    pub backends_truncated: u32,
+    /// Of an address family the maps do not hold.
+    pub address_family: u32,
+    /// Process id of the agent that wrote this.
+    pub agent_pid: u32,
+    /// Explicit padding, always zero.
+    pub pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<AgentStatus>() == 32);
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: every type is repr(C), Copy, and has no implicit padding (the size
     // assertions above equal the sum of the field sizes), so any byte pattern of the
     // right length is a valid value.
     unsafe impl aya::Pod for super::Svc4Key {}
+    unsafe impl aya::Pod for super::AgentStatus {}
     unsafe impl aya::Pod for super::Svc4Value {}
     unsafe impl aya::Pod for super::Backend4 {}
     unsafe impl aya::Pod for super::RevNat4Key {}

@@ -1,9 +1,11 @@
 //! The data path's maps. Names and layouts come from lb-common (the names are
 //! repeated as literals because the attribute needs one; a userspace test checks
 //! that the object's map names equal lb_common::map_names).
-use aya_ebpf::btf_maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, SkStorage, lpm_trie::Key};
+use aya_ebpf::btf_maps::{
+    Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SkStorage, lpm_trie::Key,
+};
 use lb_common::{
-    Affinity4Key, Affinity4Value, AffinityMatch4Key, AffinityMatch4Value, Backend4, Counter,
+    AgentStatus, Affinity4Key, Affinity4Value, AffinityMatch4Key, AffinityMatch4Value, Backend4, Counter,
     Ct4Key, Ct4Value, Device4, Frag4Key, Frag4Value, NodeAddr4, RevNat4Key, RevNat4Value,
     SockBackend4Key, SockBackend4Value, SockState4, SrcRange4Key, Svc4Key, Svc4Value, capacity,
 };
@@ -75,6 +77,11 @@ pub static AFFINITY_MATCH4: HashMap<
     AffinityMatch4Value,
     { capacity::AFFINITY_MATCH4 as usize },
 > = HashMap::new();
+
+/// The agent's report on its last sync, for `socklb status`. No program reads it:
+/// it lives here so that it is created and pinned with the others.
+#[aya_ebpf::macros::btf_map(name = "lb_agent_v1")]
+pub static AGENT_STATUS: Array<AgentStatus, 1> = Array::new();
 
 /// The hash maps above, read by key (see [`get_copy`]).
 pub trait Lookup<K, V> {

@@ -14,7 +14,10 @@ use tracing::{info, warn};
 
 use socklb_core::{
     events::{ClusterEvent, ObjectKey},
-    maps::{DesiredState, diff::Capacity},
+    maps::{
+        DesiredState, FrontendKey,
+        diff::{Fill, Incomplete, IncompleteCounts},
+    },
     model::NodeModel,
     plan::{self, Conflict, Plan},
     state::ClusterState,
@@ -89,6 +92,8 @@ pub struct AgentOptions {
     /// Address the healthCheckNodePort listeners bind (LoadBalancer Services with
     /// externalTrafficPolicy Local); kube-proxy binds every node address.
     pub health_check_bind_address: IpAddr,
+    /// Sizes of the maps created (pinned ones keep theirs).
+    pub map_sizes: kernel::MapSizes,
 }
 
 /// Reads a manifest directory and computes the plan (`socklb plan`).
@@ -114,9 +119,6 @@ pub async fn run_agent(
         all_metrics.clone(),
     ));
     let metrics = &all_metrics.sync;
-    metrics
-        .conntrack_capacity
-        .set(i64::from(lb_common::capacity::CT4));
     // Conflicts and orphan slices known from the last sync: logged when they appear
     // (and conflicts when they go away), not at every sync.
     let mut conflicts: Vec<Conflict> = Vec::new();
@@ -194,7 +196,9 @@ pub async fn run_agent(
         node::interfaces().map_err(|e| AgentError::Node(format!("listing interfaces: {e}")))?;
     let devices =
         node::select_devices(&ifaces, opts.devices.as_deref()).map_err(AgentError::Node)?;
-    let mut maps = kernel::install(&opts.pin_dir, &opts.cgroup, &devices)?;
+    let mut maps = kernel::install(&opts.pin_dir, &opts.cgroup, &devices, &opts.map_sizes)?;
+    let sizes = maps.sizes();
+    metrics.conntrack_capacity.set(i64::from(sizes.conntrack));
     let mut node_addrs = node::node_addresses(&ifaces);
     maps.set_node_addresses(&node_addrs)?;
     info!(
@@ -204,7 +208,8 @@ pub async fn run_agent(
         node_addresses = ?node_addrs,
         "socket hooks and TC programs attached"
     );
-    let mut reconciler = Reconciler::adopt(maps, Capacity::default())?;
+    let mut reconciler = Reconciler::adopt(maps, sizes.capacity())?;
+    let mut incomplete_log = IncompleteLog::default();
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut state = ClusterState::new(NodeModel::named(opts.node.clone()));
@@ -257,7 +262,7 @@ pub async fn run_agent(
             },
             () = sleep => {}
             _ = housekeeping.tick() => {
-                housekeep(&mut reconciler, &mut node_addrs, metrics);
+                housekeep(&mut reconciler, &mut node_addrs, metrics, sizes);
                 if service_health_failed && ready {
                     let failed = service_health.update(service_health::desired_health_checks_for_state(&state)).await;
                     service_health_failed = !failed.is_empty();
@@ -303,6 +308,7 @@ pub async fn run_agent(
                 metrics
                     .frontends
                     .set(i64::try_from(desired.frontends.len()).unwrap_or(i64::MAX));
+                report_programmed(&mut reconciler, desired, &health, metrics, &mut incomplete_log);
                 report_conflicts(state.index().conflicts(), &mut conflicts, metrics);
                 report_orphans(&state, &mut orphans, metrics);
                 if stats.ops > 0 {
@@ -395,6 +401,142 @@ fn report_orphans(state: &ClusterState, known: &mut BTreeSet<ObjectKey>, metrics
     *known = now;
 }
 
+/// How often an unchanged incomplete data path is logged again.
+const INCOMPLETE_LOG_INTERVAL: Duration = Duration::from_secs(300);
+
+/// What was last logged about frontends that are not programmed.
+#[derive(Default)]
+struct IncompleteLog {
+    last: IncompleteCounts,
+    logged_at: Option<Instant>,
+}
+
+/// After a sync: what is not programmed and how full the maps are, on /metrics,
+/// /readyz, in the status map and in one log line (when it changes, and every
+/// [`INCOMPLETE_LOG_INTERVAL`] while it lasts), never one per frontend.
+fn report_programmed(
+    reconciler: &mut Reconciler<kernel::KernelMaps>,
+    desired: &DesiredState,
+    health: &Health,
+    metrics: &SyncMetrics,
+    log: &mut IncompleteLog,
+) {
+    let programmed = reconciler.state();
+    let counts = programmed.incomplete_counts();
+    let fill = programmed.fill();
+    metrics.set_programmed(&counts, &fill);
+    let summary = counts
+        .capacity_short()
+        .then(|| incomplete_summary(&counts, &fill, programmed.incomplete(), desired));
+    health.set_incomplete(summary.clone());
+    let status = lb_common::AgentStatus {
+        synced_at_ns: kernel::monotonic_ns(),
+        wanted: u32::try_from(desired.frontends.len()).unwrap_or(u32::MAX),
+        maps_full: u32::try_from(counts.maps_full).unwrap_or(u32::MAX),
+        backends_truncated: u32::try_from(counts.backends_truncated).unwrap_or(u32::MAX),
+        address_family: u32::try_from(counts.address_family).unwrap_or(u32::MAX),
+        agent_pid: std::process::id(),
+        pad: 0,
+    };
+    if let Err(e) = reconciler.maps_mut().write_agent_status(&status) {
+        warn!(error = %e, "recording the sync in the status map failed");
+    }
+    let changed = counts != log.last;
+    let due = log
+        .logged_at
+        .is_none_or(|t| t.elapsed() >= INCOMPLETE_LOG_INTERVAL);
+    match summary {
+        Some(summary) if changed || due => {
+            warn!("data path incomplete: {summary}");
+            log.logged_at = Some(Instant::now());
+        }
+        None if changed && log.last.capacity_short() => {
+            info!("data path complete: every wanted frontend is programmed");
+            log.logged_at = None;
+        }
+        _ => {}
+    }
+    if counts.address_family > 0 && counts.address_family != log.last.address_family {
+        warn!(
+            frontends = counts.address_family,
+            "frontends of an address family the data path does not hold are not programmed"
+        );
+    }
+    log.last = counts;
+}
+
+/// One line: how many frontends lack what, which maps are full and which flag sizes
+/// them, and a few of the frontends with their Services.
+fn incomplete_summary(
+    counts: &IncompleteCounts,
+    fill: &Fill,
+    incomplete: &std::collections::BTreeMap<FrontendKey, Incomplete>,
+    desired: &DesiredState,
+) -> String {
+    let mut parts = Vec::new();
+    if counts.maps_full > 0 {
+        parts.push(format!(
+            "{} frontends not programmed (maps full)",
+            counts.maps_full
+        ));
+    }
+    if counts.backends_truncated > 0 {
+        parts.push(format!(
+            "{} frontends with fewer backends than wanted",
+            counts.backends_truncated
+        ));
+    }
+    let maps: Vec<String> = [
+        (
+            lb_common::map_names::SVC4,
+            fill.used.svc_entries,
+            fill.capacity.svc_entries,
+            "--map-size-services",
+        ),
+        (
+            lb_common::map_names::BACKEND4,
+            fill.used.backends,
+            fill.capacity.backends,
+            "--map-size-backends",
+        ),
+        (
+            lb_common::map_names::SRC_RANGE4,
+            fill.used.src_ranges,
+            fill.capacity.src_ranges,
+            "--map-size-source-ranges",
+        ),
+    ]
+    .iter()
+    .filter(|(map, used, _, _)| *used > 0 || *map != lb_common::map_names::SRC_RANGE4)
+    .map(|(map, used, capacity, flag)| format!("{map} {used}/{capacity} ({flag})"))
+    .collect();
+    let mut examples: Vec<(&Incomplete, Option<&ObjectKey>, &FrontendKey)> = incomplete
+        .iter()
+        .filter(|(_, why)| !matches!(why, Incomplete::AddressFamily))
+        .map(|(key, why)| (why, desired.owners.get(key).map(|c| &c.service), key))
+        .collect();
+    examples.sort_by_key(|(_, owner, key)| (owner.is_none(), *owner, **key));
+    let examples: Vec<String> = examples
+        .iter()
+        .take(3)
+        .map(|(why, owner, key)| {
+            let owner = owner.map_or_else(|| "-".to_string(), |o| o.to_string());
+            match why {
+                Incomplete::BackendsTruncated { programmed, wanted } => {
+                    format!("{owner} {key} ({programmed} of {wanted} backends)")
+                }
+                _ => format!("{owner} {key}"),
+            }
+        })
+        .collect();
+    format!(
+        "{}; maps: {}; e.g. {}",
+        parts.join(", "),
+        maps.join(", "),
+        examples.join(", ")
+    )
+}
+
 /// A sweep finding the conntrack table at least this full counts as pressure.
 const CT_PRESSURE_PERCENT: usize = 95;
 
@@ -407,6 +549,7 @@ fn housekeep(
     reconciler: &mut Reconciler<kernel::KernelMaps>,
     node_addrs: &mut Vec<std::net::Ipv4Addr>,
     metrics: &SyncMetrics,
+    sizes: kernel::MapSizes,
 ) {
     match node::interfaces() {
         Ok(ifaces) => {
@@ -434,7 +577,7 @@ fn housekeep(
             metrics.conntrack_expired.inc_by(sweep.removed as u64);
             // The table is an LRU: when full, new flows still get entries and the
             // least recently used (idle) flows lose theirs. Say so when it gets close.
-            let capacity = lb_common::capacity::CT4 as usize;
+            let capacity = sizes.conntrack as usize;
             if sweep.live * 100 >= capacity * CT_PRESSURE_PERCENT {
                 metrics.conntrack_full_sweeps.inc();
                 warn!(

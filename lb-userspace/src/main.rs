@@ -79,6 +79,8 @@ enum Command {
         /// with externalTrafficPolicy Local). Default: every IPv4 address of the node.
         #[arg(long, default_value = "0.0.0.0")]
         health_check_bind_address: std::net::IpAddr,
+        #[command(flatten)]
+        map_sizes: MapSizeArgs,
     },
     /// Print the frontends the agent would program, without touching the kernel.
     Plan {
@@ -104,6 +106,60 @@ enum Command {
         #[arg(long, default_value = kernel::DEFAULT_PIN_DIR)]
         bpffs: PathBuf,
     },
+}
+
+/// Sizes of the maps that grow with the cluster. They are fixed when a map is
+/// created: a pinned map keeps its size across restarts (the agent warns when a flag
+/// asks for another), and a new size needs `socklb uninstall` first. The kernel
+/// preallocates each map, charged to the agent's memory cgroup.
+#[derive(clap::Args)]
+struct MapSizeArgs {
+    /// Service map entries: one per frontend (and per service address) plus one per
+    /// backend slot; frontends that do not fit are not programmed (readiness fails,
+    /// metric socklb_frontends_not_programmed). ~100 bytes each.
+    #[arg(long, default_value_t = lb_common::capacity::SVC4, value_parser = map_size)]
+    map_size_services: u32,
+    /// Backend map entries: distinct (address, port, protocol). ~100 bytes each.
+    #[arg(long, default_value_t = lb_common::capacity::BACKEND4, value_parser = map_size)]
+    map_size_backends: u32,
+    /// Connection tracking entries for NodePort/LoadBalancer/external IP flows, two per
+    /// flow; the least recently used are evicted when full. ~120 bytes each.
+    #[arg(long, default_value_t = lb_common::capacity::CT4, value_parser = map_size)]
+    map_size_conntrack: u32,
+    /// Session affinity entries: (client, frontend) pairs of Services with
+    /// sessionAffinity ClientIP; the least recently used are forgotten first.
+    #[arg(long, default_value_t = lb_common::capacity::AFFINITY4, value_parser = map_size)]
+    map_size_affinity: u32,
+    /// loadBalancerSourceRanges entries over all LoadBalancer frontends.
+    #[arg(long, default_value_t = lb_common::capacity::SRC_RANGE4, value_parser = map_size)]
+    map_size_source_ranges: u32,
+}
+
+impl MapSizeArgs {
+    fn sizes(&self) -> kernel::MapSizes {
+        kernel::MapSizes {
+            services: self.map_size_services,
+            backends: self.map_size_backends,
+            conntrack: self.map_size_conntrack,
+            affinity: self.map_size_affinity,
+            source_ranges: self.map_size_source_ranges,
+        }
+    }
+}
+
+fn map_size(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of entries"))?;
+    if !(kernel::MapSizes::MIN..=kernel::MapSizes::MAX).contains(&n) {
+        return Err(format!(
+            "{n} is outside {}..={} entries",
+            kernel::MapSizes::MIN,
+            kernel::MapSizes::MAX
+        ));
+    }
+    Ok(n)
 }
 
 fn main() -> std::process::ExitCode {
@@ -142,6 +198,7 @@ fn run() -> anyhow::Result<()> {
             health_timeout,
             devices,
             health_check_bind_address,
+            map_sizes,
         } => {
             let cgroup = match cgroup {
                 Some(c) => c,
@@ -182,6 +239,7 @@ fn run() -> anyhow::Result<()> {
                 health_timeout,
                 devices,
                 health_check_bind_address,
+                map_sizes: map_sizes.sizes(),
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -23,7 +23,7 @@ use aya::{
     },
 };
 use lb_common::{
-    Affinity4Key, Affinity4Value, AffinityMatch4Key, AffinityMatch4Value, Backend4, Counter,
+    AgentStatus, Affinity4Key, Affinity4Value, AffinityMatch4Key, AffinityMatch4Value, Backend4, Counter,
     Ct4Key, Ct4Value, Device4, NodeAddr4, SrcRange4Key, Svc4Key, Svc4Value, map_names,
 };
 use tracing::{debug, info, warn};
@@ -54,8 +54,80 @@ pub const TC_HOOKS: [(&str, TcAttachType, &str); 2] = [
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/socklb";
 
+/// The sizes (max_entries) of the maps that grow with the cluster, set by the agent's
+/// `--map-size-*` flags. The kernel preallocates hash maps: memory is charged at
+/// creation, whatever the fill (`socklb agent --help` gives the cost per entry).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    /// Service map: a frontend's entry plus one per backend slot
+    /// (`--map-size-services`); the affinity match map (one per slot of a frontend
+    /// with affinity) gets the same size, so it never fills first.
+    pub services: u32,
+    /// Backend map: distinct (address, port, protocol) (`--map-size-backends`).
+    pub backends: u32,
+    /// Conntrack LRU, two entries per flow (`--map-size-conntrack`).
+    pub conntrack: u32,
+    /// Session affinity LRU: (client, frontend) pairs (`--map-size-affinity`).
+    pub affinity: u32,
+    /// loadBalancerSourceRanges entries (`--map-size-source-ranges`).
+    pub source_ranges: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        use lb_common::capacity;
+        Self {
+            services: capacity::SVC4,
+            backends: capacity::BACKEND4,
+            conntrack: capacity::CT4,
+            affinity: capacity::AFFINITY4,
+            source_ranges: capacity::SRC_RANGE4,
+        }
+    }
+}
+
+impl MapSizes {
+    /// The smallest size a flag accepts.
+    pub const MIN: u32 = 8;
+    /// The largest: 16 Mi entries. The kernel's own bound on a hash map is its memory
+    /// (2^28 buckets at most), which a node runs out of long before.
+    pub const MAX: u32 = 1 << 24;
+
+    /// (map, size, flag) of every sized map.
+    pub fn by_map(&self) -> [(&'static str, u32, &'static str); 6] {
+        [
+            (map_names::SVC4, self.services, "--map-size-services"),
+            (
+                map_names::AFFINITY_MATCH4,
+                self.services,
+                "--map-size-services",
+            ),
+            (map_names::BACKEND4, self.backends, "--map-size-backends"),
+            (map_names::CT4, self.conntrack, "--map-size-conntrack"),
+            (map_names::AFFINITY4, self.affinity, "--map-size-affinity"),
+            (
+                map_names::SRC_RANGE4,
+                self.source_ranges,
+                "--map-size-source-ranges",
+            ),
+        ]
+    }
+
+    /// What the diff may write, for these sizes.
+    pub fn capacity(&self) -> socklb_core::maps::Capacity {
+        socklb_core::maps::Capacity {
+            svc_entries: self.services as usize,
+            backends: self.backends as usize,
+            affinity_matches: self.services as usize,
+            src_ranges: self.source_ranges as usize,
+        }
+    }
+}
+
 /// Handles on the pinned maps the agent reads and writes.
 pub struct KernelMaps {
+    /// The sizes the maps really have (pinned maps keep the size they were made with).
+    sizes: MapSizes,
     svc: BpfHashMap<MapData, Svc4Key, Svc4Value>,
     backends: BpfHashMap<MapData, u32, Backend4>,
     stats: PerCpuArray<MapData, u64>,
@@ -65,6 +137,7 @@ pub struct KernelMaps {
     ct: BpfHashMap<MapData, Ct4Key, Ct4Value>,
     affinity: BpfHashMap<MapData, Affinity4Key, Affinity4Value>,
     affinity_matches: BpfHashMap<MapData, AffinityMatch4Key, AffinityMatch4Value>,
+    agent_status: aya::maps::Array<MapData, AgentStatus>,
 }
 
 /// A device the TC programs attach to.
@@ -95,11 +168,12 @@ impl KernelMaps {
             let data = MapData::from_pin(pin_dir.join(name)).map_err(map_err(name, "open pin"))?;
             Map::from_map_data(data).map_err(map_err(name, "open pin"))
         };
-        Self::from_maps(open)
+        let sizes = pinned_sizes_quiet(pin_dir)?;
+        Self::from_maps(sizes, open)
     }
 
-    fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
-        Self::from_maps(|name| {
+    fn from_ebpf(ebpf: &mut Ebpf, sizes: MapSizes) -> Result<Self, DatapathError> {
+        Self::from_maps(sizes, |name| {
             ebpf.take_map(name).ok_or_else(|| {
                 DatapathError::Inconsistent(format!("the eBPF object has no map {name}"))
             })
@@ -107,10 +181,12 @@ impl KernelMaps {
     }
 
     fn from_maps(
+        sizes: MapSizes,
         mut get: impl FnMut(&'static str) -> Result<Map, DatapathError>,
     ) -> Result<Self, DatapathError> {
         use map_names::*;
         Ok(Self {
+            sizes,
             svc: BpfHashMap::try_from(get(SVC4)?).map_err(map_err(SVC4, "open"))?,
             backends: BpfHashMap::try_from(get(BACKEND4)?).map_err(map_err(BACKEND4, "open"))?,
             stats: PerCpuArray::try_from(get(STATS)?).map_err(map_err(STATS, "open"))?,
@@ -122,7 +198,28 @@ impl KernelMaps {
             affinity: BpfHashMap::try_from(get(AFFINITY4)?).map_err(map_err(AFFINITY4, "open"))?,
             affinity_matches: BpfHashMap::try_from(get(AFFINITY_MATCH4)?)
                 .map_err(map_err(AFFINITY_MATCH4, "open"))?,
+            agent_status: aya::maps::Array::try_from(get(AGENT_STATUS)?)
+                .map_err(map_err(AGENT_STATUS, "open"))?,
         })
+    }
+
+    /// The sizes the maps have.
+    pub fn sizes(&self) -> MapSizes {
+        self.sizes
+    }
+
+    /// Records the last sync's outcome for `socklb status`.
+    pub fn write_agent_status(&mut self, status: &AgentStatus) -> Result<(), DatapathError> {
+        self.agent_status
+            .set(0, status, 0)
+            .map_err(map_err(map_names::AGENT_STATUS, "update"))
+    }
+
+    /// What the agent recorded (all zero: no agent has synced these maps).
+    pub fn agent_status(&self) -> Result<AgentStatus, DatapathError> {
+        self.agent_status
+            .get(&0, 0)
+            .map_err(map_err(map_names::AGENT_STATUS, "lookup"))
     }
 
     /// Makes the node address map hold exactly `addrs`.
@@ -364,6 +461,7 @@ pub fn install(
     pin_dir: &Path,
     cgroup: &Path,
     devices: &[Device],
+    sizes: &MapSizes,
 ) -> Result<KernelMaps, DatapathError> {
     raise_memlock_limit();
     prepare_pin_dir(pin_dir)?;
@@ -375,7 +473,7 @@ pub fn install(
     if !reused.is_empty() {
         info!(pin_dir = %pin_dir.display(), maps = ?reused, "adopting pinned maps");
     }
-    let mut ebpf = load_object(pin_dir)?;
+    let (mut ebpf, sizes) = load_object(pin_dir, sizes)?;
 
     let cgroup_dir = fs::File::open(cgroup).map_err(|source| DatapathError::Io {
         what: "opening cgroup",
@@ -402,7 +500,7 @@ pub fn install(
         &pin_dir.join(link_name)
     );
     attach_tc(&mut ebpf, devices, pin_dir)?;
-    let mut maps = KernelMaps::from_ebpf(&mut ebpf)?;
+    let mut maps = KernelMaps::from_ebpf(&mut ebpf, sizes)?;
     maps.set_devices(devices)?;
     Ok(maps)
 }
@@ -462,9 +560,11 @@ fn tc_link_pins(pin_dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Parses the object and creates (or reuses) its maps pinned in `pin_dir`; no
-/// program is loaded or attached yet.
-fn load_object(pin_dir: &Path) -> Result<Ebpf, DatapathError> {
+/// Parses the object and creates (or reuses) its maps pinned in `pin_dir`, new maps
+/// with `sizes`; no program is loaded or attached yet. Returns the sizes the maps
+/// really have: a pinned map keeps the size it was created with (making it anew would
+/// empty it under live traffic), which is warned about.
+fn load_object(pin_dir: &Path, sizes: &MapSizes) -> Result<(Ebpf, MapSizes), DatapathError> {
     let mut loader = EbpfLoader::new();
     let map_paths: Vec<(&str, PathBuf)> = map_names::ALL
         .iter()
@@ -473,15 +573,93 @@ fn load_object(pin_dir: &Path) -> Result<Ebpf, DatapathError> {
     for (name, path) in &map_paths {
         loader.map_pin_path(name, path.as_path());
     }
-    Ok(loader.load(EBPF_OBJECT)?)
+    for (name, size, _) in sizes.by_map() {
+        loader.map_max_entries(name, size);
+    }
+    let ebpf = loader.load(EBPF_OBJECT).map_err(|e| map_create_error(e, sizes))?;
+    let actual = pinned_sizes(pin_dir, sizes)?;
+    Ok((ebpf, actual))
 }
 
-/// The data path's maps pinned in `pin_dir` (created when missing), with no program
-/// attached: for benchmarks and tools that only need the maps.
+/// A map the kernel refused to create names the flag that sized it.
+fn map_create_error(e: aya::EbpfError, sizes: &MapSizes) -> DatapathError {
+    if let aya::EbpfError::MapError(MapError::CreateError { name, io_error }) = &e
+        && let Some((map, entries, flag)) = sizes.by_map().into_iter().find(|(m, ..)| m == name)
+    {
+        return DatapathError::MapCreate {
+            map,
+            entries,
+            flag,
+            source: std::io::Error::new(io_error.kind(), io_error.to_string()),
+        };
+    }
+    DatapathError::Load(e)
+}
+
+/// The sizes of the pinned sized maps, warning where one differs from the request.
+fn pinned_sizes(pin_dir: &Path, requested: &MapSizes) -> Result<MapSizes, DatapathError> {
+    let read = |map: &'static str| -> Result<u32, DatapathError> {
+        aya::maps::MapInfo::from_pin(pin_dir.join(map))
+            .map(|info| info.max_entries())
+            .map_err(|source| DatapathError::Map {
+                map,
+                op: "info",
+                source,
+            })
+    };
+    let mut actual = *requested;
+    for (map, size, flag) in requested.by_map() {
+        let have = read(map)?;
+        if have != size {
+            warn!(
+                map,
+                entries = have,
+                requested = size,
+                flag,
+                "a pinned map keeps its size: {flag} applies once the map is made anew \
+                 (`socklb uninstall`, which interrupts service on this node)"
+            );
+        }
+        set_size(&mut actual, map, have);
+    }
+    Ok(actual)
+}
+
+/// The sizes of the pinned sized maps, for a reader (nothing requested).
+fn pinned_sizes_quiet(pin_dir: &Path) -> Result<MapSizes, DatapathError> {
+    let mut sizes = MapSizes::default();
+    for (map, _, _) in MapSizes::default().by_map() {
+        let have = aya::maps::MapInfo::from_pin(pin_dir.join(map))
+            .map(|info| info.max_entries())
+            .map_err(|source| DatapathError::Map {
+                map,
+                op: "info",
+                source,
+            })?;
+        set_size(&mut sizes, map, have);
+    }
+    Ok(sizes)
+}
+
+fn set_size(sizes: &mut MapSizes, map: &str, have: u32) {
+    match map {
+        m if m == map_names::SVC4 => sizes.services = have,
+        m if m == map_names::AFFINITY_MATCH4 => sizes.services = sizes.services.min(have),
+        m if m == map_names::BACKEND4 => sizes.backends = have,
+        m if m == map_names::CT4 => sizes.conntrack = have,
+        m if m == map_names::AFFINITY4 => sizes.affinity = have,
+        m if m == map_names::SRC_RANGE4 => sizes.source_ranges = have,
+        _ => {}
+    }
+}
+
+/// The data path's maps pinned in `pin_dir` (created when missing, with the default
+/// sizes), with no program attached: for benchmarks and tools that only need the maps.
 pub fn create_maps(pin_dir: &Path) -> Result<KernelMaps, DatapathError> {
     raise_memlock_limit();
     prepare_pin_dir(pin_dir)?;
-    KernelMaps::from_ebpf(&mut load_object(pin_dir)?)
+    let (mut ebpf, sizes) = load_object(pin_dir, &MapSizes::default())?;
+    KernelMaps::from_ebpf(&mut ebpf, sizes)
 }
 
 /// An exclusive lock on a pin directory, held for as long as the agent runs: two

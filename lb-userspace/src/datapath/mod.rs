@@ -46,6 +46,16 @@ pub enum DatapathError {
     PinDirInUse { path: std::path::PathBuf },
     #[error("{0}")]
     Capabilities(String),
+    #[error(
+        "creating map {map} with {entries} entries failed: {source} (lower {flag}, or raise the agent's memory limit: the kernel preallocates the map)"
+    )]
+    MapCreate {
+        map: &'static str,
+        entries: u32,
+        flag: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("--cgroup {path} is not a directory of a cgroup v2 hierarchy ({found})")]
     NotCgroup2 {
         path: std::path::PathBuf,

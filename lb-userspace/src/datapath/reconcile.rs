@@ -64,9 +64,6 @@ impl<M: ServiceMaps> Reconciler<M> {
             Some(keys) => self.state.sync_keys(desired, keys),
             None => self.state.sync_all(desired),
         };
-        for key in &stats.skipped_full {
-            warn!(frontend = %key, "service map or backend map full: frontend not (fully) programmed");
-        }
         if let Err(e) = apply_ops(&mut self.maps, &ops) {
             error!(error = %e, "map update failed; re-reading the maps");
             match ProgrammedState::adopt(&self.maps, self.capacity) {
@@ -150,6 +147,7 @@ mod tests {
             )]
             .into_iter()
             .collect(),
+            ..Default::default()
         }
     }
 

@@ -119,6 +119,8 @@ pub struct Health {
     /// Clock time (ns) + 1 of the last time the data path was programmed; 0 = never.
     last_updated: AtomicU64,
     ready: AtomicBool,
+    /// Why the data path lacks frontends (maps too small); None: it has them all.
+    incomplete: std::sync::Mutex<Option<String>>,
     /// Every metric of the agent, served on /metrics; the health ones are kept here.
     metrics: Arc<Metrics>,
 }
@@ -159,6 +161,7 @@ impl Health {
             oldest_pending: AtomicU64::new(0),
             last_updated: AtomicU64::new(0),
             ready: AtomicBool::new(false),
+            incomplete: std::sync::Mutex::new(None),
             metrics: Arc::new(Metrics::new()),
         }
     }
@@ -197,8 +200,21 @@ impl Health {
         self.ready.store(ready, Ordering::Release);
     }
 
+    /// Ready and nothing missing from the data path.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && self.incomplete().is_none()
+    }
+
+    /// The data path lacks frontends (`Some(why)`, /readyz fails and says why) or has
+    /// every one (`None`).
+    pub fn set_incomplete(&self, why: Option<String>) {
+        if let Ok(mut slot) = self.incomplete.lock() {
+            *slot = why;
+        }
+    }
+
+    fn incomplete(&self) -> Option<String> {
+        self.incomplete.lock().ok().and_then(|s| s.clone())
     }
 
     /// `/healthz` now: unhealthy only when an update has been pending for longer than
@@ -258,7 +274,14 @@ impl Health {
                 (code, "application/json", status.body())
             }
             "/readyz" if routes.health => {
-                if self.is_ready() {
+                let synced = self.ready.load(Ordering::Acquire);
+                if let Some(why) = self.incomplete().filter(|_| synced) {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain; charset=utf-8",
+                        format!("not ready: data path incomplete: {why}\n"),
+                    )
+                } else if synced {
                     (
                         StatusCode::OK,
                         "text/plain; charset=utf-8",
@@ -523,6 +546,14 @@ mod tests {
             health.respond(Routes::ALL, &Method::POST, "/healthz").0,
             StatusCode::METHOD_NOT_ALLOWED
         );
+        // Synced, but frontends did not fit: not ready, and the body says why.
+        health.set_incomplete(Some("3 frontends not programmed (maps full)".into()));
+        let (code, _, body) = health.respond(Routes::ALL, &Method::GET, "/readyz");
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("data path incomplete: 3 frontends"), "{body}");
+        assert!(!health.is_ready());
+        health.set_incomplete(None);
+        assert!(health.is_ready());
         health.set_ready(false);
         assert_eq!(
             health.respond(Routes::ALL, &Method::GET, "/readyz").0,

@@ -125,10 +125,34 @@ pub struct DesiredFrontend {
     pub source_ranges: Vec<IpCidr>,
 }
 
-/// The whole desired content of the service and backend maps.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The whole desired content of the service and backend maps. Two states are equal
+/// when their frontends are: the owners only order the work in full maps.
+#[derive(Clone, Debug, Default)]
 pub struct DesiredState {
     pub frontends: HashMap<FrontendKey, DesiredFrontend>,
+    /// The Service that owns each (non-wildcard) entry: when the maps cannot hold
+    /// everything, older Services get the room first (see `diff`). Missing: ranks
+    /// after every owned entry.
+    pub owners: HashMap<FrontendKey, Claimant>,
+}
+
+impl PartialEq for DesiredState {
+    fn eq(&self, other: &Self) -> bool {
+        self.frontends == other.frontends
+    }
+}
+
+impl Eq for DesiredState {}
+
+impl DesiredState {
+    /// The order in which entries get room in full maps: wildcards first (one entry
+    /// each, and they make the clients of a Service that did not fit fail at once
+    /// instead of sending to an address nobody owns), then by the owning Service's
+    /// age and name, then by key.
+    pub fn room_order(&self, key: &FrontendKey) -> (bool, bool, Option<&Claimant>, FrontendKey) {
+        let owner = self.owners.get(key);
+        (!key.is_wildcard(), owner.is_none(), owner, *key)
+    }
 }
 
 impl DesiredState {
@@ -298,6 +322,22 @@ impl DesiredIndex {
                 .and_then(|claim| claim.entries.iter().find(|(k, _)| *k == key))
                 .map(|(_, desired)| desired.clone())
         };
+        let owner = (!key.is_wildcard())
+            .then(|| key.frontend())
+            .flatten()
+            .and_then(|frontend| self.claims.get(&frontend))
+            .and_then(|claims| claims.keys().next())
+            .map(|rank| rank.claimant.clone());
+        match (&want, owner) {
+            (Some(_), Some(owner)) => {
+                if self.desired.owners.get(&key) != Some(&owner) {
+                    self.desired.owners.insert(key, owner);
+                }
+            }
+            _ => {
+                self.desired.owners.remove(&key);
+            }
+        }
         let have = self.desired.frontends.get(&key);
         if have == want.as_ref() {
             return false;
