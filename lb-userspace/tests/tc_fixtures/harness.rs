@@ -316,6 +316,20 @@ impl Fixture {
         self.pins.path()
     }
 
+    /// How many instructions the verifier processed when it loaded `hook`'s program
+    /// (the kernel's `verified_insns`); None on a kernel that does not report it.
+    pub fn verified_insns(&self, hook: Hook) -> Option<u32> {
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(hook.program())
+            .expect("program present")
+            .try_into()
+            .expect("a classifier");
+        prog.info()
+            .expect("the program's info")
+            .verified_instruction_count()
+    }
+
     /// Runs `frame` through a program once (BPF_PROG_TEST_RUN), as received on (or
     /// sent through) [`DEVICE`].
     pub fn run(&self, hook: Hook, frame: &[u8]) -> Run {
