@@ -36,7 +36,7 @@ pub static SOCK_BACKEND4: LruHashMap<
 pub static SOCK_STATE4: SkStorage<SockState4> = SkStorage::new();
 
 /// Per-CPU event counters, indexed by [`Counter`].
-#[aya_ebpf::macros::btf_map(name = "lb_stats_v2")]
+#[aya_ebpf::macros::btf_map(name = "lb_stats_v3")]
 pub static STATS: PerCpuArray<u64, { Counter::COUNT as usize }> = PerCpuArray::new();
 
 /// Tracked external flows, one entry per direction.
@@ -62,6 +62,11 @@ pub static SRC_RANGE4: LpmTrie<SrcRange4Key, u8, { capacity::SRC_RANGE4 as usize
     LpmTrie::new();
 
 pub type SrcRangeKey = Key<SrcRange4Key>;
+
+/// Per CPU: when the next reject answer is due (GCRA, see [`lb_common::reject_rate`]),
+/// bpf_ktime_get_ns clock; 0 before the first.
+#[aya_ebpf::macros::btf_map(name = "lb4_rej_rate_v1")]
+pub static REJECT_RATE4: PerCpuArray<u64, 1> = PerCpuArray::new();
 
 /// The hash maps above, read by key (see [`get_copy`]).
 pub trait Lookup<K, V> {

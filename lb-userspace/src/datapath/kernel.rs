@@ -365,6 +365,14 @@ pub fn install(
     attach_tc(&mut ebpf, devices, pin_dir)?;
     let mut maps = KernelMaps::from_ebpf(&mut ebpf)?;
     maps.set_devices(devices)?;
+    // Every program now uses the current maps: pins of retired ones only take memory.
+    for retired in map_names::RETIRED {
+        let path = pin_dir.join(retired);
+        if path.exists() {
+            info!(pin = %path.display(), "removing the pin of a map this version no longer uses");
+            remove_pin(&path)?;
+        }
+    }
     Ok(maps)
 }
 
@@ -537,7 +545,7 @@ pub fn uninstall(pin_dir: &Path) -> Result<Removed, DatapathError> {
             }
         }
     }
-    for map in map_names::ALL {
+    for map in map_names::ALL.iter().chain(&map_names::RETIRED) {
         let path = pin_dir.join(map);
         if path.exists() {
             remove_pin(&path)?;
