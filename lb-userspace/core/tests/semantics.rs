@@ -1697,14 +1697,18 @@ fn event_ordering() -> Vec<Case> {
             &["web ClusterIP 10.96.0.10:80/TCP forward 10.244.0.11:8080"],
         ),
         events(
-            "LoadBalancer ingress IP assigned later: its two entries are added, nothing else changes",
+            "LoadBalancer ingress IP assigned later: its two entries and its address's external wildcard are added, nothing else changes",
             vec![
                 apply(vec![web_node_port(json!({"type": "LoadBalancer"})), web_1()]),
                 apply(vec![merge(
                     web_node_port(json!({"type": "LoadBalancer"})),
                     json!({"status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.7"}]}}}),
                 )])
-                .changes(&["198.51.100.7:80/TCP", "198.51.100.7:80/TCP (external)"]),
+                .changes(&[
+                    "198.51.100.7:* (external)",
+                    "198.51.100.7:80/TCP",
+                    "198.51.100.7:80/TCP (external)",
+                ]),
             ],
             &[
                 "web NodePort *:30080/TCP forward 10.244.0.11:8080",

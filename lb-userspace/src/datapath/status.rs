@@ -33,8 +33,12 @@ pub struct StatusReport {
     /// Hooks whose link is pinned (attached).
     pub hooks: Vec<String>,
     pub frontends: Vec<ProgrammedFrontendView>,
-    /// Service addresses whose other ports are refused.
+    /// Cluster IPs whose other ports are refused (by the socket hooks).
     pub service_addresses: Vec<String>,
+    /// LoadBalancer and external IPs whose other ports are refused to traffic from
+    /// outside (answered by the TC program).
+    #[serde(default)]
+    pub external_service_addresses: Vec<String>,
     pub backends: usize,
     pub service_map_entries: usize,
     /// This node's addresses (where NodePorts answer).
@@ -49,6 +53,7 @@ pub fn read_status(pin_dir: &Path) -> Result<StatusReport, DatapathError> {
     let (state, _) = ProgrammedState::adopt(&maps, Capacity::default())?;
     let mut frontends = Vec::new();
     let mut service_addresses = Vec::new();
+    let mut external_service_addresses = Vec::new();
     let mut keys: Vec<_> = state.frontends().keys().copied().collect();
     keys.sort();
     for key in keys {
@@ -56,7 +61,10 @@ pub fn read_status(pin_dir: &Path) -> Result<StatusReport, DatapathError> {
             continue;
         };
         if key.is_wildcard() && fe.service.flags & SVC_FLAG_WILDCARD != 0 {
-            service_addresses.push(key.ip.to_string());
+            match key.scope {
+                Scope::Internal => service_addresses.push(key.ip.to_string()),
+                Scope::External => external_service_addresses.push(key.ip.to_string()),
+            }
             continue;
         }
         let mut backends: Vec<SocketAddr> = fe
@@ -99,6 +107,7 @@ pub fn read_status(pin_dir: &Path) -> Result<StatusReport, DatapathError> {
         hooks: kernel::attached_hooks(pin_dir),
         frontends,
         service_addresses,
+        external_service_addresses,
         backends: state.backend_count(),
         service_map_entries: state.svc_entries(),
         node_addresses: maps
@@ -133,6 +142,11 @@ impl StatusReport {
             out,
             "service addresses (other ports refused): {}",
             self.service_addresses.join(" ")
+        );
+        let _ = writeln!(
+            out,
+            "external addresses (other ports refused from outside): {}",
+            self.external_service_addresses.join(" ")
         );
         let _ = writeln!(
             out,
