@@ -204,6 +204,10 @@ fn private_netns(net: &Network<'_>) -> u32 {
     // A veth pair whose peer stays in the namespace too (kernels without the dummy
     // driver have veth: the end-to-end suites need it).
     ip(&["link", "add", DEVICE, "type", "veth", "peer", "name", PEER]);
+    // The fixture frames' destination, so a test run takes them as addressed to this
+    // host (the kernel sets pkt_type by comparing with the device's address).
+    let mac = crate::packet::DST_MAC.map(|b| format!("{b:02x}")).join(":");
+    ip(&["link", "set", DEVICE, "address", &mac]);
     ip(&["link", "set", PEER, "up"]);
     ip(&["link", "set", DEVICE, "up"]);
     for (addr, len) in net.node_addresses {
