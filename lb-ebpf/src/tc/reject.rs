@@ -7,7 +7,7 @@
 //!
 //! No answer is due to a TCP RST, a fragment after the first, a frame for a
 //! broadcast, multicast or another host's Ethernet address, a source that is no
-//! unicast address (RFC 1122 3.2.2); ICMP never reaches here. Answers are rate-limited
+//! unicast address (RFC 1122 3.2.2), a GRO-merged segment; ICMP never reaches here. Answers are rate-limited
 //! per CPU ([`lb_common::reject_rate`]) so spoofed sources cannot make the node a
 //! reflector. Every packet that comes here is dropped when it is not answered: the
 //! address is a service's, and nobody else owns it. That holds for a failure to build
@@ -136,14 +136,19 @@ pub fn answer(ctx: &TcContext, p: &Packet) -> i32 {
 }
 
 /// Whether the packet may be answered at all (before the budget is asked).
+///
+/// A GRO-merged segment (gso_size set) is not answered either: the kernel holds it as
+/// CHECKSUM_PARTIAL, and a device sending the answer would "complete" the checksum
+/// this program already completed. Its sender retransmits one segment at a time, and
+/// that one is answered.
 #[inline(always)]
 fn answer_due(ctx: &TcContext, p: &Packet) -> bool {
     // SAFETY: the skb context is valid for the program's run.
-    let pkt_type = unsafe { (*ctx.skb.skb).pkt_type };
+    let (pkt_type, gso_size) = unsafe { ((*ctx.skb.skb).pkt_type, (*ctx.skb.skb).gso_size) };
     let first_octet = p.saddr.to_ne_bytes()[0];
     let unicast_source = first_octet != 0 && first_octet != 127 && first_octet < 224;
     let rst = p.proto == IPPROTO_TCP && p.tcp_flags & tcp::RST != 0;
-    p.frag != Frag::Later && pkt_type == PACKET_HOST && unicast_source && !rst
+    p.frag != Frag::Later && pkt_type == PACKET_HOST && gso_size == 0 && unicast_source && !rst
 }
 
 /// Takes one answer from this CPU's budget (GCRA): the next answer is due one interval

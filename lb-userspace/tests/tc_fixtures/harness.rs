@@ -337,6 +337,12 @@ impl Fixture {
     /// Runs `frame` through a program once (BPF_PROG_TEST_RUN), as received on (or
     /// sent through) [`DEVICE`].
     pub fn run(&self, hook: Hook, frame: &[u8]) -> Run {
+        self.run_gso(hook, frame, 0, 0)
+    }
+
+    /// [`Fixture::run`] for a packet the kernel holds as `gso_segs` segments of
+    /// `gso_size` bytes (a GRO-merged one); 0 and 0 for a plain packet.
+    pub fn run_gso(&self, hook: Hook, frame: &[u8], gso_segs: u32, gso_size: u32) -> Run {
         let prog: &SchedClassifier = self
             .ebpf
             .program(hook.program())
@@ -344,12 +350,15 @@ impl Fixture {
             .try_into()
             .expect("a classifier");
         let mut out = vec![0u8; frame.len() + 512];
-        // The head of struct __sk_buff: ingress_ifindex (offset 36, what the program's
-        // FIB lookup starts from) and ifindex (offset 40, the skb's device); the kernel
-        // takes the rest as zero.
-        let mut skb_ctx = [0u8; 44];
+        // struct __sk_buff up to gso_size: ingress_ifindex (offset 36, what the
+        // program's FIB lookup starts from), ifindex (offset 40, the skb's device),
+        // gso_segs (164) and gso_size (176), the fields a test run takes; the kernel
+        // wants every other one zero.
+        let mut skb_ctx = [0u8; 180];
         skb_ctx[36..40].copy_from_slice(&self.ifindex.to_ne_bytes());
         skb_ctx[40..44].copy_from_slice(&self.ifindex.to_ne_bytes());
+        skb_ctx[164..168].copy_from_slice(&gso_segs.to_ne_bytes());
+        skb_ctx[176..180].copy_from_slice(&gso_size.to_ne_bytes());
         let result = prog
             .test_run(TestRunOptions {
                 data_in: Some(frame),

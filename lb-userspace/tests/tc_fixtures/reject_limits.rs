@@ -1,5 +1,5 @@
 //! What is never answered (a RST, a fragment after the first, a broadcast frame, a
-//! source that is no unicast address, an ICMP error) and the answers' budget: the node
+//! source that is no unicast address, a GRO-merged segment, an ICMP error) and the answers' budget: the node
 //! must not become a reflector. Such packets to a rejecting frontend are dropped
 //! unanswered, and counted.
 use std::time::{Duration, Instant};
@@ -11,12 +11,12 @@ use crate::{
         CLIENT_IP, EMPTY_EXT_IP, EMPTY_LB_IP, LB_IP, client, expect_answer, expect_dropped,
         expect_untouched, fixture, rst_for, sa, unreachable_for,
     },
-    harness::{TC_ACT_REDIRECT, TC_ACT_SHOT},
+    harness::{Hook, TC_ACT_REDIRECT, TC_ACT_SHOT},
     packet::{ACK, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, Pkt, RST, SYN, ip_of},
 };
 
 #[test]
-fn no_answer_to_a_rst_a_later_fragment_a_broadcast_or_a_bogus_source() {
+fn no_answer_to_a_rst_a_later_fragment_a_broadcast_a_bogus_source_or_a_gro_segment() {
     let Some(fx) = fixture() else { return };
     expect_dropped(
         &fx,
@@ -57,8 +57,18 @@ fn no_answer_to_a_rst_a_later_fragment_a_broadcast_or_a_bogus_source() {
         let syn = Pkt::tcp(sa(bogus.parse().unwrap(), 40005), sa(EMPTY_LB_IP, 80), SYN);
         expect_dropped(&fx, &format!("SYN from {bogus}"), &syn.frame());
     }
-    assert_eq!(fx.counter(Counter::NpRejectUnanswered), 2 + 1 + 2 + 4);
-    assert_eq!(fx.counter(Counter::NpRejected), 1);
+    // A GRO-merged segment (CHECKSUM_PARTIAL in the kernel): unanswered; the same
+    // segment alone is answered.
+    let data = Pkt::tcp(client(40007), sa(EMPTY_LB_IP, 80), ACK).payload(&[0x62; 2896]);
+    let run = fx.run_gso(Hook::Ingress, &data.frame(), 2, 1448);
+    assert_eq!(
+        run.verdict, TC_ACT_SHOT,
+        "a GRO-merged segment is not answered"
+    );
+    assert_eq!(run.output, data.frame());
+    expect_answer(&fx, "the segment alone", &data.frame(), &rst_for(&data));
+    assert_eq!(fx.counter(Counter::NpRejectUnanswered), 2 + 1 + 2 + 4 + 1);
+    assert_eq!(fx.counter(Counter::NpRejected), 2);
     assert_eq!(fx.counter(Counter::NpRejectLimited), 0);
 
     // An ICMP error about a packet to a VIP goes through the ICMP path: it is about no
@@ -73,7 +83,7 @@ fn no_answer_to_a_rst_a_later_fragment_a_broadcast_or_a_bogus_source() {
         &syn[..28],
     );
     expect_untouched(&fx, "ICMP error to a VIP", &error.frame());
-    assert_eq!(fx.counter(Counter::NpRejected), 1);
+    assert_eq!(fx.counter(Counter::NpRejected), 2);
 }
 
 /// Pins the calling thread to the CPU it runs on: the budget is per CPU, and
