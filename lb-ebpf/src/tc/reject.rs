@@ -140,7 +140,9 @@ pub fn answer(ctx: &TcContext, p: &Packet) -> i32 {
 /// A GRO-merged segment (gso_size set) is not answered either: the kernel holds it as
 /// CHECKSUM_PARTIAL, and a device sending the answer would "complete" the checksum
 /// this program already completed. Its sender retransmits one segment at a time, and
-/// that one is answered.
+/// that one is answered. (A packet from a local sender through a veth with checksum
+/// offload is CHECKSUM_PARTIAL too, without gso_size; its answer goes back through
+/// the veth, whose peer does not verify checksums of such packets.)
 #[inline(always)]
 fn answer_due(ctx: &TcContext, p: &Packet) -> bool {
     // SAFETY: the skb context is valid for the program's run.
