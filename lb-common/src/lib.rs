@@ -24,8 +24,8 @@ pub mod map_names {
     /// Per-socket translation state in socket local storage ([`super::SockState4`]):
     /// the first service a socket talks to and its backend, freed with the socket.
     pub const SOCK_STATE4: &str = "lb4_sk_st_v1";
-    /// Per-CPU counters indexed by [`super::Counter`] (v2: more counters).
-    pub const STATS: &str = "lb_stats_v2";
+    /// Per-CPU counters indexed by [`super::Counter`] (v3: the reject answers' counters).
+    pub const STATS: &str = "lb_stats_v3";
     /// Connection tracking of NodePort/LoadBalancer/external IP flows ([`super::Ct4Key`] -> [`super::Ct4Value`]).
     pub const CT4: &str = "lb4_ct_v1";
     /// This node's IPv4 addresses (u32 -> [`super::NodeAddr4`]): where NodePorts answer.
@@ -45,8 +45,11 @@ pub mod map_names {
     /// What the agent last programmed, for `socklb status` (one [`super::AgentStatus`];
     /// written by the agent, read by nothing in the kernel).
     pub const AGENT_STATUS: &str = "lb_agent_v1";
+    /// Per-CPU budget of the TC program's reject answers (one u64: see
+    /// [`super::reject_rate`]).
+    pub const REJECT_RATE4: &str = "lb4_rej_rate_v1";
     /// Every map the data path pins, for inspection and uninstall.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         SVC4,
         BACKEND4,
         REVNAT4,
@@ -61,7 +64,12 @@ pub mod map_names {
         AFFINITY4,
         AFFINITY_MATCH4,
         AGENT_STATUS,
+        REJECT_RATE4,
     ];
+    /// Names earlier versions pinned and nothing reads any more: the agent removes
+    /// their pins (a program of the old agent still running keeps its map alive
+    /// until its link is replaced).
+    pub const RETIRED: [&str; 2] = ["lb_stats_v1", "lb_stats_v2"];
 }
 
 /// Default map capacities. The agent may raise them when it creates the maps.
@@ -91,6 +99,20 @@ pub mod capacity {
     pub const AFFINITY4: u32 = 262_144;
     /// (frontend, backend) pairs of services with session affinity.
     pub const AFFINITY_MATCH4: u32 = 262_144;
+}
+
+/// The budget of the TC program's answers for rejected traffic (TCP RST, ICMP
+/// unreachable), so that the node cannot be made a reflector by spoofed sources: a
+/// token bucket per CPU, kept as the theoretical arrival time of the next answer
+/// (GCRA). An answer is sent when that time is at most [`reject_rate::BURST`]
+/// intervals ahead of now; otherwise the packet is dropped unanswered.
+pub mod reject_rate {
+    /// Answers per second and CPU, in the long run.
+    pub const PER_SECOND: u64 = 1_000;
+    /// Answers a CPU may send at once after a quiet second.
+    pub const BURST: u64 = 1_000;
+    /// Nanoseconds one answer costs.
+    pub const INTERVAL_NS: u64 = 1_000_000_000 / PER_SECOND;
 }
 
 /// [`Svc4Key::scope`]: which traffic a frontend entry is for.
@@ -381,8 +403,7 @@ pub enum Counter {
     NpNewFlow = 6,
     /// Packets of tracked flows translated by TC (both directions).
     NpTracked = 7,
-    /// External packets dropped: Local policy without local endpoints, or a rejected
-    /// frontend that is not a node address.
+    /// External packets dropped: externalTrafficPolicy Local without local endpoints.
     NpDropped = 8,
     /// External packets from a source outside loadBalancerSourceRanges, dropped.
     NpSourceDenied = 9,
@@ -396,11 +417,21 @@ pub enum Counter {
     NpIcmpTranslated = 13,
     /// bind() to a NodePort refused.
     BindRefused = 14,
+    /// External packets to a LoadBalancer or external IP frontend without endpoints,
+    /// or to a port no service has on such an address, answered in place (TCP RST,
+    /// ICMP destination unreachable) and dropped.
+    NpRejected = 15,
+    /// The same, dropped unanswered: over the answer budget ([`reject_rate`]).
+    NpRejectLimited = 16,
+    /// The same, dropped unanswered because no answer is due: a TCP RST, an ICMP
+    /// message, a fragment after the first, a frame to a broadcast or multicast
+    /// address, a source that is no unicast address.
+    NpRejectUnanswered = 17,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 15;
-    pub const ALL: [Counter; 15] = [
+    pub const COUNT: u32 = 18;
+    pub const ALL: [Counter; 18] = [
         Self::Translated,
         Self::Rejected,
         Self::Dropped,
@@ -416,6 +447,9 @@ impl Counter {
         Self::NpFragUnknown,
         Self::NpIcmpTranslated,
         Self::BindRefused,
+        Self::NpRejected,
+        Self::NpRejectLimited,
+        Self::NpRejectUnanswered,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -435,6 +469,9 @@ impl Counter {
             Self::NpFragUnknown => "nodeport_fragment_unknown",
             Self::NpIcmpTranslated => "nodeport_icmp_translated",
             Self::BindRefused => "bind_refused",
+            Self::NpRejected => "nodeport_rejected",
+            Self::NpRejectLimited => "nodeport_reject_rate_limited",
+            Self::NpRejectUnanswered => "nodeport_reject_unanswered",
         }
     }
 }
@@ -789,7 +826,17 @@ mod tests {
     fn map_names_fit_the_kernel() {
         for name in map_names::ALL {
             assert!(name.len() <= 15, "{name} is longer than 15 characters");
+            assert!(!map_names::RETIRED.contains(&name), "{name} is retired");
         }
+    }
+
+    #[test]
+    fn the_reject_budget_is_whole_intervals() {
+        assert_eq!(
+            reject_rate::INTERVAL_NS * reject_rate::PER_SECOND,
+            1_000_000_000
+        );
+        const { assert!(reject_rate::BURST >= 1) };
     }
 
     #[test]

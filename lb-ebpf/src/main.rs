@@ -9,7 +9,7 @@
 //! - `lb.rs`: the load-balancing core every hook calls: frontends, backend selection;
 //! - `sock4.rs`: the IPv4 socket hooks (connect4, sendmsg4, recvmsg4, getpeername4);
 //! - `bind4.rs`: post_bind4, which keeps NodePorts' ports from local listeners;
-//! - `tc/`: the IPv4 TC programs (parse, rewrite, conntrack, snat, route, icmp);
+//! - `tc/`: the IPv4 TC programs (parse, rewrite, conntrack, snat, route, icmp, reject);
 //! - `maps.rs`: the maps and the helpers that read them; `error.rs`: the error type.
 //!
 //! Entry points here stay thin; their names are the program names the agent attaches.

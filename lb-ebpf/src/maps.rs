@@ -5,8 +5,8 @@ use aya_ebpf::btf_maps::{
     Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SkStorage, lpm_trie::Key,
 };
 use lb_common::{
-    AgentStatus, Affinity4Key, Affinity4Value, AffinityMatch4Key, AffinityMatch4Value, Backend4, Counter,
-    Ct4Key, Ct4Value, Device4, Frag4Key, Frag4Value, NodeAddr4, RevNat4Key, RevNat4Value,
+    Affinity4Key, Affinity4Value, AffinityMatch4Key, AffinityMatch4Value, AgentStatus, Backend4,
+    Counter, Ct4Key, Ct4Value, Device4, Frag4Key, Frag4Value, NodeAddr4, RevNat4Key, RevNat4Value,
     SockBackend4Key, SockBackend4Value, SockState4, SrcRange4Key, Svc4Key, Svc4Value, capacity,
 };
 
@@ -38,7 +38,7 @@ pub static SOCK_BACKEND4: LruHashMap<
 pub static SOCK_STATE4: SkStorage<SockState4> = SkStorage::new();
 
 /// Per-CPU event counters, indexed by [`Counter`].
-#[aya_ebpf::macros::btf_map(name = "lb_stats_v2")]
+#[aya_ebpf::macros::btf_map(name = "lb_stats_v3")]
 pub static STATS: PerCpuArray<u64, { Counter::COUNT as usize }> = PerCpuArray::new();
 
 /// Tracked external flows, one entry per direction.
@@ -82,6 +82,11 @@ pub static AFFINITY_MATCH4: HashMap<
 /// it lives here so that it is created and pinned with the others.
 #[aya_ebpf::macros::btf_map(name = "lb_agent_v1")]
 pub static AGENT_STATUS: Array<AgentStatus, 1> = Array::new();
+
+/// Per CPU: when the next reject answer is due (GCRA, see [`lb_common::reject_rate`]),
+/// bpf_ktime_get_ns clock; 0 before the first.
+#[aya_ebpf::macros::btf_map(name = "lb4_rej_rate_v1")]
+pub static REJECT_RATE4: PerCpuArray<u64, 1> = PerCpuArray::new();
 
 /// The hash maps above, read by key (see [`get_copy`]).
 pub trait Lookup<K, V> {

@@ -308,7 +308,13 @@ pub async fn run_agent(
                 metrics
                     .frontends
                     .set(i64::try_from(desired.frontends.len()).unwrap_or(i64::MAX));
-                report_programmed(&mut reconciler, desired, &health, metrics, &mut incomplete_log);
+                report_programmed(
+                    &mut reconciler,
+                    desired,
+                    &health,
+                    metrics,
+                    &mut incomplete_log,
+                );
                 report_conflicts(state.index().conflicts(), &mut conflicts, metrics);
                 report_orphans(&state, &mut orphans, metrics);
                 if stats.ops > 0 {

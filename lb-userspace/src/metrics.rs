@@ -350,14 +350,26 @@ impl SyncMetrics {
         }
         use lb_common::map_names;
         for (map, used, capacity) in [
-            (map_names::SVC4, fill.used.svc_entries, fill.capacity.svc_entries),
-            (map_names::BACKEND4, fill.used.backends, fill.capacity.backends),
+            (
+                map_names::SVC4,
+                fill.used.svc_entries,
+                fill.capacity.svc_entries,
+            ),
+            (
+                map_names::BACKEND4,
+                fill.used.backends,
+                fill.capacity.backends,
+            ),
             (
                 map_names::AFFINITY_MATCH4,
                 fill.used.affinity_matches,
                 fill.capacity.affinity_matches,
             ),
-            (map_names::SRC_RANGE4, fill.used.src_ranges, fill.capacity.src_ranges),
+            (
+                map_names::SRC_RANGE4,
+                fill.used.src_ranges,
+                fill.capacity.src_ranges,
+            ),
         ] {
             self.map_entries
                 .get_or_create(&MapLabels { map })

@@ -325,6 +325,12 @@ impl UdpRun {
         self.bind = Some(ip);
         self
     }
+    /// Connected sockets (connect + send/recv): an ICMP unreachable then fails the
+    /// receive with ECONNREFUSED at once, where an unconnected socket only times out.
+    pub fn connected(mut self, on: bool) -> Self {
+        self.probe = self.probe.connected(on);
+        self
+    }
 
     pub fn args(&self) -> Vec<String> {
         let mut a = self.probe.args();
@@ -522,6 +528,8 @@ pub struct Status {
     pub frontends: Vec<StatusFrontend>,
     /// The node's addresses (where NodePorts answer).
     pub node_addresses: Vec<String>,
+    /// LoadBalancer and external IPs whose other ports are refused from outside.
+    pub external_service_addresses: Vec<String>,
     /// Live conntrack entries (two per external flow).
     pub conntrack_entries: u64,
     pub counters: BTreeMap<String, u64>,

@@ -23,8 +23,8 @@ use aya::{
     },
 };
 use lb_common::{
-    AgentStatus, Affinity4Key, Affinity4Value, AffinityMatch4Key, AffinityMatch4Value, Backend4, Counter,
-    Ct4Key, Ct4Value, Device4, NodeAddr4, SrcRange4Key, Svc4Key, Svc4Value, map_names,
+    Affinity4Key, Affinity4Value, AffinityMatch4Key, AffinityMatch4Value, AgentStatus, Backend4,
+    Counter, Ct4Key, Ct4Value, Device4, NodeAddr4, SrcRange4Key, Svc4Key, Svc4Value, map_names,
 };
 use tracing::{debug, info, warn};
 
@@ -502,6 +502,14 @@ pub fn install(
     attach_tc(&mut ebpf, devices, pin_dir)?;
     let mut maps = KernelMaps::from_ebpf(&mut ebpf, sizes)?;
     maps.set_devices(devices)?;
+    // Every program now uses the current maps: pins of retired ones only take memory.
+    for retired in map_names::RETIRED {
+        let path = pin_dir.join(retired);
+        if path.exists() {
+            info!(pin = %path.display(), "removing the pin of a map this version no longer uses");
+            remove_pin(&path)?;
+        }
+    }
     Ok(maps)
 }
 
@@ -576,7 +584,9 @@ fn load_object(pin_dir: &Path, sizes: &MapSizes) -> Result<(Ebpf, MapSizes), Dat
     for (name, size, _) in sizes.by_map() {
         loader.map_max_entries(name, size);
     }
-    let ebpf = loader.load(EBPF_OBJECT).map_err(|e| map_create_error(e, sizes))?;
+    let ebpf = loader
+        .load(EBPF_OBJECT)
+        .map_err(|e| map_create_error(e, sizes))?;
     let actual = pinned_sizes(pin_dir, sizes)?;
     Ok((ebpf, actual))
 }
@@ -876,7 +886,7 @@ pub fn uninstall(pin_dir: &Path) -> Result<Removed, DatapathError> {
             }
         }
     }
-    for map in map_names::ALL {
+    for map in map_names::ALL.iter().chain(&map_names::RETIRED) {
         let path = pin_dir.join(map);
         if path.exists() {
             remove_pin(&path)?;

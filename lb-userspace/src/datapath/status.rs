@@ -5,11 +5,7 @@ use lb_common::{SVC_FLAG_WILDCARD, SvcAction};
 use serde::{Deserialize, Serialize};
 
 use lb_common::Svc4Key;
-use socklb_core::maps::{
-    Scope,
-    diff::ProgrammedState,
-    ip_from_map, v4,
-};
+use socklb_core::maps::{Scope, diff::ProgrammedState, ip_from_map, v4};
 
 use crate::datapath::{
     DatapathError,
@@ -35,8 +31,12 @@ pub struct StatusReport {
     /// Hooks whose link is pinned (attached).
     pub hooks: Vec<String>,
     pub frontends: Vec<ProgrammedFrontendView>,
-    /// Service addresses whose other ports are refused.
+    /// Cluster IPs whose other ports are refused (by the socket hooks).
     pub service_addresses: Vec<String>,
+    /// LoadBalancer and external IPs whose other ports are refused to traffic from
+    /// outside (answered by the TC program).
+    #[serde(default)]
+    pub external_service_addresses: Vec<String>,
     pub backends: usize,
     pub service_map_entries: usize,
     /// This node's addresses (where NodePorts answer).
@@ -101,6 +101,7 @@ pub fn read_status(pin_dir: &Path) -> Result<StatusReport, DatapathError> {
     let (state, _) = ProgrammedState::adopt(&maps, maps.sizes().capacity())?;
     let mut frontends = Vec::new();
     let mut service_addresses = Vec::new();
+    let mut external_service_addresses = Vec::new();
     let mut keys: Vec<_> = state.frontends().keys().copied().collect();
     keys.sort();
     for key in keys {
@@ -108,7 +109,10 @@ pub fn read_status(pin_dir: &Path) -> Result<StatusReport, DatapathError> {
             continue;
         };
         if key.is_wildcard() && fe.service.flags & SVC_FLAG_WILDCARD != 0 {
-            service_addresses.push(key.ip.to_string());
+            match key.scope {
+                Scope::Internal => service_addresses.push(key.ip.to_string()),
+                Scope::External => external_service_addresses.push(key.ip.to_string()),
+            }
             continue;
         }
         let mut backends: Vec<SocketAddr> = fe
@@ -151,6 +155,7 @@ pub fn read_status(pin_dir: &Path) -> Result<StatusReport, DatapathError> {
         hooks: kernel::attached_hooks(pin_dir),
         frontends,
         service_addresses,
+        external_service_addresses,
         backends: state.backend_count(),
         service_map_entries: state.svc_entries(),
         node_addresses: maps
@@ -186,14 +191,26 @@ fn map_fill(state: &ProgrammedState) -> std::collections::BTreeMap<String, MapFi
     use lb_common::map_names;
     let fill = state.fill();
     [
-        (map_names::SVC4, fill.used.svc_entries, fill.capacity.svc_entries),
-        (map_names::BACKEND4, fill.used.backends, fill.capacity.backends),
+        (
+            map_names::SVC4,
+            fill.used.svc_entries,
+            fill.capacity.svc_entries,
+        ),
+        (
+            map_names::BACKEND4,
+            fill.used.backends,
+            fill.capacity.backends,
+        ),
         (
             map_names::AFFINITY_MATCH4,
             fill.used.affinity_matches,
             fill.capacity.affinity_matches,
         ),
-        (map_names::SRC_RANGE4, fill.used.src_ranges, fill.capacity.src_ranges),
+        (
+            map_names::SRC_RANGE4,
+            fill.used.src_ranges,
+            fill.capacity.src_ranges,
+        ),
     ]
     .into_iter()
     .map(|(map, entries, capacity)| (map.to_string(), MapFillView { entries, capacity }))
@@ -299,6 +316,11 @@ impl StatusReport {
             out,
             "service addresses (other ports refused): {}",
             self.service_addresses.join(" ")
+        );
+        let _ = writeln!(
+            out,
+            "external addresses (other ports refused from outside): {}",
+            self.external_service_addresses.join(" ")
         );
         let _ = writeln!(
             out,

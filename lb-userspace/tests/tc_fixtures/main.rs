@@ -31,7 +31,11 @@
 //! - `reverse_nat.rs`: a local backend's replies translated back on egress;
 //! - `udp.rs`: UDP DNAT and SNAT, with a checksum, without one, 0xffff for 0;
 //! - `loadbalancer.rs`: LoadBalancer and external IPs, loadBalancerSourceRanges;
-//! - `no_endpoints.rs`: frontends without usable endpoints, addresses not ours;
+//! - `no_endpoints.rs`: frontends without usable endpoints (RST and ICMP answers from
+//!   LoadBalancer and external IPs, NodePorts left to the stack, Local policy drops),
+//!   addresses not ours;
+//! - `refused_ports.rs`: a known VIP's unknown ports and protocols are refused;
+//! - `reject_limits.rs`: what is never answered, and the answers' budget;
 //! - `fragments.rs`: later fragments follow their first fragment;
 //! - `ip_options.rs`: IPv4 options (IHL > 5) through DNAT and SNAT;
 //! - `icmp.rs`: ICMP errors about tracked flows, translated back;
@@ -61,6 +65,8 @@ mod ip_options;
 mod loadbalancer;
 mod machinery;
 mod no_endpoints;
+mod refused_ports;
+mod reject_limits;
 mod reverse_nat;
 mod snat;
 mod udp;

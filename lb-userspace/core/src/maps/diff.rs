@@ -550,8 +550,7 @@ impl ProgrammedState {
 
         // Room check before touching anything: entries added and new backends.
         let old_ranges_len = old.as_ref().map_or(0, |o| o.source_ranges.len());
-        if self.src_ranges - old_ranges_len + desired.source_ranges.len()
-            > self.capacity.src_ranges
+        if self.src_ranges - old_ranges_len + desired.source_ranges.len() > self.capacity.src_ranges
         {
             return Err(Skip::Full);
         }
@@ -954,8 +953,7 @@ mod tests {
                     .parse()
                     .expect("a timestamp"),
             );
-            d.owners
-                .insert(*key, crate::plan::Claimant::of(&svc));
+            d.owners.insert(*key, crate::plan::Claimant::of(&svc));
         }
         d
     }
@@ -1339,7 +1337,11 @@ mod tests {
         let mut st = ProgrammedState::with_capacity(cap);
         let mut maps = MemoryMaps::default();
         let web = fe(10, 80);
-        sync(&mut st, &mut maps, &desired(&[(web, forward(&[be(1, 80), be(2, 80)]))]));
+        sync(
+            &mut st,
+            &mut maps,
+            &desired(&[(web, forward(&[be(1, 80), be(2, 80)]))]),
+        );
         // be(1) goes, four new ones come: room for 3 slots; be(2) keeps its slot.
         let grown = forward(&[be(2, 80), be(3, 80), be(4, 80), be(5, 80), be(6, 80)]);
         let want = desired(&[(web, grown.clone())]);
@@ -1363,9 +1365,11 @@ mod tests {
         assert_eq!(served, vec![be(3, 80), be(2, 80), be(4, 80)]);
         // A removed backend is removed even from full maps.
         assert_eq!(maps.backends.len(), 3);
-        assert!(maps.backends.keys().all(|id| st
-            .backend(*id)
-            .is_some_and(|b| b != be(1, 80))));
+        assert!(
+            maps.backends
+                .keys()
+                .all(|id| st.backend(*id).is_some_and(|b| b != be(1, 80)))
+        );
         // Room appears (a bigger map after a restart): the next sync completes it.
         let bigger = Capacity {
             svc_entries: 16,
