@@ -11,6 +11,7 @@
 #[cfg(any(test, feature = "builders"))]
 pub mod builders;
 pub mod events;
+pub mod manifest;
 pub mod maps;
 pub mod model;
 pub mod plan;
