@@ -90,8 +90,17 @@ impl ManifestSet {
 pub mod limits {
     /// A larger file is skipped whole without being read.
     pub const FILE_BYTES: u64 = 16 * 1024 * 1024;
-    /// Objects read from one file; the rest is skipped.
+    /// Objects read from one file, counting every document and List item (also one
+    /// that is not an object); the rest is skipped.
     pub const OBJECTS_PER_FILE: usize = 10_000;
+    /// Values (scalars, sequences, mappings, keys included) of one file's documents,
+    /// YAML aliases expanded: a file with more is skipped whole before it is held in
+    /// memory (at most about 500 MB). 16 MiB of dense EndpointSlice YAML have about 2.1
+    /// million; without the limit a few hundred bytes of nested aliases expand to
+    /// gigabytes (serde_yaml only stops at 100 alias uses per event of the document).
+    pub const VALUES_PER_FILE: usize = 4 << 20;
+    /// Warnings about one file; the rest are counted in one last warning.
+    pub const WARNINGS_PER_FILE: usize = 1000;
     /// One object, as JSON: etcd's default request limit (1.5 MiB), beyond which the
     /// API server could not store it either.
     pub const OBJECT_BYTES: usize = 1536 * 1024;
@@ -162,8 +171,12 @@ enum Model {
 #[derive(Debug, Default)]
 pub struct ManifestLoader {
     set: ManifestSet,
-    /// Objects met in the file being read (for [`limits::OBJECTS_PER_FILE`]).
+    /// Documents and List items met in the file being read (for
+    /// [`limits::OBJECTS_PER_FILE`]).
     objects_in_file: usize,
+    /// Warnings about the file being read, shown and not (for
+    /// [`limits::WARNINGS_PER_FILE`]).
+    warnings_in_file: usize,
     /// (kind, namespace, name) -> the file that defined it first.
     first_definitions: HashMap<(Kind, String, String), PathBuf>,
 }
@@ -186,6 +199,14 @@ impl ManifestLoader {
         self.set.warnings.push(warning);
     }
 
+    /// A warning about the file being read, within [`limits::WARNINGS_PER_FILE`].
+    fn note(&mut self, file: &Path, object: impl Into<String>, reason: impl Into<String>) {
+        self.warnings_in_file += 1;
+        if self.warnings_in_file <= limits::WARNINGS_PER_FILE {
+            self.warn(file, object, reason);
+        }
+    }
+
     /// Adds the objects of one manifest file, `bytes` being its content: JSON when the
     /// name ends in `.json` (any case), YAML otherwise. `file` only names the file in
     /// warnings and decides the format; nothing is read from it.
@@ -195,9 +216,27 @@ impl ManifestLoader {
         if bytes.len() as u64 > limits::FILE_BYTES {
             return self.warn(file, "", too_large(bytes.len() as u64));
         }
+        self.objects_in_file = 0;
+        self.warnings_in_file = 0;
+        self.load_file(file, bytes);
+        if let Some(more) = self.warnings_in_file.checked_sub(limits::WARNINGS_PER_FILE)
+            && more > 0
+        {
+            self.warn(
+                file,
+                "",
+                format!(
+                    "{more} more warnings (at most {} are shown per file)",
+                    limits::WARNINGS_PER_FILE
+                ),
+            );
+        }
+    }
+
+    fn load_file(&mut self, file: &Path, bytes: &[u8]) {
         self.set.files_read += 1;
         let Ok(text) = std::str::from_utf8(bytes) else {
-            return self.warn(file, "", "not UTF-8 text");
+            return self.note(file, "", "not UTF-8 text");
         };
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let is_json = file
@@ -212,16 +251,19 @@ impl ManifestLoader {
         // A file that does not parse is skipped whole: half of a file is a surprise.
         let documents = match documents {
             Ok(documents) => documents,
-            Err(reason) => return self.warn(file, "", reason),
+            Err(reason) => return self.note(file, "", reason),
         };
         debug!(file = %file.display(), documents = documents.len(), "read manifest file");
-        self.objects_in_file = 0;
         for (i, document) in documents.into_iter().enumerate() {
             let label = format!("document {}", i + 1);
             match document {
                 Ok(Value::Null) => {} // an empty document (`---` twice, or an empty file)
                 Ok(value) => self.load_value(file, &label, value, true),
-                Err(reason) => self.warn(file, label, reason),
+                Err(reason) => {
+                    if self.count_object(file) {
+                        self.note(file, label, reason);
+                    }
+                }
             }
             if self.objects_in_file > limits::OBJECTS_PER_FILE {
                 return;
@@ -229,11 +271,56 @@ impl ManifestLoader {
         }
     }
 
+    /// Counts one document or List item of the file being read; false (after one
+    /// warning) once there are more than [`limits::OBJECTS_PER_FILE`].
+    fn count_object(&mut self, file: &Path) -> bool {
+        self.objects_in_file += 1;
+        if self.objects_in_file == limits::OBJECTS_PER_FILE + 1 {
+            self.note(
+                file,
+                "",
+                format!(
+                    "more than {} objects: the rest of the file is skipped",
+                    limits::OBJECTS_PER_FILE
+                ),
+            );
+        }
+        self.objects_in_file <= limits::OBJECTS_PER_FILE
+    }
+
     /// One object, or a List of objects (`lists_allowed` is false for a List's items:
-    /// kubectl does not nest Lists either).
+    /// kubectl does not nest Lists either). Each counts against
+    /// [`limits::OBJECTS_PER_FILE`], a List as its items.
     fn load_value(&mut self, file: &Path, fallback_label: &str, value: Value, lists_allowed: bool) {
+        let list_kind = match &value {
+            Value::Object(fields) => fields
+                .get("kind")
+                .and_then(Value::as_str)
+                .filter(|kind| {
+                    kind.ends_with("List") && (*kind == "List" || fields.contains_key("items"))
+                })
+                .map(str::to_owned),
+            _ => None,
+        };
+        if let (Some(kind), true) = (&list_kind, lists_allowed) {
+            let api_version = value
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            return self.load_list(file, fallback_label, kind, api_version, value);
+        }
+        if !self.count_object(file) {
+            return;
+        }
+        if let Some(kind) = list_kind {
+            return self.note(
+                file,
+                fallback_label,
+                format!("a {kind} inside a List is not supported"),
+            );
+        }
         let Value::Object(fields) = &value else {
-            return self.warn(
+            return self.note(
                 file,
                 fallback_label,
                 "not a Kubernetes object (expected a mapping with apiVersion and kind)",
@@ -244,23 +331,12 @@ impl ManifestLoader {
             .and_then(Value::as_str)
             .map(str::to_owned)
         else {
-            return self.warn(file, fallback_label, "no kind");
+            return self.note(file, fallback_label, "no kind");
         };
         let api_version = fields
             .get("apiVersion")
             .and_then(Value::as_str)
             .map(str::to_owned);
-
-        if kind.ends_with("List") && (kind == "List" || fields.contains_key("items")) {
-            if !lists_allowed {
-                return self.warn(
-                    file,
-                    fallback_label,
-                    format!("a {kind} inside a List is not supported"),
-                );
-            }
-            return self.load_list(file, fallback_label, &kind, api_version, value);
-        }
         let Some(known) = Kind::from_name(&kind) else {
             debug!(file = %file.display(), object = fallback_label, kind, "kind not used by socklb: ignored");
             return;
@@ -271,7 +347,7 @@ impl ManifestLoader {
             Some(version) if version == known.api_version() => {
                 self.add_object(file, known, label, value)
             }
-            Some(version) => self.warn(
+            Some(version) => self.note(
                 file,
                 label,
                 format!(
@@ -279,7 +355,7 @@ impl ManifestLoader {
                     known.api_version()
                 ),
             ),
-            None => self.warn(file, label, "no apiVersion"),
+            None => self.note(file, label, "no apiVersion"),
         }
     }
 
@@ -298,7 +374,12 @@ impl ManifestLoader {
         let items = match items {
             None | Some(Value::Null) => return,
             Some(Value::Array(items)) => items,
-            Some(_) => return self.warn(file, label, "items is not a list"),
+            Some(_) => {
+                if self.count_object(file) {
+                    self.note(file, label, "items is not a list");
+                }
+                return;
+            }
         };
         // Items of a typed list (a ServiceList as the API returns it) may leave out their
         // kind and apiVersion; they are the list's.
@@ -315,28 +396,20 @@ impl ManifestLoader {
                 }
             }
             self.load_value(file, &format!("{label} item {}", i + 1), item, false);
+            if self.objects_in_file > limits::OBJECTS_PER_FILE {
+                return;
+            }
         }
     }
 
     fn add_object(&mut self, file: &Path, kind: Kind, label: String, value: Value) {
-        self.objects_in_file += 1;
-        if self.objects_in_file > limits::OBJECTS_PER_FILE {
-            return self.warn(
-                file,
-                "",
-                format!(
-                    "more than {} objects: the rest of the file is skipped",
-                    limits::OBJECTS_PER_FILE
-                ),
-            );
-        }
         let id = object_id(kind, &value);
         let size = serde_json::to_vec(&value).map_or(0, |v| v.len());
         if size > limits::OBJECT_BYTES {
             if let Some(id) = id {
                 self.set.invalid.push(id);
             }
-            return self.warn(
+            return self.note(
                 file,
                 label,
                 format!(
@@ -351,7 +424,7 @@ impl ManifestLoader {
                 if let Some(id) = id {
                     self.set.invalid.push(id);
                 }
-                return self.warn(file, label, reason);
+                return self.note(file, label, reason);
             }
         };
         // validate() has checked the name is there.
@@ -370,20 +443,20 @@ impl ManifestLoader {
                 "duplicate of the {kind} in {}; the first definition is used",
                 first.display()
             );
-            return self.warn(file, label, reason);
+            return self.note(file, label, reason);
         }
         self.first_definitions.insert(key, file.to_owned());
 
         match model {
             Model::Service(Some(service)) => {
                 for skipped in &service.skipped {
-                    self.warn(file, label.clone(), skipped.clone());
+                    self.note(file, label.clone(), skipped.clone());
                 }
                 self.set.services.push(service);
             }
             Model::Slice(Some(slice)) => {
                 for skipped in &slice.skipped {
-                    self.warn(file, label.clone(), skipped.clone());
+                    self.note(file, label.clone(), skipped.clone());
                 }
                 self.set.slices.push(slice);
             }
@@ -456,14 +529,19 @@ fn object_label(kind: Kind, value: &Value) -> Option<String> {
     Some(format!("{kind} {namespace}/{name}"))
 }
 
-/// The documents of a YAML stream. The outer error (the file is not YAML) skips the
-/// file; an inner error (a document that is YAML but cannot be a Kubernetes object, such
-/// as a mapping with a list as a key or a number beyond 64 bits) skips the document.
+/// The documents of a YAML stream. The outer error (the file is not YAML, or it has
+/// more than [`limits::VALUES_PER_FILE`] values) skips the file; an inner error (a
+/// document that is YAML but cannot be a Kubernetes object, such as a mapping with a
+/// list as a key or a number beyond 64 bits) skips the document.
 fn yaml_documents(text: &str) -> Result<Vec<Result<Value, String>>, String> {
-    // Syntax first: after a syntax error the parser yields error documents forever, and a
-    // file that is not YAML is better reported once than as a list of documents.
+    // Syntax and size first: after a syntax error the parser yields error documents
+    // forever, and a file that is not YAML is better reported once than as a list of
+    // documents.
+    let mut budget = ValueBudget::default();
     for document in serde_yaml::Deserializer::from_str(text) {
-        IgnoredAny::deserialize(document).map_err(|e| format!("does not parse as YAML: {e}"))?;
+        if let Err(e) = budget.count(document) {
+            return Err(budget.exceeded_or(|| format!("does not parse as YAML: {e}")));
+        }
     }
     Ok(serde_yaml::Deserializer::from_str(text)
         .map(|document| {
@@ -474,14 +552,144 @@ fn yaml_documents(text: &str) -> Result<Vec<Result<Value, String>>, String> {
 
 /// The values of a JSON file (one, or several one after another).
 fn json_documents(text: &str) -> Result<Vec<Result<Value, String>>, String> {
+    let syntax = |e: serde_json::Error| format!("does not parse as JSON: {e}");
+    let mut budget = ValueBudget::default();
+    let mut documents = serde_json::Deserializer::from_str(text).into_iter::<IgnoredAny>();
+    let mut start = 0;
+    while let Some(document) = documents.next() {
+        document.map_err(syntax)?;
+        let end = documents.byte_offset();
+        let mut de = serde_json::Deserializer::from_str(&text[start..end]);
+        if let Err(e) = budget.count(&mut de) {
+            return Err(budget.exceeded_or(|| syntax(e)));
+        }
+        start = end;
+    }
     serde_json::Deserializer::from_str(text)
         .into_iter::<Value>()
-        .map(|value| {
-            value
-                .map(Ok)
-                .map_err(|e| format!("does not parse as JSON: {e}"))
-        })
+        .map(|value| value.map(Ok).map_err(syntax))
         .collect()
+}
+
+/// Counts the values of a file's documents against [`limits::VALUES_PER_FILE`]
+/// without holding them (a YAML alias counts as what it repeats), so that a file is
+/// turned into `Value`s only when their number is bounded.
+#[derive(Debug)]
+struct ValueBudget {
+    left: usize,
+    exceeded: bool,
+}
+
+impl Default for ValueBudget {
+    fn default() -> Self {
+        ValueBudget {
+            left: limits::VALUES_PER_FILE,
+            exceeded: false,
+        }
+    }
+}
+
+impl ValueBudget {
+    fn count<'de, D: serde::Deserializer<'de>>(&mut self, document: D) -> Result<(), D::Error> {
+        serde::de::DeserializeSeed::deserialize(Counter(self), document)
+    }
+
+    /// The reason to skip a file whose counting failed with `other`.
+    fn exceeded_or(&self, other: impl FnOnce() -> String) -> String {
+        if self.exceeded {
+            format!(
+                "more than {} values (YAML aliases expanded): skipped",
+                limits::VALUES_PER_FILE
+            )
+        } else {
+            other()
+        }
+    }
+}
+
+/// One value (and what it holds) of a [`ValueBudget`].
+struct Counter<'a>(&'a mut ValueBudget);
+
+impl Counter<'_> {
+    fn take<E: serde::de::Error>(&mut self) -> Result<(), E> {
+        match self.0.left.checked_sub(1) {
+            Some(left) => {
+                self.0.left = left;
+                Ok(())
+            }
+            None => {
+                self.0.exceeded = true;
+                Err(E::custom("too many values"))
+            }
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Counter<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+macro_rules! count_scalar {
+    ($($method:ident: $ty:ty),* $(,)?) => {
+        $(fn $method<E: serde::de::Error>(mut self, _: $ty) -> Result<(), E> {
+            self.take()
+        })*
+    };
+}
+
+impl<'de> serde::de::Visitor<'de> for Counter<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any value")
+    }
+
+    count_scalar!(
+        visit_bool: bool, visit_i64: i64, visit_i128: i128, visit_u64: u64,
+        visit_u128: u128, visit_f64: f64, visit_str: &str, visit_bytes: &[u8],
+    );
+
+    fn visit_unit<E: serde::de::Error>(mut self) -> Result<(), E> {
+        self.take()
+    }
+
+    fn visit_none<E: serde::de::Error>(mut self) -> Result<(), E> {
+        self.take()
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+
+    fn visit_newtype_struct<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        self.take()?;
+        while seq.next_element_seed(Counter(self.0))?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        self.take()?;
+        while map.next_key_seed(Counter(self.0))?.is_some() {
+            map.next_value_seed(Counter(self.0))?;
+        }
+        Ok(())
+    }
+
+    /// A tagged YAML value (`!tag value`): the value.
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(mut self, data: A) -> Result<(), A::Error> {
+        use serde::de::VariantAccess as _;
+        self.take()?;
+        let (_, variant) = data.variant::<IgnoredAny>()?;
+        variant.newtype_variant_seed(Counter(self.0))
+    }
 }
 
 #[cfg(test)]
@@ -502,5 +710,112 @@ mod tests {
         };
         assert_eq!(whole_file.to_string(), "d/x.yaml: bad");
         assert_eq!(object.to_string(), "d/x.yaml: Service a/b: bad");
+    }
+
+    /// Nested YAML aliases: ten times more values per level, within serde_yaml's own
+    /// limit of 100 alias uses per event (the padding's events raise it). Before the
+    /// values limit this file of 400 KB became 12.5 million values, 680 MB.
+    #[test]
+    fn nested_aliases_beyond_the_values_limit_skip_the_file() {
+        let mut bomb = String::from("a0: &a0 [1,1,1,1,1,1,1,1,1,1]\n");
+        bomb.push_str(&format!("pad: [{}1]\n", "1,".repeat(200_000)));
+        for k in 1..7 {
+            let previous = format!("*a{}", k - 1);
+            let items = [previous.as_str(); 10].join(",");
+            bomb.push_str(&format!("a{k}: &a{k} [{items}]\n"));
+        }
+        let set = load_bytes(Path::new("bomb.yaml"), bomb.as_bytes());
+        assert_eq!(set.warnings.len(), 1, "{:#?}", set.warnings);
+        assert!(
+            set.warnings[0].reason.contains("more than 4194304 values"),
+            "{:#?}",
+            set.warnings
+        );
+        // Aliases within the limit are expanded as before.
+        let small = "a: &a {kind: Nope}\nb: *a\n";
+        let set = load_bytes(Path::new("small.yaml"), small.as_bytes());
+        assert_eq!(set.warnings.len(), 1, "{:#?}", set.warnings);
+        assert_eq!(set.warnings[0].reason, "no kind");
+    }
+
+    #[test]
+    fn json_beyond_the_values_limit_skips_the_file() {
+        let flat = format!("[{}1]", "1,".repeat(limits::VALUES_PER_FILE));
+        let set = load_bytes(Path::new("flat.json"), flat.as_bytes());
+        assert_eq!(set.warnings.len(), 1, "{:#?}", set.warnings);
+        assert!(
+            set.warnings[0].reason.contains("values"),
+            "{:#?}",
+            set.warnings
+        );
+        // Several JSON values one after another, each counted; syntax errors still say so.
+        let set = load_bytes(Path::new("two.json"), b"{\"kind\": 1} [1]");
+        assert_eq!(set.warnings.len(), 2, "{:#?}", set.warnings);
+        let set = load_bytes(Path::new("bad.json"), b"{\"kind\": 1} [1");
+        assert!(set.warnings[0].reason.starts_with("does not parse as JSON"));
+    }
+
+    /// Documents and List items that are not objects count against the objects limit:
+    /// before, a 16 MiB file of `{a: 1}` documents made 1.5 million warnings (1.1 GB), and
+    /// a List of any length one warning per item past the limit.
+    #[test]
+    fn every_document_and_list_item_counts_against_the_objects_limit() {
+        let documents = "{a: 1}\n---\n".repeat(limits::OBJECTS_PER_FILE + 100);
+        let set = load_bytes(Path::new("docs.yaml"), documents.as_bytes());
+        assert_eq!(set.warnings.len(), limits::WARNINGS_PER_FILE + 1);
+        assert_eq!(set.warnings[0].reason, "no kind");
+        let last = &set.warnings[limits::WARNINGS_PER_FILE].reason;
+        assert_eq!(
+            *last,
+            format!(
+                "{} more warnings (at most 1000 are shown per file)",
+                limits::OBJECTS_PER_FILE + 1 - limits::WARNINGS_PER_FILE
+            )
+        );
+
+        let service = |i: usize| {
+            crate::builders::service_object(
+                "demo",
+                &format!("s{i}"),
+                &format!("10.96.{}.{}", i / 250, 1 + i % 250),
+                &[("http", "TCP", 80)],
+            )
+        };
+        let mut items: Vec<Value> = vec![Value::from(1); 10];
+        items.extend((0..limits::OBJECTS_PER_FILE).map(service));
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+        let set = load_bytes(Path::new("list.json"), list.to_string().as_bytes());
+        assert_eq!(set.services.len(), limits::OBJECTS_PER_FILE - 10);
+        let reasons: Vec<&str> = set.warnings.iter().map(|w| w.reason.as_str()).collect();
+        assert_eq!(reasons.len(), 11, "{reasons:#?}");
+        assert_eq!(
+            reasons[10],
+            "more than 10000 objects: the rest of the file is skipped"
+        );
+    }
+
+    /// Warnings about what an object's fields skip are capped per file too.
+    #[test]
+    fn warnings_about_one_file_are_capped() {
+        let ports: Vec<Value> = (0..1500)
+            .map(|i| serde_json::json!({"name": format!("p{i}")}))
+            .collect();
+        let slice = crate::builders::merge(
+            crate::builders::slice_object("demo", "web-1", "web", &[], &["10.244.0.1"]),
+            serde_json::json!({"ports": ports}),
+        );
+        let set = load_bytes(Path::new("s.json"), slice.to_string().as_bytes());
+        assert_eq!(set.slices.len(), 1);
+        assert_eq!(set.warnings.len(), limits::WARNINGS_PER_FILE + 1);
+        assert_eq!(
+            set.warnings.last().map(|w| w.reason.as_str()),
+            Some("500 more warnings (at most 1000 are shown per file)")
+        );
+        // The cap is per file.
+        let mut loader = ManifestLoader::default();
+        loader.load_bytes(Path::new("a.json"), slice.to_string().as_bytes());
+        loader.load_bytes(Path::new("b.json"), b"[1]");
+        let set = loader.finish();
+        assert_eq!(set.warnings.len(), limits::WARNINGS_PER_FILE + 2);
     }
 }
