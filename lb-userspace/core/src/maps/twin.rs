@@ -48,9 +48,16 @@ impl MemoryMaps {
             }
         }
         // An affinity match names a slot that holds its backend: a reader following
-        // it never reaches another backend than the one the client sticks to.
+        // it never reaches another backend than the one the client sticks to. A reader
+        // consults the matches of a frontend only once it has found the frontend's
+        // slot 0 (lb.rs, select_by_affinity): without one the match is unreachable, as
+        // while a restarted agent removes a frontend it found half-written (matches
+        // after slots).
         for (m, slot) in &self.affinity_matches {
             let key = Svc4Key::new(m.address, m.dport, m.proto, *slot).with_scope(m.scope);
+            if !self.services.contains_key(&key.with_slot(0)) {
+                continue;
+            }
             match self.services.get(&key) {
                 Some(v) if v.backend_id == m.backend_id => {}
                 other => {
@@ -149,5 +156,48 @@ impl ServiceMaps for MemoryMaps {
                 )
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::{AffinityMatch4Key, Svc4Key, Svc4Value, SvcAction};
+
+    use super::MemoryMaps;
+
+    fn matched(maps: &mut MemoryMaps, key: Svc4Key, slot: u16, backend_id: u32) {
+        let m = AffinityMatch4Key {
+            address: key.address,
+            dport: key.dport,
+            proto: key.proto,
+            scope: key.scope,
+            backend_id,
+        };
+        maps.affinity_matches.insert(m, slot);
+    }
+
+    /// Found by the fuzzer (corpus/event_sequence/regression-affinity-match-of-a-
+    /// frontend-without-slot-0): a restarted agent removing a half-written frontend
+    /// deletes its slots before its matches; no reader reaches those matches.
+    #[test]
+    fn a_match_is_reached_only_through_its_frontends_slot_0() {
+        let key = Svc4Key::new(1, 2, 6, 0);
+        let mut maps = MemoryMaps::default();
+        matched(&mut maps, key, 1, 7);
+        assert!(maps.reader_view().is_ok(), "no slot 0: unreachable");
+        // Slot 0 alone (no slots to check): only the match is looked at.
+        maps.services.insert(
+            key.with_slot(0),
+            Svc4Value::service(SvcAction::Reject, 0, 60, 0),
+        );
+        assert!(
+            maps.reader_view().is_err(),
+            "slot 0 and a match to a missing slot"
+        );
+        maps.services.insert(key.with_slot(1), Svc4Value::slot(7));
+        assert!(
+            maps.reader_view().is_ok(),
+            "the match names its backend's slot"
+        );
     }
 }
