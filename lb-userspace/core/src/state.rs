@@ -544,6 +544,48 @@ mod tests {
         );
     }
 
+    /// Found by the fuzzer (lb-userspace/core/fuzz/corpus/event_sequence/
+    /// regression-lost-cluster-ip-external-ip-internal-scope): a Service whose cluster
+    /// IP frontend is taken by a rival keeps its own view for clients on the node of
+    /// its (uncontested) external IP, whatever the plan-only rebuild says.
+    #[test]
+    fn an_external_ip_keeps_its_services_view_when_the_cluster_ip_is_lost() {
+        let mut owner = service("b-owner", [10, 96, 0, 10], &[("http", 80)]);
+        owner.external_ips = vec![Ipv4Addr::new(192, 0, 2, 1).into()];
+        owner.external_traffic_policy = TrafficPolicy::Local;
+        let rival = service("a-rival", [10, 96, 0, 10], &[("http", 80)]);
+        let mut st = ClusterState::new(NodeModel::named("n1"));
+        st.apply(ClusterEvent::ServiceApplied(owner));
+        st.apply(ClusterEvent::ServiceApplied(rival));
+        st.apply(ClusterEvent::SliceApplied(slice(
+            "b-owner-1",
+            "b-owner",
+            ("http", 8080),
+            &[(1, true, Some("n2"))],
+        )));
+        st.recompute();
+        assert_eq!(st.index().conflicts().len(), 1);
+        let external_ip = crate::plan::FrontendAddr {
+            ip: Ipv4Addr::new(192, 0, 2, 1).into(),
+            port: 80,
+            protocol: crate::model::Protocol::Tcp,
+        };
+        let desired = &st.index().desired.frontends;
+        let internal = &desired[&FrontendKey::internal(external_ip)];
+        assert_eq!(
+            internal.action,
+            lb_common::SvcAction::Forward,
+            "{internal:?}"
+        );
+        assert_eq!(internal.backends.len(), 1, "the Service's own endpoint");
+        let external = &desired[&FrontendKey::new(external_ip, crate::maps::Scope::External)];
+        assert_eq!(
+            external.action,
+            lb_common::SvcAction::Drop,
+            "Local policy, no endpoint on this node"
+        );
+    }
+
     #[test]
     fn orphan_slices_are_tracked_as_services_come_and_go() {
         let mut st = ClusterState::new(NodeModel::named("n1"));

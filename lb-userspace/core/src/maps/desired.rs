@@ -166,6 +166,14 @@ impl DesiredState {
 impl DesiredState {
     /// Builds the desired state from plan frontends (all services at once, ranked by
     /// name only: a plan's frontends carry no conflicts, `compute_plan` resolved them).
+    ///
+    /// One entry differs from what [`DesiredIndex`] (the agent) wants: the internal
+    /// scope of a NodePort, LoadBalancer or external IP frontend is the Service's own
+    /// ClusterIP frontend of that port (cluster policy for clients on the node), and
+    /// when that frontend lost its address to another Service's claim the plan no
+    /// longer holds it; here the entry then falls back to the external frontend, the
+    /// agent keeps the Service's own view (its external frontend is still its own).
+    /// Found by the fuzzer; `fuzzing::check::check_consistent` names the exception.
     pub fn from_frontends<'a>(frontends: impl IntoIterator<Item = &'a Frontend>) -> Self {
         let mut by_service: BTreeMap<&ObjectKey, Vec<&Frontend>> = BTreeMap::new();
         for fe in frontends {
