@@ -11,6 +11,8 @@
 #[cfg(any(test, feature = "builders"))]
 pub mod builders;
 pub mod events;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod manifest;
 pub mod maps;
 pub mod model;
