@@ -3,8 +3,10 @@
 //! - `setup`: installs what a fresh machine lacks (idempotent);
 //! - `build-ebpf`: builds the kernel programs and prints the object's path;
 //! - `test`: the whole test suite (what CI runs);
-//! - `demo`: the self-contained demo sandbox.
+//! - `demo`: the self-contained demo sandbox;
+//! - `fuzz`: the fuzz targets for a bounded time (also a stage of `bench`).
 mod bench;
+mod fuzz;
 mod setup;
 
 use std::{
@@ -61,6 +63,22 @@ enum Task {
         #[arg(long, value_name = "RESULTS_JSON")]
         render: Option<PathBuf>,
     },
+    /// Run each fuzz target (cargo-fuzz, nightly) for a bounded time; fails on a crash.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target (repeatable): manifest_bytes, event_sequence.
+        #[arg(long)]
+        target: Vec<String>,
+        /// Record the results in docs/bench/fuzz.md and bench/results/fuzz/, as the
+        /// benchmark's fuzz stage does.
+        #[arg(long)]
+        record: bool,
+        /// Only re-render docs/bench/fuzz.md from a results file.
+        #[arg(long, value_name = "RESULTS_JSON")]
+        render: Option<PathBuf>,
+    },
     /// Run the demo: a sandbox with backends, the agent and clients of a ClusterIP.
     Demo {
         /// Arguments for socklb-demo (e.g. --keep-running).
@@ -83,7 +101,31 @@ fn run() -> Result<()> {
     let cli = Cli::parse();
     let root = workspace_root()?;
     match cli.task {
-        Task::Setup { force } => setup::setup(force),
+        Task::Setup { force } => {
+            setup::setup(force)?;
+            // Only here, not in setup::ensure(): the tests and the demo do not need it.
+            fuzz::ensure_tools()
+        }
+        Task::Fuzz {
+            render: Some(file), ..
+        } => fuzz::render(&file, &root.join("docs/bench")),
+        Task::Fuzz {
+            seconds,
+            target,
+            record,
+            render: None,
+        } => {
+            let record = record.then(|| (root.join("docs/bench"), root.join("bench/results")));
+            fuzz::run(
+                &root,
+                &fuzz::Options {
+                    seconds,
+                    targets: target,
+                    record,
+                },
+            )
+            .map(|_| ())
+        }
         Task::BuildEbpf => {
             setup::ensure()?;
             let object = build_ebpf(&root)?;

@@ -7,7 +7,9 @@
 //!    network namespaces, a cgroup and a pin directory it creates;
 //! 4. the socklb package's criterion benchmark `control_plane` (objects in memory -> maps);
 //! 5. merges both into `bench/results/<name>.json` and renders `docs/bench/README.md`
-//!    with SVG plots (drawn here with plotters' SVG backend).
+//!    with SVG plots (drawn here with plotters' SVG backend);
+//! 6. the fuzz targets, 60 s each (10 s quick): `crate::fuzz`, recorded in
+//!    `docs/bench/fuzz.md` and `bench/results/fuzz/`.
 //!
 //! `--render FILE` only re-renders the summary from a saved results file.
 //!
@@ -189,7 +191,14 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     )?;
     eprintln!("xtask: results in {}", results_file.display());
     eprintln!("xtask: summary in {}", docs_dir.join("README.md").display());
-    Ok(())
+
+    // 6. The fuzz targets for a bounded time (recorded in fuzz.md beside the summary).
+    crate::fuzz::bench_stage(
+        root,
+        if opts.quick { 10 } else { 60 },
+        &docs_dir,
+        &results_dir,
+    )
 }
 
 /// A results file (socklb-bench's, or a saved one).
@@ -254,7 +263,7 @@ fn with_sigint_ignored<T>(f: impl FnOnce() -> T) -> T {
 }
 
 /// `YYYY-MM-DDTHHMM` (UTC) of now.
-fn utc_stamp() -> String {
+pub(crate) fn utc_stamp() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -286,7 +295,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 /// A link from `docs_dir` to `file` (relative when both are under one root).
-fn relative_link(docs_dir: &Path, file: &Path) -> String {
+pub(crate) fn relative_link(docs_dir: &Path, file: &Path) -> String {
     let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let (from, to) = (abs(docs_dir), abs(file));
     let from_parts: Vec<_> = from.components().collect();
