@@ -6,6 +6,8 @@
 //! by an older one.
 #![no_std]
 
+pub mod maglev;
+
 /// IP protocol numbers as they appear in keys.
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -673,6 +675,7 @@ mod pod {
     unsafe impl aya::Pod for super::Affinity4Value {}
     unsafe impl aya::Pod for super::AffinityMatch4Key {}
     unsafe impl aya::Pod for super::AffinityMatch4Value {}
+    unsafe impl aya::Pod for super::maglev::MaglevEntries {}
 }
 
 #[cfg(test)]

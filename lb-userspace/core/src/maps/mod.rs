@@ -5,6 +5,7 @@
 
 pub mod desired;
 pub mod diff;
+pub mod maglev;
 pub mod twin;
 pub mod v4;
 
