@@ -44,8 +44,12 @@ pub mod map_names {
     /// The backends that still serve a frontend with affinity, and their slots
     /// ([`super::AffinityMatch4Key`] -> [`super::AffinityMatch4Value`]).
     pub const AFFINITY_MATCH4: &str = "lb4_affmatch_v1";
+    /// Maglev lookup tables of external frontends: one flat array of backend ids
+    /// ([`u32`] index -> [`super::maglev::MaglevEntries`]), a header and then table
+    /// after table (see [`super::maglev`]). Sized by the agent at load time.
+    pub const MAGLEV4: &str = "lb4_maglev_v1";
     /// Every map the data path pins, for inspection and uninstall.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         SVC4,
         BACKEND4,
         REVNAT4,
@@ -59,6 +63,7 @@ pub mod map_names {
         SRC_RANGE4,
         AFFINITY4,
         AFFINITY_MATCH4,
+        MAGLEV4,
     ];
 }
 
@@ -190,7 +195,10 @@ impl Svc4Key {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Svc4Value {
-    /// Slot n >= 1: id of the backend in the backend map. Slot 0: 0.
+    /// Slot n >= 1: id of the backend in the backend map. Slot 0: the frontend's
+    /// Maglev table in [`map_names::MAGLEV4`] (1, 2, ...; external frontends with
+    /// `--lb-algorithm maglev` only), 0 = none: new flows pick a slot at random. (The
+    /// field was always 0 in slot 0 before, so its layout and the map name stay.)
     pub backend_id: u32,
     /// Slot 0: number of backend slots in use (1..=count). Slot n: 0.
     pub count: u16,
@@ -231,6 +239,14 @@ impl Svc4Value {
             action: action as u8,
             flags,
             affinity_timeout_s,
+        }
+    }
+
+    /// Slot 0 with the frontend's Maglev table (0 = none).
+    pub const fn with_maglev_table(self, table: u32) -> Self {
+        Self {
+            backend_id: table,
+            ..self
         }
     }
 

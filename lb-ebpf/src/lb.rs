@@ -18,6 +18,7 @@ use lb_common::{
 
 use crate::{
     error::{Cause, Error},
+    maglev,
     maps::{
         AFFINITY_MATCH4, AFFINITY4, BACKEND4, SRC_RANGE4, SVC4, SrcRangeKey, get_copy, is_node_addr,
     },
@@ -111,12 +112,10 @@ pub enum Flow<'a> {
     /// connect()/sendmsg() on this node: the client is the socket (its cookies, its
     /// network namespace are read from the context by a pick that needs them).
     Socket(&'a SockAddrContext),
-    /// A packet from outside the node: its source, network byte order.
-    Packet {
-        saddr: u32,
-        #[expect(dead_code, reason = "read by a pick by flow hash (Maglev), to come")]
-        sport: u16,
-    },
+    /// A packet from outside the node: its source, network byte order. With the
+    /// frontend (its address as keyed, 0 for a NodePort, port and protocol) this is
+    /// the flow a Maglev table hashes.
+    Packet { saddr: u32, sport: u16 },
 }
 
 impl Flow<'_> {
@@ -137,9 +136,10 @@ impl Flow<'_> {
 /// (UDP per socket) is still valid while that slot holds the same backend id.
 #[derive(Clone, Copy)]
 pub struct Selection {
-    /// The frontend's slot, 1..=count.
+    /// The frontend's slot, 1..=count; 0 when a Maglev table picked the backend (only
+    /// for packets from outside, where nothing keeps the slot).
     pub slot: u16,
-    /// The backend id the slot held.
+    /// The backend id the slot (or the Maglev table's entry) held.
     pub backend_id: u32,
     /// The backend.
     pub backend: Backend4,
@@ -147,21 +147,39 @@ pub struct Selection {
 
 /// Picks the backend of a new flow to `fe`, a frontend whose action is Forward. The
 /// one place a backend is chosen, for every hook: by session affinity when the
-/// frontend has it, else at random.
+/// frontend has it, else by the frontend's Maglev table when it has one (external
+/// frontends with `--lb-algorithm maglev`), else at random.
 #[inline(always)]
 pub fn select_backend(fe: &Frontend, flow: Flow) -> Result<Selection, Error> {
     if fe.svc.affinity_timeout_s != 0 {
-        return select_by_affinity(fe, flow.affinity_client());
+        return select_by_affinity(fe, flow.affinity_client(), &flow);
+    }
+    select_new(fe, &flow)
+}
+
+/// A backend for a flow no affinity decides: by the frontend's Maglev table for a
+/// packet from outside when the table names one, else at random.
+#[inline(always)]
+fn select_new(fe: &Frontend, flow: &Flow) -> Result<Selection, Error> {
+    if let Flow::Packet { saddr, sport } = flow
+        && let Some(backend_id) = maglev::backend_id(fe, *saddr, *sport)
+    {
+        let backend = get_copy(&BACKEND4, &backend_id).ok_or(Cause::BackendMissing)?;
+        return Ok(Selection {
+            slot: 0,
+            backend_id,
+            backend,
+        });
     }
     select_at_random(fe)
 }
 
 /// ClientIP session affinity, as kube-proxy's: the client keeps its backend while the
 /// backend still serves the frontend (the agent's match map says so) and the client
-/// started a flow within the timeout; each new flow renews it. Otherwise a random
-/// pick, remembered.
+/// started a flow within the timeout; each new flow renews it. Otherwise a new pick
+/// ([`select_new`]: the Maglev table or random), remembered.
 #[inline(always)]
-fn select_by_affinity(fe: &Frontend, client: u64) -> Result<Selection, Error> {
+fn select_by_affinity(fe: &Frontend, client: u64, flow: &Flow) -> Result<Selection, Error> {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let key = Affinity4Key {
@@ -174,7 +192,7 @@ fn select_by_affinity(fe: &Frontend, client: u64) -> Result<Selection, Error> {
     if let Some(sel) = affined_backend(fe, &key, now) {
         return Ok(sel);
     }
-    let sel = select_at_random(fe)?;
+    let sel = select_new(fe, flow)?;
     let remembered = Affinity4Value {
         last_used_ns: now,
         backend_id: sel.backend_id,

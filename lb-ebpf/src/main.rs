@@ -7,6 +7,7 @@
 //! same for NodePort, LoadBalancer and external IP traffic from outside the node.
 //!
 //! - `lb.rs`: the load-balancing core every hook calls: frontends, backend selection;
+//! - `maglev.rs`: backend selection by a frontend's Maglev table (TC, new flows);
 //! - `sock4.rs`: the IPv4 socket hooks (connect4, sendmsg4, recvmsg4, getpeername4);
 //! - `bind4.rs`: post_bind4, which keeps NodePorts' ports from local listeners;
 //! - `tc/`: the IPv4 TC programs (parse, rewrite, conntrack, snat, route, icmp);
@@ -19,6 +20,7 @@
 mod bind4;
 mod error;
 mod lb;
+mod maglev;
 mod maps;
 mod sock4;
 mod tc;

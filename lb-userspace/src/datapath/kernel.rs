@@ -28,9 +28,9 @@ use lb_common::{
 };
 use tracing::{debug, info, warn};
 
-use socklb_core::maps::{MapOp, ServiceMaps};
+use socklb_core::maps::{MapOp, ServiceMaps, maglev::MaglevConfig};
 
-use super::DatapathError;
+use super::{DatapathError, maglev_map::MaglevMap};
 
 /// The kernel programs, built by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
@@ -65,6 +65,7 @@ pub struct KernelMaps {
     ct: BpfHashMap<MapData, Ct4Key, Ct4Value>,
     affinity: BpfHashMap<MapData, Affinity4Key, Affinity4Value>,
     affinity_matches: BpfHashMap<MapData, AffinityMatch4Key, AffinityMatch4Value>,
+    maglev: MaglevMap,
 }
 
 /// A device the TC programs attach to.
@@ -122,7 +123,15 @@ impl KernelMaps {
             affinity: BpfHashMap::try_from(get(AFFINITY4)?).map_err(map_err(AFFINITY4, "open"))?,
             affinity_matches: BpfHashMap::try_from(get(AFFINITY_MATCH4)?)
                 .map_err(map_err(AFFINITY_MATCH4, "open"))?,
+            maglev: MaglevMap::new(get(MAGLEV4)?)?,
         })
+    }
+
+    /// The Maglev map's layout: (table size, seed, tables it has room for); a size of
+    /// 0 when it holds none (the random algorithm).
+    pub fn maglev_layout(&self) -> (u32, u32, u32) {
+        let (m, seed) = self.maglev.header();
+        (m, seed, self.maglev.tables())
     }
 
     /// Makes the node address map hold exactly `addrs`.
@@ -269,7 +278,16 @@ impl ServiceMaps for KernelMaps {
                 .map_err(map_err(map_names::AFFINITY_MATCH4, "update")),
             MapOp::DeleteAffinityMatch { key } => ignore_missing(self.affinity_matches.remove(key))
                 .map_err(map_err(map_names::AFFINITY_MATCH4, "delete")),
+            MapOp::PutMaglev {
+                table,
+                index,
+                backend_id,
+            } => self.maglev.put(*table, *index, *backend_id),
         }
+    }
+
+    fn read_maglev_table(&self, table: u32) -> Result<Option<Vec<u32>>, DatapathError> {
+        Ok(self.maglev.read_table(table))
     }
 
     fn dump_affinity_matches(&self) -> Result<Vec<(AffinityMatch4Key, u16)>, DatapathError> {
@@ -365,6 +383,17 @@ pub fn install(
     cgroup: &Path,
     devices: &[Device],
 ) -> Result<KernelMaps, DatapathError> {
+    install_with(pin_dir, cgroup, devices, &MaglevConfig::default())
+}
+
+/// [`install`] with the Maglev tables of `maglev` (their size and seed are set in the
+/// programs, the map sized for them).
+pub fn install_with(
+    pin_dir: &Path,
+    cgroup: &Path,
+    devices: &[Device],
+    maglev: &MaglevConfig,
+) -> Result<KernelMaps, DatapathError> {
     raise_memlock_limit();
     fs::create_dir_all(pin_dir).map_err(|source| DatapathError::Io {
         what: "creating pin directory",
@@ -379,7 +408,7 @@ pub fn install(
     if !reused.is_empty() {
         info!(pin_dir = %pin_dir.display(), maps = ?reused, "adopting pinned maps");
     }
-    let mut ebpf = load_object(pin_dir)?;
+    let mut ebpf = load_object_with(pin_dir, maglev)?;
 
     let cgroup_dir = fs::File::open(cgroup).map_err(|source| DatapathError::Io {
         what: "opening cgroup",
@@ -409,6 +438,24 @@ pub fn install(
     let mut maps = KernelMaps::from_ebpf(&mut ebpf)?;
     maps.set_devices(devices)?;
     Ok(maps)
+}
+
+/// Moves a pinned Maglev map aside when it was made for other Maglev flags (table size,
+/// seed, number of tables): the programs loaded next get a new one (see
+/// [`super::maglev_map`]). The programs still attached keep the old map until their
+/// links are replaced.
+fn replace_maglev_pin_if_stale(pin_dir: &Path, maglev: &MaglevConfig) -> Result<(), DatapathError> {
+    let pin = pin_dir.join(map_names::MAGLEV4);
+    if super::maglev_map::pinned_layout_matches(&pin, maglev) == Some(false) {
+        warn!(
+            pin = %pin.display(),
+            "the pinned Maglev tables were made for other flags (--lb-algorithm, \
+             --maglev-table-size, --maglev-max-tables or --maglev-hash-seed): starting new \
+             tables; new flows pick at random until they are written"
+        );
+        remove_pin(&pin)?;
+    }
+    Ok(())
 }
 
 /// TC ingress and egress on each device (TCX links, pinned). Links of devices no
@@ -466,9 +513,12 @@ fn tc_link_pins(pin_dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Parses the object and creates (or reuses) its maps pinned in `pin_dir`; no
-/// program is loaded or attached yet.
-fn load_object(pin_dir: &Path) -> Result<Ebpf, DatapathError> {
+/// Parses the object and creates (or reuses) its maps pinned in `pin_dir`, with the
+/// Maglev map sized for `maglev` and its table size and seed set in the programs'
+/// read-only globals; no program is loaded or attached yet. The Maglev map's header
+/// is written once the maps are opened ([`KernelMaps`]).
+pub fn load_object_with(pin_dir: &Path, maglev: &MaglevConfig) -> Result<Ebpf, DatapathError> {
+    replace_maglev_pin_if_stale(pin_dir, maglev)?;
     let mut loader = EbpfLoader::new();
     let map_paths: Vec<(&str, PathBuf)> = map_names::ALL
         .iter()
@@ -477,7 +527,41 @@ fn load_object(pin_dir: &Path) -> Result<Ebpf, DatapathError> {
     for (name, path) in &map_paths {
         loader.map_pin_path(name, path.as_path());
     }
-    Ok(loader.load(EBPF_OBJECT)?)
+    let values = u32::try_from(maglev.map_entries()).map_err(|_| {
+        DatapathError::Inconsistent(format!(
+            "{} Maglev tables of {} entries do not fit in one map",
+            maglev.tables(),
+            maglev.table_size
+        ))
+    })?;
+    let table_size = maglev.kernel_table_size();
+    loader
+        .map_max_entries(map_names::MAGLEV4, values)
+        .override_global("MAGLEV_TABLE_SIZE", &table_size, true)
+        .override_global("MAGLEV_SEED", &maglev.seed, true);
+    let mut ebpf = loader.load(EBPF_OBJECT)?;
+    // The header says what the tables are; a reused map has it already.
+    let map = ebpf.map_mut(map_names::MAGLEV4).ok_or_else(|| {
+        DatapathError::Inconsistent(format!("the eBPF object has no map {}", map_names::MAGLEV4))
+    })?;
+    write_maglev_header(map, table_size, maglev.seed)?;
+    Ok(ebpf)
+}
+
+/// Writes the Maglev map's header (element 0) with a syscall (the map is mmapped
+/// later, by [`KernelMaps`]).
+fn write_maglev_header(map: &mut Map, table_size: u32, seed: u32) -> Result<(), DatapathError> {
+    let mut array: aya::maps::Array<&mut MapData, lb_common::maglev::MaglevEntries> =
+        aya::maps::Array::try_from(map).map_err(map_err(map_names::MAGLEV4, "open"))?;
+    let header = lb_common::maglev::MaglevEntries {
+        backend_ids: [table_size, seed],
+    };
+    if array.get(&0, 0).ok() != Some(header) {
+        array
+            .set(0, header, 0)
+            .map_err(map_err(map_names::MAGLEV4, "update"))?;
+    }
+    Ok(())
 }
 
 /// The data path's maps pinned in `pin_dir` (created when missing), with no program
@@ -489,7 +573,7 @@ pub fn create_maps(pin_dir: &Path) -> Result<KernelMaps, DatapathError> {
         path: pin_dir.to_path_buf(),
         source,
     })?;
-    KernelMaps::from_ebpf(&mut load_object(pin_dir)?)
+    KernelMaps::from_ebpf(&mut load_object_with(pin_dir, &MaglevConfig::default())?)
 }
 
 /// Pins `link` at `path`, replacing (and so detaching) a link pinned there before.

@@ -4,6 +4,7 @@
 
 pub mod devices;
 pub mod kernel;
+pub mod maglev_map;
 pub mod reconcile;
 pub mod status;
 

@@ -7,16 +7,25 @@
 //! 3. slot 0 is written before slots beyond the new count are removed;
 //! 4. backends are removed only after no slot refers to them.
 //!
+//! Maglev tables (external frontends with `--lb-algorithm maglev`, see [`super::maglev`])
+//! follow the same rules: a table's entries name backends that are already written
+//! (after rule 1), a new table is written whole before slot 0 names it, a table that
+//! slot 0 already names is rewritten entry by entry where the new backend set's table
+//! differs from the old one's (both computed, never kept), and its backends are removed
+//! only after (rule 4). A table index is freed only after slot 0 stopped naming it, and
+//! like backend ids, indexes are not reused while free ones remain ahead.
+//!
 //! Slots are stable: a backend keeps its slot while it stays, a removed backend's
 //! slot is refilled by an added one or by the last slot's backend, so one changed
 //! endpoint costs a few writes however large the service is.
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use lb_common::{AffinityMatch4Key, Backend4, SrcRange4Key, Svc4Key, Svc4Value, SvcAction};
 
 use super::{
     ServiceMaps,
-    desired::{BackendKey, DesiredFrontend, DesiredState, FrontendKey},
+    desired::{BackendKey, DesiredFrontend, DesiredState, FrontendKey, Scope},
+    maglev::{self, MaglevConfig, Table},
     v4,
 };
 use crate::model::IpCidr;
@@ -55,6 +64,12 @@ pub enum MapOp {
     DeleteAffinityMatch {
         key: AffinityMatch4Key,
     },
+    /// Entry `index` (0..M) of Maglev table `table` (1, 2, ...) names a backend.
+    PutMaglev {
+        table: u32,
+        index: u32,
+        backend_id: u32,
+    },
 }
 
 /// A frontend as it is in the maps.
@@ -66,6 +81,11 @@ pub struct ProgrammedFrontend {
     pub slots: Vec<u32>,
     /// Allowed source prefixes (loadBalancerSourceRanges), sorted.
     pub source_ranges: Vec<IpCidr>,
+    /// The Maglev table this frontend owns, 0 = none. Its content is the table of the
+    /// slots' backends; slot 0 names it (`service.backend_id`). A slot 0 that names a
+    /// table the frontend does not own (adopted from an agent with other flags) is
+    /// rewritten by the next sync.
+    pub maglev_table: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +101,9 @@ pub struct Capacity {
     pub svc_entries: usize,
     pub backends: usize,
     pub affinity_matches: usize,
+    /// The Maglev tables: how many there are room for, their size and seed; none with
+    /// the random algorithm.
+    pub maglev: MaglevConfig,
 }
 
 impl Default for Capacity {
@@ -89,6 +112,7 @@ impl Default for Capacity {
             svc_entries: lb_common::capacity::SVC4 as usize,
             backends: lb_common::capacity::BACKEND4 as usize,
             affinity_matches: lb_common::capacity::AFFINITY_MATCH4 as usize,
+            maglev: MaglevConfig::default(),
         }
     }
 }
@@ -104,6 +128,37 @@ pub struct ProgrammedState {
     /// Entries of the affinity match map: one per slot of a frontend with affinity.
     affinity_matches: usize,
     capacity: Capacity,
+    tables: TableIndexes,
+    /// Frontends that want a Maglev table but found none free: they pick at random
+    /// until one is freed.
+    waiting_for_table: BTreeSet<FrontendKey>,
+}
+
+/// Maglev table indexes 1..=max: which are taken, and where the next search starts.
+#[derive(Clone, Debug, Default)]
+struct TableIndexes {
+    taken: BTreeSet<u32>,
+    next: u32,
+}
+
+impl TableIndexes {
+    /// A free index of 1..=max, searching from after the last one handed out.
+    fn allocate(&mut self, max: u32) -> Option<u32> {
+        if self.taken.len() >= max as usize {
+            return None;
+        }
+        let start = self.next.clamp(1, max.max(1));
+        let index = (start..=max)
+            .chain(1..start)
+            .find(|i| !self.taken.contains(i))?;
+        self.taken.insert(index);
+        self.next = if index >= max { 1 } else { index + 1 };
+        Some(index)
+    }
+
+    fn free(&mut self, index: u32) {
+        self.taken.remove(&index);
+    }
 }
 
 /// What a sync did.
@@ -115,6 +170,10 @@ pub struct SyncStats {
     pub skipped_full: Vec<FrontendKey>,
     /// Frontends of an address family the maps do not hold, not programmed.
     pub skipped_family: Vec<FrontendKey>,
+    /// External frontends that pick at random because no Maglev table is free.
+    pub maglev_full: Vec<FrontendKey>,
+    /// Of `ops`, the Maglev table entries written.
+    pub maglev_entries: usize,
 }
 
 impl ProgrammedState {
@@ -210,6 +269,7 @@ impl ProgrammedState {
                     service,
                     slots,
                     source_ranges: Vec::new(),
+                    maglev_table: 0,
                 },
             );
         }
@@ -255,6 +315,7 @@ impl ProgrammedState {
         }
         let mut stray_matches: Vec<AffinityMatch4Key> = matches.into_keys().collect();
         stray_matches.sort();
+        let maglev_repairs = state.adopt_maglev_tables(maps)?;
 
         let mut cleanup: Vec<MapOp> = entries
             .keys()
@@ -280,7 +341,8 @@ impl ProgrammedState {
                 .map(|key| MapOp::DeleteAffinityMatch { key }),
         );
         cleanup.extend(match_ops);
-        // Backends go after the slots that might still name them.
+        cleanup.extend(maglev_repairs);
+        // Backends go after the slots (and table entries) that might still name them.
         cleanup.extend(
             dropped_backends
                 .into_iter()
@@ -289,6 +351,75 @@ impl ProgrammedState {
         let max_id = backends.iter().map(|(id, _)| *id).max().unwrap_or(0);
         state.next_backend_id = max_id.wrapping_add(1).max(1);
         Ok((state, cleanup))
+    }
+
+    /// Takes over the Maglev tables the adopted frontends' slot 0 names: a frontend
+    /// owns its table when this agent would give it one (Maglev on, an external
+    /// frontend that forwards, the index within the configured tables and named by no
+    /// other frontend). An owned table is compared entry by entry with the table of
+    /// the frontend's backends under this agent's size and seed, and the ops that
+    /// repair it are returned (entries naming backends the frontend has: they exist).
+    /// A frontend that names a table it cannot own keeps that value in the mirror, so
+    /// the next sync rewrites its slot 0.
+    fn adopt_maglev_tables<M: ServiceMaps + ?Sized>(
+        &mut self,
+        maps: &M,
+    ) -> Result<Vec<MapOp>, M::Error> {
+        let config = self.capacity.maglev;
+        let mut repairs = Vec::new();
+        let mut keys: Vec<FrontendKey> = self.frontends.keys().copied().collect();
+        keys.sort();
+        for key in keys {
+            let Some(fe) = self.frontends.get(&key) else {
+                continue;
+            };
+            let table = fe.service.backend_id;
+            let forwards = SvcAction::from_u8(fe.service.action) == Some(SvcAction::Forward);
+            if table == 0
+                || table > config.tables()
+                || self.tables.taken.contains(&table)
+                || !uses_table(&config, &key, forwards, fe.slots.len())
+            {
+                continue;
+            }
+            let Some(have) = maps.read_maglev_table(table)? else {
+                continue;
+            };
+            if have.len() != config.table_size as usize {
+                continue;
+            }
+            let ids = fe.slots.clone();
+            let want = self.table_ids(&ids, &config);
+            repairs.extend(table_writes(table, Some(have.as_slice()), &want));
+            self.tables.taken.insert(table);
+            self.tables.next = if table >= config.tables() {
+                1
+            } else {
+                table + 1
+            };
+            if let Some(fe) = self.frontends.get_mut(&key) {
+                fe.maglev_table = table;
+            }
+        }
+        Ok(repairs)
+    }
+
+    /// The table of the backends with these ids, entry by entry as backend ids.
+    fn table_ids(&self, ids: &[u32], config: &MaglevConfig) -> Vec<u32> {
+        let keyed: Vec<(u32, BackendKey)> = ids
+            .iter()
+            .filter_map(|id| self.backend_keys.get(id).map(|k| (*id, *k)))
+            .collect();
+        let backends: Vec<BackendKey> = keyed.iter().map(|(_, k)| *k).collect();
+        Table::build(&backends, config.table_size, config.seed)
+            .entries()
+            .map(|i| keyed[i].0)
+            .collect()
+    }
+
+    /// Maglev tables in use.
+    pub fn maglev_tables(&self) -> usize {
+        self.tables.taken.len()
     }
 
     /// Computes the ops that turn the programmed state into `desired`, updating the
@@ -318,17 +449,49 @@ impl ProgrammedState {
         let (removals, updates): (Vec<&FrontendKey>, Vec<&FrontendKey>) = keys
             .iter()
             .partition(|k| !desired.frontends.contains_key(*k));
-        for key in removals.into_iter().chain(updates) {
-            let before = ops.len();
-            match self.sync_frontend(*key, desired.frontends.get(key), &mut ops, &mut released) {
-                Ok(()) => {}
-                Err(Skip::Full) => stats.skipped_full.push(*key),
-                Err(Skip::Family) => stats.skipped_family.push(*key),
+        let free_tables = |st: &Self| {
+            (st.capacity.maglev.tables() as usize).saturating_sub(st.tables.taken.len())
+        };
+        let mut touched: Vec<FrontendKey> = Vec::new();
+        let mut changed: HashSet<FrontendKey> = HashSet::new();
+        let mut queue: Vec<FrontendKey> = removals.into_iter().chain(updates).copied().collect();
+        let mut retried: HashSet<FrontendKey> = HashSet::new();
+        while !queue.is_empty() {
+            for key in std::mem::take(&mut queue) {
+                let before = ops.len();
+                match self.sync_frontend(key, desired.frontends.get(&key), &mut ops, &mut released)
+                {
+                    Ok(()) => {}
+                    Err(Skip::Full) => stats.skipped_full.push(key),
+                    Err(Skip::Family) => stats.skipped_family.push(key),
+                }
+                if ops.len() > before && changed.insert(key) {
+                    stats.frontends_changed += 1;
+                }
+                touched.push(key);
             }
-            if ops.len() > before {
-                stats.frontends_changed += 1;
-            }
+            // A frontend waiting for a table gets one as soon as one is free (freed in
+            // this batch, or earlier while it was not touched); once per batch each.
+            let free = free_tables(self);
+            queue = self
+                .waiting_for_table
+                .iter()
+                .copied()
+                .filter(|k| desired.frontends.contains_key(k) && !retried.contains(k))
+                .take(free)
+                .collect();
+            retried.extend(queue.iter().copied());
         }
+        touched.sort();
+        touched.dedup();
+        stats.maglev_full = touched
+            .into_iter()
+            .filter(|k| self.waiting_for_table.contains(k))
+            .collect();
+        stats.maglev_entries = ops
+            .iter()
+            .filter(|op| matches!(op, MapOp::PutMaglev { .. }))
+            .count();
         for id in released {
             // Released earlier in this batch but taken again by another frontend?
             let still_used = self
@@ -356,6 +519,7 @@ impl ProgrammedState {
     ) -> Result<(), Skip> {
         let svc_key = v4::svc_key(&key).ok_or(Skip::Family)?;
         let Some(desired) = desired else {
+            self.waiting_for_table.remove(&key);
             if let Some(old) = self.frontends.remove(&key) {
                 // Affinities to its backends end first; then slot 0: new readers stop
                 // at once; then the slots and ranges.
@@ -368,6 +532,10 @@ impl ProgrammedState {
                     self.affinity_matches -= old.slots.len();
                 }
                 ops.push(MapOp::DeleteSvc { key: svc_key });
+                // Its table is named by no slot 0 any more.
+                if old.maglev_table != 0 {
+                    self.tables.free(old.maglev_table);
+                }
                 for (i, id) in old.slots.iter().enumerate() {
                     ops.push(MapOp::DeleteSvc {
                         key: svc_key.with_slot(slot_number(i)),
@@ -488,17 +656,39 @@ impl ProgrammedState {
         {
             ops.extend(src_range_op(&svc_key, cidr, true));
         }
+        // The Maglev table: its entries name backends written above, and are written
+        // before slot 0 names a new table.
+        let final_ids: Vec<u32> = final_slots.iter().flatten().copied().collect();
+        let old_table = old.as_ref().map_or(0, |o| o.maglev_table);
+        let table = self.sync_table(
+            &key,
+            old_table,
+            old_slots,
+            &final_ids,
+            uses_table(
+                &self.capacity.maglev,
+                &key,
+                desired.action == SvcAction::Forward,
+                new_count,
+            ),
+            ops,
+        );
         let service = Svc4Value::service(
             desired.action,
             new_count as u16,
             desired.affinity_timeout_s,
             desired.flags,
-        );
+        )
+        .with_maglev_table(table);
         if old.as_ref().map(|o| o.service) != Some(service) {
             ops.push(MapOp::PutSvc {
                 key: svc_key,
                 value: service,
             });
+        }
+        // A table slot 0 no longer names is free.
+        if old_table != 0 && old_table != table {
+            self.tables.free(old_table);
         }
         // Rule 3: slots beyond the new count (and sources no longer allowed) go after.
         for i in new_count..old_slots.len() {
@@ -523,9 +713,55 @@ impl ProgrammedState {
                 service,
                 slots,
                 source_ranges: desired.source_ranges.clone(),
+                maglev_table: table,
             },
         );
         Ok(())
+    }
+
+    /// The Maglev table of frontend `key` after this sync (0: none), with the ops that
+    /// write it: all entries of a new table, the entries that differ between the old
+    /// and the new backends' tables of one it keeps. A frontend that wants a table
+    /// and finds none free waits for one (and picks at random meanwhile).
+    fn sync_table(
+        &mut self,
+        key: &FrontendKey,
+        old_table: u32,
+        old_ids: &[u32],
+        new_ids: &[u32],
+        wants: bool,
+        ops: &mut Vec<MapOp>,
+    ) -> u32 {
+        if !wants {
+            self.waiting_for_table.remove(key);
+            return 0;
+        }
+        let config = self.capacity.maglev;
+        let table = if old_table != 0 {
+            old_table
+        } else {
+            match self.tables.allocate(config.tables()) {
+                Some(t) => t,
+                None => {
+                    self.waiting_for_table.insert(*key);
+                    return 0;
+                }
+            }
+        };
+        self.waiting_for_table.remove(key);
+        let want = self.table_ids(new_ids, &config);
+        if old_table == 0 {
+            ops.extend(table_writes(table, None, &want));
+            return table;
+        }
+        let (mut before, mut after) = (old_ids.to_vec(), new_ids.to_vec());
+        before.sort_unstable();
+        after.sort_unstable();
+        if before != after {
+            let have = self.table_ids(old_ids, &config);
+            ops.extend(table_writes(table, Some(have.as_slice()), &want));
+        }
+        table
     }
 
     /// The id of `backend`, written to the backend map when new. The caller checked
@@ -615,6 +851,31 @@ fn affinity_changes(
     (deletes, puts)
 }
 
+/// Whether frontend `key` has a Maglev table (see [`maglev::has_table`]) and there
+/// are tables at all.
+fn uses_table(config: &MaglevConfig, key: &FrontendKey, forwards: bool, backends: usize) -> bool {
+    config.tables() > 0
+        && maglev::has_table(
+            config.algorithm,
+            key.scope == Scope::External,
+            forwards && backends > 0,
+        )
+}
+
+/// The ops that make table `table` hold `want`: every entry, or those that differ from
+/// `have` (what it holds now).
+fn table_writes(table: u32, have: Option<&[u32]>, want: &[u32]) -> Vec<MapOp> {
+    want.iter()
+        .enumerate()
+        .filter(|(i, id)| have.and_then(|h| h.get(*i)) != Some(*id))
+        .map(|(i, id)| MapOp::PutMaglev {
+            table,
+            index: i as u32,
+            backend_id: *id,
+        })
+        .collect()
+}
+
 /// Why a frontend was left as it was.
 enum Skip {
     /// The maps have no room for this frontend's new entries.
@@ -649,7 +910,10 @@ pub fn apply_ops<M: ServiceMaps + ?Sized>(maps: &mut M, ops: &[MapOp]) -> Result
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, SocketAddr};
+    use std::{
+        collections::BTreeSet,
+        net::{Ipv4Addr, SocketAddr},
+    };
 
     use lb_common::{IPPROTO_TCP, SVC_FLAG_WILDCARD};
 
@@ -715,7 +979,7 @@ mod tests {
     fn apply_checked(maps: &mut MemoryMaps, ops: &[MapOp]) {
         for op in ops {
             maps.apply(op).unwrap();
-            if let Err(e) = maps.reader_view() {
+            if let Err(e) = maps.reader_view_after(op) {
                 panic!("after {op:?} a reader would see a half-written service: {e}");
             }
         }
@@ -1101,5 +1365,295 @@ mod tests {
             maps.apply(op).unwrap();
         }
         assert_maps_match(&maps, &want);
+    }
+
+    // ---- Maglev tables ------------------------------------------------------------
+
+    const M: u32 = 251;
+
+    fn maglev_capacity(tables: u32) -> Capacity {
+        Capacity {
+            maglev: MaglevConfig::maglev(M, tables, 7).unwrap(),
+            ..Capacity::default()
+        }
+    }
+
+    /// An external (TC) frontend: NodePort `port` (address 0.0.0.0).
+    fn ext(port: u16) -> FrontendKey {
+        FrontendKey::new(
+            FrontendAddr {
+                ip: Ipv4Addr::UNSPECIFIED.into(),
+                port,
+                protocol: Protocol::Tcp,
+            },
+            Scope::External,
+        )
+    }
+
+    fn svc_of(maps: &MemoryMaps, key: &FrontendKey) -> Svc4Value {
+        maps.services[&v4::svc_key(key).unwrap()]
+    }
+
+    /// The table slot 0 of `key` names, as backends (by identity).
+    fn table_of(maps: &MemoryMaps, key: &FrontendKey) -> Vec<SocketAddr> {
+        let table = svc_of(maps, key).backend_id;
+        assert_ne!(table, 0, "{key} has no table");
+        maps.maglev[&table]
+            .iter()
+            .map(|id| {
+                let b = maps.backends[id];
+                v4::backend_key(&b).unwrap().addr
+            })
+            .collect()
+    }
+
+    fn expected_table(backends: &[BackendKey], cap: &Capacity) -> Vec<SocketAddr> {
+        Table::build(backends, cap.maglev.table_size, cap.maglev.seed)
+            .entries()
+            .map(|i| backends[i].addr)
+            .collect()
+    }
+
+    /// Every external frontend that forwards has the table of its backends, and a
+    /// restarted agent adopting the maps finds nothing to repair or clean.
+    fn assert_tables(maps: &MemoryMaps, want: &DesiredState, cap: Capacity) {
+        for (key, d) in &want.frontends {
+            let table = svc_of(maps, key).backend_id;
+            if key.scope == Scope::External && d.action == SvcAction::Forward && table != 0 {
+                assert_eq!(
+                    table_of(maps, key),
+                    expected_table(&d.backends, &cap),
+                    "{key}"
+                );
+            }
+            if key.scope == Scope::Internal {
+                assert_eq!(table, 0, "{key}: internal frontends pick at random");
+            }
+        }
+        let (adopted, cleanup) = ProgrammedState::adopt(maps, cap).unwrap();
+        assert!(
+            cleanup.is_empty(),
+            "adoption would repair: {} ops",
+            cleanup.len()
+        );
+        let named: BTreeSet<u32> = maps
+            .services
+            .iter()
+            .filter(|(k, v)| k.backend_slot == 0 && v.backend_id != 0)
+            .map(|(_, v)| v.backend_id)
+            .collect();
+        assert_eq!(
+            adopted.maglev_tables(),
+            named.len(),
+            "every named table is adopted"
+        );
+    }
+
+    fn sync_with(
+        state: &mut ProgrammedState,
+        maps: &mut MemoryMaps,
+        want: &DesiredState,
+        cap: Capacity,
+    ) -> SyncStats {
+        let stats = sync(state, maps, want);
+        assert_tables(maps, want, cap);
+        stats
+    }
+
+    #[test]
+    fn maglev_tables_are_written_whole_then_entry_by_entry() {
+        let cap = maglev_capacity(4);
+        let mut st = ProgrammedState::with_capacity(cap);
+        let mut maps = MemoryMaps::default();
+        let four: Vec<BackendKey> = (1..=4).map(|i| be(i, 8080)).collect();
+        let want = desired(&[(ext(30080), forward(&four)), (fe(10, 80), forward(&four))]);
+        let stats = sync_with(&mut st, &mut maps, &want, cap);
+        // 4 backends, 2 x (4 slots + slot 0), the whole table of the external one.
+        assert_eq!(stats.maglev_entries, M as usize);
+        assert_eq!(stats.ops, 4 + 10 + M as usize);
+        assert_eq!(svc_of(&maps, &ext(30080)).backend_id, 1);
+        assert_eq!(st.maglev_tables(), 1);
+        let stats = sync_with(&mut st, &mut maps, &want, cap);
+        assert_eq!(stats.ops, 0, "unchanged: nothing written");
+
+        // One of four leaves: its entries and few others are rewritten in place.
+        let three = &four[1..];
+        let want = desired(&[(ext(30080), forward(three)), (fe(10, 80), forward(three))]);
+        let before = table_of(&maps, &ext(30080));
+        let stats = sync_with(&mut st, &mut maps, &want, cap);
+        let after = table_of(&maps, &ext(30080));
+        let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+        let on_gone = before.iter().filter(|a| **a == four[0].addr).count();
+        assert_eq!(
+            stats.maglev_entries, moved,
+            "only entries that change are written"
+        );
+        // (The builder's tests bound the others at M = 16381; 251 is coarse.)
+        assert!(
+            moved >= on_gone && moved < 2 * on_gone,
+            "{moved} moved, {on_gone} were on the removed backend"
+        );
+        assert_eq!(svc_of(&maps, &ext(30080)).backend_id, 1, "the same table");
+
+        // Reject: slot 0 stops naming the table, which is freed; forward again: a new
+        // index (not reused while others are free), written whole.
+        let want = desired(&[(ext(30080), reject()), (fe(10, 80), forward(three))]);
+        sync_with(&mut st, &mut maps, &want, cap);
+        assert_eq!(svc_of(&maps, &ext(30080)).backend_id, 0);
+        assert_eq!(st.maglev_tables(), 0);
+        let want = desired(&[(ext(30080), forward(three)), (fe(10, 80), forward(three))]);
+        let stats = sync_with(&mut st, &mut maps, &want, cap);
+        assert_eq!(svc_of(&maps, &ext(30080)).backend_id, 2);
+        assert_eq!(stats.maglev_entries, M as usize);
+        // Removed: freed with it.
+        sync_with(&mut st, &mut maps, &desired(&[]), cap);
+        assert_eq!(st.maglev_tables(), 0);
+        assert!(maps.services.is_empty() && maps.backends.is_empty());
+    }
+
+    #[test]
+    fn maglev_without_a_free_table_picks_at_random_until_one_is_freed() {
+        let cap = maglev_capacity(2);
+        let mut st = ProgrammedState::with_capacity(cap);
+        let mut maps = MemoryMaps::default();
+        let two = [be(1, 8080), be(2, 8080)];
+        let all = |ports: &[u16]| {
+            desired(
+                &ports
+                    .iter()
+                    .map(|p| (ext(*p), forward(&two)))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let stats = sync_with(&mut st, &mut maps, &all(&[30001, 30002, 30003]), cap);
+        assert_eq!(stats.maglev_full, vec![ext(30003)]);
+        assert_eq!(
+            svc_of(&maps, &ext(30003)).backend_id,
+            0,
+            "random, never failed"
+        );
+        assert_eq!(svc_of(&maps, &ext(30003)).count, 2);
+        // Another sync that does not touch it leaves it waiting.
+        let (ops, stats) = st.sync_keys(&all(&[30001, 30002, 30003]), &[ext(30001)]);
+        assert!(ops.is_empty() && stats.maglev_full.is_empty());
+        // 30001 goes: its table is free, and 30003 gets it in the same batch.
+        let stats = sync_with(&mut st, &mut maps, &all(&[30002, 30003]), cap);
+        assert!(stats.maglev_full.is_empty());
+        assert_ne!(svc_of(&maps, &ext(30003)).backend_id, 0);
+        assert_eq!(st.maglev_tables(), 2);
+    }
+
+    #[test]
+    fn a_restarted_agent_keeps_the_tables_and_repairs_what_differs() {
+        let cap = maglev_capacity(4);
+        let mut st = ProgrammedState::with_capacity(cap);
+        let mut maps = MemoryMaps::default();
+        let three = [be(1, 8080), be(2, 8080), be(3, 8080)];
+        let want = desired(&[
+            (ext(30080), forward(&three)),
+            (ext(30081), forward(&three[..2])),
+        ]);
+        sync_with(&mut st, &mut maps, &want, cap);
+
+        // The same flags: nothing to write, the tables stay where they are.
+        let (mut adopted, cleanup) = ProgrammedState::adopt(&maps, cap).unwrap();
+        assert!(cleanup.is_empty());
+        assert!(adopted.sync_all(&want).0.is_empty());
+
+        // An entry that differs (a failed write): repaired on adoption, in place.
+        let t = svc_of(&maps, &ext(30080)).backend_id;
+        let other = maps.maglev[&t][1];
+        let right = maps.maglev[&t][0];
+        if other != right {
+            maps.maglev.get_mut(&t).unwrap()[0] = other;
+        }
+        let (_, cleanup) = ProgrammedState::adopt(&maps, cap).unwrap();
+        assert_eq!(cleanup.len(), usize::from(other != right), "{cleanup:?}");
+        apply_checked(&mut maps, &cleanup);
+        assert_tables(&maps, &want, cap);
+
+        // Two frontends naming one table (not this agent's doing): the first keeps it,
+        // the second gets its own before its slot 0 changes.
+        let t2 = svc_of(&maps, &ext(30081)).backend_id;
+        let key2 = v4::svc_key(&ext(30081)).unwrap();
+        let mut v = maps.services[&key2];
+        v.backend_id = t;
+        maps.services.insert(key2, v);
+        maps.maglev.remove(&t2);
+        let (mut adopted, cleanup) = ProgrammedState::adopt(&maps, cap).unwrap();
+        apply_checked(&mut maps, &cleanup);
+        let (ops, _) = adopted.sync_all(&want);
+        apply_checked(&mut maps, &ops);
+        assert_tables(&maps, &want, cap);
+        assert_ne!(svc_of(&maps, &ext(30081)).backend_id, t);
+
+        // An agent with the random algorithm: slot 0 stops naming tables.
+        let random = Capacity::default();
+        let (mut adopted, cleanup) = ProgrammedState::adopt(&maps, random).unwrap();
+        apply_checked(&mut maps, &cleanup);
+        let (ops, _) = adopted.sync_all(&want);
+        apply_checked(&mut maps, &ops);
+        assert_eq!(svc_of(&maps, &ext(30080)).backend_id, 0);
+        assert_eq!(svc_of(&maps, &ext(30081)).backend_id, 0);
+    }
+
+    #[test]
+    fn maglev_random_walk_keeps_tables_and_readers_right() {
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let cap = maglev_capacity(3);
+        let mut st = ProgrammedState::with_capacity(cap);
+        let mut maps = MemoryMaps::default();
+        for _round in 0..120 {
+            let mut entries = Vec::new();
+            for f in 0..4u16 {
+                let roll = next() % 10;
+                if roll == 0 {
+                    continue;
+                }
+                let key = ext(30000 + f);
+                if roll == 1 {
+                    entries.push((key, reject()));
+                    continue;
+                }
+                let n = next() % 8;
+                let backends: Vec<BackendKey> = (0..n)
+                    .map(|_| be((next() % 12) as u8, 8080))
+                    .collect::<HashSet<_>>()
+                    .into_iter()
+                    .collect();
+                let mut d = if backends.is_empty() {
+                    reject()
+                } else {
+                    forward(&backends)
+                };
+                if next() % 4 == 0 {
+                    d.affinity_timeout_s = 30;
+                }
+                entries.push((key, d.clone()));
+                // Its internal twin (socket hooks) shares the backends, never a table.
+                entries.push((
+                    FrontendKey {
+                        scope: Scope::Internal,
+                        ..key
+                    },
+                    d,
+                ));
+            }
+            let want = desired(&entries);
+            sync_with(&mut st, &mut maps, &want, cap);
+            // Three tables for up to four forwarding frontends: the others wait.
+            let forwarding = want
+                .frontends
+                .iter()
+                .filter(|(k, d)| k.scope == Scope::External && d.action == SvcAction::Forward)
+                .count();
+            assert_eq!(st.maglev_tables(), forwarding.min(3));
+        }
     }
 }

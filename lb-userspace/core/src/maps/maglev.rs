@@ -71,6 +71,14 @@ impl FromStr for LbAlgorithm {
     }
 }
 
+/// Whether a frontend picks by a Maglev table: with `--lb-algorithm maglev`, an
+/// external frontend (NodePort, LoadBalancer IP, external IP: traffic through the TC
+/// program) that forwards to backends. The diff gives such frontends a table and
+/// `socklb plan` shows the rule's answer.
+pub fn has_table(algorithm: LbAlgorithm, external: bool, forwards_to_backends: bool) -> bool {
+    algorithm == LbAlgorithm::Maglev && external && forwards_to_backends
+}
+
 /// The default number of tables (`--maglev-max-tables`): 64 MiB at the default size.
 pub const DEFAULT_MAX_TABLES: u32 = 1024;
 

@@ -28,6 +28,9 @@ pub trait ServiceMaps {
     fn dump_src_ranges(&self) -> Result<Vec<(SrcRange4Key, u32)>, Self::Error>;
     /// Every affinity match entry: (key, slot).
     fn dump_affinity_matches(&self) -> Result<Vec<(AffinityMatch4Key, u16)>, Self::Error>;
+    /// The entries of Maglev table `table` (1, 2, ...) as the maps hold them (backend
+    /// ids, 0 for none); None when the maps have no such table.
+    fn read_maglev_table(&self, table: u32) -> Result<Option<Vec<u32>>, Self::Error>;
 }
 
 /// IPv4 address as the maps store it (network byte order in a u32's memory).

@@ -20,6 +20,9 @@ pub struct MemoryMaps {
     pub src_ranges: std::collections::BTreeSet<(u32, u16, u8, u32, u32)>,
     /// The affinity match map: (frontend, backend id) -> slot.
     pub affinity_matches: BTreeMap<AffinityMatch4Key, u16>,
+    /// The Maglev tables by index: entry -> backend id (0: none), as long as the
+    /// highest entry written.
+    pub maglev: BTreeMap<u32, Vec<u32>>,
     /// Writes and deletes applied so far.
     pub ops_applied: usize,
     /// Fail the op with this index (counting from 0), to test error paths.
@@ -28,11 +31,24 @@ pub struct MemoryMaps {
 
 impl MemoryMaps {
     /// What a reader sees for every frontend right now: Err if a reader could hit a
-    /// missing slot or backend (a half-written service).
+    /// missing slot or backend (a half-written service), or a Maglev table slot 0
+    /// names with an entry that names no backend (a new table must be written whole
+    /// before slot 0 names it; a backend removed only after no entry names it).
     pub fn reader_view(&self) -> Result<(), String> {
         for (key, svc) in self.services.iter().filter(|(k, _)| k.backend_slot == 0) {
             if SvcAction::from_u8(svc.action) != Some(SvcAction::Forward) {
                 continue;
+            }
+            if svc.backend_id != 0 {
+                let table = self.maglev.get(&svc.backend_id).ok_or_else(|| {
+                    format!(
+                        "{key:?}: names Maglev table {} that is not written",
+                        svc.backend_id
+                    )
+                })?;
+                for (index, id) in table.iter().enumerate() {
+                    self.check_maglev_entry(key, svc.backend_id, index, *id)?;
+                }
             }
             for slot in 1..=svc.count {
                 let slot_val = self
@@ -59,6 +75,47 @@ impl MemoryMaps {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// [`Self::reader_view`] after `op` was applied to maps that passed it before: the
+    /// same verdict, cheaper for a Maglev entry (only that entry changed).
+    pub fn reader_view_after(&self, op: &MapOp) -> Result<(), String> {
+        let MapOp::PutMaglev {
+            table,
+            index,
+            backend_id,
+        } = op
+        else {
+            return self.reader_view();
+        };
+        for (key, svc) in self.services.iter().filter(|(k, _)| k.backend_slot == 0) {
+            if svc.backend_id == *table
+                && SvcAction::from_u8(svc.action) == Some(SvcAction::Forward)
+            {
+                self.check_maglev_entry(key, *table, *index as usize, *backend_id)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_maglev_entry(
+        &self,
+        key: &Svc4Key,
+        table: u32,
+        index: usize,
+        id: u32,
+    ) -> Result<(), String> {
+        if id == 0 {
+            return Err(format!(
+                "{key:?}: entry {index} of Maglev table {table} names no backend"
+            ));
+        }
+        if !self.backends.contains_key(&id) {
+            return Err(format!(
+                "{key:?}: entry {index} of Maglev table {table} names missing backend {id}"
+            ));
         }
         Ok(())
     }
@@ -111,6 +168,18 @@ impl ServiceMaps for MemoryMaps {
             MapOp::DeleteAffinityMatch { key } => {
                 self.affinity_matches.remove(key);
             }
+            MapOp::PutMaglev {
+                table,
+                index,
+                backend_id,
+            } => {
+                let entries = self.maglev.entry(*table).or_default();
+                let i = *index as usize;
+                if entries.len() <= i {
+                    entries.resize(i + 1, 0);
+                }
+                entries[i] = *backend_id;
+            }
         }
         self.ops_applied += 1;
         Ok(())
@@ -130,6 +199,10 @@ impl ServiceMaps for MemoryMaps {
             .iter()
             .map(|(k, v)| (*k, *v))
             .collect())
+    }
+
+    fn read_maglev_table(&self, table: u32) -> Result<Option<Vec<u32>>, TwinError> {
+        Ok(self.maglev.get(&table).cloned())
     }
 
     fn dump_src_ranges(&self) -> Result<Vec<(lb_common::SrcRange4Key, u32)>, TwinError> {
