@@ -13,7 +13,11 @@ use tracing::{info, warn};
 
 use socklb_core::{
     events::ClusterEvent,
-    maps::{DesiredState, diff::Capacity},
+    maps::{
+        DesiredState,
+        diff::Capacity,
+        maglev::{MaglevConfig, human_bytes},
+    },
     model::NodeModel,
     plan::{self, Conflict, Plan},
     state::ClusterState,
@@ -85,6 +89,9 @@ pub struct AgentOptions {
     /// Address the healthCheckNodePort listeners bind (LoadBalancer Services with
     /// externalTrafficPolicy Local); kube-proxy binds every node address.
     pub health_check_bind_address: IpAddr,
+    /// How flows through the TC program pick backends: at random, or by Maglev tables
+    /// (their size, number and hash seed).
+    pub maglev: MaglevConfig,
 }
 
 /// Reads a manifest directory and computes the plan (`socklb plan`).
@@ -172,7 +179,18 @@ pub async fn run_agent(
         node::interfaces().map_err(|e| AgentError::Node(format!("listing interfaces: {e}")))?;
     let devices =
         node::select_devices(&ifaces, opts.devices.as_deref()).map_err(AgentError::Node)?;
-    let mut maps = kernel::install(&opts.pin_dir, &opts.cgroup, &devices)?;
+    if opts.maglev.enabled() {
+        info!(
+            table_size = opts.maglev.table_size,
+            tables = opts.maglev.max_tables,
+            seed = opts.maglev.seed,
+            "Maglev for external traffic: {} per external frontend that forwards, {} preallocated for {} tables",
+            human_bytes(opts.maglev.table_bytes()),
+            human_bytes(opts.maglev.map_bytes()),
+            opts.maglev.max_tables,
+        );
+    }
+    let mut maps = kernel::install_with(&opts.pin_dir, &opts.cgroup, &devices, &opts.maglev)?;
     let mut node_addrs = node::node_addresses(&ifaces);
     maps.set_node_addresses(&node_addrs)?;
     info!(
@@ -182,7 +200,11 @@ pub async fn run_agent(
         node_addresses = ?node_addrs,
         "socket hooks and TC programs attached"
     );
-    let mut reconciler = Reconciler::adopt(maps, Capacity::default())?;
+    let capacity = Capacity {
+        maglev: opts.maglev,
+        ..Capacity::default()
+    };
+    let mut reconciler = Reconciler::adopt(maps, capacity)?;
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut state = ClusterState::new(NodeModel::named(opts.node.clone()));

@@ -9,7 +9,10 @@
 //!   `listSlices`, and optionally the map keys the step must change, `changes`);
 //! - `plan.txt`: the expected `Plan::render_table()` of the final state, node `node-a`;
 //! - `maps.txt`: the expected content of the maps once the final desired state is
-//!   programmed into empty ones (the format is documented at [`dump_maps`]).
+//!   programmed into empty ones (the format is documented at [`dump_maps`]);
+//! - optionally `flags.txt`: agent flags the case runs with (the balancing ones:
+//!   `--lb-algorithm`, `--maglev-table-size`, `--maglev-max-tables`,
+//!   `--maglev-hash-seed`); without it, the defaults.
 //!
 //! The cases go through the public API only: real k8s-openapi objects (YAML, as the
 //! API server sends them) are validated by `model::*Model::from_k8s`, fed to
@@ -60,7 +63,9 @@ use serde_json::Value;
 use socklb_core::{
     events::{ClusterEvent, ObjectKey},
     maps::{
-        Capacity, DesiredState, ProgrammedState, ServiceMaps, diff::apply_ops, twin::MemoryMaps,
+        Capacity, DesiredState, ProgrammedState, ServiceMaps,
+        maglev::{LbAlgorithm, MaglevConfig},
+        twin::MemoryMaps,
     },
     model::{NodeModel, ServiceModel, SliceModel},
     plan::{Action, FrontendKind, Plan, compute_plan},
@@ -79,6 +84,7 @@ const OBJECTS: &str = "objects.yaml";
 const STEPS: &str = "steps.yaml";
 const PLAN: &str = "plan.txt";
 const MAPS: &str = "maps.txt";
+const FLAGS: &str = "flags.txt";
 
 fn main() -> ExitCode {
     let args = Arguments::from_args();
@@ -337,14 +343,43 @@ struct Input {
     steps: Vec<Step>,
     plan: Option<String>,
     maps: Option<String>,
+    /// From `flags.txt`, else the defaults.
+    balancing: MaglevConfig,
+}
+
+/// The balancing flags of `flags.txt`: whitespace-separated `--flag value` pairs.
+fn parse_flags(text: &str) -> Result<MaglevConfig, String> {
+    let mut words = text.split_whitespace();
+    let mut config = MaglevConfig::default();
+    while let Some(flag) = words.next() {
+        let value = words.next().ok_or(format!("{flag}: a value is missing"))?;
+        let number = || -> Result<u32, String> {
+            match value.strip_prefix("0x") {
+                Some(hex) => u32::from_str_radix(hex, 16),
+                None => value.parse(),
+            }
+            .map_err(|e| format!("{flag} {value}: {e}"))
+        };
+        match flag {
+            "--lb-algorithm" => config.algorithm = value.parse::<LbAlgorithm>()?,
+            "--maglev-table-size" => config.table_size = number()?,
+            "--maglev-max-tables" => config.max_tables = number()?,
+            "--maglev-hash-seed" => config.seed = number()?,
+            other => return Err(format!("unknown flag {other:?}")),
+        }
+    }
+    if config.algorithm == LbAlgorithm::Maglev {
+        config = MaglevConfig::maglev(config.table_size, config.max_tables, config.seed)?;
+    }
+    Ok(config)
 }
 
 fn read_input(dir: &Path, bless: bool) -> Result<Input, String> {
     let files = entries(dir)?;
     for (name, is_dir) in &files {
-        if *is_dir || ![ABOUT, OBJECTS, STEPS, PLAN, MAPS].contains(&name.as_str()) {
+        if *is_dir || ![ABOUT, OBJECTS, STEPS, PLAN, MAPS, FLAGS].contains(&name.as_str()) {
             return Err(format!(
-                "unexpected {} {name:?} in the case folder (only {ABOUT}, {OBJECTS} or {STEPS}, {PLAN}, {MAPS})",
+                "unexpected {} {name:?} in the case folder (only {ABOUT}, {OBJECTS} or {STEPS}, {PLAN}, {MAPS}, {FLAGS})",
                 if *is_dir { "folder" } else { "file" }
             ));
         }
@@ -373,10 +408,16 @@ fn read_input(dir: &Path, bless: bool) -> Result<Input, String> {
             )),
         }
     };
+    let balancing = if has(FLAGS) {
+        parse_flags(&read(FLAGS)?).map_err(|e| format!("{FLAGS}: {e}"))?
+    } else {
+        MaglevConfig::default()
+    };
     Ok(Input {
         steps,
         plan: expected(PLAN)?,
         maps: expected(MAPS)?,
+        balancing,
     })
 }
 
@@ -659,7 +700,8 @@ fn run_case(dir: &Path, bless: bool) -> Result<(), String> {
     let plan = state.plan();
     check_plan(&plan)?;
     check_snapshot(&state, &objects)?;
-    let maps = dump_maps(&state.index().desired)?;
+    let plan = plan.with_balancing(&input.balancing);
+    let maps = dump_maps(&state.index().desired, &input.balancing)?;
 
     let actual = [
         (PLAN, input.plan, plan.render_table()),
@@ -707,6 +749,8 @@ fn run_case(dir: &Path, bless: bool) -> Result<(), String> {
 /// backend <id>: <ip>:<port>/<proto> local=<true|false>
 /// src <frontend>: <source prefix>
 /// affinity <frontend> <scope>: backend <id> in slot <n>
+/// maglev table <n>: <frontend> <scope>, <M> entries: backend <id> x<entries>, ...
+/// maglev full <frontend key>: no free table, picks at random
 /// skipped <frontend key>: not IPv4
 /// ```
 ///
@@ -719,29 +763,39 @@ fn run_case(dir: &Path, bless: bool) -> Result<(), String> {
 ///   frontend: the LPM key's frontend and its source prefix.
 /// - an `affinity` line is one entry of the affinity match map: a backend that still
 ///   serves a frontend with session affinity, and the slot that holds it.
+/// - a `maglev table` line sums up one Maglev table (with `--lb-algorithm maglev`):
+///   the frontend whose slot 0 names it (`maglev=<n>` there) and how many of its
+///   entries each backend holds; every entry must name one of that frontend's slots.
+///   `maglev full` lists the frontends that wanted a table when none was free.
 /// - `skipped` lines list desired frontends the IPv4 maps cannot hold.
 ///
 /// Fields the layout says are zero (padding; a slot's count, action, flags and
-/// affinity; slot 0's backend id) are shown as `name=value` only when they are not,
+/// affinity) are shown as `name=value` only when they are not,
 /// and numbers nobody names (an unknown action, protocol, scope or flag bit) as
 /// numbers, so a wrong entry always shows. The values are decoded from the raw map
 /// layout (network byte order), not with the agent's own decoders.
 ///
 /// Lines are sorted: service entries by address, port, protocol, scope and slot
 /// (numerically); then backends by id; then source ranges by frontend and prefix;
-/// then affinity matches by frontend and backend id; then skipped frontends. Backend
+/// then affinity matches by frontend and backend id; then Maglev tables by index;
+/// then skipped frontends. Backend
 /// ids come from `ProgrammedState` on a fresh state,
 /// so they are deterministic.
-fn dump_maps(desired: &DesiredState) -> Result<String, String> {
-    let mut programmed = ProgrammedState::with_capacity(Capacity::default());
+fn dump_maps(desired: &DesiredState, balancing: &MaglevConfig) -> Result<String, String> {
+    let mut programmed = ProgrammedState::with_capacity(Capacity {
+        maglev: *balancing,
+        ..Capacity::default()
+    });
     let (ops, stats) = programmed.sync_all(desired);
     if !stats.skipped_full.is_empty() {
         return Err(format!("maps full: {:?}", stats.skipped_full));
     }
     let mut maps = MemoryMaps::default();
-    apply_ops(&mut maps, &ops).map_err(|e| e.to_string())?;
-    maps.reader_view()
-        .map_err(|e| format!("a reader could see a half-written frontend: {e}"))?;
+    for op in &ops {
+        maps.apply(op).map_err(|e| e.to_string())?;
+        maps.reader_view_after(op)
+            .map_err(|e| format!("after {op:?} a reader could see a half-written frontend: {e}"))?;
+    }
 
     let mut out = String::new();
     let mut services = maps.dump_services().map_err(|e| e.to_string())?;
@@ -795,6 +849,50 @@ fn dump_maps(desired: &DesiredState) -> Result<String, String> {
             scope_name(key.scope),
             key.backend_id
         );
+    }
+    for (table, entries) in &maps.maglev {
+        let named: Vec<&(Svc4Key, Svc4Value)> = services
+            .iter()
+            .filter(|(k, v)| k.backend_slot == 0 && v.backend_id == *table)
+            .collect();
+        let [(key, value)] = named.as_slice() else {
+            return Err(format!(
+                "Maglev table {table} is named by {} frontends",
+                named.len()
+            ));
+        };
+        let slots: Vec<u32> = (1..=value.count)
+            .filter_map(|slot| {
+                services
+                    .iter()
+                    .find(|(k, _)| *k == key.with_slot(slot))
+                    .map(|(_, v)| v.backend_id)
+            })
+            .collect();
+        let mut held: BTreeMap<u32, usize> = BTreeMap::new();
+        for id in entries {
+            if !slots.contains(id) {
+                return Err(format!(
+                    "Maglev table {table} names backend {id}, not a slot of its frontend"
+                ));
+            }
+            *held.entry(*id).or_default() += 1;
+        }
+        let held: Vec<String> = held
+            .iter()
+            .map(|(id, n)| format!("backend {id} x{n}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "maglev table {table}: {} {}, {} entries: {}",
+            frontend(key.address, key.dport, key.proto),
+            scope_name(key.scope),
+            entries.len(),
+            held.join(", ")
+        );
+    }
+    for key in &stats.maglev_full {
+        let _ = writeln!(out, "maglev full {key}: no free table, picks at random");
     }
     let mut skipped: Vec<String> = stats
         .skipped_family
@@ -891,7 +989,7 @@ fn svc_line(key: &Svc4Key, value: &Svc4Value) -> String {
             value.count, value.affinity_timeout_s
         );
         if value.backend_id != 0 {
-            let _ = write!(line, " backend_id={}", value.backend_id);
+            let _ = write!(line, " maglev={}", value.backend_id);
         }
     } else {
         let _ = write!(line, " backend {}", value.backend_id);

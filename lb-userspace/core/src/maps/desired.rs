@@ -431,6 +431,7 @@ mod tests {
             affinity_timeout_s: 0,
             local_backends: vec![],
             source_ranges: vec![],
+            algorithm: crate::maps::maglev::LbAlgorithm::Random,
         }
     }
 

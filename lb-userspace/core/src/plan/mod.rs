@@ -15,7 +15,7 @@
 
 use std::{
     collections::HashMap,
-    fmt,
+    fmt::{self, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     str::FromStr,
 };
@@ -31,6 +31,7 @@ pub use endpoints::is_local;
 use endpoints::{Categorized, endpoints_for_port};
 
 use crate::{
+    maps::maglev::{self, LbAlgorithm, MaglevConfig, human_bytes},
     model::{IpCidr, NodeModel, ObjectKey, Protocol, ServiceModel, ServiceType, SliceModel},
     table,
 };
@@ -127,6 +128,10 @@ pub struct Frontend {
     pub local_backends: Vec<SocketAddr>,
     /// loadBalancerSourceRanges of a LoadBalancer frontend; empty = every source.
     pub source_ranges: Vec<IpCidr>,
+    /// How a new flow picks its backend: Maglev for the external frontends that
+    /// forward when the agent runs with `--lb-algorithm maglev` (see
+    /// [`Plan::with_balancing`]), else random.
+    pub algorithm: LbAlgorithm,
 }
 
 impl Frontend {
@@ -198,6 +203,13 @@ struct FrontendJson {
     local_backends: Vec<SocketAddr>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     source_ranges: Vec<IpCidr>,
+    /// Left out for random (the default, and kube-proxy's).
+    #[serde(default, skip_serializing_if = "is_random")]
+    algorithm: LbAlgorithm,
+}
+
+fn is_random(algorithm: &LbAlgorithm) -> bool {
+    *algorithm == LbAlgorithm::Random
 }
 
 impl From<Frontend> for FrontendJson {
@@ -213,6 +225,7 @@ impl From<Frontend> for FrontendJson {
             affinity_timeout_s: f.affinity_timeout_s,
             local_backends: f.local_backends,
             source_ranges: f.source_ranges,
+            algorithm: f.algorithm,
         }
     }
 }
@@ -256,6 +269,7 @@ impl TryFrom<FrontendJson> for Frontend {
             affinity_timeout_s: f.affinity_timeout_s,
             local_backends: f.local_backends,
             source_ranges: f.source_ranges,
+            algorithm: f.algorithm,
         })
     }
 }
@@ -270,6 +284,38 @@ pub struct Plan {
     /// Claims that lost a frontend to another Service, by address.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conflicts: Vec<Conflict>,
+    /// The Maglev tables the frontends need, and their memory per service (with
+    /// `--lb-algorithm maglev`; see [`Plan::with_balancing`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maglev: Option<MaglevSummary>,
+}
+
+/// The memory of the Maglev tables of a plan: one table per frontend that picks by
+/// Maglev, the same size each.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaglevSummary {
+    /// Entries per table (M).
+    pub table_size: u32,
+    /// Bytes per table in the kernel map.
+    pub table_bytes: u64,
+    /// Tables the frontends need.
+    pub tables: usize,
+    /// Tables the agent's map has room for (`--maglev-max-tables`).
+    pub max_tables: u32,
+    /// Bytes of the agent's map, preallocated for `max_tables`.
+    pub map_bytes: u64,
+    /// Bytes of the tables the frontends need.
+    pub bytes: u64,
+    /// Per service ("ns/name"): tables and their bytes.
+    pub services: Vec<MaglevServiceMemory>,
+}
+
+/// The Maglev tables of one service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaglevServiceMemory {
+    pub service: ObjectKey,
+    pub tables: usize,
+    pub bytes: u64,
 }
 
 impl Plan {
@@ -286,10 +332,49 @@ impl Plan {
         serde_json::from_str(json)
     }
 
-    /// An aligned table, one frontend per line; then the conflicts, if any.
+    /// The plan as an agent with these balancing flags programs it: which frontends
+    /// pick by a Maglev table (the rule the diff follows, [`maglev::has_table`]), and
+    /// the tables' memory per service.
+    pub fn with_balancing(mut self, config: &MaglevConfig) -> Plan {
+        let mut per_service: std::collections::BTreeMap<ObjectKey, usize> = Default::default();
+        for f in &mut self.frontends {
+            let forwards = f.action == Action::Forward && !f.backends.is_empty();
+            f.algorithm = if maglev::has_table(config.algorithm, f.kind.is_external(), forwards) {
+                *per_service.entry(f.service.clone()).or_default() += 1;
+                LbAlgorithm::Maglev
+            } else {
+                LbAlgorithm::Random
+            };
+        }
+        self.maglev = (config.algorithm == LbAlgorithm::Maglev).then(|| {
+            let table_bytes = config.table_bytes();
+            let tables = per_service.values().sum();
+            MaglevSummary {
+                table_size: config.table_size,
+                table_bytes,
+                tables,
+                max_tables: config.max_tables,
+                map_bytes: config.map_bytes(),
+                bytes: tables as u64 * table_bytes,
+                services: per_service
+                    .into_iter()
+                    .map(|(service, tables)| MaglevServiceMemory {
+                        service,
+                        tables,
+                        bytes: tables as u64 * table_bytes,
+                    })
+                    .collect(),
+            }
+        });
+        self
+    }
+
+    /// An aligned table, one frontend per line; then the conflicts, if any. With
+    /// Maglev (see [`Self::with_balancing`]) an ALGORITHM column, and the tables'
+    /// memory per service after the frontends.
     pub fn render_table(&self) -> String {
         let dash_if_empty = |s: String| if s.is_empty() { "-".to_owned() } else { s };
-        let rows: Vec<[String; 7]> = self
+        let rows: Vec<[String; 8]> = self
             .frontends
             .iter()
             .map(|f| {
@@ -300,6 +385,7 @@ impl Plan {
                     f.kind.to_string(),
                     f.address_string(),
                     f.action.to_string(),
+                    f.algorithm.to_string(),
                     dash_if_empty(
                         f.backends
                             .iter()
@@ -310,12 +396,67 @@ impl Plan {
                 ]
             })
             .collect();
-        let mut out = table::render(
-            [
-                "SERVICE", "PORT", "PROTO", "TYPE", "ADDRESS", "ACTION", "BACKENDS",
-            ],
-            &rows,
-        );
+        let mut out = if self.maglev.is_some() {
+            table::render(
+                [
+                    "SERVICE",
+                    "PORT",
+                    "PROTO",
+                    "TYPE",
+                    "ADDRESS",
+                    "ACTION",
+                    "ALGORITHM",
+                    "BACKENDS",
+                ],
+                &rows,
+            )
+        } else {
+            // Without Maglev every frontend picks at random: the table kube-proxy
+            // users know, as before.
+            let rows: Vec<[String; 7]> = rows
+                .into_iter()
+                .map(|[a, b, c, d, e, f, _, h]| [a, b, c, d, e, f, h])
+                .collect();
+            table::render(
+                [
+                    "SERVICE", "PORT", "PROTO", "TYPE", "ADDRESS", "ACTION", "BACKENDS",
+                ],
+                &rows,
+            )
+        };
+        if let Some(m) = &self.maglev {
+            let _ = write!(
+                out,
+                "\nmaglev: {} table{} of {} entries, {} each: {} (room for {}: {} preallocated)",
+                m.tables,
+                if m.tables == 1 { "" } else { "s" },
+                m.table_size,
+                human_bytes(m.table_bytes),
+                human_bytes(m.bytes),
+                m.max_tables,
+                human_bytes(m.map_bytes),
+            );
+            let over = m.tables.saturating_sub(m.max_tables as usize);
+            if over > 0 {
+                let _ = write!(
+                    out,
+                    "; {over} more than there is room for: those pick at random"
+                );
+            }
+            out.push('\n');
+            let rows: Vec<[String; 3]> = m
+                .services
+                .iter()
+                .map(|s| {
+                    [
+                        s.service.to_string(),
+                        s.tables.to_string(),
+                        human_bytes(s.bytes),
+                    ]
+                })
+                .collect();
+            out.push_str(&table::render(["SERVICE", "TABLES", "MEMORY"], &rows));
+        }
         if !self.conflicts.is_empty() {
             let rows: Vec<[String; 5]> = self
                 .conflicts
@@ -401,6 +542,7 @@ pub fn frontends_for_service(
                 affinity_timeout_s: svc.session_affinity_timeout_s,
                 local_backends,
                 source_ranges,
+                algorithm: LbAlgorithm::Random,
             }
         };
         for ip in &svc.cluster_ips {
@@ -481,6 +623,7 @@ pub fn compute_plan(services: &[ServiceModel], slices: &[SliceModel], node: &Nod
         node: node.name.clone(),
         frontends,
         conflicts,
+        maglev: None,
     }
 }
 
@@ -1185,6 +1328,7 @@ mod tests {
                 affinity_timeout_s: 10800,
                 local_backends: vec![],
                 source_ranges: vec![],
+                algorithm: LbAlgorithm::Random,
             }]
         );
     }
@@ -1255,6 +1399,44 @@ mod tests {
     }
 
     #[test]
+    fn with_maglev_the_external_frontends_say_so_and_the_tables_memory_is_shown() {
+        let config = MaglevConfig::maglev(16_381, 1024, 1).unwrap();
+        let plan = external_plan().with_balancing(&config);
+        let value: serde_json::Value = serde_json::from_str(&plan.to_json()).unwrap();
+        let algorithms: Vec<(&str, Option<&str>)> = value["frontends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| (f["type"].as_str().unwrap(), f["algorithm"].as_str()))
+            .collect();
+        assert_eq!(
+            algorithms,
+            [
+                ("NodePort", Some("maglev")),
+                ("ClusterIP", None),
+                ("ExternalIP", Some("maglev")),
+                ("LoadBalancer", Some("maglev")),
+            ],
+            "the socket hooks (ClusterIP) pick at random: the field is left out"
+        );
+        assert_eq!(
+            value["maglev"],
+            serde_json::json!({"table_size": 16381, "table_bytes": 65524, "tables": 3,
+                "max_tables": 1024, "map_bytes": 67_096_584, "bytes": 196572,
+                "services": [{"service": "demo/web", "tables": 3, "bytes": 196572}]})
+        );
+        assert_eq!(Plan::from_json(&plan.to_json()).unwrap(), plan);
+        let table = plan.render_table();
+        assert!(table.starts_with("SERVICE   PORT  PROTO  TYPE          ADDRESS          ACTION   ALGORITHM  BACKENDS\n"), "{table}");
+        assert!(table.contains("maglev: 3 tables of 16381 entries, 64.0 KiB each: 192.0 KiB (room for 1024: 64.0 MiB preallocated)\n"), "{table}");
+        assert!(table.contains("demo/web  3       192.0 KiB\n"), "{table}");
+        // The random algorithm changes nothing, not even the table's columns.
+        let random = external_plan().with_balancing(&MaglevConfig::default());
+        assert_eq!(random, external_plan());
+        assert!(!random.render_table().contains("ALGORITHM"));
+    }
+
+    #[test]
     fn json_round_trip() {
         let external = external_plan();
         assert_eq!(Plan::from_json(&external.to_json()).unwrap(), external);
@@ -1271,6 +1453,7 @@ mod tests {
                 ..plan.frontends[0].clone()
             }],
             conflicts: vec![],
+            maglev: None,
         };
         assert_eq!(Plan::from_json(&drop_plan.to_json()).unwrap(), drop_plan);
         assert!(drop_plan.to_json().contains("\"drop\""));
