@@ -31,6 +31,8 @@
 //! - `reverse_nat.rs`: a local backend's replies translated back on egress;
 //! - `udp.rs`: UDP DNAT and SNAT, with a checksum, without one, 0xffff for 0;
 //! - `loadbalancer.rs`: LoadBalancer and external IPs, loadBalancerSourceRanges;
+//! - `maglev.rs`: `--lb-algorithm maglev`: the kernel's picks are the core's
+//!   predictions, a removed backend moves only what the table moves;
 //! - `no_endpoints.rs`: frontends without usable endpoints, addresses not ours;
 //! - `fragments.rs`: later fragments follow their first fragment;
 //! - `ip_options.rs`: IPv4 options (IHL > 5) through DNAT and SNAT;
@@ -60,6 +62,7 @@ mod icmp;
 mod ip_options;
 mod loadbalancer;
 mod machinery;
+mod maglev;
 mod no_endpoints;
 mod reverse_nat;
 mod snat;
