@@ -232,6 +232,8 @@ pub struct TcpRun {
     pub probe: TcpProbe,
     /// `--bind IP`: the source address.
     pub bind: Option<Ipv4Addr>,
+    /// `--source-port P`: the n-th connection from port P + n.
+    pub source_port: Option<u16>,
     /// `--parallel N`
     pub parallel: u64,
     /// `--hold`: every round of `parallel` connections is open at once.
@@ -243,6 +245,7 @@ impl TcpRun {
         Self {
             probe: TcpProbe::new(to),
             bind: None,
+            source_port: None,
             parallel: 1,
             hold: false,
         }
@@ -263,6 +266,12 @@ impl TcpRun {
         self.bind = Some(ip);
         self
     }
+    /// The n-th connection from source port `first + n` (one worker); the report's
+    /// `by_source_port` names each connection's backend.
+    pub fn source_ports(mut self, first: u16) -> Self {
+        self.source_port = Some(first);
+        self
+    }
     /// `n` workers; with `hold`, `count` must be a multiple of `n` and each round's `n`
     /// connections are all open at the same time.
     pub fn parallel(mut self, n: u64, hold: bool) -> Self {
@@ -275,6 +284,9 @@ impl TcpRun {
         let mut a = self.probe.args();
         if let Some(ip) = self.bind {
             a.extend(["--bind".into(), ip.to_string()]);
+        }
+        if let Some(port) = self.source_port {
+            a.extend(["--source-port".into(), port.to_string()]);
         }
         if self.parallel > 1 {
             a.extend(["--parallel".into(), self.parallel.to_string()]);
@@ -538,6 +550,8 @@ pub struct StatusFrontend {
     pub protocol: String,
     pub action: String,
     pub backends: Vec<String>,
+    /// The Maglev table slot 0 names; 0 = random picks.
+    pub maglev_table: u32,
 }
 
 impl Status {
@@ -1094,6 +1108,30 @@ impl MultiNode {
         config.extra_args.extend(opts.extra_args.iter().cloned());
         config.env = opts.env.clone();
         node.agent = Some(Agent::start(&config)?);
+        Ok(())
+    }
+
+    /// Restarts node N's agent as a rolling update does: SIGTERM (it must exit 0, the
+    /// data path stays pinned), then a new agent with `opts` on the same pins, waited
+    /// for until it has programmed its data path.
+    pub fn restart_agent(&mut self, n: u8, opts: &AgentOptions) -> Result<()> {
+        if let Some(agent) = self.node_mut(n)?.agent.as_mut() {
+            let status = agent.stop()?;
+            if !status.success() {
+                bail!("the agent of {} exited with {status}", node_name(n));
+            }
+        }
+        self.start_agent(n, opts)?;
+        let node = self.node_mut(n)?;
+        if let Some(agent) = node.agent.as_mut()
+            && !agent.wait_for_log("ready", AGENT_WAIT)
+        {
+            bail!(
+                "the restarted agent of {} did not get ready within {AGENT_WAIT:?}; its log:\n{}",
+                node_name(n),
+                agent.log()
+            );
+        }
         Ok(())
     }
 

@@ -9,7 +9,9 @@
 //!   address a backend sees through NAT).
 //! - `tcp --to IP:PORT ...` and `udp --to IP:PORT [--also IP:PORT]...`: clients. Print one JSON report
 //!   (see `socklb_tests::report`) and exit 0 whatever happened to the attempts. Both
-//!   take `--bind IP` (the source address); `tcp` takes `--parallel N` (N worker threads
+//!   take `--bind IP` (the source address); `tcp` takes `--source-port P` (the n-th
+//!   connection from port P + n, reported per port: flows a test can name) and
+//!   `--parallel N` (N worker threads
 //!   sharing `--count`) and `--hold` (every round of N connections is open at the same
 //!   time before any is used further and closed). When the server reports the peer it
 //!   sees, the report has an extra key `seen_from`: {backend id: {client ip: count}}.
@@ -90,6 +92,10 @@ enum Cmd {
         /// Source address to bind (default: chosen by routing).
         #[arg(long)]
         bind: Option<Ipv4Addr>,
+        /// The n-th connection binds source port P + n (with --count, one worker); the
+        /// report's `by_source_port` says which backend each port reached.
+        #[arg(long = "source-port", value_name = "P")]
+        source_port: Option<u16>,
         /// Worker threads sharing the connections (each makes its share in sequence).
         #[arg(long, default_value_t = 1)]
         parallel: u64,
@@ -186,6 +192,7 @@ fn main() -> ExitCode {
             timeout_ms,
             echo,
             bind,
+            source_port,
             parallel,
             hold,
         } => ensure_isolated(&to).and_then(|()| {
@@ -196,6 +203,7 @@ fn main() -> ExitCode {
                 timeout_ms,
                 echo,
                 bind,
+                source_port,
                 parallel,
                 hold,
             };
@@ -499,15 +507,18 @@ fn cvt(r: libc::c_int) -> std::io::Result<libc::c_int> {
     }
 }
 
-/// connect() with a timeout, from `bind` when given (IPv4 only then).
+/// connect() with a timeout, from `bind` (and source port `port`) when given (IPv4
+/// only then).
 fn connect_from(
     bind: Option<Ipv4Addr>,
+    port: Option<u16>,
     to: &SocketAddr,
     timeout: Duration,
 ) -> std::io::Result<TcpStream> {
-    let Some(bind) = bind else {
+    if bind.is_none() && port.is_none() {
         return TcpStream::connect_timeout(to, timeout);
-    };
+    }
+    let bind = bind.unwrap_or(Ipv4Addr::UNSPECIFIED);
     let SocketAddr::V4(to4) = to else {
         return Err(std::io::Error::from_raw_os_error(libc::EAFNOSUPPORT));
     };
@@ -522,17 +533,23 @@ fn connect_from(
     // SAFETY: fd is a fresh socket nobody else owns.
     let stream = unsafe { TcpStream::from_raw_fd(fd) };
     let one: libc::c_int = 1;
+    // A chosen port may still be in TIME_WAIT towards another destination: reuse it.
+    // Without one, the port is chosen at connect() time from the whole 4-tuple.
+    let (level, option) = match port {
+        Some(_) => (libc::SOL_SOCKET, libc::SO_REUSEADDR),
+        None => (libc::IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT),
+    };
     // SAFETY: setsockopt with a pointer to a c_int and its size.
     cvt(unsafe {
         libc::setsockopt(
             fd,
-            libc::IPPROTO_IP,
-            IP_BIND_ADDRESS_NO_PORT,
+            level,
+            option,
             (&raw const one).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     })?;
-    let local = sockaddr_in(bind, 0);
+    let local = sockaddr_in(bind, port.unwrap_or(0));
     let sa_len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
     // SAFETY: bind with a valid sockaddr_in and its size.
     cvt(unsafe { libc::bind(fd, (&raw const local).cast(), sa_len) })?;
@@ -577,10 +594,11 @@ fn tcp_attempt(
     echo: bool,
     seq: u64,
     bind: Option<Ipv4Addr>,
+    source_port: Option<u16>,
     hold: Option<&Barrier>,
 ) -> Result<Answer, Failure> {
     let opened = (|| {
-        let stream = step("connect", connect_from(bind, to, timeout))?;
+        let stream = step("connect", connect_from(bind, source_port, to, timeout))?;
         let peer = step("getpeername", stream.peer_addr())?;
         step("setsockopt", stream.set_read_timeout(Some(timeout)))?;
         step("setsockopt", stream.set_write_timeout(Some(timeout)))?;
@@ -646,6 +664,7 @@ struct TcpOpts {
     timeout_ms: u64,
     echo: bool,
     bind: Option<Ipv4Addr>,
+    source_port: Option<u16>,
     parallel: u64,
     hold: bool,
 }
@@ -654,6 +673,14 @@ impl TcpOpts {
     fn check(&self) -> Result<()> {
         if self.parallel == 0 || self.parallel > 4096 {
             bail!("--parallel must be 1..=4096");
+        }
+        if let Some(port) = self.source_port {
+            let Some(count) = self.count else {
+                bail!("--source-port needs --count");
+            };
+            if self.parallel != 1 || port == 0 || u64::from(port) + count > 65_536 {
+                bail!("--source-port P needs one worker and P + --count <= 65536");
+            }
         }
         if self.hold {
             let Some(count) = self.count else {
@@ -685,6 +712,7 @@ fn tcp_client(
         timeout_ms,
         echo,
         bind: None,
+        source_port: None,
         parallel: 1,
         hold: false,
     };
@@ -773,11 +801,23 @@ fn tcp_worker(
     let mut seen = SeenFrom::new();
     while r.attempts < max {
         let t0 = Instant::now();
-        let result = tcp_attempt(to, timeout, opts.echo, r.attempts, opts.bind, hold);
+        let source_port = opts.source_port.map(|p| p + r.attempts as u16);
+        let result = tcp_attempt(
+            to,
+            timeout,
+            opts.echo,
+            r.attempts,
+            opts.bind,
+            source_port,
+            hold,
+        );
         r.attempts += 1;
         match result {
             Ok(a) => {
                 r.ok += 1;
+                if let Some(port) = source_port {
+                    r.by_source_port.insert(port.to_string(), a.id.clone());
+                }
                 note_seen(&mut seen, &a.id, a.seen_as);
                 bump(&mut r.backends, a.id);
                 bump(&mut r.peers, a.peer.to_string());
@@ -1023,7 +1063,7 @@ fn transfer_inner(
     r: &mut TransferReport,
     sha: &mut Sha256,
 ) -> Result<(), Failure> {
-    let stream = step("connect", connect_from(bind, to, timeout))?;
+    let stream = step("connect", connect_from(bind, None, to, timeout))?;
     r.peer = Some(step("getpeername", stream.peer_addr())?.to_string());
     step("setsockopt", stream.set_read_timeout(Some(timeout)))?;
     step("setsockopt", stream.set_write_timeout(Some(timeout)))?;
@@ -1407,10 +1447,49 @@ mod tests {
             timeout_ms: 2000,
             echo: true,
             bind: Some(Ipv4Addr::new(127, 0, 0, 2)),
+            source_port: None,
             parallel: 20,
             hold: true,
         };
         opts.check().unwrap();
+        // Chosen source ports: the n-th connection from port P + n, reported per port
+        // (the server saw those ports).
+        let ports = TcpOpts {
+            count: Some(5),
+            bind: Some(Ipv4Addr::new(127, 0, 0, 3)),
+            source_port: Some(45_000),
+            parallel: 1,
+            hold: false,
+            ..opts.clone()
+        };
+        ports.check().unwrap();
+        let (r, seen) = tcp_client_ext(&to, &ports);
+        assert_eq!((r.attempts, r.ok), (5, 5), "{r:?}");
+        let by_port: Vec<(&str, &str)> = r
+            .by_source_port
+            .iter()
+            .map(|(p, id)| (p.as_str(), id.as_str()))
+            .collect();
+        assert_eq!(
+            by_port,
+            [
+                ("45000", "p"),
+                ("45001", "p"),
+                ("45002", "p"),
+                ("45003", "p"),
+                ("45004", "p")
+            ]
+        );
+        assert_eq!(seen["p"]["127.0.0.3"], 5, "{seen:?}");
+        assert!(
+            TcpOpts {
+                parallel: 2,
+                ..ports.clone()
+            }
+            .check()
+            .is_err(),
+            "one worker only"
+        );
         let (r, seen) = tcp_client_ext(&to, &opts);
         assert_eq!((r.attempts, r.ok), (40, 40), "{r:?}");
         assert_eq!(r.backends["p"], 40);
