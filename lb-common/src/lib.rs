@@ -26,8 +26,8 @@ pub mod map_names {
     /// Per-socket translation state in socket local storage ([`super::SockState4`]):
     /// the first service a socket talks to and its backend, freed with the socket.
     pub const SOCK_STATE4: &str = "lb4_sk_st_v1";
-    /// Per-CPU counters indexed by [`super::Counter`] (v2: more counters).
-    pub const STATS: &str = "lb_stats_v2";
+    /// Per-CPU counters indexed by [`super::Counter`] (v3: the reject answers' counters).
+    pub const STATS: &str = "lb_stats_v3";
     /// Connection tracking of NodePort/LoadBalancer/external IP flows ([`super::Ct4Key`] -> [`super::Ct4Value`]).
     pub const CT4: &str = "lb4_ct_v1";
     /// This node's IPv4 addresses (u32 -> [`super::NodeAddr4`]): where NodePorts answer.
@@ -44,12 +44,18 @@ pub mod map_names {
     /// The backends that still serve a frontend with affinity, and their slots
     /// ([`super::AffinityMatch4Key`] -> [`super::AffinityMatch4Value`]).
     pub const AFFINITY_MATCH4: &str = "lb4_affmatch_v1";
+    /// What the agent last programmed, for `socklb status` (one [`super::AgentStatus`];
+    /// written by the agent, read by nothing in the kernel).
+    pub const AGENT_STATUS: &str = "lb_agent_v1";
+    /// Per-CPU budget of the TC program's reject answers (one u64: see
+    /// [`super::reject_rate`]).
+    pub const REJECT_RATE4: &str = "lb4_rej_rate_v1";
     /// Maglev lookup tables of external frontends: one flat array of backend ids
     /// ([`u32`] index -> [`super::maglev::MaglevEntries`]), a header and then table
     /// after table (see [`super::maglev`]). Sized by the agent at load time.
     pub const MAGLEV4: &str = "lb4_maglev_v1";
     /// Every map the data path pins, for inspection and uninstall.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 16] = [
         SVC4,
         BACKEND4,
         REVNAT4,
@@ -63,8 +69,14 @@ pub mod map_names {
         SRC_RANGE4,
         AFFINITY4,
         AFFINITY_MATCH4,
+        AGENT_STATUS,
+        REJECT_RATE4,
         MAGLEV4,
     ];
+    /// Names earlier versions pinned and nothing reads any more: the agent removes
+    /// their pins (a program of the old agent still running keeps its map alive
+    /// until its link is replaced).
+    pub const RETIRED: [&str; 2] = ["lb_stats_v1", "lb_stats_v2"];
 }
 
 /// Default map capacities. The agent may raise them when it creates the maps.
@@ -94,6 +106,20 @@ pub mod capacity {
     pub const AFFINITY4: u32 = 262_144;
     /// (frontend, backend) pairs of services with session affinity.
     pub const AFFINITY_MATCH4: u32 = 262_144;
+}
+
+/// The budget of the TC program's answers for rejected traffic (TCP RST, ICMP
+/// unreachable), so that the node cannot be made a reflector by spoofed sources: a
+/// token bucket per CPU, kept as the theoretical arrival time of the next answer
+/// (GCRA). An answer is sent when that time is at most [`reject_rate::BURST`]
+/// intervals ahead of now; otherwise the packet is dropped unanswered.
+pub mod reject_rate {
+    /// Answers per second and CPU, in the long run.
+    pub const PER_SECOND: u64 = 1_000;
+    /// Answers a CPU may send at once after a quiet second.
+    pub const BURST: u64 = 1_000;
+    /// Nanoseconds one answer costs.
+    pub const INTERVAL_NS: u64 = 1_000_000_000 / PER_SECOND;
 }
 
 /// [`Svc4Key::scope`]: which traffic a frontend entry is for.
@@ -395,8 +421,7 @@ pub enum Counter {
     NpNewFlow = 6,
     /// Packets of tracked flows translated by TC (both directions).
     NpTracked = 7,
-    /// External packets dropped: Local policy without local endpoints, or a rejected
-    /// frontend that is not a node address.
+    /// External packets dropped: externalTrafficPolicy Local without local endpoints.
     NpDropped = 8,
     /// External packets from a source outside loadBalancerSourceRanges, dropped.
     NpSourceDenied = 9,
@@ -410,11 +435,21 @@ pub enum Counter {
     NpIcmpTranslated = 13,
     /// bind() to a NodePort refused.
     BindRefused = 14,
+    /// External packets to a LoadBalancer or external IP frontend without endpoints,
+    /// or to a port no service has on such an address, answered in place (TCP RST,
+    /// ICMP destination unreachable) and dropped.
+    NpRejected = 15,
+    /// The same, dropped unanswered: over the answer budget ([`reject_rate`]).
+    NpRejectLimited = 16,
+    /// The same, dropped unanswered because no answer is due: a TCP RST, an ICMP
+    /// message, a fragment after the first, a frame to a broadcast or multicast
+    /// address, a source that is no unicast address.
+    NpRejectUnanswered = 17,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 15;
-    pub const ALL: [Counter; 15] = [
+    pub const COUNT: u32 = 18;
+    pub const ALL: [Counter; 18] = [
         Self::Translated,
         Self::Rejected,
         Self::Dropped,
@@ -430,6 +465,9 @@ impl Counter {
         Self::NpFragUnknown,
         Self::NpIcmpTranslated,
         Self::BindRefused,
+        Self::NpRejected,
+        Self::NpRejectLimited,
+        Self::NpRejectUnanswered,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -449,6 +487,9 @@ impl Counter {
             Self::NpFragUnknown => "nodeport_fragment_unknown",
             Self::NpIcmpTranslated => "nodeport_icmp_translated",
             Self::BindRefused => "bind_refused",
+            Self::NpRejected => "nodeport_rejected",
+            Self::NpRejectLimited => "nodeport_reject_rate_limited",
+            Self::NpRejectUnanswered => "nodeport_reject_unanswered",
         }
     }
 }
@@ -667,12 +708,37 @@ pub struct AffinityMatch4Value {
 }
 const _: () = assert!(core::mem::size_of::<AffinityMatch4Value>() == 4);
 
+/// The agent's report on its last sync, in [`map_names::AGENT_STATUS`] (index 0): a
+/// `socklb status` run without the agent's objects can still say whether the data
+/// path is complete.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AgentStatus {
+    /// When the last sync finished (CLOCK_MONOTONIC, ns, as `bpf_ktime_get_ns`); 0:
+    /// no agent has synced these maps.
+    pub synced_at_ns: u64,
+    /// Service map entries of slot 0 the agent wants (frontends and wildcards).
+    pub wanted: u32,
+    /// Of these, not programmed (or left as they were) because the maps are full.
+    pub maps_full: u32,
+    /// Programmed with fewer backends than wanted because the maps are full.
+    pub backends_truncated: u32,
+    /// Of an address family the maps do not hold.
+    pub address_family: u32,
+    /// Process id of the agent that wrote this.
+    pub agent_pid: u32,
+    /// Explicit padding, always zero.
+    pub pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<AgentStatus>() == 32);
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: every type is repr(C), Copy, and has no implicit padding (the size
     // assertions above equal the sum of the field sizes), so any byte pattern of the
     // right length is a valid value.
     unsafe impl aya::Pod for super::Svc4Key {}
+    unsafe impl aya::Pod for super::AgentStatus {}
     unsafe impl aya::Pod for super::Svc4Value {}
     unsafe impl aya::Pod for super::Backend4 {}
     unsafe impl aya::Pod for super::RevNat4Key {}
@@ -779,7 +845,17 @@ mod tests {
     fn map_names_fit_the_kernel() {
         for name in map_names::ALL {
             assert!(name.len() <= 15, "{name} is longer than 15 characters");
+            assert!(!map_names::RETIRED.contains(&name), "{name} is retired");
         }
+    }
+
+    #[test]
+    fn the_reject_budget_is_whole_intervals() {
+        assert_eq!(
+            reject_rate::INTERVAL_NS * reject_rate::PER_SECOND,
+            1_000_000_000
+        );
+        const { assert!(reject_rate::BURST >= 1) };
     }
 
     #[test]

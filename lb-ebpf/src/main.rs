@@ -10,7 +10,7 @@
 //! - `maglev.rs`: backend selection by a frontend's Maglev table (TC, new flows);
 //! - `sock4.rs`: the IPv4 socket hooks (connect4, sendmsg4, recvmsg4, getpeername4);
 //! - `bind4.rs`: post_bind4, which keeps NodePorts' ports from local listeners;
-//! - `tc/`: the IPv4 TC programs (parse, rewrite, conntrack, snat, route, icmp);
+//! - `tc/`: the IPv4 TC programs (parse, rewrite, conntrack, snat, route, icmp, reject);
 //! - `maps.rs`: the maps and the helpers that read them; `error.rs`: the error type.
 //!
 //! Entry points here stay thin; their names are the program names the agent attaches.

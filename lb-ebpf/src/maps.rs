@@ -6,8 +6,8 @@ use aya_ebpf::{
     btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SkStorage, lpm_trie::Key},
 };
 use lb_common::{
-    Affinity4Key, Affinity4Value, AffinityMatch4Key, AffinityMatch4Value, Backend4, Counter,
-    Ct4Key, Ct4Value, Device4, Frag4Key, Frag4Value, NodeAddr4, RevNat4Key, RevNat4Value,
+    Affinity4Key, Affinity4Value, AffinityMatch4Key, AffinityMatch4Value, AgentStatus, Backend4,
+    Counter, Ct4Key, Ct4Value, Device4, Frag4Key, Frag4Value, NodeAddr4, RevNat4Key, RevNat4Value,
     SockBackend4Key, SockBackend4Value, SockState4, SrcRange4Key, Svc4Key, Svc4Value, capacity,
     maglev::MaglevEntries,
 };
@@ -40,7 +40,7 @@ pub static SOCK_BACKEND4: LruHashMap<
 pub static SOCK_STATE4: SkStorage<SockState4> = SkStorage::new();
 
 /// Per-CPU event counters, indexed by [`Counter`].
-#[aya_ebpf::macros::btf_map(name = "lb_stats_v2")]
+#[aya_ebpf::macros::btf_map(name = "lb_stats_v3")]
 pub static STATS: PerCpuArray<u64, { Counter::COUNT as usize }> = PerCpuArray::new();
 
 /// Tracked external flows, one entry per direction.
@@ -79,6 +79,16 @@ pub static AFFINITY_MATCH4: HashMap<
     AffinityMatch4Value,
     { capacity::AFFINITY_MATCH4 as usize },
 > = HashMap::new();
+
+/// The agent's report on its last sync, for `socklb status`. No program reads it:
+/// it lives here so that it is created and pinned with the others.
+#[aya_ebpf::macros::btf_map(name = "lb_agent_v1")]
+pub static AGENT_STATUS: Array<AgentStatus, 1> = Array::new();
+
+/// Per CPU: when the next reject answer is due (GCRA, see [`lb_common::reject_rate`]),
+/// bpf_ktime_get_ns clock; 0 before the first.
+#[aya_ebpf::macros::btf_map(name = "lb4_rej_rate_v1")]
+pub static REJECT_RATE4: PerCpuArray<u64, 1> = PerCpuArray::new();
 
 /// Maglev tables of external frontends: a header, then table after table of backend
 /// ids (lb_common::maglev). The agent sizes it at load time and writes it through an

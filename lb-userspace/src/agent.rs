@@ -2,6 +2,7 @@
 //! API) drives the data path. Events update the [`ClusterState`]; each sync
 //! programs only the frontends they changed.
 use std::{
+    collections::BTreeSet,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
@@ -12,11 +13,11 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use socklb_core::{
-    events::ClusterEvent,
+    events::{ClusterEvent, ObjectKey},
     maps::{
-        DesiredState,
-        diff::Capacity,
-        maglev::{MaglevConfig, human_bytes},
+        DesiredState, FrontendKey,
+        diff::{Fill, Incomplete, IncompleteCounts},
+        maglev::human_bytes,
     },
     model::NodeModel,
     plan::{self, Conflict, Plan},
@@ -79,8 +80,11 @@ pub struct AgentOptions {
     /// Bursts of events closer than this are applied in one sync (kube-proxy's
     /// --min-sync-period); 0 applies every event at once.
     pub min_sync_period: Duration,
-    /// Where /healthz, /readyz and /metrics are served; None: not served.
+    /// Where /healthz, /livez and /readyz are served; None: not served.
     pub health_addr: Option<SocketAddr>,
+    /// Where /metrics is served; None: not served. The same address as `health_addr`
+    /// serves both on one listener.
+    pub metrics_addr: Option<SocketAddr>,
     /// /healthz fails when an update waits longer than this.
     pub health_timeout: Duration,
     /// Devices for the TC programs (NodePort, LoadBalancer, external IPs from
@@ -89,9 +93,8 @@ pub struct AgentOptions {
     /// Address the healthCheckNodePort listeners bind (LoadBalancer Services with
     /// externalTrafficPolicy Local); kube-proxy binds every node address.
     pub health_check_bind_address: IpAddr,
-    /// How flows through the TC program pick backends: at random, or by Maglev tables
-    /// (their size, number and hash seed).
-    pub maglev: MaglevConfig,
+    /// Sizes of the maps created (pinned ones keep theirs).
+    pub map_sizes: kernel::MapSizes,
 }
 
 /// Reads a manifest directory and computes the plan (`socklb plan`).
@@ -117,11 +120,10 @@ pub async fn run_agent(
         all_metrics.clone(),
     ));
     let metrics = &all_metrics.sync;
-    metrics
-        .conntrack_capacity
-        .set(i64::from(lb_common::capacity::CT4));
-    // Conflicts known from the last sync: logged when they appear or go away.
+    // Conflicts and orphan slices known from the last sync: logged when they appear
+    // (and conflicts when they go away), not at every sync.
     let mut conflicts: Vec<Conflict> = Vec::new();
+    let mut orphans: BTreeSet<ObjectKey> = BTreeSet::new();
 
     let (tx, mut rx) = mpsc::channel::<ClusterEvent>(4096);
     // Read the manifests before touching the kernel: an unreadable directory fails
@@ -163,34 +165,53 @@ pub async fn run_agent(
     };
     drop(tx);
 
-    let (stop_health, health_stopped) = tokio::sync::oneshot::channel::<()>();
-    if let Some(addr) = opts.health_addr {
+    // Before the kernel is touched: a container without the capabilities gets one
+    // clear error instead of an EPERM from some program load.
+    kernel::check_cgroup2(&opts.cgroup)?;
+    crate::datapath::capabilities::check_agent()?;
+
+    // One agent per pin directory; held until this function returns (the process's
+    // end releases it in any case).
+    kernel::prepare_pin_dir(&opts.pin_dir)?;
+    let _pin_dir_lock = kernel::PinDirLock::acquire(&opts.pin_dir)?;
+
+    let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
+    for (addr, routes) in listeners(opts.health_addr, opts.metrics_addr) {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| AgentError::Health { addr, source })?;
-        info!(addr = %listener.local_addr().unwrap_or(addr), "health endpoint listening");
+        info!(addr = %listener.local_addr().unwrap_or(addr), ?routes, "HTTP endpoint listening");
         let health = health.clone();
-        tokio::spawn(health::serve_health_on(listener, health, async move {
-            let _ = health_stopped.await;
-        }));
+        let mut stopped = http_stopped.clone();
+        tokio::spawn(health::serve_health_on(
+            listener,
+            health,
+            routes,
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            },
+        ));
     }
 
     let ifaces =
         node::interfaces().map_err(|e| AgentError::Node(format!("listing interfaces: {e}")))?;
     let devices =
         node::select_devices(&ifaces, opts.devices.as_deref()).map_err(AgentError::Node)?;
-    if opts.maglev.enabled() {
+    let maglev = &opts.map_sizes.maglev;
+    if maglev.enabled() {
         info!(
-            table_size = opts.maglev.table_size,
-            tables = opts.maglev.max_tables,
-            seed = opts.maglev.seed,
+            table_size = maglev.table_size,
+            tables = maglev.max_tables,
+            seed = maglev.seed,
             "Maglev for external traffic: {} per external frontend that forwards, {} preallocated for {} tables",
-            human_bytes(opts.maglev.table_bytes()),
-            human_bytes(opts.maglev.map_bytes()),
-            opts.maglev.max_tables,
+            human_bytes(maglev.table_bytes()),
+            human_bytes(maglev.map_bytes()),
+            maglev.max_tables,
         );
     }
-    let mut maps = kernel::install_with(&opts.pin_dir, &opts.cgroup, &devices, &opts.maglev)?;
+    let mut maps = kernel::install(&opts.pin_dir, &opts.cgroup, &devices, &opts.map_sizes)?;
+    let sizes = maps.sizes();
+    metrics.conntrack_capacity.set(i64::from(sizes.conntrack));
     let mut node_addrs = node::node_addresses(&ifaces);
     maps.set_node_addresses(&node_addrs)?;
     info!(
@@ -200,11 +221,8 @@ pub async fn run_agent(
         node_addresses = ?node_addrs,
         "socket hooks and TC programs attached"
     );
-    let capacity = Capacity {
-        maglev: opts.maglev,
-        ..Capacity::default()
-    };
-    let mut reconciler = Reconciler::adopt(maps, capacity)?;
+    let mut reconciler = Reconciler::adopt(maps, sizes.capacity())?;
+    let mut incomplete_log = IncompleteLog::default();
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut state = ClusterState::new(NodeModel::named(opts.node.clone()));
@@ -257,7 +275,7 @@ pub async fn run_agent(
             },
             () = sleep => {}
             _ = housekeeping.tick() => {
-                housekeep(&mut reconciler, &mut node_addrs, metrics);
+                housekeep(&mut reconciler, &mut node_addrs, metrics, sizes);
                 if service_health_failed && ready {
                     let failed = service_health.update(service_health::desired_health_checks_for_state(&state)).await;
                     service_health_failed = !failed.is_empty();
@@ -303,7 +321,15 @@ pub async fn run_agent(
                 metrics
                     .frontends
                     .set(i64::try_from(desired.frontends.len()).unwrap_or(i64::MAX));
+                report_programmed(
+                    &mut reconciler,
+                    desired,
+                    &health,
+                    metrics,
+                    &mut incomplete_log,
+                );
                 report_conflicts(state.index().conflicts(), &mut conflicts, metrics);
+                report_orphans(&state, &mut orphans, metrics);
                 if stats.ops > 0 {
                     info!(
                         services = state.service_count(),
@@ -331,13 +357,29 @@ pub async fn run_agent(
             }
         }
     };
-    let _ = stop_health.send(());
+    let _ = stop_http.send(true);
     service_health.shutdown().await;
     source_task.abort();
     if result.is_ok() {
         info!("shutting down; the data path stays in place");
     }
     result
+}
+
+/// The listeners to open: health and metrics on their addresses, one listener when
+/// the addresses are the same.
+fn listeners(
+    health: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
+) -> Vec<(SocketAddr, health::Routes)> {
+    match (health, metrics) {
+        (Some(h), Some(m)) if h == m => vec![(h, health::Routes::ALL)],
+        (h, m) => h
+            .map(|h| (h, health::Routes::HEALTH))
+            .into_iter()
+            .chain(m.map(|m| (m, health::Routes::METRICS)))
+            .collect(),
+    }
 }
 
 /// Logs conflicts once when they appear and once when they are resolved (not at every
@@ -359,6 +401,161 @@ fn report_conflicts(now: Vec<Conflict>, known: &mut Vec<Conflict>, metrics: &Syn
     *known = now;
 }
 
+/// Warns once about each EndpointSlice that names a Service that does not exist.
+fn report_orphans(state: &ClusterState, known: &mut BTreeSet<ObjectKey>, metrics: &SyncMetrics) {
+    let mut now = BTreeSet::new();
+    for slice in state.orphan_slices() {
+        let key = slice.key();
+        if !known.contains(&key) {
+            warn!(
+                slice = %key, service = %slice.service_key(),
+                "EndpointSlice for a Service that does not exist: not used until it does"
+            );
+        }
+        now.insert(key);
+    }
+    metrics
+        .orphan_slices
+        .set(i64::try_from(now.len()).unwrap_or(i64::MAX));
+    *known = now;
+}
+
+/// How often an unchanged incomplete data path is logged again.
+const INCOMPLETE_LOG_INTERVAL: Duration = Duration::from_secs(300);
+
+/// What was last logged about frontends that are not programmed.
+#[derive(Default)]
+struct IncompleteLog {
+    last: IncompleteCounts,
+    logged_at: Option<Instant>,
+}
+
+/// After a sync: what is not programmed and how full the maps are, on /metrics,
+/// /readyz, in the status map and in one log line (when it changes, and every
+/// [`INCOMPLETE_LOG_INTERVAL`] while it lasts), never one per frontend.
+fn report_programmed(
+    reconciler: &mut Reconciler<kernel::KernelMaps>,
+    desired: &DesiredState,
+    health: &Health,
+    metrics: &SyncMetrics,
+    log: &mut IncompleteLog,
+) {
+    let programmed = reconciler.state();
+    let counts = programmed.incomplete_counts();
+    let fill = programmed.fill();
+    metrics.set_programmed(&counts, &fill);
+    let summary = counts
+        .capacity_short()
+        .then(|| incomplete_summary(&counts, &fill, programmed.incomplete(), desired));
+    health.set_incomplete(summary.clone());
+    let status = lb_common::AgentStatus {
+        synced_at_ns: kernel::monotonic_ns(),
+        wanted: u32::try_from(desired.frontends.len()).unwrap_or(u32::MAX),
+        maps_full: u32::try_from(counts.maps_full).unwrap_or(u32::MAX),
+        backends_truncated: u32::try_from(counts.backends_truncated).unwrap_or(u32::MAX),
+        address_family: u32::try_from(counts.address_family).unwrap_or(u32::MAX),
+        agent_pid: std::process::id(),
+        pad: 0,
+    };
+    if let Err(e) = reconciler.maps_mut().write_agent_status(&status) {
+        warn!(error = %e, "recording the sync in the status map failed");
+    }
+    let changed = counts != log.last;
+    let due = log
+        .logged_at
+        .is_none_or(|t| t.elapsed() >= INCOMPLETE_LOG_INTERVAL);
+    match summary {
+        Some(summary) if changed || due => {
+            warn!("data path incomplete: {summary}");
+            log.logged_at = Some(Instant::now());
+        }
+        None if changed && log.last.capacity_short() => {
+            info!("data path complete: every wanted frontend is programmed");
+            log.logged_at = None;
+        }
+        _ => {}
+    }
+    if counts.address_family > 0 && counts.address_family != log.last.address_family {
+        warn!(
+            frontends = counts.address_family,
+            "frontends of an address family the data path does not hold are not programmed"
+        );
+    }
+    log.last = counts;
+}
+
+/// One line: how many frontends lack what, which maps are full and which flag sizes
+/// them, and a few of the frontends with their Services.
+fn incomplete_summary(
+    counts: &IncompleteCounts,
+    fill: &Fill,
+    incomplete: &std::collections::BTreeMap<FrontendKey, Incomplete>,
+    desired: &DesiredState,
+) -> String {
+    let mut parts = Vec::new();
+    if counts.maps_full > 0 {
+        parts.push(format!(
+            "{} frontends not programmed (maps full)",
+            counts.maps_full
+        ));
+    }
+    if counts.backends_truncated > 0 {
+        parts.push(format!(
+            "{} frontends with fewer backends than wanted",
+            counts.backends_truncated
+        ));
+    }
+    let maps: Vec<String> = [
+        (
+            lb_common::map_names::SVC4,
+            fill.used.svc_entries,
+            fill.capacity.svc_entries,
+            "--map-size-services",
+        ),
+        (
+            lb_common::map_names::BACKEND4,
+            fill.used.backends,
+            fill.capacity.backends,
+            "--map-size-backends",
+        ),
+        (
+            lb_common::map_names::SRC_RANGE4,
+            fill.used.src_ranges,
+            fill.capacity.src_ranges,
+            "--map-size-source-ranges",
+        ),
+    ]
+    .iter()
+    .filter(|(map, used, _, _)| *used > 0 || *map != lb_common::map_names::SRC_RANGE4)
+    .map(|(map, used, capacity, flag)| format!("{map} {used}/{capacity} ({flag})"))
+    .collect();
+    let mut examples: Vec<(&Incomplete, Option<&ObjectKey>, &FrontendKey)> = incomplete
+        .iter()
+        .filter(|(_, why)| !matches!(why, Incomplete::AddressFamily))
+        .map(|(key, why)| (why, desired.owners.get(key).map(|c| &c.service), key))
+        .collect();
+    examples.sort_by_key(|(_, owner, key)| (owner.is_none(), *owner, **key));
+    let examples: Vec<String> = examples
+        .iter()
+        .take(3)
+        .map(|(why, owner, key)| {
+            let owner = owner.map_or_else(|| "-".to_string(), |o| o.to_string());
+            match why {
+                Incomplete::BackendsTruncated { programmed, wanted } => {
+                    format!("{owner} {key} ({programmed} of {wanted} backends)")
+                }
+                _ => format!("{owner} {key}"),
+            }
+        })
+        .collect();
+    format!(
+        "{}; maps: {}; e.g. {}",
+        parts.join(", "),
+        maps.join(", "),
+        examples.join(", ")
+    )
+}
+
 /// A sweep finding the conntrack table at least this full counts as pressure.
 const CT_PRESSURE_PERCENT: usize = 95;
 
@@ -371,6 +568,7 @@ fn housekeep(
     reconciler: &mut Reconciler<kernel::KernelMaps>,
     node_addrs: &mut Vec<std::net::Ipv4Addr>,
     metrics: &SyncMetrics,
+    sizes: kernel::MapSizes,
 ) {
     match node::interfaces() {
         Ok(ifaces) => {
@@ -398,7 +596,7 @@ fn housekeep(
             metrics.conntrack_expired.inc_by(sweep.removed as u64);
             // The table is an LRU: when full, new flows still get entries and the
             // least recently used (idle) flows lose theirs. Say so when it gets close.
-            let capacity = lb_common::capacity::CT4 as usize;
+            let capacity = sizes.conntrack as usize;
             if sweep.live * 100 >= capacity * CT_PRESSURE_PERCENT {
                 metrics.conntrack_full_sweeps.inc();
                 warn!(

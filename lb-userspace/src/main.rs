@@ -85,6 +85,8 @@ impl BalancingArgs {
     }
 }
 
+// Parsed once per process: the size of the agent's variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the agent: attach the socket hooks and keep the maps in sync.
@@ -113,10 +115,18 @@ enum Command {
         /// together (like kube-proxy's --min-sync-period). E.g. 0, 500ms, 1s.
         #[arg(long, default_value = "0", value_parser = parse_duration)]
         min_sync_period: Duration,
-        /// Address of /healthz, /readyz and /metrics; "off" disables it. Default:
-        /// 0.0.0.0:10256 (kube-proxy's) when watching the API, off with --manifests.
-        #[arg(long)]
+        /// Address of /healthz, /livez and /readyz (kube-proxy's
+        /// --healthz-bind-address); "off" disables it. Default: 0.0.0.0:10256
+        /// (kube-proxy's: cloud load balancers probe it) when watching the API, off
+        /// with --manifests.
+        #[arg(long, alias = "healthz-bind-address")]
         health_addr: Option<String>,
+        /// Address of /metrics (kube-proxy's --metrics-bind-address); "off" disables
+        /// it. Default: 127.0.0.1:10249 (kube-proxy's: not reachable from outside the
+        /// node) when watching the API, off with --manifests. The same address as
+        /// --health-addr serves both on one listener.
+        #[arg(long)]
+        metrics_bind_address: Option<String>,
         /// /healthz reports unhealthy when an update waits longer than this.
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         health_timeout: Duration,
@@ -130,6 +140,8 @@ enum Command {
         /// with externalTrafficPolicy Local). Default: every IPv4 address of the node.
         #[arg(long, default_value = "0.0.0.0")]
         health_check_bind_address: std::net::IpAddr,
+        #[command(flatten)]
+        map_sizes: MapSizeArgs,
         #[command(flatten)]
         balancing: BalancingArgs,
     },
@@ -159,6 +171,65 @@ enum Command {
         #[arg(long, default_value = kernel::DEFAULT_PIN_DIR)]
         bpffs: PathBuf,
     },
+}
+
+/// Sizes of the maps that grow with the cluster. They are fixed when a map is
+/// created: a pinned map keeps its size across restarts (the agent warns when a flag
+/// asks for another), and a new size needs `socklb uninstall` first. The kernel
+/// preallocates each map, charged to the agent's memory cgroup.
+#[derive(clap::Args)]
+struct MapSizeArgs {
+    /// Service map entries: one per frontend (and per service address) plus one per
+    /// backend slot; frontends that do not fit are not programmed (readiness fails,
+    /// metric socklb_frontends_not_programmed). ~180 bytes each (96 in the service
+    /// map, 88 in the affinity match map, which gets the same size).
+    #[arg(long, default_value_t = lb_common::capacity::SVC4, value_parser = map_size)]
+    map_size_services: u32,
+    /// Backend map entries: distinct (address, port, protocol). ~80 bytes each.
+    #[arg(long, default_value_t = lb_common::capacity::BACKEND4, value_parser = map_size)]
+    map_size_backends: u32,
+    /// Connection tracking entries for NodePort/LoadBalancer/external IP flows, two per
+    /// flow; the least recently used are evicted when full. ~112 bytes each.
+    #[arg(long, default_value_t = lb_common::capacity::CT4, value_parser = map_size)]
+    map_size_conntrack: u32,
+    /// Session affinity entries: (client, frontend) pairs of Services with
+    /// sessionAffinity ClientIP; the least recently used are forgotten first. ~96
+    /// bytes each.
+    #[arg(long, default_value_t = lb_common::capacity::AFFINITY4, value_parser = map_size)]
+    map_size_affinity: u32,
+    /// loadBalancerSourceRanges entries over all LoadBalancer frontends (allocated as
+    /// used, not in advance).
+    #[arg(long, default_value_t = lb_common::capacity::SRC_RANGE4, value_parser = map_size)]
+    map_size_source_ranges: u32,
+}
+
+impl MapSizeArgs {
+    fn sizes(&self) -> kernel::MapSizes {
+        kernel::MapSizes {
+            services: self.map_size_services,
+            backends: self.map_size_backends,
+            conntrack: self.map_size_conntrack,
+            affinity: self.map_size_affinity,
+            source_ranges: self.map_size_source_ranges,
+            // Set from the balancing flags (BalancingArgs).
+            maglev: MaglevConfig::default(),
+        }
+    }
+}
+
+fn map_size(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of entries"))?;
+    if !(kernel::MapSizes::MIN..=kernel::MapSizes::MAX).contains(&n) {
+        return Err(format!(
+            "{n} is outside {}..={} entries",
+            kernel::MapSizes::MIN,
+            kernel::MapSizes::MAX
+        ));
+    }
+    Ok(n)
 }
 
 fn main() -> std::process::ExitCode {
@@ -193,9 +264,11 @@ fn run() -> anyhow::Result<()> {
             poll_interval_ms,
             min_sync_period,
             health_addr,
+            metrics_bind_address,
             health_timeout,
             devices,
             health_check_bind_address,
+            map_sizes,
             balancing,
         } => {
             let maglev = balancing.config()?;
@@ -203,18 +276,17 @@ fn run() -> anyhow::Result<()> {
                 Some(c) => c,
                 None => kernel::cgroup2_root().context("no cgroup2 mount found; pass --cgroup")?,
             };
-            let default_health = if manifests.is_some() {
-                None
+            let (default_health, default_metrics) = if manifests.is_some() {
+                (None, None)
             } else {
-                Some("0.0.0.0:10256")
+                (Some("0.0.0.0:10256"), Some("127.0.0.1:10249"))
             };
-            let health_addr = match health_addr.as_deref().or(default_health) {
-                None | Some("off") => None,
-                Some(a) => Some(
-                    a.parse()
-                        .with_context(|| format!("--health-addr {a:?} is not an address:port"))?,
-                ),
-            };
+            let health_addr =
+                listen_address("--health-addr", health_addr.as_deref().or(default_health))?;
+            let metrics_addr = listen_address(
+                "--metrics-bind-address",
+                metrics_bind_address.as_deref().or(default_metrics),
+            )?;
             let source = match manifests {
                 Some(dir) => Source::Manifests {
                     dir,
@@ -235,10 +307,14 @@ fn run() -> anyhow::Result<()> {
                 pin_dir: bpffs,
                 min_sync_period,
                 health_addr,
+                metrics_addr,
                 health_timeout,
                 devices,
                 health_check_bind_address,
-                maglev,
+                map_sizes: kernel::MapSizes {
+                    maglev,
+                    ..map_sizes.sizes()
+                },
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -271,6 +347,9 @@ fn run() -> anyhow::Result<()> {
             }
         }
         Command::Uninstall { cgroup, bpffs } => {
+            if let Some(cgroup) = &cgroup {
+                kernel::check_cgroup2(cgroup)?;
+            }
             let removed = kernel::uninstall(&bpffs)?;
             info!(links = ?removed.links, maps = ?removed.maps, dir_removed = removed.dir_removed, "uninstalled");
             if let Some(cgroup) = cgroup {
@@ -297,6 +376,17 @@ fn run() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// An `address:port` flag, or "off" (None).
+fn listen_address(flag: &str, value: Option<&str>) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    match value {
+        None | Some("off") => Ok(None),
+        Some(a) => a
+            .parse()
+            .map(Some)
+            .with_context(|| format!("{flag} {a:?} is not an address:port (or \"off\")")),
+    }
 }
 
 fn node_name(flag: Option<String>) -> anyhow::Result<String> {

@@ -63,10 +63,30 @@ pub struct SyncMetrics {
     pub last_sync_timestamp_seconds: GaugeF64,
     pub conflicts: Gauge,
     pub conflict: Family<ConflictLabels, Gauge>,
+    /// EndpointSlices naming a Service that does not exist.
+    pub orphan_slices: Gauge,
     pub conntrack_expired: Counter,
     pub conntrack_full_sweeps: Counter,
     pub conntrack_capacity: Gauge,
     pub conntrack_entries: Gauge,
+    /// Wanted frontends not (fully) in the maps, by reason.
+    pub frontends_not_programmed: Family<ReasonLabels, Gauge>,
+    /// Entries the agent keeps in each sized map, and its size.
+    pub map_entries: Family<MapLabels, Gauge>,
+    pub map_capacity: Family<MapLabels, Gauge>,
+}
+
+/// Why frontends are not programmed (`maps_full`, `backends_truncated`,
+/// `address_family`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+/// A map by its kernel name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MapLabels {
+    pub map: &'static str,
 }
 
 /// One lost claim on a frontend.
@@ -119,10 +139,14 @@ impl Default for SyncMetrics {
             last_sync_timestamp_seconds: GaugeF64::default(),
             conflicts: Gauge::default(),
             conflict: Family::default(),
+            orphan_slices: Gauge::default(),
             conntrack_expired: Counter::default(),
             conntrack_full_sweeps: Counter::default(),
             conntrack_capacity: Gauge::default(),
             conntrack_entries: Gauge::default(),
+            frontends_not_programmed: Family::default(),
+            map_entries: Family::default(),
+            map_capacity: Family::default(),
         }
     }
 }
@@ -215,6 +239,11 @@ impl Metrics {
         );
         r.register("socklb_frontend_conflict", "One per frontend claim that lost: the frontend, the Service that keeps it and the one that does not", sync.conflict.clone());
         r.register(
+            "socklb_orphan_slices",
+            "EndpointSlices whose kubernetes.io/service-name names a Service that does not exist (they serve nothing)",
+            sync.orphan_slices.clone(),
+        );
+        r.register(
             "socklb_conntrack_expired",
             "Expired conntrack entries removed by the agent's sweeps",
             sync.conntrack_expired.clone(),
@@ -229,6 +258,22 @@ impl Metrics {
             "socklb_conntrack_entries",
             "Live conntrack entries (both directions of each external flow) at the last sweep",
             sync.conntrack_entries.clone(),
+        );
+
+        r.register(
+            "socklb_frontends_not_programmed",
+            "Wanted frontends that are not in the maps as wanted, by reason: maps_full (not programmed, or left as it was), backends_truncated (fewer backends than wanted), address_family",
+            sync.frontends_not_programmed.clone(),
+        );
+        r.register(
+            "socklb_map_entries",
+            "Entries the agent has written to each map it sizes by what the cluster needs",
+            sync.map_entries.clone(),
+        );
+        r.register(
+            "socklb_map_capacity",
+            "Size (max_entries) of each of those maps",
+            sync.map_capacity.clone(),
         );
 
         r.register(
@@ -287,6 +332,54 @@ impl Metrics {
 }
 
 impl SyncMetrics {
+    /// Shows what is not programmed and how full the maps are.
+    pub fn set_programmed(
+        &self,
+        incomplete: &socklb_core::maps::diff::IncompleteCounts,
+        fill: &socklb_core::maps::diff::Fill,
+    ) {
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        for (reason, n) in [
+            ("maps_full", incomplete.maps_full),
+            ("backends_truncated", incomplete.backends_truncated),
+            ("address_family", incomplete.address_family),
+        ] {
+            self.frontends_not_programmed
+                .get_or_create(&ReasonLabels { reason })
+                .set(gauge(n));
+        }
+        use lb_common::map_names;
+        for (map, used, capacity) in [
+            (
+                map_names::SVC4,
+                fill.used.svc_entries,
+                fill.capacity.svc_entries,
+            ),
+            (
+                map_names::BACKEND4,
+                fill.used.backends,
+                fill.capacity.backends,
+            ),
+            (
+                map_names::AFFINITY_MATCH4,
+                fill.used.affinity_matches,
+                fill.capacity.affinity_matches,
+            ),
+            (
+                map_names::SRC_RANGE4,
+                fill.used.src_ranges,
+                fill.capacity.src_ranges,
+            ),
+        ] {
+            self.map_entries
+                .get_or_create(&MapLabels { map })
+                .set(gauge(used));
+            self.map_capacity
+                .get_or_create(&MapLabels { map })
+                .set(gauge(capacity));
+        }
+    }
+
     /// Makes `socklb_frontend_conflict` and `socklb_frontend_conflicts` show `now`.
     pub fn set_conflicts(&self, now: &[Conflict]) {
         self.conflict.clear();

@@ -433,7 +433,7 @@ fn binding_gives_the_role_to_the_agent_service_account() {
 }
 
 #[test]
-fn daemonset_runs_privileged_on_the_host_network_of_every_node() {
+fn daemonset_runs_on_the_host_network_of_every_node_with_three_capabilities() {
     let m = Manifests::load();
     let ds = m.daemonset();
     let spec = &ds.spec;
@@ -442,19 +442,26 @@ fn daemonset_runs_privileged_on_the_host_network_of_every_node() {
 
     assert_eq!(pod.host_network, Some(true), "hostNetwork");
     assert_ne!(pod.host_pid, Some(true), "hostPID is not needed");
-    for c in pod
-        .containers
-        .iter()
-        .chain(pod.init_containers.iter().flatten())
-    {
+    // Only the init container that mounts bpffs (Bidirectional propagation) is
+    // privileged; the agent has CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON and nothing else
+    // (tests/tests/least_privilege.rs runs it so).
+    for c in pod.init_containers.iter().flatten() {
         let privileged = c.security_context.as_ref().and_then(|s| s.privileged);
-        assert_eq!(
-            privileged,
-            Some(true),
-            "container {} must be privileged",
-            c.name
-        );
+        assert_eq!(privileged, Some(true), "init container {}", c.name);
     }
+    let sc = agent
+        .security_context
+        .as_ref()
+        .expect("agent securityContext");
+    assert_eq!(sc.privileged, Some(false));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    let caps = sc.capabilities.as_ref().expect("capabilities");
+    assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+    assert_eq!(
+        caps.add.as_deref(),
+        Some(&["BPF".to_string(), "NET_ADMIN".into(), "PERFMON".into()][..])
+    );
     assert_eq!(
         pod.priority_class_name.as_deref(),
         Some("system-node-critical")
@@ -641,12 +648,14 @@ fn daemonset_mounts_bpffs_and_the_cgroup_root_where_its_args_point() {
         "--bpffs is a directory of its own inside bpffs"
     );
     assert_eq!(bpffs_arg, "/sys/fs/bpf/socklb");
+    // Pins are written to bpffs; the cgroup is only opened to attach to it.
+    assert!(bpffs.read_only != Some(true), "bpffs must be writable");
+    assert_eq!(
+        cgroup.read_only,
+        Some(true),
+        "the cgroup mount is read-only"
+    );
     for mount in [&cgroup, &bpffs] {
-        assert!(
-            mount.read_only != Some(true),
-            "{} must be writable",
-            mount.mount_path
-        );
         assert!(
             matches!(
                 mount.mount_propagation.as_deref(),

@@ -137,6 +137,10 @@ pub struct AgentConfig {
     /// A network namespace file (`/run/netns/NAME`) the agent runs in (setns(2) before
     /// exec, like a host-network DaemonSet pod on that node); `None`: the host's.
     pub netns: Option<PathBuf>,
+    /// A command the agent is started through, which ends by exec'ing the `socklb`
+    /// binary and its arguments appended to it (e.g. `setpriv --bounding-set ... --`),
+    /// so the agent keeps the wrapper's pid. Empty: the binary itself.
+    pub wrapper: Vec<String>,
 }
 
 impl AgentConfig {
@@ -155,6 +159,7 @@ impl AgentConfig {
             extra_args: Vec::new(),
             env: Vec::new(),
             netns: None,
+            wrapper: Vec::new(),
         }
     }
 
@@ -196,6 +201,16 @@ impl AgentConfig {
         a.push("--node".into());
         a.push(self.node.clone().into());
         a.extend(self.extra_args.iter().map(Into::into));
+        // The agent's HTTP listeners default to kube-proxy's fixed ports when it
+        // watches the API: a test that wants one names its own free port.
+        if self.kubeconfig.is_some() {
+            for flag in ["--health-addr", "--metrics-bind-address"] {
+                if !self.extra_args.iter().any(|x| x == flag) {
+                    a.push(flag.into());
+                    a.push("off".into());
+                }
+            }
+        }
         // An agent in the host's network namespace never attaches to the host's
         // devices: without an explicit --devices it gets none.
         if self.netns.is_none() && !self.extra_args.iter().any(|x| x == "--devices") {
@@ -230,7 +245,14 @@ impl Agent {
         let log_path = logs.path().join("agent.log");
         let log = File::create(&log_path)
             .with_context(|| format!("cannot create {}", log_path.display()))?;
-        let mut cmd = Command::new(bin);
+        let mut cmd = match config.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(bin);
+                cmd
+            }
+            None => Command::new(bin),
+        };
         cmd.args(config.args())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -28,6 +28,7 @@ pub mod child;
 pub mod cluster;
 pub mod cluster_spec;
 pub mod cmd;
+pub mod http;
 pub mod multinode;
 pub mod names;
 pub mod netns;

@@ -337,6 +337,12 @@ impl UdpRun {
         self.bind = Some(ip);
         self
     }
+    /// Connected sockets (connect + send/recv): an ICMP unreachable then fails the
+    /// receive with ECONNREFUSED at once, where an unconnected socket only times out.
+    pub fn connected(mut self, on: bool) -> Self {
+        self.probe = self.probe.connected(on);
+        self
+    }
 
     pub fn args(&self) -> Vec<String> {
         let mut a = self.probe.args();
@@ -534,6 +540,8 @@ pub struct Status {
     pub frontends: Vec<StatusFrontend>,
     /// The node's addresses (where NodePorts answer).
     pub node_addresses: Vec<String>,
+    /// LoadBalancer and external IPs whose other ports are refused from outside.
+    pub external_service_addresses: Vec<String>,
     /// Live conntrack entries (two per external flow).
     pub conntrack_entries: u64,
     pub counters: BTreeMap<String, u64>,
@@ -619,6 +627,8 @@ pub struct AgentOptions {
     pub extra_args: Vec<String>,
     /// More environment (e.g. `RUST_LOG=debug`).
     pub env: Vec<(String, String)>,
+    /// The agent is started through this command ([`AgentConfig::wrapper`]).
+    pub wrapper: Vec<String>,
 }
 
 impl Default for AgentOptions {
@@ -627,6 +637,7 @@ impl Default for AgentOptions {
             devices: Some(vec![LAN_IF.to_string()]),
             extra_args: vec!["--poll-interval-ms".into(), "50".into()],
             env: Vec::new(),
+            wrapper: Vec::new(),
         }
     }
 }
@@ -1107,6 +1118,7 @@ impl MultiNode {
         }
         config.extra_args.extend(opts.extra_args.iter().cloned());
         config.env = opts.env.clone();
+        config.wrapper = opts.wrapper.clone();
         node.agent = Some(Agent::start(&config)?);
         Ok(())
     }

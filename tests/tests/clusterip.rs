@@ -484,6 +484,56 @@ fn agent_restarts_do_not_fail_a_single_connection() {
     c.shutdown().unwrap();
 }
 
+/// An agent upgraded over the pins of an older version removes the pins of the maps it
+/// no longer uses (lb_common::map_names::RETIRED: here the counters of the version
+/// before lb_stats_v3) and keeps serving.
+#[test]
+fn an_upgraded_agent_removes_the_pins_of_retired_maps() {
+    if !require_privileges() {
+        return;
+    }
+    let mut c = demo_cluster();
+    let config = c.agent.config().clone();
+    let status = c.agent.stop().unwrap();
+    assert!(status.success(), "agent exit {status}");
+    // What an older agent left: its counters under their old name.
+    let retired = c.pins.path().join("lb_stats_v2");
+    let out = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&retired)
+        .args([
+            "type",
+            "percpu_array",
+            "key",
+            "4",
+            "value",
+            "8",
+            "entries",
+            "15",
+            "name",
+            "lb_stats_v2",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bpftool map create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(retired.exists());
+    c.agent = Agent::start(&config).unwrap();
+    assert!(
+        c.agent.wait_for_log("ready", WAIT),
+        "the upgraded agent did not get ready:\n{}",
+        c.agent.log()
+    );
+    assert!(!retired.exists(), "{} is still pinned", retired.display());
+    assert!(c.pins.path().join("lb_stats_v3").exists());
+    let r = c.tcp(&TcpProbe::new(addr(WEB)).count(20)).unwrap();
+    assert_eq!(r.ok, 20, "{r:?}");
+    c.shutdown().unwrap();
+}
+
 #[test]
 fn a_restarted_agent_applies_changes_made_while_it_was_down() {
     if !require_privileges() {

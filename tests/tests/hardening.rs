@@ -287,3 +287,32 @@ fn bad_objects_never_disturb_a_healthy_service() {
     assert_eq!(udp_report.replies, udp_report.sent, "{udp_report:?}");
     assert_eq!(udp_report.wrong_source, 0, "{udp_report:?}");
 }
+
+#[test]
+fn a_second_agent_on_the_same_pin_directory_refuses_and_the_first_serves_on() {
+    if !require_privileges() {
+        return;
+    }
+    let src = healthy_manifests();
+    let mut c = Cluster::start(src.path()).unwrap();
+    c.wait_tcp(&TcpProbe::new(addr(WEB)).count(5), WAIT, |r| r.ok == 5)
+        .unwrap();
+    let mut second = socklb_tests::Agent::start(c.agent.config()).unwrap();
+    let exited = wait_until(WAIT, || !matches!(second.try_wait(), Ok(None)));
+    assert!(exited, "the second agent kept running:\n{}", second.log());
+    let status = second.try_wait().unwrap().unwrap();
+    assert!(!status.success(), "{status}");
+    assert!(
+        second.log().contains("is in use by another socklb agent"),
+        "{}",
+        second.log()
+    );
+    // `socklb uninstall` refuses too while the agent runs.
+    let pins = c.pins.path().display().to_string();
+    let out = socklb_tests::socklb(["uninstall", "--bpffs", pins.as_str()]).unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use"));
+    let r = c.tcp(&TcpProbe::new(addr(WEB)).count(50)).unwrap();
+    assert_eq!(r.ok, 50, "the first agent's data path is untouched: {r:?}");
+    c.shutdown().unwrap();
+}

@@ -10,10 +10,11 @@
 #[path = "../../lb-userspace/tests/kube_fake/mod.rs"]
 mod kube_fake;
 
+use socklb_tests::http::{body as http_body, free_loopback_port, status as http_status};
 use std::{
     collections::BTreeMap,
-    io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    io::Read as _,
+    net::{Ipv4Addr, SocketAddr},
     process::{Command, Stdio},
     time::Duration,
 };
@@ -307,8 +308,13 @@ fn unreachable_api_server_at_start_is_retried_and_reported_not_ready() {
     env.api.apply(service());
     env.api.apply(slice(&[(PODS[0], true)]));
     let health = free_loopback_port();
-    let mut agent =
-        Agent::start(&env.agent_config(&["--health-addr", &health.to_string()])).unwrap();
+    let mut agent = Agent::start(&env.agent_config(&[
+        "--health-addr",
+        &health.to_string(),
+        "--metrics-bind-address",
+        &health.to_string(),
+    ]))
+    .unwrap();
 
     // Up but not ready while the API server cannot be reached; healthy meanwhile
     // (nothing queued), so a liveness probe would not restart it.
@@ -341,38 +347,6 @@ fn unreachable_api_server_at_start_is_retried_and_reported_not_ready() {
     env.shutdown(&mut agent);
 }
 
-fn free_loopback_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    Some(response)
-}
-
-fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    http_get(addr, path)?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-fn http_body(addr: SocketAddr, path: &str) -> Option<String> {
-    http_get(addr, path)?
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-}
-
 #[test]
 fn min_sync_period_coalesces_a_burst_of_events() {
     if !require_privileges() {
@@ -385,6 +359,8 @@ fn min_sync_period_coalesces_a_burst_of_events() {
     let health = free_loopback_port();
     let config = env.agent_config(&[
         "--health-addr",
+        &health.to_string(),
+        "--metrics-bind-address",
         &health.to_string(),
         "--min-sync-period",
         "2s",

@@ -50,6 +50,7 @@ const LOCAL_NP_UDP: u16 = 30054;
 const LOCAL1_NP: u16 = 30082;
 /// e2e/empty: NodePort without endpoints.
 const EMPTY_NP: u16 = 30099;
+const EMPTY_NP_UDP: u16 = 30098;
 /// e2e/bulk: NodePort, Cluster, its only endpoint on node-2.
 const BULK_NP: u16 = 30090;
 /// e2e/bulk-local: NodePort, Local, endpoints 10.244.1.10 and 10.244.2.10.
@@ -63,6 +64,14 @@ const EXT_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 8);
 const STICKY_NP: u16 = 30085;
 /// e2e/web's ClusterIP.
 const WEB_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+/// e2e/empty-lb: LoadBalancer without endpoints (TCP 80, UDP 53).
+const EMPTY_LB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 9);
+/// e2e/empty-ext: ClusterIP with externalIPs [198.51.100.10], without endpoints (TCP 80,
+/// UDP 53).
+const EMPTY_EXT_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+/// e2e/lb-local2: LoadBalancer, externalTrafficPolicy Local, endpoints on node-2 only
+/// (its IP is routed to node-1, which has none).
+const LOCAL2_LB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 11);
 
 fn sa(ip: Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::from((ip, port))
@@ -252,7 +261,10 @@ fn services() -> Vec<(Svc, Vec<Ipv4Addr>)> {
                 kind: "NodePort",
                 cluster_ip: "10.96.0.99",
                 policy: Some("Cluster"),
-                ports: vec![tcp("http", 80, Some(EMPTY_NP))],
+                ports: vec![
+                    tcp("http", 80, Some(EMPTY_NP)),
+                    udp("dns", 53, Some(EMPTY_NP_UDP)),
+                ],
                 ..Svc::default()
             },
             vec![],
@@ -315,6 +327,42 @@ fn services() -> Vec<(Svc, Vec<Ipv4Addr>)> {
                 ..Svc::default()
             },
             PODS.to_vec(),
+        ),
+        (
+            Svc {
+                name: "empty-lb",
+                kind: "LoadBalancer",
+                cluster_ip: "10.96.0.22",
+                policy: Some("Cluster"),
+                ports: vec![tcp("http", 80, None), udp("dns", 53, None)],
+                lb_ingress: vec![EMPTY_LB_IP],
+                ..Svc::default()
+            },
+            vec![],
+        ),
+        (
+            Svc {
+                name: "empty-ext",
+                kind: "ClusterIP",
+                cluster_ip: "10.96.0.23",
+                policy: Some("Cluster"),
+                ports: vec![tcp("http", 80, None), udp("dns", 53, None)],
+                external_ips: vec![EMPTY_EXT_IP],
+                ..Svc::default()
+            },
+            vec![],
+        ),
+        (
+            Svc {
+                name: "lb-local2",
+                kind: "LoadBalancer",
+                cluster_ip: "10.96.0.24",
+                policy: Some("Local"),
+                ports: vec![tcp("http", 80, None)],
+                lb_ingress: vec![LOCAL2_LB_IP],
+                ..Svc::default()
+            },
+            NODE2_PODS.to_vec(),
         ),
     ]
 }
@@ -921,7 +969,10 @@ fn local_policy_without_a_local_endpoint_drops_while_the_other_node_serves() {
     );
 }
 
-/// A NodePort whose service has no endpoints: TCP refused at once on both nodes.
+/// A NodePort whose service has no endpoints: refused at once on both nodes, by the
+/// node's own stack (the TC program passes such packets up, and nothing may listen on a
+/// NodePort): TCP with a RST, UDP with a port unreachable (a connected socket's
+/// ECONNREFUSED).
 #[test]
 fn a_nodeport_without_endpoints_is_refused_at_once() {
     if !require_privileges() {
@@ -937,11 +988,120 @@ fn a_nodeport_without_endpoints_is_refused_at_once() {
             .unwrap();
         assert_eq!(r.error("ECONNREFUSED"), 5, "{r:?}");
         assert!(r.max_error_ms < 500.0, "refused at once: {r:?}");
+        let r = mn
+            .udp(
+                Origin::Client,
+                &UdpRun::new(np(n, EMPTY_NP_UDP))
+                    .connected(true)
+                    .sockets(3)
+                    .timeout_ms(3000),
+            )
+            .unwrap();
+        assert_eq!(r.error("ECONNREFUSED"), 3, "{r:?}");
+        assert!(r.elapsed_ms < 3000.0, "refused at once: {r:?}");
         let plan = mn.plan(n).unwrap();
         let f = plan
             .frontend("NodePort", &format!("*:{EMPTY_NP}"), "TCP")
             .unwrap();
         assert_eq!(f.action, "reject");
+    }
+}
+
+/// No endpoints from outside, as kube-proxy's REJECT answers (kubernetes#121371 for the
+/// Local case): a LoadBalancer IP and an external IP whose service has no endpoints,
+/// and a known external or LoadBalancer IP on a port (or protocol) its services do not
+/// have, refuse at once: TCP with ECONNREFUSED from a RST, UDP on a connected socket
+/// with ECONNREFUSED from an ICMP port unreachable. A Local service without a local
+/// endpoint drops: the client times out.
+#[test]
+fn load_balancer_and_external_ips_without_endpoints_refuse_at_once() {
+    if !require_privileges() {
+        return;
+    }
+    let mn = cluster();
+    let tcp_refused = [
+        sa(EMPTY_LB_IP, 80),
+        sa(EMPTY_EXT_IP, 80),
+        // Known VIPs with endpoints, on a port their services do not have.
+        sa(EXT_IP, 81),
+        sa(LB_IP, 443),
+    ];
+    for to in tcp_refused {
+        let r = mn
+            .tcp(Origin::Client, &TcpRun::new(to).count(5).timeout_ms(3000))
+            .unwrap();
+        assert_eq!(r.error("ECONNREFUSED"), 5, "{to}: {r:?}");
+        assert!(
+            r.max_error_ms < 1000.0,
+            "{to}: refused at once, not after a timeout: {r:?}"
+        );
+    }
+    let udp_refused = [
+        sa(EMPTY_LB_IP, 53),
+        sa(EMPTY_EXT_IP, 53),
+        // A known external IP: UDP on its TCP service's port, and another port.
+        sa(EXT_IP, 80),
+        sa(EXT_IP, 5353),
+    ];
+    for to in udp_refused {
+        let r = mn
+            .udp(
+                Origin::Client,
+                &UdpRun::new(to).connected(true).sockets(3).timeout_ms(3000),
+            )
+            .unwrap();
+        assert_eq!(r.replies, 0, "{to}: {r:?}");
+        assert_eq!(r.error("ECONNREFUSED"), 3, "{to}: {r:?}");
+        assert!(
+            r.elapsed_ms < 3000.0,
+            "{to}: three refusals at once, not a timeout: {r:?}"
+        );
+    }
+    // The service ports with endpoints still serve.
+    let r = mn
+        .tcp(Origin::Client, &TcpRun::new(sa(EXT_IP, 80)).count(10))
+        .unwrap();
+    assert_all_ok_tcp(&r, 10);
+
+    // externalTrafficPolicy Local, endpoints on node-2 only, the IP routed to node-1:
+    // dropped, so the client times out (no RST).
+    let r = mn
+        .tcp(
+            Origin::Client,
+            &TcpRun::new(sa(LOCAL2_LB_IP, 80)).count(2).timeout_ms(700),
+        )
+        .unwrap();
+    assert_eq!(r.ok, 0, "{r:?}");
+    assert_eq!(r.error("ETIMEDOUT"), 2, "dropped, not refused: {r:?}");
+
+    // Node-1 answered them all itself, and dropped the Local ones.
+    let status = mn.status(1).unwrap();
+    let answered = status.counters["nodeport_rejected"];
+    assert!(
+        answered >= 4 * 5 + 4 * 3,
+        "answers counted on node-1: {:?}",
+        status.counters
+    );
+    assert_eq!(status.counters["nodeport_reject_rate_limited"], 0);
+    assert!(
+        status.counters["nodeport_dropped"] >= 2,
+        "{:?}",
+        status.counters
+    );
+    for ip in [LB_IP, EXT_IP, EMPTY_LB_IP, EMPTY_EXT_IP, LOCAL2_LB_IP] {
+        assert!(
+            status.external_service_addresses.contains(&ip.to_string()),
+            "{ip} refuses its other ports: {:?}",
+            status.external_service_addresses
+        );
+    }
+    let plan = mn.plan(1).unwrap();
+    for (kind, address) in [
+        ("LoadBalancer", sa(EMPTY_LB_IP, 80)),
+        ("ExternalIP", sa(EMPTY_EXT_IP, 80)),
+    ] {
+        let f = plan.frontend(kind, &address.to_string(), "TCP").unwrap();
+        assert_eq!(f.action, "reject", "{kind} {address}");
     }
 }
 

@@ -10,6 +10,10 @@ pub const IPPROTO_ICMP: u8 = 1;
 pub mod eth {
     /// Header length.
     pub const HLEN: usize = 14;
+    /// Destination address (6 bytes), followed by the source address.
+    pub const DEST: usize = 0;
+    /// Length of one address.
+    pub const ALEN: usize = 6;
     /// EtherType, network byte order.
     pub const PROTO: usize = 12;
     /// EtherType of IPv4.
@@ -37,8 +41,16 @@ pub mod ip4 {
     pub const SADDR: usize = 12;
     /// Destination address.
     pub const DADDR: usize = 16;
+    /// Type of service (DSCP and ECN).
+    pub const TOS: usize = 1;
     /// Length of a header without options.
     pub const MIN_HLEN: usize = 20;
+    /// FRAG_OFF: don't fragment.
+    pub const DF: u16 = 0x4000;
+    /// TOS: the ECN bits.
+    pub const ECN_MASK: u8 = 0x03;
+    /// The TTL of the packets this node sends itself (Linux's default).
+    pub const DEFAULT_TTL: u8 = 64;
     /// The version nibble of IPv4.
     pub const VERSION: u8 = 4;
     /// FRAG_OFF: more fragments follow.
@@ -69,6 +81,12 @@ pub mod l4 {
 
 /// TCP (RFC 9293).
 pub mod tcp {
+    /// Sequence number.
+    pub const SEQ: usize = 4;
+    /// Acknowledgment number.
+    pub const ACK_SEQ: usize = 8;
+    /// Length of a header without options.
+    pub const MIN_HLEN: usize = 20;
     /// Data offset, followed by the flags byte.
     pub const DOFF_FLAGS: usize = 12;
     /// Checksum.
@@ -94,6 +112,12 @@ pub mod icmp {
     /// Header length: an error message quotes the IP header it is about after it.
     pub const HLEN: usize = 8;
     pub const DEST_UNREACH: u8 = 3;
+    /// DEST_UNREACH code: the protocol is not served.
+    pub const PROT_UNREACH: u8 = 2;
+    /// DEST_UNREACH code: nothing listens on the port.
+    pub const PORT_UNREACH: u8 = 3;
+    /// How much of the datagram after its IP header an error quotes (RFC 792).
+    pub const QUOTED_L4: usize = 8;
     pub const TIME_EXCEEDED: u8 = 11;
     pub const PARAMETERPROB: u8 = 12;
 }

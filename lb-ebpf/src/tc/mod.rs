@@ -9,17 +9,25 @@
 //! tracked flow are translated too, and non-first fragments take the ports their
 //! first fragment carried.
 //!
+//! A LoadBalancer or external IP without endpoints, and a port no service has on such
+//! an address, answer as kube-proxy's REJECT does ([`reject`]: TCP RST, ICMP
+//! unreachable, sent back out of the device); a NodePort without endpoints passes to
+//! the stack, which answers the same way since nothing may listen there.
+//!
 //! An internal error never drops traffic: the packet passes untranslated and a
 //! counter records it. Only a service's own verdict drops, and a new flow that finds
-//! no free SNAT port.
+//! no free SNAT port; a reject answer that cannot be built drops too, since the
+//! verdict was to refuse (see [`reject`]).
 //!
 //! One file per concern: [`parse`] (headers), [`rewrite`] (NAT with checksums),
 //! [`conntrack`], [`snat`], [`route`] (forwarding the packets this node must route
-//! itself), [`icmp`] (errors about tracked flows); [`hdr`] holds the header layouts.
+//! itself), [`icmp`] (errors about tracked flows), [`reject`] (answers for refused
+//! traffic); [`hdr`] holds the header layouts.
 mod conntrack;
 mod hdr;
 mod icmp;
 mod parse;
+mod reject;
 mod rewrite;
 mod route;
 mod snat;
@@ -52,12 +60,19 @@ const DROP: i32 = TC_ACT_SHOT as i32;
 /// TC ingress on a node device.
 #[inline(always)]
 pub fn ingress(ctx: &TcContext) -> i32 {
-    match try_ingress(ctx) {
+    let mut refused = None;
+    let verdict = match try_ingress(ctx, &mut refused) {
         Ok(verdict) => verdict,
         Err(e) => {
             count(e.counter());
             PASS
         }
+    };
+    // Answers are built in one place, whichever verdict point refused the packet (one
+    // copy of that code for the verifier).
+    match refused {
+        Some(p) => reject::answer(ctx, &p),
+        None => verdict,
     }
 }
 
@@ -82,7 +97,7 @@ fn try_egress(ctx: &TcContext) -> Result<i32, Error> {
             saddr,
             daddr,
         } => return icmp_error(ctx, l4_off, saddr, daddr, false),
-        Parsed::Other => return Ok(PASS),
+        Parsed::OtherProto(_) | Parsed::Other => return Ok(PASS),
     };
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -93,8 +108,10 @@ fn try_egress(ctx: &TcContext) -> Result<i32, Error> {
     Ok(PASS)
 }
 
+/// The verdict on a packet arriving from outside. A packet to refuse is left in
+/// `refused` (with DROP) for [`reject::answer`].
 #[inline(always)]
-fn try_ingress(ctx: &TcContext) -> Result<i32, Error> {
+fn try_ingress(ctx: &TcContext, refused: &mut Option<Packet>) -> Result<i32, Error> {
     let p = match parse(ctx)? {
         Parsed::Flow(p) => p,
         Parsed::Icmp {
@@ -102,7 +119,11 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, Error> {
             saddr,
             daddr,
         } => return icmp_error(ctx, l4_off, saddr, daddr, true),
-        Parsed::Other => return Ok(PASS),
+        Parsed::OtherProto(p) if reject::refused_address(p.daddr) => {
+            *refused = Some(p);
+            return Ok(DROP);
+        }
+        Parsed::OtherProto(_) | Parsed::Other => return Ok(PASS),
     };
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -120,11 +141,12 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, Error> {
             entry.to_dport,
         );
     }
-    if p.frag == Frag::Later {
-        // A later fragment of a flow that is not tracked: not ours.
-        return Ok(PASS);
-    }
     let Some(fe) = lb::lookup_frontend(p.daddr, p.dport, p.proto, scope::EXTERNAL) else {
+        // A LoadBalancer or external IP on a port no service has: refused.
+        if reject::refused_address(p.daddr) {
+            *refused = Some(p);
+            return Ok(DROP);
+        }
         return Ok(PASS);
     };
     if !fe.admits(p.saddr) {
@@ -136,10 +158,21 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, Error> {
         // No endpoint: on a node address nothing listens on the NodePort (bind is
         // refused there), so the stack answers: TCP RST, UDP port unreachable.
         SvcAction::Reject if fe.nodeport => return Ok(PASS),
-        SvcAction::Reject | SvcAction::Drop => {
+        // A LoadBalancer or external IP: nobody else answers for it, so we do.
+        SvcAction::Reject => {
+            *refused = Some(p);
+            return Ok(DROP);
+        }
+        SvcAction::Drop => {
             count(Counter::NpDropped);
             return Ok(DROP);
         }
+    }
+    if p.frag == Frag::Later {
+        // A later fragment of a flow that is not tracked: not ours. (Its frontend's
+        // verdicts above still apply: a source outside the ranges, a dropping or
+        // refusing frontend drop it, never answered.)
+        return Ok(PASS);
     }
     new_flow(ctx, &p, &fe, now)
 }

@@ -24,15 +24,17 @@ pub enum Frag {
 pub struct Packet {
     /// Where the L4 header starts (past the IPv4 options); none in a later fragment.
     pub l4_off: usize,
-    /// IP protocol: TCP or UDP.
+    /// IP protocol: TCP or UDP (another one in [`Parsed::OtherProto`]).
     pub proto: u8,
     /// Source address, network byte order.
     pub saddr: u32,
     /// Destination address, network byte order.
     pub daddr: u32,
-    /// Source port, network byte order (a later fragment: its first fragment's).
+    /// Source port, network byte order (a later fragment: its first fragment's; 0
+    /// for a protocol without ports).
     pub sport: u16,
-    /// Destination port, network byte order (a later fragment: its first fragment's).
+    /// Destination port, network byte order (a later fragment: its first fragment's; 0
+    /// for a protocol without ports).
     pub dport: u16,
     /// Where the packet sits in a fragmented datagram.
     pub frag: Frag,
@@ -56,9 +58,13 @@ impl Packet {
 
 /// Outcome of parsing.
 pub enum Parsed {
-    /// Not IPv4 TCP/UDP/ICMP, or a later fragment of an unknown datagram.
+    /// Not IPv4, or a later fragment of an unknown datagram or of a protocol other
+    /// than TCP and UDP.
     Other,
     Flow(Packet),
+    /// IPv4 with a protocol other than TCP, UDP and ICMP (not a later fragment): no
+    /// ports, so no service; refused on a service address ([`super::reject`]).
+    OtherProto(Packet),
     /// An ICMP message; `l4_off` is where the ICMP header starts.
     Icmp {
         l4_off: usize,
@@ -121,7 +127,19 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, Error> {
                 daddr,
             });
         }
-        _ => return Ok(Parsed::Other),
+        _ if frag == Frag::Later => return Ok(Parsed::Other),
+        _ => {
+            return Ok(Parsed::OtherProto(Packet {
+                l4_off,
+                proto,
+                saddr,
+                daddr,
+                sport: 0,
+                dport: 0,
+                frag,
+                tcp_flags: 0,
+            }));
+        }
     }
     let frag_key = || -> Result<Frag4Key, Error> {
         Ok(Frag4Key {

@@ -19,6 +19,8 @@ pub struct ClusterState {
     slices_by_service: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
     /// Services whose frontends must be recomputed.
     dirty: HashSet<ObjectKey>,
+    /// Slices whose Service does not exist (they serve nothing until it does).
+    orphans: BTreeSet<ObjectKey>,
     index: DesiredIndex,
     /// Set once a complete list of services and of slices has been seen.
     services_listed: bool,
@@ -33,6 +35,7 @@ impl ClusterState {
             slices: HashMap::new(),
             slices_by_service: HashMap::new(),
             dirty: HashSet::new(),
+            orphans: BTreeSet::new(),
             index: DesiredIndex::default(),
             services_listed: false,
             slices_listed: false,
@@ -154,9 +157,19 @@ impl ClusterState {
             .filter_map(|key| self.slices.get(key))
     }
 
+    /// Slices that name a Service that does not exist, in key order.
+    pub fn orphan_slices(&self) -> impl Iterator<Item = &SliceModel> {
+        self.orphans.iter().filter_map(|key| self.slices.get(key))
+    }
+
     fn put_service(&mut self, svc: ServiceModel) {
         let key = svc.key();
         if self.services.get(&key) != Some(&svc) {
+            if let Some(slices) = self.slices_by_service.get(&key) {
+                for slice in slices {
+                    self.orphans.remove(slice);
+                }
+            }
             self.services.insert(key.clone(), svc);
             self.dirty.insert(key);
         }
@@ -164,6 +177,9 @@ impl ClusterState {
 
     fn delete_service(&mut self, key: &ObjectKey) {
         if self.services.remove(key).is_some() {
+            if let Some(slices) = self.slices_by_service.get(key) {
+                self.orphans.extend(slices.iter().cloned());
+            }
             self.dirty.insert(key.clone());
         }
     }
@@ -185,11 +201,17 @@ impl ClusterState {
             .entry(service.clone())
             .or_default()
             .insert(key.clone());
+        if self.services.contains_key(&service) {
+            self.orphans.remove(&key);
+        } else {
+            self.orphans.insert(key.clone());
+        }
         self.slices.insert(key, slice);
         self.dirty.insert(service);
     }
 
     fn delete_slice(&mut self, key: &ObjectKey) {
+        self.orphans.remove(key);
         if let Some(old) = self.slices.remove(key) {
             let service = old.service_key();
             self.unlink_slice(&service, key);
@@ -520,6 +542,51 @@ mod tests {
                     && k.scope == crate::maps::Scope::External),
             "the losing external IP gets no TC entry either"
         );
+    }
+
+    #[test]
+    fn orphan_slices_are_tracked_as_services_come_and_go() {
+        let mut st = ClusterState::new(NodeModel::named("n1"));
+        let orphans = |st: &ClusterState| -> Vec<String> {
+            st.orphan_slices().map(|s| s.name.clone()).collect()
+        };
+        st.apply(ClusterEvent::SliceApplied(slice(
+            "web-1",
+            "web",
+            ("http", 8080),
+            &[],
+        )));
+        assert_eq!(orphans(&st), ["web-1"]);
+        st.apply(ClusterEvent::ServiceApplied(service(
+            "web",
+            [10, 96, 0, 10],
+            &[("http", 80)],
+        )));
+        assert!(orphans(&st).is_empty());
+        st.apply(ClusterEvent::ServiceDeleted(ObjectKey::new("ns", "web")));
+        assert_eq!(orphans(&st), ["web-1"]);
+        // Relabelled to a Service that exists; then deleted.
+        st.apply(ClusterEvent::ServiceApplied(service(
+            "api",
+            [10, 96, 0, 11],
+            &[("http", 80)],
+        )));
+        st.apply(ClusterEvent::SliceApplied(slice(
+            "web-1",
+            "api",
+            ("http", 8080),
+            &[],
+        )));
+        assert!(orphans(&st).is_empty());
+        st.apply(ClusterEvent::SliceApplied(slice(
+            "web-1",
+            "gone",
+            ("http", 8080),
+            &[],
+        )));
+        assert_eq!(orphans(&st), ["web-1"]);
+        st.apply(ClusterEvent::SliceDeleted(ObjectKey::new("ns", "web-1")));
+        assert!(orphans(&st).is_empty());
     }
 
     #[test]

@@ -23,8 +23,8 @@ use aya::{
     },
 };
 use lb_common::{
-    Affinity4Key, Affinity4Value, AffinityMatch4Key, AffinityMatch4Value, Backend4, Counter,
-    Ct4Key, Ct4Value, Device4, NodeAddr4, SrcRange4Key, Svc4Key, Svc4Value, map_names,
+    Affinity4Key, Affinity4Value, AffinityMatch4Key, AffinityMatch4Value, AgentStatus, Backend4,
+    Counter, Ct4Key, Ct4Value, Device4, NodeAddr4, SrcRange4Key, Svc4Key, Svc4Value, map_names,
 };
 use tracing::{debug, info, warn};
 
@@ -54,8 +54,86 @@ pub const TC_HOOKS: [(&str, TcAttachType, &str); 2] = [
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/socklb";
 
+/// The sizes (max_entries) of the maps that grow with the cluster, set by the agent's
+/// `--map-size-*` flags. The kernel preallocates hash maps: memory is charged at
+/// creation, whatever the fill (`socklb agent --help` gives the cost per entry).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    /// Service map: a frontend's entry plus one per backend slot
+    /// (`--map-size-services`); the affinity match map (one per slot of a frontend
+    /// with affinity) gets the same size, so it never fills first.
+    pub services: u32,
+    /// Backend map: distinct (address, port, protocol) (`--map-size-backends`).
+    pub backends: u32,
+    /// Conntrack LRU, two entries per flow (`--map-size-conntrack`).
+    pub conntrack: u32,
+    /// Session affinity LRU: (client, frontend) pairs (`--map-size-affinity`).
+    pub affinity: u32,
+    /// loadBalancerSourceRanges entries (`--map-size-source-ranges`).
+    pub source_ranges: u32,
+    /// The Maglev tables (`--lb-algorithm`, `--maglev-*`): their number and size give
+    /// the Maglev map's. Unlike the maps above, a pinned Maglev map made for other
+    /// flags is replaced (see [`super::maglev_map`]): its tables would be wrong.
+    pub maglev: MaglevConfig,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        use lb_common::capacity;
+        Self {
+            services: capacity::SVC4,
+            backends: capacity::BACKEND4,
+            conntrack: capacity::CT4,
+            affinity: capacity::AFFINITY4,
+            source_ranges: capacity::SRC_RANGE4,
+            maglev: MaglevConfig::default(),
+        }
+    }
+}
+
+impl MapSizes {
+    /// The smallest size a flag accepts.
+    pub const MIN: u32 = 8;
+    /// The largest: 16 Mi entries. The kernel's own bound on a hash map is its memory
+    /// (2^28 buckets at most), which a node runs out of long before.
+    pub const MAX: u32 = 1 << 24;
+
+    /// (map, size, flag) of every sized map.
+    pub fn by_map(&self) -> [(&'static str, u32, &'static str); 6] {
+        [
+            (map_names::SVC4, self.services, "--map-size-services"),
+            (
+                map_names::AFFINITY_MATCH4,
+                self.services,
+                "--map-size-services",
+            ),
+            (map_names::BACKEND4, self.backends, "--map-size-backends"),
+            (map_names::CT4, self.conntrack, "--map-size-conntrack"),
+            (map_names::AFFINITY4, self.affinity, "--map-size-affinity"),
+            (
+                map_names::SRC_RANGE4,
+                self.source_ranges,
+                "--map-size-source-ranges",
+            ),
+        ]
+    }
+
+    /// What the diff may write, for these sizes.
+    pub fn capacity(&self) -> socklb_core::maps::Capacity {
+        socklb_core::maps::Capacity {
+            svc_entries: self.services as usize,
+            backends: self.backends as usize,
+            affinity_matches: self.services as usize,
+            src_ranges: self.source_ranges as usize,
+            maglev: self.maglev,
+        }
+    }
+}
+
 /// Handles on the pinned maps the agent reads and writes.
 pub struct KernelMaps {
+    /// The sizes the maps really have (pinned maps keep the size they were made with).
+    sizes: MapSizes,
     svc: BpfHashMap<MapData, Svc4Key, Svc4Value>,
     backends: BpfHashMap<MapData, u32, Backend4>,
     stats: PerCpuArray<MapData, u64>,
@@ -65,6 +143,7 @@ pub struct KernelMaps {
     ct: BpfHashMap<MapData, Ct4Key, Ct4Value>,
     affinity: BpfHashMap<MapData, Affinity4Key, Affinity4Value>,
     affinity_matches: BpfHashMap<MapData, AffinityMatch4Key, AffinityMatch4Value>,
+    agent_status: aya::maps::Array<MapData, AgentStatus>,
     maglev: MaglevMap,
 }
 
@@ -96,11 +175,12 @@ impl KernelMaps {
             let data = MapData::from_pin(pin_dir.join(name)).map_err(map_err(name, "open pin"))?;
             Map::from_map_data(data).map_err(map_err(name, "open pin"))
         };
-        Self::from_maps(open)
+        let sizes = pinned_sizes_quiet(pin_dir)?;
+        Self::from_maps(sizes, open)
     }
 
-    fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
-        Self::from_maps(|name| {
+    fn from_ebpf(ebpf: &mut Ebpf, sizes: MapSizes) -> Result<Self, DatapathError> {
+        Self::from_maps(sizes, |name| {
             ebpf.take_map(name).ok_or_else(|| {
                 DatapathError::Inconsistent(format!("the eBPF object has no map {name}"))
             })
@@ -108,10 +188,12 @@ impl KernelMaps {
     }
 
     fn from_maps(
+        sizes: MapSizes,
         mut get: impl FnMut(&'static str) -> Result<Map, DatapathError>,
     ) -> Result<Self, DatapathError> {
         use map_names::*;
         Ok(Self {
+            sizes,
             svc: BpfHashMap::try_from(get(SVC4)?).map_err(map_err(SVC4, "open"))?,
             backends: BpfHashMap::try_from(get(BACKEND4)?).map_err(map_err(BACKEND4, "open"))?,
             stats: PerCpuArray::try_from(get(STATS)?).map_err(map_err(STATS, "open"))?,
@@ -123,6 +205,8 @@ impl KernelMaps {
             affinity: BpfHashMap::try_from(get(AFFINITY4)?).map_err(map_err(AFFINITY4, "open"))?,
             affinity_matches: BpfHashMap::try_from(get(AFFINITY_MATCH4)?)
                 .map_err(map_err(AFFINITY_MATCH4, "open"))?,
+            agent_status: aya::maps::Array::try_from(get(AGENT_STATUS)?)
+                .map_err(map_err(AGENT_STATUS, "open"))?,
             maglev: MaglevMap::new(get(MAGLEV4)?)?,
         })
     }
@@ -132,6 +216,25 @@ impl KernelMaps {
     pub fn maglev_layout(&self) -> (u32, u32, u32) {
         let (m, seed) = self.maglev.header();
         (m, seed, self.maglev.tables())
+    }
+
+    /// The sizes the maps have.
+    pub fn sizes(&self) -> MapSizes {
+        self.sizes
+    }
+
+    /// Records the last sync's outcome for `socklb status`.
+    pub fn write_agent_status(&mut self, status: &AgentStatus) -> Result<(), DatapathError> {
+        self.agent_status
+            .set(0, status, 0)
+            .map_err(map_err(map_names::AGENT_STATUS, "update"))
+    }
+
+    /// What the agent recorded (all zero: no agent has synced these maps).
+    pub fn agent_status(&self) -> Result<AgentStatus, DatapathError> {
+        self.agent_status
+            .get(&0, 0)
+            .map_err(map_err(map_names::AGENT_STATUS, "lookup"))
     }
 
     /// Makes the node address map hold exactly `addrs`.
@@ -382,24 +485,10 @@ pub fn install(
     pin_dir: &Path,
     cgroup: &Path,
     devices: &[Device],
-) -> Result<KernelMaps, DatapathError> {
-    install_with(pin_dir, cgroup, devices, &MaglevConfig::default())
-}
-
-/// [`install`] with the Maglev tables of `maglev` (their size and seed are set in the
-/// programs, the map sized for them).
-pub fn install_with(
-    pin_dir: &Path,
-    cgroup: &Path,
-    devices: &[Device],
-    maglev: &MaglevConfig,
+    sizes: &MapSizes,
 ) -> Result<KernelMaps, DatapathError> {
     raise_memlock_limit();
-    fs::create_dir_all(pin_dir).map_err(|source| DatapathError::Io {
-        what: "creating pin directory",
-        path: pin_dir.to_path_buf(),
-        source,
-    })?;
+    prepare_pin_dir(pin_dir)?;
     let reused: Vec<&str> = map_names::ALL
         .iter()
         .copied()
@@ -408,7 +497,7 @@ pub fn install_with(
     if !reused.is_empty() {
         info!(pin_dir = %pin_dir.display(), maps = ?reused, "adopting pinned maps");
     }
-    let mut ebpf = load_object_with(pin_dir, maglev)?;
+    let (mut ebpf, sizes) = load_object(pin_dir, sizes)?;
 
     let cgroup_dir = fs::File::open(cgroup).map_err(|source| DatapathError::Io {
         what: "opening cgroup",
@@ -435,27 +524,17 @@ pub fn install_with(
         &pin_dir.join(link_name)
     );
     attach_tc(&mut ebpf, devices, pin_dir)?;
-    let mut maps = KernelMaps::from_ebpf(&mut ebpf)?;
+    let mut maps = KernelMaps::from_ebpf(&mut ebpf, sizes)?;
     maps.set_devices(devices)?;
-    Ok(maps)
-}
-
-/// Moves a pinned Maglev map aside when it was made for other Maglev flags (table size,
-/// seed, number of tables): the programs loaded next get a new one (see
-/// [`super::maglev_map`]). The programs still attached keep the old map until their
-/// links are replaced.
-fn replace_maglev_pin_if_stale(pin_dir: &Path, maglev: &MaglevConfig) -> Result<(), DatapathError> {
-    let pin = pin_dir.join(map_names::MAGLEV4);
-    if super::maglev_map::pinned_layout_matches(&pin, maglev) == Some(false) {
-        warn!(
-            pin = %pin.display(),
-            "the pinned Maglev tables were made for other flags (--lb-algorithm, \
-             --maglev-table-size, --maglev-max-tables or --maglev-hash-seed): starting new \
-             tables; new flows pick at random until they are written"
-        );
-        remove_pin(&pin)?;
+    // Every program now uses the current maps: pins of retired ones only take memory.
+    for retired in map_names::RETIRED {
+        let path = pin_dir.join(retired);
+        if path.exists() {
+            info!(pin = %path.display(), "removing the pin of a map this version no longer uses");
+            remove_pin(&path)?;
+        }
     }
-    Ok(())
+    Ok(maps)
 }
 
 /// TC ingress and egress on each device (TCX links, pinned). Links of devices no
@@ -513,11 +592,16 @@ fn tc_link_pins(pin_dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Parses the object and creates (or reuses) its maps pinned in `pin_dir`, with the
-/// Maglev map sized for `maglev` and its table size and seed set in the programs'
-/// read-only globals; no program is loaded or attached yet. The Maglev map's header
-/// is written once the maps are opened ([`KernelMaps`]).
-pub fn load_object_with(pin_dir: &Path, maglev: &MaglevConfig) -> Result<Ebpf, DatapathError> {
+/// Parses the object and creates (or reuses) its maps pinned in `pin_dir`, new maps
+/// with `sizes`; no program is loaded or attached yet. Returns the sizes the maps
+/// really have: a pinned map keeps the size it was created with (making it anew would
+/// empty it under live traffic), which is warned about.
+///
+/// The Maglev map is sized for `sizes.maglev` (a pinned one made for other flags is
+/// replaced first), the table size and seed are set in the programs' read-only
+/// globals, and the map's header is written.
+fn load_object(pin_dir: &Path, sizes: &MapSizes) -> Result<(Ebpf, MapSizes), DatapathError> {
+    let maglev = &sizes.maglev;
     replace_maglev_pin_if_stale(pin_dir, maglev)?;
     let mut loader = EbpfLoader::new();
     let map_paths: Vec<(&str, PathBuf)> = map_names::ALL
@@ -526,6 +610,9 @@ pub fn load_object_with(pin_dir: &Path, maglev: &MaglevConfig) -> Result<Ebpf, D
         .collect();
     for (name, path) in &map_paths {
         loader.map_pin_path(name, path.as_path());
+    }
+    for (name, size, _) in sizes.by_map() {
+        loader.map_max_entries(name, size);
     }
     let values = u32::try_from(maglev.map_entries()).map_err(|_| {
         DatapathError::Inconsistent(format!(
@@ -539,13 +626,27 @@ pub fn load_object_with(pin_dir: &Path, maglev: &MaglevConfig) -> Result<Ebpf, D
         .map_max_entries(map_names::MAGLEV4, values)
         .override_global("MAGLEV_TABLE_SIZE", &table_size, true)
         .override_global("MAGLEV_SEED", &maglev.seed, true);
-    let mut ebpf = loader.load(EBPF_OBJECT)?;
+    let mut ebpf = loader
+        .load(EBPF_OBJECT)
+        .map_err(|e| map_create_error(e, sizes))?;
     // The header says what the tables are; a reused map has it already.
     let map = ebpf.map_mut(map_names::MAGLEV4).ok_or_else(|| {
         DatapathError::Inconsistent(format!("the eBPF object has no map {}", map_names::MAGLEV4))
     })?;
     write_maglev_header(map, table_size, maglev.seed)?;
-    Ok(ebpf)
+    let mut actual = pinned_sizes(pin_dir, sizes)?;
+    actual.maglev = *maglev;
+    Ok((ebpf, actual))
+}
+
+/// [`load_object`] with the default map sizes and the Maglev tables of `maglev`, for
+/// tests that load the programs as the agent does (nothing attached).
+pub fn load_object_with(pin_dir: &Path, maglev: &MaglevConfig) -> Result<Ebpf, DatapathError> {
+    let sizes = MapSizes {
+        maglev: *maglev,
+        ..MapSizes::default()
+    };
+    load_object(pin_dir, &sizes).map(|(ebpf, _)| ebpf)
 }
 
 /// Writes the Maglev map's header (element 0) with a syscall (the map is mmapped
@@ -564,16 +665,227 @@ fn write_maglev_header(map: &mut Map, table_size: u32, seed: u32) -> Result<(), 
     Ok(())
 }
 
-/// The data path's maps pinned in `pin_dir` (created when missing), with no program
-/// attached: for benchmarks and tools that only need the maps.
+/// Moves a pinned Maglev map aside when it was made for other Maglev flags (table size,
+/// seed, number of tables): the programs loaded next get a new one (see
+/// [`super::maglev_map`]). The programs still attached keep the old map until their
+/// links are replaced.
+fn replace_maglev_pin_if_stale(pin_dir: &Path, maglev: &MaglevConfig) -> Result<(), DatapathError> {
+    let pin = pin_dir.join(map_names::MAGLEV4);
+    if super::maglev_map::pinned_layout_matches(&pin, maglev) == Some(false) {
+        warn!(
+            pin = %pin.display(),
+            "the pinned Maglev tables were made for other flags (--lb-algorithm, \
+             --maglev-table-size, --maglev-max-tables or --maglev-hash-seed): starting new \
+             tables; new flows pick at random until they are written"
+        );
+        remove_pin(&pin)?;
+    }
+    Ok(())
+}
+
+/// A map the kernel refused to create names the flag that sized it.
+fn map_create_error(e: aya::EbpfError, sizes: &MapSizes) -> DatapathError {
+    if let aya::EbpfError::MapError(MapError::CreateError { name, io_error }) = &e
+        && let Some((map, entries, flag)) = sizes.by_map().into_iter().find(|(m, ..)| m == name)
+    {
+        return DatapathError::MapCreate {
+            map,
+            entries,
+            flag,
+            source: std::io::Error::new(io_error.kind(), io_error.to_string()),
+        };
+    }
+    DatapathError::Load(e)
+}
+
+/// The sizes of the pinned sized maps, warning where one differs from the request.
+fn pinned_sizes(pin_dir: &Path, requested: &MapSizes) -> Result<MapSizes, DatapathError> {
+    let read = |map: &'static str| -> Result<u32, DatapathError> {
+        aya::maps::MapInfo::from_pin(pin_dir.join(map))
+            .map(|info| info.max_entries())
+            .map_err(|source| DatapathError::Map {
+                map,
+                op: "info",
+                source,
+            })
+    };
+    let mut actual = *requested;
+    for (map, size, flag) in requested.by_map() {
+        let have = read(map)?;
+        if have != size {
+            warn!(
+                map,
+                entries = have,
+                requested = size,
+                flag,
+                "a pinned map keeps its size: {flag} applies once the map is made anew \
+                 (`socklb uninstall`, which interrupts service on this node)"
+            );
+        }
+        set_size(&mut actual, map, have);
+    }
+    Ok(actual)
+}
+
+/// The sizes of the pinned sized maps, for a reader (nothing requested).
+fn pinned_sizes_quiet(pin_dir: &Path) -> Result<MapSizes, DatapathError> {
+    let mut sizes = MapSizes::default();
+    for (map, _, _) in MapSizes::default().by_map() {
+        let have = aya::maps::MapInfo::from_pin(pin_dir.join(map))
+            .map(|info| info.max_entries())
+            .map_err(|source| DatapathError::Map {
+                map,
+                op: "info",
+                source,
+            })?;
+        set_size(&mut sizes, map, have);
+    }
+    Ok(sizes)
+}
+
+fn set_size(sizes: &mut MapSizes, map: &str, have: u32) {
+    match map {
+        m if m == map_names::SVC4 => sizes.services = have,
+        m if m == map_names::AFFINITY_MATCH4 => sizes.services = sizes.services.min(have),
+        m if m == map_names::BACKEND4 => sizes.backends = have,
+        m if m == map_names::CT4 => sizes.conntrack = have,
+        m if m == map_names::AFFINITY4 => sizes.affinity = have,
+        m if m == map_names::SRC_RANGE4 => sizes.source_ranges = have,
+        _ => {}
+    }
+}
+
+/// The data path's maps pinned in `pin_dir` (created when missing, with the default
+/// sizes), with no program attached: for benchmarks and tools that only need the maps.
 pub fn create_maps(pin_dir: &Path) -> Result<KernelMaps, DatapathError> {
     raise_memlock_limit();
-    fs::create_dir_all(pin_dir).map_err(|source| DatapathError::Io {
-        what: "creating pin directory",
+    prepare_pin_dir(pin_dir)?;
+    let (mut ebpf, sizes) = load_object(pin_dir, &MapSizes::default())?;
+    KernelMaps::from_ebpf(&mut ebpf, sizes)
+}
+
+/// An exclusive lock on a pin directory, held for as long as the agent runs: two
+/// agents programming one set of maps would undo each other's writes. An flock on the
+/// directory itself (bpffs holds no regular files to lock); the kernel releases it
+/// when the process ends, however it ends.
+#[derive(Debug)]
+pub struct PinDirLock {
+    _dir: fs::File,
+}
+
+impl PinDirLock {
+    /// Takes the lock, or fails at once if another process holds it.
+    pub fn acquire(pin_dir: &Path) -> Result<PinDirLock, DatapathError> {
+        use std::os::fd::AsRawFd as _;
+        let dir = fs::File::open(pin_dir).map_err(|source| DatapathError::Io {
+            what: "opening pin directory",
+            path: pin_dir.to_path_buf(),
+            source,
+        })?;
+        // SAFETY: flock on a file descriptor we own.
+        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let source = std::io::Error::last_os_error();
+            if source.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Err(DatapathError::PinDirInUse {
+                    path: pin_dir.to_path_buf(),
+                });
+            }
+            return Err(DatapathError::Io {
+                what: "locking pin directory",
+                path: pin_dir.to_path_buf(),
+                source,
+            });
+        }
+        Ok(PinDirLock { _dir: dir })
+    }
+}
+
+/// Creates the pin directory (mode 0700) when missing, and refuses one that another
+/// user could have prepared or can change: whoever can write there can swap the maps
+/// and links the data path trusts. It must be a directory (not a symlink) owned by
+/// the agent's user (root in the DaemonSet) and writable by nobody else.
+pub fn prepare_pin_dir(pin_dir: &Path) -> Result<(), DatapathError> {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+    let io = |what: &'static str| {
+        move |source| DatapathError::Io {
+            what,
+            path: pin_dir.to_path_buf(),
+            source,
+        }
+    };
+    if !pin_dir.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(pin_dir)
+            .map_err(io("creating pin directory"))?;
+    }
+    let meta = fs::symlink_metadata(pin_dir).map_err(io("reading pin directory"))?;
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    let unsafe_dir = |reason: String| DatapathError::UnsafePinDir {
         path: pin_dir.to_path_buf(),
-        source,
+        reason,
+    };
+    if !meta.file_type().is_dir() {
+        return Err(unsafe_dir(
+            "it is not a directory (a symlink or a file)".into(),
+        ));
+    }
+    if meta.uid() != euid {
+        return Err(unsafe_dir(format!(
+            "it is owned by uid {}, not by the agent's uid {euid}",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(unsafe_dir(format!(
+            "its mode {:o} lets others write to it (chmod go-w)",
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a `--cgroup` that is not in a cgroup v2 hierarchy: the socket hooks attach
+/// only there, and the kernel's answer otherwise is a bare EBADF. (A common mistake on
+/// hybrid layouts: /sys/fs/cgroup is a tmpfs and the v2 root is .../unified.)
+pub fn check_cgroup2(cgroup: &Path) -> Result<(), DatapathError> {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    use std::os::unix::ffi::OsStrExt as _;
+    let c_path = std::ffi::CString::new(cgroup.as_os_str().as_bytes()).map_err(|_| {
+        DatapathError::NotCgroup2 {
+            path: cgroup.to_path_buf(),
+            found: "the path has a NUL byte".into(),
+        }
     })?;
-    KernelMaps::from_ebpf(&mut load_object_with(pin_dir, &MaglevConfig::default())?)
+    // SAFETY: an all-zero statfs is a valid out parameter; c_path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let ret = unsafe { libc::statfs(c_path.as_ptr(), &mut st) };
+    if ret != 0 {
+        return Err(DatapathError::Io {
+            what: "reading cgroup",
+            path: cgroup.to_path_buf(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    #[allow(clippy::unnecessary_cast)] // f_type is i64 or u32 depending on the libc
+    let fs_type = st.f_type as i64;
+    if fs_type != CGROUP2_SUPER_MAGIC {
+        return Err(DatapathError::NotCgroup2 {
+            path: cgroup.to_path_buf(),
+            found: format!(
+                "file system type {fs_type:#x}; the cgroup2 mount is in /proc/self/mountinfo"
+            ),
+        });
+    }
+    if !cgroup.is_dir() {
+        return Err(DatapathError::NotCgroup2 {
+            path: cgroup.to_path_buf(),
+            found: "not a directory".into(),
+        });
+    }
+    Ok(())
 }
 
 /// Pins `link` at `path`, replacing (and so detaching) a link pinned there before.
@@ -636,6 +948,8 @@ pub fn uninstall(pin_dir: &Path) -> Result<Removed, DatapathError> {
     if !pin_dir.exists() {
         return Ok(removed);
     }
+    // Not under a running agent: it would put back what is removed here.
+    let _lock = PinDirLock::acquire(pin_dir)?;
     let mut link_names: Vec<String> = SOCKET_HOOKS.iter().map(|(_, l)| l.to_string()).collect();
     link_names.push(BIND_HOOK.1.to_string());
     link_names.extend(
@@ -664,7 +978,7 @@ pub fn uninstall(pin_dir: &Path) -> Result<Removed, DatapathError> {
             }
         }
     }
-    for map in map_names::ALL {
+    for map in map_names::ALL.iter().chain(&map_names::RETIRED) {
         let path = pin_dir.join(map);
         if path.exists() {
             remove_pin(&path)?;
@@ -871,5 +1185,43 @@ mod tests {
             obj.programs.keys().cloned().collect(),
             obj.maps.keys().cloned().collect(),
         )
+    }
+
+    #[test]
+    fn pin_directories_others_could_change_are_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let base = std::env::temp_dir().join(format!("socklb-pindir-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        fs::create_dir_all(&base).unwrap();
+        // Created when missing, mode 0700.
+        let fresh = base.join("fresh");
+        prepare_pin_dir(&fresh).unwrap();
+        assert_eq!(
+            fs::metadata(&fresh).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        // World-writable: refused.
+        let open = base.join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = prepare_pin_dir(&open).unwrap_err().to_string();
+        assert!(err.contains("lets others write"), "{err}");
+        // A symlink to a good directory: refused.
+        let link = base.join("link");
+        std::os::unix::fs::symlink(&fresh, &link).unwrap();
+        let err = prepare_pin_dir(&link).unwrap_err().to_string();
+        assert!(err.contains("not a directory"), "{err}");
+        // Owned by someone else: refused (needs root to chown, which the suite has).
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let other = base.join("other");
+            fs::create_dir(&other).unwrap();
+            let c = std::ffi::CString::new(other.to_string_lossy().as_bytes()).unwrap();
+            // SAFETY: chown with a valid path; 65534 is nobody.
+            assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
+            let err = prepare_pin_dir(&other).unwrap_err().to_string();
+            assert!(err.contains("owned by uid 65534"), "{err}");
+        }
+        fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -2,6 +2,7 @@
 //! the desired state (`reconcile`), this node's devices and addresses (`devices`) and
 //! what is programmed right now (`status`).
 
+pub mod capabilities;
 pub mod devices;
 pub mod kernel;
 pub mod maglev_map;
@@ -40,4 +41,30 @@ pub enum DatapathError {
     },
     #[error("the pinned maps are inconsistent: {0}")]
     Inconsistent(String),
+    #[error(
+        "pin directory {path} is in use by another socklb agent (stop it first, or give this one another --bpffs)"
+    )]
+    PinDirInUse { path: std::path::PathBuf },
+    #[error("{0}")]
+    Capabilities(String),
+    #[error(
+        "creating map {map} with {entries} entries failed: {source} (lower {flag}, or raise the agent's memory limit: the kernel preallocates the map)"
+    )]
+    MapCreate {
+        map: &'static str,
+        entries: u32,
+        flag: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--cgroup {path} is not a directory of a cgroup v2 hierarchy ({found})")]
+    NotCgroup2 {
+        path: std::path::PathBuf,
+        found: String,
+    },
+    #[error("pin directory {path}: refused: {reason}")]
+    UnsafePinDir {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }

@@ -64,9 +64,6 @@ impl<M: ServiceMaps> Reconciler<M> {
             Some(keys) => self.state.sync_keys(desired, keys),
             None => self.state.sync_all(desired),
         };
-        for key in &stats.skipped_full {
-            warn!(frontend = %key, "service map or backend map full: frontend not (fully) programmed");
-        }
         for key in &stats.maglev_full {
             warn!(frontend = %key, "no free Maglev table (--maglev-max-tables): new flows pick a backend at random until one is freed");
         }
@@ -153,6 +150,7 @@ mod tests {
             )]
             .into_iter()
             .collect(),
+            ..Default::default()
         }
     }
 

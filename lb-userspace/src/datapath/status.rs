@@ -5,13 +5,7 @@ use lb_common::{SVC_FLAG_WILDCARD, SvcAction};
 use serde::{Deserialize, Serialize};
 
 use lb_common::Svc4Key;
-use socklb_core::maps::{
-    Scope,
-    diff::{Capacity, ProgrammedState},
-    ip_from_map,
-    maglev::human_bytes,
-    v4,
-};
+use socklb_core::maps::{Scope, diff::ProgrammedState, ip_from_map, maglev::human_bytes, v4};
 
 use crate::datapath::{
     DatapathError,
@@ -62,8 +56,12 @@ pub struct StatusReport {
     /// Hooks whose link is pinned (attached).
     pub hooks: Vec<String>,
     pub frontends: Vec<ProgrammedFrontendView>,
-    /// Service addresses whose other ports are refused.
+    /// Cluster IPs whose other ports are refused (by the socket hooks).
     pub service_addresses: Vec<String>,
+    /// LoadBalancer and external IPs whose other ports are refused to traffic from
+    /// outside (answered by the TC program).
+    #[serde(default)]
+    pub external_service_addresses: Vec<String>,
     pub backends: usize,
     pub service_map_entries: usize,
     /// This node's addresses (where NodePorts answer).
@@ -77,6 +75,38 @@ pub struct StatusReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maglev: Option<MaglevView>,
     pub counters: std::collections::BTreeMap<String, u64>,
+    /// What the agent said about its last sync; `None`: no agent has synced these
+    /// maps.
+    #[serde(default)]
+    pub agent: Option<AgentView>,
+    /// Entries and size of the maps that grow with the cluster, by map name.
+    #[serde(default)]
+    pub map_fill: std::collections::BTreeMap<String, MapFillView>,
+}
+
+/// The agent's record of its last sync.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentView {
+    pub pid: u32,
+    /// Seconds since the last sync finished.
+    pub synced_s_ago: u64,
+    /// Frontends (and address wildcards) wanted in the maps.
+    pub wanted: u32,
+    /// Wanted but not programmed (or left as they were): the maps are full.
+    pub not_programmed_maps_full: u32,
+    /// Programmed with fewer backends than wanted: the maps are full.
+    pub backends_truncated: u32,
+    /// Of an address family the maps do not hold.
+    pub not_programmed_address_family: u32,
+    /// Every wanted frontend is programmed as wanted (address family aside).
+    pub complete: bool,
+}
+
+/// How full one map is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapFillView {
+    pub entries: usize,
+    pub capacity: usize,
 }
 
 /// One client's session affinity to a backend of a frontend.
@@ -96,9 +126,10 @@ pub struct AffinityView {
 
 pub fn read_status(pin_dir: &Path) -> Result<StatusReport, DatapathError> {
     let maps = KernelMaps::open_pinned(pin_dir)?;
-    let (state, _) = ProgrammedState::adopt(&maps, Capacity::default())?;
+    let (state, _) = ProgrammedState::adopt(&maps, maps.sizes().capacity())?;
     let mut frontends = Vec::new();
     let mut service_addresses = Vec::new();
+    let mut external_service_addresses = Vec::new();
     let mut keys: Vec<_> = state.frontends().keys().copied().collect();
     keys.sort();
     for key in keys {
@@ -106,7 +137,10 @@ pub fn read_status(pin_dir: &Path) -> Result<StatusReport, DatapathError> {
             continue;
         };
         if key.is_wildcard() && fe.service.flags & SVC_FLAG_WILDCARD != 0 {
-            service_addresses.push(key.ip.to_string());
+            match key.scope {
+                Scope::Internal => service_addresses.push(key.ip.to_string()),
+                Scope::External => external_service_addresses.push(key.ip.to_string()),
+            }
             continue;
         }
         let mut backends: Vec<SocketAddr> = fe
@@ -163,6 +197,7 @@ pub fn read_status(pin_dir: &Path) -> Result<StatusReport, DatapathError> {
         hooks: kernel::attached_hooks(pin_dir),
         frontends,
         service_addresses,
+        external_service_addresses,
         backends: state.backend_count(),
         service_map_entries: state.svc_entries(),
         node_addresses: maps
@@ -174,7 +209,55 @@ pub fn read_status(pin_dir: &Path) -> Result<StatusReport, DatapathError> {
         affinity: affinity_views(&maps, &state),
         maglev,
         counters,
+        agent: agent_view(&maps)?,
+        map_fill: map_fill(&state),
     })
+}
+
+fn agent_view(maps: &KernelMaps) -> Result<Option<AgentView>, DatapathError> {
+    let a = maps.agent_status()?;
+    if a.synced_at_ns == 0 {
+        return Ok(None);
+    }
+    Ok(Some(AgentView {
+        pid: a.agent_pid,
+        synced_s_ago: kernel::monotonic_ns().saturating_sub(a.synced_at_ns) / 1_000_000_000,
+        wanted: a.wanted,
+        not_programmed_maps_full: a.maps_full,
+        backends_truncated: a.backends_truncated,
+        not_programmed_address_family: a.address_family,
+        complete: a.maps_full == 0 && a.backends_truncated == 0,
+    }))
+}
+
+fn map_fill(state: &ProgrammedState) -> std::collections::BTreeMap<String, MapFillView> {
+    use lb_common::map_names;
+    let fill = state.fill();
+    [
+        (
+            map_names::SVC4,
+            fill.used.svc_entries,
+            fill.capacity.svc_entries,
+        ),
+        (
+            map_names::BACKEND4,
+            fill.used.backends,
+            fill.capacity.backends,
+        ),
+        (
+            map_names::AFFINITY_MATCH4,
+            fill.used.affinity_matches,
+            fill.capacity.affinity_matches,
+        ),
+        (
+            map_names::SRC_RANGE4,
+            fill.used.src_ranges,
+            fill.capacity.src_ranges,
+        ),
+    ]
+    .into_iter()
+    .map(|(map, entries, capacity)| (map.to_string(), MapFillView { entries, capacity }))
+    .collect()
 }
 
 /// The affinity entries that are still in effect: not expired, and naming a backend
@@ -233,15 +316,54 @@ impl StatusReport {
                 self.hooks.join(", ")
             }
         );
+        match &self.agent {
+            None => {
+                let _ = writeln!(out, "agent: no agent has synced these maps");
+            }
+            Some(a) => {
+                let state = if a.complete {
+                    "complete".to_string()
+                } else {
+                    format!(
+                        "INCOMPLETE: {} frontends not programmed (maps full), {} with fewer backends than wanted",
+                        a.not_programmed_maps_full, a.backends_truncated
+                    )
+                };
+                let _ = writeln!(
+                    out,
+                    "data path: {state} ({} frontends wanted; last sync by pid {} {}s ago)",
+                    a.wanted, a.pid, a.synced_s_ago
+                );
+                if a.not_programmed_address_family > 0 {
+                    let _ = writeln!(
+                        out,
+                        "  {} frontends of an address family the maps do not hold",
+                        a.not_programmed_address_family
+                    );
+                }
+            }
+        }
+        let fill: Vec<String> = self
+            .map_fill
+            .iter()
+            .map(|(map, f)| format!("{map} {}/{}", f.entries, f.capacity))
+            .collect();
         let _ = writeln!(
             out,
-            "service map entries: {}  backends: {}",
-            self.service_map_entries, self.backends
+            "service map entries: {}  backends: {}  (fill: {})",
+            self.service_map_entries,
+            self.backends,
+            fill.join(", ")
         );
         let _ = writeln!(
             out,
             "service addresses (other ports refused): {}",
             self.service_addresses.join(" ")
+        );
+        let _ = writeln!(
+            out,
+            "external addresses (other ports refused from outside): {}",
+            self.external_service_addresses.join(" ")
         );
         let _ = writeln!(
             out,

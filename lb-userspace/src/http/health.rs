@@ -20,8 +20,6 @@
 use std::{
     convert::Infallible,
     future::Future,
-    io,
-    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -40,7 +38,7 @@ use hyper::{
 use hyper_util::rt::{TokioIo, TokioTimer};
 use k8s_openapi::jiff::Timestamp;
 use tokio::{net::TcpListener, task::JoinSet};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::metrics::{self, Metrics};
 
@@ -121,6 +119,8 @@ pub struct Health {
     /// Clock time (ns) + 1 of the last time the data path was programmed; 0 = never.
     last_updated: AtomicU64,
     ready: AtomicBool,
+    /// Why the data path lacks frontends (maps too small); None: it has them all.
+    incomplete: std::sync::Mutex<Option<String>>,
     /// Every metric of the agent, served on /metrics; the health ones are kept here.
     metrics: Arc<Metrics>,
 }
@@ -161,6 +161,7 @@ impl Health {
             oldest_pending: AtomicU64::new(0),
             last_updated: AtomicU64::new(0),
             ready: AtomicBool::new(false),
+            incomplete: std::sync::Mutex::new(None),
             metrics: Arc::new(Metrics::new()),
         }
     }
@@ -199,8 +200,21 @@ impl Health {
         self.ready.store(ready, Ordering::Release);
     }
 
+    /// Ready and nothing missing from the data path.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && self.incomplete().is_none()
+    }
+
+    /// The data path lacks frontends (`Some(why)`, /readyz fails and says why) or has
+    /// every one (`None`).
+    pub fn set_incomplete(&self, why: Option<String>) {
+        if let Ok(mut slot) = self.incomplete.lock() {
+            *slot = why;
+        }
+    }
+
+    fn incomplete(&self) -> Option<String> {
+        self.incomplete.lock().ok().and_then(|s| s.clone())
     }
 
     /// `/healthz` now: unhealthy only when an update has been pending for longer than
@@ -234,9 +248,14 @@ impl Health {
         self.metrics.encode()
     }
 
-    /// Answers one request (method, path without query). Separate from the server so
-    /// the routing is unit-testable.
-    pub fn respond(&self, method: &Method, path: &str) -> (StatusCode, &'static str, String) {
+    /// Answers one request (method, path without query) on a listener serving
+    /// `routes`. Separate from the server so the routing is unit-testable.
+    pub fn respond(
+        &self,
+        routes: Routes,
+        method: &Method,
+        path: &str,
+    ) -> (StatusCode, &'static str, String) {
         if method != Method::GET && method != Method::HEAD {
             return (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -245,7 +264,7 @@ impl Health {
             );
         }
         match path {
-            "/healthz" | "/livez" => {
+            "/healthz" | "/livez" if routes.health => {
                 let status = self.healthz();
                 let code = if status.healthy {
                     StatusCode::OK
@@ -254,8 +273,15 @@ impl Health {
                 };
                 (code, "application/json", status.body())
             }
-            "/readyz" => {
-                if self.is_ready() {
+            "/readyz" if routes.health => {
+                let synced = self.ready.load(Ordering::Acquire);
+                if let Some(why) = self.incomplete().filter(|_| synced) {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain; charset=utf-8",
+                        format!("not ready: data path incomplete: {why}\n"),
+                    )
+                } else if synced {
                     (
                         StatusCode::OK,
                         "text/plain; charset=utf-8",
@@ -269,7 +295,9 @@ impl Health {
                     )
                 }
             }
-            "/metrics" => (StatusCode::OK, metrics::CONTENT_TYPE, self.render_metrics()),
+            "/metrics" if routes.metrics => {
+                (StatusCode::OK, metrics::CONTENT_TYPE, self.render_metrics())
+            }
             _ => (
                 StatusCode::NOT_FOUND,
                 "text/plain; charset=utf-8",
@@ -279,8 +307,36 @@ impl Health {
     }
 }
 
-fn handle(health: &Health, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = health.respond(request.method(), request.uri().path());
+/// What one listener serves: kube-proxy serves health (`--healthz-bind-address`,
+/// 0.0.0.0:10256: cloud load balancers probe it) and metrics
+/// (`--metrics-bind-address`, 127.0.0.1:10249: not exposed) on separate listeners; one
+/// listener may serve both when they are given the same address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Routes {
+    /// `/healthz`, `/livez`, `/readyz`.
+    pub health: bool,
+    /// `/metrics`.
+    pub metrics: bool,
+}
+
+impl Routes {
+    pub const HEALTH: Routes = Routes {
+        health: true,
+        metrics: false,
+    };
+    pub const METRICS: Routes = Routes {
+        health: false,
+        metrics: true,
+    };
+    pub const ALL: Routes = Routes {
+        health: true,
+        metrics: true,
+    };
+}
+
+fn handle(health: &Health, routes: Routes, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let (status, content_type, body) =
+        health.respond(routes, request.method(), request.uri().path());
     let body = if request.method() == Method::HEAD {
         Bytes::new()
     } else {
@@ -300,26 +356,23 @@ fn handle(health: &Health, request: &Request<Incoming>) -> Response<Full<Bytes>>
     response
 }
 
-/// Binds `addr` and serves `/healthz`, `/livez`, `/readyz` and `/metrics` until
-/// `shutdown` completes. Fails only if the address cannot be bound.
-pub async fn serve_health(
-    addr: SocketAddr,
+/// Serves `routes` on `listener` until `shutdown` completes (tests bind 127.0.0.1:0).
+/// Open connections are closed at shutdown.
+pub async fn serve_health_on(
+    listener: TcpListener,
     health: Arc<Health>,
+    routes: Routes,
     shutdown: impl Future,
-) -> io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
-    info!(addr = %listener.local_addr().unwrap_or(addr), "health endpoint listening");
-    serve_health_on(listener, health, shutdown).await;
-    Ok(())
-}
-
-/// [`serve_health`] on a listener the caller bound (tests bind 127.0.0.1:0). Open
-/// connections are closed at shutdown.
-pub async fn serve_health_on(listener: TcpListener, health: Arc<Health>, shutdown: impl Future) {
+) {
+    let what = match (routes.health, routes.metrics) {
+        (true, true) => "health and metrics endpoint",
+        (false, true) => "metrics endpoint",
+        _ => "health endpoint",
+    };
     serve_http(
         listener,
-        "health endpoint",
-        move |request| handle(&health, request),
+        what,
+        move |request| handle(&health, routes, request),
         shutdown,
     )
     .await;
@@ -375,7 +428,7 @@ pub async fn serve_http<R>(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicU64;
+    use std::{net::SocketAddr, sync::atomic::AtomicU64};
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -411,7 +464,7 @@ mod tests {
         assert!(status.healthy);
         assert_eq!(status.last_updated, None);
         assert!(!health.is_ready());
-        let (code, _, body) = health.respond(&Method::GET, "/readyz");
+        let (code, _, body) = health.respond(Routes::ALL, &Method::GET, "/readyz");
         assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     }
 
@@ -425,7 +478,7 @@ mod tests {
         health.queued_update();
         clock.advance(Duration::from_secs(2));
         assert!(!health.healthz().healthy, "pending 61s > 60s timeout");
-        let (code, content_type, body) = health.respond(&Method::GET, "/healthz");
+        let (code, content_type, body) = health.respond(Routes::ALL, &Method::GET, "/healthz");
         assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(content_type, "application/json");
         let json: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -446,7 +499,7 @@ mod tests {
             status.current_time.duration_since(last).unwrap(),
             Duration::from_secs(3600)
         );
-        let (code, _, body) = health.respond(&Method::GET, "/healthz");
+        let (code, _, body) = health.respond(Routes::ALL, &Method::GET, "/healthz");
         assert_eq!(code, StatusCode::OK);
         let json: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_ne!(json["lastUpdated"], "0001-01-01T00:00:00Z");
@@ -463,19 +516,47 @@ mod tests {
     fn health_ready_flag_and_routes() {
         let (_clock, health) = fake(60);
         health.set_ready(true);
-        assert_eq!(health.respond(&Method::GET, "/readyz").0, StatusCode::OK);
-        assert_eq!(health.respond(&Method::HEAD, "/livez").0, StatusCode::OK);
+        // A listener serves only its routes (kube-proxy's separate health and metrics
+        // addresses).
         assert_eq!(
-            health.respond(&Method::GET, "/nope").0,
+            health.respond(Routes::HEALTH, &Method::GET, "/metrics").0,
             StatusCode::NOT_FOUND
         );
         assert_eq!(
-            health.respond(&Method::POST, "/healthz").0,
+            health.respond(Routes::METRICS, &Method::GET, "/healthz").0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            health.respond(Routes::METRICS, &Method::GET, "/metrics").0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            health.respond(Routes::ALL, &Method::GET, "/readyz").0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            health.respond(Routes::ALL, &Method::HEAD, "/livez").0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            health.respond(Routes::ALL, &Method::GET, "/nope").0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            health.respond(Routes::ALL, &Method::POST, "/healthz").0,
             StatusCode::METHOD_NOT_ALLOWED
         );
+        // Synced, but frontends did not fit: not ready, and the body says why.
+        health.set_incomplete(Some("3 frontends not programmed (maps full)".into()));
+        let (code, _, body) = health.respond(Routes::ALL, &Method::GET, "/readyz");
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("data path incomplete: 3 frontends"), "{body}");
+        assert!(!health.is_ready());
+        health.set_incomplete(None);
+        assert!(health.is_ready());
         health.set_ready(false);
         assert_eq!(
-            health.respond(&Method::GET, "/readyz").0,
+            health.respond(Routes::ALL, &Method::GET, "/readyz").0,
             StatusCode::SERVICE_UNAVAILABLE
         );
     }
@@ -527,9 +608,14 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let health = Arc::new(Health::new(Duration::from_secs(60)));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_health_on(listener, health.clone(), async {
-            let _ = stop_rx.await;
-        }));
+        let server = tokio::spawn(serve_health_on(
+            listener,
+            health.clone(),
+            Routes::ALL,
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
 
         let (code, _, body) = get(addr, "/readyz").await;
         assert_eq!(code, 503, "{body}");

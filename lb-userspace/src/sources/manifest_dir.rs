@@ -51,6 +51,9 @@ pub struct ManifestDirSource {
     definers: HashMap<ObjectId, Vec<Arc<Path>>>,
     /// Objects and files skipped because they are invalid (current count).
     pub invalid_objects: Gauge,
+    /// Entries with a manifest name that are not read (a FIFO, a symlink loop...), with
+    /// the reason: each is warned about once, when it appears or its reason changes.
+    skipped: BTreeMap<PathBuf, String>,
 }
 
 impl ManifestDirSource {
@@ -73,6 +76,7 @@ impl ManifestDirSource {
             files: BTreeMap::new(),
             definers: HashMap::new(),
             invalid_objects,
+            skipped: BTreeMap::new(),
         }
     }
 
@@ -182,13 +186,29 @@ impl ManifestDirSource {
         &self.dir
     }
 
+    /// Keeps the entries skipped now, warning about the new ones (not at every poll).
+    fn note_skipped(&mut self, now: Vec<(PathBuf, String)>) {
+        let now: BTreeMap<PathBuf, String> = now.into_iter().collect();
+        if now == self.skipped {
+            return;
+        }
+        for (path, reason) in &now {
+            if self.skipped.get(path) != Some(reason) {
+                warn!("skipped: {}: {reason}", path.display());
+            }
+        }
+        self.skipped = now;
+        let invalid: usize =
+            self.files.values().map(|f| f.warnings).sum::<usize>() + self.skipped.len();
+        self.invalid_objects
+            .set(i64::try_from(invalid).unwrap_or(i64::MAX));
+    }
+
     /// Files added, changed (size or modification time) or removed since the last read,
     /// with their new stamp (None: removed).
-    fn changed_files(&self) -> Result<Vec<ChangedFile>, ManifestError> {
-        let (files, unreadable) = manifests::manifest_files(&self.dir)?;
-        for (path, error) in unreadable {
-            debug!(file = %path.display(), %error, "cannot read metadata");
-        }
+    fn changed_files(&mut self) -> Result<Vec<ChangedFile>, ManifestError> {
+        let (files, skipped) = manifests::manifest_files(&self.dir)?;
+        self.note_skipped(skipped);
         let mut changed = Vec::new();
         let mut present = BTreeSet::new();
         for path in files {
@@ -263,7 +283,8 @@ impl ManifestDirSource {
                 warn!(object = ?id, kept = %kept, ignored = ?names.collect::<Vec<_>>(), "defined in several files: the first file's definition is used");
             }
         }
-        let invalid: usize = self.files.values().map(|f| f.warnings).sum();
+        let invalid: usize =
+            self.files.values().map(|f| f.warnings).sum::<usize>() + self.skipped.len();
         self.invalid_objects
             .set(i64::try_from(invalid).unwrap_or(i64::MAX));
         (touched, fresh)
@@ -550,5 +571,25 @@ mod tests {
             matches!(&events[..], [ClusterEvent::NodeApplied(n)] if n.zone.is_none()),
             "{events:?}"
         );
+    }
+
+    #[test]
+    fn skipped_entries_are_counted_while_they_exist() {
+        let dir = Dir::new("odd-entries");
+        dir.write("svc.yaml", &service("web", "10.96.0.10"));
+        let fifo = dir.0.join("fifo.yaml");
+        let c = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let mut src = ManifestDirSource::new(&dir.0, "n1", Duration::from_millis(10));
+        src.load().unwrap();
+        assert_eq!(src.invalid_objects.get(), 1);
+        // Polling again changes nothing (and warns nothing again).
+        assert!(src.update().unwrap().is_empty());
+        assert_eq!(src.invalid_objects.get(), 1);
+        assert_eq!(src.skipped.len(), 1);
+        std::fs::remove_file(&fifo).unwrap();
+        assert!(src.update().unwrap().is_empty());
+        assert_eq!(src.invalid_objects.get(), 0);
     }
 }

@@ -95,13 +95,25 @@ pub enum ManifestError {
     },
 }
 
+/// socklb's own limits on manifest input (the API server has its own on requests;
+/// a directory has none), so one file cannot take the agent's memory.
+pub mod limits {
+    /// A larger file is skipped whole without being read.
+    pub const FILE_BYTES: u64 = 16 * 1024 * 1024;
+    /// Objects read from one file; the rest is skipped.
+    pub const OBJECTS_PER_FILE: usize = 10_000;
+    /// One object, as JSON: etcd's default request limit (1.5 MiB), beyond which the
+    /// API server could not store it either.
+    pub const OBJECT_BYTES: usize = 1536 * 1024;
+}
+
 /// Reads every `*.yaml`, `*.yml` and `*.json` file directly in `dir` (not in
 /// subdirectories), in file name order, skipping hidden files and editor leftovers.
 pub fn load_dir(dir: &Path) -> Result<ManifestSet, ManifestError> {
     let mut loader = Loader::default();
-    let (files, unreadable) = manifest_files(dir)?;
-    for (path, error) in unreadable {
-        loader.warn(&path, "", format!("cannot read: {error}"));
+    let (files, skipped) = manifest_files(dir)?;
+    for (path, reason) in skipped {
+        loader.warn(&path, "", reason);
     }
     for file in &files {
         loader.load_file(file);
@@ -117,18 +129,20 @@ pub fn load_file(file: &Path) -> ManifestSet {
     loader.set
 }
 
-/// Directory entries whose metadata could not be read.
-pub type UnreadableEntries = Vec<(PathBuf, io::Error)>;
+/// Entries with a manifest file name that are not read, with the reason: metadata
+/// that cannot be read (a dangling link, a symlink loop), or not a regular file (a
+/// FIFO, a device, a directory).
+pub type SkippedEntries = Vec<(PathBuf, String)>;
 
-/// The manifest files directly in `dir`, sorted by file name, and the entries whose
-/// metadata could not be read.
-pub fn manifest_files(dir: &Path) -> Result<(Vec<PathBuf>, UnreadableEntries), ManifestError> {
+/// The manifest files directly in `dir`, sorted by file name, and the entries with a
+/// manifest name that are skipped.
+pub fn manifest_files(dir: &Path) -> Result<(Vec<PathBuf>, SkippedEntries), ManifestError> {
     let read_dir_error = |source| ManifestError::ReadDir {
         dir: dir.to_owned(),
         source,
     };
     let mut files = Vec::new();
-    let mut unreadable = Vec::new();
+    let mut skipped = Vec::new();
     for entry in fs::read_dir(dir).map_err(read_dir_error)? {
         let path = entry.map_err(read_dir_error)?.path();
         let name = path
@@ -142,12 +156,33 @@ pub fn manifest_files(dir: &Path) -> Result<(Vec<PathBuf>, UnreadableEntries), M
         // Follows symlinks: a link to a manifest is a manifest.
         match fs::metadata(&path) {
             Ok(meta) if meta.is_file() => files.push(path),
-            Ok(_) => debug!(file = %path.display(), "not a regular file: skipped"),
-            Err(e) => unreadable.push((path, e)),
+            Ok(meta) => {
+                let what = file_kind(&meta);
+                skipped.push((path, format!("not a regular file ({what}): skipped")));
+            }
+            Err(e) => skipped.push((path, format!("cannot read: {e}"))),
         }
     }
     files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
-    Ok((files, unreadable))
+    skipped.sort();
+    Ok((files, skipped))
+}
+
+/// What a non-regular directory entry is, in words.
+fn file_kind(meta: &fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt as _;
+    let kind = meta.file_type();
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_block_device() || kind.is_char_device() {
+        "a device"
+    } else {
+        "not a file"
+    }
 }
 
 fn is_manifest_file_name(name: &str) -> bool {
@@ -211,6 +246,8 @@ enum Model {
 #[derive(Default)]
 struct Loader {
     set: ManifestSet,
+    /// Objects met in the file being read (for [`limits::OBJECTS_PER_FILE`]).
+    objects_in_file: usize,
     /// (kind, namespace, name) -> the file that defined it first.
     first_definitions: HashMap<(Kind, String, String), PathBuf>,
 }
@@ -227,9 +264,9 @@ impl Loader {
     }
 
     fn load_file(&mut self, file: &Path) {
-        let bytes = match fs::read(file) {
+        let bytes = match read_limited(file) {
             Ok(bytes) => bytes,
-            Err(e) => return self.warn(file, "", format!("cannot read: {e}")),
+            Err(reason) => return self.warn(file, "", reason),
         };
         self.set.files_read += 1;
         let Ok(text) = String::from_utf8(bytes) else {
@@ -251,12 +288,16 @@ impl Loader {
             Err(reason) => return self.warn(file, "", reason),
         };
         debug!(file = %file.display(), documents = documents.len(), "read manifest file");
+        self.objects_in_file = 0;
         for (i, document) in documents.into_iter().enumerate() {
             let label = format!("document {}", i + 1);
             match document {
                 Ok(Value::Null) => {} // an empty document (`---` twice, or an empty file)
                 Ok(value) => self.load_value(file, &label, value, true),
                 Err(reason) => self.warn(file, label, reason),
+            }
+            if self.objects_in_file > limits::OBJECTS_PER_FILE {
+                return;
             }
         }
     }
@@ -351,7 +392,32 @@ impl Loader {
     }
 
     fn add_object(&mut self, file: &Path, kind: Kind, label: String, value: Value) {
+        self.objects_in_file += 1;
+        if self.objects_in_file > limits::OBJECTS_PER_FILE {
+            return self.warn(
+                file,
+                "",
+                format!(
+                    "more than {} objects: the rest of the file is skipped",
+                    limits::OBJECTS_PER_FILE
+                ),
+            );
+        }
         let id = object_id(kind, &value);
+        let size = serde_json::to_vec(&value).map_or(0, |v| v.len());
+        if size > limits::OBJECT_BYTES {
+            if let Some(id) = id {
+                self.set.invalid.push(id);
+            }
+            return self.warn(
+                file,
+                label,
+                format!(
+                    "{size} bytes as JSON, more than the {} an object may have",
+                    limits::OBJECT_BYTES
+                ),
+            );
+        }
         let (meta, model) = match validate(kind, value) {
             Ok(validated) => validated,
             Err(reason) => {
@@ -400,6 +466,31 @@ impl Loader {
             }
         }
     }
+}
+
+/// The bytes of a manifest file, unless it is larger than [`limits::FILE_BYTES`] (then
+/// it is not read: a file growing while it is read is cut at the limit and refused).
+fn read_limited(file: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    let too_large = |size: u64| {
+        format!(
+            "{size} bytes, larger than the {} a manifest file may have: skipped",
+            limits::FILE_BYTES
+        )
+    };
+    let f = fs::File::open(file).map_err(|e| format!("cannot read: {e}"))?;
+    let size = f.metadata().map_err(|e| format!("cannot read: {e}"))?.len();
+    if size > limits::FILE_BYTES {
+        return Err(too_large(size));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    f.take(limits::FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > limits::FILE_BYTES {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
 }
 
 /// Parses into the k8s-openapi type and validates it; the error is a warning's reason.
@@ -752,7 +843,10 @@ mod tests {
         fs::create_dir(dir.0.join("dir.yaml")).unwrap();
         let set = dir.load();
         assert_eq!(names(&set).0, ["t/a", "t/b"]);
-        assert!(set.warnings.is_empty(), "{:?}", set.warnings);
+        // Only the directory with a manifest's name is worth a word.
+        let warned: Vec<String> = set.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert!(warned[0].contains("dir.yaml") && warned[0].contains("a directory"));
         assert_eq!(set.files_read, 2);
     }
 
@@ -993,5 +1087,61 @@ mod tests {
         };
         assert_eq!(whole_file.to_string(), "d/x.yaml: bad");
         assert_eq!(object.to_string(), "d/x.yaml: Service a/b: bad");
+    }
+
+    #[test]
+    fn limits_on_files_objects_and_object_size_and_odd_entries() {
+        let dir = TempDir::new("limits");
+        // A file beyond the size limit is not read at all.
+        let big = vec![b' '; limits::FILE_BYTES as usize + 1];
+        dir.write("a-big.yaml", &big);
+        // More objects than a file may hold: the first ones are read.
+        let many: Vec<serde_json::Value> = (0..limits::OBJECTS_PER_FILE + 5)
+            .map(|i| {
+                service_object(
+                    &format!("s{i}"),
+                    &format!("10.96.{}.{}", i / 250, 1 + i % 250),
+                )
+            })
+            .collect();
+        dir.write("b-many.yaml", builders::manifest_text(&many));
+        // One object beyond the object size limit.
+        let mut fat = service_object("fat", "10.96.200.1");
+        fat["metadata"]["annotations"] = serde_json::json!({"x": "y".repeat(limits::OBJECT_BYTES)});
+        dir.write(
+            "c-fat.yaml",
+            builders::manifest_text(&[fat, service_object("slim", "10.96.200.2")]),
+        );
+        // A FIFO and a symlink loop with manifest names.
+        let fifo = dir.0.join("d-fifo.yaml");
+        let c = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        std::os::unix::fs::symlink(dir.0.join("e-loop.yaml"), dir.0.join("e-loop.yaml")).unwrap();
+
+        let set = dir.load();
+        let reasons: Vec<String> = set.warnings.iter().map(ToString::to_string).collect();
+        let has = |part: &str| reasons.iter().any(|r| r.contains(part));
+        assert!(has("a-big.yaml") && has("larger than"), "{reasons:#?}");
+        assert!(
+            has("b-many.yaml") && has("the rest of the file is skipped"),
+            "{reasons:#?}"
+        );
+        assert!(
+            has("Service t/fat") && has("an object may have"),
+            "{reasons:#?}"
+        );
+        assert!(has("d-fifo.yaml") && has("a FIFO"), "{reasons:#?}");
+        assert!(has("e-loop.yaml") && has("cannot read"), "{reasons:#?}");
+        assert_eq!(
+            set.services.len(),
+            limits::OBJECTS_PER_FILE + 1,
+            "the first 10 000 and slim"
+        );
+        assert!(set.services.iter().any(|s| s.name == "slim"));
+        assert!(
+            set.invalid
+                .contains(&ObjectId::Service("t".into(), "fat".into()))
+        );
     }
 }

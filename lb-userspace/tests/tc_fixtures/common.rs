@@ -11,7 +11,10 @@ use socklb_core::maps::{
 
 use crate::{
     harness::{Fixture, Hook, Network, Run, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
-    packet::{Pkt, SYN, checksum_problems, decode, diff, render},
+    packet::{
+        ACK, FIN, ICMP_DEST_UNREACH, L4, Pkt, RST, SYN, checksum_problems, decode, diff, ip_of,
+        render,
+    },
 };
 
 // ---------------------------------------------------------------------------------------
@@ -32,6 +35,8 @@ pub const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 12);
 pub const LB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 pub const EMPTY_LB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 8);
 pub const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 20);
+/// The external IP of a UDP service without endpoints.
+pub const EMPTY_EXT_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 21);
 /// Neither a node address nor a frontend.
 pub const STRANGER_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 99);
 
@@ -212,6 +217,25 @@ fn cluster() -> Vec<Value> {
                 "spec": {"type": "LoadBalancer"},
                 "status": {"loadBalancer": {"ingress": [{"ip": EMPTY_LB_IP.to_string()}]}},
             }),
+        ),
+        // No endpoints: a UDP external IP, and an external IP that is a node address.
+        service(
+            "empty-dns",
+            "10.96.0.42",
+            "UDP",
+            53,
+            5353,
+            None,
+            json!({"spec": {"externalIPs": [EMPTY_EXT_IP.to_string()]}}),
+        ),
+        service(
+            "on-node",
+            "10.96.0.43",
+            "TCP",
+            8080,
+            8080,
+            None,
+            json!({"spec": {"externalIPs": [NODE_IP2.to_string()]}}),
         ),
     ]
 }
@@ -472,4 +496,109 @@ pub fn snat_source(
     proto: u8,
 ) -> SocketAddrV4 {
     xlate(&ct_entry(fx, from, frontend, proto)).to_src
+}
+
+// ---------------------------------------------------------------------------------------
+// Answers to rejected traffic, as the expected packets of the checks above.
+// ---------------------------------------------------------------------------------------
+
+/// The RST answering the TCP segment `input` the way a closed port answers (RFC 9293
+/// 3.10.7.1): to an ACK, sequence number = its acknowledgment number; otherwise RST|ACK
+/// with sequence 0 acknowledging all the segment occupies. From the address it was
+/// sent to, no options, no payload, TTL 64, DF, identification 0.
+pub fn rst_for(input: &Pkt) -> Pkt {
+    let L4::Tcp {
+        sport,
+        dport,
+        seq,
+        ack,
+        flags,
+        payload,
+        ..
+    } = &input.l4
+    else {
+        panic!("rst_for: not TCP: {input:?}");
+    };
+    let (seq, ack, flags) = if flags & ACK != 0 {
+        (*ack, 0, RST)
+    } else {
+        let occupied =
+            payload.len() as u32 + u32::from(flags & SYN != 0) + u32::from(flags & FIN != 0);
+        (0, seq.wrapping_add(occupied), RST | ACK)
+    };
+    Pkt {
+        src: input.dst,
+        dst: input.src,
+        id: 0,
+        ttl: 64,
+        tos: input.tos & !0x03,
+        df: true,
+        options: Vec::new(),
+        l4: L4::Tcp {
+            sport: *dport,
+            dport: *sport,
+            seq,
+            ack,
+            flags,
+            window: 0,
+            payload: Vec::new(),
+        },
+    }
+}
+
+/// The ICMP destination unreachable (`code`) answering the IPv4 packet `ip`: quoting
+/// its header (options included) and the first 8 bytes after it, from the address it
+/// was sent to, TTL 64, no DF, identification 0.
+pub fn unreachable_for(ip: &[u8], code: u8) -> Pkt {
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let addr = |off: usize| Ipv4Addr::new(ip[off], ip[off + 1], ip[off + 2], ip[off + 3]);
+    Pkt {
+        src: addr(16),
+        dst: addr(12),
+        id: 0,
+        ttl: 64,
+        tos: ip[1] & !0x03,
+        df: false,
+        options: Vec::new(),
+        l4: L4::Icmp {
+            icmp_type: ICMP_DEST_UNREACH,
+            code,
+            rest: [0; 4],
+            body: ip[..ihl + 8].to_vec(),
+        },
+    }
+}
+
+/// `input` must come back as `answer` (MACs swapped, every checksum right), redirected
+/// out of the device it came in on.
+#[track_caller]
+pub fn expect_answer(fx: &Fixture, what: &str, input: &[u8], answer: &Pkt) -> Run {
+    let run = expect(
+        fx,
+        what,
+        Hook::Ingress,
+        input,
+        TC_ACT_REDIRECT,
+        &answer.reply_frame(),
+    );
+    // The answer's source is the address the packet was sent to.
+    assert_eq!(&ip_of(&run.output)[12..16], &ip_of(input)[16..20], "{what}");
+    run
+}
+
+/// `input` must be dropped unanswered: TC_ACT_SHOT, the packet as it came.
+#[track_caller]
+pub fn expect_dropped(fx: &Fixture, what: &str, input: &[u8]) {
+    let run = fx.ingress(input);
+    assert_eq!(
+        run.verdict,
+        TC_ACT_SHOT,
+        "{what}: verdict {} ({}), counters {:?}",
+        run.verdict,
+        verdict_name(run.verdict),
+        fx.counters()
+    );
+    if let Some(d) = diff(input, &run.output) {
+        panic!("{what}: dropped, but rewritten first:\n{d}");
+    }
 }

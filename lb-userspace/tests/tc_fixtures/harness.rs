@@ -206,6 +206,10 @@ fn private_netns(net: &Network<'_>) -> u32 {
     // A veth pair whose peer stays in the namespace too (kernels without the dummy
     // driver have veth: the end-to-end suites need it).
     ip(&["link", "add", DEVICE, "type", "veth", "peer", "name", PEER]);
+    // The fixture frames' destination, so a test run takes them as addressed to this
+    // host (the kernel sets pkt_type by comparing with the device's address).
+    let mac = crate::packet::DST_MAC.map(|b| format!("{b:02x}")).join(":");
+    ip(&["link", "set", DEVICE, "address", &mac]);
     ip(&["link", "set", PEER, "up"]);
     ip(&["link", "set", DEVICE, "up"]);
     for (addr, len) in net.node_addresses {
@@ -348,9 +352,29 @@ impl Fixture {
         self.pins.path()
     }
 
+    /// How many instructions the verifier processed when it loaded `hook`'s program
+    /// (the kernel's `verified_insns`); None on a kernel that does not report it.
+    pub fn verified_insns(&self, hook: Hook) -> Option<u32> {
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(hook.program())
+            .expect("program present")
+            .try_into()
+            .expect("a classifier");
+        prog.info()
+            .expect("the program's info")
+            .verified_instruction_count()
+    }
+
     /// Runs `frame` through a program once (BPF_PROG_TEST_RUN), as received on (or
     /// sent through) [`DEVICE`].
     pub fn run(&self, hook: Hook, frame: &[u8]) -> Run {
+        self.run_gso(hook, frame, 0, 0)
+    }
+
+    /// [`Fixture::run`] for a packet the kernel holds as `gso_segs` segments of
+    /// `gso_size` bytes (a GRO-merged one); 0 and 0 for a plain packet.
+    pub fn run_gso(&self, hook: Hook, frame: &[u8], gso_segs: u32, gso_size: u32) -> Run {
         let prog: &SchedClassifier = self
             .ebpf
             .program(hook.program())
@@ -358,12 +382,15 @@ impl Fixture {
             .try_into()
             .expect("a classifier");
         let mut out = vec![0u8; frame.len() + 512];
-        // The head of struct __sk_buff: ingress_ifindex (offset 36, what the program's
-        // FIB lookup starts from) and ifindex (offset 40, the skb's device); the kernel
-        // takes the rest as zero.
-        let mut skb_ctx = [0u8; 44];
+        // struct __sk_buff up to gso_size: ingress_ifindex (offset 36, what the
+        // program's FIB lookup starts from), ifindex (offset 40, the skb's device),
+        // gso_segs (164) and gso_size (176), the fields a test run takes; the kernel
+        // wants every other one zero.
+        let mut skb_ctx = [0u8; 180];
         skb_ctx[36..40].copy_from_slice(&self.ifindex.to_ne_bytes());
         skb_ctx[40..44].copy_from_slice(&self.ifindex.to_ne_bytes());
+        skb_ctx[164..168].copy_from_slice(&gso_segs.to_ne_bytes());
+        skb_ctx[176..180].copy_from_slice(&gso_size.to_ne_bytes());
         let result = prog
             .test_run(TestRunOptions {
                 data_in: Some(frame),

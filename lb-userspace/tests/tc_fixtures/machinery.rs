@@ -7,8 +7,25 @@ use crate::{
         CLIENT_IP, ETH_UDP_CSUM, NODE_IP, NODE_IP2, NP_WEB_LOCAL, NP_WEB_REMOTE, client, fixture,
         sa,
     },
+    harness::Hook,
     packet::{self, IPPROTO_TCP, Pkt, SYN, checksum_problems, reassemble},
 };
+
+/// The verifier's work for each TC program, printed for the record (compare before and
+/// after a change to the data path: `cargo test -p socklb --test tc_fixtures verified --
+/// --nocapture`), and held well below the kernel's limit of one million.
+#[test]
+fn verified_instruction_counts_stay_far_below_the_kernel_limit() {
+    let Some(fx) = fixture() else { return };
+    for hook in [Hook::Ingress, Hook::Egress] {
+        let Some(n) = fx.verified_insns(hook) else {
+            eprintln!("{hook:?}: the kernel does not report verified_insns");
+            continue;
+        };
+        eprintln!("{hook:?}: {n} instructions verified");
+        assert!(n < 250_000, "{hook:?}: {n} verified instructions");
+    }
+}
 
 #[test]
 fn the_maps_hold_what_the_agent_programs() {

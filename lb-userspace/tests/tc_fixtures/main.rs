@@ -33,7 +33,11 @@
 //! - `loadbalancer.rs`: LoadBalancer and external IPs, loadBalancerSourceRanges;
 //! - `maglev.rs`: `--lb-algorithm maglev`: the kernel's picks are the core's
 //!   predictions, a removed backend moves only what the table moves;
-//! - `no_endpoints.rs`: frontends without usable endpoints, addresses not ours;
+//! - `no_endpoints.rs`: frontends without usable endpoints (RST and ICMP answers from
+//!   LoadBalancer and external IPs, NodePorts left to the stack, Local policy drops),
+//!   addresses not ours;
+//! - `refused_ports.rs`: a known VIP's unknown ports and protocols are refused;
+//! - `reject_limits.rs`: what is never answered, and the answers' budget;
 //! - `fragments.rs`: later fragments follow their first fragment;
 //! - `ip_options.rs`: IPv4 options (IHL > 5) through DNAT and SNAT;
 //! - `icmp.rs`: ICMP errors about tracked flows, translated back;
@@ -64,6 +68,8 @@ mod loadbalancer;
 mod machinery;
 mod maglev;
 mod no_endpoints;
+mod refused_ports;
+mod reject_limits;
 mod reverse_nat;
 mod snat;
 mod udp;

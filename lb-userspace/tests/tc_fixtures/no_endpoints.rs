@@ -1,13 +1,18 @@
-//! Verdicts for frontends without usable endpoints, and for addresses that are not ours.
+//! Verdicts for frontends without usable endpoints, and for addresses that are not
+//! ours: a LoadBalancer or external IP without endpoints is answered in place (TCP
+//! RST, ICMP port unreachable) as kube-proxy's REJECT answers; a NodePort without
+//! endpoints passes to the stack, which answers the same way; a Local policy without
+//! local endpoints drops.
 use lb_common::Counter;
 
 use crate::{
     common::{
-        EMPTY_LB_IP, NODE_IP, NP_DNS_LOCAL, NP_LOCAL_POLICY, NP_NO_ENDPOINTS, NP_WEB_LOCAL,
-        STRANGER_IP, client, expect_untouched, fixture, sa, verdict_name,
+        CLIENT_IP, EMPTY_EXT_IP, EMPTY_LB_IP, NODE_IP, NODE_IP2, NP_DNS_LOCAL, NP_LOCAL_POLICY,
+        NP_NO_ENDPOINTS, NP_WEB_LOCAL, STRANGER_IP, client, expect_answer, expect_untouched,
+        fixture, rst_for, sa, unreachable_for, verdict_name,
     },
     harness::TC_ACT_SHOT,
-    packet::{Pkt, SYN},
+    packet::{ACK, FIN, ICMP_PORT_UNREACH, L4, PSH, Pkt, RST, SYN, ip_of},
 };
 
 #[test]
@@ -31,13 +36,11 @@ fn frontends_without_usable_endpoints_and_foreign_addresses() {
         "NodePort without endpoints",
         &Pkt::tcp(client(40001), sa(NODE_IP, NP_NO_ENDPOINTS), SYN).frame(),
     );
-    // ... but a LoadBalancer IP without endpoints is no address of ours: dropped.
-    let run = fx.ingress(&Pkt::tcp(client(40002), sa(EMPTY_LB_IP, 80), SYN).frame());
-    assert_eq!(
-        run.verdict, TC_ACT_SHOT,
-        "LoadBalancer IP without endpoints"
+    expect_untouched(
+        &fx,
+        "NodePort without endpoints, the node's other address",
+        &Pkt::tcp(client(40001), sa(NODE_IP2, NP_NO_ENDPOINTS), SYN).frame(),
     );
-    assert_eq!(fx.counter(Counter::NpDropped), 2);
 
     // A NodePort port on an address that is neither a node address nor a frontend.
     expect_untouched(
@@ -51,5 +54,141 @@ fn frontends_without_usable_endpoints_and_foreign_addresses() {
         &Pkt::udp(client(40004), sa(STRANGER_IP, NP_DNS_LOCAL), b"q").frame(),
     );
     assert_eq!(fx.counter(Counter::NpNewFlow), 0);
+    assert_eq!(fx.counter(Counter::NpRejected), 0);
     assert!(fx.ct_entries().is_empty());
+}
+
+#[test]
+fn a_syn_to_a_load_balancer_ip_without_endpoints_gets_rst_ack() {
+    let Some(fx) = fixture() else { return };
+    let syn = Pkt::tcp(client(40002), sa(EMPTY_LB_IP, 80), SYN);
+    let want = rst_for(&syn);
+    // What RFC 9293 has a closed port send, spelled out once.
+    let L4::Tcp {
+        sport,
+        dport,
+        seq,
+        ack,
+        flags,
+        window,
+        payload,
+    } = &want.l4
+    else {
+        unreachable!()
+    };
+    assert_eq!((*sport, *dport), (80, 40002));
+    assert_eq!((*seq, *ack, *flags), (0, 0x1234_5679, RST | ACK));
+    assert_eq!((*window, payload.len()), (0, 0));
+    assert_eq!(
+        (want.src, want.dst, want.ttl, want.id),
+        (EMPTY_LB_IP, CLIENT_IP, 64, 0)
+    );
+
+    let run = expect_answer(
+        &fx,
+        "SYN to a LoadBalancer IP without endpoints",
+        &syn.frame(),
+        &want,
+    );
+    assert_eq!(run.output.len(), 14 + 20 + 20, "no options, no payload");
+    assert_eq!(fx.counter(Counter::NpRejected), 1);
+    assert_eq!(fx.counter(Counter::NpDropped), 0, "a reject, not a drop");
+    assert!(fx.ct_entries().is_empty(), "an answer tracks nothing");
+}
+
+#[test]
+fn a_segment_with_ack_and_payload_gets_a_rst_from_its_ack_number() {
+    let Some(fx) = fixture() else { return };
+    // An established flow whose service lost its endpoints (no conntrack entry here).
+    let data = Pkt::tcp(client(40010), sa(EMPTY_LB_IP, 80), ACK | PSH).payload(&[0x61; 300]);
+    let want = rst_for(&data);
+    let L4::Tcp {
+        seq, ack, flags, ..
+    } = &want.l4
+    else {
+        unreachable!()
+    };
+    assert_eq!((*seq, *ack, *flags), (0x0bad_cafe, 0, RST));
+    let run = expect_answer(&fx, "ACK with 300 bytes of payload", &data.frame(), &want);
+    assert_eq!(run.output.len(), 54, "the payload is cut");
+
+    // Without ACK: RST|ACK acknowledging the payload and the FIN.
+    let fin = Pkt::tcp(client(40011), sa(EMPTY_LB_IP, 80), FIN).payload(b"bye");
+    let want = rst_for(&fin);
+    let L4::Tcp { seq, ack, .. } = &want.l4 else {
+        unreachable!()
+    };
+    assert_eq!((*seq, *ack), (0, 0x1234_5678 + 3 + 1));
+    expect_answer(&fx, "FIN with payload, no ACK", &fin.frame(), &want);
+
+    // TOS is kept without its ECN bits; IP options are not copied.
+    let mut syn = Pkt::tcp(client(40012), sa(EMPTY_LB_IP, 80), SYN).options(&[1, 1, 1, 0]);
+    syn.tos = 0xb9;
+    let want = rst_for(&syn);
+    assert_eq!(want.tos, 0xb8);
+    expect_answer(&fx, "SYN with IP options and ECN", &syn.frame(), &want);
+    assert_eq!(fx.counter(Counter::NpRejected), 3);
+}
+
+#[test]
+fn udp_to_an_external_ip_without_endpoints_gets_port_unreachable() {
+    let Some(fx) = fixture() else { return };
+    let query = Pkt::udp(client(40020), sa(EMPTY_EXT_IP, 53), b"who has example.org?");
+    let frame = query.frame();
+    let want = unreachable_for(ip_of(&frame), ICMP_PORT_UNREACH);
+    let L4::Icmp { body, .. } = &want.l4 else {
+        unreachable!()
+    };
+    assert_eq!(body.len(), 20 + 8, "the IP header and the UDP header");
+    let run = expect_answer(
+        &fx,
+        "UDP to an external IP without endpoints",
+        &frame,
+        &want,
+    );
+    assert_eq!(run.output.len(), 14 + 20 + 8 + 28);
+
+    // A datagram with IP options: all of its header is quoted (and none copied).
+    let opts = Pkt::udp(client(40021), sa(EMPTY_EXT_IP, 53), b"q?").options(&[1; 40]);
+    let frame = opts.frame();
+    let want = unreachable_for(ip_of(&frame), ICMP_PORT_UNREACH);
+    let run = expect_answer(&fx, "UDP with 40 bytes of IP options", &frame, &want);
+    assert_eq!(run.output.len(), 14 + 20 + 8 + 60 + 8, "the largest answer");
+
+    // Without a UDP checksum, and the shortest datagram: quoted as they are.
+    let bare = Pkt::udp(client(40022), sa(EMPTY_EXT_IP, 53), b"")
+        .no_udp_checksum()
+        .frame();
+    expect_answer(
+        &fx,
+        "empty UDP datagram without checksum",
+        &bare,
+        &unreachable_for(ip_of(&bare), ICMP_PORT_UNREACH),
+    );
+    assert_eq!(fx.counter(Counter::NpRejected), 3);
+}
+
+#[test]
+fn an_external_ip_that_is_a_node_address_answers_only_its_service_ports() {
+    let Some(fx) = fixture() else { return };
+    // The service port of a frontend on a node address: answered like any frontend.
+    let syn = Pkt::tcp(client(40030), sa(NODE_IP2, 8080), SYN);
+    expect_answer(
+        &fx,
+        "external IP = node address, service port",
+        &syn.frame(),
+        &rst_for(&syn),
+    );
+    // Its other ports are the node's: the stack answers them (or a listener serves).
+    expect_untouched(
+        &fx,
+        "external IP = node address, another port",
+        &Pkt::tcp(client(40031), sa(NODE_IP2, 22), SYN).frame(),
+    );
+    expect_untouched(
+        &fx,
+        "external IP = node address, UDP",
+        &Pkt::udp(client(40032), sa(NODE_IP2, 8080), b"q").frame(),
+    );
+    assert_eq!(fx.counter(Counter::NpRejected), 1);
 }

@@ -15,6 +15,7 @@ pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_GRE: u8 = 47;
 
 pub const FIN: u8 = 0x01;
 pub const SYN: u8 = 0x02;
@@ -24,11 +25,13 @@ pub const ACK: u8 = 0x10;
 
 pub const ICMP_ECHO_REQUEST: u8 = 8;
 pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_PROT_UNREACH: u8 = 2;
 pub const ICMP_PORT_UNREACH: u8 = 3;
 pub const ICMP_FRAG_NEEDED: u8 = 4;
 pub const ICMP_TIME_EXCEEDED: u8 = 11;
 
-/// The MACs of every fixture frame (the programs never touch them).
+/// The MACs of every fixture frame: the client's and the node device's (the programs
+/// only touch them to send an answer back, swapped).
 pub const SRC_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x64];
 pub const DST_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x0b];
 
@@ -124,6 +127,8 @@ pub enum L4 {
         rest: [u8; 4],
         body: Vec<u8>,
     },
+    /// Another IP protocol: its bytes as they are.
+    Raw { proto: u8, payload: Vec<u8> },
 }
 
 /// An IPv4 packet in an Ethernet frame.
@@ -208,9 +213,23 @@ impl Pkt {
         }
     }
 
+    /// A datagram of another IP protocol.
+    pub fn raw(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload: &[u8]) -> Self {
+        Self::ip(
+            src,
+            dst,
+            L4::Raw {
+                proto,
+                payload: payload.to_vec(),
+            },
+        )
+    }
+
     pub fn payload(mut self, data: &[u8]) -> Self {
         match &mut self.l4 {
-            L4::Tcp { payload, .. } | L4::Udp { payload, .. } => *payload = data.to_vec(),
+            L4::Tcp { payload, .. } | L4::Udp { payload, .. } | L4::Raw { payload, .. } => {
+                *payload = data.to_vec()
+            }
             L4::Icmp { body, .. } => *body = data.to_vec(),
         }
         self
@@ -243,19 +262,19 @@ impl Pkt {
         self
     }
 
-    /// Source address and port (port 0 for ICMP).
+    /// Source address and port (port 0 for ICMP and other protocols).
     pub fn src_sa(&self) -> SocketAddrV4 {
         match self.l4 {
             L4::Tcp { sport, .. } | L4::Udp { sport, .. } => SocketAddrV4::new(self.src, sport),
-            L4::Icmp { .. } => SocketAddrV4::new(self.src, 0),
+            L4::Icmp { .. } | L4::Raw { .. } => SocketAddrV4::new(self.src, 0),
         }
     }
 
-    /// Destination address and port (port 0 for ICMP).
+    /// Destination address and port (port 0 for ICMP and other protocols).
     pub fn dst_sa(&self) -> SocketAddrV4 {
         match self.l4 {
             L4::Tcp { dport, .. } | L4::Udp { dport, .. } => SocketAddrV4::new(self.dst, dport),
-            L4::Icmp { .. } => SocketAddrV4::new(self.dst, 0),
+            L4::Icmp { .. } | L4::Raw { .. } => SocketAddrV4::new(self.dst, 0),
         }
     }
 
@@ -274,7 +293,7 @@ impl Pkt {
         self.src = *src.ip();
         match &mut self.l4 {
             L4::Tcp { sport, .. } | L4::Udp { sport, .. } => *sport = src.port(),
-            L4::Icmp { .. } => {}
+            L4::Icmp { .. } | L4::Raw { .. } => {}
         }
         self
     }
@@ -284,7 +303,7 @@ impl Pkt {
         self.dst = *dst.ip();
         match &mut self.l4 {
             L4::Tcp { dport, .. } | L4::Udp { dport, .. } => *dport = dst.port(),
-            L4::Icmp { .. } => {}
+            L4::Icmp { .. } | L4::Raw { .. } => {}
         }
         self
     }
@@ -294,6 +313,7 @@ impl Pkt {
             L4::Tcp { .. } => IPPROTO_TCP,
             L4::Udp { .. } => IPPROTO_UDP,
             L4::Icmp { .. } => IPPROTO_ICMP,
+            L4::Raw { proto, .. } => proto,
         }
     }
 
@@ -354,6 +374,7 @@ impl Pkt {
                 b[2..4].copy_from_slice(&c.to_be_bytes());
                 b
             }
+            L4::Raw { payload, .. } => payload.clone(),
         }
     }
 
@@ -395,6 +416,16 @@ impl Pkt {
     /// The Ethernet frame.
     pub fn frame(&self) -> Vec<u8> {
         ether(ETH_P_IP, &self.ip_bytes())
+    }
+
+    /// The Ethernet frame of an answer to a fixture frame: the MACs swapped.
+    pub fn reply_frame(&self) -> Vec<u8> {
+        let mut f = Vec::with_capacity(ETH_HLEN + 20);
+        f.extend_from_slice(&SRC_MAC);
+        f.extend_from_slice(&DST_MAC);
+        f.extend_from_slice(&ETH_P_IP.to_be_bytes());
+        f.extend_from_slice(&self.ip_bytes());
+        f
     }
 
     /// The frames of this datagram split into fragments: the L4 bytes cut at each of

@@ -67,12 +67,20 @@ impl FrontendKey {
         Self::new(frontend, Scope::Internal)
     }
 
+    /// The wildcard of a cluster IP, for the socket hooks.
     pub fn wildcard(ip: IpAddr) -> Self {
+        Self::wildcard_in(ip, Scope::Internal)
+    }
+
+    /// The wildcard of `ip` in `scope`: internal for cluster IPs (the socket hooks
+    /// refuse their other ports), external for LoadBalancer and external IPs (the TC
+    /// program answers their other ports with a RST or an ICMP unreachable).
+    pub fn wildcard_in(ip: IpAddr, scope: Scope) -> Self {
         Self {
             ip,
             port: 0,
             protocol: None,
-            scope: Scope::Internal,
+            scope,
         }
     }
 
@@ -97,8 +105,8 @@ impl fmt::Display for FrontendKey {
             Scope::Internal => "",
         };
         match self.frontend() {
-            None if self.ip.is_ipv6() => write!(f, "[{}]:*", self.ip),
-            None => write!(f, "{}:*", self.ip),
+            None if self.ip.is_ipv6() => write!(f, "[{}]:*{scope}", self.ip),
+            None => write!(f, "{}:*{scope}", self.ip),
             Some(frontend) => write!(f, "{frontend}{scope}"),
         }
     }
@@ -125,10 +133,34 @@ pub struct DesiredFrontend {
     pub source_ranges: Vec<IpCidr>,
 }
 
-/// The whole desired content of the service and backend maps.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The whole desired content of the service and backend maps. Two states are equal
+/// when their frontends are: the owners only order the work in full maps.
+#[derive(Clone, Debug, Default)]
 pub struct DesiredState {
     pub frontends: HashMap<FrontendKey, DesiredFrontend>,
+    /// The Service that owns each (non-wildcard) entry: when the maps cannot hold
+    /// everything, older Services get the room first (see `diff`). Missing: ranks
+    /// after every owned entry.
+    pub owners: HashMap<FrontendKey, Claimant>,
+}
+
+impl PartialEq for DesiredState {
+    fn eq(&self, other: &Self) -> bool {
+        self.frontends == other.frontends
+    }
+}
+
+impl Eq for DesiredState {}
+
+impl DesiredState {
+    /// The order in which entries get room in full maps: wildcards first (one entry
+    /// each, and they make the clients of a Service that did not fit fail at once
+    /// instead of sending to an address nobody owns), then by the owning Service's
+    /// age and name, then by key.
+    pub fn room_order(&self, key: &FrontendKey) -> (bool, bool, Option<&Claimant>, FrontendKey) {
+        let owner = self.owners.get(key);
+        (!key.is_wildcard(), owner.is_none(), owner, *key)
+    }
 }
 
 impl DesiredState {
@@ -162,21 +194,25 @@ struct Claim {
 /// Two services may claim one frontend (hand-written manifests can): the claim of
 /// the best [`ClaimRank`] owns it, as in `plan::compute_plan`, and a claim that ranks
 /// after it changes nothing in the maps. A service address has its wildcard entry
-/// while any frontend uses that address.
+/// while any frontend uses that address: a cluster IP in the internal scope, a
+/// LoadBalancer or external IP in the external scope (NodePorts have none: a node
+/// address is not the services' alone).
 #[derive(Clone, Debug, Default)]
 pub struct DesiredIndex {
     /// Every service's claim on each plan frontend, best rank first. One claim may own
     /// two map entries (the internal and the external scope); the claim that ranks
     /// first owns both.
     claims: HashMap<FrontendAddr, BTreeMap<ClaimRank, Claim>>,
-    /// The plan frontends each service claims (with the rank of the claim), and
-    /// whether the claim holds a reference on its address's wildcard (ClusterIP
-    /// frontends do).
-    by_service: HashMap<ObjectKey, Vec<(FrontendAddr, ClaimRank, bool)>>,
+    /// The plan frontends each service claims, with the rank of the claim.
+    by_service: HashMap<ObjectKey, Vec<(FrontendAddr, ClaimRank)>>,
     /// Plan frontends with more than one claim.
     contested: BTreeSet<FrontendAddr>,
-    /// Number of claimed (non-wildcard) frontends per service address.
-    address_refs: HashMap<IpAddr, usize>,
+    /// The address wildcard each plan frontend holds a reference on: the one of its
+    /// best-ranked claim's kind ([`wildcard_scope`]), so that a losing claim writes
+    /// nothing, its address's wildcard included.
+    wildcard_refs: HashMap<FrontendAddr, Scope>,
+    /// Number of plan frontends holding a reference per service address and scope.
+    address_refs: HashMap<(IpAddr, Scope), usize>,
     pub desired: DesiredState,
 }
 
@@ -191,7 +227,7 @@ impl DesiredIndex {
         let service = &claimant.service;
         let mut touched: Vec<FrontendKey> = Vec::new();
         let mut touched_plan: Vec<FrontendAddr> = Vec::new();
-        for (key, rank, holds_address) in self.by_service.remove(service).unwrap_or_default() {
+        for (key, rank) in self.by_service.remove(service).unwrap_or_default() {
             if let Some(claims) = self.claims.get_mut(&key)
                 && let Some(claim) = claims.remove(&rank)
             {
@@ -200,20 +236,16 @@ impl DesiredIndex {
                     self.claims.remove(&key);
                 }
             }
-            if holds_address {
-                self.release_address(key.ip, &mut touched);
-            }
             touched_plan.push(key);
         }
         let frontends: Vec<&Frontend> = frontends.into_iter().collect();
-        let mut claimed: Vec<(FrontendAddr, ClaimRank, bool)> = Vec::new();
+        let mut claimed: Vec<(FrontendAddr, ClaimRank)> = Vec::new();
         for (fe, entries) in entries(&frontends) {
             let key = fe.key();
-            if claimed.iter().any(|(k, _, _)| *k == key) {
+            if claimed.iter().any(|(k, _)| *k == key) {
                 continue;
             }
             let rank = claimant.rank(fe.kind);
-            let holds_address = fe.kind == FrontendKind::ClusterIP;
             touched.extend(entries.iter().map(|(k, _)| *k));
             self.claims.entry(key).or_default().insert(
                 rank.clone(),
@@ -222,16 +254,16 @@ impl DesiredIndex {
                     entries,
                 },
             );
-            if holds_address {
-                self.acquire_address(key.ip, &mut touched);
-            }
-            claimed.push((key, rank, holds_address));
+            claimed.push((key, rank));
             touched_plan.push(key);
         }
         if !claimed.is_empty() {
             self.by_service.insert(service.clone(), claimed);
         }
+        touched_plan.sort();
+        touched_plan.dedup();
         for key in touched_plan {
+            self.refresh_wildcard_ref(key, &mut touched);
             // The owner of a frontend may have changed: every scope of it is refreshed,
             // also the ones only another claim has entries in.
             for scope in [Scope::Internal, Scope::External] {
@@ -265,20 +297,41 @@ impl DesiredIndex {
         out
     }
 
-    fn acquire_address(&mut self, ip: IpAddr, touched: &mut Vec<FrontendKey>) {
-        let refs = self.address_refs.entry(ip).or_default();
-        *refs += 1;
-        if *refs == 1 {
-            touched.push(FrontendKey::wildcard(ip));
+    /// Moves `key`'s wildcard reference to the wildcard its best claim calls for now.
+    fn refresh_wildcard_ref(&mut self, key: FrontendAddr, touched: &mut Vec<FrontendKey>) {
+        let want = self
+            .claims
+            .get(&key)
+            .and_then(|claims| claims.values().next())
+            .and_then(|claim| wildcard_scope(claim.frontend.kind));
+        let have = self.wildcard_refs.get(&key).copied();
+        if want == have {
+            return;
+        }
+        if let Some(scope) = have {
+            self.wildcard_refs.remove(&key);
+            self.release_address(key.ip, scope, touched);
+        }
+        if let Some(scope) = want {
+            self.wildcard_refs.insert(key, scope);
+            self.acquire_address(key.ip, scope, touched);
         }
     }
 
-    fn release_address(&mut self, ip: IpAddr, touched: &mut Vec<FrontendKey>) {
-        if let Some(refs) = self.address_refs.get_mut(&ip) {
+    fn acquire_address(&mut self, ip: IpAddr, scope: Scope, touched: &mut Vec<FrontendKey>) {
+        let refs = self.address_refs.entry((ip, scope)).or_default();
+        *refs += 1;
+        if *refs == 1 {
+            touched.push(FrontendKey::wildcard_in(ip, scope));
+        }
+    }
+
+    fn release_address(&mut self, ip: IpAddr, scope: Scope, touched: &mut Vec<FrontendKey>) {
+        if let Some(refs) = self.address_refs.get_mut(&(ip, scope)) {
             *refs = refs.saturating_sub(1);
             if *refs == 0 {
-                self.address_refs.remove(&ip);
-                touched.push(FrontendKey::wildcard(ip));
+                self.address_refs.remove(&(ip, scope));
+                touched.push(FrontendKey::wildcard_in(ip, scope));
             }
         }
     }
@@ -287,7 +340,7 @@ impl DesiredIndex {
     fn refresh(&mut self, key: FrontendKey) -> bool {
         let want = if key.is_wildcard() {
             self.address_refs
-                .contains_key(&key.ip)
+                .contains_key(&(key.ip, key.scope))
                 .then(wildcard_frontend)
         } else {
             // The best-ranked claim owns every scope of its frontend: a losing claim
@@ -298,6 +351,22 @@ impl DesiredIndex {
                 .and_then(|claim| claim.entries.iter().find(|(k, _)| *k == key))
                 .map(|(_, desired)| desired.clone())
         };
+        let owner = (!key.is_wildcard())
+            .then(|| key.frontend())
+            .flatten()
+            .and_then(|frontend| self.claims.get(&frontend))
+            .and_then(|claims| claims.keys().next())
+            .map(|rank| rank.claimant.clone());
+        match (&want, owner) {
+            (Some(_), Some(owner)) => {
+                if self.desired.owners.get(&key) != Some(&owner) {
+                    self.desired.owners.insert(key, owner);
+                }
+            }
+            _ => {
+                self.desired.owners.remove(&key);
+            }
+        }
         let have = self.desired.frontends.get(&key);
         if have == want.as_ref() {
             return false;
@@ -368,6 +437,15 @@ fn entries<'a>(
         }
     }
     out
+}
+
+/// The scope of the address wildcard a frontend of `kind` holds, if any.
+fn wildcard_scope(kind: FrontendKind) -> Option<Scope> {
+    match kind {
+        FrontendKind::ClusterIP => Some(Scope::Internal),
+        FrontendKind::LoadBalancer | FrontendKind::ExternalIP => Some(Scope::External),
+        FrontendKind::NodePort => None,
+    }
 }
 
 fn wildcard_frontend() -> DesiredFrontend {
@@ -471,13 +549,22 @@ mod tests {
             ext("0.0.0.0:30080"),
             FrontendKey::wildcard("10.96.0.10".parse().unwrap()),
             key("10.96.0.10:80"),
+            FrontendKey::wildcard_in("192.0.2.10".parse().unwrap(), Scope::External),
             key("192.0.2.10:80"),
             ext("192.0.2.10:80"),
+            FrontendKey::wildcard_in("198.51.100.7".parse().unwrap(), Scope::External),
             key("198.51.100.7:80"),
             ext("198.51.100.7:80"),
         ];
         want.sort();
-        assert_eq!(keys, want, "only cluster IPs get an address wildcard");
+        assert_eq!(
+            keys, want,
+            "cluster IPs get an internal wildcard, LoadBalancer and external IPs an external one, NodePorts none"
+        );
+        for ip in ["192.0.2.10", "198.51.100.7"] {
+            let wildcard = FrontendKey::wildcard_in(ip.parse().unwrap(), Scope::External);
+            assert_eq!(desired.frontends[&wildcard], wildcard_frontend());
+        }
 
         let np_ext = &desired.frontends[&ext("0.0.0.0:30080")];
         assert_eq!(np_ext.flags, SVC_FLAG_SNAT | SVC_FLAG_NODEPORT);
@@ -508,6 +595,34 @@ mod tests {
         let mut removed = index.set_service(&Claimant::named(ObjectKey::new("demo", "web")), []);
         removed.sort();
         assert_eq!(removed, want);
+        assert!(index.desired.frontends.is_empty());
+    }
+
+    #[test]
+    fn an_external_wildcard_lives_while_any_frontend_uses_its_address() {
+        let ip: IpAddr = "198.51.100.7".parse().unwrap();
+        let wildcard = FrontendKey::wildcard_in(ip, Scope::External);
+        let web_80 = frontend("demo/web", FrontendKind::LoadBalancer, "198.51.100.7:80");
+        let web_443 = frontend("demo/web", FrontendKind::LoadBalancer, "198.51.100.7:443");
+        // Another service with an external IP on the same address, another port.
+        let other = frontend("demo/other", FrontendKind::ExternalIP, "198.51.100.7:8443");
+        let web = Claimant::named(ObjectKey::new("demo", "web"));
+        let other_svc = Claimant::named(ObjectKey::new("demo", "other"));
+
+        let mut index = DesiredIndex::default();
+        let changed = index.set_service(&web, [&web_80, &web_443]);
+        assert_eq!(changed.iter().filter(|k| **k == wildcard).count(), 1);
+        let changed = index.set_service(&other_svc, [&other]);
+        assert!(!changed.contains(&wildcard), "already there: {changed:?}");
+        // One port of web goes: both services still use the address.
+        let changed = index.set_service(&web, [&web_80]);
+        assert!(!changed.contains(&wildcard));
+        let changed = index.set_service(&web, []);
+        assert!(!changed.contains(&wildcard));
+        assert!(index.desired.frontends.contains_key(&wildcard));
+        // The last frontend on the address goes: so does the wildcard.
+        let changed = index.set_service(&other_svc, []);
+        assert!(changed.contains(&wildcard));
         assert!(index.desired.frontends.is_empty());
     }
 }

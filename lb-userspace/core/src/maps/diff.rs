@@ -18,7 +18,17 @@
 //! Slots are stable: a backend keeps its slot while it stays, a removed backend's
 //! slot is refilled by an added one or by the last slot's backend, so one changed
 //! endpoint costs a few writes however large the service is.
-use std::collections::{BTreeSet, HashMap, HashSet};
+//!
+//! Full maps: what is programmed stays programmed. Removals run first and free room;
+//! then programmed frontends get room for their changes, then new ones, each group
+//! by the owning Service's age ([`DesiredState::room_order`]), so the same objects
+//! and map sizes always program the same frontends, before and after a restart. A
+//! new frontend is programmed whole or not at all; a programmed one that grows past
+//! the room keeps the backends it has that are still wanted and gets as many new ones
+//! as fit (truncated). Frontends left out are kept in [`ProgrammedState::incomplete`]
+//! and retried at every sync until they fit.
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use lb_common::{AffinityMatch4Key, Backend4, SrcRange4Key, Svc4Key, Svc4Value, SvcAction};
 
@@ -95,12 +105,17 @@ struct BackendEntry {
     refs: u32,
 }
 
-/// Capacities the diff must stay within.
+/// Capacities the diff must stay within: the maps' max_entries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capacity {
+    /// Service map: one entry per frontend plus one per backend slot.
     pub svc_entries: usize,
+    /// Backend map: distinct backends.
     pub backends: usize,
+    /// Affinity match map: one per slot of a frontend with session affinity.
     pub affinity_matches: usize,
+    /// Source range map: loadBalancerSourceRanges over all frontends.
+    pub src_ranges: usize,
     /// The Maglev tables: how many there are room for, their size and seed; none with
     /// the random algorithm.
     pub maglev: MaglevConfig,
@@ -112,9 +127,56 @@ impl Default for Capacity {
             svc_entries: lb_common::capacity::SVC4 as usize,
             backends: lb_common::capacity::BACKEND4 as usize,
             affinity_matches: lb_common::capacity::AFFINITY_MATCH4 as usize,
+            src_ranges: lb_common::capacity::SRC_RANGE4 as usize,
             maglev: MaglevConfig::default(),
         }
     }
+}
+
+/// Why a wanted frontend is not (fully) in the maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Incomplete {
+    /// Not programmed, or (if it was programmed before) left as it was: the maps have
+    /// no room for it.
+    MapsFull,
+    /// Programmed with `programmed` of its `wanted` backends: the maps had no room for
+    /// the others.
+    BackendsTruncated { programmed: usize, wanted: usize },
+    /// Of an address family the maps do not hold.
+    AddressFamily,
+}
+
+impl Incomplete {
+    /// The `reason` label of the not-programmed metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Incomplete::MapsFull => "maps_full",
+            Incomplete::BackendsTruncated { .. } => "backends_truncated",
+            Incomplete::AddressFamily => "address_family",
+        }
+    }
+}
+
+/// How many wanted frontends are not (fully) programmed, by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IncompleteCounts {
+    pub maps_full: usize,
+    pub backends_truncated: usize,
+    pub address_family: usize,
+}
+
+impl IncompleteCounts {
+    /// Whether the data path lacks something because the maps are too small.
+    pub fn capacity_short(&self) -> bool {
+        self.maps_full > 0 || self.backends_truncated > 0
+    }
+}
+
+/// How full the maps the diff writes are (entries, not bytes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fill {
+    pub used: Capacity,
+    pub capacity: Capacity,
 }
 
 /// Mirror of what the maps hold, kept by the agent so a sync needs no map reads.
@@ -127,7 +189,11 @@ pub struct ProgrammedState {
     svc_entries: usize,
     /// Entries of the affinity match map: one per slot of a frontend with affinity.
     affinity_matches: usize,
+    /// Entries of the source range map.
+    src_ranges: usize,
     capacity: Capacity,
+    /// Wanted frontends that are not (fully) programmed, retried at every sync.
+    incomplete: BTreeMap<FrontendKey, Incomplete>,
     tables: TableIndexes,
     /// Frontends that want a Maglev table but found none free: they pick at random
     /// until one is freed.
@@ -166,10 +232,14 @@ impl TableIndexes {
 pub struct SyncStats {
     pub ops: usize,
     pub frontends_changed: usize,
-    /// Frontends left as they were because the maps are full.
+    /// Frontends of this sync left as they were because the maps are full.
     pub skipped_full: Vec<FrontendKey>,
+    /// Frontends of this sync programmed with fewer backends than wanted (full maps).
+    pub truncated: Vec<FrontendKey>,
     /// Frontends of an address family the maps do not hold, not programmed.
     pub skipped_family: Vec<FrontendKey>,
+    /// Frontends that were incomplete before and are fully programmed now.
+    pub completed: usize,
     /// External frontends that pick at random because no Maglev table is free.
     pub maglev_full: Vec<FrontendKey>,
     /// Of `ops`, the Maglev table entries written.
@@ -199,6 +269,41 @@ impl ProgrammedState {
 
     pub fn backend(&self, id: u32) -> Option<BackendKey> {
         self.backend_keys.get(&id).copied()
+    }
+
+    /// Wanted frontends that are not (fully) programmed, and why.
+    pub fn incomplete(&self) -> &BTreeMap<FrontendKey, Incomplete> {
+        &self.incomplete
+    }
+
+    pub fn incomplete_counts(&self) -> IncompleteCounts {
+        let mut counts = IncompleteCounts::default();
+        for why in self.incomplete.values() {
+            match why {
+                Incomplete::MapsFull => counts.maps_full += 1,
+                Incomplete::BackendsTruncated { .. } => counts.backends_truncated += 1,
+                Incomplete::AddressFamily => counts.address_family += 1,
+            }
+        }
+        counts
+    }
+
+    /// Entries used and the capacity, per map (for the Maglev map: `used.maglev`'s
+    /// `max_tables` is the number of tables in use).
+    pub fn fill(&self) -> Fill {
+        Fill {
+            used: Capacity {
+                svc_entries: self.svc_entries,
+                backends: self.backends.len(),
+                affinity_matches: self.affinity_matches,
+                src_ranges: self.src_ranges,
+                maglev: MaglevConfig {
+                    max_tables: u32::try_from(self.tables.taken.len()).unwrap_or(u32::MAX),
+                    ..self.capacity.maglev
+                },
+            },
+            capacity: self.capacity,
+        }
     }
 
     /// Rebuilds the mirror from the maps (a restarted agent adopting the pinned maps).
@@ -279,7 +384,10 @@ impl ProgrammedState {
             let owner = v4::src_range_entry(&rk, prefix_len)
                 .and_then(|(fkey, cidr)| Some((state.frontends.get_mut(&fkey)?, cidr)));
             match owner {
-                Some((fe, cidr)) => fe.source_ranges.push(cidr),
+                Some((fe, cidr)) => {
+                    fe.source_ranges.push(cidr);
+                    state.src_ranges += 1;
+                }
                 None => stray_ranges.push(MapOp::DeleteSrcRange {
                     key: rk,
                     prefix_len,
@@ -436,7 +544,8 @@ impl ProgrammedState {
         self.sync_keys(desired, &keys)
     }
 
-    /// Like [`Self::sync_all`] for the given frontends only (an incremental update).
+    /// Like [`Self::sync_all`] for the given frontends only (an incremental update);
+    /// frontends that did not fit earlier are retried too.
     pub fn sync_keys(
         &mut self,
         desired: &DesiredState,
@@ -445,33 +554,71 @@ impl ProgrammedState {
         let mut ops = Vec::new();
         let mut released = Vec::new();
         let mut stats = SyncStats::default();
-        // Removals first: they free room for additions in full maps.
-        let (removals, updates): (Vec<&FrontendKey>, Vec<&FrontendKey>) = keys
-            .iter()
-            .partition(|k| !desired.frontends.contains_key(*k));
+        let mut work: Vec<FrontendKey> = keys.to_vec();
+        work.extend(
+            self.incomplete
+                .iter()
+                .filter(|(_, why)| **why != Incomplete::AddressFamily)
+                .map(|(key, _)| *key),
+        );
+        work.sort();
+        work.dedup();
+        // Removals first: they free room. Then the frontends already programmed, then
+        // new ones, each by the room order.
+        let (removals, mut updates): (Vec<FrontendKey>, Vec<FrontendKey>) = work
+            .into_iter()
+            .partition(|k| !desired.frontends.contains_key(k));
+        updates.sort_by(|a, b| {
+            let is_new = |k: &FrontendKey| !self.frontends.contains_key(k);
+            (is_new(a), desired.room_order(a)).cmp(&(is_new(b), desired.room_order(b)))
+        });
         let free_tables = |st: &Self| {
             (st.capacity.maglev.tables() as usize).saturating_sub(st.tables.taken.len())
         };
         let mut touched: Vec<FrontendKey> = Vec::new();
         let mut changed: HashSet<FrontendKey> = HashSet::new();
-        let mut queue: Vec<FrontendKey> = removals.into_iter().chain(updates).copied().collect();
+        let mut queue: Vec<FrontendKey> = removals.into_iter().chain(updates).collect();
         let mut retried: HashSet<FrontendKey> = HashSet::new();
         while !queue.is_empty() {
             for key in std::mem::take(&mut queue) {
                 let before = ops.len();
-                match self.sync_frontend(key, desired.frontends.get(&key), &mut ops, &mut released)
-                {
-                    Ok(()) => {}
-                    Err(Skip::Full) => stats.skipped_full.push(key),
-                    Err(Skip::Family) => stats.skipped_family.push(key),
+                let outcome =
+                    self.sync_frontend(key, desired.frontends.get(&key), &mut ops, &mut released);
+                let was_incomplete = self.incomplete.contains_key(&key);
+                let now = match outcome {
+                    Ok(Outcome::Complete) => None,
+                    Ok(Outcome::Truncated { programmed, wanted }) => {
+                        stats.truncated.push(key);
+                        Some(Incomplete::BackendsTruncated { programmed, wanted })
+                    }
+                    Err(Skip::Full) => {
+                        stats.skipped_full.push(key);
+                        Some(Incomplete::MapsFull)
+                    }
+                    Err(Skip::Family) => {
+                        stats.skipped_family.push(key);
+                        Some(Incomplete::AddressFamily)
+                    }
+                };
+                match now {
+                    Some(why) if desired.frontends.contains_key(&key) => {
+                        self.incomplete.insert(key, why);
+                    }
+                    _ => {
+                        if was_incomplete && desired.frontends.contains_key(&key) {
+                            stats.completed += 1;
+                        }
+                        self.incomplete.remove(&key);
+                    }
                 }
                 if ops.len() > before && changed.insert(key) {
                     stats.frontends_changed += 1;
                 }
                 touched.push(key);
             }
-            // A frontend waiting for a table gets one as soon as one is free (freed in
-            // this batch, or earlier while it was not touched); once per batch each.
+            // A frontend waiting for a Maglev table gets one as soon as one is free
+            // (freed in this batch, or earlier while it was not touched); once per
+            // batch each.
             let free = free_tables(self);
             queue = self
                 .waiting_for_table
@@ -516,7 +663,7 @@ impl ProgrammedState {
         desired: Option<&DesiredFrontend>,
         ops: &mut Vec<MapOp>,
         released: &mut Vec<u32>,
-    ) -> Result<(), Skip> {
+    ) -> Result<Outcome, Skip> {
         let svc_key = v4::svc_key(&key).ok_or(Skip::Family)?;
         let Some(desired) = desired else {
             self.waiting_for_table.remove(&key);
@@ -546,18 +693,19 @@ impl ProgrammedState {
                     ops.extend(src_range_op(&svc_key, cidr, false));
                 }
                 self.svc_entries -= 1 + old.slots.len();
+                self.src_ranges -= old.source_ranges.len();
             }
-            return Ok(());
+            return Ok(Outcome::Complete);
         };
 
-        let wanted: &[BackendKey] = match desired.action {
+        let all_wanted: &[BackendKey] = match desired.action {
             SvcAction::Forward => {
                 &desired.backends[..desired.backends.len().min(u16::MAX as usize)]
             }
             SvcAction::Reject | SvcAction::Drop => &[],
         };
         // Backends of another family than the frontend cannot be in its map.
-        if wanted.iter().any(|b| v4::backend(b).is_none())
+        if all_wanted.iter().any(|b| v4::backend(b).is_none())
             || desired
                 .source_ranges
                 .iter()
@@ -567,30 +715,34 @@ impl ProgrammedState {
         }
         let old = self.frontends.get(&key).cloned();
         let old_slots: &[u32] = old.as_ref().map_or(&[], |o| &o.slots);
-
-        // Room check before touching anything: entries added and new backends.
-        let new_entries =
-            (1 + wanted.len()).saturating_sub(old.as_ref().map_or(0, |o| 1 + o.slots.len()));
-        let new_backends = wanted
-            .iter()
-            .filter(|b| !self.backends.contains_key(b))
-            .count();
         let old_matches = match &old {
             Some(o) if o.service.affinity_timeout_s != 0 => o.slots.len(),
             _ => 0,
         };
-        let new_matches = if desired.affinity_timeout_s != 0 {
-            wanted.len()
-        } else {
-            0
-        };
-        if self.svc_entries + new_entries > self.capacity.svc_entries
-            || self.backends.len() + new_backends > self.capacity.backends
-            || self.affinity_matches + new_matches.saturating_sub(old_matches)
-                > self.capacity.affinity_matches
+        let affinity = desired.affinity_timeout_s != 0;
+
+        // Room check before touching anything: entries added and new backends.
+        let old_ranges_len = old.as_ref().map_or(0, |o| o.source_ranges.len());
+        if self.src_ranges - old_ranges_len + desired.source_ranges.len() > self.capacity.src_ranges
         {
             return Err(Skip::Full);
         }
+        let mut outcome = Outcome::Complete;
+        let wanted: Cow<'_, [BackendKey]> = if self.fits(old.as_ref(), all_wanted, affinity) {
+            Cow::Borrowed(all_wanted)
+        } else {
+            let Some(old) = &old else {
+                return Err(Skip::Full);
+            };
+            let trimmed = self.trim_to_room(old, all_wanted, affinity);
+            outcome = Outcome::Truncated {
+                programmed: trimmed.len(),
+                wanted: all_wanted.len(),
+            };
+            Cow::Owned(trimmed)
+        };
+        let wanted: &[BackendKey] = &wanted;
+        let new_matches = if affinity { wanted.len() } else { 0 };
         let first_op = ops.len();
 
         let new_count = wanted.len();
@@ -707,6 +859,7 @@ impl ProgrammedState {
         self.svc_entries =
             self.svc_entries + 1 + slots.len() - old.as_ref().map_or(0, |o| 1 + o.slots.len());
         self.affinity_matches = self.affinity_matches + new_matches - old_matches;
+        self.src_ranges = self.src_ranges + desired.source_ranges.len() - old_ranges_len;
         self.frontends.insert(
             key,
             ProgrammedFrontend {
@@ -716,7 +869,82 @@ impl ProgrammedState {
                 maglev_table: table,
             },
         );
-        Ok(())
+        Ok(outcome)
+    }
+
+    /// Whether the frontend with `wanted` backends fits where `old` was.
+    fn fits(
+        &self,
+        old: Option<&ProgrammedFrontend>,
+        wanted: &[BackendKey],
+        affinity: bool,
+    ) -> bool {
+        let old_entries = old.map_or(0, |o| 1 + o.slots.len());
+        let old_matches = old.map_or(0, |o| {
+            if o.service.affinity_timeout_s != 0 {
+                o.slots.len()
+            } else {
+                0
+            }
+        });
+        let new_backends = wanted
+            .iter()
+            .filter(|b| !self.backends.contains_key(b))
+            .count();
+        let matches = if affinity { wanted.len() } else { 0 };
+        self.svc_entries - old_entries + 1 + wanted.len() <= self.capacity.svc_entries
+            && self.backends.len() + new_backends <= self.capacity.backends
+            && self.affinity_matches - old_matches + matches <= self.capacity.affinity_matches
+    }
+
+    /// The backends of `wanted` a programmed frontend gets when not all fit: first the
+    /// ones it already has (in their slots' order: nothing moves), then other wanted
+    /// ones already in the backend map, then new ones while the backend map has room;
+    /// as many as its share of the service (and affinity match) map allows. Its
+    /// current entries always fit, so this never needs more room than it has.
+    fn trim_to_room(
+        &self,
+        old: &ProgrammedFrontend,
+        wanted: &[BackendKey],
+        affinity: bool,
+    ) -> Vec<BackendKey> {
+        let others = self.svc_entries - (1 + old.slots.len());
+        let mut max_slots = self.capacity.svc_entries.saturating_sub(others + 1);
+        if affinity {
+            let old_matches = if old.service.affinity_timeout_s != 0 {
+                old.slots.len()
+            } else {
+                0
+            };
+            let others = self.affinity_matches - old_matches;
+            max_slots = max_slots.min(self.capacity.affinity_matches.saturating_sub(others));
+        }
+        let wanted_set: HashSet<&BackendKey> = wanted.iter().collect();
+        let mut out: Vec<BackendKey> = Vec::new();
+        let mut taken: HashSet<BackendKey> = HashSet::new();
+        let have: Vec<BackendKey> = old
+            .slots
+            .iter()
+            .filter_map(|id| self.backend_keys.get(id).copied())
+            .filter(|b| wanted_set.contains(b))
+            .collect();
+        let known = wanted.iter().filter(|b| self.backends.contains_key(b));
+        for b in have.into_iter().chain(known.copied()) {
+            if out.len() < max_slots && taken.insert(b) {
+                out.push(b);
+            }
+        }
+        let mut backend_room = self.capacity.backends.saturating_sub(self.backends.len());
+        for b in wanted.iter().filter(|b| !self.backends.contains_key(b)) {
+            if out.len() >= max_slots || backend_room == 0 {
+                break;
+            }
+            if taken.insert(*b) {
+                out.push(*b);
+                backend_room -= 1;
+            }
+        }
+        out
     }
 
     /// The Maglev table of frontend `key` after this sync (0: none), with the ops that
@@ -876,6 +1104,14 @@ fn table_writes(table: u32, have: Option<&[u32]>, want: &[u32]) -> Vec<MapOp> {
         .collect()
 }
 
+/// What a sync of one frontend did.
+enum Outcome {
+    /// It is in the maps as wanted (or removed, as wanted).
+    Complete,
+    /// In the maps with `programmed` of its `wanted` backends.
+    Truncated { programmed: usize, wanted: usize },
+}
+
 /// Why a frontend was left as it was.
 enum Skip {
     /// The maps have no room for this frontend's new entries.
@@ -972,7 +1208,23 @@ mod tests {
     fn desired(entries: &[(FrontendKey, DesiredFrontend)]) -> DesiredState {
         DesiredState {
             frontends: entries.iter().cloned().collect(),
+            ..Default::default()
         }
+    }
+
+    /// `entries` owned by Services created in the given order (the first oldest).
+    fn desired_by_age(entries: &[(FrontendKey, DesiredFrontend)]) -> DesiredState {
+        let mut d = desired(entries);
+        for (i, (key, _)) in entries.iter().enumerate() {
+            let mut svc = crate::builders::service("demo", &format!("svc-{i}"), "10.96.0.1", &[]);
+            svc.created = Some(
+                format!("2026-01-01T00:00:{i:02}Z")
+                    .parse()
+                    .expect("a timestamp"),
+            );
+            d.owners.insert(*key, crate::plan::Claimant::of(&svc));
+        }
+        d
     }
 
     /// Applies ops one at a time, checking the reader invariant after each.
@@ -1281,6 +1533,124 @@ mod tests {
             2
         );
         assert!(maps.reader_view().is_ok());
+    }
+
+    #[test]
+    fn full_maps_go_to_older_services_and_never_evict_programmed_ones() {
+        // Room for two frontends of one backend each (2 entries per frontend).
+        let cap = Capacity {
+            svc_entries: 4,
+            ..Capacity::default()
+        };
+        let mut st = ProgrammedState::with_capacity(cap);
+        let mut maps = MemoryMaps::default();
+        // Key order is the reverse of age order: age decides.
+        let (oldest, middle, youngest) = (fe(30, 80), fe(20, 80), fe(10, 80));
+        let entries = vec![
+            (oldest, forward(&[be(1, 80)])),
+            (middle, forward(&[be(2, 80)])),
+            (youngest, forward(&[be(3, 80)])),
+        ];
+        let want = desired_by_age(&entries);
+        let (ops, stats) = st.sync_all(&want);
+        apply_checked(&mut maps, &ops);
+        assert_eq!(stats.skipped_full, vec![youngest]);
+        assert_eq!(
+            st.incomplete().clone(),
+            BTreeMap::from([(youngest, Incomplete::MapsFull)])
+        );
+        assert_eq!(st.incomplete_counts().maps_full, 1);
+        assert!(st.incomplete_counts().capacity_short());
+
+        // A Service older than all of them arrives: it waits, nothing is evicted.
+        let ancient = fe(40, 80);
+        let mut entries4 = vec![(ancient, forward(&[be(4, 80)]))];
+        entries4.extend(entries.iter().cloned());
+        let want4 = desired_by_age(&entries4);
+        let (ops, stats) = st.sync_keys(&want4, &[ancient]);
+        apply_checked(&mut maps, &ops);
+        assert!(ops.is_empty(), "{ops:?}");
+        assert_eq!(stats.skipped_full, vec![ancient, youngest]);
+        assert!(st.frontends().contains_key(&oldest) && st.frontends().contains_key(&middle));
+
+        // One programmed Service goes: the oldest waiting one gets its room, though
+        // only the removed key changed.
+        entries4.retain(|(k, _)| *k != middle);
+        let mut want3 = desired_by_age(&entries4);
+        want3.owners = want4.owners.clone();
+        want3.owners.remove(&middle);
+        let (ops, stats) = st.sync_keys(&want3, &[middle]);
+        apply_checked(&mut maps, &ops);
+        assert_eq!(stats.completed, 1);
+        assert!(st.frontends().contains_key(&ancient));
+        assert_eq!(
+            st.incomplete().keys().copied().collect::<Vec<_>>(),
+            vec![youngest]
+        );
+
+        // A restarted agent adopts the same choice and writes nothing.
+        let (mut adopted, cleanup) = ProgrammedState::adopt(&maps, cap).unwrap();
+        assert!(cleanup.is_empty());
+        let (ops, stats) = adopted.sync_all(&want3);
+        assert!(ops.is_empty(), "{ops:?}");
+        assert_eq!(stats.skipped_full, vec![youngest]);
+    }
+
+    #[test]
+    fn a_programmed_frontend_that_outgrows_the_maps_is_truncated_not_frozen() {
+        let cap = Capacity {
+            svc_entries: 4,
+            backends: 4,
+            ..Capacity::default()
+        };
+        let mut st = ProgrammedState::with_capacity(cap);
+        let mut maps = MemoryMaps::default();
+        let web = fe(10, 80);
+        sync(
+            &mut st,
+            &mut maps,
+            &desired(&[(web, forward(&[be(1, 80), be(2, 80)]))]),
+        );
+        // be(1) goes, four new ones come: room for 3 slots; be(2) keeps its slot.
+        let grown = forward(&[be(2, 80), be(3, 80), be(4, 80), be(5, 80), be(6, 80)]);
+        let want = desired(&[(web, grown.clone())]);
+        let (ops, stats) = st.sync_keys(&want, &[web]);
+        apply_checked(&mut maps, &ops);
+        assert_eq!(stats.truncated, vec![web]);
+        assert_eq!(
+            st.incomplete()[&web],
+            Incomplete::BackendsTruncated {
+                programmed: 3,
+                wanted: 5
+            }
+        );
+        let fe_now = &st.frontends()[&web];
+        let served: Vec<BackendKey> = fe_now
+            .slots
+            .iter()
+            .map(|id| st.backend(*id).unwrap())
+            .collect();
+        // be(2) stays in its slot (2); the first new one takes be(1)'s.
+        assert_eq!(served, vec![be(3, 80), be(2, 80), be(4, 80)]);
+        // A removed backend is removed even from full maps.
+        assert_eq!(maps.backends.len(), 3);
+        assert!(
+            maps.backends
+                .keys()
+                .all(|id| st.backend(*id).is_some_and(|b| b != be(1, 80)))
+        );
+        // Room appears (a bigger map after a restart): the next sync completes it.
+        let bigger = Capacity {
+            svc_entries: 16,
+            backends: 16,
+            ..Capacity::default()
+        };
+        let (mut st, cleanup) = ProgrammedState::adopt(&maps, bigger).unwrap();
+        assert!(cleanup.is_empty());
+        let (ops, _) = st.sync_all(&want);
+        apply_checked(&mut maps, &ops);
+        assert!(st.incomplete().is_empty());
+        assert_eq!(st.frontends()[&web].slots.len(), 5);
     }
 
     #[test]

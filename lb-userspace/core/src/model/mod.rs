@@ -1047,9 +1047,17 @@ impl SliceModel {
             debug!(slice = %object, "headless: not used");
             return Ok(None);
         }
-        if address_type != "IPv4" {
-            debug!(slice = %object, address_type, "not IPv4: not used");
-            return Ok(None);
+        match address_type {
+            "IPv4" => {}
+            // kube-proxy ignores FQDN slices (deprecated): say so, they serve nothing.
+            "FQDN" => {
+                warn!(slice = %object, "addressType FQDN: not used (kube-proxy ignores FQDN slices)");
+                return Ok(None);
+            }
+            _ => {
+                debug!(slice = %object, address_type, "not IPv4: not used");
+                return Ok(None);
+            }
         }
         let Some(service_name) = slice
             .metadata
