@@ -6,6 +6,9 @@
 //! by an older one.
 #![no_std]
 
+mod stale;
+pub use stale::*;
+
 /// IP protocol numbers as they appear in keys.
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -36,6 +39,11 @@ pub mod map_names {
     pub const FRAG4: &str = "lb4_frag_v1";
     /// loadBalancerSourceRanges (LPM trie of [`super::SrcRange4Key`] -> u8).
     pub const SRC_RANGE4: &str = "lb4_srcrng_v1";
+    /// Stale-socket termination: (frontend, backend) pairs whose connected sockets
+    /// the socket iterators destroy ([`super::SockKill4Key`] -> u8). Not pinned and
+    /// not in [`ALL`]: the running agent fills it just before an iterator pass and
+    /// empties it after, so nothing in it outlives the agent that wrote it.
+    pub const SOCK_KILL4: &str = "lb4_sk_kill_v1";
     /// Every map the data path pins, for inspection and uninstall.
     pub const ALL: [&str; 11] = [
         SVC4,
@@ -74,6 +82,9 @@ pub mod capacity {
     pub const FRAG4: u32 = 8_192;
     /// loadBalancerSourceRanges entries over all LoadBalancer frontends.
     pub const SRC_RANGE4: u32 = 16_384;
+    /// (frontend, backend) pairs of one stale-socket pass; larger batches of
+    /// departures are run in several passes.
+    pub const SOCK_KILL4: u32 = 16_384;
 }
 
 /// [`Svc4Key::scope`]: which traffic a frontend entry is for.
@@ -587,6 +598,8 @@ mod pod {
     unsafe impl aya::Pod for super::Frag4Key {}
     unsafe impl aya::Pod for super::Frag4Value {}
     unsafe impl aya::Pod for super::SrcRange4Key {}
+    unsafe impl aya::Pod for super::SockKill4Key {}
+    unsafe impl aya::Pod for super::SockDestroy4 {}
 }
 
 #[cfg(test)]
@@ -662,7 +675,7 @@ mod tests {
 
     #[test]
     fn map_names_fit_the_kernel() {
-        for name in map_names::ALL {
+        for name in map_names::ALL.iter().chain([&map_names::SOCK_KILL4]) {
             assert!(name.len() <= 15, "{name} is longer than 15 characters");
         }
     }
