@@ -172,7 +172,8 @@ pub async fn run_agent(
         node::interfaces().map_err(|e| AgentError::Node(format!("listing interfaces: {e}")))?;
     let devices =
         node::select_devices(&ifaces, opts.devices.as_deref()).map_err(AgentError::Node)?;
-    let mut maps = kernel::install(&opts.pin_dir, &opts.cgroup, &devices)?;
+    // The loaded object's other programs (socket iterators) are not run yet.
+    let (mut maps, _loaded) = kernel::install(&opts.pin_dir, &opts.cgroup, &devices)?;
     let mut node_addrs = node::node_addresses(&ifaces);
     maps.set_node_addresses(&node_addrs)?;
     info!(

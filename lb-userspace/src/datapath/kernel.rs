@@ -12,7 +12,7 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     maps::{
         HashMap as BpfHashMap, LpmTrie, Map, MapData, MapError, PerCpuArray,
         lpm_trie::Key as LpmKey,
@@ -30,10 +30,34 @@ use tracing::{debug, info, warn};
 
 use socklb_core::maps::{MapOp, ServiceMaps};
 
-use super::DatapathError;
+use super::{
+    DatapathError,
+    kfunc::{KfuncCall, PatchedObject, patch_kfunc_calls},
+};
 
-/// The kernel programs, built by build.rs.
+/// The kernel programs, built by build.rs. Load [`loadable_object`], not this: the
+/// object's kfunc calls need patching first (see `kfunc.rs`).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+/// [`EBPF_OBJECT`] with its kfunc calls patched against `btf` (the running kernel's;
+/// None: the kernel has no BTF, and every kfunc call returns -EOPNOTSUPP).
+pub fn loadable_object(btf: Option<&Btf>) -> Result<PatchedObject, DatapathError> {
+    Ok(patch_kfunc_calls(EBPF_OBJECT, |name| {
+        btf?.id_by_type_name_kind(name, aya_obj::btf::BtfKind::Func)
+            .ok()
+    })?)
+}
+
+/// The loaded object as `install` leaves it to the agent: the programs it did not
+/// attach (the socket iterators, which the agent runs itself), the maps it did not
+/// take, and what they were loaded against.
+pub struct LoadedObject {
+    pub ebpf: Ebpf,
+    /// The running kernel's BTF, None if it has none (iterators need it to load).
+    pub btf: Option<Btf>,
+    /// The object's kfunc calls and whether the kernel has them.
+    pub kfuncs: Vec<KfuncCall>,
+}
 
 /// Socket hooks: (program function name, link pin name).
 pub const SOCKET_HOOKS: [(&str, &str); 4] = [
@@ -321,7 +345,7 @@ pub fn install(
     pin_dir: &Path,
     cgroup: &Path,
     devices: &[Device],
-) -> Result<KernelMaps, DatapathError> {
+) -> Result<(KernelMaps, LoadedObject), DatapathError> {
     raise_memlock_limit();
     fs::create_dir_all(pin_dir).map_err(|source| DatapathError::Io {
         what: "creating pin directory",
@@ -336,7 +360,8 @@ pub fn install(
     if !reused.is_empty() {
         info!(pin_dir = %pin_dir.display(), maps = ?reused, "adopting pinned maps");
     }
-    let mut ebpf = load_object(pin_dir)?;
+    let mut loaded = load_object(pin_dir)?;
+    let ebpf = &mut loaded.ebpf;
 
     let cgroup_dir = fs::File::open(cgroup).map_err(|source| DatapathError::Io {
         what: "opening cgroup",
@@ -345,7 +370,7 @@ pub fn install(
     })?;
     for (program, link_name) in SOCKET_HOOKS {
         attach_to_cgroup!(
-            &mut ebpf,
+            ebpf,
             CgroupSockAddr,
             program,
             &cgroup_dir,
@@ -356,16 +381,16 @@ pub fn install(
     // post_bind4 on the cgroup: binding a NodePort is refused.
     let (program, link_name) = BIND_HOOK;
     attach_to_cgroup!(
-        &mut ebpf,
+        ebpf,
         CgroupSock,
         program,
         &cgroup_dir,
         &pin_dir.join(link_name)
     );
-    attach_tc(&mut ebpf, devices, pin_dir)?;
-    let mut maps = KernelMaps::from_ebpf(&mut ebpf)?;
+    attach_tc(ebpf, devices, pin_dir)?;
+    let mut maps = KernelMaps::from_ebpf(ebpf)?;
     maps.set_devices(devices)?;
-    Ok(maps)
+    Ok((maps, loaded))
 }
 
 /// TC ingress and egress on each device (TCX links, pinned). Links of devices no
@@ -425,7 +450,9 @@ fn tc_link_pins(pin_dir: &Path) -> Vec<String> {
 
 /// Parses the object and creates (or reuses) its maps pinned in `pin_dir`; no
 /// program is loaded or attached yet.
-fn load_object(pin_dir: &Path) -> Result<Ebpf, DatapathError> {
+fn load_object(pin_dir: &Path) -> Result<LoadedObject, DatapathError> {
+    let btf = Btf::from_sys_fs().ok();
+    let object = loadable_object(btf.as_ref())?;
     let mut loader = EbpfLoader::new();
     let map_paths: Vec<(&str, PathBuf)> = map_names::ALL
         .iter()
@@ -434,7 +461,12 @@ fn load_object(pin_dir: &Path) -> Result<Ebpf, DatapathError> {
     for (name, path) in &map_paths {
         loader.map_pin_path(name, path.as_path());
     }
-    Ok(loader.load(EBPF_OBJECT)?)
+    let ebpf = loader.btf(btf.as_ref()).load(object.bytes())?;
+    Ok(LoadedObject {
+        ebpf,
+        btf,
+        kfuncs: object.calls,
+    })
 }
 
 /// The data path's maps pinned in `pin_dir` (created when missing), with no program
@@ -446,7 +478,7 @@ pub fn create_maps(pin_dir: &Path) -> Result<KernelMaps, DatapathError> {
         path: pin_dir.to_path_buf(),
         source,
     })?;
-    KernelMaps::from_ebpf(&mut load_object(pin_dir)?)
+    KernelMaps::from_ebpf(&mut load_object(pin_dir)?.ebpf)
 }
 
 /// Pins `link` at `path`, replacing (and so detaching) a link pinned there before.

@@ -1,9 +1,11 @@
-//! The data path edge: the kernel's maps and links (`kernel`), keeping them equal to
-//! the desired state (`reconcile`), this node's devices and addresses (`devices`) and
-//! what is programmed right now (`status`).
+//! The data path edge: the kernel's maps and links (`kernel`, with the object's kfunc
+//! calls patched by `kfunc`), keeping them equal to the desired state (`reconcile`),
+//! this node's devices and addresses (`devices`) and what is programmed right now
+//! (`status`).
 
 pub mod devices;
 pub mod kernel;
+pub mod kfunc;
 pub mod reconcile;
 pub mod status;
 
@@ -39,4 +41,6 @@ pub enum DatapathError {
     },
     #[error("the pinned maps are inconsistent: {0}")]
     Inconsistent(String),
+    #[error(transparent)]
+    Kfunc(#[from] kfunc::KfuncPatchError),
 }
