@@ -20,7 +20,11 @@ use socklb_core::{
 };
 
 use crate::{
-    datapath::{DatapathError, devices as node, kernel, reconcile::Reconciler},
+    datapath::{
+        DatapathError, devices as node, kernel,
+        reconcile::Reconciler,
+        stale_sockets::{SocketIterators, StaleSockets},
+    },
     http::{
         health::{self, Health},
         service_health::{self, ServiceHealthServers},
@@ -85,6 +89,9 @@ pub struct AgentOptions {
     /// Address the healthCheckNodePort listeners bind (LoadBalancer Services with
     /// externalTrafficPolicy Local); kube-proxy binds every node address.
     pub health_check_bind_address: IpAddr,
+    /// Also destroy connected TCP sockets whose backend left their service (UDP ones
+    /// always are; see `datapath::stale_sockets`).
+    pub terminate_stale_tcp: bool,
 }
 
 /// Reads a manifest directory and computes the plan (`socklb plan`).
@@ -172,8 +179,8 @@ pub async fn run_agent(
         node::interfaces().map_err(|e| AgentError::Node(format!("listing interfaces: {e}")))?;
     let devices =
         node::select_devices(&ifaces, opts.devices.as_deref()).map_err(AgentError::Node)?;
-    // The loaded object's other programs (socket iterators) are not run yet.
-    let (mut maps, _loaded) = kernel::install(&opts.pin_dir, &opts.cgroup, &devices)?;
+    let (mut maps, loaded) = kernel::install(&opts.pin_dir, &opts.cgroup, &devices)?;
+    let stale_sockets = start_stale_sockets(loaded, &opts, &all_metrics);
     let mut node_addrs = node::node_addresses(&ifaces);
     maps.set_node_addresses(&node_addrs)?;
     info!(
@@ -254,8 +261,13 @@ pub async fn run_agent(
             reconciler.sync_keys(desired, &changed)
         };
         last_sync = Some(started);
+        let batch_start = batch_started.take();
         match outcome {
             Ok(stats) => {
+                // First: the sockets of departed backends (queued, never waited for).
+                if let Some(stale) = &stale_sockets {
+                    stale.submit(&stats.departed, batch_start.unwrap_or(started));
+                }
                 full_sync = false;
                 retry_at = None;
                 health.updated();
@@ -265,7 +277,7 @@ pub async fn run_agent(
                     .update(service_health::desired_health_checks_for_state(&state))
                     .await;
                 service_health_failed = !failed.is_empty();
-                let latency = batch_started.take().map_or(Duration::ZERO, |t| t.elapsed());
+                let latency = batch_start.map_or(Duration::ZERO, |t| t.elapsed());
                 metrics.syncs.inc();
                 metrics.map_operations.inc_by(stats.ops as u64);
                 metrics
@@ -303,6 +315,8 @@ pub async fn run_agent(
                 }
             }
             Err(e) => {
+                // The batch is not applied yet: its latency keeps counting.
+                batch_started = batch_start;
                 metrics.sync_errors.inc();
                 warn!(error = %e, "data path update failed; retrying with a full sync");
                 full_sync = true;
@@ -317,6 +331,35 @@ pub async fn run_agent(
         info!("shutting down; the data path stays in place");
     }
     result
+}
+
+/// Loads the socket iterators and starts their worker; None (said once in the log)
+/// where the kernel cannot destroy sockets: everything else works without them.
+fn start_stale_sockets(
+    loaded: kernel::LoadedObject,
+    opts: &AgentOptions,
+    metrics: &Metrics,
+) -> Option<StaleSockets> {
+    let started = SocketIterators::load(loaded, opts.terminate_stale_tcp)
+        .map_err(|e| e.to_string())
+        .and_then(|iterators| {
+            StaleSockets::start(iterators, opts.cgroup.clone(), metrics.stale.clone())
+                .map_err(|e| format!("starting its thread: {e}"))
+        });
+    match started {
+        Ok(stale) => {
+            metrics.stale.available.set(1);
+            info!(
+                tcp = opts.terminate_stale_tcp,
+                "stale-socket termination on: connected sockets of departed backends are destroyed"
+            );
+            Some(stale)
+        }
+        Err(e) => {
+            warn!(error = %e, "stale-socket termination unavailable: connected sockets keep departed backends");
+            None
+        }
+    }
 }
 
 /// Logs conflicts once when they appear and once when they are resolved (not at every

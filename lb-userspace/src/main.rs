@@ -71,6 +71,11 @@ enum Command {
         /// with externalTrafficPolicy Local). Default: every IPv4 address of the node.
         #[arg(long, default_value = "0.0.0.0")]
         health_check_bind_address: std::net::IpAddr,
+        /// Also destroy connected TCP sockets whose backend left their Service (the
+        /// application gets ECONNABORTED, the backend a reset). Connected UDP sockets
+        /// always are; like kube-proxy and Cilium, TCP is left alone by default.
+        #[arg(long)]
+        terminate_stale_tcp: bool,
     },
     /// Print the frontends the agent would program, without touching the kernel.
     Plan {
@@ -133,6 +138,7 @@ fn run() -> anyhow::Result<()> {
             health_timeout,
             devices,
             health_check_bind_address,
+            terminate_stale_tcp,
         } => {
             let cgroup = match cgroup {
                 Some(c) => c,
@@ -173,6 +179,7 @@ fn run() -> anyhow::Result<()> {
                 health_timeout,
                 devices,
                 health_check_bind_address,
+                terminate_stale_tcp,
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
