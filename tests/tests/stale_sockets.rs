@@ -36,6 +36,8 @@ const A: &str = "10.244.0.21";
 /// The backend that stays.
 const B: &str = "10.244.0.22";
 const BACKEND_PORT: u16 = 5353;
+/// `dns`'s NodePort, reached on a node address from inside the cgroup.
+const NODE_PORT: u16 = 30053;
 /// A pod whose process is a client in the cgroup.
 const CLIENT_POD: &str = "10.244.0.50";
 const WAIT: Duration = Duration::from_secs(15);
@@ -54,13 +56,15 @@ fn pod(ip: &str) -> String {
     pod_id(ip.parse().unwrap())
 }
 
-/// `dns` (UDP and TCP 53 -> 5353 on `endpoints`) and `dns2` (UDP 53 -> A:5353).
+/// `dns` (UDP and TCP 53 -> 5353 on `endpoints`, NodePort [`NODE_PORT`]) and `dns2`
+/// (UDP 53 -> A:5353).
 fn write_manifests(dir: &ManifestDir, endpoints: &[&str]) {
-    let svc = builders::service_object(
-        "e2e",
-        "dns",
-        "10.96.0.53",
-        &[("dns", "UDP", 53), ("dns-tcp", "TCP", 53)],
+    let svc = builders::merge(
+        builders::service_object("e2e", "dns", "10.96.0.53", &[]),
+        serde_json::json!({"spec": {"type": "NodePort", "ports": [
+            {"name": "dns", "protocol": "UDP", "port": 53, "nodePort": NODE_PORT},
+            {"name": "dns-tcp", "protocol": "TCP", "port": 53, "nodePort": NODE_PORT},
+        ]}}),
     );
     let svc2 = builders::service_object("e2e", "dns2", "10.96.0.54", &[("dns", "UDP", 53)]);
     dir.write("services.yaml", &builders::manifest_text(&[svc, svc2]))
@@ -130,6 +134,18 @@ fn start(extra: &[&str]) -> Env {
 }
 
 impl Env {
+    /// `dns` through its NodePort on the agent's first node address (the socket hook
+    /// translates it at connect(); the address itself is never sent to).
+    fn node_port(&self) -> SocketAddr {
+        let log = self.c.agent.log();
+        let first = log
+            .split_once("node_addresses=[")
+            .and_then(|(_, rest)| rest.split([',', ']']).next())
+            .and_then(|a| a.trim().parse::<Ipv4Addr>().ok())
+            .unwrap_or_else(|| panic!("the agent found no node address:\n{log}"));
+        SocketAddr::new(first.into(), NODE_PORT)
+    }
+
     fn node_netns(&self) -> PathBuf {
         self.c.sandbox.node().path()
     }
@@ -275,14 +291,17 @@ fn connected_udp_sockets_of_a_departed_backend_get_econnaborted_and_decoys_stay(
     let mut env = start(&[]);
     let node_ns = env.node_netns();
     let pod_ns = env.pod_netns();
-    let both =
-        |s: &[HeldSocket]| !on(s, DNS, &pod(A)).is_empty() && !on(s, DNS, &pod(B)).is_empty();
-    // Connected resolvers in the node's namespace and in a pod's.
-    let mut node = env.hold_until(
-        &node_ns,
-        &HoldSpec::new().udp(addr(DNS)).repeat(12).reconnect(),
-        both,
-    );
+    let np = env.node_port();
+    let nps = np.to_string();
+    let both = |s: &[HeldSocket]| {
+        !on(s, DNS, &pod(A)).is_empty()
+            && !on(s, DNS, &pod(B)).is_empty()
+            && !on(s, &nps, &pod(A)).is_empty()
+    };
+    // Connected resolvers in the node's namespace (to the ClusterIP, and to the
+    // NodePort on a node address) and in a pod's.
+    let node_spec = HoldSpec::new().udp(addr(DNS)).udp(np).repeat(8).reconnect();
+    let mut node = env.hold_until(&node_ns, &node_spec, both);
     let mut in_pod = env.hold_until(
         &pod_ns,
         &HoldSpec::new().udp(addr(DNS)).repeat(6).reconnect(),
@@ -316,8 +335,10 @@ fn connected_udp_sockets_of_a_departed_backend_get_econnaborted_and_decoys_stay(
             assert_eq!(s.backend.as_deref(), Some(pod(A).as_str()), "{s:?}");
         }
     }
-    let stale_node: Vec<usize> = on(&node.sockets, DNS, &pod(A))
+    let stale_node: Vec<usize> = node
+        .sockets
         .iter()
+        .filter(|s| s.backend.as_deref() == Some(&pod(A)))
         .map(|s| s.index)
         .collect();
     let stale_pod: Vec<usize> = on(&in_pod.sockets, DNS, &pod(A))
