@@ -9,7 +9,7 @@ use std::{
 };
 
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use socklb_core::{
     events::ClusterEvent,
@@ -265,8 +265,15 @@ pub async fn run_agent(
         match outcome {
             Ok(stats) => {
                 // First: the sockets of departed backends (queued, never waited for).
-                if let Some(stale) = &stale_sockets {
-                    stale.submit(&stats.departed, batch_start.unwrap_or(started));
+                match &stale_sockets {
+                    Some(stale) => {
+                        stale.submit(&stats.departed, batch_start.unwrap_or(started));
+                    }
+                    None if !stats.departed.is_empty() => debug!(
+                        departed = stats.departed.len(),
+                        "backends left their services; their connected sockets stay (termination unavailable)"
+                    ),
+                    None => {}
                 }
                 full_sync = false;
                 retry_at = None;

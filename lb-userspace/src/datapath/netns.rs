@@ -39,9 +39,11 @@ pub struct Found {
     pub namespaces: Vec<Netns>,
     /// Processes listed in the subtree.
     pub processes: usize,
-    /// Processes whose namespace could not be opened (exited meanwhile, or invisible
-    /// in this PID namespace).
+    /// Processes whose namespace could not be opened (exited meanwhile).
     pub unreadable: usize,
+    /// Processes of the subtree outside the agent's PID namespace (listed as 0: an
+    /// agent without the host's PID namespace cannot find their network namespaces).
+    pub invisible: usize,
     /// Cgroups read.
     pub cgroups: usize,
 }
@@ -64,7 +66,9 @@ pub fn cgroup_namespaces(home: &File, cgroup: &Path) -> Found {
     let mut dirs: Vec<PathBuf> = vec![cgroup.to_path_buf()];
     while let Some(dir) = dirs.pop() {
         found.cgroups += 1;
-        for pid in read_procs(&dir) {
+        let (pids, invisible) = read_procs(&dir);
+        found.invisible += invisible;
+        for pid in pids {
             found.processes += 1;
             let opened = File::open(format!("/proc/{pid}/ns/net"))
                 .and_then(|file| Ok((id_of(&file)?, file)));
@@ -94,17 +98,13 @@ pub fn cgroup_namespaces(home: &File, cgroup: &Path) -> Found {
     found
 }
 
-/// Pids in `cgroup.procs` of one cgroup (0 is what a process outside this PID
-/// namespace shows as: skipped).
-fn read_procs(dir: &Path) -> Vec<u32> {
-    std::fs::read_to_string(dir.join("cgroup.procs"))
-        .map(|text| {
-            text.lines()
-                .filter_map(|l| l.trim().parse().ok())
-                .filter(|pid| *pid != 0)
-                .collect()
-        })
-        .unwrap_or_default()
+/// Pids in `cgroup.procs` of one cgroup, and how many were listed as 0 (what a
+/// process outside the reader's PID namespace shows as).
+fn read_procs(dir: &Path) -> (Vec<u32>, usize) {
+    let text = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    let pids: Vec<u32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let invisible = pids.iter().filter(|p| **p == 0).count();
+    (pids.into_iter().filter(|p| *p != 0).collect(), invisible)
 }
 
 fn id_of(file: &File) -> io::Result<(u64, u64)> {
@@ -146,8 +146,9 @@ mod tests {
         let found = cgroup_namespaces(&home, &root);
         std::fs::remove_dir_all(&root).unwrap();
         assert_eq!(found.cgroups, 3);
-        assert_eq!(found.processes, 3, "{found:?}");
+        assert_eq!(found.processes, 2, "{found:?}");
         assert_eq!(found.unreadable, 1, "{found:?}");
+        assert_eq!(found.invisible, 1, "{found:?}");
         assert_eq!(found.namespaces.len(), 1, "{found:?}");
         assert_eq!(found.namespaces[0].pid, None);
         assert_eq!(found.namespaces[0].id, id_of(&own().unwrap()).unwrap());

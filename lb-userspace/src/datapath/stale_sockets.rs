@@ -25,7 +25,7 @@
 //!   (a pass costs one iterator run per namespace: about 10-50 µs for UDP, 0.5 ms for
 //!   TCP, whose table is global). The sync path never waits for it.
 //! - Kernels without `bpf_sock_destroy` (< 6.5) or without BTF: the agent says so
-//!   once and everything else works; departures are then only counted in the log.
+//!   once and everything else works; departures are then only logged (debug).
 //!
 //! Races, accepted: a socket that connects between the map write that removes a
 //! backend and the pass has already seen the new slots; one whose connect4 read the
@@ -243,9 +243,8 @@ struct Pass {
     destroyed_tcp: u64,
     failed_udp: u64,
     failed_tcp: u64,
-    /// cgroup processes whose namespace could not be opened.
-    unreadable: usize,
-    processes: usize,
+    /// cgroup processes outside the agent's PID namespace (not visited).
+    invisible: usize,
 }
 
 fn worker(
@@ -294,12 +293,12 @@ fn worker(
                     .inc_by(failed);
             }
         }
-        if pass.processes > 0 && pass.unreadable == pass.processes && !warned_invisible {
+        if pass.invisible > 0 && !warned_invisible {
             warned_invisible = true;
             warn!(
                 cgroup = %cgroup.display(),
-                processes = pass.processes,
-                "no process of the cgroup is visible in this PID namespace (hostPID?): stale sockets are destroyed in the agent's network namespace only"
+                processes = pass.invisible,
+                "processes of the cgroup are outside the agent's PID namespace (no hostPID?): their network namespaces are not searched for stale sockets"
             );
         }
         let destroyed = pass.destroyed_udp + pass.destroyed_tcp;
@@ -339,8 +338,7 @@ fn run_pass(
     let mut pass = Pass {
         pairs: keys.len(),
         namespaces: found.namespaces.len(),
-        unreadable: found.unreadable,
-        processes: found.processes,
+        invisible: found.invisible,
         ..Pass::default()
     };
     let keys: Vec<SockKill4Key> = keys.iter().copied().collect();
