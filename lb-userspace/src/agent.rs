@@ -181,6 +181,8 @@ pub async fn run_agent(
         node::select_devices(&ifaces, opts.devices.as_deref()).map_err(AgentError::Node)?;
     let (mut maps, loaded) = kernel::install(&opts.pin_dir, &opts.cgroup, &devices)?;
     let stale_sockets = start_stale_sockets(loaded, &opts, &all_metrics);
+    // The kernel BTF the programs were loaded with is gone now: return its memory.
+    kernel::release_freed_memory();
     let mut node_addrs = node::node_addresses(&ifaces);
     maps.set_node_addresses(&node_addrs)?;
     info!(

@@ -451,9 +451,14 @@ fn tc_link_pins(pin_dir: &Path) -> Vec<String> {
 /// Parses the object and creates (or reuses) its maps pinned in `pin_dir`; no
 /// program is loaded or attached yet.
 fn load_object(pin_dir: &Path) -> Result<LoadedObject, DatapathError> {
-    let btf = Btf::from_sys_fs().ok();
-    let object = loadable_object(btf.as_ref())?;
+    // The kernel BTF is large once parsed (~15 MB here): one copy at a time. The
+    // loader parses its own in new(); it is dropped before ours is parsed, and ours
+    // serves the loader, the kfunc patch and the iterators.
+    let btf: Option<Btf>;
     let mut loader = EbpfLoader::new();
+    loader.btf(None);
+    btf = Btf::from_sys_fs().ok();
+    let object = loadable_object(btf.as_ref())?;
     let map_paths: Vec<(&str, PathBuf)> = map_names::ALL
         .iter()
         .map(|m| (*m, pin_dir.join(m)))
@@ -462,6 +467,7 @@ fn load_object(pin_dir: &Path) -> Result<LoadedObject, DatapathError> {
         loader.map_pin_path(name, path.as_path());
     }
     let ebpf = loader.btf(btf.as_ref()).load(object.bytes())?;
+    drop(loader);
     Ok(LoadedObject {
         ebpf,
         btf,
@@ -479,6 +485,16 @@ pub fn create_maps(pin_dir: &Path) -> Result<KernelMaps, DatapathError> {
         source,
     })?;
     KernelMaps::from_ebpf(&mut load_object(pin_dir)?.ebpf)
+}
+
+/// Gives the heap memory freed since (the kernel BTF, parsed once at start) back to
+/// the system; otherwise the allocator keeps it and the agent's RSS with it.
+pub fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Pins `link` at `path`, replacing (and so detaching) a link pinned there before.
