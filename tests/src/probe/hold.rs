@@ -29,7 +29,7 @@
 //! `{"event":"done"}` and exits 0).
 use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -85,12 +85,30 @@ struct Held {
     sock: Mutex<Sock>,
 }
 
-type Out = Arc<Mutex<std::io::Stdout>>;
+/// Where events go: a printer thread writes them out in order, at a low priority, so
+/// that a socket's thread only takes the time and hands the event over (the printing
+/// and whoever reads it do not delay the other sockets' threads).
+type Out = mpsc::Sender<Value>;
 
 fn emit(out: &Out, v: &Value) {
-    if let Ok(mut o) = out.lock() {
+    let _ = out.send(v.clone());
+}
+
+/// The printer: one JSON line per event, flushed at once, until the `done` event.
+fn printer(rx: mpsc::Receiver<Value>) {
+    // SAFETY: plain syscalls on this thread's own id.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
+    let stdout = std::io::stdout();
+    while let Ok(v) = rx.recv() {
+        let mut o = stdout.lock();
         let _ = writeln!(o, "{v}");
         let _ = o.flush();
+        if v["event"] == "done" {
+            return;
+        }
     }
 }
 
@@ -182,7 +200,8 @@ pub fn hold(opts: &Options) -> Result<()> {
     if opts.sockets.is_empty() {
         bail!("hold needs at least one --udp, --udp-sendto or --tcp socket");
     }
-    let out: Out = Arc::new(Mutex::new(std::io::stdout()));
+    let (out, events) = mpsc::channel::<Value>();
+    let printer = std::thread::spawn(move || printer(events));
     let mut held: Vec<Arc<Held>> = Vec::new();
     let mut ready = Vec::new();
     for _ in 0..opts.repeat.max(1) {
@@ -255,6 +274,7 @@ pub fn hold(opts: &Options) -> Result<()> {
         }
     }
     emit(&out, &json!({"event": "done"}));
+    let _ = printer.join();
     Ok(())
 }
 
