@@ -454,10 +454,9 @@ fn load_object(pin_dir: &Path) -> Result<LoadedObject, DatapathError> {
     // The kernel BTF is large once parsed (~15 MB here): one copy at a time. The
     // loader parses its own in new(); it is dropped before ours is parsed, and ours
     // serves the loader, the kfunc patch and the iterators.
-    let btf: Option<Btf>;
     let mut loader = EbpfLoader::new();
     loader.btf(None);
-    btf = Btf::from_sys_fs().ok();
+    let btf = Btf::from_sys_fs().ok();
     let object = loadable_object(btf.as_ref())?;
     let map_paths: Vec<(&str, PathBuf)> = map_names::ALL
         .iter()
