@@ -146,7 +146,7 @@ mod tests {
         let found = cgroup_namespaces(&home, &root);
         std::fs::remove_dir_all(&root).unwrap();
         assert_eq!(found.cgroups, 3);
-        assert_eq!(found.processes, 2, "{found:?}");
+        assert_eq!(found.processes, 3, "{found:?}");
         assert_eq!(found.unreadable, 1, "{found:?}");
         assert_eq!(found.invisible, 1, "{found:?}");
         assert_eq!(found.namespaces.len(), 1, "{found:?}");
