@@ -6,6 +6,9 @@
 //! by an older one.
 #![no_std]
 
+mod stale;
+pub use stale::*;
+
 /// IP protocol numbers as they appear in keys.
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -48,6 +51,11 @@ pub mod map_names {
     /// Per-CPU budget of the TC program's reject answers (one u64: see
     /// [`super::reject_rate`]).
     pub const REJECT_RATE4: &str = "lb4_rej_rate_v1";
+    /// Stale-socket termination: (frontend, backend) pairs whose connected sockets
+    /// the socket iterators destroy ([`super::SockKill4Key`] -> u8). Not pinned and
+    /// not in [`ALL`]: the running agent fills it just before an iterator pass and
+    /// empties it after, so nothing in it outlives the agent that wrote it.
+    pub const SOCK_KILL4: &str = "lb4_sk_kill_v1";
     /// Every map the data path pins, for inspection and uninstall.
     pub const ALL: [&str; 15] = [
         SVC4,
@@ -99,6 +107,9 @@ pub mod capacity {
     pub const AFFINITY4: u32 = 262_144;
     /// (frontend, backend) pairs of services with session affinity.
     pub const AFFINITY_MATCH4: u32 = 262_144;
+    /// (frontend, backend) pairs of one stale-socket pass; larger batches of
+    /// departures are run in several passes.
+    pub const SOCK_KILL4: u32 = 16_384;
 }
 
 /// The budget of the TC program's answers for rejected traffic (TCP RST, ICMP
@@ -739,6 +750,8 @@ mod pod {
     unsafe impl aya::Pod for super::Affinity4Value {}
     unsafe impl aya::Pod for super::AffinityMatch4Key {}
     unsafe impl aya::Pod for super::AffinityMatch4Value {}
+    unsafe impl aya::Pod for super::SockKill4Key {}
+    unsafe impl aya::Pod for super::SockDestroy4 {}
 }
 
 #[cfg(test)]
@@ -824,9 +837,9 @@ mod tests {
 
     #[test]
     fn map_names_fit_the_kernel() {
-        for name in map_names::ALL {
+        for name in map_names::ALL.iter().chain([&map_names::SOCK_KILL4]) {
             assert!(name.len() <= 15, "{name} is longer than 15 characters");
-            assert!(!map_names::RETIRED.contains(&name), "{name} is retired");
+            assert!(!map_names::RETIRED.contains(name), "{name} is retired");
         }
     }
 

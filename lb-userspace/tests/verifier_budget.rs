@@ -20,8 +20,8 @@ use std::io::Write as _;
 use std::path::PathBuf;
 
 use aya::{
-    EbpfLoader,
-    programs::{CgroupSock, CgroupSockAddr, Program, SchedClassifier},
+    Btf, EbpfLoader,
+    programs::{CgroupSock, CgroupSockAddr, Iter, Program, SchedClassifier},
 };
 use lb_common::map_names;
 
@@ -59,8 +59,12 @@ fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// Loads every program of the object and returns its verified instruction count.
+/// Loads every program of the object (with its kfunc calls patched, as the agent
+/// loads it) and returns its verified instruction count.
 fn verified_counts() -> Result<BTreeMap<String, u64>, String> {
+    let btf = Btf::from_sys_fs().map_err(|e| format!("the kernel's BTF: {e}"))?;
+    let object = socklb::datapath::kernel::loadable_object(Some(&btf))
+        .map_err(|e| format!("patching the object: {e}"))?;
     let mut loader = EbpfLoader::new();
     // The verifier does not care how big a hash map is; the machine's memory does.
     for name in map_names::ALL {
@@ -76,7 +80,8 @@ fn verified_counts() -> Result<BTreeMap<String, u64>, String> {
         }
     }
     let mut ebpf = loader
-        .load(socklb::datapath::kernel::EBPF_OBJECT)
+        .btf(Some(&btf))
+        .load(object.bytes())
         .map_err(|e| format!("loading the object: {e}"))?;
     let names: Vec<String> = ebpf.programs().map(|(n, _)| n.to_string()).collect();
     let mut out = BTreeMap::new();
@@ -89,6 +94,11 @@ fn verified_counts() -> Result<BTreeMap<String, u64>, String> {
             Program::CgroupSock(p) => load_and_info(p, CgroupSock::load, CgroupSock::info),
             Program::SchedClassifier(p) => {
                 load_and_info(p, SchedClassifier::load, SchedClassifier::info)
+            }
+            // Socket iterators: iter/udp, iter/tcp.
+            Program::Iter(p) => {
+                let target = if name.contains("tcp") { "tcp" } else { "udp" };
+                load_and_info(p, |p| p.load(target, &btf), Iter::info)
             }
             other => {
                 return Err(format!(

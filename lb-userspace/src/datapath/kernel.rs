@@ -12,7 +12,7 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     maps::{
         HashMap as BpfHashMap, LpmTrie, Map, MapData, MapError, PerCpuArray,
         lpm_trie::Key as LpmKey,
@@ -30,10 +30,34 @@ use tracing::{debug, info, warn};
 
 use socklb_core::maps::{MapOp, ServiceMaps};
 
-use super::DatapathError;
+use super::{
+    DatapathError,
+    kfunc::{KfuncCall, PatchedObject, patch_kfunc_calls},
+};
 
-/// The kernel programs, built by build.rs.
+/// The kernel programs, built by build.rs. Load [`loadable_object`], not this: the
+/// object's kfunc calls need patching first (see `kfunc.rs`).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+/// [`EBPF_OBJECT`] with its kfunc calls patched against `btf` (the running kernel's;
+/// None: the kernel has no BTF, and every kfunc call returns -EOPNOTSUPP).
+pub fn loadable_object(btf: Option<&Btf>) -> Result<PatchedObject, DatapathError> {
+    Ok(patch_kfunc_calls(EBPF_OBJECT, |name| {
+        btf?.id_by_type_name_kind(name, aya_obj::btf::BtfKind::Func)
+            .ok()
+    })?)
+}
+
+/// The loaded object as `install` leaves it to the agent: the programs it did not
+/// attach (the socket iterators, which the agent runs itself), the maps it did not
+/// take, and what they were loaded against.
+pub struct LoadedObject {
+    pub ebpf: Ebpf,
+    /// The running kernel's BTF, None if it has none (iterators need it to load).
+    pub btf: Option<Btf>,
+    /// The object's kfunc calls and whether the kernel has them.
+    pub kfuncs: Vec<KfuncCall>,
+}
 
 /// Socket hooks: (program function name, link pin name).
 pub const SOCKET_HOOKS: [(&str, &str); 4] = [
@@ -462,7 +486,7 @@ pub fn install(
     cgroup: &Path,
     devices: &[Device],
     sizes: &MapSizes,
-) -> Result<KernelMaps, DatapathError> {
+) -> Result<(KernelMaps, LoadedObject), DatapathError> {
     raise_memlock_limit();
     prepare_pin_dir(pin_dir)?;
     let reused: Vec<&str> = map_names::ALL
@@ -473,7 +497,8 @@ pub fn install(
     if !reused.is_empty() {
         info!(pin_dir = %pin_dir.display(), maps = ?reused, "adopting pinned maps");
     }
-    let (mut ebpf, sizes) = load_object(pin_dir, sizes)?;
+    let (mut loaded, sizes) = load_object(pin_dir, sizes)?;
+    let ebpf = &mut loaded.ebpf;
 
     let cgroup_dir = fs::File::open(cgroup).map_err(|source| DatapathError::Io {
         what: "opening cgroup",
@@ -482,7 +507,7 @@ pub fn install(
     })?;
     for (program, link_name) in SOCKET_HOOKS {
         attach_to_cgroup!(
-            &mut ebpf,
+            ebpf,
             CgroupSockAddr,
             program,
             &cgroup_dir,
@@ -493,14 +518,14 @@ pub fn install(
     // post_bind4 on the cgroup: binding a NodePort is refused.
     let (program, link_name) = BIND_HOOK;
     attach_to_cgroup!(
-        &mut ebpf,
+        ebpf,
         CgroupSock,
         program,
         &cgroup_dir,
         &pin_dir.join(link_name)
     );
-    attach_tc(&mut ebpf, devices, pin_dir)?;
-    let mut maps = KernelMaps::from_ebpf(&mut ebpf, sizes)?;
+    attach_tc(ebpf, devices, pin_dir)?;
+    let mut maps = KernelMaps::from_ebpf(ebpf, sizes)?;
     maps.set_devices(devices)?;
     // Every program now uses the current maps: pins of retired ones only take memory.
     for retired in map_names::RETIRED {
@@ -510,7 +535,7 @@ pub fn install(
             remove_pin(&path)?;
         }
     }
-    Ok(maps)
+    Ok((maps, loaded))
 }
 
 /// TC ingress and egress on each device (TCX links, pinned). Links of devices no
@@ -572,8 +597,17 @@ fn tc_link_pins(pin_dir: &Path) -> Vec<String> {
 /// with `sizes`; no program is loaded or attached yet. Returns the sizes the maps
 /// really have: a pinned map keeps the size it was created with (making it anew would
 /// empty it under live traffic), which is warned about.
-fn load_object(pin_dir: &Path, sizes: &MapSizes) -> Result<(Ebpf, MapSizes), DatapathError> {
+fn load_object(
+    pin_dir: &Path,
+    sizes: &MapSizes,
+) -> Result<(LoadedObject, MapSizes), DatapathError> {
+    // The kernel BTF is large once parsed (~15 MB here): one copy at a time. The
+    // loader parses its own in new(); it is dropped before ours is parsed, and ours
+    // serves the loader, the kfunc patch and the iterators.
     let mut loader = EbpfLoader::new();
+    loader.btf(None);
+    let btf = Btf::from_sys_fs().ok();
+    let object = loadable_object(btf.as_ref())?;
     let map_paths: Vec<(&str, PathBuf)> = map_names::ALL
         .iter()
         .map(|m| (*m, pin_dir.join(m)))
@@ -585,10 +619,19 @@ fn load_object(pin_dir: &Path, sizes: &MapSizes) -> Result<(Ebpf, MapSizes), Dat
         loader.map_max_entries(name, size);
     }
     let ebpf = loader
-        .load(EBPF_OBJECT)
+        .btf(btf.as_ref())
+        .load(object.bytes())
         .map_err(|e| map_create_error(e, sizes))?;
+    drop(loader);
     let actual = pinned_sizes(pin_dir, sizes)?;
-    Ok((ebpf, actual))
+    Ok((
+        LoadedObject {
+            ebpf,
+            btf,
+            kfuncs: object.calls,
+        },
+        actual,
+    ))
 }
 
 /// A map the kernel refused to create names the flag that sized it.
@@ -668,8 +711,8 @@ fn set_size(sizes: &mut MapSizes, map: &str, have: u32) {
 pub fn create_maps(pin_dir: &Path) -> Result<KernelMaps, DatapathError> {
     raise_memlock_limit();
     prepare_pin_dir(pin_dir)?;
-    let (mut ebpf, sizes) = load_object(pin_dir, &MapSizes::default())?;
-    KernelMaps::from_ebpf(&mut ebpf, sizes)
+    let (mut loaded, sizes) = load_object(pin_dir, &MapSizes::default())?;
+    KernelMaps::from_ebpf(&mut loaded.ebpf, sizes)
 }
 
 /// An exclusive lock on a pin directory, held for as long as the agent runs: two
@@ -794,6 +837,16 @@ pub fn check_cgroup2(cgroup: &Path) -> Result<(), DatapathError> {
         });
     }
     Ok(())
+}
+
+/// Gives the heap memory freed since (the kernel BTF, parsed once at start) back to
+/// the system; otherwise the allocator keeps it and the agent's RSS with it.
+pub fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Pins `link` at `path`, replacing (and so detaching) a link pinned there before.

@@ -23,7 +23,7 @@ use aya::{
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use lb_common::{Counter, Ct4Key, Ct4Value, map_names};
 use serde_json::Value;
-use socklb::datapath::kernel::{Device, EBPF_OBJECT, KernelMaps};
+use socklb::datapath::kernel::{Device, KernelMaps, loadable_object};
 use socklb_core::{
     maps::{DesiredState, ProgrammedState, ServiceMaps as _, diff::Capacity},
     model::{NodeModel, ServiceModel, SliceModel},
@@ -241,8 +241,11 @@ impl Fixture {
         for name in map_names::ALL {
             loader.map_pin_path(name, pins.path().join(name));
         }
+        // The object with its kfunc calls patched, as the agent loads it.
+        let object = loadable_object(aya::Btf::from_sys_fs().ok().as_ref())
+            .expect("patching the embedded eBPF object");
         let mut ebpf = loader
-            .load(EBPF_OBJECT)
+            .load(object.bytes())
             .expect("loading the embedded eBPF object");
         for hook in [Hook::Ingress, Hook::Egress] {
             let prog: &mut SchedClassifier = ebpf

@@ -26,7 +26,7 @@ use lb_common::{AffinityMatch4Key, Backend4, SrcRange4Key, Svc4Key, Svc4Value, S
 
 use super::{
     ServiceMaps,
-    desired::{BackendKey, DesiredFrontend, DesiredState, FrontendKey},
+    desired::{BackendKey, DesiredFrontend, DesiredState, FrontendKey, Scope},
     v4,
 };
 use crate::model::IpCidr;
@@ -185,6 +185,11 @@ pub struct SyncStats {
     pub skipped_family: Vec<FrontendKey>,
     /// Frontends that were incomplete before and are fully programmed now.
     pub completed: usize,
+    /// Backends that left an internal-scope frontend (the socket hooks' translations),
+    /// compared by address, port and protocol: connected sockets translated to that
+    /// backend for that frontend are now stale. Per frontend: a backend that stays
+    /// behind another frontend is listed only for the one it left.
+    pub departed: Vec<(FrontendKey, BackendKey)>,
 }
 
 impl ProgrammedState {
@@ -438,6 +443,7 @@ impl ProgrammedState {
         });
         for key in removals.into_iter().chain(updates) {
             let before = ops.len();
+            let socket_backends = self.socket_backends(&key);
             let outcome =
                 self.sync_frontend(key, desired.frontends.get(&key), &mut ops, &mut released);
             let was_incomplete = self.incomplete.contains_key(&key);
@@ -466,6 +472,9 @@ impl ProgrammedState {
                     }
                     self.incomplete.remove(&key);
                 }
+            }
+            if let Some(old) = socket_backends {
+                self.note_departed(key, old, &mut stats.departed);
             }
             if ops.len() > before {
                 stats.frontends_changed += 1;
@@ -749,6 +758,42 @@ impl ProgrammedState {
             }
         }
         out
+    }
+
+    /// The backends of an internal-scope frontend with a protocol (whose connected
+    /// sockets hold their translation), for [`SyncStats::departed`]; None for others.
+    fn socket_backends(&self, key: &FrontendKey) -> Option<Vec<BackendKey>> {
+        if key.scope != Scope::Internal || key.is_wildcard() {
+            return None;
+        }
+        let programmed = self.frontends.get(key)?;
+        Some(
+            programmed
+                .slots
+                .iter()
+                .filter_map(|id| self.backend_keys.get(id).copied())
+                .collect(),
+        )
+    }
+
+    /// Adds to `departed` the backends of `old` the frontend `key` no longer has.
+    fn note_departed(
+        &self,
+        key: FrontendKey,
+        old: Vec<BackendKey>,
+        departed: &mut Vec<(FrontendKey, BackendKey)>,
+    ) {
+        let now: HashSet<_> = self
+            .socket_backends(&key)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|b| (b.addr, b.protocol))
+            .collect();
+        departed.extend(
+            old.into_iter()
+                .filter(|b| !now.contains(&(b.addr, b.protocol)))
+                .map(|b| (key, b)),
+        );
     }
 
     /// The id of `backend`, written to the backend map when new. The caller checked
@@ -1094,6 +1139,53 @@ mod tests {
         sync(&mut st, &mut maps, &desired(&[(a, forward(&[shared]))]));
         assert!(maps.backends.contains_key(&id_before));
         assert_eq!(maps.backends.len(), 1);
+    }
+
+    #[test]
+    fn departures_are_per_internal_frontend() {
+        let mut st = ProgrammedState::with_capacity(Capacity::default());
+        let mut maps = MemoryMaps::default();
+        let (a, b) = (fe(10, 53), fe(11, 53));
+        let external = FrontendKey::new(a.frontend().unwrap(), Scope::External);
+        let shared = be(1, 53);
+        let all = desired(&[
+            (a, forward(&[shared, be(2, 53)])),
+            (b, forward(&[shared])),
+            (external, forward(&[shared])),
+        ]);
+        assert!(sync(&mut st, &mut maps, &all).departed.is_empty());
+        // The shared backend leaves a only: listed for a, not for b, not for the
+        // external (TC) frontend.
+        let stats = sync(
+            &mut st,
+            &mut maps,
+            &desired(&[
+                (a, forward(&[be(2, 53)])),
+                (b, forward(&[shared])),
+                (external, forward(&[be(2, 53)])),
+            ]),
+        );
+        assert_eq!(stats.departed, vec![(a, shared)]);
+        // A backend that only became local (same address) has not left.
+        let local = BackendKey {
+            local: true,
+            ..be(2, 53)
+        };
+        let stats = sync(
+            &mut st,
+            &mut maps,
+            &desired(&[(a, forward(&[local])), (b, forward(&[shared]))]),
+        );
+        assert!(stats.departed.is_empty(), "{:?}", stats.departed);
+        // Reject (no endpoints) and removal: every backend left.
+        let stats = sync(
+            &mut st,
+            &mut maps,
+            &desired(&[(a, reject()), (b, forward(&[shared]))]),
+        );
+        assert_eq!(stats.departed, vec![(a, local)]);
+        let stats = sync(&mut st, &mut maps, &desired(&[]));
+        assert_eq!(stats.departed, vec![(b, shared)]);
     }
 
     #[test]
