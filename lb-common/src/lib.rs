@@ -7,6 +7,8 @@
 #![no_std]
 
 pub mod maglev;
+mod stale;
+pub use stale::*;
 
 /// IP protocol numbers as they appear in keys.
 pub const IPPROTO_TCP: u8 = 6;
@@ -50,6 +52,11 @@ pub mod map_names {
     /// Per-CPU budget of the TC program's reject answers (one u64: see
     /// [`super::reject_rate`]).
     pub const REJECT_RATE4: &str = "lb4_rej_rate_v1";
+    /// Stale-socket termination: (frontend, backend) pairs whose connected sockets
+    /// the socket iterators destroy ([`super::SockKill4Key`] -> u8). Not pinned and
+    /// not in [`ALL`]: the running agent fills it just before an iterator pass and
+    /// empties it after, so nothing in it outlives the agent that wrote it.
+    pub const SOCK_KILL4: &str = "lb4_sk_kill_v1";
     /// Maglev lookup tables of external frontends: one flat array of backend ids
     /// ([`u32`] index -> [`super::maglev::MaglevEntries`]), a header and then table
     /// after table (see [`super::maglev`]). Sized by the agent at load time.
@@ -106,6 +113,9 @@ pub mod capacity {
     pub const AFFINITY4: u32 = 262_144;
     /// (frontend, backend) pairs of services with session affinity.
     pub const AFFINITY_MATCH4: u32 = 262_144;
+    /// (frontend, backend) pairs of one stale-socket pass; larger batches of
+    /// departures are run in several passes.
+    pub const SOCK_KILL4: u32 = 16_384;
 }
 
 /// The budget of the TC program's answers for rejected traffic (TCP RST, ICMP
@@ -757,6 +767,8 @@ mod pod {
     unsafe impl aya::Pod for super::Affinity4Value {}
     unsafe impl aya::Pod for super::AffinityMatch4Key {}
     unsafe impl aya::Pod for super::AffinityMatch4Value {}
+    unsafe impl aya::Pod for super::SockKill4Key {}
+    unsafe impl aya::Pod for super::SockDestroy4 {}
     unsafe impl aya::Pod for super::maglev::MaglevEntries {}
 }
 
@@ -843,9 +855,9 @@ mod tests {
 
     #[test]
     fn map_names_fit_the_kernel() {
-        for name in map_names::ALL {
+        for name in map_names::ALL.iter().chain([&map_names::SOCK_KILL4]) {
             assert!(name.len() <= 15, "{name} is longer than 15 characters");
-            assert!(!map_names::RETIRED.contains(&name), "{name} is retired");
+            assert!(!map_names::RETIRED.contains(name), "{name} is retired");
         }
     }
 

@@ -11,6 +11,8 @@
 //! - `sock4.rs`: the IPv4 socket hooks (connect4, sendmsg4, recvmsg4, getpeername4);
 //! - `bind4.rs`: post_bind4, which keeps NodePorts' ports from local listeners;
 //! - `tc/`: the IPv4 TC programs (parse, rewrite, conntrack, snat, route, icmp, reject);
+//! - `stale.rs`: socket iterators that destroy connected sockets whose backend left
+//!   their service (with the kill map they read);
 //! - `maps.rs`: the maps and the helpers that read them; `error.rs`: the error type.
 //!
 //! Entry points here stay thin; their names are the program names the agent attaches.
@@ -23,6 +25,7 @@ mod lb;
 mod maglev;
 mod maps;
 mod sock4;
+mod stale;
 mod tc;
 
 use aya_ebpf::{
@@ -63,6 +66,20 @@ pub fn lb4_tc_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn lb4_tc_egress(ctx: TcContext) -> i32 {
     tc::egress(&ctx)
+}
+
+// Socket iterators: aya-ebpf 0.2 has no `iter` macro; the section name is what aya's
+// loader and the kernel go by.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/udp")]
+pub fn sock4_stale_udp(ctx: *mut stale::bpf_iter__udp) -> i32 {
+    stale::udp(ctx)
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/tcp")]
+pub fn sock4_stale_tcp(ctx: *mut stale::bpf_iter__tcp) -> i32 {
+    stale::tcp(ctx)
 }
 
 #[cfg(not(test))]

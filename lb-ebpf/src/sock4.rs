@@ -93,11 +93,13 @@ fn try_xlate_fwd(ctx: &SockAddrContext, hook: FwdHook) -> Result<Forward, Error>
 
     let Some(fe) = lb::lookup_frontend(address, port, proto, scope::INTERNAL) else {
         // A service address on a port the service does not have is refused too.
-        return Ok(if lb::is_service_address(address) {
-            Forward::Refuse(ECONNREFUSED)
-        } else {
-            Forward::NotService
-        });
+        if lb::is_service_address(address) {
+            return Ok(Forward::Refuse(ECONNREFUSED));
+        }
+        if hook == FwdHook::Connect {
+            forget_translation(ctx);
+        }
+        return Ok(Forward::NotService);
     };
 
     match fe.action()? {
@@ -201,6 +203,20 @@ fn choose_backend(
     let backend = udp_backend(ctx, cookie, fe)?;
     remember_reverse(cookie, &backend, frontend);
     Ok(backend)
+}
+
+/// connect() to an address that is no service: the socket's one peer is now that
+/// address, so what its storage says about an earlier connect to a service no longer
+/// holds (getpeername would show that service, and stale-socket termination would
+/// take a socket connected to a backend directly for a translated one).
+#[inline(always)]
+fn forget_translation(ctx: &SockAddrContext) {
+    // SAFETY: sock_addr context; lookup only (no create flag).
+    let storage = unsafe { SOCK_STATE4.get_ptr_mut(ctx) };
+    if !storage.is_null() {
+        // SAFETY: non-null pointer to this socket's storage, sized for SockState4.
+        unsafe { (*storage).svc_address = 0 };
+    }
 }
 
 #[inline(always)]

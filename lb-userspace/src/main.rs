@@ -142,6 +142,11 @@ enum Command {
         health_check_bind_address: std::net::IpAddr,
         #[command(flatten)]
         map_sizes: MapSizeArgs,
+        /// Also destroy connected TCP sockets whose backend left their Service (the
+        /// application gets ECONNABORTED, the backend a reset). Connected UDP sockets
+        /// always are; like kube-proxy and Cilium, TCP is left alone by default.
+        #[arg(long)]
+        terminate_stale_tcp: bool,
         #[command(flatten)]
         balancing: BalancingArgs,
     },
@@ -269,6 +274,7 @@ fn run() -> anyhow::Result<()> {
             devices,
             health_check_bind_address,
             map_sizes,
+            terminate_stale_tcp,
             balancing,
         } => {
             let maglev = balancing.config()?;
@@ -315,6 +321,7 @@ fn run() -> anyhow::Result<()> {
                     maglev,
                     ..map_sizes.sizes()
                 },
+                terminate_stale_tcp,
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -433,7 +433,7 @@ fn binding_gives_the_role_to_the_agent_service_account() {
 }
 
 #[test]
-fn daemonset_runs_on_the_host_network_of_every_node_with_three_capabilities() {
+fn daemonset_runs_on_the_host_network_of_every_node_with_named_capabilities() {
     let m = Manifests::load();
     let ds = m.daemonset();
     let spec = &ds.spec;
@@ -441,9 +441,10 @@ fn daemonset_runs_on_the_host_network_of_every_node_with_three_capabilities() {
     let agent = m.agent();
 
     assert_eq!(pod.host_network, Some(true), "hostNetwork");
-    assert_ne!(pod.host_pid, Some(true), "hostPID is not needed");
+    // Stale-socket termination finds the pods' network namespaces through /proc.
+    assert_eq!(pod.host_pid, Some(true), "hostPID");
     // Only the init container that mounts bpffs (Bidirectional propagation) is
-    // privileged; the agent has CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON and nothing else
+    // privileged; the agent has the capabilities it needs and nothing else
     // (tests/tests/least_privilege.rs runs it so).
     for c in pod.init_containers.iter().flatten() {
         let privileged = c.security_context.as_ref().and_then(|s| s.privileged);
@@ -454,13 +455,27 @@ fn daemonset_runs_on_the_host_network_of_every_node_with_three_capabilities() {
         .as_ref()
         .expect("agent securityContext");
     assert_eq!(sc.privileged, Some(false));
-    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    // The API server refuses allowPrivilegeEscalation false with SYS_ADMIN.
+    let adds_sys_admin = sc
+        .capabilities
+        .as_ref()
+        .and_then(|c| c.add.as_ref())
+        .is_some_and(|a| a.iter().any(|c| c == "SYS_ADMIN"));
+    assert_eq!(sc.allow_privilege_escalation, Some(adds_sys_admin));
     assert_eq!(sc.read_only_root_filesystem, Some(true));
     let caps = sc.capabilities.as_ref().expect("capabilities");
     assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
     assert_eq!(
         caps.add.as_deref(),
-        Some(&["BPF".to_string(), "NET_ADMIN".into(), "PERFMON".into()][..])
+        Some(
+            &[
+                "BPF".to_string(),
+                "NET_ADMIN".into(),
+                "PERFMON".into(),
+                "SYS_ADMIN".into(),
+                "SYS_PTRACE".into()
+            ][..]
+        )
     );
     assert_eq!(
         pod.priority_class_name.as_deref(),

@@ -22,8 +22,8 @@ use std::io::Write as _;
 use std::path::PathBuf;
 
 use aya::{
-    EbpfLoader,
-    programs::{CgroupSock, CgroupSockAddr, Program, SchedClassifier},
+    Btf, EbpfLoader,
+    programs::{CgroupSock, CgroupSockAddr, Iter, Program, SchedClassifier},
 };
 use lb_common::map_names;
 
@@ -61,9 +61,13 @@ fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// Loads every program of the object and returns its verified instruction count;
-/// with `maglev_table_size`, the TC programs only, named `<program>@maglev`.
+/// Loads every program of the object (with its kfunc calls patched, as the agent
+/// loads it) and returns its verified instruction count; with `maglev_table_size`,
+/// the TC programs only, named `<program>@maglev`.
 fn verified_counts(maglev_table_size: Option<u32>) -> Result<BTreeMap<String, u64>, String> {
+    let btf = Btf::from_sys_fs().map_err(|e| format!("the kernel's BTF: {e}"))?;
+    let object = socklb::datapath::kernel::loadable_object(Some(&btf))
+        .map_err(|e| format!("patching the object: {e}"))?;
     let mut loader = EbpfLoader::new();
     if let Some(m) = &maglev_table_size {
         loader.override_global("MAGLEV_TABLE_SIZE", m, true);
@@ -82,7 +86,8 @@ fn verified_counts(maglev_table_size: Option<u32>) -> Result<BTreeMap<String, u6
         }
     }
     let mut ebpf = loader
-        .load(socklb::datapath::kernel::EBPF_OBJECT)
+        .btf(Some(&btf))
+        .load(object.bytes())
         .map_err(|e| format!("loading the object: {e}"))?;
     let names: Vec<String> = ebpf.programs().map(|(n, _)| n.to_string()).collect();
     let mut out = BTreeMap::new();
@@ -98,6 +103,11 @@ fn verified_counts(maglev_table_size: Option<u32>) -> Result<BTreeMap<String, u6
             Program::CgroupSock(p) => load_and_info(p, CgroupSock::load, CgroupSock::info),
             Program::SchedClassifier(p) => {
                 load_and_info(p, SchedClassifier::load, SchedClassifier::info)
+            }
+            // Socket iterators: iter/udp, iter/tcp.
+            Program::Iter(p) => {
+                let target = if name.contains("tcp") { "tcp" } else { "udp" };
+                load_and_info(p, |p| p.load(target, &btf), Iter::info)
             }
             other => {
                 return Err(format!(

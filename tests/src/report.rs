@@ -331,6 +331,7 @@ pub fn errno_name(errno: i32) -> String {
         libc::EHOSTUNREACH => "EHOSTUNREACH",
         libc::EALREADY => "EALREADY",
         libc::EINPROGRESS => "EINPROGRESS",
+        libc::EDESTADDRREQ => "EDESTADDRREQ",
         _ => return format!("errno {errno}"),
     };
     name.to_string()

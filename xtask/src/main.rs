@@ -60,6 +60,11 @@ enum Task {
         /// Only re-render the summary and plots from a results file.
         #[arg(long, value_name = "RESULTS_JSON")]
         render: Option<PathBuf>,
+        /// Only these items, comma separated (tcp, udp, control, memory, nodeport,
+        /// stale), written under target/bench-items/ (unless --out); the criterion
+        /// benchmark runs only with `control`.
+        #[arg(long, value_delimiter = ',')]
+        items: Option<Vec<String>>,
     },
     /// Run the demo: a sandbox with backends, the agent and clients of a ClusterIP.
     Demo {
@@ -101,6 +106,7 @@ fn run() -> Result<()> {
             out,
             reps,
             render,
+            items,
         } => bench::run(
             &root,
             bench::Options {
@@ -110,6 +116,7 @@ fn run() -> Result<()> {
                 out,
                 reps,
                 render,
+                items,
             },
         ),
         Task::Demo { args } => {

@@ -12,7 +12,7 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     maps::{
         HashMap as BpfHashMap, LpmTrie, Map, MapData, MapError, PerCpuArray,
         lpm_trie::Key as LpmKey,
@@ -30,10 +30,35 @@ use tracing::{debug, info, warn};
 
 use socklb_core::maps::{MapOp, ServiceMaps, maglev::MaglevConfig};
 
-use super::{DatapathError, maglev_map::MaglevMap};
+use super::{
+    DatapathError,
+    kfunc::{KfuncCall, PatchedObject, patch_kfunc_calls},
+    maglev_map::MaglevMap,
+};
 
-/// The kernel programs, built by build.rs.
+/// The kernel programs, built by build.rs. Load [`loadable_object`], not this: the
+/// object's kfunc calls need patching first (see `kfunc.rs`).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+/// [`EBPF_OBJECT`] with its kfunc calls patched against `btf` (the running kernel's;
+/// None: the kernel has no BTF, and every kfunc call returns -EOPNOTSUPP).
+pub fn loadable_object(btf: Option<&Btf>) -> Result<PatchedObject, DatapathError> {
+    Ok(patch_kfunc_calls(EBPF_OBJECT, |name| {
+        btf?.id_by_type_name_kind(name, aya_obj::btf::BtfKind::Func)
+            .ok()
+    })?)
+}
+
+/// The loaded object as `install` leaves it to the agent: the programs it did not
+/// attach (the socket iterators, which the agent runs itself), the maps it did not
+/// take, and what they were loaded against.
+pub struct LoadedObject {
+    pub ebpf: Ebpf,
+    /// The running kernel's BTF, None if it has none (iterators need it to load).
+    pub btf: Option<Btf>,
+    /// The object's kfunc calls and whether the kernel has them.
+    pub kfuncs: Vec<KfuncCall>,
+}
 
 /// Socket hooks: (program function name, link pin name).
 pub const SOCKET_HOOKS: [(&str, &str); 4] = [
@@ -486,7 +511,7 @@ pub fn install(
     cgroup: &Path,
     devices: &[Device],
     sizes: &MapSizes,
-) -> Result<KernelMaps, DatapathError> {
+) -> Result<(KernelMaps, LoadedObject), DatapathError> {
     raise_memlock_limit();
     prepare_pin_dir(pin_dir)?;
     let reused: Vec<&str> = map_names::ALL
@@ -497,7 +522,8 @@ pub fn install(
     if !reused.is_empty() {
         info!(pin_dir = %pin_dir.display(), maps = ?reused, "adopting pinned maps");
     }
-    let (mut ebpf, sizes) = load_object(pin_dir, sizes)?;
+    let (mut loaded, sizes) = load_object(pin_dir, sizes)?;
+    let ebpf = &mut loaded.ebpf;
 
     let cgroup_dir = fs::File::open(cgroup).map_err(|source| DatapathError::Io {
         what: "opening cgroup",
@@ -506,7 +532,7 @@ pub fn install(
     })?;
     for (program, link_name) in SOCKET_HOOKS {
         attach_to_cgroup!(
-            &mut ebpf,
+            ebpf,
             CgroupSockAddr,
             program,
             &cgroup_dir,
@@ -517,14 +543,14 @@ pub fn install(
     // post_bind4 on the cgroup: binding a NodePort is refused.
     let (program, link_name) = BIND_HOOK;
     attach_to_cgroup!(
-        &mut ebpf,
+        ebpf,
         CgroupSock,
         program,
         &cgroup_dir,
         &pin_dir.join(link_name)
     );
-    attach_tc(&mut ebpf, devices, pin_dir)?;
-    let mut maps = KernelMaps::from_ebpf(&mut ebpf, sizes)?;
+    attach_tc(ebpf, devices, pin_dir)?;
+    let mut maps = KernelMaps::from_ebpf(ebpf, sizes)?;
     maps.set_devices(devices)?;
     // Every program now uses the current maps: pins of retired ones only take memory.
     for retired in map_names::RETIRED {
@@ -534,7 +560,7 @@ pub fn install(
             remove_pin(&path)?;
         }
     }
-    Ok(maps)
+    Ok((maps, loaded))
 }
 
 /// TC ingress and egress on each device (TCX links, pinned). Links of devices no
@@ -600,10 +626,19 @@ fn tc_link_pins(pin_dir: &Path) -> Vec<String> {
 /// The Maglev map is sized for `sizes.maglev` (a pinned one made for other flags is
 /// replaced first), the table size and seed are set in the programs' read-only
 /// globals, and the map's header is written.
-fn load_object(pin_dir: &Path, sizes: &MapSizes) -> Result<(Ebpf, MapSizes), DatapathError> {
+fn load_object(
+    pin_dir: &Path,
+    sizes: &MapSizes,
+) -> Result<(LoadedObject, MapSizes), DatapathError> {
     let maglev = &sizes.maglev;
     replace_maglev_pin_if_stale(pin_dir, maglev)?;
+    // The kernel BTF is large once parsed (~15 MB here): one copy at a time. The
+    // loader parses its own in new(); it is dropped before ours is parsed, and ours
+    // serves the loader, the kfunc patch and the iterators.
     let mut loader = EbpfLoader::new();
+    loader.btf(None);
+    let btf = Btf::from_sys_fs().ok();
+    let object = loadable_object(btf.as_ref())?;
     let map_paths: Vec<(&str, PathBuf)> = map_names::ALL
         .iter()
         .map(|m| (*m, pin_dir.join(m)))
@@ -627,8 +662,10 @@ fn load_object(pin_dir: &Path, sizes: &MapSizes) -> Result<(Ebpf, MapSizes), Dat
         .override_global("MAGLEV_TABLE_SIZE", &table_size, true)
         .override_global("MAGLEV_SEED", &maglev.seed, true);
     let mut ebpf = loader
-        .load(EBPF_OBJECT)
+        .btf(btf.as_ref())
+        .load(object.bytes())
         .map_err(|e| map_create_error(e, sizes))?;
+    drop(loader);
     // The header says what the tables are; a reused map has it already.
     let map = ebpf.map_mut(map_names::MAGLEV4).ok_or_else(|| {
         DatapathError::Inconsistent(format!("the eBPF object has no map {}", map_names::MAGLEV4))
@@ -636,7 +673,14 @@ fn load_object(pin_dir: &Path, sizes: &MapSizes) -> Result<(Ebpf, MapSizes), Dat
     write_maglev_header(map, table_size, maglev.seed)?;
     let mut actual = pinned_sizes(pin_dir, sizes)?;
     actual.maglev = *maglev;
-    Ok((ebpf, actual))
+    Ok((
+        LoadedObject {
+            ebpf,
+            btf,
+            kfuncs: object.calls,
+        },
+        actual,
+    ))
 }
 
 /// [`load_object`] with the default map sizes and the Maglev tables of `maglev`, for
@@ -646,7 +690,7 @@ pub fn load_object_with(pin_dir: &Path, maglev: &MaglevConfig) -> Result<Ebpf, D
         maglev: *maglev,
         ..MapSizes::default()
     };
-    load_object(pin_dir, &sizes).map(|(ebpf, _)| ebpf)
+    load_object(pin_dir, &sizes).map(|(loaded, _)| loaded.ebpf)
 }
 
 /// Writes the Maglev map's header (element 0) with a syscall (the map is mmapped
@@ -760,8 +804,8 @@ fn set_size(sizes: &mut MapSizes, map: &str, have: u32) {
 pub fn create_maps(pin_dir: &Path) -> Result<KernelMaps, DatapathError> {
     raise_memlock_limit();
     prepare_pin_dir(pin_dir)?;
-    let (mut ebpf, sizes) = load_object(pin_dir, &MapSizes::default())?;
-    KernelMaps::from_ebpf(&mut ebpf, sizes)
+    let (mut loaded, sizes) = load_object(pin_dir, &MapSizes::default())?;
+    KernelMaps::from_ebpf(&mut loaded.ebpf, sizes)
 }
 
 /// An exclusive lock on a pin directory, held for as long as the agent runs: two
@@ -886,6 +930,16 @@ pub fn check_cgroup2(cgroup: &Path) -> Result<(), DatapathError> {
         });
     }
     Ok(())
+}
+
+/// Gives the heap memory freed since (the kernel BTF, parsed once at start) back to
+/// the system; otherwise the allocator keeps it and the agent's RSS with it.
+pub fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Pins `link` at `path`, replacing (and so detaching) a link pinned there before.

@@ -13,7 +13,9 @@
 pub mod format;
 mod results;
 mod spread;
+mod stale;
 pub mod targets;
 
 pub use results::*;
 pub use spread::{Spread, quantile};
+pub use stale::{Percentiles, StaleSocketsRow};

@@ -29,6 +29,10 @@ pub struct Results {
     pub nodeport: Vec<DatapathRow>,
     pub control_plane: ControlPlane,
     pub memory: Vec<MemoryRow>,
+    /// Stale-socket termination (connected UDP sockets of a departed backend in many
+    /// network namespaces). Empty: not measured (runs before it existed have none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stale_sockets: Vec<crate::StaleSocketsRow>,
     /// Things the reader must know (skipped parts, capacity limits, sanity failures).
     pub notes: Vec<String>,
 }

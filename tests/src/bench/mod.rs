@@ -9,6 +9,7 @@ pub mod model;
 pub mod nft;
 pub mod nodeport;
 pub mod runner;
+pub mod stale;
 pub mod stats;
 pub mod synth_files;
 pub mod util;

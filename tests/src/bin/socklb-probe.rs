@@ -41,6 +41,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use socklb_tests::report::{TcpReport, UdpReport, error_name};
 
+#[path = "../probe/hold.rs"]
+mod hold;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "socklb-probe",
@@ -173,6 +176,36 @@ enum Cmd {
         #[arg(long)]
         port: u16,
     },
+    /// Hold sockets open, each blocked in recv(), and report as JSON lines what happens
+    /// to them (answers, errors with their time, reconnects); commands on stdin
+    /// (`query`, `quit`). See tests/src/probe/hold.rs.
+    Hold {
+        /// A connected UDP socket to this target (repeatable).
+        #[arg(long, value_name = "IP:PORT")]
+        udp: Vec<SocketAddr>,
+        /// An unconnected UDP socket sending to this target (repeatable).
+        #[arg(long = "udp-sendto", value_name = "IP:PORT")]
+        udp_sendto: Vec<SocketAddr>,
+        /// A UDP socket connected to FIRST, then connected again to THEN (repeatable).
+        #[arg(long = "udp-moved", value_name = "FIRST,THEN", value_parser = hold::parse_moved)]
+        udp_moved: Vec<(SocketAddr, SocketAddr)>,
+        /// A TCP connection to this target (repeatable).
+        #[arg(long, value_name = "IP:PORT")]
+        tcp: Vec<SocketAddr>,
+        /// Open the whole list this many times.
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
+        /// Send the first query but do not wait for its answer (targets that do not
+        /// answer).
+        #[arg(long = "no-reply")]
+        no_reply: bool,
+        /// After an error, open a new socket to the same target and query it.
+        #[arg(long)]
+        reconnect: bool,
+        /// connect() and first-answer timeout, in milliseconds.
+        #[arg(long = "timeout-ms", default_value_t = 2000)]
+        timeout_ms: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -262,6 +295,43 @@ fn main() -> ExitCode {
             let tcp = answer(std::net::TcpListener::bind(("0.0.0.0", port)).map(drop));
             let udp = answer(std::net::UdpSocket::bind(("0.0.0.0", port)).map(drop));
             print_json(&serde_json::json!({"port": port, "tcp": tcp, "udp": udp}))
+        }
+        Cmd::Hold {
+            udp,
+            udp_sendto,
+            udp_moved,
+            tcp,
+            repeat,
+            no_reply,
+            reconnect,
+            timeout_ms,
+        } => {
+            let sockets: Vec<(hold::Kind, SocketAddr)> =
+                (udp.iter().map(|a| (hold::Kind::Udp, *a)))
+                    .chain(udp_sendto.iter().map(|a| (hold::Kind::UdpSendto, *a)))
+                    .chain(
+                        udp_moved
+                            .iter()
+                            .map(|(first, then)| (hold::Kind::UdpMoved(*first), *then)),
+                    )
+                    .chain(tcp.iter().map(|a| (hold::Kind::Tcp, *a)))
+                    .collect();
+            sockets
+                .iter()
+                .flat_map(|(kind, to)| match kind {
+                    hold::Kind::UdpMoved(first) => vec![*first, *to],
+                    _ => vec![*to],
+                })
+                .try_for_each(|to| ensure_isolated(&to))
+                .and_then(|()| {
+                    hold::hold(&hold::Options {
+                        sockets,
+                        repeat,
+                        reply: !no_reply,
+                        reconnect,
+                        timeout: Duration::from_millis(timeout_ms.max(1)),
+                    })
+                })
         }
         Cmd::TxCsum { dev, off, on } => {
             let set = if off { Some(false) } else { on.then_some(true) };

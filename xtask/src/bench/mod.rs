@@ -36,7 +36,12 @@ pub struct Options {
     pub out: Option<PathBuf>,
     pub reps: Option<usize>,
     pub render: Option<PathBuf>,
+    /// Only these items of socklb-bench (None: all).
+    pub items: Option<Vec<String>>,
 }
+
+/// socklb-bench's items measured per N (the others run once).
+const PER_N_ITEMS: &[&str] = &["tcp", "udp", "control", "memory", "nodeport"];
 
 /// Debian packages the baselines need (the binaries socklb-bench runs).
 const BASELINE_PACKAGES: &[(&str, &str)] =
@@ -45,6 +50,10 @@ const BASELINE_PACKAGES: &[(&str, &str)] =
 pub fn run(root: &Path, opts: Options) -> Result<()> {
     let (docs_dir, results_dir) = match &opts.out {
         Some(dir) => (dir.clone(), dir.join("results")),
+        None if opts.items.is_some() => (
+            root.join("target/bench-items"),
+            root.join("target/bench-items/results"),
+        ),
         None if opts.quick => (
             root.join("target/bench-quick"),
             root.join("target/bench-quick/results"),
@@ -86,6 +95,13 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     if opts.with_30k && !services.contains(&30_000) {
         services.push(30_000);
     }
+    let per_n = opts
+        .items
+        .as_ref()
+        .is_none_or(|items| items.iter().any(|i| PER_N_ITEMS.contains(&i.as_str())));
+    if !per_n && opts.services.is_none() {
+        services = vec![1]; // not used by the items asked for
+    }
     services.sort_unstable();
     services.dedup();
     let list = |v: &[usize]| {
@@ -108,6 +124,9 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         .arg(&raw);
     let reps = opts.reps.unwrap_or(if opts.quick { 3 } else { 5 });
     cmd.arg("--reps").arg(reps.to_string());
+    if let Some(items) = &opts.items {
+        cmd.arg("--items").arg(items.join(","));
+    }
     if opts.quick {
         cmd.args([
             "--duration-ms",
@@ -116,6 +135,8 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
             "100",
             "--changes",
             "5",
+            "--stale-rounds",
+            "2",
             "--quick",
         ]);
     }
@@ -137,8 +158,58 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         .with_context(|| format!("reading {}", raw.display()))?;
 
     // The socklb package's criterion benchmark: objects in memory -> maps. Always at 10 000
-    // services too (the cold-programming target is stated there).
-    let mut cp_services = services.clone();
+    // services too (the cold-programming target is stated there). Only with the control
+    // plane (all items, or `control` among them).
+    let criterion = opts
+        .items
+        .as_ref()
+        .is_none_or(|items| items.iter().any(|i| i == "control"));
+    if criterion {
+        run_criterion(
+            root,
+            &services,
+            reps,
+            opts.quick,
+            &scratch,
+            &stamp,
+            &mut results,
+        )?;
+    }
+
+    std::fs::create_dir_all(&results_dir)?;
+    let name = match &opts.items {
+        Some(items) => format!("{stamp}-{}", items.join("-")),
+        None => format!("{stamp}-{}", if opts.quick { "quick" } else { "full" }),
+    };
+    let results_file = results_dir.join(format!("{name}.json"));
+    std::fs::write(&results_file, serde_json::to_vec_pretty(&results)?)?;
+    render(
+        &results,
+        &relative_link(&docs_dir, &results_file),
+        &docs_dir,
+    )?;
+    eprintln!("xtask: results in {}", results_file.display());
+    eprintln!("xtask: summary in {}", docs_dir.join("README.md").display());
+    Ok(())
+}
+
+/// lb-userspace's criterion benchmark `control_plane`, added to `results`.
+fn run_criterion(
+    root: &Path,
+    services: &[usize],
+    reps: usize,
+    quick: bool,
+    scratch: &Path,
+    stamp: &str,
+    results: &mut Results,
+) -> Result<()> {
+    let list = |v: &[usize]| {
+        v.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut cp_services = services.to_vec();
     if !cp_services.contains(&10_000) {
         cp_services.push(10_000);
         cp_services.sort_unstable();
@@ -160,11 +231,8 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         .env("SOCKLB_BENCH_SERVICES", list(&cp_services))
         .env("SOCKLB_BENCH_JSON", &cp_json)
         .env("SOCKLB_BENCH_REPEATS", reps.max(3).to_string())
-        .env(
-            "SOCKLB_BENCH_CHANGES",
-            if opts.quick { "500" } else { "2000" },
-        )
-        .env("SOCKLB_BENCH_CRITERION", if opts.quick { "0" } else { "1" })
+        .env("SOCKLB_BENCH_CHANGES", if quick { "500" } else { "2000" })
+        .env("SOCKLB_BENCH_CRITERION", if quick { "0" } else { "1" })
         .current_dir(root);
     eprintln!(
         "xtask: cargo bench -p socklb --bench control_plane (SOCKLB_BENCH_SERVICES={})",
@@ -178,17 +246,6 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         .with_context(|| format!("reading {}", cp_json.display()))?;
     results.control_plane.socklb = Some(cp);
 
-    std::fs::create_dir_all(&results_dir)?;
-    let name = format!("{stamp}-{}", if opts.quick { "quick" } else { "full" });
-    let results_file = results_dir.join(format!("{name}.json"));
-    std::fs::write(&results_file, serde_json::to_vec_pretty(&results)?)?;
-    render(
-        &results,
-        &relative_link(&docs_dir, &results_file),
-        &docs_dir,
-    )?;
-    eprintln!("xtask: results in {}", results_file.display());
-    eprintln!("xtask: summary in {}", docs_dir.join("README.md").display());
     Ok(())
 }
 

@@ -240,6 +240,11 @@ pub struct SyncStats {
     pub skipped_family: Vec<FrontendKey>,
     /// Frontends that were incomplete before and are fully programmed now.
     pub completed: usize,
+    /// Backends that left an internal-scope frontend (the socket hooks' translations),
+    /// compared by address, port and protocol: connected sockets translated to that
+    /// backend for that frontend are now stale. Per frontend: a backend that stays
+    /// behind another frontend is listed only for the one it left.
+    pub departed: Vec<(FrontendKey, BackendKey)>,
     /// External frontends that pick at random because no Maglev table is free.
     pub maglev_full: Vec<FrontendKey>,
     /// Of `ops`, the Maglev table entries written.
@@ -582,6 +587,7 @@ impl ProgrammedState {
         while !queue.is_empty() {
             for key in std::mem::take(&mut queue) {
                 let before = ops.len();
+                let socket_backends = self.socket_backends(&key);
                 let outcome =
                     self.sync_frontend(key, desired.frontends.get(&key), &mut ops, &mut released);
                 let was_incomplete = self.incomplete.contains_key(&key);
@@ -610,6 +616,9 @@ impl ProgrammedState {
                         }
                         self.incomplete.remove(&key);
                     }
+                }
+                if let Some(old) = socket_backends {
+                    self.note_departed(key, old, &mut stats.departed);
                 }
                 if ops.len() > before && changed.insert(key) {
                     stats.frontends_changed += 1;
@@ -992,6 +1001,42 @@ impl ProgrammedState {
         table
     }
 
+    /// The backends of an internal-scope frontend with a protocol (whose connected
+    /// sockets hold their translation), for [`SyncStats::departed`]; None for others.
+    fn socket_backends(&self, key: &FrontendKey) -> Option<Vec<BackendKey>> {
+        if key.scope != Scope::Internal || key.is_wildcard() {
+            return None;
+        }
+        let programmed = self.frontends.get(key)?;
+        Some(
+            programmed
+                .slots
+                .iter()
+                .filter_map(|id| self.backend_keys.get(id).copied())
+                .collect(),
+        )
+    }
+
+    /// Adds to `departed` the backends of `old` the frontend `key` no longer has.
+    fn note_departed(
+        &self,
+        key: FrontendKey,
+        old: Vec<BackendKey>,
+        departed: &mut Vec<(FrontendKey, BackendKey)>,
+    ) {
+        let now: HashSet<_> = self
+            .socket_backends(&key)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|b| (b.addr, b.protocol))
+            .collect();
+        departed.extend(
+            old.into_iter()
+                .filter(|b| !now.contains(&(b.addr, b.protocol)))
+                .map(|b| (key, b)),
+        );
+    }
+
     /// The id of `backend`, written to the backend map when new. The caller checked
     /// that the backend has an encoding in the map.
     fn acquire(&mut self, backend: BackendKey, ops: &mut Vec<MapOp>) -> u32 {
@@ -1363,6 +1408,53 @@ mod tests {
         sync(&mut st, &mut maps, &desired(&[(a, forward(&[shared]))]));
         assert!(maps.backends.contains_key(&id_before));
         assert_eq!(maps.backends.len(), 1);
+    }
+
+    #[test]
+    fn departures_are_per_internal_frontend() {
+        let mut st = ProgrammedState::with_capacity(Capacity::default());
+        let mut maps = MemoryMaps::default();
+        let (a, b) = (fe(10, 53), fe(11, 53));
+        let external = FrontendKey::new(a.frontend().unwrap(), Scope::External);
+        let shared = be(1, 53);
+        let all = desired(&[
+            (a, forward(&[shared, be(2, 53)])),
+            (b, forward(&[shared])),
+            (external, forward(&[shared])),
+        ]);
+        assert!(sync(&mut st, &mut maps, &all).departed.is_empty());
+        // The shared backend leaves a only: listed for a, not for b, not for the
+        // external (TC) frontend.
+        let stats = sync(
+            &mut st,
+            &mut maps,
+            &desired(&[
+                (a, forward(&[be(2, 53)])),
+                (b, forward(&[shared])),
+                (external, forward(&[be(2, 53)])),
+            ]),
+        );
+        assert_eq!(stats.departed, vec![(a, shared)]);
+        // A backend that only became local (same address) has not left.
+        let local = BackendKey {
+            local: true,
+            ..be(2, 53)
+        };
+        let stats = sync(
+            &mut st,
+            &mut maps,
+            &desired(&[(a, forward(&[local])), (b, forward(&[shared]))]),
+        );
+        assert!(stats.departed.is_empty(), "{:?}", stats.departed);
+        // Reject (no endpoints) and removal: every backend left.
+        let stats = sync(
+            &mut st,
+            &mut maps,
+            &desired(&[(a, reject()), (b, forward(&[shared]))]),
+        );
+        assert_eq!(stats.departed, vec![(a, local)]);
+        let stats = sync(&mut st, &mut maps, &desired(&[]));
+        assert_eq!(stats.departed, vec![(b, shared)]);
     }
 
     #[test]
