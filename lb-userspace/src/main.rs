@@ -168,6 +168,13 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Mount bpffs at PATH unless it is one already (the DaemonSet's init container).
+    MountBpffs {
+        #[arg(default_value = "/sys/fs/bpf")]
+        path: PathBuf,
+    },
+    /// Print the version, the git commit and the SHA-256 of the embedded eBPF object.
+    Version,
     /// Detach the socket hooks and remove the pinned maps and links.
     Uninstall {
         /// The cgroup the hooks were attached to: checked afterwards for leftovers.
@@ -353,6 +360,17 @@ fn run() -> anyhow::Result<()> {
                 Output::Table => print!("{}", report.render_table()),
             }
         }
+        Command::MountBpffs { path } => {
+            match socklb::bpffs::ensure_mounted(&path)
+                .with_context(|| format!("mounting bpffs at {}", path.display()))?
+            {
+                socklb::bpffs::Outcome::AlreadyMounted => {
+                    info!(path = %path.display(), "bpffs is mounted already")
+                }
+                socklb::bpffs::Outcome::Mounted => info!(path = %path.display(), "mounted bpffs"),
+            }
+        }
+        Command::Version => print!("{}", version_text()),
         Command::Uninstall { cgroup, bpffs } => {
             if let Some(cgroup) = &cgroup {
                 kernel::check_cgroup2(cgroup)?;
@@ -383,6 +401,19 @@ fn run() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `socklb version`: which release, which commit ("unknown" when built without git
+/// metadata) and which kernel programs (the SHA-256 of the object build.rs embeds,
+/// `sha256sum target/<profile>/build/socklb-*/out/lb-ebpf`).
+fn version_text() -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, kernel::EBPF_OBJECT);
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "socklb {}\ncommit: {}\nebpf object sha256: {hex}\n",
+        env!("CARGO_PKG_VERSION"),
+        env!("SOCKLB_GIT_COMMIT"),
+    )
 }
 
 /// An `address:port` flag, or "off" (None).
@@ -494,6 +525,23 @@ mod tests {
         );
         assert!(parse(&["--lb-algorithm", "round-robin"]).is_err());
         assert_eq!(parse_u32("0x736f_636b"), Ok(DEFAULT_SEED));
+    }
+
+    #[test]
+    fn version_names_release_commit_and_object() {
+        let text = version_text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], format!("socklb {}", env!("CARGO_PKG_VERSION")));
+        let commit = lines[1].strip_prefix("commit: ").unwrap_or_default();
+        assert!(
+            commit == "unknown"
+                || (commit.len() == 40 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
+            "{text}"
+        );
+        let sha = lines[2]
+            .strip_prefix("ebpf object sha256: ")
+            .unwrap_or_default();
+        assert_eq!(sha.len(), 64, "{text}");
     }
 
     #[test]
