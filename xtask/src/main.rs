@@ -3,8 +3,10 @@
 //! - `setup`: installs what a fresh machine lacks (idempotent);
 //! - `build-ebpf`: builds the kernel programs and prints the object's path;
 //! - `test`: the whole test suite (what CI runs);
-//! - `demo`: the self-contained demo sandbox.
+//! - `demo`: the self-contained demo sandbox;
+//! - `image`: the socklb OCI image, without pulling a base image.
 mod bench;
+mod image;
 mod setup;
 
 use std::{
@@ -66,6 +68,22 @@ enum Task {
         #[arg(long, value_delimiter = ',')]
         items: Option<Vec<String>>,
     },
+    /// Build the socklb OCI image (podman, FROM scratch: no registry needed), tagged
+    /// localhost/socklb:<version>, and a docker-archive of it under target/image/.
+    Image {
+        /// Package this socklb binary instead of `cargo build --release -p socklb`.
+        #[arg(long)]
+        socklb: Option<PathBuf>,
+        /// Image name (default localhost/socklb:<version>).
+        #[arg(long)]
+        tag: Option<String>,
+        /// Only make the image's file tree in DIR (what manifests/Dockerfile runs).
+        #[arg(long, value_name = "DIR")]
+        rootfs_only: Option<PathBuf>,
+        /// Do not write the docker-archive.
+        #[arg(long)]
+        no_archive: bool,
+    },
     /// Run the demo: a sandbox with backends, the agent and clients of a ClusterIP.
     Demo {
         /// Arguments for socklb-demo (e.g. --keep-running).
@@ -117,6 +135,20 @@ fn run() -> Result<()> {
                 reps,
                 render,
                 items,
+            },
+        ),
+        Task::Image {
+            socklb,
+            tag,
+            rootfs_only,
+            no_archive,
+        } => image::run(
+            &root,
+            image::Options {
+                socklb,
+                tag,
+                rootfs_only,
+                no_archive,
             },
         ),
         Task::Demo { args } => {
