@@ -28,6 +28,7 @@ pub mod child;
 pub mod cluster;
 pub mod cluster_spec;
 pub mod cmd;
+pub mod container;
 pub mod hold;
 pub mod http;
 pub mod multinode;
