@@ -141,6 +141,9 @@ pub struct AgentConfig {
     /// binary and its arguments appended to it (e.g. `setpriv --bounding-set ... --`),
     /// so the agent keeps the wrapper's pid. Empty: the binary itself.
     pub wrapper: Vec<String>,
+    /// Another `socklb` binary (e.g. a previous release, tests/tests/upgrade.rs);
+    /// `None`: [`try_socklb_bin`].
+    pub bin: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -160,6 +163,7 @@ impl AgentConfig {
             env: Vec::new(),
             netns: None,
             wrapper: Vec::new(),
+            bin: None,
         }
     }
 
@@ -240,7 +244,10 @@ pub struct Agent {
 impl Agent {
     /// Starts `socklb agent --manifests DIR --cgroup CGROUP --bpffs PINDIR --node NODE`.
     pub fn start(config: &AgentConfig) -> Result<Agent> {
-        let bin = try_socklb_bin()?;
+        let bin = match &config.bin {
+            Some(bin) => bin.clone(),
+            None => try_socklb_bin()?,
+        };
         let logs = TempDir::new("agent")?;
         let log_path = logs.path().join("agent.log");
         let log = File::create(&log_path)

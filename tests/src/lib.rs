@@ -36,6 +36,7 @@ pub mod names;
 pub mod netns;
 pub mod pins;
 pub mod privileges;
+pub mod release;
 pub mod report;
 pub mod sandbox;
 pub mod tempdir;

@@ -629,6 +629,8 @@ pub struct AgentOptions {
     pub env: Vec<(String, String)>,
     /// The agent is started through this command ([`AgentConfig::wrapper`]).
     pub wrapper: Vec<String>,
+    /// Another `socklb` binary ([`AgentConfig::bin`]).
+    pub bin: Option<std::path::PathBuf>,
 }
 
 impl Default for AgentOptions {
@@ -638,6 +640,7 @@ impl Default for AgentOptions {
             extra_args: vec!["--poll-interval-ms".into(), "50".into()],
             env: Vec::new(),
             wrapper: Vec::new(),
+            bin: None,
         }
     }
 }
@@ -1119,6 +1122,7 @@ impl MultiNode {
         config.extra_args.extend(opts.extra_args.iter().cloned());
         config.env = opts.env.clone();
         config.wrapper = opts.wrapper.clone();
+        config.bin = opts.bin.clone();
         node.agent = Some(Agent::start(&config)?);
         Ok(())
     }
