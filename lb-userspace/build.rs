@@ -29,15 +29,23 @@ fn main() -> anyhow::Result<()> {
 
 /// Sets `SOCKLB_GIT_COMMIT` for the build: `$SOCKLB_GIT_COMMIT` when given (a build
 /// without `.git`, e.g. `docker build`, whose context leaves `.git` out, passes it as a
-/// build argument), else `git rev-parse HEAD` of the work tree, else "unknown" (a
-/// tarball, or no git). Reruns only when HEAD or the branch it names moves, not on
-/// every edit, so a modified work tree reports the commit it started from.
+/// build argument), else `git rev-parse HEAD` of the workspace's own repository, else
+/// "unknown" (a tarball, or no git). Reruns only when HEAD or the branch it names
+/// moves, not on every edit, so a modified work tree reports the commit it started
+/// from.
 fn git_commit(manifest_dir: &Path) {
     println!("cargo:rerun-if-env-changed=SOCKLB_GIT_COMMIT");
     let given = std::env::var("SOCKLB_GIT_COMMIT")
         .ok()
         .filter(|c| !c.trim().is_empty());
     let commit = given.or_else(|| {
+        // Only this workspace's own repository: a tarball unpacked inside some other
+        // git work tree must not report that tree's commit.
+        let top = git(manifest_dir, &["rev-parse", "--show-toplevel"])?;
+        let workspace = manifest_dir.parent()?.canonicalize().ok()?;
+        if Path::new(&top).canonicalize().ok()? != workspace {
+            return None;
+        }
         let head = git(manifest_dir, &["rev-parse", "--verify", "HEAD"])?;
         // HEAD, the branch it is on (none when detached), and packed refs.
         let branch = git(manifest_dir, &["rev-parse", "--symbolic-full-name", "HEAD"])

@@ -379,7 +379,9 @@ fn kustomize_build() -> Option<String> {
         manifests_dir().display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    Some(String::from_utf8(out.stdout).expect("kustomize prints UTF-8"))
+    Some(
+        String::from_utf8(out.stdout).unwrap_or_else(|e| panic!("kustomize printed no UTF-8: {e}")),
+    )
 }
 
 /// What kustomize renders is what the files say, each object parsed strictly into its
@@ -460,7 +462,7 @@ fn the_rendered_kustomization_parses_strictly_into_the_files_objects() {
 fn values<T: Serialize>(objects: &[T]) -> Vec<Value> {
     objects
         .iter()
-        .map(|o| serde_json::to_value(o).expect("k8s-openapi objects serialize"))
+        .map(|o| serde_json::to_value(o).unwrap_or_else(|e| panic!("does not serialize: {e}")))
         .collect()
 }
 
