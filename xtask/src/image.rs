@@ -81,18 +81,27 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
             root.join("target/release/socklb")
         }
     };
+    let tag = opts.tag.unwrap_or_else(default_tag);
     let work = root.join("target/image");
-    let rootfs = work.join("rootfs");
+    // One tree per image name: two builds of different images do not share it.
+    let safe: String = tag
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let rootfs = work.join(format!("rootfs-{safe}"));
     if rootfs.exists() {
         fs::remove_dir_all(&rootfs).with_context(|| format!("removing {}", rootfs.display()))?;
     }
     let files = assemble_rootfs(&socklb, &rootfs)?;
     print_tree(&rootfs, &files);
 
-    let tar = work.join("rootfs.tar");
+    let tar = work.join(format!("rootfs-{safe}.tar"));
     layer_tar(root, &rootfs, &tar)?;
-    let tag = opts.tag.unwrap_or_else(default_tag);
-    let id = import(&tar, &tag, &stage)?;
+    let id = import(&tar, &tag, &stage);
+    // The image holds both now; `--rootfs-only DIR` keeps a tree to look at.
+    let _ = fs::remove_file(&tar);
+    let _ = fs::remove_dir_all(&rootfs);
+    let id = id?;
     eprintln!("xtask: image {tag} ({id})");
     if !opts.no_archive {
         let archive = work.join(format!("socklb_{}.tar", env!("CARGO_PKG_VERSION")));
