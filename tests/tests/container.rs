@@ -258,8 +258,8 @@ fn the_image_runs_as_the_daemonset_declares_and_leaves_nothing() {
     let liveness = run.liveness.clone().expect("livenessProbe");
     assert_eq!(probe(&netns, &liveness), Some(200), "{liveness:?}");
 
-    // Exactly the manifest's capabilities, no privilege escalation, read-only root
-    // and cgroup, writable bpffs.
+    // Exactly the manifest's capabilities, privilege escalation and root file system
+    // as it says, read-only cgroup, writable bpffs.
     let pid = agent.pid().unwrap();
     let sc = &spec.raw()["containers"][0]["securityContext"];
     assert_eq!(spec.raw()["containers"][0]["name"], "agent");
@@ -274,9 +274,23 @@ fn the_image_runs_as_the_daemonset_declares_and_leaves_nothing() {
         let have = u64::from_str_radix(&proc_status(pid, set).unwrap(), 16).unwrap();
         assert_eq!(have, want, "{set} of the agent (pid {pid}): {have:#x}");
     }
-    assert_eq!(proc_status(pid, "NoNewPrivs").unwrap(), "1");
+    let no_new_privs = if sc["allowPrivilegeEscalation"] == json!(false) {
+        "1"
+    } else {
+        "0"
+    };
+    assert_eq!(
+        proc_status(pid, "NoNewPrivs").unwrap(),
+        no_new_privs,
+        "{sc}"
+    );
+    let root = if sc["readOnlyRootFilesystem"] == json!(true) {
+        "ro"
+    } else {
+        "rw"
+    };
     let cgroup_mount = flag(&run.args, "--cgroup");
-    for (path, want) in [("/", "ro"), (cgroup_mount, "ro"), ("/sys/fs/bpf", "rw")] {
+    for (path, want) in [("/", root), (cgroup_mount, "ro"), ("/sys/fs/bpf", "rw")] {
         let opts = mount_options(pid, path).unwrap_or_default();
         assert!(
             opts.split(',').any(|o| o == want),
