@@ -6,7 +6,7 @@
 //! DaemonSet's rolling update replaces it (maxSurge 0: the old agent stops, then the
 //! new one starts on the same pins) while TCP and UDP clients run against a ClusterIP
 //! (socket hooks) and a NodePort (TC). The map layout differs between the two:
-//! 0.1.0 pins `lb_stats_v2`, the current one `lb_stats_v3` and four maps 0.1.0 does
+//! 0.1.0 pins `lb_stats_v2`, the current one `lb_stats_v3` and five maps 0.1.0 does
 //! not have. Not one connection or datagram may fail, the new programs must replace
 //! the old links, and the retired map's pin must be gone once they are attached.
 //!
@@ -287,6 +287,7 @@ fn the_previous_release_is_replaced_without_a_failed_connect_and_back() {
         "lb4_affmatch_v1",
         "lb_agent_v1",
         "lb4_rej_rate_v1",
+        "lb4_maglev_v1",
     ];
     for m in new_maps {
         assert!(!has(&pins, m), "0.1.0 has no {m}");
