@@ -8,7 +8,13 @@
 
 pub mod maglev;
 mod stale;
+pub mod v6;
 pub use stale::*;
+pub use v6::{
+    Addr6, Affinity6Key, AffinityMatch6Key, Backend6, Ct6Key, Ct6Value, Device6, Frag6Key,
+    RevNat6Key, RevNat6Value, SOCK_STATE_FLAG_MAPPED, SRC_RANGE6_FRONTEND_BITS, SockBackend6Key,
+    SockKill6Key, SockState6, SrcRange6Key, Svc6Key,
+};
 
 /// IP protocol numbers as they appear in keys.
 pub const IPPROTO_TCP: u8 = 6;
@@ -61,8 +67,40 @@ pub mod map_names {
     /// ([`u32`] index -> [`super::maglev::MaglevEntries`]), a header and then table
     /// after table (see [`super::maglev`]). Sized by the agent at load time.
     pub const MAGLEV4: &str = "lb4_maglev_v1";
+
+    // The IPv6 twins ([`super::v6`]): the same meaning with 128-bit addresses.
+    /// IPv6 service table ([`super::Svc6Key`] -> [`super::Svc4Value`]).
+    pub const SVC6: &str = "lb6_svc_v1";
+    /// IPv6 backends by id ([`u32`] -> [`super::Backend6`]); ids of their own.
+    pub const BACKEND6: &str = "lb6_be_v1";
+    /// IPv6 reverse translation ([`super::RevNat6Key`] -> [`super::RevNat6Value`]).
+    pub const REVNAT6: &str = "lb6_rnat_v1";
+    /// IPv6 UDP backend choice ([`super::SockBackend6Key`] -> [`super::SockBackend4Value`]).
+    pub const SOCK_BACKEND6: &str = "lb6_sk_be_v1";
+    /// Socket local storage of AF_INET6 sockets ([`super::SockState6`]).
+    pub const SOCK_STATE6: &str = "lb6_sk_st_v1";
+    /// IPv6 conntrack ([`super::Ct6Key`] -> [`super::Ct6Value`]).
+    pub const CT6: &str = "lb6_ct_v1";
+    /// This node's IPv6 addresses ([`super::Addr6`] -> [`super::NodeAddr4`]).
+    pub const NODE_ADDR6: &str = "lb6_node_ip_v1";
+    /// Per device, the IPv6 address SNAT uses (ifindex -> [`super::Device6`]).
+    pub const DEVICE6: &str = "lb6_dev_v1";
+    /// IPv6 first fragments' ports ([`super::Frag6Key`] -> [`super::Frag4Value`]).
+    pub const FRAG6: &str = "lb6_frag_v1";
+    /// IPv6 loadBalancerSourceRanges (LPM trie of [`super::SrcRange6Key`] -> u8).
+    pub const SRC_RANGE6: &str = "lb6_srcrng_v1";
+    /// IPv6 session affinity ([`super::Affinity6Key`] -> [`super::Affinity4Value`]).
+    pub const AFFINITY6: &str = "lb6_aff_v1";
+    /// IPv6 affinity matches ([`super::AffinityMatch6Key`] -> [`super::AffinityMatch4Value`]).
+    pub const AFFINITY_MATCH6: &str = "lb6_affmatch_v1";
+    /// Maglev tables of IPv6 external frontends (as [`MAGLEV4`], IPv6 backend ids).
+    pub const MAGLEV6: &str = "lb6_maglev_v1";
+    /// IPv6 kill map of stale-socket termination ([`super::SockKill6Key`] -> u8); not
+    /// pinned, as [`SOCK_KILL4`].
+    pub const SOCK_KILL6: &str = "lb6_sk_kill_v1";
+
     /// Every map the data path pins, for inspection and uninstall.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 29] = [
         SVC4,
         BACKEND4,
         REVNAT4,
@@ -79,6 +117,19 @@ pub mod map_names {
         AGENT_STATUS,
         REJECT_RATE4,
         MAGLEV4,
+        SVC6,
+        BACKEND6,
+        REVNAT6,
+        SOCK_BACKEND6,
+        SOCK_STATE6,
+        CT6,
+        NODE_ADDR6,
+        DEVICE6,
+        FRAG6,
+        SRC_RANGE6,
+        AFFINITY6,
+        AFFINITY_MATCH6,
+        MAGLEV6,
     ];
     /// Names earlier versions pinned and nothing reads any more: the agent removes
     /// their pins (a program of the old agent still running keeps its map alive
@@ -748,6 +799,20 @@ mod pod {
     // assertions above equal the sum of the field sizes), so any byte pattern of the
     // right length is a valid value.
     unsafe impl aya::Pod for super::Svc4Key {}
+    unsafe impl aya::Pod for super::Svc6Key {}
+    unsafe impl aya::Pod for super::Backend6 {}
+    unsafe impl aya::Pod for super::RevNat6Key {}
+    unsafe impl aya::Pod for super::RevNat6Value {}
+    unsafe impl aya::Pod for super::SockBackend6Key {}
+    unsafe impl aya::Pod for super::SockState6 {}
+    unsafe impl aya::Pod for super::Ct6Key {}
+    unsafe impl aya::Pod for super::Ct6Value {}
+    unsafe impl aya::Pod for super::Device6 {}
+    unsafe impl aya::Pod for super::Frag6Key {}
+    unsafe impl aya::Pod for super::SrcRange6Key {}
+    unsafe impl aya::Pod for super::Affinity6Key {}
+    unsafe impl aya::Pod for super::AffinityMatch6Key {}
+    unsafe impl aya::Pod for super::SockKill6Key {}
     unsafe impl aya::Pod for super::AgentStatus {}
     unsafe impl aya::Pod for super::Svc4Value {}
     unsafe impl aya::Pod for super::Backend4 {}
@@ -855,7 +920,10 @@ mod tests {
 
     #[test]
     fn map_names_fit_the_kernel() {
-        for name in map_names::ALL.iter().chain([&map_names::SOCK_KILL4]) {
+        for name in map_names::ALL
+            .iter()
+            .chain([&map_names::SOCK_KILL4, &map_names::SOCK_KILL6])
+        {
             assert!(name.len() <= 15, "{name} is longer than 15 characters");
             assert!(!map_names::RETIRED.contains(name), "{name} is retired");
         }

@@ -77,6 +77,34 @@ pub fn flow_hash(
     )
 }
 
+/// [`flow_hash`] of an IPv6 flow: each address folded to 32 bits (the XOR of its four
+/// words, in the same raw order), so the same table layout and entry positions serve
+/// both families.
+#[inline(always)]
+pub fn flow_hash6(
+    seed: u32,
+    saddr: &[u32; 4],
+    frontend_addr: &[u32; 4],
+    sport: u16,
+    dport: u16,
+    proto: u8,
+) -> u32 {
+    flow_hash(
+        seed,
+        fold6(saddr),
+        fold6(frontend_addr),
+        sport,
+        dport,
+        proto,
+    )
+}
+
+/// An IPv6 address folded to one word.
+#[inline(always)]
+pub fn fold6(a: &[u32; 4]) -> u32 {
+    a[0] ^ a[1] ^ a[2] ^ a[3]
+}
+
 /// The kernel's `jhash_3words` (include/linux/jhash.h).
 #[inline(always)]
 pub fn jhash_3words(a: u32, b: u32, c: u32, initval: u32) -> u32 {

@@ -9,9 +9,9 @@
 //! agent's flags (the same flags wrote the tables): with the random algorithm the size
 //! is 0 and the verifier, which knows frozen read-only data, drops this code.
 use aya_ebpf::Global;
-use lb_common::maglev::{ENTRIES_PER_VALUE, entry_position, flow_hash};
+use lb_common::maglev::{ENTRIES_PER_VALUE, entry_position};
 
-use crate::{lb::Frontend, maps::MAGLEV4};
+use crate::{family::Family, lb::Frontend};
 
 const _: () = assert!(ENTRIES_PER_VALUE == 2, "select reads one of two entries");
 
@@ -27,7 +27,7 @@ static MAGLEV_SEED: Global<u32> = Global::new(0);
 /// (network byte order), if the frontend has a table and its entry names a backend.
 /// None lets the caller pick at random: a table being written never fails a flow.
 #[inline(always)]
-pub fn backend_id(fe: &Frontend, saddr: u32, sport: u16) -> Option<u32> {
+pub fn backend_id<F: Family>(fe: &Frontend<F>, saddr: &F::Addr, sport: u16) -> Option<u32> {
     // The size first: a constant to the verifier, so with the random algorithm it
     // stops here.
     let m = MAGLEV_TABLE_SIZE.load();
@@ -39,17 +39,10 @@ pub fn backend_id(fe: &Frontend, saddr: u32, sport: u16) -> Option<u32> {
     if table == 0 {
         return None;
     }
-    let hash = flow_hash(
-        MAGLEV_SEED.load(),
-        saddr,
-        fe.key.address,
-        sport,
-        fe.key.dport,
-        fe.key.proto,
-    );
+    let hash = F::flow_hash(MAGLEV_SEED.load(), saddr, sport, &fe.key);
     let position = entry_position(table, m, hash);
     let value = u32::try_from(position / ENTRIES_PER_VALUE as u64).ok()?;
-    let entries = MAGLEV4.get(value)?;
+    let entries = F::maglev_entries(value)?;
     let backend_id = if position % ENTRIES_PER_VALUE as u64 == 0 {
         entries.backend_ids[0]
     } else {

@@ -78,6 +78,7 @@ fn verified_counts(maglev_table_size: Option<u32>) -> Result<BTreeMap<String, u6
             map_names::STATS,
             map_names::AGENT_STATUS,
             map_names::SOCK_STATE4,
+            map_names::SOCK_STATE6,
         ]
         .contains(&name)
             && !name.contains("rej_rate")
