@@ -540,8 +540,14 @@ pub struct Status {
     pub frontends: Vec<StatusFrontend>,
     /// The node's addresses (where NodePorts answer).
     pub node_addresses: Vec<String>,
+    /// Cluster IPs whose other ports are refused (by the socket hooks).
+    pub service_addresses: Vec<String>,
     /// LoadBalancer and external IPs whose other ports are refused from outside.
     pub external_service_addresses: Vec<String>,
+    /// Backends reachable from a frontend.
+    pub backends: u64,
+    /// Service map entries reachable by a reader (frontends, their slots, wildcards).
+    pub service_map_entries: u64,
     /// Live conntrack entries (two per external flow).
     pub conntrack_entries: u64,
     pub counters: BTreeMap<String, u64>,
@@ -560,6 +566,7 @@ pub struct StatusFrontend {
     pub backends: Vec<String>,
     /// The Maglev table slot 0 names; 0 = random picks.
     pub maglev_table: u32,
+    pub affinity_timeout_s: u64,
 }
 
 impl Status {
