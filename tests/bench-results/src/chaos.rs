@@ -1,0 +1,114 @@
+//! What the chaos run (`cargo xtask chaos`, a stage of `cargo xtask bench`) writes: the
+//! agent killed with SIGKILL at random points of its syncs while clients use services
+//! whose backends stay ready, and what the next agent found and repaired.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::spread::Spread;
+
+/// One chaos run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChaosResults {
+    /// The seed of every random choice (the same seed makes the same changes and kill
+    /// delays; where a kill lands still depends on the machine's timing).
+    pub seed: u64,
+    /// The cargo profile of the agent (`release`, `debug`).
+    pub profile: String,
+    pub scale: ChaosScale,
+    /// Cycles run: changes written, a SIGKILL, a restart, the checks.
+    pub cycles: usize,
+    /// SIGKILLs sent, by where they landed.
+    pub kills: ChaosKills,
+    /// The clients of the services whose backends stayed ready, over the whole run.
+    pub tcp: ChaosClient,
+    pub udp: ChaosClient,
+    /// After a restart: the maps did not hold what `socklb plan` wants (extra, missing
+    /// or different frontends, map entries no frontend reaches), one line each.
+    pub divergences: Vec<String>,
+    /// Pins the pin directory should not hold (or lacks), programs attached to the
+    /// cgroup more or fewer times than once per hook, one line each.
+    pub leaks: Vec<String>,
+    /// What `socklb uninstall` left after the last cycle (pins, attached programs).
+    pub left_after_uninstall: Vec<String>,
+    /// From the restart (process start) to the agent's "ready" (its first sync done,
+    /// after adopting and repairing what the killed agent left), milliseconds.
+    pub repair_ms: Spread,
+    /// The part of `repair_ms` after the agent attached its programs: adopting the
+    /// maps, removing what no reader reaches, the first full sync; milliseconds.
+    pub repair_sync_ms: Spread,
+    /// Calibration: a bulk file written under a running agent until its maps are
+    /// written, milliseconds (from the file's rename to the agent's log line).
+    pub bulk_apply_ms: Spread,
+    /// Calibration: the agent's own figure for that sync (events in to maps written).
+    pub bulk_sync_ms: Spread,
+    /// Wall time of the run, seconds.
+    pub elapsed_s: f64,
+}
+
+/// What the run used.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChaosScale {
+    /// Services the clients use (their backends stay ready; one endpoint each comes and
+    /// goes, its pod serving throughout).
+    pub stable_services: usize,
+    /// Files of bulk services added, rewritten (new endpoints) and removed.
+    pub bulk_files: usize,
+    pub bulk_services_per_file: usize,
+    pub endpoints_per_bulk_service: usize,
+    /// The most frontends `socklb plan` wanted at one time.
+    pub max_frontends: usize,
+}
+
+/// Where the SIGKILLs landed, judged from the maps the killed agent left (read back
+/// before the next agent starts): as they were before the change, as the plan after it
+/// wants, or neither (mid-sync).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChaosKills {
+    pub total: usize,
+    /// The maps held neither the state before the change nor the one after it.
+    pub mid_sync: usize,
+    /// The maps were as before the change (killed before its sync wrote anything).
+    pub before_sync: usize,
+    /// The maps were as the plan after the change wants (killed after its sync).
+    pub after_sync: usize,
+    /// Of all kills, those of an agent during its start (install, adoption, first
+    /// sync), with changes made while no agent ran.
+    pub during_start: usize,
+}
+
+/// One client's figures.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChaosClient {
+    /// The service address.
+    pub to: String,
+    /// TCP connections tried, UDP datagrams sent.
+    pub attempts: u64,
+    /// TCP connections that got an answer, UDP replies.
+    pub ok: u64,
+    /// Failures by name (errno names, `TIMEOUT`, ...).
+    pub errors: BTreeMap<String, u64>,
+    /// Answers per backend id.
+    pub backends: BTreeMap<String, u64>,
+}
+
+impl ChaosClient {
+    pub fn failed(&self) -> u64 {
+        self.errors.values().sum()
+    }
+}
+
+impl ChaosResults {
+    /// Whether the run met every target: no failed connect or datagram, no
+    /// divergence, no leak, nothing left after uninstall.
+    pub fn clean(&self) -> bool {
+        self.tcp.failed() == 0
+            && self.udp.failed() == 0
+            && self.tcp.ok == self.tcp.attempts
+            && self.udp.ok == self.udp.attempts
+            && self.divergences.is_empty()
+            && self.leaks.is_empty()
+            && self.left_after_uninstall.is_empty()
+    }
+}
