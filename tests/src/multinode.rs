@@ -1109,11 +1109,19 @@ impl MultiNode {
     /// Starts `socklb agent --manifests DIR --node node-N --cgroup CG --bpffs PINS
     /// [--devices lan0]` inside node N's network namespace (ends an agent it had).
     pub fn start_agent(&mut self, n: u8, opts: &AgentOptions) -> Result<()> {
-        let manifests = self.manifests.path().to_path_buf();
+        let config = self.agent_config(n, opts)?;
         let node = self.node_mut(n)?;
         node.agent = None;
+        node.agent = Some(Agent::start(&config)?);
+        Ok(())
+    }
+
+    /// How [`MultiNode::start_agent`] starts node N's agent (for a test that starts,
+    /// kills and replaces it itself).
+    pub fn agent_config(&self, n: u8, opts: &AgentOptions) -> Result<AgentConfig> {
+        let node = self.try_node(n).ok_or_else(|| anyhow!("no node {n}"))?;
         let mut config = AgentConfig::new(
-            manifests,
+            self.manifests.path(),
             node.cgroup.path(),
             node.pins.path(),
             node_name(n),
@@ -1126,8 +1134,7 @@ impl MultiNode {
         config.extra_args.extend(opts.extra_args.iter().cloned());
         config.env = opts.env.clone();
         config.wrapper = opts.wrapper.clone();
-        node.agent = Some(Agent::start(&config)?);
-        Ok(())
+        Ok(config)
     }
 
     /// Restarts node N's agent as a rolling update does: SIGTERM (it must exit 0, the
@@ -1210,6 +1217,12 @@ impl MultiNode {
         } else {
             bail!("{}", errors.join("\n"))
         }
+    }
+
+    /// `socklb uninstall --cgroup CG --bpffs PINS` of node N, in its namespace; fails
+    /// unless it exits 0.
+    pub fn uninstall(&self, n: u8) -> Result<()> {
+        uninstall_in(self.try_node(n).ok_or_else(|| anyhow!("no node {n}"))?)
     }
 
     /// `socklb plan --manifests DIR --node node-N -o json`.
