@@ -10,18 +10,41 @@
 //! pass when those are missing; under CI=true they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use socklb_tests::chaos::{self, ChaosOptions};
+use socklb_tests::chaos::{self, ChaosOptions, DataPath};
 use socklb_tests::require_privileges;
 
+fn run(datapath: DataPath, cycles: usize, bulk_services: usize) {
+    let seed = chaos::seed_from_env();
+    eprintln!("chaos seed {seed} (SOCKLB_CHAOS_SEED={seed} repeats it)");
+    let mut opts = ChaosOptions::new(seed, cycles);
+    opts.datapath = datapath;
+    opts.bulk_services_per_file = bulk_services;
+    let r = chaos::run(&opts).unwrap();
+    for line in r.lines() {
+        eprintln!("chaos: {line}");
+    }
+    assert_eq!(r.cycles, cycles);
+    assert!(r.kills.total > cycles, "{:?}", r.kills);
+    assert!(r.tcp.attempts > 500, "the TCP client ran: {:?}", r.tcp);
+    assert!(r.udp.attempts > 500, "the UDP client ran: {:?}", r.udp);
+    assert!(r.clean(), "seed {seed}:\n{}", r.lines().join("\n"));
+}
+
+/// The socket hooks (ClusterIP): clients on the node in the cgroup.
 #[test]
 fn sigkill_at_random_points_of_syncs_fails_no_client_and_leaves_nothing() {
     if !require_privileges() {
         return;
     }
-    let seed = chaos::seed_from_env();
-    eprintln!("chaos seed {seed} (SOCKLB_CHAOS_SEED={seed} repeats it)");
-    let r = chaos::run(&ChaosOptions::new(seed, 6)).unwrap();
-    eprintln!("{r:#?}");
-    assert_eq!(r.cycles, 6);
-    assert!(r.clean(), "seed {seed}: {r:#?}");
+    run(DataPath::SocketHooks, 6, 500);
+}
+
+/// The TC path (NodePort): clients outside the node, the agent on the node's LAN
+/// device.
+#[test]
+fn sigkill_under_node_port_traffic_fails_no_client_and_leaves_nothing() {
+    if !require_privileges() {
+        return;
+    }
+    run(DataPath::NodePort, 4, 300);
 }

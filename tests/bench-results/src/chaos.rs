@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::format::{fmt, group};
 use crate::spread::Spread;
 
 /// One chaos run.
@@ -110,5 +111,80 @@ impl ChaosResults {
             && self.divergences.is_empty()
             && self.leaks.is_empty()
             && self.left_after_uninstall.is_empty()
+    }
+}
+
+impl ChaosResults {
+    /// The figures, one line each (a terminal's and the summary's text).
+    pub fn lines(&self) -> Vec<String> {
+        let k = &self.kills;
+        let client = |what: &str, c: &ChaosClient, unit: &str| {
+            format!(
+                "{what} {}: {} {unit}, {} failed{}",
+                c.to,
+                group(c.attempts as i64),
+                group(c.failed() as i64),
+                if c.errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {:?}", c.errors)
+                }
+            )
+        };
+        let ms = |s: &Spread| {
+            format!(
+                "median {} ms (min {}, max {}, n = {})",
+                fmt(s.median),
+                fmt(s.min),
+                fmt(s.max),
+                s.n
+            )
+        };
+        let mut out = vec![
+            format!(
+                "seed {}, {} cycles, {} agent ({} bulk files of {} services x {} endpoints next to {} stable services; up to {} frontends)",
+                self.seed,
+                self.cycles,
+                self.profile,
+                self.scale.bulk_files,
+                group(self.scale.bulk_services_per_file as i64),
+                self.scale.endpoints_per_bulk_service,
+                self.scale.stable_services,
+                group(self.scale.max_frontends as i64),
+            ),
+            format!(
+                "kills: {} ({} mid-sync, {} before the sync wrote anything, {} after it; {} of them during an agent's start)",
+                k.total, k.mid_sync, k.before_sync, k.after_sync, k.during_start
+            ),
+            client("TCP", &self.tcp, "connections"),
+            client("UDP", &self.udp, "datagrams"),
+            format!(
+                "divergences from the plan after a restart: {}",
+                self.divergences.len()
+            ),
+            format!("leaked pins or links: {}", self.leaks.len()),
+            format!(
+                "left after uninstall: {}",
+                if self.left_after_uninstall.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    self.left_after_uninstall.join("; ")
+                }
+            ),
+            format!("restart to ready (repair): {}", ms(&self.repair_ms)),
+            format!(
+                "  of which adoption, cleanup and the first sync: {}",
+                ms(&self.repair_sync_ms)
+            ),
+            format!(
+                "a bulk file under a running agent: applied in {}, its sync {}",
+                ms(&self.bulk_apply_ms),
+                ms(&self.bulk_sync_ms)
+            ),
+            format!("wall time {} s", fmt(self.elapsed_s)),
+        ];
+        out.extend(self.divergences.iter().map(|d| format!("divergence: {d}")));
+        out.extend(self.leaks.iter().map(|d| format!("leak: {d}")));
+        out
     }
 }
