@@ -15,6 +15,9 @@ pub struct ChaosResults {
     /// The seed of every random choice (the same seed makes the same changes and kill
     /// delays; where a kill lands still depends on the machine's timing).
     pub seed: u64,
+    /// `socket-hooks` (cluster IPs, clients on the node in its cgroup) or `node-port`
+    /// (the TC programs on the node's device, clients outside the node).
+    pub datapath: String,
     /// The cargo profile of the agent (`release`, `debug`).
     pub profile: String,
     pub scale: ChaosScale,
@@ -40,9 +43,11 @@ pub struct ChaosResults {
     /// maps, removing what no reader reaches, the first full sync; milliseconds.
     pub repair_sync_ms: Spread,
     /// Calibration: a bulk file written under a running agent until its maps are
-    /// written, milliseconds (from the file's rename to the agent's log line).
+    /// written, milliseconds (from the file's rename to the agent's last "data path
+    /// updated" line for it).
     pub bulk_apply_ms: Spread,
-    /// Calibration: the agent's own figure for that sync (events in to maps written).
+    /// Calibration: the syncs of that change (from the manifest source's "manifests
+    /// changed" line to that last line), milliseconds.
     pub bulk_sync_ms: Spread,
     /// Wall time of the run, seconds.
     pub elapsed_s: f64,
@@ -142,7 +147,8 @@ impl ChaosResults {
         };
         let mut out = vec![
             format!(
-                "seed {}, {} cycles, {} agent ({} bulk files of {} services x {} endpoints next to {} stable services; up to {} frontends)",
+                "{}: seed {}, {} cycles, {} agent ({} bulk files of {} services x {} endpoints next to {} stable services; up to {} frontends)",
+                self.datapath,
                 self.seed,
                 self.cycles,
                 self.profile,

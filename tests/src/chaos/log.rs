@@ -72,6 +72,22 @@ impl LogTail {
     }
 }
 
+impl LogTail {
+    /// Waits for lines with `needle` until none came for `quiet` (or `timeout`
+    /// passed); returns when the last one came, if any did.
+    pub fn last_of(&mut self, needle: &str, quiet: Duration, timeout: Duration) -> Option<Instant> {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.wait_for(needle, quiet.min(left)) {
+                Some(_) => last = Some(Instant::now()),
+                None => return last,
+            }
+        }
+    }
+}
+
 /// Waits (polling every 5 ms) until the agent logged [`READY`]; false on timeout or
 /// when it exited first.
 pub fn wait_ready(agent: &mut Agent, timeout: Duration) -> bool {

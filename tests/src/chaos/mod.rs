@@ -64,6 +64,8 @@ use objects::{Churn, DNS_NODE_PORT, DNS_TARGET, WEB_NODE_PORT, WEB_TARGET};
 
 /// The very first start is killed within this many milliseconds of its beginning.
 const COLD_START_MS: f64 = 300.0;
+/// Calibration: a change is applied once no sync came for this long.
+const CALIBRATION_QUIET: Duration = Duration::from_millis(300);
 /// How long an agent may take to get ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -77,6 +79,16 @@ pub enum DataPath {
     /// TC programs on `lan0`, the clients outside the node, to web's and dns's
     /// NodePorts.
     NodePort,
+}
+
+impl DataPath {
+    /// The name in the results and on socklb-bench's command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            DataPath::SocketHooks => "socket-hooks",
+            DataPath::NodePort => "node-port",
+        }
+    }
 }
 
 /// What a run does.
@@ -254,9 +266,9 @@ enum Landed {
 /// Spans measured on the running agents, from which kill delays are drawn.
 struct Spans {
     /// A change written until its maps are written (the poll, the quiet wait, the
-    /// re-read, the sync).
+    /// re-read, the syncs).
     apply_ms: f64,
-    /// [`CHANGED`] until [`UPDATED`]: the sync.
+    /// [`CHANGED`] until the last [`UPDATED`] of the change: its syncs.
     sync_ms: f64,
     /// A start until ready.
     start_ms: Vec<f64>,
@@ -365,14 +377,14 @@ impl Run<'_> {
         let mut sync = Vec::new();
         for k in 0..self.churn.bulk_files().div_ceil(2) {
             let mut tail = LogTail::at_end(agent.log_path())?;
-            let t = Instant::now();
             self.churn.add_bulk(k, self.env.manifests, &mut self.rng)?;
+            let t = Instant::now();
             let changed = tail
                 .wait_for(CHANGED, READY_TIMEOUT)
                 .map(|_| Instant::now());
-            let updated = tail
-                .wait_for(UPDATED, READY_TIMEOUT)
-                .map(|_| Instant::now());
+            // A large change may be applied in several syncs (the agent starts one as
+            // soon as the events it has are applied): up to the last of them.
+            let updated = tail.last_of(UPDATED, CALIBRATION_QUIET, READY_TIMEOUT);
             let (Some(changed), Some(updated)) = (changed, updated) else {
                 bail!(
                     "the agent did not apply bulk-{k} (or logged no {CHANGED:?}):\n{}",
@@ -678,6 +690,7 @@ fn drive(
         rng: StdRng::seed_from_u64(opts.seed),
         results: ChaosResults {
             seed: opts.seed,
+            datapath: opts.datapath.name().into(),
             profile: crate::agent::target_profile_dir()
                 .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
                 .unwrap_or_default(),
