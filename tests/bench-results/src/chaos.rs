@@ -194,3 +194,30 @@ impl ChaosResults {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_means_no_failure_divergence_or_leak() {
+        let mut r = ChaosResults {
+            datapath: "socket-hooks".into(),
+            cycles: 2,
+            ..Default::default()
+        };
+        r.tcp.attempts = 10;
+        r.tcp.ok = 10;
+        assert!(r.clean());
+        assert!(r.lines()[0].starts_with("socket-hooks: seed 0, 2 cycles"));
+        r.tcp.ok = 9;
+        assert!(!r.clean(), "a connection without an answer");
+        r.tcp.ok = 10;
+        r.leaks
+            .push("cycle 1: pins a clean start does not have".into());
+        assert!(!r.clean());
+        assert!(r.lines().iter().any(|l| l.starts_with("leak: cycle 1")));
+        let back: ChaosResults = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+    }
+}
