@@ -142,7 +142,9 @@ pub enum Incomplete {
     /// Programmed with `programmed` of its `wanted` backends: the maps had no room for
     /// the others.
     BackendsTruncated { programmed: usize, wanted: usize },
-    /// Of an address family the maps do not hold.
+    /// Backends or source ranges of another address family than the frontend's (the
+    /// plan never makes such a frontend: a family's frontends get that family's
+    /// endpoints).
     AddressFamily,
 }
 
@@ -180,7 +182,8 @@ pub struct Fill {
 }
 
 /// Mirror of what one family's maps hold, kept by the agent so a sync needs no map
-/// reads. It programs the frontends of its family and leaves the others alone.
+/// reads. It programs the frontends of its family and ignores the others (the other
+/// family's state programs them).
 #[derive(Clone, Debug, Default)]
 pub struct ProgrammedState<F: Family = V4> {
     frontends: HashMap<FrontendKey, ProgrammedFrontend>,
@@ -238,7 +241,8 @@ pub struct SyncStats {
     pub skipped_full: Vec<FrontendKey>,
     /// Frontends of this sync programmed with fewer backends than wanted (full maps).
     pub truncated: Vec<FrontendKey>,
-    /// Frontends of an address family the maps do not hold, not programmed.
+    /// Frontends with backends or source ranges of another address family than
+    /// theirs, not programmed.
     pub skipped_family: Vec<FrontendKey>,
     /// Frontends that were incomplete before and are fully programmed now.
     pub completed: usize,
@@ -568,6 +572,8 @@ impl<F: Family> ProgrammedState<F> {
                 .filter(|(_, why)| **why != Incomplete::AddressFamily)
                 .map(|(key, _)| *key),
         );
+        // The other family's frontends are the other family's maps' business.
+        work.retain(|key| F::svc_key(key).is_some());
         work.sort();
         work.dedup();
         // Removals first: they free room. Then the frontends already programmed, then
@@ -1165,7 +1171,7 @@ enum Outcome {
 enum Skip {
     /// The maps have no room for this frontend's new entries.
     Full,
-    /// The maps cannot hold this frontend's address family.
+    /// Backends or source ranges of the other address family.
     Family,
 }
 
