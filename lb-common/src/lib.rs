@@ -6,6 +6,16 @@
 //! by an older one.
 #![no_std]
 
+pub mod maglev;
+mod stale;
+pub mod v6;
+pub use stale::*;
+pub use v6::{
+    Addr6, Affinity6Key, AffinityMatch6Key, Backend6, Ct6Key, Ct6Value, Device6, Frag6Key,
+    RevNat6Key, RevNat6Value, SOCK_STATE_FLAG_MAPPED, SRC_RANGE6_FRONTEND_BITS, SockBackend6Key,
+    SockKill6Key, SockState6, SrcRange6Key, Svc6Key,
+};
+
 /// IP protocol numbers as they appear in keys.
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -48,8 +58,49 @@ pub mod map_names {
     /// Per-CPU budget of the TC program's reject answers (one u64: see
     /// [`super::reject_rate`]).
     pub const REJECT_RATE4: &str = "lb4_rej_rate_v1";
+    /// Stale-socket termination: (frontend, backend) pairs whose connected sockets
+    /// the socket iterators destroy ([`super::SockKill4Key`] -> u8). Not pinned and
+    /// not in [`ALL`]: the running agent fills it just before an iterator pass and
+    /// empties it after, so nothing in it outlives the agent that wrote it.
+    pub const SOCK_KILL4: &str = "lb4_sk_kill_v1";
+    /// Maglev lookup tables of external frontends: one flat array of backend ids
+    /// ([`u32`] index -> [`super::maglev::MaglevEntries`]), a header and then table
+    /// after table (see [`super::maglev`]). Sized by the agent at load time.
+    pub const MAGLEV4: &str = "lb4_maglev_v1";
+
+    // The IPv6 twins ([`super::v6`]): the same meaning with 128-bit addresses.
+    /// IPv6 service table ([`super::Svc6Key`] -> [`super::Svc4Value`]).
+    pub const SVC6: &str = "lb6_svc_v1";
+    /// IPv6 backends by id ([`u32`] -> [`super::Backend6`]); ids of their own.
+    pub const BACKEND6: &str = "lb6_be_v1";
+    /// IPv6 reverse translation ([`super::RevNat6Key`] -> [`super::RevNat6Value`]).
+    pub const REVNAT6: &str = "lb6_rnat_v1";
+    /// IPv6 UDP backend choice ([`super::SockBackend6Key`] -> [`super::SockBackend4Value`]).
+    pub const SOCK_BACKEND6: &str = "lb6_sk_be_v1";
+    /// Socket local storage of AF_INET6 sockets ([`super::SockState6`]).
+    pub const SOCK_STATE6: &str = "lb6_sk_st_v1";
+    /// IPv6 conntrack ([`super::Ct6Key`] -> [`super::Ct6Value`]).
+    pub const CT6: &str = "lb6_ct_v1";
+    /// This node's IPv6 addresses ([`super::Addr6`] -> [`super::NodeAddr4`]).
+    pub const NODE_ADDR6: &str = "lb6_node_ip_v1";
+    /// Per device, the IPv6 address SNAT uses (ifindex -> [`super::Device6`]).
+    pub const DEVICE6: &str = "lb6_dev_v1";
+    /// IPv6 first fragments' ports ([`super::Frag6Key`] -> [`super::Frag4Value`]).
+    pub const FRAG6: &str = "lb6_frag_v1";
+    /// IPv6 loadBalancerSourceRanges (LPM trie of [`super::SrcRange6Key`] -> u8).
+    pub const SRC_RANGE6: &str = "lb6_srcrng_v1";
+    /// IPv6 session affinity ([`super::Affinity6Key`] -> [`super::Affinity4Value`]).
+    pub const AFFINITY6: &str = "lb6_aff_v1";
+    /// IPv6 affinity matches ([`super::AffinityMatch6Key`] -> [`super::AffinityMatch4Value`]).
+    pub const AFFINITY_MATCH6: &str = "lb6_affmatch_v1";
+    /// Maglev tables of IPv6 external frontends (as [`MAGLEV4`], IPv6 backend ids).
+    pub const MAGLEV6: &str = "lb6_maglev_v1";
+    /// IPv6 kill map of stale-socket termination ([`super::SockKill6Key`] -> u8); not
+    /// pinned, as [`SOCK_KILL4`].
+    pub const SOCK_KILL6: &str = "lb6_sk_kill_v1";
+
     /// Every map the data path pins, for inspection and uninstall.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 29] = [
         SVC4,
         BACKEND4,
         REVNAT4,
@@ -65,6 +116,20 @@ pub mod map_names {
         AFFINITY_MATCH4,
         AGENT_STATUS,
         REJECT_RATE4,
+        MAGLEV4,
+        SVC6,
+        BACKEND6,
+        REVNAT6,
+        SOCK_BACKEND6,
+        SOCK_STATE6,
+        CT6,
+        NODE_ADDR6,
+        DEVICE6,
+        FRAG6,
+        SRC_RANGE6,
+        AFFINITY6,
+        AFFINITY_MATCH6,
+        MAGLEV6,
     ];
     /// Names earlier versions pinned and nothing reads any more: the agent removes
     /// their pins (a program of the old agent still running keeps its map alive
@@ -99,6 +164,9 @@ pub mod capacity {
     pub const AFFINITY4: u32 = 262_144;
     /// (frontend, backend) pairs of services with session affinity.
     pub const AFFINITY_MATCH4: u32 = 262_144;
+    /// (frontend, backend) pairs of one stale-socket pass; larger batches of
+    /// departures are run in several passes.
+    pub const SOCK_KILL4: u32 = 16_384;
 }
 
 /// The budget of the TC program's answers for rejected traffic (TCP RST, ICMP
@@ -214,7 +282,10 @@ impl Svc4Key {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Svc4Value {
-    /// Slot n >= 1: id of the backend in the backend map. Slot 0: 0.
+    /// Slot n >= 1: id of the backend in the backend map. Slot 0: the frontend's
+    /// Maglev table in [`map_names::MAGLEV4`] (1, 2, ...; external frontends with
+    /// `--lb-algorithm maglev` only), 0 = none: new flows pick a slot at random. (The
+    /// field was always 0 in slot 0 before, so its layout and the map name stay.)
     pub backend_id: u32,
     /// Slot 0: number of backend slots in use (1..=count). Slot n: 0.
     pub count: u16,
@@ -255,6 +326,14 @@ impl Svc4Value {
             action: action as u8,
             flags,
             affinity_timeout_s,
+        }
+    }
+
+    /// Slot 0 with the frontend's Maglev table (0 = none).
+    pub const fn with_maglev_table(self, table: u32) -> Self {
+        Self {
+            backend_id: table,
+            ..self
         }
     }
 
@@ -603,7 +682,7 @@ const _: () = assert!(core::mem::size_of::<Frag4Value>() == 4);
 /// Data of the loadBalancerSourceRanges LPM key. The prefix length covers the 64 bits
 /// of frontend (always fully) plus the source prefix.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SrcRange4Key {
     /// Frontend address, network byte order.
     pub address: u32,
@@ -720,6 +799,20 @@ mod pod {
     // assertions above equal the sum of the field sizes), so any byte pattern of the
     // right length is a valid value.
     unsafe impl aya::Pod for super::Svc4Key {}
+    unsafe impl aya::Pod for super::Svc6Key {}
+    unsafe impl aya::Pod for super::Backend6 {}
+    unsafe impl aya::Pod for super::RevNat6Key {}
+    unsafe impl aya::Pod for super::RevNat6Value {}
+    unsafe impl aya::Pod for super::SockBackend6Key {}
+    unsafe impl aya::Pod for super::SockState6 {}
+    unsafe impl aya::Pod for super::Ct6Key {}
+    unsafe impl aya::Pod for super::Ct6Value {}
+    unsafe impl aya::Pod for super::Device6 {}
+    unsafe impl aya::Pod for super::Frag6Key {}
+    unsafe impl aya::Pod for super::SrcRange6Key {}
+    unsafe impl aya::Pod for super::Affinity6Key {}
+    unsafe impl aya::Pod for super::AffinityMatch6Key {}
+    unsafe impl aya::Pod for super::SockKill6Key {}
     unsafe impl aya::Pod for super::AgentStatus {}
     unsafe impl aya::Pod for super::Svc4Value {}
     unsafe impl aya::Pod for super::Backend4 {}
@@ -739,6 +832,9 @@ mod pod {
     unsafe impl aya::Pod for super::Affinity4Value {}
     unsafe impl aya::Pod for super::AffinityMatch4Key {}
     unsafe impl aya::Pod for super::AffinityMatch4Value {}
+    unsafe impl aya::Pod for super::SockKill4Key {}
+    unsafe impl aya::Pod for super::SockDestroy4 {}
+    unsafe impl aya::Pod for super::maglev::MaglevEntries {}
 }
 
 #[cfg(test)]
@@ -824,9 +920,12 @@ mod tests {
 
     #[test]
     fn map_names_fit_the_kernel() {
-        for name in map_names::ALL {
+        for name in map_names::ALL
+            .iter()
+            .chain([&map_names::SOCK_KILL4, &map_names::SOCK_KILL6])
+        {
             assert!(name.len() <= 15, "{name} is longer than 15 characters");
-            assert!(!map_names::RETIRED.contains(&name), "{name} is retired");
+            assert!(!map_names::RETIRED.contains(name), "{name} is retired");
         }
     }
 

@@ -4,7 +4,7 @@
 use aya_ebpf::programs::SockContext;
 use lb_common::{Counter, IPPROTO_TCP, IPPROTO_UDP, SVC_FLAG_NODEPORT, Svc4Key};
 
-use crate::{lb, maps::count};
+use crate::{family::V4, lb, maps::count};
 
 const ALLOW: i32 = 1;
 const REFUSE: i32 = 0;
@@ -21,7 +21,7 @@ pub fn post_bind(ctx: &SockContext) -> i32 {
     // src_port is in host byte order here; keys hold network order.
     let port = (sk.src_port as u16).to_be();
     let key = Svc4Key::new(0, port, proto, 0);
-    match lb::lookup_service(&key).map(|svc| svc.flags) {
+    match lb::lookup_service::<V4>(&key).map(|svc| svc.flags) {
         Some(flags) if flags & SVC_FLAG_NODEPORT != 0 => {
             count(Counter::BindRefused);
             REFUSE

@@ -6,11 +6,16 @@
 //! application only ever sees the service. TC programs on the node's devices do the
 //! same for NodePort, LoadBalancer and external IP traffic from outside the node.
 //!
-//! - `lb.rs`: the load-balancing core every hook calls: frontends, backend selection;
+//! - `lb.rs`: the load-balancing core every hook calls: frontends, backend selection,
+//!   written once over `family.rs` (where IPv4 and IPv6 keep their maps and keys);
+//! - `maglev.rs`: backend selection by a frontend's Maglev table (TC, new flows);
 //! - `sock4.rs`: the IPv4 socket hooks (connect4, sendmsg4, recvmsg4, getpeername4);
 //! - `bind4.rs`: post_bind4, which keeps NodePorts' ports from local listeners;
 //! - `tc/`: the IPv4 TC programs (parse, rewrite, conntrack, snat, route, icmp, reject);
-//! - `maps.rs`: the maps and the helpers that read them; `error.rs`: the error type.
+//! - `stale.rs`: socket iterators that destroy connected sockets whose backend left
+//!   their service (with the kill map they read);
+//! - `maps.rs`, `maps6.rs`: the IPv4 and IPv6 maps and the helpers that read them;
+//!   `error.rs`: the error type.
 //!
 //! Entry points here stay thin; their names are the program names the agent attaches.
 #![no_std]
@@ -18,9 +23,16 @@
 
 mod bind4;
 mod error;
+// V6 and the lb6_* maps are used by the IPv6 hooks and TC path, which follow.
+#[allow(dead_code)]
+mod family;
 mod lb;
+mod maglev;
 mod maps;
+#[allow(dead_code)]
+mod maps6;
 mod sock4;
+mod stale;
 mod tc;
 
 use aya_ebpf::{
@@ -61,6 +73,20 @@ pub fn lb4_tc_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn lb4_tc_egress(ctx: TcContext) -> i32 {
     tc::egress(&ctx)
+}
+
+// Socket iterators: aya-ebpf 0.2 has no `iter` macro; the section name is what aya's
+// loader and the kernel go by.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/udp")]
+pub fn sock4_stale_udp(ctx: *mut stale::bpf_iter__udp) -> i32 {
+    stale::udp(ctx)
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/tcp")]
+pub fn sock4_stale_tcp(ctx: *mut stale::bpf_iter__tcp) -> i32 {
+    stale::tcp(ctx)
 }
 
 #[cfg(not(test))]

@@ -1,13 +1,15 @@
 //! The data path's maps. Names and layouts come from lb-common (the names are
 //! repeated as literals because the attribute needs one; a userspace test checks
 //! that the object's map names equal lb_common::map_names).
-use aya_ebpf::btf_maps::{
-    Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SkStorage, lpm_trie::Key,
+use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SkStorage, lpm_trie::Key},
 };
 use lb_common::{
     Affinity4Key, Affinity4Value, AffinityMatch4Key, AffinityMatch4Value, AgentStatus, Backend4,
     Counter, Ct4Key, Ct4Value, Device4, Frag4Key, Frag4Value, NodeAddr4, RevNat4Key, RevNat4Value,
     SockBackend4Key, SockBackend4Value, SockState4, SrcRange4Key, Svc4Key, Svc4Value, capacity,
+    maglev::MaglevEntries,
 };
 
 /// Frontends (slot 0) and their backend slots (1..=count).
@@ -87,6 +89,13 @@ pub static AGENT_STATUS: Array<AgentStatus, 1> = Array::new();
 /// bpf_ktime_get_ns clock; 0 before the first.
 #[aya_ebpf::macros::btf_map(name = "lb4_rej_rate_v1")]
 pub static REJECT_RATE4: PerCpuArray<u64, 1> = PerCpuArray::new();
+
+/// Maglev tables of external frontends: a header, then table after table of backend
+/// ids (lb_common::maglev). The agent sizes it at load time and writes it through an
+/// mmap of the map (BPF_F_MMAPABLE), tens of thousands of entries per table without
+/// a syscall each; its size here is a placeholder.
+#[aya_ebpf::macros::btf_map(name = "lb4_maglev_v1")]
+pub static MAGLEV4: Array<MaglevEntries, 1, { BPF_F_MMAPABLE as usize }> = Array::new();
 
 /// The hash maps above, read by key (see [`get_copy`]).
 pub trait Lookup<K, V> {

@@ -16,6 +16,7 @@ use lb_common::{
 
 use crate::{
     error::Error,
+    family::V4,
     lb::{self, Flow, Frontend, Selection},
     maps::{REVNAT4, SOCK_BACKEND4, SOCK_STATE4, count, get_copy},
 };
@@ -91,13 +92,15 @@ fn try_xlate_fwd(ctx: &SockAddrContext, hook: FwdHook) -> Result<Forward, Error>
     // user_port holds the port in network byte order in its low 16 bits.
     let port = sa.user_port as u16;
 
-    let Some(fe) = lb::lookup_frontend(address, port, proto, scope::INTERNAL) else {
+    let Some(fe) = lb::lookup_frontend::<V4>(address, port, proto, scope::INTERNAL) else {
         // A service address on a port the service does not have is refused too.
-        return Ok(if lb::is_service_address(address) {
-            Forward::Refuse(ECONNREFUSED)
-        } else {
-            Forward::NotService
-        });
+        if lb::is_service_address::<V4>(address) {
+            return Ok(Forward::Refuse(ECONNREFUSED));
+        }
+        if hook == FwdHook::Connect {
+            forget_translation(ctx);
+        }
+        return Ok(Forward::NotService);
     };
 
     match fe.action()? {
@@ -125,7 +128,7 @@ fn choose_backend(
     hook: FwdHook,
     proto: u8,
     frontend: (u32, u16),
-    fe: &Frontend,
+    fe: &Frontend<V4>,
 ) -> Result<Backend4, Error> {
     let (address, port) = frontend;
     // SAFETY: sock_addr context; the helper only reads the socket it is given.
@@ -203,6 +206,20 @@ fn choose_backend(
     Ok(backend)
 }
 
+/// connect() to an address that is no service: the socket's one peer is now that
+/// address, so what its storage says about an earlier connect to a service no longer
+/// holds (getpeername would show that service, and stale-socket termination would
+/// take a socket connected to a backend directly for a translated one).
+#[inline(always)]
+fn forget_translation(ctx: &SockAddrContext) {
+    // SAFETY: sock_addr context; lookup only (no create flag).
+    let storage = unsafe { SOCK_STATE4.get_ptr_mut(ctx) };
+    if !storage.is_null() {
+        // SAFETY: non-null pointer to this socket's storage, sized for SockState4.
+        unsafe { (*storage).svc_address = 0 };
+    }
+}
+
 #[inline(always)]
 fn socket_cookie(ctx: &SockAddrContext) -> u64 {
     // SAFETY: the context is a sock_addr context, for which the helper is allowed.
@@ -231,7 +248,7 @@ fn remember_reverse(cookie: u64, backend: &Backend4, (address, port): (u32, u16)
 
 /// The choice a UDP socket keeps: backend id and slot, valid while the slot holds it.
 #[inline(always)]
-fn kept_choice(picked: &Selection) -> SockBackend4Value {
+fn kept_choice(picked: &Selection<V4>) -> SockBackend4Value {
     SockBackend4Value {
         backend_id: picked.backend_id,
         backend_slot: picked.slot,
@@ -241,7 +258,7 @@ fn kept_choice(picked: &Selection) -> SockBackend4Value {
 
 /// Key of a UDP socket's choice for one service in the LRU map.
 #[inline(always)]
-fn sock_backend_key(cookie: u64, fe: &Frontend) -> SockBackend4Key {
+fn sock_backend_key(cookie: u64, fe: &Frontend<V4>) -> SockBackend4Key {
     SockBackend4Key {
         cookie,
         address: fe.key.address,
@@ -253,7 +270,7 @@ fn sock_backend_key(cookie: u64, fe: &Frontend) -> SockBackend4Key {
 /// UDP beyond the socket's first service: one backend per (socket, service) in the
 /// LRU map, kept while its slot still holds it.
 #[inline(always)]
-fn udp_backend(ctx: &SockAddrContext, cookie: u64, fe: &Frontend) -> Result<Backend4, Error> {
+fn udp_backend(ctx: &SockAddrContext, cookie: u64, fe: &Frontend<V4>) -> Result<Backend4, Error> {
     let sk_key = sock_backend_key(cookie, fe);
     if let Some(chosen) = get_copy(&SOCK_BACKEND4, &sk_key) {
         if let Some(backend) = lb::still_selected(fe, chosen.backend_slot, chosen.backend_id) {

@@ -10,13 +10,14 @@ use std::{
 };
 
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use socklb_core::{
     events::{ClusterEvent, ObjectKey},
     maps::{
         DesiredState, FrontendKey,
         diff::{Fill, Incomplete, IncompleteCounts},
+        maglev::human_bytes,
     },
     model::NodeModel,
     plan::{self, Conflict, Plan},
@@ -24,7 +25,11 @@ use socklb_core::{
 };
 
 use crate::{
-    datapath::{DatapathError, devices as node, kernel, reconcile::Reconciler},
+    datapath::{
+        DatapathError, devices as node, kernel,
+        reconcile::Reconciler,
+        stale_sockets::{SocketIterators, StaleSockets},
+    },
     http::{
         health::{self, Health},
         service_health::{self, ServiceHealthServers},
@@ -94,6 +99,9 @@ pub struct AgentOptions {
     pub health_check_bind_address: IpAddr,
     /// Sizes of the maps created (pinned ones keep theirs).
     pub map_sizes: kernel::MapSizes,
+    /// Also destroy connected TCP sockets whose backend left their service (UDP ones
+    /// always are; see `datapath::stale_sockets`).
+    pub terminate_stale_tcp: bool,
 }
 
 /// Reads a manifest directory and computes the plan (`socklb plan`).
@@ -196,9 +204,25 @@ pub async fn run_agent(
         node::interfaces().map_err(|e| AgentError::Node(format!("listing interfaces: {e}")))?;
     let devices =
         node::select_devices(&ifaces, opts.devices.as_deref()).map_err(AgentError::Node)?;
-    let mut maps = kernel::install(&opts.pin_dir, &opts.cgroup, &devices, &opts.map_sizes)?;
+    let maglev = &opts.map_sizes.maglev;
+    if maglev.enabled() {
+        info!(
+            table_size = maglev.table_size,
+            tables = maglev.max_tables,
+            seed = maglev.seed,
+            "Maglev for external traffic: {} per external frontend that forwards, {} preallocated for {} tables",
+            human_bytes(maglev.table_bytes()),
+            human_bytes(maglev.map_bytes()),
+            maglev.max_tables,
+        );
+    }
+    let (mut maps, loaded) =
+        kernel::install(&opts.pin_dir, &opts.cgroup, &devices, &opts.map_sizes)?;
     let sizes = maps.sizes();
     metrics.conntrack_capacity.set(i64::from(sizes.conntrack));
+    let stale_sockets = start_stale_sockets(loaded, &opts, &all_metrics);
+    // The kernel BTF the programs were loaded with is gone now: return its memory.
+    kernel::release_freed_memory();
     let mut node_addrs = node::node_addresses(&ifaces);
     maps.set_node_addresses(&node_addrs)?;
     info!(
@@ -280,8 +304,20 @@ pub async fn run_agent(
             reconciler.sync_keys(desired, &changed)
         };
         last_sync = Some(started);
+        let batch_start = batch_started.take();
         match outcome {
             Ok(stats) => {
+                // First: the sockets of departed backends (queued, never waited for).
+                match &stale_sockets {
+                    Some(stale) => {
+                        stale.submit(&stats.departed, batch_start.unwrap_or(started));
+                    }
+                    None if !stats.departed.is_empty() => debug!(
+                        departed = stats.departed.len(),
+                        "backends left their services; their connected sockets stay (termination unavailable)"
+                    ),
+                    None => {}
+                }
                 full_sync = false;
                 retry_at = None;
                 health.updated();
@@ -291,7 +327,7 @@ pub async fn run_agent(
                     .update(service_health::desired_health_checks_for_state(&state))
                     .await;
                 service_health_failed = !failed.is_empty();
-                let latency = batch_started.take().map_or(Duration::ZERO, |t| t.elapsed());
+                let latency = batch_start.map_or(Duration::ZERO, |t| t.elapsed());
                 metrics.syncs.inc();
                 metrics.map_operations.inc_by(stats.ops as u64);
                 metrics
@@ -337,6 +373,8 @@ pub async fn run_agent(
                 }
             }
             Err(e) => {
+                // The batch is not applied yet: its latency keeps counting.
+                batch_started = batch_start;
                 metrics.sync_errors.inc();
                 warn!(error = %e, "data path update failed; retrying with a full sync");
                 full_sync = true;
@@ -366,6 +404,41 @@ fn listeners(
             .into_iter()
             .chain(m.map(|m| (m, health::Routes::METRICS)))
             .collect(),
+    }
+}
+
+/// Loads the socket iterators and starts their worker; None (said once in the log)
+/// where the kernel cannot destroy sockets: everything else works without them.
+fn start_stale_sockets(
+    loaded: kernel::LoadedObject,
+    opts: &AgentOptions,
+    metrics: &Metrics,
+) -> Option<StaleSockets> {
+    let started = SocketIterators::load(loaded, opts.terminate_stale_tcp)
+        .map_err(|e| e.to_string())
+        .and_then(|iterators| {
+            StaleSockets::start(iterators, opts.cgroup.clone(), metrics.stale.clone())
+                .map_err(|e| format!("starting its thread: {e}"))
+        });
+    match started {
+        Ok(stale) => {
+            metrics.stale.available.set(1);
+            if let Some(missing) = crate::datapath::capabilities::stale_sockets_in_pods_missing() {
+                warn!(
+                    missing = %missing,
+                    "stale-socket termination reaches the agent's own network namespace only, not the pods'"
+                );
+            }
+            info!(
+                tcp = opts.terminate_stale_tcp,
+                "stale-socket termination on: connected sockets of departed backends are destroyed"
+            );
+            Some(stale)
+        }
+        Err(e) => {
+            warn!(error = %e, "stale-socket termination unavailable: connected sockets keep departed backends");
+            None
+        }
     }
 }
 

@@ -5,9 +5,11 @@
 //! - `sources`: where objects come from (the Kubernetes API, a manifest directory);
 //! - `datapath`: the kernel's maps and links, this node's devices, `socklb status`;
 //! - `http`: listeners (/healthz, /readyz, /metrics; healthCheckNodePort servers);
-//! - `agent`: the loop that joins them.
+//! - `agent`: the loop that joins them;
+//! - `bpffs`: mounting bpffs where the host has none (the DaemonSet's init container).
 
 pub mod agent;
+pub mod bpffs;
 pub mod datapath;
 pub mod http;
 pub mod metrics;

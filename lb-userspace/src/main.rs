@@ -7,6 +7,9 @@ use socklb::{
     agent::{self, AgentOptions, Source},
     datapath::{kernel, status},
 };
+use socklb_core::maps::maglev::{
+    DEFAULT_MAX_TABLES, DEFAULT_SEED, LbAlgorithm, MaglevConfig, check_table_size,
+};
 use tracing::info;
 
 #[derive(Parser)]
@@ -24,6 +27,62 @@ struct Cli {
 enum Output {
     Json,
     Table,
+}
+
+/// `--lb-algorithm`.
+#[derive(Clone, Copy, ValueEnum)]
+enum Algorithm {
+    /// A random backend per new flow, as kube-proxy.
+    Random,
+    /// Consistent hashing (Maglev): every node picks the same backend for the same flow.
+    Maglev,
+}
+
+/// How flows that enter through the TC programs pick their backend.
+#[derive(clap::Args)]
+struct BalancingArgs {
+    /// How new flows through the TC programs (NodePort, LoadBalancer and external IPs
+    /// from outside the node) pick a backend: at random, as kube-proxy, or by a
+    /// per-frontend Maglev table, so that every node picks the same backend for the
+    /// same flow. Connections started on the node always pick at random.
+    #[arg(long, value_enum, default_value = "random")]
+    lb_algorithm: Algorithm,
+    /// Entries per Maglev table: one of the primes 251, 509, 1021, 2039, 4093, 8191,
+    /// 16381, 32749, 65521, 131071; at least 100 x the backends of the largest
+    /// service. 4 bytes each.
+    #[arg(long, default_value_t = lb_common::maglev::DEFAULT_TABLE_SIZE)]
+    maglev_table_size: u32,
+    /// Maglev tables the kernel map has room for (preallocated): one per external
+    /// frontend that forwards (a NodePort, each LoadBalancer IP and each external IP of
+    /// each service port). Frontends beyond it pick at random, with a warning.
+    #[arg(long, default_value_t = DEFAULT_MAX_TABLES)]
+    maglev_max_tables: u32,
+    /// Seed of the Maglev hashes (decimal or 0x hex). It must be the same on every
+    /// node; choose one per cluster, so that nobody who knows the default can aim
+    /// flows at one backend.
+    #[arg(long, default_value_t = DEFAULT_SEED, value_parser = parse_u32)]
+    maglev_hash_seed: u32,
+}
+
+impl BalancingArgs {
+    fn config(&self) -> anyhow::Result<MaglevConfig> {
+        check_table_size(self.maglev_table_size)
+            .map_err(|e| anyhow::anyhow!("--maglev-table-size: {e}"))?;
+        match self.lb_algorithm {
+            Algorithm::Random => Ok(MaglevConfig {
+                algorithm: LbAlgorithm::Random,
+                table_size: self.maglev_table_size,
+                max_tables: self.maglev_max_tables,
+                seed: self.maglev_hash_seed,
+            }),
+            Algorithm::Maglev => MaglevConfig::maglev(
+                self.maglev_table_size,
+                self.maglev_max_tables,
+                self.maglev_hash_seed,
+            )
+            .map_err(anyhow::Error::msg),
+        }
+    }
 }
 
 // Parsed once per process: the size of the agent's variant costs nothing.
@@ -83,6 +142,13 @@ enum Command {
         health_check_bind_address: std::net::IpAddr,
         #[command(flatten)]
         map_sizes: MapSizeArgs,
+        /// Also destroy connected TCP sockets whose backend left their Service (the
+        /// application gets ECONNABORTED, the backend a reset). Connected UDP sockets
+        /// always are; like kube-proxy and Cilium, TCP is left alone by default.
+        #[arg(long)]
+        terminate_stale_tcp: bool,
+        #[command(flatten)]
+        balancing: BalancingArgs,
     },
     /// Print the frontends the agent would program, without touching the kernel.
     Plan {
@@ -92,6 +158,8 @@ enum Command {
         node: Option<String>,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
+        #[command(flatten)]
+        balancing: BalancingArgs,
     },
     /// Show what the pinned maps hold right now.
     Status {
@@ -100,6 +168,13 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Mount bpffs at PATH unless it is one already (the DaemonSet's init container).
+    MountBpffs {
+        #[arg(default_value = "/sys/fs/bpf")]
+        path: PathBuf,
+    },
+    /// Print the version, the git commit and the SHA-256 of the embedded eBPF object.
+    Version,
     /// Detach the socket hooks and remove the pinned maps and links.
     Uninstall {
         /// The cgroup the hooks were attached to: checked afterwards for leftovers.
@@ -148,6 +223,8 @@ impl MapSizeArgs {
             conntrack: self.map_size_conntrack,
             affinity: self.map_size_affinity,
             source_ranges: self.map_size_source_ranges,
+            // Set from the balancing flags (BalancingArgs).
+            maglev: MaglevConfig::default(),
         }
     }
 }
@@ -204,7 +281,10 @@ fn run() -> anyhow::Result<()> {
             devices,
             health_check_bind_address,
             map_sizes,
+            terminate_stale_tcp,
+            balancing,
         } => {
+            let maglev = balancing.config()?;
             let cgroup = match cgroup {
                 Some(c) => c,
                 None => kernel::cgroup2_root().context("no cgroup2 mount found; pass --cgroup")?,
@@ -244,7 +324,11 @@ fn run() -> anyhow::Result<()> {
                 health_timeout,
                 devices,
                 health_check_bind_address,
-                map_sizes: map_sizes.sizes(),
+                map_sizes: kernel::MapSizes {
+                    maglev,
+                    ..map_sizes.sizes()
+                },
+                terminate_stale_tcp,
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -255,8 +339,11 @@ fn run() -> anyhow::Result<()> {
             manifests,
             node,
             output,
+            balancing,
         } => {
+            let maglev = balancing.config()?;
             let (plan, warnings) = agent::plan_from_dir(&manifests, &node_name(node)?)?;
+            let plan = plan.with_balancing(&maglev);
             for w in warnings {
                 tracing::warn!("skipped: {w}");
             }
@@ -273,6 +360,17 @@ fn run() -> anyhow::Result<()> {
                 Output::Table => print!("{}", report.render_table()),
             }
         }
+        Command::MountBpffs { path } => {
+            match socklb::bpffs::ensure_mounted(&path)
+                .with_context(|| format!("mounting bpffs at {}", path.display()))?
+            {
+                socklb::bpffs::Outcome::AlreadyMounted => {
+                    info!(path = %path.display(), "bpffs is mounted already")
+                }
+                socklb::bpffs::Outcome::Mounted => info!(path = %path.display(), "mounted bpffs"),
+            }
+        }
+        Command::Version => print!("{}", version_text()),
         Command::Uninstall { cgroup, bpffs } => {
             if let Some(cgroup) = &cgroup {
                 kernel::check_cgroup2(cgroup)?;
@@ -303,6 +401,19 @@ fn run() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `socklb version`: which release, which commit ("unknown" when built without git
+/// metadata) and which kernel programs (the SHA-256 of the object build.rs embeds,
+/// `sha256sum target/<profile>/build/socklb-*/out/lb-ebpf`).
+fn version_text() -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, kernel::EBPF_OBJECT);
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "socklb {}\ncommit: {}\nebpf object sha256: {hex}\n",
+        env!("CARGO_PKG_VERSION"),
+        env!("SOCKLB_GIT_COMMIT"),
+    )
 }
 
 /// An `address:port` flag, or "off" (None).
@@ -344,6 +455,16 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
 }
 
+/// Parses "42" or "0x2a".
+fn parse_u32(text: &str) -> Result<u32, String> {
+    let text = text.trim();
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(&hex.replace('_', ""), 16),
+        None => text.replace('_', "").parse(),
+    };
+    parsed.map_err(|e| format!("{text:?}: {e} (a 32-bit number, decimal or 0x hex)"))
+}
+
 /// Resolves on SIGTERM or SIGINT.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
@@ -377,6 +498,50 @@ mod tests {
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("1h").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn balancing_flags() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["socklb", "plan", "--manifests", "/nonexistent"];
+            argv.extend_from_slice(args);
+            match Cli::try_parse_from(argv).map(|c| c.command) {
+                Ok(Command::Plan { balancing, .. }) => balancing.config(),
+                Ok(_) => unreachable!("a plan command"),
+                Err(e) => Err(anyhow::anyhow!("{e}")),
+            }
+        };
+        let random = parse(&[]).unwrap();
+        assert!(!random.enabled());
+        let maglev = parse(&["--lb-algorithm", "maglev", "--maglev-hash-seed", "0x2a"]).unwrap();
+        assert!(maglev.enabled());
+        assert_eq!((maglev.table_size, maglev.seed), (16_381, 42));
+        let err = parse(&["--lb-algorithm", "maglev", "--maglev-table-size", "16384"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--maglev-table-size") && err.contains("131071"),
+            "{err}"
+        );
+        assert!(parse(&["--lb-algorithm", "round-robin"]).is_err());
+        assert_eq!(parse_u32("0x736f_636b"), Ok(DEFAULT_SEED));
+    }
+
+    #[test]
+    fn version_names_release_commit_and_object() {
+        let text = version_text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], format!("socklb {}", env!("CARGO_PKG_VERSION")));
+        let commit = lines[1].strip_prefix("commit: ").unwrap_or_default();
+        assert!(
+            commit == "unknown"
+                || (commit.len() == 40 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
+            "{text}"
+        );
+        let sha = lines[2]
+            .strip_prefix("ebpf object sha256: ")
+            .unwrap_or_default();
+        assert_eq!(sha.len(), 64, "{text}");
     }
 
     #[test]

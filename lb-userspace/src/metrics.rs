@@ -35,6 +35,7 @@ pub struct Metrics {
     pub sync: SyncMetrics,
     pub kube: KubeMetrics,
     pub manifests: ManifestMetrics,
+    pub stale: StaleSocketMetrics,
 }
 
 /// The agent's own health (kube-proxy's healthz semantics; see `http::health`).
@@ -122,6 +123,44 @@ pub struct ManifestMetrics {
     pub invalid_objects: Gauge,
 }
 
+/// Stale-socket termination (`datapath::stale_sockets`).
+#[derive(Debug, Clone)]
+pub struct StaleSocketMetrics {
+    /// Connected sockets destroyed, by protocol.
+    pub destroyed: Family<ProtocolLabels, Counter>,
+    /// `bpf_sock_destroy` calls that failed, by protocol.
+    pub destroy_failures: Family<ProtocolLabels, Counter>,
+    /// Iterator passes (one per sync with departed backends, batched while one runs).
+    pub passes: Counter,
+    /// Network namespaces the last pass ran in.
+    pub namespaces: Gauge,
+    /// From the first change of a batch to its stale sockets destroyed everywhere.
+    pub duration_seconds: Histogram,
+    /// 1 when this kernel lets the agent destroy stale sockets.
+    pub available: Gauge,
+}
+
+/// A socket's protocol.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabels {
+    /// `udp` or `tcp`.
+    pub protocol: &'static str,
+}
+
+impl Default for StaleSocketMetrics {
+    fn default() -> Self {
+        StaleSocketMetrics {
+            destroyed: Family::default(),
+            destroy_failures: Family::default(),
+            passes: Counter::default(),
+            namespaces: Gauge::default(),
+            // 100 µs .. ~105 s, as the sync histograms.
+            duration_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 21)),
+            available: Gauge::default(),
+        }
+    }
+}
+
 impl Default for SyncMetrics {
     fn default() -> Self {
         // 100 µs .. ~105 s: one endpoint change at the low end, a cold sync of a large
@@ -163,6 +202,7 @@ impl Metrics {
         let sync = SyncMetrics::default();
         let kube = KubeMetrics::default();
         let manifests = ManifestMetrics::default();
+        let stale = StaleSocketMetrics::default();
         let mut r = Registry::default();
 
         r.register(
@@ -313,12 +353,44 @@ impl Metrics {
             manifests.invalid_objects.clone(),
         );
 
+        r.register(
+            "socklb_sockets_destroyed",
+            "Connected sockets destroyed because the backend they were translated to left their service",
+            stale.destroyed.clone(),
+        );
+        r.register(
+            "socklb_socket_destroy_failures",
+            "Stale sockets whose destruction (bpf_sock_destroy) failed",
+            stale.destroy_failures.clone(),
+        );
+        r.register(
+            "socklb_stale_socket_passes",
+            "Socket iterator passes over the network namespaces of the cgroup (one per batch of departed backends)",
+            stale.passes.clone(),
+        );
+        r.register(
+            "socklb_stale_socket_namespaces",
+            "Network namespaces the last stale-socket pass ran in",
+            stale.namespaces.clone(),
+        );
+        r.register(
+            "socklb_stale_socket_duration_seconds",
+            "From the first change of a batch to its stale sockets destroyed in every network namespace",
+            stale.duration_seconds.clone(),
+        );
+        r.register(
+            "socklb_stale_socket_termination_available",
+            "1 when stale sockets can be destroyed on this kernel (bpf_sock_destroy, Linux 6.5 or newer)",
+            stale.available.clone(),
+        );
+
         Metrics {
             registry: r,
             health,
             sync,
             kube,
             manifests,
+            stale,
         }
     }
 
@@ -468,6 +540,16 @@ mod tests {
         );
         assert!(
             text.contains("kubeproxy_sync_proxy_rules_duration_seconds_count 1\n"),
+            "{text}"
+        );
+        metrics
+            .stale
+            .destroyed
+            .get_or_create(&ProtocolLabels { protocol: "udp" })
+            .inc_by(3);
+        let text = metrics.encode();
+        assert!(
+            text.contains("socklb_sockets_destroyed_total{protocol=\"udp\"} 3\n"),
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");

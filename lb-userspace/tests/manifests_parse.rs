@@ -46,8 +46,13 @@ fn documents(file: &str) -> Vec<serde_yaml::Value> {
     let path = manifests_dir().join(file);
     let text =
         fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    yaml_documents(file, &text)
+}
+
+/// The YAML documents of a text (empty documents skipped).
+fn yaml_documents(file: &str, text: &str) -> Vec<serde_yaml::Value> {
     let mut docs = Vec::new();
-    for (i, de) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+    for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let doc = <serde_yaml::Value as serde::Deserialize>::deserialize(de)
             .unwrap_or_else(|e| panic!("{file}: document {i} is not valid YAML: {e}"));
         if !doc.is_null() {
@@ -127,7 +132,12 @@ impl Manifests {
     /// Parses one resource file; panics on an unknown kind or a document that does not
     /// round-trip.
     fn add_file(&mut self, file: &str) {
-        for (i, doc) in documents(file).iter().enumerate() {
+        self.add_documents(file, &documents(file));
+    }
+
+    /// Parses documents (of a file, or of `kubectl kustomize`'s output).
+    fn add_documents(&mut self, file: &str, docs: &[serde_yaml::Value]) {
+        for (i, doc) in docs.iter().enumerate() {
             let kind =
                 field(doc, "kind").unwrap_or_else(|| panic!("{file}: document {i} has no kind"));
             let origin = format!("{file}: document {i} ({kind})");
@@ -342,6 +352,120 @@ fn kustomization_lists_every_manifest_and_sets_the_image() {
     }
 }
 
+/// `kubectl kustomize manifests/` (kubectl's built-in kustomize: what `kubectl apply
+/// -k` applies). None, with SKIPPED on stderr, when kubectl is missing outside CI;
+/// under CI=true that fails (`cargo xtask setup` installs it).
+fn kustomize_build() -> Option<String> {
+    let out = match std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(manifests_dir())
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => {
+            let ci = std::env::var("CI")
+                .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes"));
+            if ci {
+                panic!("kubectl cannot run under CI=true ({e}): `cargo xtask setup` installs it");
+            }
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "SKIPPED: kubectl: {e}");
+            return None;
+        }
+    };
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {} failed: {}",
+        manifests_dir().display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(
+        String::from_utf8(out.stdout).unwrap_or_else(|e| panic!("kustomize printed no UTF-8: {e}")),
+    )
+}
+
+/// What kustomize renders is what the files say, each object parsed strictly into its
+/// k8s-openapi type (the same round trip), with only the image changed: every
+/// container runs `newName:newTag` of the kustomization, the workspace's version.
+#[test]
+fn the_rendered_kustomization_parses_strictly_into_the_files_objects() {
+    let Some(text) = kustomize_build() else {
+        return;
+    };
+    let mut rendered = Manifests::default();
+    rendered.add_documents(
+        "kubectl kustomize",
+        &yaml_documents("kubectl kustomize", &text),
+    );
+    let files = Manifests::load();
+
+    let docs = documents(KUSTOMIZATION);
+    let image = &docs[0]["images"][0];
+    let name = field(image, "name").expect("images[0].name");
+    let tag = field(image, "newTag").expect("images[0].newTag");
+    assert_eq!(
+        tag,
+        env!("CARGO_PKG_VERSION"),
+        "{KUSTOMIZATION} deploys the version being released"
+    );
+    let full = format!("{}:{tag}", field(image, "newName").unwrap_or(name));
+
+    let pairs: [(&str, Vec<Value>, Vec<Value>); 4] = [
+        (
+            "Namespace",
+            values(&rendered.namespaces),
+            values(&files.namespaces),
+        ),
+        (
+            "ServiceAccount",
+            values(&rendered.service_accounts),
+            values(&files.service_accounts),
+        ),
+        (
+            "ClusterRole",
+            values(&rendered.cluster_roles),
+            values(&files.cluster_roles),
+        ),
+        (
+            "ClusterRoleBinding",
+            values(&rendered.cluster_role_bindings),
+            values(&files.cluster_role_bindings),
+        ),
+    ];
+    for (kind, r, f) in pairs {
+        assert_eq!(r, f, "{kind}: kustomize changed it");
+    }
+
+    let mut ds = rendered.daemonset().clone();
+    let spec = ds.spec.template.spec.as_mut().expect("pod spec");
+    for c in spec
+        .containers
+        .iter_mut()
+        .chain(spec.init_containers.iter_mut().flatten())
+    {
+        assert_eq!(
+            c.image.as_deref(),
+            Some(full.as_str()),
+            "container {}",
+            c.name
+        );
+        c.image = Some(name.to_string());
+    }
+    assert_eq!(
+        values(&[ds]),
+        values(std::slice::from_ref(files.daemonset())),
+        "DaemonSet: kustomize changed more than the image"
+    );
+}
+
+/// The typed objects as JSON, for comparing them.
+fn values<T: Serialize>(objects: &[T]) -> Vec<Value> {
+    objects
+        .iter()
+        .map(|o| serde_json::to_value(o).unwrap_or_else(|e| panic!("does not serialize: {e}")))
+        .collect()
+}
+
 #[test]
 fn cluster_role_only_reads_services_endpointslices_and_nodes() {
     let m = Manifests::load();
@@ -433,7 +557,7 @@ fn binding_gives_the_role_to_the_agent_service_account() {
 }
 
 #[test]
-fn daemonset_runs_on_the_host_network_of_every_node_with_three_capabilities() {
+fn daemonset_runs_on_the_host_network_of_every_node_with_named_capabilities() {
     let m = Manifests::load();
     let ds = m.daemonset();
     let spec = &ds.spec;
@@ -441,9 +565,10 @@ fn daemonset_runs_on_the_host_network_of_every_node_with_three_capabilities() {
     let agent = m.agent();
 
     assert_eq!(pod.host_network, Some(true), "hostNetwork");
-    assert_ne!(pod.host_pid, Some(true), "hostPID is not needed");
+    // Stale-socket termination finds the pods' network namespaces through /proc.
+    assert_eq!(pod.host_pid, Some(true), "hostPID");
     // Only the init container that mounts bpffs (Bidirectional propagation) is
-    // privileged; the agent has CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON and nothing else
+    // privileged; the agent has the capabilities it needs and nothing else
     // (tests/tests/least_privilege.rs runs it so).
     for c in pod.init_containers.iter().flatten() {
         let privileged = c.security_context.as_ref().and_then(|s| s.privileged);
@@ -454,13 +579,27 @@ fn daemonset_runs_on_the_host_network_of_every_node_with_three_capabilities() {
         .as_ref()
         .expect("agent securityContext");
     assert_eq!(sc.privileged, Some(false));
-    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    // The API server refuses allowPrivilegeEscalation false with SYS_ADMIN.
+    let adds_sys_admin = sc
+        .capabilities
+        .as_ref()
+        .and_then(|c| c.add.as_ref())
+        .is_some_and(|a| a.iter().any(|c| c == "SYS_ADMIN"));
+    assert_eq!(sc.allow_privilege_escalation, Some(adds_sys_admin));
     assert_eq!(sc.read_only_root_filesystem, Some(true));
     let caps = sc.capabilities.as_ref().expect("capabilities");
     assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
     assert_eq!(
         caps.add.as_deref(),
-        Some(&["BPF".to_string(), "NET_ADMIN".into(), "PERFMON".into()][..])
+        Some(
+            &[
+                "BPF".to_string(),
+                "NET_ADMIN".into(),
+                "PERFMON".into(),
+                "SYS_ADMIN".into(),
+                "SYS_PTRACE".into()
+            ][..]
+        )
     );
     assert_eq!(
         pod.priority_class_name.as_deref(),
@@ -729,8 +868,8 @@ fn dockerfile_builds_socklb_with_the_pinned_bpf_linker() {
     );
     assert_eq!(
         froms.last().map(|f| f.as_str()),
-        Some("FROM debian:bookworm-slim"),
-        "slim runtime stage"
+        Some("FROM scratch"),
+        "runtime stage without a base image (the tree `cargo xtask image` makes)"
     );
 
     let install = instructions
@@ -790,7 +929,14 @@ fn dockerfile_builds_socklb_with_the_pinned_bpf_linker() {
     let package = w.iter().position(|x| x == "-p").and_then(|p| w.get(p + 1));
     assert_eq!(package.map(String::as_str), Some("socklb"), "{build}");
 
-    // The runtime stage carries the socklb binary and runs it.
+    // The builder makes the runtime tree as `cargo xtask image` does, from the binary
+    // just built; the runtime stage carries that tree and runs socklb.
+    assert!(
+        w.windows(2)
+            .any(|p| p[0] == "--rootfs-only" && p[1] == "/rootfs")
+            && build.contains("cargo xtask image --socklb target/release/socklb"),
+        "{build}"
+    );
     let last_from = instructions
         .iter()
         .rposition(|i| i.starts_with("FROM "))
@@ -799,8 +945,8 @@ fn dockerfile_builds_socklb_with_the_pinned_bpf_linker() {
     assert!(
         runtime
             .iter()
-            .any(|i| i.starts_with("COPY --from=") && i.contains("socklb")),
-        "runtime stage copies the socklb binary: {runtime:?}"
+            .any(|i| i == "COPY --from=builder /rootfs/ /"),
+        "runtime stage copies the tree: {runtime:?}"
     );
     assert!(
         runtime

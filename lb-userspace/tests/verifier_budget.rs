@@ -1,7 +1,9 @@
 //! The verifier's work per program, against the record in `lb-ebpf/verifier-budget.txt`.
 //!
 //! Every program of the agent's eBPF object is loaded (maps unpinned and small, nothing
-//! attached) and the kernel's `verified_insns` read back. A program that grew by more
+//! attached) and the kernel's `verified_insns` read back; the TC programs a second time
+//! with Maglev on (a table size in their read-only global: the verifier walks the
+//! table lookup only then), recorded as `<program>@maglev`. A program that grew by more
 //! than [`GROWTH_PERCENT`] over its record fails the test, as does one without a
 //! record: the verifier's limit (1M instructions, and the complexity that comes with
 //! them) is a cliff that a data path change should only approach on purpose. After an
@@ -20,8 +22,8 @@ use std::io::Write as _;
 use std::path::PathBuf;
 
 use aya::{
-    EbpfLoader,
-    programs::{CgroupSock, CgroupSockAddr, Program, SchedClassifier},
+    Btf, EbpfLoader,
+    programs::{CgroupSock, CgroupSockAddr, Iter, Program, SchedClassifier},
 };
 use lb_common::map_names;
 
@@ -59,15 +61,24 @@ fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// Loads every program of the object and returns its verified instruction count.
-fn verified_counts() -> Result<BTreeMap<String, u64>, String> {
+/// Loads every program of the object (with its kfunc calls patched, as the agent
+/// loads it) and returns its verified instruction count; with `maglev_table_size`,
+/// the TC programs only, named `<program>@maglev`.
+fn verified_counts(maglev_table_size: Option<u32>) -> Result<BTreeMap<String, u64>, String> {
+    let btf = Btf::from_sys_fs().map_err(|e| format!("the kernel's BTF: {e}"))?;
+    let object = socklb::datapath::kernel::loadable_object(Some(&btf))
+        .map_err(|e| format!("patching the object: {e}"))?;
     let mut loader = EbpfLoader::new();
+    if let Some(m) = &maglev_table_size {
+        loader.override_global("MAGLEV_TABLE_SIZE", m, true);
+    }
     // The verifier does not care how big a hash map is; the machine's memory does.
     for name in map_names::ALL {
         if ![
             map_names::STATS,
             map_names::AGENT_STATUS,
             map_names::SOCK_STATE4,
+            map_names::SOCK_STATE6,
         ]
         .contains(&name)
             && !name.contains("rej_rate")
@@ -76,12 +87,16 @@ fn verified_counts() -> Result<BTreeMap<String, u64>, String> {
         }
     }
     let mut ebpf = loader
-        .load(socklb::datapath::kernel::EBPF_OBJECT)
+        .btf(Some(&btf))
+        .load(object.bytes())
         .map_err(|e| format!("loading the object: {e}"))?;
     let names: Vec<String> = ebpf.programs().map(|(n, _)| n.to_string()).collect();
     let mut out = BTreeMap::new();
     for name in names {
         let program = ebpf.program_mut(&name).expect("listed");
+        if maglev_table_size.is_some() && !matches!(program, Program::SchedClassifier(_)) {
+            continue;
+        }
         let info = match program {
             Program::CgroupSockAddr(p) => {
                 load_and_info(p, CgroupSockAddr::load, CgroupSockAddr::info)
@@ -89,6 +104,11 @@ fn verified_counts() -> Result<BTreeMap<String, u64>, String> {
             Program::CgroupSock(p) => load_and_info(p, CgroupSock::load, CgroupSock::info),
             Program::SchedClassifier(p) => {
                 load_and_info(p, SchedClassifier::load, SchedClassifier::info)
+            }
+            // Socket iterators: iter/udp, iter/tcp.
+            Program::Iter(p) => {
+                let target = if name.contains("tcp") { "tcp" } else { "udp" };
+                load_and_info(p, |p| p.load(target, &btf), Iter::info)
             }
             other => {
                 return Err(format!(
@@ -99,6 +119,10 @@ fn verified_counts() -> Result<BTreeMap<String, u64>, String> {
         }
         .map_err(|e| format!("program {name}: {e}"))?;
         let n = info.ok_or_else(|| format!("{name}: the kernel does not report verified_insns"))?;
+        let name = match maglev_table_size {
+            Some(_) => format!("{name}@maglev"),
+            None => name,
+        };
         out.insert(name, u64::from(n));
     }
     Ok(out)
@@ -125,7 +149,11 @@ fn verified_instructions_stay_within_the_record() {
         let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
         return;
     }
-    let counts = verified_counts().unwrap_or_else(|e| panic!("{e}"));
+    let mut counts = verified_counts(None).unwrap_or_else(|e| panic!("{e}"));
+    counts.extend(
+        verified_counts(Some(lb_common::maglev::DEFAULT_TABLE_SIZE))
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
     let kernel = kernel_release();
     if std::env::var_os("SOCKLB_VERIFIER_BLESS").is_some() {
         let mut text = format!(

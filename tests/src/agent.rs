@@ -141,6 +141,9 @@ pub struct AgentConfig {
     /// binary and its arguments appended to it (e.g. `setpriv --bounding-set ... --`),
     /// so the agent keeps the wrapper's pid. Empty: the binary itself.
     pub wrapper: Vec<String>,
+    /// Another `socklb` binary (e.g. a previous release, tests/tests/upgrade.rs);
+    /// `None`: [`try_socklb_bin`].
+    pub bin: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -160,6 +163,7 @@ impl AgentConfig {
             env: Vec::new(),
             netns: None,
             wrapper: Vec::new(),
+            bin: None,
         }
     }
 
@@ -240,7 +244,10 @@ pub struct Agent {
 impl Agent {
     /// Starts `socklb agent --manifests DIR --cgroup CGROUP --bpffs PINDIR --node NODE`.
     pub fn start(config: &AgentConfig) -> Result<Agent> {
-        let bin = try_socklb_bin()?;
+        let bin = match &config.bin {
+            Some(bin) => bin.clone(),
+            None => try_socklb_bin()?,
+        };
         let logs = TempDir::new("agent")?;
         let log_path = logs.path().join("agent.log");
         let log = File::create(&log_path)
@@ -335,6 +342,19 @@ impl Agent {
             );
         }
         Ok(status)
+    }
+
+    /// SIGKILL by pid, and waits until it is reaped: the agent gets no chance to
+    /// finish what it was doing (the chaos tests' crash).
+    pub fn kill(&mut self) -> Result<ExitStatus> {
+        self.child.signal(libc::SIGKILL)?;
+        match self.child.wait_timeout(AGENT_STOP_GRACE)? {
+            Some(status) => Ok(status),
+            None => bail!(
+                "socklb agent (pid {}) still runs {AGENT_STOP_GRACE:?} after SIGKILL",
+                self.pid()
+            ),
+        }
     }
 
     /// `socklb uninstall` for this agent's cgroup and pin directory.

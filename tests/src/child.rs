@@ -198,6 +198,11 @@ impl Child {
         self.inner.stdout.take()
     }
 
+    /// Takes the child's stdin pipe (when it was spawned with `Stdio::piped()`).
+    pub fn take_stdin(&mut self) -> Option<std::process::ChildStdin> {
+        self.inner.stdin.take()
+    }
+
     /// Reads one line from the child's piped stdout within `timeout` (for readiness
     /// lines). The pipe is consumed: the rest of stdout is discarded.
     pub fn read_line(&mut self, timeout: Duration) -> Result<String> {

@@ -24,16 +24,20 @@
 
 pub mod agent;
 pub mod cgroup;
+pub mod chaos;
 pub mod child;
 pub mod cluster;
 pub mod cluster_spec;
 pub mod cmd;
+pub mod container;
+pub mod hold;
 pub mod http;
 pub mod multinode;
 pub mod names;
 pub mod netns;
 pub mod pins;
 pub mod privileges;
+pub mod release;
 pub mod report;
 pub mod sandbox;
 pub mod tempdir;
@@ -47,6 +51,7 @@ pub use cgroup::TestCgroup;
 pub use child::{Child, SpawnOpts};
 pub use cluster::{Cluster, ClusterOptions, pod_id};
 pub use cluster_spec::{ClusterSpec, Protocol, read_cluster_spec};
+pub use hold::{HeldSocket, HoldProbe, HoldSpec};
 pub use multinode::{
     AgentOptions, MultiNode, MultiNodeBuilder, Node, Origin, Plan, PlanFrontend, ServeSpec, Status,
     StatusFrontend, TcpRun, TcpRunReport, TransferReport, TransferRun, UdpRun, UdpRunReport,

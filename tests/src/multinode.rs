@@ -232,6 +232,8 @@ pub struct TcpRun {
     pub probe: TcpProbe,
     /// `--bind IP`: the source address.
     pub bind: Option<Ipv4Addr>,
+    /// `--source-port P`: the n-th connection from port P + n.
+    pub source_port: Option<u16>,
     /// `--parallel N`
     pub parallel: u64,
     /// `--hold`: every round of `parallel` connections is open at once.
@@ -243,6 +245,7 @@ impl TcpRun {
         Self {
             probe: TcpProbe::new(to),
             bind: None,
+            source_port: None,
             parallel: 1,
             hold: false,
         }
@@ -263,6 +266,12 @@ impl TcpRun {
         self.bind = Some(ip);
         self
     }
+    /// The n-th connection from source port `first + n` (one worker); the report's
+    /// `by_source_port` names each connection's backend.
+    pub fn source_ports(mut self, first: u16) -> Self {
+        self.source_port = Some(first);
+        self
+    }
     /// `n` workers; with `hold`, `count` must be a multiple of `n` and each round's `n`
     /// connections are all open at the same time.
     pub fn parallel(mut self, n: u64, hold: bool) -> Self {
@@ -275,6 +284,9 @@ impl TcpRun {
         let mut a = self.probe.args();
         if let Some(ip) = self.bind {
             a.extend(["--bind".into(), ip.to_string()]);
+        }
+        if let Some(port) = self.source_port {
+            a.extend(["--source-port".into(), port.to_string()]);
         }
         if self.parallel > 1 {
             a.extend(["--parallel".into(), self.parallel.to_string()]);
@@ -528,8 +540,14 @@ pub struct Status {
     pub frontends: Vec<StatusFrontend>,
     /// The node's addresses (where NodePorts answer).
     pub node_addresses: Vec<String>,
+    /// Cluster IPs whose other ports are refused (by the socket hooks).
+    pub service_addresses: Vec<String>,
     /// LoadBalancer and external IPs whose other ports are refused from outside.
     pub external_service_addresses: Vec<String>,
+    /// Backends reachable from a frontend.
+    pub backends: u64,
+    /// Service map entries reachable by a reader (frontends, their slots, wildcards).
+    pub service_map_entries: u64,
     /// Live conntrack entries (two per external flow).
     pub conntrack_entries: u64,
     pub counters: BTreeMap<String, u64>,
@@ -546,6 +564,9 @@ pub struct StatusFrontend {
     pub protocol: String,
     pub action: String,
     pub backends: Vec<String>,
+    /// The Maglev table slot 0 names; 0 = random picks.
+    pub maglev_table: u32,
+    pub affinity_timeout_s: u64,
 }
 
 impl Status {
@@ -615,6 +636,8 @@ pub struct AgentOptions {
     pub env: Vec<(String, String)>,
     /// The agent is started through this command ([`AgentConfig::wrapper`]).
     pub wrapper: Vec<String>,
+    /// Another `socklb` binary ([`AgentConfig::bin`]).
+    pub bin: Option<std::path::PathBuf>,
 }
 
 impl Default for AgentOptions {
@@ -624,6 +647,7 @@ impl Default for AgentOptions {
             extra_args: vec!["--poll-interval-ms".into(), "50".into()],
             env: Vec::new(),
             wrapper: Vec::new(),
+            bin: None,
         }
     }
 }
@@ -1088,11 +1112,19 @@ impl MultiNode {
     /// Starts `socklb agent --manifests DIR --node node-N --cgroup CG --bpffs PINS
     /// [--devices lan0]` inside node N's network namespace (ends an agent it had).
     pub fn start_agent(&mut self, n: u8, opts: &AgentOptions) -> Result<()> {
-        let manifests = self.manifests.path().to_path_buf();
+        let config = self.agent_config(n, opts)?;
         let node = self.node_mut(n)?;
         node.agent = None;
+        node.agent = Some(Agent::start(&config)?);
+        Ok(())
+    }
+
+    /// How [`MultiNode::start_agent`] starts node N's agent (for a test that starts,
+    /// kills and replaces it itself).
+    pub fn agent_config(&self, n: u8, opts: &AgentOptions) -> Result<AgentConfig> {
+        let node = self.try_node(n).ok_or_else(|| anyhow!("no node {n}"))?;
         let mut config = AgentConfig::new(
-            manifests,
+            self.manifests.path(),
             node.cgroup.path(),
             node.pins.path(),
             node_name(n),
@@ -1105,7 +1137,31 @@ impl MultiNode {
         config.extra_args.extend(opts.extra_args.iter().cloned());
         config.env = opts.env.clone();
         config.wrapper = opts.wrapper.clone();
-        node.agent = Some(Agent::start(&config)?);
+        config.bin = opts.bin.clone();
+        Ok(config)
+    }
+
+    /// Restarts node N's agent as a rolling update does: SIGTERM (it must exit 0, the
+    /// data path stays pinned), then a new agent with `opts` on the same pins, waited
+    /// for until it has programmed its data path.
+    pub fn restart_agent(&mut self, n: u8, opts: &AgentOptions) -> Result<()> {
+        if let Some(agent) = self.node_mut(n)?.agent.as_mut() {
+            let status = agent.stop()?;
+            if !status.success() {
+                bail!("the agent of {} exited with {status}", node_name(n));
+            }
+        }
+        self.start_agent(n, opts)?;
+        let node = self.node_mut(n)?;
+        if let Some(agent) = node.agent.as_mut()
+            && !agent.wait_for_log("ready", AGENT_WAIT)
+        {
+            bail!(
+                "the restarted agent of {} did not get ready within {AGENT_WAIT:?}; its log:\n{}",
+                node_name(n),
+                agent.log()
+            );
+        }
         Ok(())
     }
 
@@ -1165,6 +1221,12 @@ impl MultiNode {
         } else {
             bail!("{}", errors.join("\n"))
         }
+    }
+
+    /// `socklb uninstall --cgroup CG --bpffs PINS` of node N, in its namespace; fails
+    /// unless it exits 0.
+    pub fn uninstall(&self, n: u8) -> Result<()> {
+        uninstall_in(self.try_node(n).ok_or_else(|| anyhow!("no node {n}"))?)
     }
 
     /// `socklb plan --manifests DIR --node node-N -o json`.

@@ -29,6 +29,9 @@ pub struct TcpReport {
     pub first_error: Option<String>,
     /// Wall time of the whole run, in milliseconds.
     pub elapsed_ms: f64,
+    /// With `--source-port`: source port -> backend id of its connection.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_source_port: BTreeMap<String, String>,
 }
 
 impl TcpReport {
@@ -328,6 +331,7 @@ pub fn errno_name(errno: i32) -> String {
         libc::EHOSTUNREACH => "EHOSTUNREACH",
         libc::EALREADY => "EALREADY",
         libc::EINPROGRESS => "EINPROGRESS",
+        libc::EDESTADDRREQ => "EDESTADDRREQ",
         _ => return format!("errno {errno}"),
     };
     name.to_string()

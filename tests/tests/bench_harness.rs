@@ -1,7 +1,7 @@
 //! The benchmark harness (`socklb-bench run`, what `cargo xtask bench` drives) at a tiny
 //! scale: 10 services, one short repetition of every item (data path direct / socklb /
-//! iptables / nft over TCP and UDP, the control plane, the agent's memory), so that it
-//! keeps working. It asserts only that the results are well formed and that every mode
+//! iptables / nft over TCP and UDP, the control plane, the agent's memory, stale
+//! sockets in 3 namespaces), so that it keeps working. It asserts only that the results are well formed and that every mode
 //! moved traffic — never how fast: timings on a shared machine are not test material.
 //!
 //! Needs root, bpffs, cgroup v2, iproute2 (outside CI: SKIPPED when missing; under
@@ -88,6 +88,12 @@ fn socklb_bench_run_produces_well_formed_results() {
             "1",
             "--agent-timeout-s",
             "60",
+            "--stale-netns",
+            "3",
+            "--stale-sockets",
+            "3",
+            "--stale-rounds",
+            "1",
         ])
         .arg("--out")
         .arg(&out)
@@ -212,6 +218,16 @@ fn socklb_bench_run_produces_well_formed_results() {
     assert!(mem.rss_mib.median > 0.0);
     assert!(!mem.maps.is_empty());
 
+    // Stale sockets: every socket of the departed backend got ECONNABORTED, no decoy
+    // got anything (correctness, not speed).
+    let stale = &r.stale_sockets[0];
+    assert_eq!((stale.namespaces, stale.sockets_per_namespace), (3, 3));
+    assert_eq!(stale.expected, 9, "{stale:?}");
+    assert_eq!(stale.destroyed, 9, "{stale:?}");
+    assert_eq!((stale.decoys, stale.decoys_destroyed), (9, 0), "{stale:?}");
+    assert_eq!(stale.netns_visited, 4, "the agent's own and the 3 clients'");
+    assert_eq!(stale.error_ms.count, 9);
+
     // The targets judge every data-path row (whether met is not test material); what
     // needs the criterion benchmark or 100 000 endpoints is not measured at this scale.
     let judged = targets::evaluate(&r);
@@ -220,10 +236,10 @@ fn socklb_bench_run_produces_well_formed_results() {
         .iter()
         .filter(|t| t.verdict != Verdict::NotMeasured)
         .count();
-    // The data-path rows and the agent's manifest-directory change.
+    // The data-path rows, the agent's manifest-directory change and stale sockets.
     assert_eq!(
         measured,
-        socklb_rows(&r.datapath) + socklb_rows(&r.nodeport) + 1,
+        socklb_rows(&r.datapath) + socklb_rows(&r.nodeport) + 2,
         "{judged:?}"
     );
 

@@ -1,17 +1,21 @@
 //! Least privilege: the agent runs with exactly the capabilities that
 //! manifests/daemonset.yaml grants its container (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON,
-//! everything else dropped, no new privileges) and on a read-only root file system,
-//! and it serves ClusterIP (socket hooks) and NodePort (TC) that way, also across a
-//! restart that adopts its own pins. Without any one of the three it refuses to start,
-//! names the missing one, and leaves nothing behind.
+//! CAP_SYS_ADMIN, CAP_SYS_PTRACE, everything else dropped) and on a read-only root
+//! file system. It serves ClusterIP (socket hooks) and NodePort (TC) that way, also
+//! across a restart that adopts its own pins, and destroys a pod's stale socket in the
+//! pod's network namespace. Each capability is shown to be used: without
+//! CAP_SYS_ADMIN (which also grants what CAP_BPF and CAP_PERFMON do), any one of the
+//! other three makes the agent refuse to start, name it and leave nothing behind;
+//! without CAP_SYS_ADMIN or CAP_SYS_PTRACE it runs and says that stale-socket
+//! termination stays in its own network namespace.
 //!
 //! No container runtime yet: the container's confinement is rebuilt around the real
 //! agent with util-linux tools, in the test's own namespaces: `unshare --mount` (a
 //! private mount namespace where `/`, `/sys` and the cgroup are remounted read-only,
 //! as the DaemonSet's readOnlyRootFilesystem and read-only cgroup volume; bpffs stays
 //! writable, as its hostPath volume) and `setpriv` (the bounding set cut to the
-//! manifest's `capabilities.add`, no ambient or inheritable capabilities,
-//! no_new_privs as `allowPrivilegeEscalation: false`).
+//! manifest's `capabilities.add`, no ambient or inheritable capabilities, no_new_privs
+//! where the manifest says `allowPrivilegeEscalation: false`).
 //!
 //! They need root, bpffs, cgroup v2 and iproute2: outside CI they print SKIPPED and
 //! pass when those are missing; under CI=true they fail.
@@ -23,6 +27,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 use socklb_core::builders;
+use socklb_tests::hold::{HoldProbe, HoldSpec, errors, events_of};
 use socklb_tests::multinode::{AGENT_WAIT, node_addr};
 use socklb_tests::{
     Agent, AgentConfig, AgentOptions, MultiNode, Origin, PinDir, ServeSpec, TcpRun, TestCgroup,
@@ -37,8 +42,9 @@ const NODE_PORT_UDP: u16 = 30053;
 
 /// Kubernetes capability names (as in a securityContext) and their bits
 /// (linux/capability.h), for the ones the manifest may name.
-const CAPABILITY_BITS: [(&str, u32); 6] = [
+const CAPABILITY_BITS: [(&str, u32); 7] = [
     ("NET_ADMIN", 12),
+    ("SYS_PTRACE", 19),
     ("NET_RAW", 13),
     ("SYS_ADMIN", 21),
     ("SYS_RESOURCE", 24),
@@ -73,48 +79,76 @@ fn agent_security_context() -> Value {
     agent["securityContext"].clone()
 }
 
-/// The capabilities the manifest adds, after checking that it drops all others and
-/// grants nothing else (not privileged, no privilege escalation, read-only root).
-fn manifest_capabilities() -> Vec<String> {
+/// The agent container's confinement as the manifest declares it.
+struct Declared {
+    /// `capabilities.add` (Kubernetes names).
+    caps: Vec<String>,
+    /// `allowPrivilegeEscalation: false`: no_new_privs.
+    no_new_privs: bool,
+}
+
+/// The manifest's confinement, after checking that it drops every capability it does
+/// not add and grants nothing else (not privileged, read-only root).
+fn declared() -> Declared {
     let sc = agent_security_context();
     assert_ne!(sc["privileged"], json!(true), "{sc}");
-    assert_eq!(sc["allowPrivilegeEscalation"], json!(false), "{sc}");
     assert_eq!(sc["readOnlyRootFilesystem"], json!(true), "{sc}");
     assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{sc}");
-    let add: Vec<String> = sc["capabilities"]["add"]
+    let caps: Vec<String> = sc["capabilities"]["add"]
         .as_array()
         .expect("capabilities.add")
         .iter()
         .map(|c| c.as_str().unwrap().to_string())
         .collect();
-    assert!(!add.is_empty());
-    add
+    assert!(!caps.is_empty());
+    Declared {
+        caps,
+        no_new_privs: sc["allowPrivilegeEscalation"] == json!(false),
+    }
+}
+
+impl Declared {
+    /// The same without `drop`.
+    fn without(&self, drop: &[&str]) -> Declared {
+        Declared {
+            caps: self
+                .caps
+                .iter()
+                .filter(|c| !drop.contains(&c.as_str()))
+                .cloned()
+                .collect(),
+            no_new_privs: self.no_new_privs,
+        }
+    }
 }
 
 /// `setpriv` with exactly `caps` (Kubernetes names): bounding set, and so the
 /// permitted and effective sets of the root process it execs; nothing inheritable or
 /// ambient; no_new_privs.
-fn setpriv(caps: &[String]) -> Vec<String> {
+fn setpriv(d: &Declared) -> Vec<String> {
     let mut bounding = String::from("-all");
-    for c in caps {
+    for c in &d.caps {
         bounding.push_str(&format!(",+{}", c.to_ascii_lowercase()));
     }
-    [
+    let mut w: Vec<String> = [
         "setpriv",
         "--bounding-set",
         &bounding,
         "--inh-caps=-all",
         "--ambient-caps=-all",
-        "--no-new-privs",
-        "--",
     ]
     .map(String::from)
-    .to_vec()
+    .to_vec();
+    if d.no_new_privs {
+        w.push("--no-new-privs".into());
+    }
+    w.push("--".into());
+    w
 }
 
 /// The container's confinement around the agent: a private mount namespace with `/`,
 /// `/sys` and `cgroup` read-only, then [`setpriv`].
-fn confined(caps: &[String], cgroup: &Path) -> Vec<String> {
+fn confined(d: &Declared, cgroup: &Path) -> Vec<String> {
     let cg = cgroup.display().to_string();
     assert!(!cg.contains('\''), "{cg}");
     let script = format!(
@@ -134,7 +168,7 @@ fn confined(caps: &[String], cgroup: &Path) -> Vec<String> {
     ]
     .map(String::from)
     .to_vec();
-    w.extend(setpriv(caps));
+    w.extend(setpriv(d));
     w
 }
 
@@ -162,9 +196,9 @@ fn mount_options(pid: u32, mount_point: &Path) -> Option<String> {
     })
 }
 
-fn assert_confined(agent: &Agent, caps: &[String], cgroup: &Path) {
+fn assert_confined(agent: &Agent, d: &Declared, cgroup: &Path) {
     let pid = agent.pid();
-    let want = mask(caps);
+    let want = mask(&d.caps);
     for set in ["CapEff", "CapPrm", "CapBnd"] {
         assert_eq!(
             hex(&status_field(pid, set)),
@@ -175,7 +209,8 @@ fn assert_confined(agent: &Agent, caps: &[String], cgroup: &Path) {
     for set in ["CapInh", "CapAmb"] {
         assert_eq!(hex(&status_field(pid, set)), 0, "{set} of the agent");
     }
-    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    let no_new_privs = if d.no_new_privs { "1" } else { "0" };
+    assert_eq!(status_field(pid, "NoNewPrivs"), no_new_privs);
     for ro in [Path::new("/"), Path::new("/sys"), cgroup] {
         let opts = mount_options(pid, ro).unwrap_or_default();
         assert!(
@@ -192,6 +227,11 @@ fn assert_confined(agent: &Agent, caps: &[String], cgroup: &Path) {
 }
 
 fn manifests() -> String {
+    manifests_with(&[POD_A, POD_B])
+}
+
+/// web with these endpoints (on node-1), and node-1.
+fn manifests_with(pods: &[Ipv4Addr]) -> String {
     let ports = [("http", "TCP", 80), ("dns", "UDP", 53)];
     let service = builders::merge(
         builders::service_object("e2e", "web", &CLUSTER_IP.to_string(), &ports),
@@ -200,7 +240,7 @@ fn manifests() -> String {
             {"name": "dns", "protocol": "UDP", "port": 53, "targetPort": 5353, "nodePort": NODE_PORT_UDP},
         ]}}),
     );
-    let endpoints: Vec<Value> = [POD_A, POD_B]
+    let endpoints: Vec<Value> = pods
         .iter()
         .map(|ip| {
             json!({
@@ -277,7 +317,7 @@ fn the_agent_serves_with_the_daemonsets_capabilities_on_a_read_only_root() {
     if !require_privileges() {
         return;
     }
-    let caps = manifest_capabilities();
+    let d = declared();
     let mut mn = MultiNode::builder()
         .nodes(1)
         .pods([POD_A, POD_B])
@@ -287,64 +327,137 @@ fn the_agent_serves_with_the_daemonsets_capabilities_on_a_read_only_root() {
     mn.write_manifest("web.yaml", &manifests()).unwrap();
     let cgroup: PathBuf = mn.node(1).cgroup().path().to_path_buf();
     let opts = AgentOptions {
-        wrapper: confined(&caps, &cgroup),
+        wrapper: confined(&d, &cgroup),
         ..AgentOptions::default()
     };
     mn.start_agents(&opts).unwrap();
-    assert_confined(mn.node(1).agent().unwrap(), &caps, &cgroup);
+    assert_confined(mn.node(1).agent().unwrap(), &d, &cgroup);
     assert_serves(&mut mn);
 
     // A new agent (as after a pod restart) adopts the pinned maps and links.
     mn.start_agents(&opts).unwrap();
     let agent = mn.node(1).agent().unwrap();
-    assert_confined(agent, &caps, &cgroup);
+    assert_confined(agent, &d, &cgroup);
     assert!(
         agent.log().contains("adopting pinned maps"),
         "{}",
         agent.log()
     );
     assert_serves(&mut mn);
+    assert_destroys_a_pods_stale_socket(&mut mn);
     mn.shutdown().unwrap();
 }
 
-/// With any one capability of the manifest's set missing, the agent exits at once with
-/// an error naming it, before it creates a map, a pin or a link.
+/// Connected UDP sockets in pod A's network namespace (a process of the node's cgroup,
+/// with every capability: more than the agent has) to the ClusterIP's DNS port; pod B
+/// leaves the Service: the sockets it served get ECONNABORTED, so the agent opened and
+/// entered the pod's namespace.
+fn assert_destroys_a_pods_stale_socket(mn: &mut MultiNode) {
+    let dns = SocketAddr::from((CLUSTER_IP, 53));
+    let netns = mn.node(1).sandbox().pod(POD_A).unwrap().netns().path();
+    let cgroup = mn.node(1).cgroup().path().to_path_buf();
+    let mut p = HoldProbe::spawn(
+        &netns,
+        Some(&cgroup),
+        &HoldSpec::new().udp(dns).repeat(12),
+        AGENT_WAIT,
+    )
+    .unwrap();
+    let b = format!("pod-{POD_B}");
+    let on_b: Vec<usize> = p
+        .sockets
+        .iter()
+        // "pod-IP" (and the peer address the pod saw, with --report-peer).
+        .filter(|s| {
+            s.backend
+                .as_deref()
+                .and_then(|x| x.split_whitespace().next())
+                == Some(b.as_str())
+        })
+        .map(|s| s.index)
+        .collect();
+    assert!(!on_b.is_empty(), "no socket landed on {b}: {:?}", p.sockets);
+    mn.write_manifest("web.yaml", &manifests_with(&[POD_A]))
+        .unwrap();
+    let all_failed = |ev: &[Value]| on_b.iter().all(|i| !events_of(ev, "error", *i).is_empty());
+    assert!(
+        p.wait(AGENT_WAIT, all_failed),
+        "the stale sockets in the pod's namespace got no error: {:?}\n{}",
+        p.events(),
+        mn.node(1).agent().unwrap().log_tail(10)
+    );
+    for (index, error, _) in errors(p.events()) {
+        assert!(
+            on_b.contains(&index),
+            "socket {index} was not stale: {error}"
+        );
+        assert_eq!(error, "ECONNABORTED");
+    }
+    let log = mn.node(1).agent().unwrap().log();
+    assert!(!log.contains("own network namespace only"), "{log}");
+    assert!(!log.contains("could not be opened or entered"), "{log}");
+    p.quit();
+}
+
+/// Without CAP_SYS_ADMIN (which grants what CAP_BPF and CAP_PERFMON do as well), the
+/// agent refuses to start without any one of CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON,
+/// names it and creates nothing; without CAP_SYS_ADMIN or CAP_SYS_PTRACE it serves and
+/// says that stale sockets are destroyed in its own network namespace only.
 #[test]
-fn without_any_one_capability_the_agent_refuses_and_names_it() {
+fn each_capability_is_needed_and_a_missing_one_is_named() {
     if !require_privileges() {
         return;
     }
-    let caps = manifest_capabilities();
+    let d = declared();
     let manifests = socklb_tests::ManifestDir::new().unwrap();
     manifests
         .write("web.yaml", &manifests_text_clusterip())
         .unwrap();
-    for drop in &caps {
-        let rest: Vec<String> = caps.iter().filter(|c| *c != drop).cloned().collect();
+    let run = |without: &[&str]| {
         let cgroup = TestCgroup::new().unwrap();
         let base = PinDir::new().unwrap();
         let pin_dir = base.path().join("agent");
         let mut config = AgentConfig::new(manifests.path(), cgroup.path(), &pin_dir, "node-1");
-        config.wrapper = setpriv(&rest);
+        config.wrapper = setpriv(&d.without(without));
         let mut agent = Agent::start(&config).unwrap();
         let mut status = None;
-        socklb_tests::wait_until(AGENT_WAIT, || {
+        let exited = socklb_tests::wait_until(AGENT_WAIT, || {
             status = agent.try_wait().ok().flatten();
-            status.is_some()
+            status.is_some() || agent.log().contains("ready")
         });
-        let status = status
-            .unwrap_or_else(|| panic!("without {drop} the agent kept running: {}", agent.log()));
-        assert!(!status.success(), "without {drop}: {status}");
+        assert!(exited, "without {without:?}: {}", agent.log());
+        (agent, status, pin_dir, base, cgroup)
+    };
+    for required in ["BPF", "NET_ADMIN", "PERFMON"] {
+        assert!(d.caps.iter().any(|c| c == required), "{:?}", d.caps);
+        let (agent, status, pin_dir, _base, _cgroup) = run(&["SYS_ADMIN", required]);
+        let status = status.unwrap_or_else(|| {
+            panic!("without {required} the agent kept running: {}", agent.log())
+        });
+        assert!(!status.success(), "without {required}: {status}");
         let log = agent.log();
         assert!(
-            log.contains("missing capabilities") && log.contains(&format!("CAP_{drop}")),
-            "without {drop} the error must name it:\n{log}"
+            log.contains("missing capabilities") && log.contains(&format!("CAP_{required}")),
+            "without {required} the error must name it:\n{log}"
         );
         // The links would be pinned there: no directory, nothing attached or kept.
         assert!(
             !pin_dir.exists(),
-            "without {drop}: a pin directory was created"
+            "without {required}: a pin directory was created"
         );
+    }
+    for optional in ["SYS_ADMIN", "SYS_PTRACE"] {
+        assert!(d.caps.iter().any(|c| c == optional), "{:?}", d.caps);
+        let (mut agent, status, _pin_dir, _base, cgroup) = run(&[optional]);
+        assert!(status.is_none(), "without {optional}: {}", agent.log());
+        let log = agent.log();
+        assert!(
+            log.contains("own network namespace only") && log.contains(&format!("CAP_{optional}")),
+            "without {optional} the agent says what it cannot do:\n{log}"
+        );
+        agent.stop().unwrap();
+        let out = socklb_tests::uninstall(cgroup.path(), &_pin_dir).unwrap();
+        assert!(out.status.success(), "{out:?}");
     }
 }
 

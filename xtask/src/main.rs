@@ -4,9 +4,12 @@
 //! - `build-ebpf`: builds the kernel programs and prints the object's path;
 //! - `test`: the whole test suite (what CI runs);
 //! - `demo`: the self-contained demo sandbox;
+//! - `bench`, `chaos`: the benchmarks, and their chaos stage on its own.
+//! - `image`: the socklb OCI image, without pulling a base image.
 //! - `fuzz`: the fuzz targets for a bounded time (also a stage of `bench`).
 mod bench;
 mod fuzz;
+mod image;
 mod setup;
 
 use std::{
@@ -62,6 +65,50 @@ enum Task {
         /// Only re-render the summary and plots from a results file.
         #[arg(long, value_name = "RESULTS_JSON")]
         render: Option<PathBuf>,
+        /// Only these items, comma separated (tcp, udp, control, memory, nodeport,
+        /// stale, chaos, fuzz), written under target/bench-items/ (unless --out); the
+        /// criterion benchmark runs only with `control`, the chaos stage only with
+        /// `chaos` (alone: `cargo xtask chaos`), the fuzz stage only with `fuzz`
+        /// (alone: `cargo xtask fuzz`).
+        #[arg(long, value_delimiter = ',')]
+        items: Option<Vec<String>>,
+        /// Cycles of the chaos stage (default 100, quick 20; 0 skips it).
+        #[arg(long = "chaos-cycles")]
+        chaos_cycles: Option<usize>,
+        /// Seconds per fuzz target of the fuzz stage (default 60, quick 10; 0 skips it).
+        #[arg(long = "fuzz-seconds")]
+        fuzz_seconds: Option<u64>,
+    },
+    /// The chaos run alone (root): the agent SIGKILLed at random points of its syncs
+    /// under clients and churn; fails unless nothing failed, diverged or leaked.
+    Chaos {
+        #[arg(long, default_value_t = bench::chaos::CYCLES)]
+        cycles: usize,
+        /// The seed of every random choice (default: from the clock; printed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Services per bulk file (default 2500).
+        #[arg(long = "bulk-services")]
+        bulk_services: Option<usize>,
+        /// Data paths, comma separated: socket-hooks, node-port (default: both).
+        #[arg(long, value_delimiter = ',')]
+        datapath: Vec<String>,
+    },
+    /// Build the socklb OCI image (podman, FROM scratch: no registry needed), tagged
+    /// localhost/socklb:<version>, and a docker-archive of it under target/image/.
+    Image {
+        /// Package this socklb binary instead of `cargo build --release -p socklb`.
+        #[arg(long)]
+        socklb: Option<PathBuf>,
+        /// Image name (default localhost/socklb:<version>).
+        #[arg(long)]
+        tag: Option<String>,
+        /// Only make the image's file tree in DIR (what manifests/Dockerfile runs).
+        #[arg(long, value_name = "DIR")]
+        rootfs_only: Option<PathBuf>,
+        /// Do not write the docker-archive.
+        #[arg(long)]
+        no_archive: bool,
     },
     /// Run each fuzz target (cargo-fuzz, nightly) for a bounded time; fails on a crash.
     Fuzz {
@@ -143,6 +190,9 @@ fn run() -> Result<()> {
             out,
             reps,
             render,
+            items,
+            chaos_cycles,
+            fuzz_seconds,
         } => bench::run(
             &root,
             bench::Options {
@@ -152,6 +202,37 @@ fn run() -> Result<()> {
                 out,
                 reps,
                 render,
+                items,
+                chaos_cycles,
+                fuzz_seconds,
+            },
+        ),
+        Task::Chaos {
+            cycles,
+            seed,
+            bulk_services,
+            datapath,
+        } => bench::chaos::run(
+            &root,
+            &bench::chaos::Options {
+                cycles,
+                seed,
+                bulk_services,
+                datapaths: datapath,
+            },
+        ),
+        Task::Image {
+            socklb,
+            tag,
+            rootfs_only,
+            no_archive,
+        } => image::run(
+            &root,
+            image::Options {
+                socklb,
+                tag,
+                rootfs_only,
+                no_archive,
             },
         ),
         Task::Demo { args } => {

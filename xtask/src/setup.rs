@@ -13,7 +13,16 @@ const APT_PACKAGES: &[&str] = &[
     "libxml2-dev",
     "bpftool",
     "iproute2",
+    // `cargo xtask image` and tests/tests/container.rs: podman builds and runs the
+    // image; runc is the runtime the test picks (Debian 12's default crun refuses
+    // hosts on the hybrid cgroup layout). objcopy (binutils) strips the binary.
+    "podman",
+    "runc",
+    "binutils",
 ];
+/// kubectl renders manifests/ with its built-in kustomize
+/// (lb-userspace/tests/manifests_parse.rs). When none is installed, Debian 12's own.
+const KUBECTL_PACKAGE: &str = "kubernetes-client";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
@@ -34,6 +43,9 @@ fn missing() -> Vec<Missing> {
     if !bpffs_mounted() {
         out.push(Missing("bpffs at /sys/fs/bpf"));
     }
+    if !kubectl_ok() {
+        out.push(Missing("kubectl"));
+    }
     out
 }
 
@@ -49,7 +61,10 @@ pub fn ensure() -> Result<()> {
 }
 
 pub fn setup(force: bool) -> Result<()> {
-    let apt = apt_missing();
+    let mut apt = apt_missing();
+    if !kubectl_ok() {
+        apt.push(KUBECTL_PACKAGE);
+    }
     if !apt.is_empty() {
         require_root("install apt packages")?;
         eprintln!("xtask: apt-get install {}", apt.join(" "));
@@ -181,6 +196,14 @@ fn bpf_linker_ok() -> bool {
     };
     // Running at all proves libLLVM (linked at run time) is present.
     out.status.success() && String::from_utf8_lossy(&out.stdout).contains(BPF_LINKER_VERSION)
+}
+
+/// Any working kubectl (it need not be Debian's: a machine may have one already).
+fn kubectl_ok() -> bool {
+    Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 fn bpffs_mounted() -> bool {

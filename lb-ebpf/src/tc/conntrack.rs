@@ -13,6 +13,7 @@ use super::{
 };
 use crate::{
     error::Error,
+    family::V4,
     lb::Selection,
     maps::{CT4, is_node_addr},
 };
@@ -112,7 +113,7 @@ pub enum Created {
 pub fn create(
     ctx: &TcContext,
     p: &Packet,
-    picked: &Selection,
+    picked: &Selection<V4>,
     snat: bool,
     now: u64,
 ) -> Result<Created, Error> {

@@ -48,6 +48,7 @@ use self::{
 };
 use crate::{
     error::Error,
+    family::V4,
     lb::{self, Flow, Frontend},
     maps::count,
 };
@@ -141,7 +142,7 @@ fn try_ingress(ctx: &TcContext, refused: &mut Option<Packet>) -> Result<i32, Err
             entry.to_dport,
         );
     }
-    let Some(fe) = lb::lookup_frontend(p.daddr, p.dport, p.proto, scope::EXTERNAL) else {
+    let Some(fe) = lb::lookup_frontend::<V4>(p.daddr, p.dport, p.proto, scope::EXTERNAL) else {
         // A LoadBalancer or external IP on a port no service has: refused.
         if reject::refused_address(p.daddr) {
             *refused = Some(p);
@@ -149,7 +150,7 @@ fn try_ingress(ctx: &TcContext, refused: &mut Option<Packet>) -> Result<i32, Err
         }
         return Ok(PASS);
     };
-    if !fe.admits(p.saddr) {
+    if !fe.admits(&p.saddr) {
         count(Counter::NpSourceDenied);
         return Ok(DROP);
     }
@@ -180,7 +181,7 @@ fn try_ingress(ctx: &TcContext, refused: &mut Option<Packet>) -> Result<i32, Err
 /// The first packet of a new flow to a forwarding frontend: pick a backend, track
 /// both directions, rewrite (and route what was SNATed).
 #[inline(always)]
-fn new_flow(ctx: &TcContext, p: &Packet, fe: &Frontend, now: u64) -> Result<i32, Error> {
+fn new_flow(ctx: &TcContext, p: &Packet, fe: &Frontend<V4>, now: u64) -> Result<i32, Error> {
     let flow = Flow::Packet {
         saddr: p.saddr,
         sport: p.sport,

@@ -31,6 +31,7 @@ use super::{
 };
 use crate::{
     error::{Cause, Error},
+    family::V4,
     lb::lookup_service,
     maps::{REJECT_RATE4, count, is_node_addr},
 };
@@ -99,7 +100,7 @@ const _: () = assert!(size_of::<Unreachable>() == ip4::MIN_HLEN + icmp::HLEN + Q
 #[inline(always)]
 pub fn refused_address(address: u32) -> bool {
     let wildcard = Svc4Key::wildcard(address).with_scope(scope::EXTERNAL);
-    lookup_service(&wildcard).is_some() && !is_node_addr(address)
+    lookup_service::<V4>(&wildcard).is_some() && !is_node_addr(address)
 }
 
 /// Answers `p` (a packet to a rejecting frontend or a refused address) in place and

@@ -6,6 +6,7 @@ use lb_common::{
 
 use crate::{
     error::{Cause, Error},
+    family::V4,
     lb::Frontend,
     maps::{CT4, DEVICE4, get_copy},
 };
@@ -17,7 +18,7 @@ const SNAT_TRIES: u32 = 8;
 /// externalTrafficPolicy Cluster, when the backend runs on another node, so that its
 /// replies come back through this node.
 #[inline(always)]
-pub fn needed(fe: &Frontend, backend: &Backend4) -> bool {
+pub fn needed(fe: &Frontend<V4>, backend: &Backend4) -> bool {
     fe.svc.flags & SVC_FLAG_SNAT != 0 && backend.flags & BACKEND_FLAG_LOCAL == 0
 }
 

@@ -2,7 +2,7 @@
 //! container started with too few says which one is missing and why instead of
 //! failing deep inside a program load with EPERM.
 //!
-//! The set is small on purpose (manifests/daemonset.yaml grants exactly these):
+//! Required ([`AGENT_NEEDS`]):
 //! - CAP_BPF: creating maps, loading programs and BTF, pinning in bpffs;
 //! - CAP_NET_ADMIN: loading the cgroup socket-address and TC programs (networking
 //!   program types), attaching them to a cgroup, and the clsact qdisc and filters on
@@ -13,9 +13,16 @@
 //!   need it to load at all.
 //!
 //! CAP_SYS_ADMIN covers CAP_BPF and CAP_PERFMON (kernels before 5.8 knew only it), so
-//! a privileged agent passes too. Nothing else is needed: no CAP_SYS_RESOURCE (memory
-//! of maps is charged to the cgroup, not RLIMIT_MEMLOCK, since 5.11), no
-//! CAP_DAC_OVERRIDE (the pin directory belongs to the agent's user), no mounts.
+//! a privileged agent passes too.
+//!
+//! For stale-socket termination in the pods' network namespaces
+//! ([`STALE_SOCKETS_IN_PODS_NEED`]; without them it stays in the agent's own):
+//! CAP_SYS_PTRACE (opening /proc/PID/ns/net of a process whose capabilities the agent
+//! does not all have) and CAP_SYS_ADMIN (setns into it).
+//!
+//! Nothing else: no CAP_SYS_RESOURCE (memory of maps is charged to the cgroup, not
+//! RLIMIT_MEMLOCK, since 5.11), no CAP_DAC_OVERRIDE (the pin directory belongs to the
+//! agent's user), no mounts.
 
 use std::fmt;
 
@@ -37,6 +44,10 @@ impl fmt::Display for Capability {
 pub const CAP_NET_ADMIN: Capability = Capability {
     bit: 12,
     name: "CAP_NET_ADMIN",
+};
+pub const CAP_SYS_PTRACE: Capability = Capability {
+    bit: 19,
+    name: "CAP_SYS_PTRACE",
 };
 pub const CAP_SYS_ADMIN: Capability = Capability {
     bit: 21,
@@ -81,6 +92,21 @@ pub const AGENT_NEEDS: [Requirement; 3] = [
     },
 ];
 
+/// What stale-socket termination needs beyond [`AGENT_NEEDS`] to reach the sockets of
+/// the pods: without these it works in the agent's own network namespace only.
+pub const STALE_SOCKETS_IN_PODS_NEED: [Requirement; 2] = [
+    Requirement {
+        capability: CAP_SYS_PTRACE,
+        or: None,
+        why: "opening /proc/PID/ns/net of a pod's process, whose capabilities the agent does not all have",
+    },
+    Requirement {
+        capability: CAP_SYS_ADMIN,
+        or: None,
+        why: "entering a pod's network namespace (setns), where its sockets are iterated",
+    },
+];
+
 /// The requirements an effective capability set (a bit mask) does not meet.
 pub fn missing(effective: u64, needs: &[Requirement]) -> Vec<Requirement> {
     let has = |c: Capability| effective & (1u64 << c.bit) != 0;
@@ -115,16 +141,36 @@ pub fn describe_missing(missing: &[Requirement]) -> String {
     )
 }
 
-/// Checks this process's effective capabilities against [`AGENT_NEEDS`].
-pub fn check_agent() -> Result<(), super::DatapathError> {
+/// This process's effective capabilities; None on a kernel that does not say (none
+/// that socklb runs on).
+pub fn effective() -> Result<Option<u64>, super::DatapathError> {
     let path = std::path::Path::new("/proc/self/status");
     let status = std::fs::read_to_string(path).map_err(|source| super::DatapathError::Io {
         what: "reading",
         path: path.to_path_buf(),
         source,
     })?;
-    // A kernel without the line (none that socklb runs on): let the loads decide.
-    let Some(effective) = effective_from_status(&status) else {
+    Ok(effective_from_status(&status))
+}
+
+/// What of [`STALE_SOCKETS_IN_PODS_NEED`] this process lacks, described for a log line;
+/// None when it has all.
+pub fn stale_sockets_in_pods_missing() -> Option<String> {
+    let effective = effective().ok().flatten()?;
+    let missing = missing(effective, &STALE_SOCKETS_IN_PODS_NEED);
+    (!missing.is_empty()).then(|| {
+        missing
+            .iter()
+            .map(|r| format!("{} ({})", r.capability, r.why))
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
+}
+
+/// Checks this process's effective capabilities against [`AGENT_NEEDS`].
+pub fn check_agent() -> Result<(), super::DatapathError> {
+    // A kernel without the line: let the loads decide.
+    let Some(effective) = effective()? else {
         return Ok(());
     };
     let missing = missing(effective, &AGENT_NEEDS);

@@ -12,7 +12,7 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     maps::{
         HashMap as BpfHashMap, LpmTrie, Map, MapData, MapError, PerCpuArray,
         lpm_trie::Key as LpmKey,
@@ -28,12 +28,37 @@ use lb_common::{
 };
 use tracing::{debug, info, warn};
 
-use socklb_core::maps::{MapOp, ServiceMaps};
+use socklb_core::maps::{MapOp, ServiceMaps, maglev::MaglevConfig};
 
-use super::DatapathError;
+use super::{
+    DatapathError,
+    kfunc::{KfuncCall, PatchedObject, patch_kfunc_calls},
+    maglev_map::MaglevMap,
+};
 
-/// The kernel programs, built by build.rs.
+/// The kernel programs, built by build.rs. Load [`loadable_object`], not this: the
+/// object's kfunc calls need patching first (see `kfunc.rs`).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+/// [`EBPF_OBJECT`] with its kfunc calls patched against `btf` (the running kernel's;
+/// None: the kernel has no BTF, and every kfunc call returns -EOPNOTSUPP).
+pub fn loadable_object(btf: Option<&Btf>) -> Result<PatchedObject, DatapathError> {
+    Ok(patch_kfunc_calls(EBPF_OBJECT, |name| {
+        btf?.id_by_type_name_kind(name, aya_obj::btf::BtfKind::Func)
+            .ok()
+    })?)
+}
+
+/// The loaded object as `install` leaves it to the agent: the programs it did not
+/// attach (the socket iterators, which the agent runs itself), the maps it did not
+/// take, and what they were loaded against.
+pub struct LoadedObject {
+    pub ebpf: Ebpf,
+    /// The running kernel's BTF, None if it has none (iterators need it to load).
+    pub btf: Option<Btf>,
+    /// The object's kfunc calls and whether the kernel has them.
+    pub kfuncs: Vec<KfuncCall>,
+}
 
 /// Socket hooks: (program function name, link pin name).
 pub const SOCKET_HOOKS: [(&str, &str); 4] = [
@@ -71,6 +96,10 @@ pub struct MapSizes {
     pub affinity: u32,
     /// loadBalancerSourceRanges entries (`--map-size-source-ranges`).
     pub source_ranges: u32,
+    /// The Maglev tables (`--lb-algorithm`, `--maglev-*`): their number and size give
+    /// the Maglev map's. Unlike the maps above, a pinned Maglev map made for other
+    /// flags is replaced (see [`super::maglev_map`]): its tables would be wrong.
+    pub maglev: MaglevConfig,
 }
 
 impl Default for MapSizes {
@@ -82,6 +111,7 @@ impl Default for MapSizes {
             conntrack: capacity::CT4,
             affinity: capacity::AFFINITY4,
             source_ranges: capacity::SRC_RANGE4,
+            maglev: MaglevConfig::default(),
         }
     }
 }
@@ -120,6 +150,7 @@ impl MapSizes {
             backends: self.backends as usize,
             affinity_matches: self.services as usize,
             src_ranges: self.source_ranges as usize,
+            maglev: self.maglev,
         }
     }
 }
@@ -138,6 +169,7 @@ pub struct KernelMaps {
     affinity: BpfHashMap<MapData, Affinity4Key, Affinity4Value>,
     affinity_matches: BpfHashMap<MapData, AffinityMatch4Key, AffinityMatch4Value>,
     agent_status: aya::maps::Array<MapData, AgentStatus>,
+    maglev: MaglevMap,
 }
 
 /// A device the TC programs attach to.
@@ -200,7 +232,15 @@ impl KernelMaps {
                 .map_err(map_err(AFFINITY_MATCH4, "open"))?,
             agent_status: aya::maps::Array::try_from(get(AGENT_STATUS)?)
                 .map_err(map_err(AGENT_STATUS, "open"))?,
+            maglev: MaglevMap::new(get(MAGLEV4)?)?,
         })
+    }
+
+    /// The Maglev map's layout: (table size, seed, tables it has room for); a size of
+    /// 0 when it holds none (the random algorithm).
+    pub fn maglev_layout(&self) -> (u32, u32, u32) {
+        let (m, seed) = self.maglev.header();
+        (m, seed, self.maglev.tables())
     }
 
     /// The sizes the maps have.
@@ -366,7 +406,16 @@ impl ServiceMaps for KernelMaps {
                 .map_err(map_err(map_names::AFFINITY_MATCH4, "update")),
             MapOp::DeleteAffinityMatch { key } => ignore_missing(self.affinity_matches.remove(key))
                 .map_err(map_err(map_names::AFFINITY_MATCH4, "delete")),
+            MapOp::PutMaglev {
+                table,
+                index,
+                backend_id,
+            } => self.maglev.put(*table, *index, *backend_id),
         }
+    }
+
+    fn read_maglev_table(&self, table: u32) -> Result<Option<Vec<u32>>, DatapathError> {
+        Ok(self.maglev.read_table(table))
     }
 
     fn dump_affinity_matches(&self) -> Result<Vec<(AffinityMatch4Key, u16)>, DatapathError> {
@@ -462,7 +511,7 @@ pub fn install(
     cgroup: &Path,
     devices: &[Device],
     sizes: &MapSizes,
-) -> Result<KernelMaps, DatapathError> {
+) -> Result<(KernelMaps, LoadedObject), DatapathError> {
     raise_memlock_limit();
     prepare_pin_dir(pin_dir)?;
     let reused: Vec<&str> = map_names::ALL
@@ -473,7 +522,8 @@ pub fn install(
     if !reused.is_empty() {
         info!(pin_dir = %pin_dir.display(), maps = ?reused, "adopting pinned maps");
     }
-    let (mut ebpf, sizes) = load_object(pin_dir, sizes)?;
+    let (mut loaded, sizes) = load_object(pin_dir, sizes)?;
+    let ebpf = &mut loaded.ebpf;
 
     let cgroup_dir = fs::File::open(cgroup).map_err(|source| DatapathError::Io {
         what: "opening cgroup",
@@ -482,7 +532,7 @@ pub fn install(
     })?;
     for (program, link_name) in SOCKET_HOOKS {
         attach_to_cgroup!(
-            &mut ebpf,
+            ebpf,
             CgroupSockAddr,
             program,
             &cgroup_dir,
@@ -493,14 +543,14 @@ pub fn install(
     // post_bind4 on the cgroup: binding a NodePort is refused.
     let (program, link_name) = BIND_HOOK;
     attach_to_cgroup!(
-        &mut ebpf,
+        ebpf,
         CgroupSock,
         program,
         &cgroup_dir,
         &pin_dir.join(link_name)
     );
-    attach_tc(&mut ebpf, devices, pin_dir)?;
-    let mut maps = KernelMaps::from_ebpf(&mut ebpf, sizes)?;
+    attach_tc(ebpf, devices, pin_dir)?;
+    let mut maps = KernelMaps::from_ebpf(ebpf, sizes)?;
     maps.set_devices(devices)?;
     // Every program now uses the current maps: pins of retired ones only take memory.
     for retired in map_names::RETIRED {
@@ -510,7 +560,7 @@ pub fn install(
             remove_pin(&path)?;
         }
     }
-    Ok(maps)
+    Ok((maps, loaded))
 }
 
 /// TC ingress and egress on each device (TCX links, pinned). Links of devices no
@@ -572,8 +622,23 @@ fn tc_link_pins(pin_dir: &Path) -> Vec<String> {
 /// with `sizes`; no program is loaded or attached yet. Returns the sizes the maps
 /// really have: a pinned map keeps the size it was created with (making it anew would
 /// empty it under live traffic), which is warned about.
-fn load_object(pin_dir: &Path, sizes: &MapSizes) -> Result<(Ebpf, MapSizes), DatapathError> {
+///
+/// The Maglev map is sized for `sizes.maglev` (a pinned one made for other flags is
+/// replaced first), the table size and seed are set in the programs' read-only
+/// globals, and the map's header is written.
+fn load_object(
+    pin_dir: &Path,
+    sizes: &MapSizes,
+) -> Result<(LoadedObject, MapSizes), DatapathError> {
+    let maglev = &sizes.maglev;
+    replace_maglev_pin_if_stale(pin_dir, maglev)?;
+    // The kernel BTF is large once parsed (~15 MB here): one copy at a time. The
+    // loader parses its own in new(); it is dropped before ours is parsed, and ours
+    // serves the loader, the kfunc patch and the iterators.
     let mut loader = EbpfLoader::new();
+    loader.btf(None);
+    let btf = Btf::from_sys_fs().ok();
+    let object = loadable_object(btf.as_ref())?;
     let map_paths: Vec<(&str, PathBuf)> = map_names::ALL
         .iter()
         .map(|m| (*m, pin_dir.join(m)))
@@ -584,11 +649,82 @@ fn load_object(pin_dir: &Path, sizes: &MapSizes) -> Result<(Ebpf, MapSizes), Dat
     for (name, size, _) in sizes.by_map() {
         loader.map_max_entries(name, size);
     }
-    let ebpf = loader
-        .load(EBPF_OBJECT)
+    let values = u32::try_from(maglev.map_entries()).map_err(|_| {
+        DatapathError::Inconsistent(format!(
+            "{} Maglev tables of {} entries do not fit in one map",
+            maglev.tables(),
+            maglev.table_size
+        ))
+    })?;
+    let table_size = maglev.kernel_table_size();
+    loader
+        .map_max_entries(map_names::MAGLEV4, values)
+        .override_global("MAGLEV_TABLE_SIZE", &table_size, true)
+        .override_global("MAGLEV_SEED", &maglev.seed, true);
+    let mut ebpf = loader
+        .btf(btf.as_ref())
+        .load(object.bytes())
         .map_err(|e| map_create_error(e, sizes))?;
-    let actual = pinned_sizes(pin_dir, sizes)?;
-    Ok((ebpf, actual))
+    drop(loader);
+    // The header says what the tables are; a reused map has it already.
+    let map = ebpf.map_mut(map_names::MAGLEV4).ok_or_else(|| {
+        DatapathError::Inconsistent(format!("the eBPF object has no map {}", map_names::MAGLEV4))
+    })?;
+    write_maglev_header(map, table_size, maglev.seed)?;
+    let mut actual = pinned_sizes(pin_dir, sizes)?;
+    actual.maglev = *maglev;
+    Ok((
+        LoadedObject {
+            ebpf,
+            btf,
+            kfuncs: object.calls,
+        },
+        actual,
+    ))
+}
+
+/// [`load_object`] with the default map sizes and the Maglev tables of `maglev`, for
+/// tests that load the programs as the agent does (nothing attached).
+pub fn load_object_with(pin_dir: &Path, maglev: &MaglevConfig) -> Result<Ebpf, DatapathError> {
+    let sizes = MapSizes {
+        maglev: *maglev,
+        ..MapSizes::default()
+    };
+    load_object(pin_dir, &sizes).map(|(loaded, _)| loaded.ebpf)
+}
+
+/// Writes the Maglev map's header (element 0) with a syscall (the map is mmapped
+/// later, by [`KernelMaps`]).
+fn write_maglev_header(map: &mut Map, table_size: u32, seed: u32) -> Result<(), DatapathError> {
+    let mut array: aya::maps::Array<&mut MapData, lb_common::maglev::MaglevEntries> =
+        aya::maps::Array::try_from(map).map_err(map_err(map_names::MAGLEV4, "open"))?;
+    let header = lb_common::maglev::MaglevEntries {
+        backend_ids: [table_size, seed],
+    };
+    if array.get(&0, 0).ok() != Some(header) {
+        array
+            .set(0, header, 0)
+            .map_err(map_err(map_names::MAGLEV4, "update"))?;
+    }
+    Ok(())
+}
+
+/// Moves a pinned Maglev map aside when it was made for other Maglev flags (table size,
+/// seed, number of tables): the programs loaded next get a new one (see
+/// [`super::maglev_map`]). The programs still attached keep the old map until their
+/// links are replaced.
+fn replace_maglev_pin_if_stale(pin_dir: &Path, maglev: &MaglevConfig) -> Result<(), DatapathError> {
+    let pin = pin_dir.join(map_names::MAGLEV4);
+    if super::maglev_map::pinned_layout_matches(&pin, maglev) == Some(false) {
+        warn!(
+            pin = %pin.display(),
+            "the pinned Maglev tables were made for other flags (--lb-algorithm, \
+             --maglev-table-size, --maglev-max-tables or --maglev-hash-seed): starting new \
+             tables; new flows pick at random until they are written"
+        );
+        remove_pin(&pin)?;
+    }
+    Ok(())
 }
 
 /// A map the kernel refused to create names the flag that sized it.
@@ -668,8 +804,8 @@ fn set_size(sizes: &mut MapSizes, map: &str, have: u32) {
 pub fn create_maps(pin_dir: &Path) -> Result<KernelMaps, DatapathError> {
     raise_memlock_limit();
     prepare_pin_dir(pin_dir)?;
-    let (mut ebpf, sizes) = load_object(pin_dir, &MapSizes::default())?;
-    KernelMaps::from_ebpf(&mut ebpf, sizes)
+    let (mut loaded, sizes) = load_object(pin_dir, &MapSizes::default())?;
+    KernelMaps::from_ebpf(&mut loaded.ebpf, sizes)
 }
 
 /// An exclusive lock on a pin directory, held for as long as the agent runs: two
@@ -796,6 +932,16 @@ pub fn check_cgroup2(cgroup: &Path) -> Result<(), DatapathError> {
     Ok(())
 }
 
+/// Gives the heap memory freed since (the kernel BTF, parsed once at start) back to
+/// the system; otherwise the allocator keeps it and the agent's RSS with it.
+pub fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Pins `link` at `path`, replacing (and so detaching) a link pinned there before.
 fn replace_link_pin(link: FdLink, path: &Path) -> Result<(), DatapathError> {
     let staging = staging_pin(path);
@@ -860,11 +1006,16 @@ pub fn uninstall(pin_dir: &Path) -> Result<Removed, DatapathError> {
     let _lock = PinDirLock::acquire(pin_dir)?;
     let mut link_names: Vec<String> = SOCKET_HOOKS.iter().map(|(_, l)| l.to_string()).collect();
     link_names.push(BIND_HOOK.1.to_string());
-    link_names.extend(
-        tc_link_pins(pin_dir)
-            .into_iter()
-            .filter(|n| !n.ends_with("_new")),
-    );
+    for name in tc_link_pins(pin_dir) {
+        // A staging pin is removed with its link's name below; one found alone (an
+        // agent killed between removing the old pin and renaming the new one) too.
+        let name = name
+            .strip_suffix("_new")
+            .map_or(name.clone(), str::to_string);
+        if !link_names.contains(&name) {
+            link_names.push(name);
+        }
+    }
     for link_name in &link_names {
         for path in [
             pin_dir.join(link_name),

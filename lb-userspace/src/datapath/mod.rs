@@ -1,11 +1,18 @@
-//! The data path edge: the kernel's maps and links (`kernel`), keeping them equal to
-//! the desired state (`reconcile`), this node's devices and addresses (`devices`) and
-//! what is programmed right now (`status`).
+//! The data path edge: the kernel's maps and links (`kernel`, with the object's kfunc
+//! calls patched by `kfunc`), keeping them equal to the desired state (`reconcile`),
+//! this node's devices and addresses (`devices`), what is programmed right now
+//! (`status`), destroying connected sockets whose backend left their service
+//! (`stale_sockets`, in every network namespace of the cgroup: `netns`), and the
+//! Maglev tables written through an mmap of their map (`maglev_map`).
 
 pub mod capabilities;
 pub mod devices;
 pub mod kernel;
+pub mod kfunc;
+pub mod maglev_map;
+pub mod netns;
 pub mod reconcile;
+pub mod stale_sockets;
 pub mod status;
 
 /// Errors of the data path edge.
@@ -66,4 +73,6 @@ pub enum DatapathError {
         path: std::path::PathBuf,
         reason: String,
     },
+    #[error(transparent)]
+    Kfunc(#[from] kfunc::KfuncPatchError),
 }

@@ -64,6 +64,9 @@ impl<M: ServiceMaps> Reconciler<M> {
             Some(keys) => self.state.sync_keys(desired, keys),
             None => self.state.sync_all(desired),
         };
+        for key in &stats.maglev_full {
+            warn!(frontend = %key, "no free Maglev table (--maglev-max-tables): new flows pick a backend at random until one is freed");
+        }
         if let Err(e) = apply_ops(&mut self.maps, &ops) {
             error!(error = %e, "map update failed; re-reading the maps");
             match ProgrammedState::adopt(&self.maps, self.capacity) {

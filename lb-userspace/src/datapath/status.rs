@@ -5,7 +5,7 @@ use lb_common::{SVC_FLAG_WILDCARD, SvcAction};
 use serde::{Deserialize, Serialize};
 
 use lb_common::Svc4Key;
-use socklb_core::maps::{Scope, diff::ProgrammedState, ip_from_map, v4};
+use socklb_core::maps::{Scope, diff::ProgrammedState, ip_from_map, maglev::human_bytes, v4};
 
 use crate::datapath::{
     DatapathError,
@@ -23,6 +23,31 @@ pub struct ProgrammedFrontendView {
     pub action: String,
     pub backends: Vec<String>,
     pub affinity_timeout_s: u32,
+    /// The Maglev table slot 0 names (new flows pick by it); left out (0) when new
+    /// flows pick at random.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub maglev_table: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+/// The Maglev tables as the pinned map holds them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaglevView {
+    /// Entries per table.
+    pub table_size: u32,
+    /// The hash seed the tables were built with.
+    pub seed: u32,
+    /// Tables the map has room for.
+    pub tables: u32,
+    /// Tables a frontend's slot 0 names.
+    pub in_use: usize,
+    /// Bytes per table (one per frontend that picks by Maglev).
+    pub table_bytes: u64,
+    /// Bytes of the map (preallocated).
+    pub map_bytes: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +71,9 @@ pub struct StatusReport {
     /// Clients that stick to a backend (session affinity) and have not expired.
     #[serde(default)]
     pub affinity: Vec<AffinityView>,
+    /// The Maglev tables; left out when the map holds none (the random algorithm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maglev: Option<MaglevView>,
     pub counters: std::collections::BTreeMap<String, u64>,
     /// What the agent said about its last sync; `None`: no agent has synced these
     /// maps.
@@ -143,8 +171,22 @@ pub fn read_status(pin_dir: &Path) -> Result<StatusReport, DatapathError> {
             .to_string(),
             backends: backends.iter().map(ToString::to_string).collect(),
             affinity_timeout_s: fe.service.affinity_timeout_s,
+            maglev_table: fe.service.backend_id,
         });
     }
+    let (table_size, seed, tables) = maps.maglev_layout();
+    let maglev = (table_size != 0).then(|| {
+        let table_bytes = u64::from(table_size) * socklb_core::maps::maglev::ENTRY_BYTES;
+        MaglevView {
+            table_size,
+            seed,
+            tables,
+            in_use: frontends.iter().filter(|f| f.maglev_table != 0).count(),
+            table_bytes,
+            map_bytes: lb_common::maglev::map_values(tables, table_size)
+                * std::mem::size_of::<lb_common::maglev::MaglevEntries>() as u64,
+        }
+    });
     let counters = maps
         .counters()?
         .into_iter()
@@ -165,6 +207,7 @@ pub fn read_status(pin_dir: &Path) -> Result<StatusReport, DatapathError> {
             .collect(),
         conntrack_entries: maps.conntrack_entries().len(),
         affinity: affinity_views(&maps, &state),
+        maglev,
         counters,
         agent: agent_view(&maps)?,
         map_fill: map_fill(&state),
@@ -328,6 +371,19 @@ impl StatusReport {
             self.node_addresses.join(" ")
         );
         let _ = writeln!(out, "conntrack entries: {}", self.conntrack_entries);
+        if let Some(m) = &self.maglev {
+            let _ = writeln!(
+                out,
+                "maglev tables: {} of {} in use, {} entries ({}) each, seed {:#x}: {} of {} preallocated",
+                m.in_use,
+                m.tables,
+                m.table_size,
+                human_bytes(m.table_bytes),
+                m.seed,
+                human_bytes(m.in_use as u64 * m.table_bytes),
+                human_bytes(m.map_bytes),
+            );
+        }
         let _ = writeln!(out);
         let _ = writeln!(
             out,
@@ -335,9 +391,15 @@ impl StatusReport {
             "ADDRESS", "PROTO", "SCOPE", "ACTION", "AFFINITY"
         );
         for fe in &self.frontends {
+            // A frontend that picks by a Maglev table says which.
+            let table = if fe.maglev_table != 0 {
+                format!("maglev table {}: ", fe.maglev_table)
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 out,
-                "{:<22} {:<5} {:<8} {:<8} {:>7}s  {}",
+                "{:<22} {:<5} {:<8} {:<8} {:>7}s  {table}{}",
                 fe.address,
                 fe.protocol,
                 fe.scope,

@@ -5,7 +5,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use lb_common::{Ct4Key, Ct4Value, SNAT_PORT_MAX, SNAT_PORT_MIN};
 use serde_json::{Value, json};
-use socklb_core::maps::{ServiceMaps as _, ip_from_map, ip_to_map, port_from_map, port_to_map};
+use socklb_core::maps::{
+    ServiceMaps as _, ip_from_map, ip_to_map, maglev::MaglevConfig, port_from_map, port_to_map,
+};
 
 use crate::{
     harness::{Fixture, Hook, Network, Run, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
@@ -64,7 +66,7 @@ pub const REMOTE_DNS: SocketAddrV4 = SocketAddrV4::new(REMOTE_POD, 5353);
 /// A Service of namespace demo with one port "p" (`port` -> targetPort `target`);
 /// `overrides.spec` and `overrides.status` are merged over the defaults (their
 /// top-level keys replace).
-fn service(
+pub fn service(
     name: &str,
     cluster_ip: &str,
     proto: &str,
@@ -100,7 +102,7 @@ fn service(
 }
 
 /// The EndpointSlice of `service`: ready endpoints (address, node) on port "p".
-fn slice(service: &str, proto: &str, port: u16, endpoints: &[(Ipv4Addr, &str)]) -> Value {
+pub fn slice(service: &str, proto: &str, port: u16, endpoints: &[(Ipv4Addr, &str)]) -> Value {
     let endpoints: Vec<Value> = endpoints
         .iter()
         .map(|(ip, node)| {
@@ -247,6 +249,23 @@ pub fn fixture() -> Option<Fixture> {
         routes: &[("10.244.2.0/24", REMOTE_NODE_IP)],
     };
     Fixture::new(&cluster(), &net)
+}
+
+/// [`fixture`] with `more` objects, as an agent with the balancing flags `maglev`.
+pub fn fixture_with(more: Vec<Value>, maglev: MaglevConfig) -> Option<Fixture> {
+    let net = Network {
+        node_addresses: &[(NODE_IP, 24), (NODE_IP2, 24)],
+        snat_addr: NODE_IP,
+        routes: &[("10.244.2.0/24", REMOTE_NODE_IP)],
+    };
+    Fixture::with_balancing(&cluster_with(more), &net, maglev)
+}
+
+/// The fixture cluster's objects with `more` (for [`Fixture::reprogram`]).
+pub fn cluster_with(more: Vec<Value>) -> Vec<Value> {
+    let mut objects = cluster();
+    objects.extend(more);
+    objects
 }
 
 // ---------------------------------------------------------------------------------------

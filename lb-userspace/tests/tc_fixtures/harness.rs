@@ -16,16 +16,16 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{HashMap as BpfHashMap, Map, MapData},
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use lb_common::{Counter, Ct4Key, Ct4Value, map_names};
 use serde_json::Value;
-use socklb::datapath::kernel::{Device, EBPF_OBJECT, KernelMaps};
+use socklb::datapath::kernel::{self, Device, KernelMaps};
 use socklb_core::{
-    maps::{DesiredState, ProgrammedState, ServiceMaps as _, diff::Capacity},
+    maps::{DesiredState, ProgrammedState, ServiceMaps as _, diff::Capacity, maglev::MaglevConfig},
     model::{NodeModel, ServiceModel, SliceModel},
     plan::{Plan, compute_plan},
 };
@@ -165,6 +165,8 @@ pub struct Fixture {
     pub maps: KernelMaps,
     ct: BpfHashMap<MapData, Ct4Key, Ct4Value>,
     pub plan: Plan,
+    /// The agent's mirror of the maps, for [`Fixture::reprogram`].
+    state: ProgrammedState,
     /// The device packets arrive on (and leave through).
     pub ifindex: u32,
     pins: PinDir,
@@ -232,17 +234,22 @@ impl Fixture {
     /// namespace of the calling thread's own (see [`private_netns`]): use the fixture
     /// on that thread only. None (after printing SKIPPED) when the machine cannot run it.
     pub fn new(objects: &[Value], net: &Network<'_>) -> Option<Self> {
+        Self::with_balancing(objects, net, MaglevConfig::default())
+    }
+
+    /// [`Fixture::new`] as an agent with the balancing flags `maglev` (the Maglev
+    /// map sized and the programs' globals set by the agent's loader).
+    pub fn with_balancing(
+        objects: &[Value],
+        net: &Network<'_>,
+        maglev: MaglevConfig,
+    ) -> Option<Self> {
         if !require_root_and_bpf() {
             return None;
         }
         let ifindex = private_netns(net);
         let pins = PinDir::create();
-        let mut loader = EbpfLoader::new();
-        for name in map_names::ALL {
-            loader.map_pin_path(name, pins.path().join(name));
-        }
-        let mut ebpf = loader
-            .load(EBPF_OBJECT)
+        let mut ebpf = kernel::load_object_with(pins.path(), &maglev)
             .expect("loading the embedded eBPF object");
         for hook in [Hook::Ingress, Hook::Egress] {
             let prog: &mut SchedClassifier = ebpf
@@ -254,7 +261,48 @@ impl Fixture {
                 .unwrap_or_else(|e| panic!("loading {}: {e:?}", hook.program()));
         }
 
-        // The agent's path: objects -> models -> plan -> desired state -> map ops.
+        let mut maps = KernelMaps::open_pinned(pins.path()).expect("opening the pinned maps");
+        let mut state = ProgrammedState::with_capacity(Capacity {
+            maglev,
+            ..Capacity::default()
+        });
+        let plan = program(&mut maps, &mut state, objects);
+        let node_addresses: Vec<Ipv4Addr> = net.node_addresses.iter().map(|(a, _)| *a).collect();
+        maps.set_node_addresses(&node_addresses)
+            .expect("writing node addresses");
+        maps.set_devices(&[Device {
+            name: DEVICE.into(),
+            ifindex,
+            snat_addr: net.snat_addr,
+        }])
+        .expect("writing devices");
+
+        let ct_map =
+            MapData::from_pin(pins.path().join(map_names::CT4)).expect("opening the conntrack pin");
+        let ct = BpfHashMap::try_from(Map::from_map_data(ct_map).expect("a map"))
+            .expect("the conntrack map");
+        Some(Self {
+            ebpf,
+            maps,
+            ct,
+            plan,
+            state,
+            ifindex,
+            pins,
+        })
+    }
+
+    /// Programs the maps for `objects` instead, as the agent does when they change:
+    /// the diff from what the maps hold, op by op.
+    pub fn reprogram(&mut self, objects: &[Value]) {
+        self.plan = program(&mut self.maps, &mut self.state, objects);
+    }
+}
+
+/// The agent's path: objects -> models -> plan -> desired state -> map ops, applied to
+/// `maps` from the mirror `state`. Returns the plan.
+fn program(maps: &mut KernelMaps, state: &mut ProgrammedState, objects: &[Value]) -> Plan {
+    {
         let mut services = Vec::new();
         let mut slices = Vec::new();
         for object in objects {
@@ -286,36 +334,20 @@ impl Fixture {
             plan.conflicts
         );
         let desired = DesiredState::from_frontends(&plan.frontends);
-        let mut maps = KernelMaps::open_pinned(pins.path()).expect("opening the pinned maps");
-        let (ops, _) = ProgrammedState::with_capacity(Capacity::default()).sync_all(&desired);
+        let (ops, stats) = state.sync_all(&desired);
+        assert!(
+            stats.skipped_full.is_empty() && stats.maglev_full.is_empty(),
+            "maps full: {stats:?}"
+        );
         for op in &ops {
             maps.apply(op)
                 .unwrap_or_else(|e| panic!("applying {op:?}: {e}"));
         }
-        let node_addresses: Vec<Ipv4Addr> = net.node_addresses.iter().map(|(a, _)| *a).collect();
-        maps.set_node_addresses(&node_addresses)
-            .expect("writing node addresses");
-        maps.set_devices(&[Device {
-            name: DEVICE.into(),
-            ifindex,
-            snat_addr: net.snat_addr,
-        }])
-        .expect("writing devices");
-
-        let ct_map =
-            MapData::from_pin(pins.path().join(map_names::CT4)).expect("opening the conntrack pin");
-        let ct = BpfHashMap::try_from(Map::from_map_data(ct_map).expect("a map"))
-            .expect("the conntrack map");
-        Some(Self {
-            ebpf,
-            maps,
-            ct,
-            plan,
-            ifindex,
-            pins,
-        })
+        plan
     }
+}
 
+impl Fixture {
     pub fn pin_dir(&self) -> &Path {
         self.pins.path()
     }
@@ -393,6 +425,11 @@ impl Fixture {
         self.ct
             .insert(key, value, 0)
             .expect("writing a conntrack entry");
+    }
+
+    /// Removes a conntrack entry (the flow's next packet is a new flow).
+    pub fn remove_ct(&mut self, key: &Ct4Key) {
+        let _ = self.ct.remove(key);
     }
 
     /// Every conntrack entry, through the agent's reader.

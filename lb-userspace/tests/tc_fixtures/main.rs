@@ -31,6 +31,8 @@
 //! - `reverse_nat.rs`: a local backend's replies translated back on egress;
 //! - `udp.rs`: UDP DNAT and SNAT, with a checksum, without one, 0xffff for 0;
 //! - `loadbalancer.rs`: LoadBalancer and external IPs, loadBalancerSourceRanges;
+//! - `maglev.rs`: `--lb-algorithm maglev`: the kernel's picks are the core's
+//!   predictions, a removed backend moves only what the table moves;
 //! - `no_endpoints.rs`: frontends without usable endpoints (RST and ICMP answers from
 //!   LoadBalancer and external IPs, NodePorts left to the stack, Local policy drops),
 //!   addresses not ours;
@@ -64,6 +66,7 @@ mod icmp;
 mod ip_options;
 mod loadbalancer;
 mod machinery;
+mod maglev;
 mod no_endpoints;
 mod refused_ports;
 mod reject_limits;

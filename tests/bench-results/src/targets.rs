@@ -28,6 +28,10 @@ pub const RSS_AT_ENDPOINTS: usize = 100_000;
 pub const PROPORTIONAL_FACTOR: f64 = 1.5;
 pub const PROPORTIONAL_SLACK: f64 = 0.5;
 
+/// From the slice change to each stale socket's error, p99, at most this (with no
+/// decoy destroyed and none missed).
+pub const STALE_P99_MAX_MS: f64 = 100.0;
+
 /// Whether a rate ratio to direct meets [`RATE_MIN`] (not when it is not finite).
 pub fn rate_ok(ratio: f64) -> bool {
     ratio >= RATE_MIN
@@ -192,7 +196,61 @@ pub fn evaluate(r: &Results) -> Vec<Target> {
         }),
         None => out.push(Target::not_measured(rss_what)),
     }
+    stale_sockets(&mut out, r);
     out
+}
+
+/// Stale sockets: p99 from the slice change to the error, no decoy destroyed, none
+/// missed; judged on the largest measured configuration.
+fn stale_sockets(out: &mut Vec<Target>, r: &Results) {
+    let what = "stale socket error p99 <= 100 ms from the slice change, no decoy destroyed";
+    let Some(x) = r
+        .stale_sockets
+        .iter()
+        .max_by_key(|x| x.namespaces * x.sockets_per_namespace)
+    else {
+        out.push(Target::not_measured(what));
+        return;
+    };
+    let p99 = x.error_ms.p99;
+    let mut misses = Vec::new();
+    if p99.is_nan() || p99 > STALE_P99_MAX_MS {
+        misses.push(format!("p99 {} ms", fmt(p99)));
+    }
+    if x.decoys_destroyed > 0 {
+        misses.push(format!("{} decoys destroyed", x.decoys_destroyed));
+    }
+    if x.missed > 0 || x.other_errors > 0 {
+        misses.push(format!(
+            "{} sockets without ECONNABORTED",
+            x.missed + x.other_errors
+        ));
+    }
+    let figures = format!(
+        "{} namespaces × {} sockets, {} rounds: p50 {} ms, p99 {} ms, max {} ms from the slice file written \
+         (agent polling every {} ms); the agent's own pass {} ms median; {} of {} destroyed, {} of {} decoys destroyed",
+        x.namespaces,
+        x.sockets_per_namespace,
+        x.rounds,
+        fmt(x.error_ms.p50),
+        fmt(p99),
+        fmt(x.error_ms.max),
+        x.poll_interval_ms,
+        fmt(x.pass_ms.median),
+        x.destroyed,
+        x.expected,
+        x.decoys_destroyed,
+        x.decoys,
+    );
+    out.push(Target {
+        what: what.into(),
+        verdict: Verdict::of(misses.is_empty()),
+        detail: if misses.is_empty() {
+            figures
+        } else {
+            format!("missed: {}; {figures}", misses.join(", "))
+        },
+    });
 }
 
 /// One target per socklb row of `rows`: within [`RATE_MIN`] and [`LATENCY_MAX`] of

@@ -3,12 +3,14 @@
 //! sandbox library stays free of benchmark code). What they measure is written as the
 //! types of `socklb_bench_results`, which xtask reads back to render the summary.
 
+pub mod chaos;
 pub mod iptables;
 pub mod load;
 pub mod model;
 pub mod nft;
 pub mod nodeport;
 pub mod runner;
+pub mod stale;
 pub mod stats;
 pub mod synth_files;
 pub mod util;

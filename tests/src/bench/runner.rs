@@ -66,6 +66,8 @@ pub struct Config {
     pub memory: bool,
     /// NodePort from outside the node (TC program vs iptables NodePort DNAT).
     pub nodeport: bool,
+    /// Stale-socket termination (once, not per N): namespaces × sockets, rounds.
+    pub stale: Option<super::stale::StaleConfig>,
     /// The data path's iptables (and the first control-plane backend).
     pub iptables_backend: IptablesBackend,
     /// Also time the other iptables backend's control plane, up to this N (0: never).
@@ -122,7 +124,14 @@ pub(super) fn progress(msg: impl AsRef<str>) {
 /// Runs everything `cfg` asks for; writes `cfg.out` after each N and at the end.
 pub fn run(cfg: &Config) -> Result<Results> {
     check_privileges().map_err(|why| anyhow!("socklb-bench run needs: {why}"))?;
-    for tool in [cfg.iptables_backend.restore(), "nft", "bpftool"] {
+    // kube-proxy's tools for the comparisons; the stale-socket item alone needs none.
+    let baselines = cfg.tcp || cfg.udp || cfg.control || cfg.memory || cfg.nodeport;
+    let tools: &[&str] = if baselines {
+        &[cfg.iptables_backend.restore(), "nft", "bpftool"]
+    } else {
+        &[]
+    };
+    for tool in tools.iter().copied() {
         if Command::new(tool)
             .arg("--version")
             .stdout(Stdio::null())
@@ -142,7 +151,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
         meta: meta(cfg, pods.len()),
         ..Default::default()
     };
-    if cfg.iptables_backend == IptablesBackend::Legacy && cfg.other_backend_max > 0 {
+    if baselines && cfg.iptables_backend == IptablesBackend::Legacy && cfg.other_backend_max > 0 {
         results.notes.push(format!(
             "iptables: the data path and the control plane use iptables-legacy-restore; the control plane is also timed with iptables-nft-restore up to {} services (above that it takes minutes here).",
             cfg.other_backend_max
@@ -153,7 +162,8 @@ pub fn run(cfg: &Config) -> Result<Results> {
     } else {
         None
     };
-    for &n in &cfg.services {
+    // Items measured per N (the stale-socket item is not).
+    for &n in cfg.services.iter().filter(|_| baselines) {
         check_interrupted()?;
         let cluster = SynthCluster::new(n, cfg.endpoints, pods.clone());
         if n * (cfg.endpoints + 1) > lb_capacity_svc() || n * cfg.endpoints > lb_capacity_backends()
@@ -195,6 +205,12 @@ pub fn run(cfg: &Config) -> Result<Results> {
         }
     }
     drop(bed);
+    if let Some(stale) = &cfg.stale {
+        check_interrupted()?;
+        let row = super::stale::run(stale).context("stale sockets")?;
+        results.stale_sockets.push(row);
+        write(&cfg.out, &results)?;
+    }
     results.meta.finished_unix = unix_now();
     write(&cfg.out, &results)?;
     Ok(results)

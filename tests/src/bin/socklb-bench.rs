@@ -7,6 +7,8 @@
 //! - `load`: the load generator (run by `run` inside a client namespace; refuses to
 //!   send anywhere but loopback from the host namespace or from one with a default
 //!   route).
+//! - `chaos`: the long chaos run (`socklb_tests::chaos`), its results as JSON. Needs
+//!   root.
 //! - `timed`: runs a tool and prints how long it took (run by `run` inside a namespace).
 //! - `rules`: prints the generated kube-proxy rules or socklb manifests, for reading.
 
@@ -40,6 +42,9 @@ struct Cli {
 enum Cmd {
     /// Run the benchmarks and write the results as JSON.
     Run(RunArgs),
+    /// The chaos run: the agent SIGKILLed at random points of its syncs, cycle after
+    /// cycle, under clients and churn; writes the results as JSON.
+    Chaos(bench::chaos::ChaosArgs),
     /// A backend: answers TCP and UDP requests with its own address.
     Serve {
         /// This pod's address (put in every answer).
@@ -136,13 +141,27 @@ struct RunArgs {
     size: usize,
     /// What to run, comma separated: tcp, udp, control, memory, nodeport (NodePort from
     /// outside the node: direct, socklb's TC program, iptables' NodePort DNAT; the
-    /// kinds of tcp/udp, all three when neither is given).
+    /// kinds of tcp/udp, all three when neither is given), stale (stale-socket
+    /// termination: time from a slice change to the error of each connected UDP socket
+    /// of the departed backend, in many network namespaces; once, not per N).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "tcp,udp,control,memory,nodeport"
+        default_value = "tcp,udp,control,memory,nodeport,stale"
     )]
     items: Vec<String>,
+    /// stale: client network namespaces (one process each in the agent's cgroup).
+    #[arg(long = "stale-netns", default_value_t = 100)]
+    stale_netns: usize,
+    /// stale: connected UDP sockets per namespace on the departing backend.
+    #[arg(long = "stale-sockets", default_value_t = 20)]
+    stale_sockets: usize,
+    /// stale: backend replacements measured.
+    #[arg(long = "stale-rounds", default_value_t = 5)]
+    stale_rounds: usize,
+    /// stale: the agent's --poll-interval-ms (its manifest directory is polled).
+    #[arg(long = "stale-poll-ms", default_value_t = 10)]
+    stale_poll_ms: u64,
     /// Data-path modes, comma separated (default: all): socklb, iptables,
     /// iptables-first, nft (direct always runs: every ratio needs it).
     #[arg(long, value_delimiter = ',', value_enum)]
@@ -180,6 +199,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Run(a) => {
             bench::util::install_signal_handlers()?;
             let mut items = (false, false, false, false, false);
+            let mut stale = false;
             for i in &a.items {
                 match i.as_str() {
                     "tcp" => items.0 = true,
@@ -187,7 +207,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     "control" => items.2 = true,
                     "memory" => items.3 = true,
                     "nodeport" => items.4 = true,
-                    other => bail!("unknown item {other:?} (tcp, udp, control, memory, nodeport)"),
+                    "stale" => stale = true,
+                    other => {
+                        bail!("unknown item {other:?} (tcp, udp, control, memory, nodeport, stale)")
+                    }
                 }
             }
             if a.services.is_empty() || a.reps == 0 {
@@ -208,6 +231,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 control: items.2,
                 memory: items.3,
                 nodeport: items.4,
+                stale: stale.then(|| bench::stale::StaleConfig {
+                    namespaces: a.stale_netns.max(1),
+                    sockets: a.stale_sockets.max(1),
+                    rounds: a.stale_rounds.max(1),
+                    poll_interval_ms: a.stale_poll_ms,
+                    agent_ready_timeout: Duration::from_secs(a.agent_timeout_s),
+                }),
                 iptables_backend: a.iptables_backend,
                 other_backend_max: a.other_backend_max,
                 quick: a.quick,
@@ -216,6 +246,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 out: a.out.clone(),
             };
             bench::runner::run(&cfg)?;
+            eprintln!("socklb-bench: results in {}", a.out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Chaos(a) => {
+            bench::chaos::run(&a)?;
             eprintln!("socklb-bench: results in {}", a.out.display());
             Ok(ExitCode::SUCCESS)
         }

@@ -9,7 +9,9 @@
 //!   address a backend sees through NAT).
 //! - `tcp --to IP:PORT ...` and `udp --to IP:PORT [--also IP:PORT]...`: clients. Print one JSON report
 //!   (see `socklb_tests::report`) and exit 0 whatever happened to the attempts. Both
-//!   take `--bind IP` (the source address); `tcp` takes `--parallel N` (N worker threads
+//!   take `--bind IP` (the source address); `tcp` takes `--source-port P` (the n-th
+//!   connection from port P + n, reported per port: flows a test can name) and
+//!   `--parallel N` (N worker threads
 //!   sharing `--count`) and `--hold` (every round of N connections is open at the same
 //!   time before any is used further and closed). When the server reports the peer it
 //!   sees, the report has an extra key `seen_from`: {backend id: {client ip: count}}.
@@ -38,6 +40,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use socklb_tests::report::{TcpReport, UdpReport, error_name};
+
+#[path = "../probe/hold.rs"]
+mod hold;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -90,6 +95,10 @@ enum Cmd {
         /// Source address to bind (default: chosen by routing).
         #[arg(long)]
         bind: Option<Ipv4Addr>,
+        /// The n-th connection binds source port P + n (with --count, one worker); the
+        /// report's `by_source_port` says which backend each port reached.
+        #[arg(long = "source-port", value_name = "P")]
+        source_port: Option<u16>,
         /// Worker threads sharing the connections (each makes its share in sequence).
         #[arg(long, default_value_t = 1)]
         parallel: u64,
@@ -167,6 +176,36 @@ enum Cmd {
         #[arg(long)]
         port: u16,
     },
+    /// Hold sockets open, each blocked in recv(), and report as JSON lines what happens
+    /// to them (answers, errors with their time, reconnects); commands on stdin
+    /// (`query`, `quit`). See tests/src/probe/hold.rs.
+    Hold {
+        /// A connected UDP socket to this target (repeatable).
+        #[arg(long, value_name = "IP:PORT")]
+        udp: Vec<SocketAddr>,
+        /// An unconnected UDP socket sending to this target (repeatable).
+        #[arg(long = "udp-sendto", value_name = "IP:PORT")]
+        udp_sendto: Vec<SocketAddr>,
+        /// A UDP socket connected to FIRST, then connected again to THEN (repeatable).
+        #[arg(long = "udp-moved", value_name = "FIRST,THEN", value_parser = hold::parse_moved)]
+        udp_moved: Vec<(SocketAddr, SocketAddr)>,
+        /// A TCP connection to this target (repeatable).
+        #[arg(long, value_name = "IP:PORT")]
+        tcp: Vec<SocketAddr>,
+        /// Open the whole list this many times.
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
+        /// Send the first query but do not wait for its answer (targets that do not
+        /// answer).
+        #[arg(long = "no-reply")]
+        no_reply: bool,
+        /// After an error, open a new socket to the same target and query it.
+        #[arg(long)]
+        reconnect: bool,
+        /// connect() and first-answer timeout, in milliseconds.
+        #[arg(long = "timeout-ms", default_value_t = 2000)]
+        timeout_ms: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -186,6 +225,7 @@ fn main() -> ExitCode {
             timeout_ms,
             echo,
             bind,
+            source_port,
             parallel,
             hold,
         } => ensure_isolated(&to).and_then(|()| {
@@ -196,6 +236,7 @@ fn main() -> ExitCode {
                 timeout_ms,
                 echo,
                 bind,
+                source_port,
                 parallel,
                 hold,
             };
@@ -254,6 +295,43 @@ fn main() -> ExitCode {
             let tcp = answer(std::net::TcpListener::bind(("0.0.0.0", port)).map(drop));
             let udp = answer(std::net::UdpSocket::bind(("0.0.0.0", port)).map(drop));
             print_json(&serde_json::json!({"port": port, "tcp": tcp, "udp": udp}))
+        }
+        Cmd::Hold {
+            udp,
+            udp_sendto,
+            udp_moved,
+            tcp,
+            repeat,
+            no_reply,
+            reconnect,
+            timeout_ms,
+        } => {
+            let sockets: Vec<(hold::Kind, SocketAddr)> =
+                (udp.iter().map(|a| (hold::Kind::Udp, *a)))
+                    .chain(udp_sendto.iter().map(|a| (hold::Kind::UdpSendto, *a)))
+                    .chain(
+                        udp_moved
+                            .iter()
+                            .map(|(first, then)| (hold::Kind::UdpMoved(*first), *then)),
+                    )
+                    .chain(tcp.iter().map(|a| (hold::Kind::Tcp, *a)))
+                    .collect();
+            sockets
+                .iter()
+                .flat_map(|(kind, to)| match kind {
+                    hold::Kind::UdpMoved(first) => vec![*first, *to],
+                    _ => vec![*to],
+                })
+                .try_for_each(|to| ensure_isolated(&to))
+                .and_then(|()| {
+                    hold::hold(&hold::Options {
+                        sockets,
+                        repeat,
+                        reply: !no_reply,
+                        reconnect,
+                        timeout: Duration::from_millis(timeout_ms.max(1)),
+                    })
+                })
         }
         Cmd::TxCsum { dev, off, on } => {
             let set = if off { Some(false) } else { on.then_some(true) };
@@ -499,15 +577,18 @@ fn cvt(r: libc::c_int) -> std::io::Result<libc::c_int> {
     }
 }
 
-/// connect() with a timeout, from `bind` when given (IPv4 only then).
+/// connect() with a timeout, from `bind` (and source port `port`) when given (IPv4
+/// only then).
 fn connect_from(
     bind: Option<Ipv4Addr>,
+    port: Option<u16>,
     to: &SocketAddr,
     timeout: Duration,
 ) -> std::io::Result<TcpStream> {
-    let Some(bind) = bind else {
+    if bind.is_none() && port.is_none() {
         return TcpStream::connect_timeout(to, timeout);
-    };
+    }
+    let bind = bind.unwrap_or(Ipv4Addr::UNSPECIFIED);
     let SocketAddr::V4(to4) = to else {
         return Err(std::io::Error::from_raw_os_error(libc::EAFNOSUPPORT));
     };
@@ -522,17 +603,23 @@ fn connect_from(
     // SAFETY: fd is a fresh socket nobody else owns.
     let stream = unsafe { TcpStream::from_raw_fd(fd) };
     let one: libc::c_int = 1;
+    // A chosen port may still be in TIME_WAIT towards another destination: reuse it.
+    // Without one, the port is chosen at connect() time from the whole 4-tuple.
+    let (level, option) = match port {
+        Some(_) => (libc::SOL_SOCKET, libc::SO_REUSEADDR),
+        None => (libc::IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT),
+    };
     // SAFETY: setsockopt with a pointer to a c_int and its size.
     cvt(unsafe {
         libc::setsockopt(
             fd,
-            libc::IPPROTO_IP,
-            IP_BIND_ADDRESS_NO_PORT,
+            level,
+            option,
             (&raw const one).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     })?;
-    let local = sockaddr_in(bind, 0);
+    let local = sockaddr_in(bind, port.unwrap_or(0));
     let sa_len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
     // SAFETY: bind with a valid sockaddr_in and its size.
     cvt(unsafe { libc::bind(fd, (&raw const local).cast(), sa_len) })?;
@@ -577,10 +664,11 @@ fn tcp_attempt(
     echo: bool,
     seq: u64,
     bind: Option<Ipv4Addr>,
+    source_port: Option<u16>,
     hold: Option<&Barrier>,
 ) -> Result<Answer, Failure> {
     let opened = (|| {
-        let stream = step("connect", connect_from(bind, to, timeout))?;
+        let stream = step("connect", connect_from(bind, source_port, to, timeout))?;
         let peer = step("getpeername", stream.peer_addr())?;
         step("setsockopt", stream.set_read_timeout(Some(timeout)))?;
         step("setsockopt", stream.set_write_timeout(Some(timeout)))?;
@@ -646,6 +734,7 @@ struct TcpOpts {
     timeout_ms: u64,
     echo: bool,
     bind: Option<Ipv4Addr>,
+    source_port: Option<u16>,
     parallel: u64,
     hold: bool,
 }
@@ -654,6 +743,14 @@ impl TcpOpts {
     fn check(&self) -> Result<()> {
         if self.parallel == 0 || self.parallel > 4096 {
             bail!("--parallel must be 1..=4096");
+        }
+        if let Some(port) = self.source_port {
+            let Some(count) = self.count else {
+                bail!("--source-port needs --count");
+            };
+            if self.parallel != 1 || port == 0 || u64::from(port) + count > 65_536 {
+                bail!("--source-port P needs one worker and P + --count <= 65536");
+            }
         }
         if self.hold {
             let Some(count) = self.count else {
@@ -685,6 +782,7 @@ fn tcp_client(
         timeout_ms,
         echo,
         bind: None,
+        source_port: None,
         parallel: 1,
         hold: false,
     };
@@ -773,11 +871,23 @@ fn tcp_worker(
     let mut seen = SeenFrom::new();
     while r.attempts < max {
         let t0 = Instant::now();
-        let result = tcp_attempt(to, timeout, opts.echo, r.attempts, opts.bind, hold);
+        let source_port = opts.source_port.map(|p| p + r.attempts as u16);
+        let result = tcp_attempt(
+            to,
+            timeout,
+            opts.echo,
+            r.attempts,
+            opts.bind,
+            source_port,
+            hold,
+        );
         r.attempts += 1;
         match result {
             Ok(a) => {
                 r.ok += 1;
+                if let Some(port) = source_port {
+                    r.by_source_port.insert(port.to_string(), a.id.clone());
+                }
                 note_seen(&mut seen, &a.id, a.seen_as);
                 bump(&mut r.backends, a.id);
                 bump(&mut r.peers, a.peer.to_string());
@@ -1023,7 +1133,7 @@ fn transfer_inner(
     r: &mut TransferReport,
     sha: &mut Sha256,
 ) -> Result<(), Failure> {
-    let stream = step("connect", connect_from(bind, to, timeout))?;
+    let stream = step("connect", connect_from(bind, None, to, timeout))?;
     r.peer = Some(step("getpeername", stream.peer_addr())?.to_string());
     step("setsockopt", stream.set_read_timeout(Some(timeout)))?;
     step("setsockopt", stream.set_write_timeout(Some(timeout)))?;
@@ -1407,10 +1517,49 @@ mod tests {
             timeout_ms: 2000,
             echo: true,
             bind: Some(Ipv4Addr::new(127, 0, 0, 2)),
+            source_port: None,
             parallel: 20,
             hold: true,
         };
         opts.check().unwrap();
+        // Chosen source ports: the n-th connection from port P + n, reported per port
+        // (the server saw those ports).
+        let ports = TcpOpts {
+            count: Some(5),
+            bind: Some(Ipv4Addr::new(127, 0, 0, 3)),
+            source_port: Some(45_000),
+            parallel: 1,
+            hold: false,
+            ..opts.clone()
+        };
+        ports.check().unwrap();
+        let (r, seen) = tcp_client_ext(&to, &ports);
+        assert_eq!((r.attempts, r.ok), (5, 5), "{r:?}");
+        let by_port: Vec<(&str, &str)> = r
+            .by_source_port
+            .iter()
+            .map(|(p, id)| (p.as_str(), id.as_str()))
+            .collect();
+        assert_eq!(
+            by_port,
+            [
+                ("45000", "p"),
+                ("45001", "p"),
+                ("45002", "p"),
+                ("45003", "p"),
+                ("45004", "p")
+            ]
+        );
+        assert_eq!(seen["p"]["127.0.0.3"], 5, "{seen:?}");
+        assert!(
+            TcpOpts {
+                parallel: 2,
+                ..ports.clone()
+            }
+            .check()
+            .is_err(),
+            "one worker only"
+        );
         let (r, seen) = tcp_client_ext(&to, &opts);
         assert_eq!((r.attempts, r.ok), (40, 40), "{r:?}");
         assert_eq!(r.backends["p"], 40);

@@ -6,10 +6,12 @@
 //!    (iptables-restore, nft), the agent's memory and one-file changes, all inside
 //!    network namespaces, a cgroup and a pin directory it creates;
 //! 4. the socklb package's criterion benchmark `control_plane` (objects in memory -> maps);
-//! 5. merges both into `bench/results/<name>.json` and renders `docs/bench/README.md`
+//! 5. the chaos stage (`chaos.rs`: the agent SIGKILLed at random points of its syncs);
+//! 6. merges them into `bench/results/<name>.json` and renders `docs/bench/README.md`
 //!    with SVG plots (drawn here with plotters' SVG backend);
-//! 6. the fuzz targets, 60 s each (10 s quick): `crate::fuzz`, recorded in
-//!    `docs/bench/fuzz.md` and `bench/results/fuzz/`.
+//! 7. the fuzz stage: each fuzz target of socklb-core for a bounded time
+//!    (`crate::fuzz`, 60 s, quick 10 s, `--fuzz-seconds N`, 0 skips it), recorded in
+//!    `fuzz.md` beside the summary and `results/fuzz/`.
 //!
 //! `--render FILE` only re-renders the summary from a saved results file.
 //!
@@ -18,6 +20,7 @@
 //! Here: running and merging (this file), the summary (`summary.rs`), the plots
 //! (`plots.rs`).
 
+pub mod chaos;
 mod plots;
 mod summary;
 
@@ -38,7 +41,22 @@ pub struct Options {
     pub out: Option<PathBuf>,
     pub reps: Option<usize>,
     pub render: Option<PathBuf>,
+    /// Only these items of socklb-bench (None: all).
+    pub items: Option<Vec<String>>,
+    /// Cycles of the chaos stage (0: skipped; default [`chaos::CYCLES`], quick
+    /// [`chaos::QUICK_CYCLES`]).
+    pub chaos_cycles: Option<usize>,
+    /// Seconds per fuzz target of the fuzz stage (0: skipped; default
+    /// [`FUZZ_SECONDS`], quick [`FUZZ_QUICK_SECONDS`]).
+    pub fuzz_seconds: Option<u64>,
 }
+
+/// Seconds per fuzz target in the fuzz stage.
+pub const FUZZ_SECONDS: u64 = 60;
+pub const FUZZ_QUICK_SECONDS: u64 = 10;
+
+/// socklb-bench's items measured per N (the others run once).
+const PER_N_ITEMS: &[&str] = &["tcp", "udp", "control", "memory", "nodeport"];
 
 /// Debian packages the baselines need (the binaries socklb-bench runs).
 const BASELINE_PACKAGES: &[(&str, &str)] =
@@ -47,6 +65,10 @@ const BASELINE_PACKAGES: &[(&str, &str)] =
 pub fn run(root: &Path, opts: Options) -> Result<()> {
     let (docs_dir, results_dir) = match &opts.out {
         Some(dir) => (dir.clone(), dir.join("results")),
+        None if opts.items.is_some() => (
+            root.join("target/bench-items"),
+            root.join("target/bench-items/results"),
+        ),
         None if opts.quick => (
             root.join("target/bench-quick"),
             root.join("target/bench-quick/results"),
@@ -61,6 +83,46 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         render(&results, &relative_link(&docs_dir, file), &docs_dir)?;
         eprintln!("xtask: summary in {}", docs_dir.join("README.md").display());
         return Ok(());
+    }
+
+    // `chaos` is a stage of its own here, not an item of socklb-bench: alone, it is
+    // `cargo xtask chaos`.
+    let cycles = opts.chaos_cycles.unwrap_or(if opts.quick {
+        chaos::QUICK_CYCLES
+    } else {
+        chaos::CYCLES
+    });
+    let with_chaos = opts
+        .items
+        .as_ref()
+        .is_none_or(|items| items.iter().any(|i| i == "chaos"));
+    // `fuzz` likewise (alone: `cargo xtask fuzz`).
+    let with_fuzz = opts
+        .items
+        .as_ref()
+        .is_none_or(|items| items.iter().any(|i| i == "fuzz"));
+    let fuzz_seconds = if with_fuzz {
+        opts.fuzz_seconds.unwrap_or(if opts.quick {
+            FUZZ_QUICK_SECONDS
+        } else {
+            FUZZ_SECONDS
+        })
+    } else {
+        0
+    };
+    let mut opts = opts;
+    if let Some(items) = &mut opts.items {
+        items.retain(|i| i != "chaos" && i != "fuzz");
+        if items.is_empty() {
+            if with_chaos && cycles > 0 {
+                let chaos_opts = chaos::Options {
+                    cycles,
+                    ..Default::default()
+                };
+                chaos::run(root, &chaos_opts)?;
+            }
+            return fuzz_stage(root, fuzz_seconds, &docs_dir, &results_dir);
+        }
     }
 
     crate::setup::ensure()?;
@@ -88,6 +150,13 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     if opts.with_30k && !services.contains(&30_000) {
         services.push(30_000);
     }
+    let per_n = opts
+        .items
+        .as_ref()
+        .is_none_or(|items| items.iter().any(|i| PER_N_ITEMS.contains(&i.as_str())));
+    if !per_n && opts.services.is_none() {
+        services = vec![1]; // not used by the items asked for
+    }
     services.sort_unstable();
     services.dedup();
     let list = |v: &[usize]| {
@@ -110,6 +179,9 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         .arg(&raw);
     let reps = opts.reps.unwrap_or(if opts.quick { 3 } else { 5 });
     cmd.arg("--reps").arg(reps.to_string());
+    if let Some(items) = &opts.items {
+        cmd.arg("--items").arg(items.join(","));
+    }
     if opts.quick {
         cmd.args([
             "--duration-ms",
@@ -118,6 +190,8 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
             "100",
             "--changes",
             "5",
+            "--stale-rounds",
+            "2",
             "--quick",
         ]);
     }
@@ -139,8 +213,80 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         .with_context(|| format!("reading {}", raw.display()))?;
 
     // The socklb package's criterion benchmark: objects in memory -> maps. Always at 10 000
-    // services too (the cold-programming target is stated there).
-    let mut cp_services = services.clone();
+    // services too (the cold-programming target is stated there). Only with the control
+    // plane (all items, or `control` among them).
+    let criterion = opts
+        .items
+        .as_ref()
+        .is_none_or(|items| items.iter().any(|i| i == "control"));
+    if criterion {
+        run_criterion(
+            root,
+            &services,
+            reps,
+            opts.quick,
+            &scratch,
+            &stamp,
+            &mut results,
+        )?;
+    }
+
+    if with_chaos && cycles > 0 {
+        let opts = chaos::Options {
+            cycles,
+            ..Default::default()
+        };
+        results.chaos = chaos::stage(root, &opts, &scratch, &stamp)?;
+        for c in results.chaos.iter().filter(|c| !c.clean()) {
+            results.notes.push(format!(
+                "The chaos stage found problems on {} (seed {}): see its section.",
+                c.datapath, c.seed
+            ));
+        }
+    }
+
+    std::fs::create_dir_all(&results_dir)?;
+    let name = match &opts.items {
+        Some(items) => format!("{stamp}-{}", items.join("-")),
+        None => format!("{stamp}-{}", if opts.quick { "quick" } else { "full" }),
+    };
+    let results_file = results_dir.join(format!("{name}.json"));
+    std::fs::write(&results_file, serde_json::to_vec_pretty(&results)?)?;
+    render(
+        &results,
+        &relative_link(&docs_dir, &results_file),
+        &docs_dir,
+    )?;
+    eprintln!("xtask: results in {}", results_file.display());
+    eprintln!("xtask: summary in {}", docs_dir.join("README.md").display());
+    fuzz_stage(root, fuzz_seconds, &docs_dir, &results_dir)
+}
+
+/// 7. The fuzz targets for `seconds` each (0: skipped), recorded beside the summary.
+fn fuzz_stage(root: &Path, seconds: u64, docs_dir: &Path, results_dir: &Path) -> Result<()> {
+    if seconds == 0 {
+        return Ok(());
+    }
+    crate::fuzz::bench_stage(root, seconds, docs_dir, results_dir)
+}
+
+/// lb-userspace's criterion benchmark `control_plane`, added to `results`.
+fn run_criterion(
+    root: &Path,
+    services: &[usize],
+    reps: usize,
+    quick: bool,
+    scratch: &Path,
+    stamp: &str,
+    results: &mut Results,
+) -> Result<()> {
+    let list = |v: &[usize]| {
+        v.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut cp_services = services.to_vec();
     if !cp_services.contains(&10_000) {
         cp_services.push(10_000);
         cp_services.sort_unstable();
@@ -162,11 +308,8 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         .env("SOCKLB_BENCH_SERVICES", list(&cp_services))
         .env("SOCKLB_BENCH_JSON", &cp_json)
         .env("SOCKLB_BENCH_REPEATS", reps.max(3).to_string())
-        .env(
-            "SOCKLB_BENCH_CHANGES",
-            if opts.quick { "500" } else { "2000" },
-        )
-        .env("SOCKLB_BENCH_CRITERION", if opts.quick { "0" } else { "1" })
+        .env("SOCKLB_BENCH_CHANGES", if quick { "500" } else { "2000" })
+        .env("SOCKLB_BENCH_CRITERION", if quick { "0" } else { "1" })
         .current_dir(root);
     eprintln!(
         "xtask: cargo bench -p socklb --bench control_plane (SOCKLB_BENCH_SERVICES={})",
@@ -180,25 +323,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         .with_context(|| format!("reading {}", cp_json.display()))?;
     results.control_plane.socklb = Some(cp);
 
-    std::fs::create_dir_all(&results_dir)?;
-    let name = format!("{stamp}-{}", if opts.quick { "quick" } else { "full" });
-    let results_file = results_dir.join(format!("{name}.json"));
-    std::fs::write(&results_file, serde_json::to_vec_pretty(&results)?)?;
-    render(
-        &results,
-        &relative_link(&docs_dir, &results_file),
-        &docs_dir,
-    )?;
-    eprintln!("xtask: results in {}", results_file.display());
-    eprintln!("xtask: summary in {}", docs_dir.join("README.md").display());
-
-    // 6. The fuzz targets for a bounded time (recorded in fuzz.md beside the summary).
-    crate::fuzz::bench_stage(
-        root,
-        if opts.quick { 10 } else { 60 },
-        &docs_dir,
-        &results_dir,
-    )
+    Ok(())
 }
 
 /// A results file (socklb-bench's, or a saved one).

@@ -383,6 +383,11 @@ pub(super) fn markdown(r: &Results, results_link: &str, plots: &[&str]) -> Strin
         }
     }
 
+    if !r.stale_sockets.is_empty() {
+        stale_sockets_section(&mut m, r);
+    }
+
+    m.push_str(&super::chaos::section(r));
     m.push_str(&profile_section(r));
 
     if !r.notes.is_empty() {
@@ -394,12 +399,52 @@ pub(super) fn markdown(r: &Results, results_link: &str, plots: &[&str]) -> Strin
     }
     let _ = writeln!(
         m,
-        "## Reproducing\n\n```sh\ncargo xtask bench                      # N = 1, 1 000, 10 000 (root; ~20 min here)\ncargo xtask bench --quick              # N = 1, 1 000, shorter runs, into target/bench-quick/\ncargo xtask bench --services 1,5000 --with-30k --out DIR\ntarget/release/socklb-bench rules iptables --services 3   # the generated rules, to read\n```\n\n\
+        "## Reproducing\n\n```sh\ncargo xtask bench                      # N = 1, 1 000, 10 000 (root; ~20 min here)\ncargo xtask bench --quick              # N = 1, 1 000, shorter runs, into target/bench-quick/\ncargo xtask bench --services 1,5000 --with-30k --out DIR\ncargo xtask bench --items stale         # one item alone, into target/bench-items/\ntarget/release/socklb-bench rules iptables --services 3   # the generated rules, to read\n```\n\n\
          Everything runs inside network namespaces, a cgroup and a bpffs pin directory the benchmark creates \
          (no default route anywhere; service addresses exist only there) and is removed afterwards, also on \
          failure or Ctrl-C."
     );
     m
+}
+
+/// Stale-socket termination: time from a slice change to each socket's error.
+fn stale_sockets_section(m: &mut String, r: &Results) {
+    let _ = writeln!(
+        m,
+        "## Stale sockets\n\nA Service's only backend is replaced while every client network namespace \
+         (one process each in the agent's cgroup) holds connected UDP sockets translated to it, each blocked \
+         in recv(). Error = from the slice file renamed into the agent's manifest directory to the socket's \
+         recv() failing (CLOCK_MONOTONIC in both), which includes the directory polling; agent = from the \
+         change reaching the agent to its iterator pass done in every namespace (its log line); pass = the \
+         pass alone. Decoys per namespace: an unconnected socket that sent to the Service, a socket connected \
+         to the backend directly, a socket of another Service that keeps the backend.\n"
+    );
+    let _ = writeln!(
+        m,
+        "| namespaces × sockets | rounds | poll ms | error p50 ms | p90 | p99 | max | agent ms | pass ms | destroyed | decoys destroyed |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for x in &r.stale_sockets {
+        let _ = writeln!(
+            m,
+            "| {} × {} | {} | {} | {} | {} | {} | {} | {} | {} | {} of {} | {} of {} |",
+            x.namespaces,
+            x.sockets_per_namespace,
+            x.rounds,
+            x.poll_interval_ms,
+            fmt(x.error_ms.p50),
+            fmt(x.error_ms.p90),
+            fmt(x.error_ms.p99),
+            fmt(x.error_ms.max),
+            spread_text(&x.agent_ms),
+            spread_text(&x.pass_ms),
+            x.destroyed,
+            x.expected,
+            x.decoys_destroyed,
+            x.decoys,
+        );
+    }
+    let _ = writeln!(m);
 }
 
 /// The findings in a few lines, from the figures (medians of per-repetition ratios).

@@ -9,7 +9,10 @@ use crate::{
     events::ClusterEvent,
     maps::{
         BackendKey, Capacity, DesiredState, FrontendKey, MapOp, ProgrammedState, Scope,
-        ServiceMaps, diff::Incomplete, twin::MemoryMaps,
+        ServiceMaps,
+        diff::{Incomplete, ProgrammedFrontend},
+        family::{Family, V4, V6},
+        twin::MemoryMaps,
     },
     model::{IpCidr, NodeModel, ObjectKey, Protocol, ServiceModel, SliceModel},
     plan::{Action, FrontendKind, Plan, compute_plan},
@@ -172,19 +175,76 @@ fn sorted(desired: &DesiredState) -> BTreeMap<FrontendKey, String> {
         .collect()
 }
 
-/// The maps of one agent: the diff's mirror and an in-memory twin of the kernel's maps.
+/// The maps of one agent, both address families: each family's diff mirror and
+/// in-memory twin, synced from the same desired state (each programs its own
+/// family's frontends).
 pub struct Programmer {
-    pub capacity: Capacity,
-    pub state: ProgrammedState,
-    pub maps: MemoryMaps,
-    /// The next sync must be a full one (the start, or after a failed write), as the
-    /// agent does it.
-    full_sync: bool,
+    pub v4: FamilyProgrammer<V4>,
+    pub v6: FamilyProgrammer<V6>,
 }
 
 impl Programmer {
     pub fn new(capacity: Capacity) -> Programmer {
         Programmer {
+            v4: FamilyProgrammer::new(capacity),
+            v6: FamilyProgrammer::new(capacity),
+        }
+    }
+
+    /// See [`FamilyProgrammer::sync`]; a failure is injected into the IPv4 maps.
+    pub fn sync(
+        &mut self,
+        desired: &DesiredState,
+        changed: &[FrontendKey],
+        fail_after: Option<usize>,
+    ) {
+        self.v4.sync(desired, changed, fail_after);
+        self.v6.sync(desired, changed, None);
+        // Between them, the families program every wanted frontend or say why not.
+        if !self.v4.full_sync && !self.v6.full_sync {
+            for key in desired.frontends.keys() {
+                assert!(
+                    self.v4.state.frontends().contains_key(key)
+                        || self.v6.state.frontends().contains_key(key)
+                        || self.v4.state.incomplete().contains_key(key)
+                        || self.v6.state.incomplete().contains_key(key),
+                    "{key} is wanted, in neither family's maps, and not reported incomplete"
+                );
+            }
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.v4.restart();
+        self.v6.restart();
+    }
+
+    /// Whether every map of both families is empty (Maglev tables are left as they
+    /// were written: no slot 0 names them).
+    pub fn is_empty(&self) -> bool {
+        fn empty<F: Family>(m: &MemoryMaps<F>) -> bool {
+            m.services.is_empty()
+                && m.backends.is_empty()
+                && m.src_ranges.is_empty()
+                && m.affinity_matches.is_empty()
+        }
+        empty(&self.v4.maps) && empty(&self.v6.maps)
+    }
+}
+
+/// One family's maps: the diff's mirror and an in-memory twin of the kernel's maps.
+pub struct FamilyProgrammer<F: Family> {
+    pub capacity: Capacity,
+    pub state: ProgrammedState<F>,
+    pub maps: MemoryMaps<F>,
+    /// The next sync must be a full one (the start, or after a failed write), as the
+    /// agent does it.
+    full_sync: bool,
+}
+
+impl<F: Family> FamilyProgrammer<F> {
+    pub fn new(capacity: Capacity) -> Self {
+        FamilyProgrammer {
             capacity,
             state: ProgrammedState::with_capacity(capacity),
             maps: MemoryMaps::default(),
@@ -231,11 +291,11 @@ impl Programmer {
         self.full_sync = true;
     }
 
-    /// The maps hold `desired`, except for the frontends the diff reports incomplete
-    /// (full maps, another address family); the mirror agrees with the maps; a
-    /// restarted agent would find nothing to clean up.
+    /// The maps hold `desired`'s frontends of this family, except for the ones the
+    /// diff reports incomplete (full maps, another address family); the mirror agrees
+    /// with the maps; a restarted agent would find nothing to clean up.
     pub fn check(&self, desired: &DesiredState) {
-        let (adopted, cleanup) = match ProgrammedState::adopt(&self.maps, self.capacity) {
+        let (adopted, cleanup) = match ProgrammedState::<F>::adopt(&self.maps, self.capacity) {
             Ok(adopted) => adopted,
             Err(e) => panic!("adopting the twin maps failed: {e}"),
         };
@@ -263,6 +323,7 @@ impl Programmer {
             self.state.frontends().len(),
             "the mirror holds the frontends the maps hold"
         );
+        self.check_maglev_tables();
         if self.full_sync {
             // After a failed write the mirror is the maps re-read; the check below still
             // holds for what is in the maps, but not-yet-synced keys are not incomplete.
@@ -283,10 +344,15 @@ impl Programmer {
                 ),
                 // Left as it was: the maps had no room for the change.
                 Some(Incomplete::MapsFull) => {}
-                Some(Incomplete::AddressFamily) => panic!("{key}: programmed, yet not IPv4"),
+                Some(Incomplete::AddressFamily) => {
+                    panic!("{key}: programmed, yet of another address family")
+                }
             }
         }
         for key in desired.frontends.keys() {
+            if F::svc_key(key).is_none() {
+                continue; // the other family's
+            }
             assert!(
                 adopted.frontends().contains_key(key) || incomplete.contains_key(key),
                 "{key} is wanted, not in the maps, and not reported incomplete"
@@ -308,6 +374,38 @@ impl Programmer {
             !self.state.incomplete_counts().capacity_short() || desired_entries(desired) > smallest,
             "maps reported full for a desired state that fits in every map"
         );
+    }
+
+    /// A frontend's Maglev table names exactly its slots' backends (each at least once
+    /// when the table has room for all).
+    fn check_maglev_tables(&self) {
+        if !self.capacity.maglev.enabled() {
+            return;
+        }
+        for (key, fe) in self.state.frontends() {
+            if fe.maglev_table == 0 || fe.slots.is_empty() {
+                continue;
+            }
+            let Some(table) = self.maps.maglev.get(&fe.maglev_table) else {
+                panic!("{key}: Maglev table {} not written", fe.maglev_table);
+            };
+            let size = self.capacity.maglev.table_size as usize;
+            assert!(table.len() <= size, "{key}: table longer than {size}");
+            let named: BTreeSet<u32> = table.iter().copied().collect();
+            let slots: BTreeSet<u32> = fe.slots.iter().copied().collect();
+            assert!(
+                named.is_subset(&slots),
+                "{key}: Maglev table {} names backends {named:?}, slots {slots:?}",
+                fe.maglev_table
+            );
+            if table.len() == size && slots.len() <= size {
+                assert!(
+                    named == slots,
+                    "{key}: Maglev table {} leaves out backends: {named:?} vs {slots:?}",
+                    fe.maglev_table
+                );
+            }
+        }
     }
 }
 
@@ -331,7 +429,7 @@ struct Entry {
 }
 
 impl Entry {
-    fn programmed(fe: &crate::maps::diff::ProgrammedFrontend, adopted: &ProgrammedState) -> Entry {
+    fn programmed<F: Family>(fe: &ProgrammedFrontend, adopted: &ProgrammedState<F>) -> Entry {
         let mut backends: Vec<BackendKey> = fe
             .slots
             .iter()
@@ -363,15 +461,20 @@ impl Entry {
 
 /// Applies `ops` in order, checking what a reader sees and that no map grows past its
 /// capacity. Returns false when the twin refused an op (an injected failure).
-fn apply_checked(maps: &mut MemoryMaps, ops: &[MapOp], capacity: Capacity) -> bool {
+fn apply_checked<F: Family>(
+    maps: &mut MemoryMaps<F>,
+    ops: &[MapOp<F>],
+    capacity: Capacity,
+) -> bool {
     let per_check = maps.services.len() + maps.affinity_matches.len() + ops.len() + 1;
     let every = (ops.len() * per_check / READER_CHECK_BUDGET).max(1);
     for (i, op) in ops.iter().enumerate() {
         if maps.apply(op).is_err() {
             return false;
         }
-        if ((i + 1) % every == 0 || i + 1 == ops.len())
-            && let Err(e) = maps.reader_view()
+        let cheap = matches!(op, MapOp::PutMaglev { .. });
+        if (cheap || (i + 1) % every == 0 || i + 1 == ops.len())
+            && let Err(e) = maps.reader_view_after(op)
         {
             panic!("after op {i} ({op:?}) a reader sees a half-written frontend: {e}");
         }
@@ -379,12 +482,14 @@ fn apply_checked(maps: &mut MemoryMaps, ops: &[MapOp], capacity: Capacity) -> bo
             maps.services.len() <= capacity.svc_entries
                 && maps.backends.len() <= capacity.backends
                 && maps.affinity_matches.len() <= capacity.affinity_matches
-                && maps.src_ranges.len() <= capacity.src_ranges,
-            "after op {i} ({op:?}) a map holds more than its capacity: {} services, {} backends, {} affinity, {} source ranges, capacity {capacity:?}",
+                && maps.src_ranges.len() <= capacity.src_ranges
+                && maps.maglev.len() <= capacity.maglev.tables() as usize,
+            "after op {i} ({op:?}) a map holds more than its capacity: {} services, {} backends, {} affinity, {} source ranges, {} Maglev tables, capacity {capacity:?}",
             maps.services.len(),
             maps.backends.len(),
             maps.affinity_matches.len(),
             maps.src_ranges.len(),
+            maps.maglev.len(),
         );
     }
     true
@@ -453,11 +558,7 @@ pub fn check_objects(
         let removed = emptied.recompute();
         programmer.sync(&emptied.index().desired, &removed, None);
         assert!(
-            programmer.maps
-                == MemoryMaps {
-                    ops_applied: programmer.maps.ops_applied,
-                    ..MemoryMaps::default()
-                },
+            programmer.is_empty(),
             "maps not empty after every object was removed"
         );
     }

@@ -33,7 +33,7 @@ use self::{
 use crate::{
     events::ClusterEvent,
     manifest::{ManifestLoader, limits},
-    maps::{Capacity, DesiredState},
+    maps::{Capacity, DesiredState, maglev::MaglevConfig},
     model::{NodeModel, ObjectKey, ServiceModel, SliceModel},
     state::ClusterState,
 };
@@ -99,8 +99,21 @@ pub fn manifest_bytes(data: &[u8]) {
         backends: 1 + (seed >> 6) % 32,
         affinity_matches: 1 + (seed >> 11) % 64,
         src_ranges: 1 + (seed >> 17) % 16,
+        maglev: maglev((seed >> 21) % 8),
     };
     check::check_objects(&set.services, &set.slices, &node, capacity);
+}
+
+/// The load-balancing algorithm of small maps: random (`tables` 0), or Maglev with the
+/// smallest tables and `tables` of them (few: external frontends then wait for one).
+fn maglev(tables: usize) -> MaglevConfig {
+    let Some(tables) = u32::try_from(tables).ok().filter(|t| *t > 0) else {
+        return MaglevConfig::default();
+    };
+    match MaglevConfig::maglev(lb_common::maglev::TABLE_SIZES[0], tables, 7) {
+        Ok(config) => config,
+        Err(e) => panic!("a Maglev configuration of {tables} tables: {e}"),
+    }
 }
 
 /// The steps of an [`event_sequence`] input.
@@ -162,6 +175,9 @@ pub fn event_sequence(data: &[u8]) {
             backends: 1 + usize::from(c.backends),
             affinity_matches: 1 + usize::from(c.affinity_matches),
             src_ranges: 1 + usize::from(c.src_ranges),
+            // From bits that already pick the other sizes, so that the inputs of the
+            // corpus keep their meaning.
+            maglev: maglev(usize::from(c.src_ranges >> 5)),
         });
     let mut run = Run {
         state: ClusterState::new(NodeModel::named(node_name)),

@@ -97,12 +97,13 @@ const DISTRIBUTIONS: Pool = (
     &["PreferClose", "PreferSameZone", "PreferSameNode"],
     &["Far", ""],
 );
-const FAMILIES: Pool = (&["IPv4"], &["IPv6", "IPv5", ""]);
+const FAMILIES: Pool = (&["IPv4", "IPv6"], &["IPv5", ""]);
 const FAMILY_POLICIES: Pool = (
     &["SingleStack", "PreferDualStack"],
     &["RequireDualStack", "Any"],
 );
-const ADDRESS_TYPES: Pool = (&["IPv4"], &["IPv6", "FQDN", "ipv4"]);
+/// One slice in four is IPv6 (its endpoints then take IPv6 addresses).
+const ADDRESS_TYPES: Pool = (&["IPv4", "IPv4", "IPv4", "IPv6"], &["FQDN", "ipv4", ""]);
 /// Addresses no field should take as they are: the ones ValidateEndpointIP and the
 /// cluster IP allocator refuse, other families, and malformed text.
 const SPECIAL_ADDRESSES: &[&str] = &[
@@ -173,10 +174,28 @@ impl Address {
             }
             252..=255 => return std::net::Ipv4Addr::from(raw).to_string(),
         };
-        match range {
-            Range::Service => format!("10.96.0.{}", raw % 4),
-            Range::Pod => format!("10.244.0.{}", raw % 8),
-            Range::External => format!("203.0.113.{}", raw % 4),
+        // One in eight of a Service's addresses is IPv6 (by the top bits, so that the
+        // low bits still pick the same few addresses).
+        self.in_family(range, raw >> 29 == 7)
+    }
+
+    /// The address of `range` in IPv6 or IPv4, or hostile as [`Self::text`].
+    fn text_in(self, range: Range, ipv6: bool) -> String {
+        match self.0 {
+            0..=223 => self.in_family(range, ipv6),
+            _ => self.text(range),
+        }
+    }
+
+    fn in_family(self, range: Range, ipv6: bool) -> String {
+        let raw = self.1;
+        match (range, ipv6) {
+            (Range::Service, false) => format!("10.96.0.{}", raw % 4),
+            (Range::Pod, false) => format!("10.244.0.{}", raw % 8),
+            (Range::External, false) => format!("203.0.113.{}", raw % 4),
+            (Range::Service, true) => format!("fd00:96::{}", raw % 4),
+            (Range::Pod, true) => format!("fd00:244::{}", raw % 8),
+            (Range::External, true) => format!("2001:db8::{}", raw % 4),
         }
     }
 }
@@ -527,11 +546,17 @@ impl SliceSpec {
             };
             json!({"name": name, "port": 1 + i % 65_535})
         }));
-        let mut endpoints: Vec<Value> = self.endpoints.iter().map(endpoint).collect();
-        endpoints
-            .extend((0..self.extra_endpoints.count(1000)).map(
-                |i| json!({"addresses": [format!("10.244.{}.{}", 1 + i / 250, 1 + i % 250)]}),
-            ));
+        let address_type = self.address_type.of(ADDRESS_TYPES);
+        let ipv6 = address_type == "IPv6";
+        let mut endpoints: Vec<Value> = self.endpoints.iter().map(|e| endpoint(e, ipv6)).collect();
+        endpoints.extend((0..self.extra_endpoints.count(1000)).map(|i| {
+            let address = if ipv6 {
+                format!("fd00:244:{}::{}", 1 + i / 250, 1 + i % 250)
+            } else {
+                format!("10.244.{}.{}", 1 + i / 250, 1 + i % 250)
+            };
+            json!({"addresses": [address]})
+        }));
         let mut labels = Map::new();
         labels.insert(LABEL_SERVICE_NAME.into(), service_name.into());
         if self.headless.0.is_some() {
@@ -541,7 +566,7 @@ impl SliceSpec {
         let mut object = builders::merge(
             base,
             json!({
-                "addressType": self.address_type.of(ADDRESS_TYPES),
+                "addressType": address_type,
                 "ports": ports,
                 "endpoints": endpoints,
             }),
@@ -551,15 +576,19 @@ impl SliceSpec {
     }
 }
 
-fn endpoint(spec: &EndpointSpec) -> Value {
+/// One endpoint of an IPv4 or (`ipv6`) IPv6 slice.
+fn endpoint(spec: &EndpointSpec, ipv6: bool) -> Value {
     let mut addresses: Vec<Value> = spec
         .address
         .0
         .iter()
-        .map(|a| a.text(Range::Pod).into())
+        .map(|a| a.text_in(Range::Pod, ipv6).into())
         .collect();
     if let Some(more) = &spec.more_addresses.0 {
-        addresses.extend(more.iter().map(|a| Value::from(a.text(Range::Pod))));
+        addresses.extend(
+            more.iter()
+                .map(|a| Value::from(a.text_in(Range::Pod, ipv6))),
+        );
     }
     let mut out = json!({"addresses": addresses});
     let mut conditions = Map::new();

@@ -435,6 +435,7 @@ fn entries<'a>(
                     c.kind == FrontendKind::ClusterIP
                         && c.port_name == fe.port_name
                         && c.protocol == fe.protocol
+                        && c.ip.is_ipv4() == fe.ip.is_ipv4()
                 });
                 let internal = desired_frontend(cluster.copied().unwrap_or(fe), proto, nodeport);
                 out.push((
@@ -517,6 +518,7 @@ mod tests {
             affinity_timeout_s: 0,
             local_backends: vec![],
             source_ranges: vec![],
+            algorithm: crate::maps::maglev::LbAlgorithm::Random,
         }
     }
 

@@ -7,6 +7,14 @@
 //! 3. slot 0 is written before slots beyond the new count are removed;
 //! 4. backends are removed only after no slot refers to them.
 //!
+//! Maglev tables (external frontends with `--lb-algorithm maglev`, see [`super::maglev`])
+//! follow the same rules: a table's entries name backends that are already written
+//! (after rule 1), a new table is written whole before slot 0 names it, a table that
+//! slot 0 already names is rewritten entry by entry where the new backend set's table
+//! differs from the old one's (both computed, never kept), and its backends are removed
+//! only after (rule 4). A table index is freed only after slot 0 stopped naming it, and
+//! like backend ids, indexes are not reused while free ones remain ahead.
+//!
 //! Slots are stable: a backend keeps its slot while it stays, a removed backend's
 //! slot is refilled by an added one or by the last slot's backend, so one changed
 //! endpoint costs a few writes however large the service is.
@@ -20,50 +28,57 @@
 //! as fit (truncated). Frontends left out are kept in [`ProgrammedState::incomplete`]
 //! and retried at every sync until they fit.
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use lb_common::{AffinityMatch4Key, Backend4, SrcRange4Key, Svc4Key, Svc4Value, SvcAction};
+use lb_common::{Svc4Value, SvcAction};
 
 use super::{
     ServiceMaps,
-    desired::{BackendKey, DesiredFrontend, DesiredState, FrontendKey},
-    v4,
+    desired::{BackendKey, DesiredFrontend, DesiredState, FrontendKey, Scope},
+    family::{Family, V4},
+    maglev::{self, MaglevConfig, Table},
 };
 use crate::model::IpCidr;
 
-/// One write to the maps.
+/// One write to one family's maps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MapOp {
+pub enum MapOp<F: Family = V4> {
     PutBackend {
         id: u32,
-        backend: Backend4,
+        backend: F::Backend,
     },
     DeleteBackend {
         id: u32,
     },
     PutSvc {
-        key: Svc4Key,
+        key: F::SvcKey,
         value: Svc4Value,
     },
     DeleteSvc {
-        key: Svc4Key,
+        key: F::SvcKey,
     },
     /// An allowed source prefix of a frontend (LPM key: data and prefix length).
     PutSrcRange {
-        key: SrcRange4Key,
+        key: F::SrcRangeKey,
         prefix_len: u32,
     },
     DeleteSrcRange {
-        key: SrcRange4Key,
+        key: F::SrcRangeKey,
         prefix_len: u32,
     },
     /// A backend still serves a frontend with session affinity, in this slot.
     PutAffinityMatch {
-        key: AffinityMatch4Key,
+        key: F::AffinityMatchKey,
         slot: u16,
     },
     DeleteAffinityMatch {
-        key: AffinityMatch4Key,
+        key: F::AffinityMatchKey,
+    },
+    /// Entry `index` (0..M) of Maglev table `table` (1, 2, ...) names a backend.
+    PutMaglev {
+        table: u32,
+        index: u32,
+        backend_id: u32,
     },
 }
 
@@ -76,6 +91,11 @@ pub struct ProgrammedFrontend {
     pub slots: Vec<u32>,
     /// Allowed source prefixes (loadBalancerSourceRanges), sorted.
     pub source_ranges: Vec<IpCidr>,
+    /// The Maglev table this frontend owns, 0 = none. Its content is the table of the
+    /// slots' backends; slot 0 names it (`service.backend_id`). A slot 0 that names a
+    /// table the frontend does not own (adopted from an agent with other flags) is
+    /// rewritten by the next sync.
+    pub maglev_table: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,6 +116,9 @@ pub struct Capacity {
     pub affinity_matches: usize,
     /// Source range map: loadBalancerSourceRanges over all frontends.
     pub src_ranges: usize,
+    /// The Maglev tables: how many there are room for, their size and seed; none with
+    /// the random algorithm.
+    pub maglev: MaglevConfig,
 }
 
 impl Default for Capacity {
@@ -105,6 +128,7 @@ impl Default for Capacity {
             backends: lb_common::capacity::BACKEND4 as usize,
             affinity_matches: lb_common::capacity::AFFINITY_MATCH4 as usize,
             src_ranges: lb_common::capacity::SRC_RANGE4 as usize,
+            maglev: MaglevConfig::default(),
         }
     }
 }
@@ -118,7 +142,9 @@ pub enum Incomplete {
     /// Programmed with `programmed` of its `wanted` backends: the maps had no room for
     /// the others.
     BackendsTruncated { programmed: usize, wanted: usize },
-    /// Of an address family the maps do not hold.
+    /// Backends or source ranges of another address family than the frontend's (the
+    /// plan never makes such a frontend: a family's frontends get that family's
+    /// endpoints).
     AddressFamily,
 }
 
@@ -155,9 +181,11 @@ pub struct Fill {
     pub capacity: Capacity,
 }
 
-/// Mirror of what the maps hold, kept by the agent so a sync needs no map reads.
+/// Mirror of what one family's maps hold, kept by the agent so a sync needs no map
+/// reads. It programs the frontends of its family and ignores the others (the other
+/// family's state programs them).
 #[derive(Clone, Debug, Default)]
-pub struct ProgrammedState {
+pub struct ProgrammedState<F: Family = V4> {
     frontends: HashMap<FrontendKey, ProgrammedFrontend>,
     backends: HashMap<BackendKey, BackendEntry>,
     backend_keys: HashMap<u32, BackendKey>,
@@ -170,6 +198,38 @@ pub struct ProgrammedState {
     capacity: Capacity,
     /// Wanted frontends that are not (fully) programmed, retried at every sync.
     incomplete: BTreeMap<FrontendKey, Incomplete>,
+    tables: TableIndexes,
+    /// Frontends that want a Maglev table but found none free: they pick at random
+    /// until one is freed.
+    waiting_for_table: BTreeSet<FrontendKey>,
+    family: std::marker::PhantomData<F>,
+}
+
+/// Maglev table indexes 1..=max: which are taken, and where the next search starts.
+#[derive(Clone, Debug, Default)]
+struct TableIndexes {
+    taken: BTreeSet<u32>,
+    next: u32,
+}
+
+impl TableIndexes {
+    /// A free index of 1..=max, searching from after the last one handed out.
+    fn allocate(&mut self, max: u32) -> Option<u32> {
+        if self.taken.len() >= max as usize {
+            return None;
+        }
+        let start = self.next.clamp(1, max.max(1));
+        let index = (start..=max)
+            .chain(1..start)
+            .find(|i| !self.taken.contains(i))?;
+        self.taken.insert(index);
+        self.next = if index >= max { 1 } else { index + 1 };
+        Some(index)
+    }
+
+    fn free(&mut self, index: u32) {
+        self.taken.remove(&index);
+    }
 }
 
 /// What a sync did.
@@ -181,13 +241,23 @@ pub struct SyncStats {
     pub skipped_full: Vec<FrontendKey>,
     /// Frontends of this sync programmed with fewer backends than wanted (full maps).
     pub truncated: Vec<FrontendKey>,
-    /// Frontends of an address family the maps do not hold, not programmed.
+    /// Frontends with backends or source ranges of another address family than
+    /// theirs, not programmed.
     pub skipped_family: Vec<FrontendKey>,
     /// Frontends that were incomplete before and are fully programmed now.
     pub completed: usize,
+    /// Backends that left an internal-scope frontend (the socket hooks' translations),
+    /// compared by address, port and protocol: connected sockets translated to that
+    /// backend for that frontend are now stale. Per frontend: a backend that stays
+    /// behind another frontend is listed only for the one it left.
+    pub departed: Vec<(FrontendKey, BackendKey)>,
+    /// External frontends that pick at random because no Maglev table is free.
+    pub maglev_full: Vec<FrontendKey>,
+    /// Of `ops`, the Maglev table entries written.
+    pub maglev_entries: usize,
 }
 
-impl ProgrammedState {
+impl<F: Family> ProgrammedState<F> {
     pub fn with_capacity(capacity: Capacity) -> Self {
         Self {
             capacity,
@@ -229,7 +299,8 @@ impl ProgrammedState {
         counts
     }
 
-    /// Entries used and the capacity, per map.
+    /// Entries used and the capacity, per map (for the Maglev map: `used.maglev`'s
+    /// `max_tables` is the number of tables in use).
     pub fn fill(&self) -> Fill {
         Fill {
             used: Capacity {
@@ -237,6 +308,10 @@ impl ProgrammedState {
                 backends: self.backends.len(),
                 affinity_matches: self.affinity_matches,
                 src_ranges: self.src_ranges,
+                maglev: MaglevConfig {
+                    max_tables: u32::try_from(self.tables.taken.len()).unwrap_or(u32::MAX),
+                    ..self.capacity.maglev
+                },
             },
             capacity: self.capacity,
         }
@@ -247,12 +322,12 @@ impl ProgrammedState {
     /// beyond a count or of missing frontends, unreferenced or duplicated backends.
     /// A frontend with a missing slot is adopted with no slots, so the next sync
     /// rewrites it whole.
-    pub fn adopt<M: ServiceMaps + ?Sized>(
+    pub fn adopt<M: ServiceMaps<F> + ?Sized>(
         maps: &M,
         capacity: Capacity,
-    ) -> Result<(Self, Vec<MapOp>), M::Error> {
+    ) -> Result<(Self, Vec<MapOp<F>>), M::Error> {
         let mut state = Self::with_capacity(capacity);
-        let entries: HashMap<Svc4Key, Svc4Value> = maps.dump_services()?.into_iter().collect();
+        let entries: HashMap<F::SvcKey, Svc4Value> = maps.dump_services()?.into_iter().collect();
         let mut backends = maps.dump_backends()?;
         backends.sort_by_key(|(id, _)| *id);
 
@@ -260,7 +335,7 @@ impl ProgrammedState {
         let mut dropped_backends = Vec::new();
         for (id, be) in &backends {
             let Some(key) =
-                v4::backend_key(be).filter(|k| *id != 0 && !state.backends.contains_key(k))
+                F::backend_key(be).filter(|k| *id != 0 && !state.backends.contains_key(k))
             else {
                 dropped_backends.push(*id);
                 continue;
@@ -271,25 +346,25 @@ impl ProgrammedState {
             state.backend_keys.insert(*id, key);
         }
 
-        let mut reachable: HashSet<Svc4Key> = HashSet::new();
-        for (key, value) in entries.iter().filter(|(k, _)| k.backend_slot == 0) {
+        let mut reachable: HashSet<F::SvcKey> = HashSet::new();
+        for (key, value) in entries.iter().filter(|(k, _)| F::slot_of(k) == 0) {
             // An entry this agent would not write (unknown protocol or scope) is
             // unreachable for it: removed below.
-            let Some(fkey) = v4::frontend_key(key) else {
+            let Some(fkey) = F::frontend_key(key) else {
                 continue;
             };
             reachable.insert(*key);
             let slots: Option<Vec<u32>> = (1..=value.count)
                 .map(|slot| {
                     entries
-                        .get(&key.with_slot(slot))
+                        .get(&F::with_slot(key, slot))
                         .map(|s| s.backend_id)
                         .filter(|id| state.backend_keys.contains_key(id))
                 })
                 .collect();
             let (service, slots) = match slots {
                 Some(slots) => {
-                    reachable.extend((1..=value.count).map(|slot| key.with_slot(slot)));
+                    reachable.extend((1..=value.count).map(|slot| F::with_slot(key, slot)));
                     (*value, slots)
                 }
                 None => (Svc4Value { count: 0, ..*value }, Vec::new()),
@@ -310,13 +385,14 @@ impl ProgrammedState {
                     service,
                     slots,
                     source_ranges: Vec::new(),
+                    maglev_table: 0,
                 },
             );
         }
         // Source ranges belong to their external frontend; others are unreachable.
         let mut stray_ranges = Vec::new();
         for (rk, prefix_len) in maps.dump_src_ranges()? {
-            let owner = v4::src_range_entry(&rk, prefix_len)
+            let owner = F::src_range_entry(&rk, prefix_len)
                 .and_then(|(fkey, cidr)| Some((state.frontends.get_mut(&fkey)?, cidr)));
             match owner {
                 Some((fe, cidr)) => {
@@ -335,18 +411,18 @@ impl ProgrammedState {
 
         // Affinity matches: the ones that say what the adopted slots say are kept; the
         // others go, and a frontend with affinity gets the ones it lacks.
-        let mut matches: HashMap<AffinityMatch4Key, u16> =
+        let mut matches: HashMap<F::AffinityMatchKey, u16> =
             maps.dump_affinity_matches()?.into_iter().collect();
         let mut match_ops = Vec::new();
         for (fkey, fe) in &state.frontends {
             if fe.service.affinity_timeout_s == 0 {
                 continue;
             }
-            let Some(svc_key) = v4::svc_key(fkey) else {
+            let Some(svc_key) = F::svc_key(fkey) else {
                 continue;
             };
             for (i, id) in fe.slots.iter().enumerate() {
-                let key = v4::affinity_match(&svc_key, *id);
+                let key = F::affinity_match(&svc_key, *id);
                 if matches.remove(&key) != Some(slot_number(i)) {
                     match_ops.push(MapOp::PutAffinityMatch {
                         key,
@@ -356,10 +432,11 @@ impl ProgrammedState {
             }
             state.affinity_matches += fe.slots.len();
         }
-        let mut stray_matches: Vec<AffinityMatch4Key> = matches.into_keys().collect();
+        let mut stray_matches: Vec<F::AffinityMatchKey> = matches.into_keys().collect();
         stray_matches.sort();
+        let maglev_repairs = state.adopt_maglev_tables(maps)?;
 
-        let mut cleanup: Vec<MapOp> = entries
+        let mut cleanup: Vec<MapOp<F>> = entries
             .keys()
             .filter(|k| !reachable.contains(*k))
             .map(|key| MapOp::DeleteSvc { key: *key })
@@ -383,7 +460,8 @@ impl ProgrammedState {
                 .map(|key| MapOp::DeleteAffinityMatch { key }),
         );
         cleanup.extend(match_ops);
-        // Backends go after the slots that might still name them.
+        cleanup.extend(maglev_repairs);
+        // Backends go after the slots (and table entries) that might still name them.
         cleanup.extend(
             dropped_backends
                 .into_iter()
@@ -394,9 +472,78 @@ impl ProgrammedState {
         Ok((state, cleanup))
     }
 
+    /// Takes over the Maglev tables the adopted frontends' slot 0 names: a frontend
+    /// owns its table when this agent would give it one (Maglev on, an external
+    /// frontend that forwards, the index within the configured tables and named by no
+    /// other frontend). An owned table is compared entry by entry with the table of
+    /// the frontend's backends under this agent's size and seed, and the ops that
+    /// repair it are returned (entries naming backends the frontend has: they exist).
+    /// A frontend that names a table it cannot own keeps that value in the mirror, so
+    /// the next sync rewrites its slot 0.
+    fn adopt_maglev_tables<M: ServiceMaps<F> + ?Sized>(
+        &mut self,
+        maps: &M,
+    ) -> Result<Vec<MapOp<F>>, M::Error> {
+        let config = self.capacity.maglev;
+        let mut repairs = Vec::new();
+        let mut keys: Vec<FrontendKey> = self.frontends.keys().copied().collect();
+        keys.sort();
+        for key in keys {
+            let Some(fe) = self.frontends.get(&key) else {
+                continue;
+            };
+            let table = fe.service.backend_id;
+            let forwards = SvcAction::from_u8(fe.service.action) == Some(SvcAction::Forward);
+            if table == 0
+                || table > config.tables()
+                || self.tables.taken.contains(&table)
+                || !uses_table(&config, &key, forwards, fe.slots.len())
+            {
+                continue;
+            }
+            let Some(have) = maps.read_maglev_table(table)? else {
+                continue;
+            };
+            if have.len() != config.table_size as usize {
+                continue;
+            }
+            let ids = fe.slots.clone();
+            let want = self.table_ids(&ids, &config);
+            repairs.extend(table_writes(table, Some(have.as_slice()), &want));
+            self.tables.taken.insert(table);
+            self.tables.next = if table >= config.tables() {
+                1
+            } else {
+                table + 1
+            };
+            if let Some(fe) = self.frontends.get_mut(&key) {
+                fe.maglev_table = table;
+            }
+        }
+        Ok(repairs)
+    }
+
+    /// The table of the backends with these ids, entry by entry as backend ids.
+    fn table_ids(&self, ids: &[u32], config: &MaglevConfig) -> Vec<u32> {
+        let keyed: Vec<(u32, BackendKey)> = ids
+            .iter()
+            .filter_map(|id| self.backend_keys.get(id).map(|k| (*id, *k)))
+            .collect();
+        let backends: Vec<BackendKey> = keyed.iter().map(|(_, k)| *k).collect();
+        Table::build(&backends, config.table_size, config.seed)
+            .entries()
+            .map(|i| keyed[i].0)
+            .collect()
+    }
+
+    /// Maglev tables in use.
+    pub fn maglev_tables(&self) -> usize {
+        self.tables.taken.len()
+    }
+
     /// Computes the ops that turn the programmed state into `desired`, updating the
     /// mirror as if they were applied. Frontends that no longer exist are removed.
-    pub fn sync_all(&mut self, desired: &DesiredState) -> (Vec<MapOp>, SyncStats) {
+    pub fn sync_all(&mut self, desired: &DesiredState) -> (Vec<MapOp<F>>, SyncStats) {
         let mut keys: Vec<FrontendKey> = self
             .frontends
             .keys()
@@ -414,7 +561,7 @@ impl ProgrammedState {
         &mut self,
         desired: &DesiredState,
         keys: &[FrontendKey],
-    ) -> (Vec<MapOp>, SyncStats) {
+    ) -> (Vec<MapOp<F>>, SyncStats) {
         let mut ops = Vec::new();
         let mut released = Vec::new();
         let mut stats = SyncStats::default();
@@ -425,6 +572,8 @@ impl ProgrammedState {
                 .filter(|(_, why)| **why != Incomplete::AddressFamily)
                 .map(|(key, _)| *key),
         );
+        // The other family's frontends are the other family's maps' business.
+        work.retain(|key| F::svc_key(key).is_some());
         work.sort();
         work.dedup();
         // Removals first: they free room. Then the frontends already programmed, then
@@ -436,41 +585,77 @@ impl ProgrammedState {
             let is_new = |k: &FrontendKey| !self.frontends.contains_key(k);
             (is_new(a), desired.room_order(a)).cmp(&(is_new(b), desired.room_order(b)))
         });
-        for key in removals.into_iter().chain(updates) {
-            let before = ops.len();
-            let outcome =
-                self.sync_frontend(key, desired.frontends.get(&key), &mut ops, &mut released);
-            let was_incomplete = self.incomplete.contains_key(&key);
-            let now = match outcome {
-                Ok(Outcome::Complete) => None,
-                Ok(Outcome::Truncated { programmed, wanted }) => {
-                    stats.truncated.push(key);
-                    Some(Incomplete::BackendsTruncated { programmed, wanted })
-                }
-                Err(Skip::Full) => {
-                    stats.skipped_full.push(key);
-                    Some(Incomplete::MapsFull)
-                }
-                Err(Skip::Family) => {
-                    stats.skipped_family.push(key);
-                    Some(Incomplete::AddressFamily)
-                }
-            };
-            match now {
-                Some(why) if desired.frontends.contains_key(&key) => {
-                    self.incomplete.insert(key, why);
-                }
-                _ => {
-                    if was_incomplete && desired.frontends.contains_key(&key) {
-                        stats.completed += 1;
+        let free_tables = |st: &Self| {
+            (st.capacity.maglev.tables() as usize).saturating_sub(st.tables.taken.len())
+        };
+        let mut touched: Vec<FrontendKey> = Vec::new();
+        let mut changed: HashSet<FrontendKey> = HashSet::new();
+        let mut queue: Vec<FrontendKey> = removals.into_iter().chain(updates).collect();
+        let mut retried: HashSet<FrontendKey> = HashSet::new();
+        while !queue.is_empty() {
+            for key in std::mem::take(&mut queue) {
+                let before = ops.len();
+                let socket_backends = self.socket_backends(&key);
+                let outcome =
+                    self.sync_frontend(key, desired.frontends.get(&key), &mut ops, &mut released);
+                let was_incomplete = self.incomplete.contains_key(&key);
+                let now = match outcome {
+                    Ok(Outcome::Complete) => None,
+                    Ok(Outcome::Truncated { programmed, wanted }) => {
+                        stats.truncated.push(key);
+                        Some(Incomplete::BackendsTruncated { programmed, wanted })
                     }
-                    self.incomplete.remove(&key);
+                    Err(Skip::Full) => {
+                        stats.skipped_full.push(key);
+                        Some(Incomplete::MapsFull)
+                    }
+                    Err(Skip::Family) => {
+                        stats.skipped_family.push(key);
+                        Some(Incomplete::AddressFamily)
+                    }
+                };
+                match now {
+                    Some(why) if desired.frontends.contains_key(&key) => {
+                        self.incomplete.insert(key, why);
+                    }
+                    _ => {
+                        if was_incomplete && desired.frontends.contains_key(&key) {
+                            stats.completed += 1;
+                        }
+                        self.incomplete.remove(&key);
+                    }
                 }
+                if let Some(old) = socket_backends {
+                    self.note_departed(key, old, &mut stats.departed);
+                }
+                if ops.len() > before && changed.insert(key) {
+                    stats.frontends_changed += 1;
+                }
+                touched.push(key);
             }
-            if ops.len() > before {
-                stats.frontends_changed += 1;
-            }
+            // A frontend waiting for a Maglev table gets one as soon as one is free
+            // (freed in this batch, or earlier while it was not touched); once per
+            // batch each.
+            let free = free_tables(self);
+            queue = self
+                .waiting_for_table
+                .iter()
+                .copied()
+                .filter(|k| desired.frontends.contains_key(k) && !retried.contains(k))
+                .take(free)
+                .collect();
+            retried.extend(queue.iter().copied());
         }
+        touched.sort();
+        touched.dedup();
+        stats.maglev_full = touched
+            .into_iter()
+            .filter(|k| self.waiting_for_table.contains(k))
+            .collect();
+        stats.maglev_entries = ops
+            .iter()
+            .filter(|op| matches!(op, MapOp::PutMaglev { .. }))
+            .count();
         for id in released {
             // Released earlier in this batch but taken again by another frontend?
             let still_used = self
@@ -493,26 +678,31 @@ impl ProgrammedState {
         &mut self,
         key: FrontendKey,
         desired: Option<&DesiredFrontend>,
-        ops: &mut Vec<MapOp>,
+        ops: &mut Vec<MapOp<F>>,
         released: &mut Vec<u32>,
     ) -> Result<Outcome, Skip> {
-        let svc_key = v4::svc_key(&key).ok_or(Skip::Family)?;
+        let svc_key = F::svc_key(&key).ok_or(Skip::Family)?;
         let Some(desired) = desired else {
+            self.waiting_for_table.remove(&key);
             if let Some(old) = self.frontends.remove(&key) {
                 // Affinities to its backends end first; then slot 0: new readers stop
                 // at once; then the slots and ranges.
                 if old.service.affinity_timeout_s != 0 {
                     for id in &old.slots {
                         ops.push(MapOp::DeleteAffinityMatch {
-                            key: v4::affinity_match(&svc_key, *id),
+                            key: F::affinity_match(&svc_key, *id),
                         });
                     }
                     self.affinity_matches -= old.slots.len();
                 }
                 ops.push(MapOp::DeleteSvc { key: svc_key });
+                // Its table is named by no slot 0 any more.
+                if old.maglev_table != 0 {
+                    self.tables.free(old.maglev_table);
+                }
                 for (i, id) in old.slots.iter().enumerate() {
                     ops.push(MapOp::DeleteSvc {
-                        key: svc_key.with_slot(slot_number(i)),
+                        key: F::with_slot(&svc_key, slot_number(i)),
                     });
                     self.release(*id, released);
                 }
@@ -532,11 +722,11 @@ impl ProgrammedState {
             SvcAction::Reject | SvcAction::Drop => &[],
         };
         // Backends of another family than the frontend cannot be in its map.
-        if all_wanted.iter().any(|b| v4::backend(b).is_none())
+        if all_wanted.iter().any(|b| F::backend(b).is_none())
             || desired
                 .source_ranges
                 .iter()
-                .any(|c| v4::src_range(&svc_key, c).is_none())
+                .any(|c| F::src_range(&svc_key, c).is_none())
         {
             return Err(Skip::Family);
         }
@@ -602,7 +792,7 @@ impl ProgrammedState {
             let id = self.acquire(*backend, ops);
             *slot = Some(id);
             slot_writes.push(MapOp::PutSvc {
-                key: svc_key.with_slot(slot_number(i)),
+                key: F::with_slot(&svc_key, slot_number(i)),
                 value: Svc4Value::slot(id),
             });
         }
@@ -635,22 +825,44 @@ impl ProgrammedState {
         {
             ops.extend(src_range_op(&svc_key, cidr, true));
         }
+        // The Maglev table: its entries name backends written above, and are written
+        // before slot 0 names a new table.
+        let final_ids: Vec<u32> = final_slots.iter().flatten().copied().collect();
+        let old_table = old.as_ref().map_or(0, |o| o.maglev_table);
+        let table = self.sync_table(
+            &key,
+            old_table,
+            old_slots,
+            &final_ids,
+            uses_table(
+                &self.capacity.maglev,
+                &key,
+                desired.action == SvcAction::Forward,
+                new_count,
+            ),
+            ops,
+        );
         let service = Svc4Value::service(
             desired.action,
             new_count as u16,
             desired.affinity_timeout_s,
             desired.flags,
-        );
+        )
+        .with_maglev_table(table);
         if old.as_ref().map(|o| o.service) != Some(service) {
             ops.push(MapOp::PutSvc {
                 key: svc_key,
                 value: service,
             });
         }
+        // A table slot 0 no longer names is free.
+        if old_table != 0 && old_table != table {
+            self.tables.free(old_table);
+        }
         // Rule 3: slots beyond the new count (and sources no longer allowed) go after.
         for i in new_count..old_slots.len() {
             ops.push(MapOp::DeleteSvc {
-                key: svc_key.with_slot(slot_number(i)),
+                key: F::with_slot(&svc_key, slot_number(i)),
             });
         }
         for cidr in old_ranges
@@ -671,6 +883,7 @@ impl ProgrammedState {
                 service,
                 slots,
                 source_ranges: desired.source_ranges.clone(),
+                maglev_table: table,
             },
         );
         Ok(outcome)
@@ -751,9 +964,90 @@ impl ProgrammedState {
         out
     }
 
+    /// The Maglev table of frontend `key` after this sync (0: none), with the ops that
+    /// write it: all entries of a new table, the entries that differ between the old
+    /// and the new backends' tables of one it keeps. A frontend that wants a table
+    /// and finds none free waits for one (and picks at random meanwhile).
+    fn sync_table(
+        &mut self,
+        key: &FrontendKey,
+        old_table: u32,
+        old_ids: &[u32],
+        new_ids: &[u32],
+        wants: bool,
+        ops: &mut Vec<MapOp<F>>,
+    ) -> u32 {
+        if !wants {
+            self.waiting_for_table.remove(key);
+            return 0;
+        }
+        let config = self.capacity.maglev;
+        let table = if old_table != 0 {
+            old_table
+        } else {
+            match self.tables.allocate(config.tables()) {
+                Some(t) => t,
+                None => {
+                    self.waiting_for_table.insert(*key);
+                    return 0;
+                }
+            }
+        };
+        self.waiting_for_table.remove(key);
+        let want = self.table_ids(new_ids, &config);
+        if old_table == 0 {
+            ops.extend(table_writes(table, None, &want));
+            return table;
+        }
+        let (mut before, mut after) = (old_ids.to_vec(), new_ids.to_vec());
+        before.sort_unstable();
+        after.sort_unstable();
+        if before != after {
+            let have = self.table_ids(old_ids, &config);
+            ops.extend(table_writes(table, Some(have.as_slice()), &want));
+        }
+        table
+    }
+
+    /// The backends of an internal-scope frontend with a protocol (whose connected
+    /// sockets hold their translation), for [`SyncStats::departed`]; None for others.
+    fn socket_backends(&self, key: &FrontendKey) -> Option<Vec<BackendKey>> {
+        if key.scope != Scope::Internal || key.is_wildcard() {
+            return None;
+        }
+        let programmed = self.frontends.get(key)?;
+        Some(
+            programmed
+                .slots
+                .iter()
+                .filter_map(|id| self.backend_keys.get(id).copied())
+                .collect(),
+        )
+    }
+
+    /// Adds to `departed` the backends of `old` the frontend `key` no longer has.
+    fn note_departed(
+        &self,
+        key: FrontendKey,
+        old: Vec<BackendKey>,
+        departed: &mut Vec<(FrontendKey, BackendKey)>,
+    ) {
+        let now: HashSet<_> = self
+            .socket_backends(&key)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|b| (b.addr, b.protocol))
+            .collect();
+        departed.extend(
+            old.into_iter()
+                .filter(|b| !now.contains(&(b.addr, b.protocol)))
+                .map(|b| (key, b)),
+        );
+    }
+
     /// The id of `backend`, written to the backend map when new. The caller checked
     /// that the backend has an encoding in the map.
-    fn acquire(&mut self, backend: BackendKey, ops: &mut Vec<MapOp>) -> u32 {
+    fn acquire(&mut self, backend: BackendKey, ops: &mut Vec<MapOp<F>>) -> u32 {
         if let Some(entry) = self.backends.get_mut(&backend) {
             entry.refs += 1;
             return entry.id;
@@ -761,7 +1055,7 @@ impl ProgrammedState {
         let id = self.allocate_id();
         self.backends.insert(backend, BackendEntry { id, refs: 1 });
         self.backend_keys.insert(id, backend);
-        if let Some(value) = v4::backend(&backend) {
+        if let Some(value) = F::backend(&backend) {
             ops.push(MapOp::PutBackend { id, backend: value });
         }
         id
@@ -796,11 +1090,11 @@ impl ProgrammedState {
 /// The affinity match ops of a frontend going from `old` slots to `new` ones (each
 /// `None` when the frontend has no affinity there): (deletes, puts). A backend that
 /// stays in its slot needs none.
-fn affinity_changes(
-    svc_key: &Svc4Key,
+fn affinity_changes<F: Family>(
+    svc_key: &F::SvcKey,
     old: Option<&[u32]>,
     new: Option<&[Option<u32>]>,
-) -> (Vec<MapOp>, Vec<MapOp>) {
+) -> (Vec<MapOp<F>>, Vec<MapOp<F>>) {
     let old: HashMap<u32, u16> = old
         .unwrap_or_default()
         .iter()
@@ -813,29 +1107,56 @@ fn affinity_changes(
         .enumerate()
         .filter_map(|(i, id)| id.map(|id| (id, slot_number(i))))
         .collect();
-    let mut deletes: Vec<MapOp> = old
+    let mut deletes: Vec<MapOp<F>> = old
         .iter()
         .filter(|(id, slot)| new.get(id) != Some(slot))
         .map(|(id, _)| MapOp::DeleteAffinityMatch {
-            key: v4::affinity_match(svc_key, *id),
+            key: F::affinity_match(svc_key, *id),
         })
         .collect();
-    let mut puts: Vec<MapOp> = new
+    let mut puts: Vec<MapOp<F>> = new
         .iter()
         .filter(|(id, slot)| old.get(id) != Some(slot))
         .map(|(id, slot)| MapOp::PutAffinityMatch {
-            key: v4::affinity_match(svc_key, *id),
+            key: F::affinity_match(svc_key, *id),
             slot: *slot,
         })
         .collect();
     // A deterministic order (the maps do not care, tests and op counts do).
-    let order = |op: &MapOp| match op {
-        MapOp::PutAffinityMatch { key, .. } | MapOp::DeleteAffinityMatch { key } => key.backend_id,
+    let order = |op: &MapOp<F>| match op {
+        MapOp::PutAffinityMatch { key, .. } | MapOp::DeleteAffinityMatch { key } => {
+            F::affinity_match_parts(key).1
+        }
         _ => 0,
     };
     deletes.sort_by_key(order);
     puts.sort_by_key(order);
     (deletes, puts)
+}
+
+/// Whether frontend `key` has a Maglev table (see [`maglev::has_table`]) and there
+/// are tables at all.
+fn uses_table(config: &MaglevConfig, key: &FrontendKey, forwards: bool, backends: usize) -> bool {
+    config.tables() > 0
+        && maglev::has_table(
+            config.algorithm,
+            key.scope == Scope::External,
+            forwards && backends > 0,
+        )
+}
+
+/// The ops that make table `table` hold `want`: every entry, or those that differ from
+/// `have` (what it holds now).
+fn table_writes<F: Family>(table: u32, have: Option<&[u32]>, want: &[u32]) -> Vec<MapOp<F>> {
+    want.iter()
+        .enumerate()
+        .filter(|(i, id)| have.and_then(|h| h.get(*i)) != Some(*id))
+        .map(|(i, id)| MapOp::PutMaglev {
+            table,
+            index: i as u32,
+            backend_id: *id,
+        })
+        .collect()
 }
 
 /// What a sync of one frontend did.
@@ -850,14 +1171,14 @@ enum Outcome {
 enum Skip {
     /// The maps have no room for this frontend's new entries.
     Full,
-    /// The maps cannot hold this frontend's address family.
+    /// Backends or source ranges of the other address family.
     Family,
 }
 
 /// The allowed-source entry of `cidr` for the frontend `svc_key` (the caller checked
 /// that it has one).
-fn src_range_op(svc_key: &Svc4Key, cidr: &IpCidr, put: bool) -> Option<MapOp> {
-    let (key, prefix_len) = v4::src_range(svc_key, cidr)?;
+fn src_range_op<F: Family>(svc_key: &F::SvcKey, cidr: &IpCidr, put: bool) -> Option<MapOp<F>> {
+    let (key, prefix_len) = F::src_range(svc_key, cidr)?;
     Some(if put {
         MapOp::PutSrcRange { key, prefix_len }
     } else {
@@ -871,7 +1192,10 @@ fn slot_number(index: usize) -> u16 {
 }
 
 /// Applies ops in order; stops at the first failure (the caller re-adopts the maps).
-pub fn apply_ops<M: ServiceMaps + ?Sized>(maps: &mut M, ops: &[MapOp]) -> Result<(), M::Error> {
+pub fn apply_ops<F: Family, M: ServiceMaps<F> + ?Sized>(
+    maps: &mut M,
+    ops: &[MapOp<F>],
+) -> Result<(), M::Error> {
     for op in ops {
         maps.apply(op)?;
     }
@@ -880,16 +1204,21 @@ pub fn apply_ops<M: ServiceMaps + ?Sized>(maps: &mut M, ops: &[MapOp]) -> Result
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, SocketAddr};
+    use std::{
+        collections::BTreeSet,
+        net::{Ipv4Addr, SocketAddr},
+    };
 
     use lb_common::{IPPROTO_TCP, SVC_FLAG_WILDCARD};
 
     use super::*;
+    use crate::maps::v4;
     use crate::{
         maps::{ip_to_map, port_to_map, twin::MemoryMaps},
         model::Protocol,
         plan::FrontendAddr,
     };
+    use lb_common::{Backend4, Svc4Key};
 
     fn be(last: u8, port: u16) -> BackendKey {
         BackendKey {
@@ -962,7 +1291,7 @@ mod tests {
     fn apply_checked(maps: &mut MemoryMaps, ops: &[MapOp]) {
         for op in ops {
             maps.apply(op).unwrap();
-            if let Err(e) = maps.reader_view() {
+            if let Err(e) = maps.reader_view_after(op) {
                 panic!("after {op:?} a reader would see a half-written service: {e}");
             }
         }
@@ -1094,6 +1423,53 @@ mod tests {
         sync(&mut st, &mut maps, &desired(&[(a, forward(&[shared]))]));
         assert!(maps.backends.contains_key(&id_before));
         assert_eq!(maps.backends.len(), 1);
+    }
+
+    #[test]
+    fn departures_are_per_internal_frontend() {
+        let mut st = ProgrammedState::with_capacity(Capacity::default());
+        let mut maps = MemoryMaps::default();
+        let (a, b) = (fe(10, 53), fe(11, 53));
+        let external = FrontendKey::new(a.frontend().unwrap(), Scope::External);
+        let shared = be(1, 53);
+        let all = desired(&[
+            (a, forward(&[shared, be(2, 53)])),
+            (b, forward(&[shared])),
+            (external, forward(&[shared])),
+        ]);
+        assert!(sync(&mut st, &mut maps, &all).departed.is_empty());
+        // The shared backend leaves a only: listed for a, not for b, not for the
+        // external (TC) frontend.
+        let stats = sync(
+            &mut st,
+            &mut maps,
+            &desired(&[
+                (a, forward(&[be(2, 53)])),
+                (b, forward(&[shared])),
+                (external, forward(&[be(2, 53)])),
+            ]),
+        );
+        assert_eq!(stats.departed, vec![(a, shared)]);
+        // A backend that only became local (same address) has not left.
+        let local = BackendKey {
+            local: true,
+            ..be(2, 53)
+        };
+        let stats = sync(
+            &mut st,
+            &mut maps,
+            &desired(&[(a, forward(&[local])), (b, forward(&[shared]))]),
+        );
+        assert!(stats.departed.is_empty(), "{:?}", stats.departed);
+        // Reject (no endpoints) and removal: every backend left.
+        let stats = sync(
+            &mut st,
+            &mut maps,
+            &desired(&[(a, reject()), (b, forward(&[shared]))]),
+        );
+        assert_eq!(stats.departed, vec![(a, local)]);
+        let stats = sync(&mut st, &mut maps, &desired(&[]));
+        assert_eq!(stats.departed, vec![(b, shared)]);
     }
 
     #[test]
@@ -1466,5 +1842,295 @@ mod tests {
             maps.apply(op).unwrap();
         }
         assert_maps_match(&maps, &want);
+    }
+
+    // ---- Maglev tables ------------------------------------------------------------
+
+    const M: u32 = 251;
+
+    fn maglev_capacity(tables: u32) -> Capacity {
+        Capacity {
+            maglev: MaglevConfig::maglev(M, tables, 7).unwrap(),
+            ..Capacity::default()
+        }
+    }
+
+    /// An external (TC) frontend: NodePort `port` (address 0.0.0.0).
+    fn ext(port: u16) -> FrontendKey {
+        FrontendKey::new(
+            FrontendAddr {
+                ip: Ipv4Addr::UNSPECIFIED.into(),
+                port,
+                protocol: Protocol::Tcp,
+            },
+            Scope::External,
+        )
+    }
+
+    fn svc_of(maps: &MemoryMaps, key: &FrontendKey) -> Svc4Value {
+        maps.services[&v4::svc_key(key).unwrap()]
+    }
+
+    /// The table slot 0 of `key` names, as backends (by identity).
+    fn table_of(maps: &MemoryMaps, key: &FrontendKey) -> Vec<SocketAddr> {
+        let table = svc_of(maps, key).backend_id;
+        assert_ne!(table, 0, "{key} has no table");
+        maps.maglev[&table]
+            .iter()
+            .map(|id| {
+                let b = maps.backends[id];
+                v4::backend_key(&b).unwrap().addr
+            })
+            .collect()
+    }
+
+    fn expected_table(backends: &[BackendKey], cap: &Capacity) -> Vec<SocketAddr> {
+        Table::build(backends, cap.maglev.table_size, cap.maglev.seed)
+            .entries()
+            .map(|i| backends[i].addr)
+            .collect()
+    }
+
+    /// Every external frontend that forwards has the table of its backends, and a
+    /// restarted agent adopting the maps finds nothing to repair or clean.
+    fn assert_tables(maps: &MemoryMaps, want: &DesiredState, cap: Capacity) {
+        for (key, d) in &want.frontends {
+            let table = svc_of(maps, key).backend_id;
+            if key.scope == Scope::External && d.action == SvcAction::Forward && table != 0 {
+                assert_eq!(
+                    table_of(maps, key),
+                    expected_table(&d.backends, &cap),
+                    "{key}"
+                );
+            }
+            if key.scope == Scope::Internal {
+                assert_eq!(table, 0, "{key}: internal frontends pick at random");
+            }
+        }
+        let (adopted, cleanup) = ProgrammedState::adopt(maps, cap).unwrap();
+        assert!(
+            cleanup.is_empty(),
+            "adoption would repair: {} ops",
+            cleanup.len()
+        );
+        let named: BTreeSet<u32> = maps
+            .services
+            .iter()
+            .filter(|(k, v)| k.backend_slot == 0 && v.backend_id != 0)
+            .map(|(_, v)| v.backend_id)
+            .collect();
+        assert_eq!(
+            adopted.maglev_tables(),
+            named.len(),
+            "every named table is adopted"
+        );
+    }
+
+    fn sync_with(
+        state: &mut ProgrammedState,
+        maps: &mut MemoryMaps,
+        want: &DesiredState,
+        cap: Capacity,
+    ) -> SyncStats {
+        let stats = sync(state, maps, want);
+        assert_tables(maps, want, cap);
+        stats
+    }
+
+    #[test]
+    fn maglev_tables_are_written_whole_then_entry_by_entry() {
+        let cap = maglev_capacity(4);
+        let mut st = ProgrammedState::with_capacity(cap);
+        let mut maps = MemoryMaps::default();
+        let four: Vec<BackendKey> = (1..=4).map(|i| be(i, 8080)).collect();
+        let want = desired(&[(ext(30080), forward(&four)), (fe(10, 80), forward(&four))]);
+        let stats = sync_with(&mut st, &mut maps, &want, cap);
+        // 4 backends, 2 x (4 slots + slot 0), the whole table of the external one.
+        assert_eq!(stats.maglev_entries, M as usize);
+        assert_eq!(stats.ops, 4 + 10 + M as usize);
+        assert_eq!(svc_of(&maps, &ext(30080)).backend_id, 1);
+        assert_eq!(st.maglev_tables(), 1);
+        let stats = sync_with(&mut st, &mut maps, &want, cap);
+        assert_eq!(stats.ops, 0, "unchanged: nothing written");
+
+        // One of four leaves: its entries and few others are rewritten in place.
+        let three = &four[1..];
+        let want = desired(&[(ext(30080), forward(three)), (fe(10, 80), forward(three))]);
+        let before = table_of(&maps, &ext(30080));
+        let stats = sync_with(&mut st, &mut maps, &want, cap);
+        let after = table_of(&maps, &ext(30080));
+        let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+        let on_gone = before.iter().filter(|a| **a == four[0].addr).count();
+        assert_eq!(
+            stats.maglev_entries, moved,
+            "only entries that change are written"
+        );
+        // (The builder's tests bound the others at M = 16381; 251 is coarse.)
+        assert!(
+            moved >= on_gone && moved < 2 * on_gone,
+            "{moved} moved, {on_gone} were on the removed backend"
+        );
+        assert_eq!(svc_of(&maps, &ext(30080)).backend_id, 1, "the same table");
+
+        // Reject: slot 0 stops naming the table, which is freed; forward again: a new
+        // index (not reused while others are free), written whole.
+        let want = desired(&[(ext(30080), reject()), (fe(10, 80), forward(three))]);
+        sync_with(&mut st, &mut maps, &want, cap);
+        assert_eq!(svc_of(&maps, &ext(30080)).backend_id, 0);
+        assert_eq!(st.maglev_tables(), 0);
+        let want = desired(&[(ext(30080), forward(three)), (fe(10, 80), forward(three))]);
+        let stats = sync_with(&mut st, &mut maps, &want, cap);
+        assert_eq!(svc_of(&maps, &ext(30080)).backend_id, 2);
+        assert_eq!(stats.maglev_entries, M as usize);
+        // Removed: freed with it.
+        sync_with(&mut st, &mut maps, &desired(&[]), cap);
+        assert_eq!(st.maglev_tables(), 0);
+        assert!(maps.services.is_empty() && maps.backends.is_empty());
+    }
+
+    #[test]
+    fn maglev_without_a_free_table_picks_at_random_until_one_is_freed() {
+        let cap = maglev_capacity(2);
+        let mut st = ProgrammedState::with_capacity(cap);
+        let mut maps = MemoryMaps::default();
+        let two = [be(1, 8080), be(2, 8080)];
+        let all = |ports: &[u16]| {
+            desired(
+                &ports
+                    .iter()
+                    .map(|p| (ext(*p), forward(&two)))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let stats = sync_with(&mut st, &mut maps, &all(&[30001, 30002, 30003]), cap);
+        assert_eq!(stats.maglev_full, vec![ext(30003)]);
+        assert_eq!(
+            svc_of(&maps, &ext(30003)).backend_id,
+            0,
+            "random, never failed"
+        );
+        assert_eq!(svc_of(&maps, &ext(30003)).count, 2);
+        // Another sync that does not touch it leaves it waiting.
+        let (ops, stats) = st.sync_keys(&all(&[30001, 30002, 30003]), &[ext(30001)]);
+        assert!(ops.is_empty() && stats.maglev_full.is_empty());
+        // 30001 goes: its table is free, and 30003 gets it in the same batch.
+        let stats = sync_with(&mut st, &mut maps, &all(&[30002, 30003]), cap);
+        assert!(stats.maglev_full.is_empty());
+        assert_ne!(svc_of(&maps, &ext(30003)).backend_id, 0);
+        assert_eq!(st.maglev_tables(), 2);
+    }
+
+    #[test]
+    fn a_restarted_agent_keeps_the_tables_and_repairs_what_differs() {
+        let cap = maglev_capacity(4);
+        let mut st = ProgrammedState::with_capacity(cap);
+        let mut maps = MemoryMaps::default();
+        let three = [be(1, 8080), be(2, 8080), be(3, 8080)];
+        let want = desired(&[
+            (ext(30080), forward(&three)),
+            (ext(30081), forward(&three[..2])),
+        ]);
+        sync_with(&mut st, &mut maps, &want, cap);
+
+        // The same flags: nothing to write, the tables stay where they are.
+        let (mut adopted, cleanup) = ProgrammedState::adopt(&maps, cap).unwrap();
+        assert!(cleanup.is_empty());
+        assert!(adopted.sync_all(&want).0.is_empty());
+
+        // An entry that differs (a failed write): repaired on adoption, in place.
+        let t = svc_of(&maps, &ext(30080)).backend_id;
+        let other = maps.maglev[&t][1];
+        let right = maps.maglev[&t][0];
+        if other != right {
+            maps.maglev.get_mut(&t).unwrap()[0] = other;
+        }
+        let (_, cleanup) = ProgrammedState::adopt(&maps, cap).unwrap();
+        assert_eq!(cleanup.len(), usize::from(other != right), "{cleanup:?}");
+        apply_checked(&mut maps, &cleanup);
+        assert_tables(&maps, &want, cap);
+
+        // Two frontends naming one table (not this agent's doing): the first keeps it,
+        // the second gets its own before its slot 0 changes.
+        let t2 = svc_of(&maps, &ext(30081)).backend_id;
+        let key2 = v4::svc_key(&ext(30081)).unwrap();
+        let mut v = maps.services[&key2];
+        v.backend_id = t;
+        maps.services.insert(key2, v);
+        maps.maglev.remove(&t2);
+        let (mut adopted, cleanup) = ProgrammedState::adopt(&maps, cap).unwrap();
+        apply_checked(&mut maps, &cleanup);
+        let (ops, _) = adopted.sync_all(&want);
+        apply_checked(&mut maps, &ops);
+        assert_tables(&maps, &want, cap);
+        assert_ne!(svc_of(&maps, &ext(30081)).backend_id, t);
+
+        // An agent with the random algorithm: slot 0 stops naming tables.
+        let random = Capacity::default();
+        let (mut adopted, cleanup) = ProgrammedState::adopt(&maps, random).unwrap();
+        apply_checked(&mut maps, &cleanup);
+        let (ops, _) = adopted.sync_all(&want);
+        apply_checked(&mut maps, &ops);
+        assert_eq!(svc_of(&maps, &ext(30080)).backend_id, 0);
+        assert_eq!(svc_of(&maps, &ext(30081)).backend_id, 0);
+    }
+
+    #[test]
+    fn maglev_random_walk_keeps_tables_and_readers_right() {
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let cap = maglev_capacity(3);
+        let mut st = ProgrammedState::with_capacity(cap);
+        let mut maps = MemoryMaps::default();
+        for _round in 0..120 {
+            let mut entries = Vec::new();
+            for f in 0..4u16 {
+                let roll = next() % 10;
+                if roll == 0 {
+                    continue;
+                }
+                let key = ext(30000 + f);
+                if roll == 1 {
+                    entries.push((key, reject()));
+                    continue;
+                }
+                let n = next() % 8;
+                let backends: Vec<BackendKey> = (0..n)
+                    .map(|_| be((next() % 12) as u8, 8080))
+                    .collect::<HashSet<_>>()
+                    .into_iter()
+                    .collect();
+                let mut d = if backends.is_empty() {
+                    reject()
+                } else {
+                    forward(&backends)
+                };
+                if next() % 4 == 0 {
+                    d.affinity_timeout_s = 30;
+                }
+                entries.push((key, d.clone()));
+                // Its internal twin (socket hooks) shares the backends, never a table.
+                entries.push((
+                    FrontendKey {
+                        scope: Scope::Internal,
+                        ..key
+                    },
+                    d,
+                ));
+            }
+            let want = desired(&entries);
+            sync_with(&mut st, &mut maps, &want, cap);
+            // Three tables for up to four forwarding frontends: the others wait.
+            let forwarding = want
+                .frontends
+                .iter()
+                .filter(|(k, d)| k.scope == Scope::External && d.action == SvcAction::Forward)
+                .count();
+            assert_eq!(st.maglev_tables(), forwarding.min(3));
+        }
     }
 }

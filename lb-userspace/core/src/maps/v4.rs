@@ -4,7 +4,8 @@
 use std::net::{IpAddr, SocketAddr};
 
 use lb_common::{
-    AffinityMatch4Key, BACKEND_FLAG_LOCAL, Backend4, SRC_RANGE_FRONTEND_BITS, SrcRange4Key, Svc4Key,
+    AffinityMatch4Key, BACKEND_FLAG_LOCAL, Backend4, SRC_RANGE_FRONTEND_BITS, SockKill4Key,
+    SrcRange4Key, Svc4Key,
 };
 
 use super::{
@@ -110,6 +111,22 @@ pub fn src_range_entry(key: &SrcRange4Key, prefix_len: u32) -> Option<(FrontendK
     Some((frontend, cidr))
 }
 
+/// The kill-map key of `backend` having left the internal frontend `frontend` (the
+/// sockets translated to it for that frontend are stale); None unless both are IPv4
+/// and the frontend has a protocol.
+pub fn sock_kill_key(frontend: &FrontendKey, backend: &BackendKey) -> Option<SockKill4Key> {
+    let svc = svc_key(frontend).filter(|k| k.proto != 0)?;
+    let be = self::backend(backend).filter(|b| b.proto == svc.proto)?;
+    Some(SockKill4Key {
+        svc_address: svc.address,
+        svc_port: svc.dport,
+        backend_port: be.port,
+        backend_address: be.address,
+        proto: svc.proto,
+        pad: [0; 3],
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +156,28 @@ mod tests {
             local: true,
         };
         assert_eq!(backend_key(&backend(&be).unwrap()), Some(be));
+        let udp_be = BackendKey {
+            protocol: Protocol::Udp,
+            ..be
+        };
+        let kill = sock_kill_key(&key, &udp_be).unwrap();
+        assert_eq!(
+            (kill.svc_address, kill.svc_port, kill.backend_port),
+            (svc.address, svc.dport, port_to_map(8080))
+        );
+        assert_eq!(
+            kill.backend_address,
+            ip_to_map("10.244.0.1".parse().unwrap())
+        );
+        assert_eq!((kill.proto, kill.pad), (lb_common::IPPROTO_UDP, [0; 3]));
+        // A NodePort (address 0) keeps address 0; no key across protocols or families.
+        let nodeport = FrontendKey {
+            ip: "0.0.0.0".parse().unwrap(),
+            ..key
+        };
+        assert_eq!(sock_kill_key(&nodeport, &udp_be).unwrap().svc_address, 0);
+        assert_eq!(sock_kill_key(&key, &be), None);
+        assert_eq!(sock_kill_key(&wildcard, &udp_be), None);
         let cidr: IpCidr = "192.0.2.0/24".parse().unwrap();
         let (k, len) = src_range(&svc, &cidr).unwrap();
         assert_eq!(src_range_entry(&k, len), Some((key, cidr)));

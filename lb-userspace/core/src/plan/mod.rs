@@ -15,7 +15,7 @@
 
 use std::{
     collections::HashMap,
-    fmt,
+    fmt::{self, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     str::FromStr,
 };
@@ -31,6 +31,7 @@ pub use endpoints::is_local;
 use endpoints::{Categorized, endpoints_for_port};
 
 use crate::{
+    maps::maglev::{self, LbAlgorithm, MaglevConfig, human_bytes},
     model::{IpCidr, NodeModel, ObjectKey, Protocol, ServiceModel, ServiceType, SliceModel},
     table,
 };
@@ -127,6 +128,10 @@ pub struct Frontend {
     pub local_backends: Vec<SocketAddr>,
     /// loadBalancerSourceRanges of a LoadBalancer frontend; empty = every source.
     pub source_ranges: Vec<IpCidr>,
+    /// How a new flow picks its backend: Maglev for the external frontends that
+    /// forward when the agent runs with `--lb-algorithm maglev` (see
+    /// [`Plan::with_balancing`]), else random.
+    pub algorithm: LbAlgorithm,
 }
 
 impl Frontend {
@@ -139,7 +144,7 @@ impl Frontend {
     /// NodePort frontend (every address of the node).
     pub fn address_string(&self) -> String {
         match self.kind {
-            FrontendKind::NodePort => format!("*:{}", self.port),
+            FrontendKind::NodePort => nodeport_address(self.ip, self.port),
             FrontendKind::ClusterIP | FrontendKind::LoadBalancer | FrontendKind::ExternalIP => {
                 self.address().to_string()
             }
@@ -181,8 +186,18 @@ impl fmt::Display for FrontendAddr {
     }
 }
 
+/// How a NodePort's address is shown: "*:30080" for IPv4 (every IPv4 address of the
+/// node), "[*]:30080" for IPv6.
+pub fn nodeport_address(ip: IpAddr, port: u16) -> String {
+    if ip.is_ipv4() {
+        format!("*:{port}")
+    } else {
+        format!("[*]:{port}")
+    }
+}
+
 /// The JSON form of a Frontend (`socklb plan -o json`): address and backends as
-/// "ip:port" strings, a NodePort address as "*:port".
+/// "ip:port" strings, a NodePort address as "*:port" (IPv4) or "[*]:port" (IPv6).
 #[derive(Serialize, Deserialize)]
 struct FrontendJson {
     service: ObjectKey,
@@ -198,6 +213,13 @@ struct FrontendJson {
     local_backends: Vec<SocketAddr>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     source_ranges: Vec<IpCidr>,
+    /// Left out for random (the default, and kube-proxy's).
+    #[serde(default, skip_serializing_if = "is_random")]
+    algorithm: LbAlgorithm,
+}
+
+fn is_random(algorithm: &LbAlgorithm) -> bool {
+    *algorithm == LbAlgorithm::Random
 }
 
 impl From<Frontend> for FrontendJson {
@@ -213,6 +235,7 @@ impl From<Frontend> for FrontendJson {
             affinity_timeout_s: f.affinity_timeout_s,
             local_backends: f.local_backends,
             source_ranges: f.source_ranges,
+            algorithm: f.algorithm,
         }
     }
 }
@@ -221,14 +244,19 @@ impl TryFrom<FrontendJson> for Frontend {
     type Error = String;
 
     fn try_from(f: FrontendJson) -> Result<Frontend, String> {
-        let (ip, port) = match (f.kind, f.address.strip_prefix("*:")) {
-            (FrontendKind::NodePort, Some(port)) => (
-                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        let nodeport = match (f.address.strip_prefix("*:"), f.address.strip_prefix("[*]:")) {
+            (Some(port), _) => Some((IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)),
+            (_, Some(port)) => Some((IpAddr::V6(Ipv6Addr::UNSPECIFIED), port)),
+            _ => None,
+        };
+        let (ip, port) = match (f.kind, nodeport) {
+            (FrontendKind::NodePort, Some((ip, port))) => (
+                ip,
                 u16::from_str(port).map_err(|e| format!("address {:?}: {e}", f.address))?,
             ),
             (FrontendKind::NodePort, None) => {
                 return Err(format!(
-                    "address {:?}: a NodePort frontend's address is \"*:<nodePort>\"",
+                    "address {:?}: a NodePort frontend's address is \"*:<nodePort>\" (IPv4) or \"[*]:<nodePort>\" (IPv6)",
                     f.address
                 ));
             }
@@ -256,6 +284,7 @@ impl TryFrom<FrontendJson> for Frontend {
             affinity_timeout_s: f.affinity_timeout_s,
             local_backends: f.local_backends,
             source_ranges: f.source_ranges,
+            algorithm: f.algorithm,
         })
     }
 }
@@ -270,6 +299,38 @@ pub struct Plan {
     /// Claims that lost a frontend to another Service, by address.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conflicts: Vec<Conflict>,
+    /// The Maglev tables the frontends need, and their memory per service (with
+    /// `--lb-algorithm maglev`; see [`Plan::with_balancing`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maglev: Option<MaglevSummary>,
+}
+
+/// The memory of the Maglev tables of a plan: one table per frontend that picks by
+/// Maglev, the same size each.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaglevSummary {
+    /// Entries per table (M).
+    pub table_size: u32,
+    /// Bytes per table in the kernel map.
+    pub table_bytes: u64,
+    /// Tables the frontends need.
+    pub tables: usize,
+    /// Tables the agent's map has room for (`--maglev-max-tables`).
+    pub max_tables: u32,
+    /// Bytes of the agent's map, preallocated for `max_tables`.
+    pub map_bytes: u64,
+    /// Bytes of the tables the frontends need.
+    pub bytes: u64,
+    /// Per service ("ns/name"): tables and their bytes.
+    pub services: Vec<MaglevServiceMemory>,
+}
+
+/// The Maglev tables of one service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaglevServiceMemory {
+    pub service: ObjectKey,
+    pub tables: usize,
+    pub bytes: u64,
 }
 
 impl Plan {
@@ -286,10 +347,49 @@ impl Plan {
         serde_json::from_str(json)
     }
 
-    /// An aligned table, one frontend per line; then the conflicts, if any.
+    /// The plan as an agent with these balancing flags programs it: which frontends
+    /// pick by a Maglev table (the rule the diff follows, [`maglev::has_table`]), and
+    /// the tables' memory per service.
+    pub fn with_balancing(mut self, config: &MaglevConfig) -> Plan {
+        let mut per_service: std::collections::BTreeMap<ObjectKey, usize> = Default::default();
+        for f in &mut self.frontends {
+            let forwards = f.action == Action::Forward && !f.backends.is_empty();
+            f.algorithm = if maglev::has_table(config.algorithm, f.kind.is_external(), forwards) {
+                *per_service.entry(f.service.clone()).or_default() += 1;
+                LbAlgorithm::Maglev
+            } else {
+                LbAlgorithm::Random
+            };
+        }
+        self.maglev = (config.algorithm == LbAlgorithm::Maglev).then(|| {
+            let table_bytes = config.table_bytes();
+            let tables = per_service.values().sum();
+            MaglevSummary {
+                table_size: config.table_size,
+                table_bytes,
+                tables,
+                max_tables: config.max_tables,
+                map_bytes: config.map_bytes(),
+                bytes: tables as u64 * table_bytes,
+                services: per_service
+                    .into_iter()
+                    .map(|(service, tables)| MaglevServiceMemory {
+                        service,
+                        tables,
+                        bytes: tables as u64 * table_bytes,
+                    })
+                    .collect(),
+            }
+        });
+        self
+    }
+
+    /// An aligned table, one frontend per line; then the conflicts, if any. With
+    /// Maglev (see [`Self::with_balancing`]) an ALGORITHM column, and the tables'
+    /// memory per service after the frontends.
     pub fn render_table(&self) -> String {
         let dash_if_empty = |s: String| if s.is_empty() { "-".to_owned() } else { s };
-        let rows: Vec<[String; 7]> = self
+        let rows: Vec<[String; 8]> = self
             .frontends
             .iter()
             .map(|f| {
@@ -300,6 +400,7 @@ impl Plan {
                     f.kind.to_string(),
                     f.address_string(),
                     f.action.to_string(),
+                    f.algorithm.to_string(),
                     dash_if_empty(
                         f.backends
                             .iter()
@@ -310,12 +411,67 @@ impl Plan {
                 ]
             })
             .collect();
-        let mut out = table::render(
-            [
-                "SERVICE", "PORT", "PROTO", "TYPE", "ADDRESS", "ACTION", "BACKENDS",
-            ],
-            &rows,
-        );
+        let mut out = if self.maglev.is_some() {
+            table::render(
+                [
+                    "SERVICE",
+                    "PORT",
+                    "PROTO",
+                    "TYPE",
+                    "ADDRESS",
+                    "ACTION",
+                    "ALGORITHM",
+                    "BACKENDS",
+                ],
+                &rows,
+            )
+        } else {
+            // Without Maglev every frontend picks at random: the table kube-proxy
+            // users know, as before.
+            let rows: Vec<[String; 7]> = rows
+                .into_iter()
+                .map(|[a, b, c, d, e, f, _, h]| [a, b, c, d, e, f, h])
+                .collect();
+            table::render(
+                [
+                    "SERVICE", "PORT", "PROTO", "TYPE", "ADDRESS", "ACTION", "BACKENDS",
+                ],
+                &rows,
+            )
+        };
+        if let Some(m) = &self.maglev {
+            let _ = write!(
+                out,
+                "\nmaglev: {} table{} of {} entries, {} each: {} (room for {}: {} preallocated)",
+                m.tables,
+                if m.tables == 1 { "" } else { "s" },
+                m.table_size,
+                human_bytes(m.table_bytes),
+                human_bytes(m.bytes),
+                m.max_tables,
+                human_bytes(m.map_bytes),
+            );
+            let over = m.tables.saturating_sub(m.max_tables as usize);
+            if over > 0 {
+                let _ = write!(
+                    out,
+                    "; {over} more than there is room for: those pick at random"
+                );
+            }
+            out.push('\n');
+            let rows: Vec<[String; 3]> = m
+                .services
+                .iter()
+                .map(|s| {
+                    [
+                        s.service.to_string(),
+                        s.tables.to_string(),
+                        human_bytes(s.bytes),
+                    ]
+                })
+                .collect();
+            out.push_str(&table::render(["SERVICE", "TABLES", "MEMORY"], &rows));
+        }
         if !self.conflicts.is_empty() {
             let rows: Vec<[String; 5]> = self
                 .conflicts
@@ -369,14 +525,29 @@ pub fn frontends_for_service(
                 + svc.load_balancer_ips.len()
                 + svc.external_ips.len()),
     );
+    // A family's frontends are served by the slices of that family only (each slice
+    // is of one family: its endpoints all are); as in kube-proxy, one proxier per
+    // family.
+    let (slices4, slices6): (Vec<&SliceModel>, Vec<&SliceModel>) = own_slices
+        .iter()
+        .copied()
+        .filter(|slice| !slice.endpoints.is_empty())
+        .partition(|slice| slice.endpoints[0].address.is_ipv4());
     for port in &svc.ports {
-        let endpoints = endpoints_for_port(&own_slices, &port.name, port.protocol);
-        let categorized = Categorized::new(&endpoints, node);
+        let endpoints4 = endpoints_for_port(&slices4, &port.name, port.protocol);
+        let endpoints6 = endpoints_for_port(&slices6, &port.name, port.protocol);
+        let categorized4 = Categorized::new(&endpoints4, node);
+        let categorized6 = Categorized::new(&endpoints6, node);
         let frontend = |kind: FrontendKind, ip: IpAddr, port_number: u16| {
             let policy = if kind.is_external() {
                 svc.external_traffic_policy
             } else {
                 svc.internal_traffic_policy
+            };
+            let (endpoints, categorized) = if ip.is_ipv4() {
+                (&endpoints4, &categorized4)
+            } else {
+                (&endpoints6, &categorized6)
             };
             let (action, backends) = categorized.traffic(policy);
             let local_backends = backends
@@ -384,8 +555,14 @@ pub fn frontends_for_service(
                 .filter(|b| endpoints.get(b).is_some_and(|e| is_local(e, node)))
                 .copied()
                 .collect();
+            // kube-proxy keeps the ranges of the frontend's family (none of them: the
+            // frontend is open to all).
             let source_ranges = if kind == FrontendKind::LoadBalancer {
-                svc.load_balancer_source_ranges.clone()
+                svc.load_balancer_source_ranges
+                    .iter()
+                    .filter(|range| range.addr.is_ipv4() == ip.is_ipv4())
+                    .copied()
+                    .collect()
             } else {
                 Vec::new()
             };
@@ -401,6 +578,7 @@ pub fn frontends_for_service(
                 affinity_timeout_s: svc.session_affinity_timeout_s,
                 local_backends,
                 source_ranges,
+                algorithm: LbAlgorithm::Random,
             }
         };
         for ip in &svc.cluster_ips {
@@ -481,6 +659,7 @@ pub fn compute_plan(services: &[ServiceModel], slices: &[SliceModel], node: &Nod
         node: node.name.clone(),
         frontends,
         conflicts,
+        maglev: None,
     }
 }
 
@@ -1185,6 +1364,7 @@ mod tests {
                 affinity_timeout_s: 10800,
                 local_backends: vec![],
                 source_ranges: vec![],
+                algorithm: LbAlgorithm::Random,
             }]
         );
     }
@@ -1255,6 +1435,44 @@ mod tests {
     }
 
     #[test]
+    fn with_maglev_the_external_frontends_say_so_and_the_tables_memory_is_shown() {
+        let config = MaglevConfig::maglev(16_381, 1024, 1).unwrap();
+        let plan = external_plan().with_balancing(&config);
+        let value: serde_json::Value = serde_json::from_str(&plan.to_json()).unwrap();
+        let algorithms: Vec<(&str, Option<&str>)> = value["frontends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| (f["type"].as_str().unwrap(), f["algorithm"].as_str()))
+            .collect();
+        assert_eq!(
+            algorithms,
+            [
+                ("NodePort", Some("maglev")),
+                ("ClusterIP", None),
+                ("ExternalIP", Some("maglev")),
+                ("LoadBalancer", Some("maglev")),
+            ],
+            "the socket hooks (ClusterIP) pick at random: the field is left out"
+        );
+        assert_eq!(
+            value["maglev"],
+            serde_json::json!({"table_size": 16381, "table_bytes": 65524, "tables": 3,
+                "max_tables": 1024, "map_bytes": 67_096_584, "bytes": 196572,
+                "services": [{"service": "demo/web", "tables": 3, "bytes": 196572}]})
+        );
+        assert_eq!(Plan::from_json(&plan.to_json()).unwrap(), plan);
+        let table = plan.render_table();
+        assert!(table.starts_with("SERVICE   PORT  PROTO  TYPE          ADDRESS          ACTION   ALGORITHM  BACKENDS\n"), "{table}");
+        assert!(table.contains("maglev: 3 tables of 16381 entries, 64.0 KiB each: 192.0 KiB (room for 1024: 64.0 MiB preallocated)\n"), "{table}");
+        assert!(table.contains("demo/web  3       192.0 KiB\n"), "{table}");
+        // The random algorithm changes nothing, not even the table's columns.
+        let random = external_plan().with_balancing(&MaglevConfig::default());
+        assert_eq!(random, external_plan());
+        assert!(!random.render_table().contains("ALGORITHM"));
+    }
+
+    #[test]
     fn json_round_trip() {
         let external = external_plan();
         assert_eq!(Plan::from_json(&external.to_json()).unwrap(), external);
@@ -1271,6 +1489,7 @@ mod tests {
                 ..plan.frontends[0].clone()
             }],
             conflicts: vec![],
+            maglev: None,
         };
         assert_eq!(Plan::from_json(&drop_plan.to_json()).unwrap(), drop_plan);
         assert!(drop_plan.to_json().contains("\"drop\""));
