@@ -70,6 +70,9 @@ pub struct TargetRun {
     /// Files in the repository's corpus the run started from.
     pub seed_files: usize,
     pub new_units: u64,
+    /// Coverage at the end: edges (libFuzzer's `cov`) and features (`ft`).
+    pub coverage: u64,
+    pub features: u64,
     pub peak_rss_mb: u64,
     /// Crash, oom, timeout and leak inputs this run wrote.
     pub crashes: Vec<String>,
@@ -285,6 +288,7 @@ fn run_target(
     }
     let stats = final_stats(&text);
     let (corpus_units, corpus_bytes) = last_corpus(&text).unwrap_or_default();
+    let (coverage, features) = last_coverage(&text).unwrap_or_default();
     Ok(TargetRun {
         name: name.to_owned(),
         seconds,
@@ -295,6 +299,8 @@ fn run_target(
         corpus_bytes,
         seed_files: files_in(&seeds).len(),
         new_units: stats.get("new_units_added").copied().unwrap_or(0),
+        coverage,
+        features,
         peak_rss_mb: stats.get("peak_rss_mb").copied().unwrap_or(0),
         crashes,
     })
@@ -335,6 +341,24 @@ fn last_corpus(log: &str) -> Option<(u64, String)> {
         })
 }
 
+/// The coverage of the last status line, `#N ... cov: 6061 ft: 17617 ...`.
+fn last_coverage(log: &str) -> Option<(u64, u64)> {
+    log.lines()
+        .rev()
+        .filter(|line| line.starts_with('#'))
+        .find_map(|line| {
+            let number = |name: &str| -> Option<u64> {
+                line.split_once(name)?
+                    .1
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            };
+            Some((number(" cov: ")?, number(" ft: ")?))
+        })
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -368,17 +392,19 @@ fn nightly_version() -> Option<String> {
 /// The per-target table, as printed and as in fuzz.md.
 fn table(r: &FuzzResults) -> String {
     let mut out = String::from(
-        "| target | time | executions | exec/s | corpus (units/size) | seeds | new units | crashes | peak RSS |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| target | time | executions | exec/s | coverage (edges/features) | corpus (units/size) | seeds | new units | crashes | peak RSS |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for t in &r.targets {
         let _ = writeln!(
             out,
-            "| `{}` (max_len {}) | {} s | {} | {} | {}/{} | {} | {} | {} | {} MiB |",
+            "| `{}` (max_len {}) | {} s | {} | {} | {}/{} | {}/{} | {} | {} | {} | {} MiB |",
             t.name,
             t.max_len,
             t.seconds,
             t.execs,
             t.execs_per_s,
+            t.coverage,
+            t.features,
             t.corpus_units,
             t.corpus_bytes,
             t.seed_files,
@@ -437,6 +463,8 @@ pub fn to_json(r: &FuzzResults) -> Value {
             "corpus_bytes": t.corpus_bytes,
             "seed_files": t.seed_files,
             "new_units": t.new_units,
+            "coverage": t.coverage,
+            "features": t.features,
             "peak_rss_mb": t.peak_rss_mb,
             "crashes": t.crashes,
         })).collect::<Vec<_>>(),
@@ -471,6 +499,8 @@ pub fn from_json(v: &Value) -> Result<FuzzResults> {
                 corpus_bytes: text(t, "corpus_bytes")?,
                 seed_files: usize::try_from(number(t, "seed_files")?)?,
                 new_units: number(t, "new_units")?,
+                coverage: number(t, "coverage")?,
+                features: number(t, "features")?,
                 peak_rss_mb: number(t, "peak_rss_mb")?,
                 crashes: t
                     .get("crashes")
@@ -559,6 +589,7 @@ mod tests {
         assert_eq!(stats["peak_rss_mb"], 98);
         assert_eq!(last_corpus(LOG), Some((1089, "26Kb".to_owned())));
         assert_eq!(last_corpus("no status lines"), None);
+        assert_eq!(last_coverage(LOG), Some((6061, 17_617)));
     }
 
     /// docs/bench/fuzz.md is what its results file renders to, and that file loads.
