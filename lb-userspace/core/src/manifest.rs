@@ -714,7 +714,8 @@ mod tests {
 
     /// Nested YAML aliases: ten times more values per level, within serde_yaml's own
     /// limit of 100 alias uses per event (the padding's events raise it). Before the
-    /// values limit this file of 400 KB became 12.5 million values, 680 MB.
+    /// values limit this file of 400 KB became 12.5 million values, 680 MB; the 2 KB
+    /// one of the fuzz corpus (regression-yaml-alias-bomb.yaml) 10 million.
     #[test]
     fn nested_aliases_beyond_the_values_limit_skip_the_file() {
         let mut bomb = String::from("a0: &a0 [1,1,1,1,1,1,1,1,1,1]\n");
@@ -724,13 +725,16 @@ mod tests {
             let items = [previous.as_str(); 10].join(",");
             bomb.push_str(&format!("a{k}: &a{k} [{items}]\n"));
         }
-        let set = load_bytes(Path::new("bomb.yaml"), bomb.as_bytes());
-        assert_eq!(set.warnings.len(), 1, "{:#?}", set.warnings);
-        assert!(
-            set.warnings[0].reason.contains("more than 4194304 values"),
-            "{:#?}",
-            set.warnings
-        );
+        let corpus = include_str!("../fuzz/corpus/manifest_bytes/regression-yaml-alias-bomb.yaml");
+        for bomb in [bomb.as_str(), corpus] {
+            let set = load_bytes(Path::new("bomb.yaml"), bomb.as_bytes());
+            assert_eq!(set.warnings.len(), 1, "{:#?}", set.warnings);
+            assert!(
+                set.warnings[0].reason.contains("more than 4194304 values"),
+                "{:#?}",
+                set.warnings
+            );
+        }
         // Aliases within the limit are expanded as before.
         let small = "a: &a {kind: Nope}\nb: *a\n";
         let set = load_bytes(Path::new("small.yaml"), small.as_bytes());
