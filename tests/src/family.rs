@@ -140,8 +140,11 @@ fn rewrite_v6(text: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         let boundary = i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'.');
-        if boundary && bytes[i].is_ascii_digit() {
-            if let Some((v4, prefix, len)) = dotted_quad(&text[i..]) {
+        if boundary
+            && bytes[i].is_ascii_digit()
+            && let Some((v4, prefix, len)) = dotted_quad(&text[i..])
+        {
+            {
                 let quoted = i > 0 && matches!(bytes[i - 1], b'"' | b'\'');
                 let v6 = v6_of(v4);
                 let shown = match prefix {

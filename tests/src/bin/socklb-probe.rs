@@ -484,19 +484,17 @@ fn bind_v6_only(kind: libc::c_int, port: u16) -> Result<std::os::fd::OwnedFd> {
     // SAFETY: a fresh fd nobody else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let one: libc::c_int = 1;
-    for option in [libc::IPV6_V6ONLY] {
-        // SAFETY: setsockopt with a pointer to a c_int and its size.
-        cvt(unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::IPPROTO_IPV6,
-                option,
-                (&raw const one).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        })
-        .context("IPV6_V6ONLY")?;
-    }
+    // SAFETY: setsockopt with a pointer to a c_int and its size.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            (&raw const one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .context("IPV6_V6ONLY")?;
     // SAFETY: setsockopt with a pointer to a c_int and its size.
     cvt(unsafe {
         libc::setsockopt(
