@@ -144,32 +144,30 @@ fn rewrite_v6(text: &str) -> String {
             && bytes[i].is_ascii_digit()
             && let Some((v4, prefix, len)) = dotted_quad(&text[i..])
         {
-            {
-                let quoted = i > 0 && matches!(bytes[i - 1], b'"' | b'\'');
-                let v6 = v6_of(v4);
-                let shown = match prefix {
-                    Some(p) => {
-                        // The network of the IPv6 prefix: host bits of the twin cleared.
-                        let len6 = 16 + 2 * u32::from(p);
-                        let mask = if len6 >= 128 {
-                            u128::MAX
-                        } else {
-                            !(u128::MAX >> len6)
-                        };
-                        format!("{}/{len6}", Ipv6Addr::from(u128::from(v6) & mask))
-                    }
-                    None => v6.to_string(),
-                };
-                if quoted {
-                    out.push_str(&shown);
-                } else {
-                    out.push('"');
-                    out.push_str(&shown);
-                    out.push('"');
+            let quoted = i > 0 && matches!(bytes[i - 1], b'"' | b'\'');
+            let v6 = v6_of(v4);
+            let shown = match prefix {
+                Some(p) => {
+                    // The network of the IPv6 prefix: host bits of the twin cleared.
+                    let len6 = 16 + 2 * u32::from(p);
+                    let mask = if len6 >= 128 {
+                        u128::MAX
+                    } else {
+                        !(u128::MAX >> len6)
+                    };
+                    format!("{}/{len6}", Ipv6Addr::from(u128::from(v6) & mask))
                 }
-                i += len;
-                continue;
+                None => v6.to_string(),
+            };
+            if quoted {
+                out.push_str(&shown);
+            } else {
+                out.push('"');
+                out.push_str(&shown);
+                out.push('"');
             }
+            i += len;
+            continue;
         }
         let ch = text[i..].chars().next().unwrap_or(' ');
         out.push(ch);
