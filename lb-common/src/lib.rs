@@ -682,7 +682,7 @@ const _: () = assert!(core::mem::size_of::<Frag4Value>() == 4);
 /// Data of the loadBalancerSourceRanges LPM key. The prefix length covers the 64 bits
 /// of frontend (always fully) plus the source prefix.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SrcRange4Key {
     /// Frontend address, network byte order.
     pub address: u32,

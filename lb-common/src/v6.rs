@@ -251,7 +251,7 @@ const _: () = assert!(core::mem::size_of::<Frag6Key>() == 40);
 /// Data of the IPv6 loadBalancerSourceRanges LPM key: the frontend (always matched in
 /// full: [`SRC_RANGE6_FRONTEND_BITS`]) and then the source prefix.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SrcRange6Key {
     /// Frontend address.
     pub address: Addr6,

@@ -344,6 +344,19 @@ impl Agent {
         Ok(status)
     }
 
+    /// SIGKILL by pid, and waits until it is reaped: the agent gets no chance to
+    /// finish what it was doing (the chaos tests' crash).
+    pub fn kill(&mut self) -> Result<ExitStatus> {
+        self.child.signal(libc::SIGKILL)?;
+        match self.child.wait_timeout(AGENT_STOP_GRACE)? {
+            Some(status) => Ok(status),
+            None => bail!(
+                "socklb agent (pid {}) still runs {AGENT_STOP_GRACE:?} after SIGKILL",
+                self.pid()
+            ),
+        }
+    }
+
     /// `socklb uninstall` for this agent's cgroup and pin directory.
     pub fn uninstall(&self) -> Result<Output> {
         uninstall(&self.config.cgroup, &self.config.bpffs)

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::agent::{Agent, AgentConfig, uninstall};
+use crate::agent::{Agent, AgentConfig, socklb, uninstall};
 use crate::cgroup::TestCgroup;
 use crate::cluster_spec::{ClusterSpec, read_cluster_spec};
+use crate::multinode::{Plan, Status};
 use crate::pins::PinDir;
 use crate::report::{TcpProbe, TcpReport, UdpProbe, UdpReport};
 use crate::sandbox::{Sandbox, Topology};
@@ -162,6 +163,17 @@ impl Cluster {
         Ok(())
     }
 
+    /// `socklb plan --manifests DIR --node NODE -o json` of the manifests the agent
+    /// watches, for its node.
+    pub fn plan(&self) -> Result<Plan> {
+        plan_of(self.manifests.path(), &self.agent.config().node)
+    }
+
+    /// `socklb status --bpffs PINS -o json`: what the pinned maps hold.
+    pub fn status(&self) -> Result<Status> {
+        status_of(self.pins.path())
+    }
+
     /// Stops the agent (SIGTERM; it must exit 0) and runs `socklb uninstall`; the guards
     /// remove the rest when the cluster is dropped. Both steps run even if the first
     /// fails.
@@ -174,6 +186,53 @@ impl Cluster {
             (Err(a), Err(b)) => Err(a.context(format!("and then: {b:#}"))),
         }
     }
+}
+
+/// `socklb plan --manifests DIR --node NODE -o json`.
+pub fn plan_of(manifests: &Path, node: &str) -> Result<Plan> {
+    socklb_json(vec![
+        "plan".into(),
+        "--manifests".into(),
+        manifests.into(),
+        "--node".into(),
+        node.into(),
+        "-o".into(),
+        "json".into(),
+    ])
+}
+
+/// `socklb status --bpffs PINS -o json`.
+pub fn status_of(pins: &Path) -> Result<Status> {
+    socklb_json(vec![
+        "status".into(),
+        "--bpffs".into(),
+        pins.into(),
+        "-o".into(),
+        "json".into(),
+    ])
+}
+
+/// Runs `socklb ARGS` and parses what it printed (it must exit 0).
+fn socklb_json<T: serde::de::DeserializeOwned>(args: Vec<std::ffi::OsString>) -> Result<T> {
+    let shown = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = socklb(args)?;
+    if !out.status.success() {
+        bail!(
+            "socklb {shown} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "socklb {shown} printed {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }
 
 fn sync_pods(sandbox: &mut Sandbox, model: &ClusterSpec) -> Result<()> {

@@ -24,6 +24,7 @@
 
 pub mod agent;
 pub mod cgroup;
+pub mod chaos;
 pub mod child;
 pub mod cluster;
 pub mod cluster_spec;

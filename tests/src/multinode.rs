@@ -540,8 +540,14 @@ pub struct Status {
     pub frontends: Vec<StatusFrontend>,
     /// The node's addresses (where NodePorts answer).
     pub node_addresses: Vec<String>,
+    /// Cluster IPs whose other ports are refused (by the socket hooks).
+    pub service_addresses: Vec<String>,
     /// LoadBalancer and external IPs whose other ports are refused from outside.
     pub external_service_addresses: Vec<String>,
+    /// Backends reachable from a frontend.
+    pub backends: u64,
+    /// Service map entries reachable by a reader (frontends, their slots, wildcards).
+    pub service_map_entries: u64,
     /// Live conntrack entries (two per external flow).
     pub conntrack_entries: u64,
     pub counters: BTreeMap<String, u64>,
@@ -560,6 +566,7 @@ pub struct StatusFrontend {
     pub backends: Vec<String>,
     /// The Maglev table slot 0 names; 0 = random picks.
     pub maglev_table: u32,
+    pub affinity_timeout_s: u64,
 }
 
 impl Status {
@@ -1105,11 +1112,19 @@ impl MultiNode {
     /// Starts `socklb agent --manifests DIR --node node-N --cgroup CG --bpffs PINS
     /// [--devices lan0]` inside node N's network namespace (ends an agent it had).
     pub fn start_agent(&mut self, n: u8, opts: &AgentOptions) -> Result<()> {
-        let manifests = self.manifests.path().to_path_buf();
+        let config = self.agent_config(n, opts)?;
         let node = self.node_mut(n)?;
         node.agent = None;
+        node.agent = Some(Agent::start(&config)?);
+        Ok(())
+    }
+
+    /// How [`MultiNode::start_agent`] starts node N's agent (for a test that starts,
+    /// kills and replaces it itself).
+    pub fn agent_config(&self, n: u8, opts: &AgentOptions) -> Result<AgentConfig> {
+        let node = self.try_node(n).ok_or_else(|| anyhow!("no node {n}"))?;
         let mut config = AgentConfig::new(
-            manifests,
+            self.manifests.path(),
             node.cgroup.path(),
             node.pins.path(),
             node_name(n),
@@ -1123,8 +1138,7 @@ impl MultiNode {
         config.env = opts.env.clone();
         config.wrapper = opts.wrapper.clone();
         config.bin = opts.bin.clone();
-        node.agent = Some(Agent::start(&config)?);
-        Ok(())
+        Ok(config)
     }
 
     /// Restarts node N's agent as a rolling update does: SIGTERM (it must exit 0, the
@@ -1207,6 +1221,12 @@ impl MultiNode {
         } else {
             bail!("{}", errors.join("\n"))
         }
+    }
+
+    /// `socklb uninstall --cgroup CG --bpffs PINS` of node N, in its namespace; fails
+    /// unless it exits 0.
+    pub fn uninstall(&self, n: u8) -> Result<()> {
+        uninstall_in(self.try_node(n).ok_or_else(|| anyhow!("no node {n}"))?)
     }
 
     /// `socklb plan --manifests DIR --node node-N -o json`.

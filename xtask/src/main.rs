@@ -4,6 +4,7 @@
 //! - `build-ebpf`: builds the kernel programs and prints the object's path;
 //! - `test`: the whole test suite (what CI runs);
 //! - `demo`: the self-contained demo sandbox;
+//! - `bench`, `chaos`: the benchmarks, and their chaos stage on its own.
 //! - `image`: the socklb OCI image, without pulling a base image.
 mod bench;
 mod image;
@@ -63,10 +64,29 @@ enum Task {
         #[arg(long, value_name = "RESULTS_JSON")]
         render: Option<PathBuf>,
         /// Only these items, comma separated (tcp, udp, control, memory, nodeport,
-        /// stale), written under target/bench-items/ (unless --out); the criterion
-        /// benchmark runs only with `control`.
+        /// stale, chaos), written under target/bench-items/ (unless --out); the
+        /// criterion benchmark runs only with `control`, the chaos stage only with
+        /// `chaos` (alone: `cargo xtask chaos`).
         #[arg(long, value_delimiter = ',')]
         items: Option<Vec<String>>,
+        /// Cycles of the chaos stage (default 100, quick 20; 0 skips it).
+        #[arg(long = "chaos-cycles")]
+        chaos_cycles: Option<usize>,
+    },
+    /// The chaos run alone (root): the agent SIGKILLed at random points of its syncs
+    /// under clients and churn; fails unless nothing failed, diverged or leaked.
+    Chaos {
+        #[arg(long, default_value_t = bench::chaos::CYCLES)]
+        cycles: usize,
+        /// The seed of every random choice (default: from the clock; printed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Services per bulk file (default 2500).
+        #[arg(long = "bulk-services")]
+        bulk_services: Option<usize>,
+        /// Data paths, comma separated: socket-hooks, node-port (default: both).
+        #[arg(long, value_delimiter = ',')]
+        datapath: Vec<String>,
     },
     /// Build the socklb OCI image (podman, FROM scratch: no registry needed), tagged
     /// localhost/socklb:<version>, and a docker-archive of it under target/image/.
@@ -125,6 +145,7 @@ fn run() -> Result<()> {
             reps,
             render,
             items,
+            chaos_cycles,
         } => bench::run(
             &root,
             bench::Options {
@@ -135,6 +156,21 @@ fn run() -> Result<()> {
                 reps,
                 render,
                 items,
+                chaos_cycles,
+            },
+        ),
+        Task::Chaos {
+            cycles,
+            seed,
+            bulk_services,
+            datapath,
+        } => bench::chaos::run(
+            &root,
+            &bench::chaos::Options {
+                cycles,
+                seed,
+                bulk_services,
+                datapaths: datapath,
             },
         ),
         Task::Image {

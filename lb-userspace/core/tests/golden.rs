@@ -63,7 +63,7 @@ use serde_json::Value;
 use socklb_core::{
     events::{ClusterEvent, ObjectKey},
     maps::{
-        Capacity, DesiredState, ProgrammedState, ServiceMaps,
+        Capacity, DesiredState, ProgrammedState, ServiceMaps, V4,
         maglev::{LbAlgorithm, MaglevConfig},
         twin::MemoryMaps,
     },
@@ -782,7 +782,7 @@ fn run_case(dir: &Path, bless: bool) -> Result<(), String> {
 /// ids come from `ProgrammedState` on a fresh state,
 /// so they are deterministic.
 fn dump_maps(desired: &DesiredState, balancing: &MaglevConfig) -> Result<String, String> {
-    let mut programmed = ProgrammedState::with_capacity(Capacity {
+    let mut programmed = ProgrammedState::<V4>::with_capacity(Capacity {
         maglev: *balancing,
         ..Capacity::default()
     });
@@ -790,7 +790,7 @@ fn dump_maps(desired: &DesiredState, balancing: &MaglevConfig) -> Result<String,
     if !stats.skipped_full.is_empty() {
         return Err(format!("maps full: {:?}", stats.skipped_full));
     }
-    let mut maps = MemoryMaps::default();
+    let mut maps = MemoryMaps::<V4>::default();
     for op in &ops {
         maps.apply(op).map_err(|e| e.to_string())?;
         maps.reader_view_after(op)

@@ -1006,11 +1006,16 @@ pub fn uninstall(pin_dir: &Path) -> Result<Removed, DatapathError> {
     let _lock = PinDirLock::acquire(pin_dir)?;
     let mut link_names: Vec<String> = SOCKET_HOOKS.iter().map(|(_, l)| l.to_string()).collect();
     link_names.push(BIND_HOOK.1.to_string());
-    link_names.extend(
-        tc_link_pins(pin_dir)
-            .into_iter()
-            .filter(|n| !n.ends_with("_new")),
-    );
+    for name in tc_link_pins(pin_dir) {
+        // A staging pin is removed with its link's name below; one found alone (an
+        // agent killed between removing the old pin and renaming the new one) too.
+        let name = name
+            .strip_suffix("_new")
+            .map_or(name.clone(), str::to_string);
+        if !link_names.contains(&name) {
+            link_names.push(name);
+        }
+    }
     for link_name in &link_names {
         for path in [
             pin_dir.join(link_name),

@@ -10,12 +10,14 @@
 //!
 //! Only serde here (and clap behind the `clap` feature), so that xtask stays light.
 
+mod chaos;
 pub mod format;
 mod results;
 mod spread;
 mod stale;
 pub mod targets;
 
+pub use chaos::*;
 pub use results::*;
 pub use spread::{Spread, quantile};
 pub use stale::{Percentiles, StaleSocketsRow};

@@ -33,6 +33,10 @@ pub struct Results {
     /// network namespaces). Empty: not measured (runs before it existed have none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stale_sockets: Vec<crate::StaleSocketsRow>,
+    /// The chaos stage, one run per data path (`cargo xtask bench` adds it). Empty:
+    /// not run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chaos: Vec<crate::ChaosResults>,
     /// Things the reader must know (skipped parts, capacity limits, sanity failures).
     pub notes: Vec<String>,
 }

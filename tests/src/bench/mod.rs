@@ -3,6 +3,7 @@
 //! sandbox library stays free of benchmark code). What they measure is written as the
 //! types of `socklb_bench_results`, which xtask reads back to render the summary.
 
+pub mod chaos;
 pub mod iptables;
 pub mod load;
 pub mod model;

@@ -7,6 +7,8 @@
 //! - `load`: the load generator (run by `run` inside a client namespace; refuses to
 //!   send anywhere but loopback from the host namespace or from one with a default
 //!   route).
+//! - `chaos`: the long chaos run (`socklb_tests::chaos`), its results as JSON. Needs
+//!   root.
 //! - `timed`: runs a tool and prints how long it took (run by `run` inside a namespace).
 //! - `rules`: prints the generated kube-proxy rules or socklb manifests, for reading.
 
@@ -40,6 +42,9 @@ struct Cli {
 enum Cmd {
     /// Run the benchmarks and write the results as JSON.
     Run(RunArgs),
+    /// The chaos run: the agent SIGKILLed at random points of its syncs, cycle after
+    /// cycle, under clients and churn; writes the results as JSON.
+    Chaos(bench::chaos::ChaosArgs),
     /// A backend: answers TCP and UDP requests with its own address.
     Serve {
         /// This pod's address (put in every answer).
@@ -241,6 +246,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 out: a.out.clone(),
             };
             bench::runner::run(&cfg)?;
+            eprintln!("socklb-bench: results in {}", a.out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Chaos(a) => {
+            bench::chaos::run(&a)?;
             eprintln!("socklb-bench: results in {}", a.out.display());
             Ok(ExitCode::SUCCESS)
         }

@@ -6,7 +6,8 @@
 //!    (iptables-restore, nft), the agent's memory and one-file changes, all inside
 //!    network namespaces, a cgroup and a pin directory it creates;
 //! 4. the socklb package's criterion benchmark `control_plane` (objects in memory -> maps);
-//! 5. merges both into `bench/results/<name>.json` and renders `docs/bench/README.md`
+//! 5. the chaos stage (`chaos.rs`: the agent SIGKILLed at random points of its syncs);
+//! 6. merges them into `bench/results/<name>.json` and renders `docs/bench/README.md`
 //!    with SVG plots (drawn here with plotters' SVG backend).
 //!
 //! `--render FILE` only re-renders the summary from a saved results file.
@@ -16,6 +17,7 @@
 //! Here: running and merging (this file), the summary (`summary.rs`), the plots
 //! (`plots.rs`).
 
+pub mod chaos;
 mod plots;
 mod summary;
 
@@ -38,6 +40,9 @@ pub struct Options {
     pub render: Option<PathBuf>,
     /// Only these items of socklb-bench (None: all).
     pub items: Option<Vec<String>>,
+    /// Cycles of the chaos stage (0: skipped; default [`chaos::CYCLES`], quick
+    /// [`chaos::QUICK_CYCLES`]).
+    pub chaos_cycles: Option<usize>,
 }
 
 /// socklb-bench's items measured per N (the others run once).
@@ -68,6 +73,29 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         render(&results, &relative_link(&docs_dir, file), &docs_dir)?;
         eprintln!("xtask: summary in {}", docs_dir.join("README.md").display());
         return Ok(());
+    }
+
+    // `chaos` is a stage of its own here, not an item of socklb-bench: alone, it is
+    // `cargo xtask chaos`.
+    let cycles = opts.chaos_cycles.unwrap_or(if opts.quick {
+        chaos::QUICK_CYCLES
+    } else {
+        chaos::CYCLES
+    });
+    let with_chaos = opts
+        .items
+        .as_ref()
+        .is_none_or(|items| items.iter().any(|i| i == "chaos"));
+    let mut opts = opts;
+    if let Some(items) = &mut opts.items {
+        items.retain(|i| i != "chaos");
+        if items.is_empty() {
+            let chaos_opts = chaos::Options {
+                cycles,
+                ..Default::default()
+            };
+            return chaos::run(root, &chaos_opts);
+        }
     }
 
     crate::setup::ensure()?;
@@ -174,6 +202,20 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
             &stamp,
             &mut results,
         )?;
+    }
+
+    if with_chaos && cycles > 0 {
+        let opts = chaos::Options {
+            cycles,
+            ..Default::default()
+        };
+        results.chaos = chaos::stage(root, &opts, &scratch, &stamp)?;
+        for c in results.chaos.iter().filter(|c| !c.clean()) {
+            results.notes.push(format!(
+                "The chaos stage found problems on {} (seed {}): see its section.",
+                c.datapath, c.seed
+            ));
+        }
     }
 
     std::fs::create_dir_all(&results_dir)?;

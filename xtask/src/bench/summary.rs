@@ -387,6 +387,7 @@ pub(super) fn markdown(r: &Results, results_link: &str, plots: &[&str]) -> Strin
         stale_sockets_section(&mut m, r);
     }
 
+    m.push_str(&super::chaos::section(r));
     m.push_str(&profile_section(r));
 
     if !r.notes.is_empty() {

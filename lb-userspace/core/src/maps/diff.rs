@@ -30,49 +30,49 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use lb_common::{AffinityMatch4Key, Backend4, SrcRange4Key, Svc4Key, Svc4Value, SvcAction};
+use lb_common::{Svc4Value, SvcAction};
 
 use super::{
     ServiceMaps,
     desired::{BackendKey, DesiredFrontend, DesiredState, FrontendKey, Scope},
+    family::{Family, V4},
     maglev::{self, MaglevConfig, Table},
-    v4,
 };
 use crate::model::IpCidr;
 
-/// One write to the maps.
+/// One write to one family's maps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MapOp {
+pub enum MapOp<F: Family = V4> {
     PutBackend {
         id: u32,
-        backend: Backend4,
+        backend: F::Backend,
     },
     DeleteBackend {
         id: u32,
     },
     PutSvc {
-        key: Svc4Key,
+        key: F::SvcKey,
         value: Svc4Value,
     },
     DeleteSvc {
-        key: Svc4Key,
+        key: F::SvcKey,
     },
     /// An allowed source prefix of a frontend (LPM key: data and prefix length).
     PutSrcRange {
-        key: SrcRange4Key,
+        key: F::SrcRangeKey,
         prefix_len: u32,
     },
     DeleteSrcRange {
-        key: SrcRange4Key,
+        key: F::SrcRangeKey,
         prefix_len: u32,
     },
     /// A backend still serves a frontend with session affinity, in this slot.
     PutAffinityMatch {
-        key: AffinityMatch4Key,
+        key: F::AffinityMatchKey,
         slot: u16,
     },
     DeleteAffinityMatch {
-        key: AffinityMatch4Key,
+        key: F::AffinityMatchKey,
     },
     /// Entry `index` (0..M) of Maglev table `table` (1, 2, ...) names a backend.
     PutMaglev {
@@ -179,9 +179,10 @@ pub struct Fill {
     pub capacity: Capacity,
 }
 
-/// Mirror of what the maps hold, kept by the agent so a sync needs no map reads.
+/// Mirror of what one family's maps hold, kept by the agent so a sync needs no map
+/// reads. It programs the frontends of its family and leaves the others alone.
 #[derive(Clone, Debug, Default)]
-pub struct ProgrammedState {
+pub struct ProgrammedState<F: Family = V4> {
     frontends: HashMap<FrontendKey, ProgrammedFrontend>,
     backends: HashMap<BackendKey, BackendEntry>,
     backend_keys: HashMap<u32, BackendKey>,
@@ -198,6 +199,7 @@ pub struct ProgrammedState {
     /// Frontends that want a Maglev table but found none free: they pick at random
     /// until one is freed.
     waiting_for_table: BTreeSet<FrontendKey>,
+    family: std::marker::PhantomData<F>,
 }
 
 /// Maglev table indexes 1..=max: which are taken, and where the next search starts.
@@ -251,7 +253,7 @@ pub struct SyncStats {
     pub maglev_entries: usize,
 }
 
-impl ProgrammedState {
+impl<F: Family> ProgrammedState<F> {
     pub fn with_capacity(capacity: Capacity) -> Self {
         Self {
             capacity,
@@ -316,12 +318,12 @@ impl ProgrammedState {
     /// beyond a count or of missing frontends, unreferenced or duplicated backends.
     /// A frontend with a missing slot is adopted with no slots, so the next sync
     /// rewrites it whole.
-    pub fn adopt<M: ServiceMaps + ?Sized>(
+    pub fn adopt<M: ServiceMaps<F> + ?Sized>(
         maps: &M,
         capacity: Capacity,
-    ) -> Result<(Self, Vec<MapOp>), M::Error> {
+    ) -> Result<(Self, Vec<MapOp<F>>), M::Error> {
         let mut state = Self::with_capacity(capacity);
-        let entries: HashMap<Svc4Key, Svc4Value> = maps.dump_services()?.into_iter().collect();
+        let entries: HashMap<F::SvcKey, Svc4Value> = maps.dump_services()?.into_iter().collect();
         let mut backends = maps.dump_backends()?;
         backends.sort_by_key(|(id, _)| *id);
 
@@ -329,7 +331,7 @@ impl ProgrammedState {
         let mut dropped_backends = Vec::new();
         for (id, be) in &backends {
             let Some(key) =
-                v4::backend_key(be).filter(|k| *id != 0 && !state.backends.contains_key(k))
+                F::backend_key(be).filter(|k| *id != 0 && !state.backends.contains_key(k))
             else {
                 dropped_backends.push(*id);
                 continue;
@@ -340,25 +342,25 @@ impl ProgrammedState {
             state.backend_keys.insert(*id, key);
         }
 
-        let mut reachable: HashSet<Svc4Key> = HashSet::new();
-        for (key, value) in entries.iter().filter(|(k, _)| k.backend_slot == 0) {
+        let mut reachable: HashSet<F::SvcKey> = HashSet::new();
+        for (key, value) in entries.iter().filter(|(k, _)| F::slot_of(k) == 0) {
             // An entry this agent would not write (unknown protocol or scope) is
             // unreachable for it: removed below.
-            let Some(fkey) = v4::frontend_key(key) else {
+            let Some(fkey) = F::frontend_key(key) else {
                 continue;
             };
             reachable.insert(*key);
             let slots: Option<Vec<u32>> = (1..=value.count)
                 .map(|slot| {
                     entries
-                        .get(&key.with_slot(slot))
+                        .get(&F::with_slot(key, slot))
                         .map(|s| s.backend_id)
                         .filter(|id| state.backend_keys.contains_key(id))
                 })
                 .collect();
             let (service, slots) = match slots {
                 Some(slots) => {
-                    reachable.extend((1..=value.count).map(|slot| key.with_slot(slot)));
+                    reachable.extend((1..=value.count).map(|slot| F::with_slot(key, slot)));
                     (*value, slots)
                 }
                 None => (Svc4Value { count: 0, ..*value }, Vec::new()),
@@ -386,7 +388,7 @@ impl ProgrammedState {
         // Source ranges belong to their external frontend; others are unreachable.
         let mut stray_ranges = Vec::new();
         for (rk, prefix_len) in maps.dump_src_ranges()? {
-            let owner = v4::src_range_entry(&rk, prefix_len)
+            let owner = F::src_range_entry(&rk, prefix_len)
                 .and_then(|(fkey, cidr)| Some((state.frontends.get_mut(&fkey)?, cidr)));
             match owner {
                 Some((fe, cidr)) => {
@@ -405,18 +407,18 @@ impl ProgrammedState {
 
         // Affinity matches: the ones that say what the adopted slots say are kept; the
         // others go, and a frontend with affinity gets the ones it lacks.
-        let mut matches: HashMap<AffinityMatch4Key, u16> =
+        let mut matches: HashMap<F::AffinityMatchKey, u16> =
             maps.dump_affinity_matches()?.into_iter().collect();
         let mut match_ops = Vec::new();
         for (fkey, fe) in &state.frontends {
             if fe.service.affinity_timeout_s == 0 {
                 continue;
             }
-            let Some(svc_key) = v4::svc_key(fkey) else {
+            let Some(svc_key) = F::svc_key(fkey) else {
                 continue;
             };
             for (i, id) in fe.slots.iter().enumerate() {
-                let key = v4::affinity_match(&svc_key, *id);
+                let key = F::affinity_match(&svc_key, *id);
                 if matches.remove(&key) != Some(slot_number(i)) {
                     match_ops.push(MapOp::PutAffinityMatch {
                         key,
@@ -426,11 +428,11 @@ impl ProgrammedState {
             }
             state.affinity_matches += fe.slots.len();
         }
-        let mut stray_matches: Vec<AffinityMatch4Key> = matches.into_keys().collect();
+        let mut stray_matches: Vec<F::AffinityMatchKey> = matches.into_keys().collect();
         stray_matches.sort();
         let maglev_repairs = state.adopt_maglev_tables(maps)?;
 
-        let mut cleanup: Vec<MapOp> = entries
+        let mut cleanup: Vec<MapOp<F>> = entries
             .keys()
             .filter(|k| !reachable.contains(*k))
             .map(|key| MapOp::DeleteSvc { key: *key })
@@ -474,10 +476,10 @@ impl ProgrammedState {
     /// repair it are returned (entries naming backends the frontend has: they exist).
     /// A frontend that names a table it cannot own keeps that value in the mirror, so
     /// the next sync rewrites its slot 0.
-    fn adopt_maglev_tables<M: ServiceMaps + ?Sized>(
+    fn adopt_maglev_tables<M: ServiceMaps<F> + ?Sized>(
         &mut self,
         maps: &M,
-    ) -> Result<Vec<MapOp>, M::Error> {
+    ) -> Result<Vec<MapOp<F>>, M::Error> {
         let config = self.capacity.maglev;
         let mut repairs = Vec::new();
         let mut keys: Vec<FrontendKey> = self.frontends.keys().copied().collect();
@@ -537,7 +539,7 @@ impl ProgrammedState {
 
     /// Computes the ops that turn the programmed state into `desired`, updating the
     /// mirror as if they were applied. Frontends that no longer exist are removed.
-    pub fn sync_all(&mut self, desired: &DesiredState) -> (Vec<MapOp>, SyncStats) {
+    pub fn sync_all(&mut self, desired: &DesiredState) -> (Vec<MapOp<F>>, SyncStats) {
         let mut keys: Vec<FrontendKey> = self
             .frontends
             .keys()
@@ -555,7 +557,7 @@ impl ProgrammedState {
         &mut self,
         desired: &DesiredState,
         keys: &[FrontendKey],
-    ) -> (Vec<MapOp>, SyncStats) {
+    ) -> (Vec<MapOp<F>>, SyncStats) {
         let mut ops = Vec::new();
         let mut released = Vec::new();
         let mut stats = SyncStats::default();
@@ -670,10 +672,10 @@ impl ProgrammedState {
         &mut self,
         key: FrontendKey,
         desired: Option<&DesiredFrontend>,
-        ops: &mut Vec<MapOp>,
+        ops: &mut Vec<MapOp<F>>,
         released: &mut Vec<u32>,
     ) -> Result<Outcome, Skip> {
-        let svc_key = v4::svc_key(&key).ok_or(Skip::Family)?;
+        let svc_key = F::svc_key(&key).ok_or(Skip::Family)?;
         let Some(desired) = desired else {
             self.waiting_for_table.remove(&key);
             if let Some(old) = self.frontends.remove(&key) {
@@ -682,7 +684,7 @@ impl ProgrammedState {
                 if old.service.affinity_timeout_s != 0 {
                     for id in &old.slots {
                         ops.push(MapOp::DeleteAffinityMatch {
-                            key: v4::affinity_match(&svc_key, *id),
+                            key: F::affinity_match(&svc_key, *id),
                         });
                     }
                     self.affinity_matches -= old.slots.len();
@@ -694,7 +696,7 @@ impl ProgrammedState {
                 }
                 for (i, id) in old.slots.iter().enumerate() {
                     ops.push(MapOp::DeleteSvc {
-                        key: svc_key.with_slot(slot_number(i)),
+                        key: F::with_slot(&svc_key, slot_number(i)),
                     });
                     self.release(*id, released);
                 }
@@ -714,11 +716,11 @@ impl ProgrammedState {
             SvcAction::Reject | SvcAction::Drop => &[],
         };
         // Backends of another family than the frontend cannot be in its map.
-        if all_wanted.iter().any(|b| v4::backend(b).is_none())
+        if all_wanted.iter().any(|b| F::backend(b).is_none())
             || desired
                 .source_ranges
                 .iter()
-                .any(|c| v4::src_range(&svc_key, c).is_none())
+                .any(|c| F::src_range(&svc_key, c).is_none())
         {
             return Err(Skip::Family);
         }
@@ -784,7 +786,7 @@ impl ProgrammedState {
             let id = self.acquire(*backend, ops);
             *slot = Some(id);
             slot_writes.push(MapOp::PutSvc {
-                key: svc_key.with_slot(slot_number(i)),
+                key: F::with_slot(&svc_key, slot_number(i)),
                 value: Svc4Value::slot(id),
             });
         }
@@ -854,7 +856,7 @@ impl ProgrammedState {
         // Rule 3: slots beyond the new count (and sources no longer allowed) go after.
         for i in new_count..old_slots.len() {
             ops.push(MapOp::DeleteSvc {
-                key: svc_key.with_slot(slot_number(i)),
+                key: F::with_slot(&svc_key, slot_number(i)),
             });
         }
         for cidr in old_ranges
@@ -967,7 +969,7 @@ impl ProgrammedState {
         old_ids: &[u32],
         new_ids: &[u32],
         wants: bool,
-        ops: &mut Vec<MapOp>,
+        ops: &mut Vec<MapOp<F>>,
     ) -> u32 {
         if !wants {
             self.waiting_for_table.remove(key);
@@ -1039,7 +1041,7 @@ impl ProgrammedState {
 
     /// The id of `backend`, written to the backend map when new. The caller checked
     /// that the backend has an encoding in the map.
-    fn acquire(&mut self, backend: BackendKey, ops: &mut Vec<MapOp>) -> u32 {
+    fn acquire(&mut self, backend: BackendKey, ops: &mut Vec<MapOp<F>>) -> u32 {
         if let Some(entry) = self.backends.get_mut(&backend) {
             entry.refs += 1;
             return entry.id;
@@ -1047,7 +1049,7 @@ impl ProgrammedState {
         let id = self.allocate_id();
         self.backends.insert(backend, BackendEntry { id, refs: 1 });
         self.backend_keys.insert(id, backend);
-        if let Some(value) = v4::backend(&backend) {
+        if let Some(value) = F::backend(&backend) {
             ops.push(MapOp::PutBackend { id, backend: value });
         }
         id
@@ -1082,11 +1084,11 @@ impl ProgrammedState {
 /// The affinity match ops of a frontend going from `old` slots to `new` ones (each
 /// `None` when the frontend has no affinity there): (deletes, puts). A backend that
 /// stays in its slot needs none.
-fn affinity_changes(
-    svc_key: &Svc4Key,
+fn affinity_changes<F: Family>(
+    svc_key: &F::SvcKey,
     old: Option<&[u32]>,
     new: Option<&[Option<u32>]>,
-) -> (Vec<MapOp>, Vec<MapOp>) {
+) -> (Vec<MapOp<F>>, Vec<MapOp<F>>) {
     let old: HashMap<u32, u16> = old
         .unwrap_or_default()
         .iter()
@@ -1099,24 +1101,26 @@ fn affinity_changes(
         .enumerate()
         .filter_map(|(i, id)| id.map(|id| (id, slot_number(i))))
         .collect();
-    let mut deletes: Vec<MapOp> = old
+    let mut deletes: Vec<MapOp<F>> = old
         .iter()
         .filter(|(id, slot)| new.get(id) != Some(slot))
         .map(|(id, _)| MapOp::DeleteAffinityMatch {
-            key: v4::affinity_match(svc_key, *id),
+            key: F::affinity_match(svc_key, *id),
         })
         .collect();
-    let mut puts: Vec<MapOp> = new
+    let mut puts: Vec<MapOp<F>> = new
         .iter()
         .filter(|(id, slot)| old.get(id) != Some(slot))
         .map(|(id, slot)| MapOp::PutAffinityMatch {
-            key: v4::affinity_match(svc_key, *id),
+            key: F::affinity_match(svc_key, *id),
             slot: *slot,
         })
         .collect();
     // A deterministic order (the maps do not care, tests and op counts do).
-    let order = |op: &MapOp| match op {
-        MapOp::PutAffinityMatch { key, .. } | MapOp::DeleteAffinityMatch { key } => key.backend_id,
+    let order = |op: &MapOp<F>| match op {
+        MapOp::PutAffinityMatch { key, .. } | MapOp::DeleteAffinityMatch { key } => {
+            F::affinity_match_parts(key).1
+        }
         _ => 0,
     };
     deletes.sort_by_key(order);
@@ -1137,7 +1141,7 @@ fn uses_table(config: &MaglevConfig, key: &FrontendKey, forwards: bool, backends
 
 /// The ops that make table `table` hold `want`: every entry, or those that differ from
 /// `have` (what it holds now).
-fn table_writes(table: u32, have: Option<&[u32]>, want: &[u32]) -> Vec<MapOp> {
+fn table_writes<F: Family>(table: u32, have: Option<&[u32]>, want: &[u32]) -> Vec<MapOp<F>> {
     want.iter()
         .enumerate()
         .filter(|(i, id)| have.and_then(|h| h.get(*i)) != Some(*id))
@@ -1167,8 +1171,8 @@ enum Skip {
 
 /// The allowed-source entry of `cidr` for the frontend `svc_key` (the caller checked
 /// that it has one).
-fn src_range_op(svc_key: &Svc4Key, cidr: &IpCidr, put: bool) -> Option<MapOp> {
-    let (key, prefix_len) = v4::src_range(svc_key, cidr)?;
+fn src_range_op<F: Family>(svc_key: &F::SvcKey, cidr: &IpCidr, put: bool) -> Option<MapOp<F>> {
+    let (key, prefix_len) = F::src_range(svc_key, cidr)?;
     Some(if put {
         MapOp::PutSrcRange { key, prefix_len }
     } else {
@@ -1182,7 +1186,10 @@ fn slot_number(index: usize) -> u16 {
 }
 
 /// Applies ops in order; stops at the first failure (the caller re-adopts the maps).
-pub fn apply_ops<M: ServiceMaps + ?Sized>(maps: &mut M, ops: &[MapOp]) -> Result<(), M::Error> {
+pub fn apply_ops<F: Family, M: ServiceMaps<F> + ?Sized>(
+    maps: &mut M,
+    ops: &[MapOp<F>],
+) -> Result<(), M::Error> {
     for op in ops {
         maps.apply(op)?;
     }
@@ -1199,11 +1206,13 @@ mod tests {
     use lb_common::{IPPROTO_TCP, SVC_FLAG_WILDCARD};
 
     use super::*;
+    use crate::maps::v4;
     use crate::{
         maps::{ip_to_map, port_to_map, twin::MemoryMaps},
         model::Protocol,
         plan::FrontendAddr,
     };
+    use lb_common::{Backend4, Svc4Key};
 
     fn be(last: u8, port: u16) -> BackendKey {
         BackendKey {

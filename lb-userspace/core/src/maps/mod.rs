@@ -5,29 +5,33 @@
 
 pub mod desired;
 pub mod diff;
+pub mod family;
 pub mod maglev;
 pub mod twin;
 pub mod v4;
+pub mod v6;
 
 use std::net::Ipv4Addr;
 
 pub use desired::{BackendKey, DesiredFrontend, DesiredState, FrontendKey, Scope};
 pub use diff::{Capacity, MapOp, ProgrammedState, SyncStats};
-use lb_common::{AffinityMatch4Key, Backend4, SrcRange4Key, Svc4Key, Svc4Value};
+pub use family::{Family, V4, V6};
+use lb_common::Svc4Value;
 
-/// Something that holds the service and backend maps: the kernel, or a twin in memory.
-pub trait ServiceMaps {
+/// Something that holds one family's service and backend maps: the kernel, or a twin
+/// in memory.
+pub trait ServiceMaps<F: Family = V4> {
     type Error: std::error::Error + Send + Sync + 'static;
 
-    fn apply(&mut self, op: &MapOp) -> Result<(), Self::Error>;
+    fn apply(&mut self, op: &MapOp<F>) -> Result<(), Self::Error>;
     /// Every entry of the service map.
-    fn dump_services(&self) -> Result<Vec<(Svc4Key, Svc4Value)>, Self::Error>;
+    fn dump_services(&self) -> Result<Vec<(F::SvcKey, Svc4Value)>, Self::Error>;
     /// Every entry of the backend map.
-    fn dump_backends(&self) -> Result<Vec<(u32, Backend4)>, Self::Error>;
+    fn dump_backends(&self) -> Result<Vec<(u32, F::Backend)>, Self::Error>;
     /// Every allowed-source entry: (key data, prefix length).
-    fn dump_src_ranges(&self) -> Result<Vec<(SrcRange4Key, u32)>, Self::Error>;
+    fn dump_src_ranges(&self) -> Result<Vec<(F::SrcRangeKey, u32)>, Self::Error>;
     /// Every affinity match entry: (key, slot).
-    fn dump_affinity_matches(&self) -> Result<Vec<(AffinityMatch4Key, u16)>, Self::Error>;
+    fn dump_affinity_matches(&self) -> Result<Vec<(F::AffinityMatchKey, u16)>, Self::Error>;
     /// The entries of Maglev table `table` (1, 2, ...) as the maps hold them (backend
     /// ids, 0 for none); None when the maps have no such table.
     fn read_maglev_table(&self, table: u32) -> Result<Option<Vec<u32>>, Self::Error>;

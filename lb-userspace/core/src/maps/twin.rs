@@ -3,23 +3,27 @@
 //! see, which is how the ordering rules of `diff` are tested without a kernel.
 use std::collections::BTreeMap;
 
-use lb_common::{AffinityMatch4Key, Backend4, Svc4Key, Svc4Value, SvcAction};
+use lb_common::{Svc4Value, SvcAction};
 
-use super::{MapOp, ServiceMaps};
+use super::{
+    MapOp, ServiceMaps,
+    family::{Family, V4},
+};
 
 /// An op the twin refuses: what the kernel would refuse too (a full map).
 #[derive(Debug, thiserror::Error)]
 #[error("in-memory map: {0}")]
 pub struct TwinError(pub String);
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MemoryMaps {
-    pub services: BTreeMap<Svc4Key, Svc4Value>,
-    pub backends: BTreeMap<u32, Backend4>,
-    /// Allowed sources: (frontend address, port, proto, source, prefix length).
-    pub src_ranges: std::collections::BTreeSet<(u32, u16, u8, u32, u32)>,
+/// One family's maps in memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryMaps<F: Family = V4> {
+    pub services: BTreeMap<F::SvcKey, Svc4Value>,
+    pub backends: BTreeMap<u32, F::Backend>,
+    /// Allowed sources: (LPM key data, prefix length).
+    pub src_ranges: std::collections::BTreeSet<(F::SrcRangeKey, u32)>,
     /// The affinity match map: (frontend, backend id) -> slot.
-    pub affinity_matches: BTreeMap<AffinityMatch4Key, u16>,
+    pub affinity_matches: BTreeMap<F::AffinityMatchKey, u16>,
     /// The Maglev tables by index: entry -> backend id (0: none), as long as the
     /// highest entry written.
     pub maglev: BTreeMap<u32, Vec<u32>>,
@@ -29,13 +33,27 @@ pub struct MemoryMaps {
     pub fail_at: Option<usize>,
 }
 
-impl MemoryMaps {
+impl<F: Family> Default for MemoryMaps<F> {
+    fn default() -> Self {
+        Self {
+            services: BTreeMap::new(),
+            backends: BTreeMap::new(),
+            src_ranges: std::collections::BTreeSet::new(),
+            affinity_matches: BTreeMap::new(),
+            maglev: BTreeMap::new(),
+            ops_applied: 0,
+            fail_at: None,
+        }
+    }
+}
+
+impl<F: Family> MemoryMaps<F> {
     /// What a reader sees for every frontend right now: Err if a reader could hit a
     /// missing slot or backend (a half-written service), or a Maglev table slot 0
     /// names with an entry that names no backend (a new table must be written whole
     /// before slot 0 names it; a backend removed only after no entry names it).
     pub fn reader_view(&self) -> Result<(), String> {
-        for (key, svc) in self.services.iter().filter(|(k, _)| k.backend_slot == 0) {
+        for (key, svc) in self.services.iter().filter(|(k, _)| F::slot_of(k) == 0) {
             if SvcAction::from_u8(svc.action) != Some(SvcAction::Forward) {
                 continue;
             }
@@ -53,7 +71,7 @@ impl MemoryMaps {
             for slot in 1..=svc.count {
                 let slot_val = self
                     .services
-                    .get(&key.with_slot(slot))
+                    .get(&F::with_slot(key, slot))
                     .ok_or_else(|| format!("{key:?}: slot {slot} of {} missing", svc.count))?;
                 if !self.backends.contains_key(&slot_val.backend_id) {
                     return Err(format!(
@@ -66,9 +84,10 @@ impl MemoryMaps {
         // An affinity match names a slot that holds its backend: a reader following
         // it never reaches another backend than the one the client sticks to.
         for (m, slot) in &self.affinity_matches {
-            let key = Svc4Key::new(m.address, m.dport, m.proto, *slot).with_scope(m.scope);
+            let (frontend, backend_id) = F::affinity_match_parts(m);
+            let key = F::with_slot(&frontend, *slot);
             match self.services.get(&key) {
-                Some(v) if v.backend_id == m.backend_id => {}
+                Some(v) if v.backend_id == backend_id => {}
                 other => {
                     return Err(format!(
                         "affinity match {m:?} -> slot {slot}, which holds {other:?}"
@@ -81,7 +100,7 @@ impl MemoryMaps {
 
     /// [`Self::reader_view`] after `op` was applied to maps that passed it before: the
     /// same verdict, cheaper for a Maglev entry (only that entry changed).
-    pub fn reader_view_after(&self, op: &MapOp) -> Result<(), String> {
+    pub fn reader_view_after(&self, op: &MapOp<F>) -> Result<(), String> {
         let MapOp::PutMaglev {
             table,
             index,
@@ -90,7 +109,7 @@ impl MemoryMaps {
         else {
             return self.reader_view();
         };
-        for (key, svc) in self.services.iter().filter(|(k, _)| k.backend_slot == 0) {
+        for (key, svc) in self.services.iter().filter(|(k, _)| F::slot_of(k) == 0) {
             if svc.backend_id == *table
                 && SvcAction::from_u8(svc.action) == Some(SvcAction::Forward)
             {
@@ -102,7 +121,7 @@ impl MemoryMaps {
 
     fn check_maglev_entry(
         &self,
-        key: &Svc4Key,
+        key: &F::SvcKey,
         table: u32,
         index: usize,
         id: u32,
@@ -121,10 +140,10 @@ impl MemoryMaps {
     }
 }
 
-impl ServiceMaps for MemoryMaps {
+impl<F: Family> ServiceMaps<F> for MemoryMaps<F> {
     type Error = TwinError;
 
-    fn apply(&mut self, op: &MapOp) -> Result<(), TwinError> {
+    fn apply(&mut self, op: &MapOp<F>) -> Result<(), TwinError> {
         if self.fail_at == Some(self.ops_applied) {
             return Err(TwinError(format!(
                 "injected failure at op {}",
@@ -145,22 +164,10 @@ impl ServiceMaps for MemoryMaps {
                 self.services.remove(key);
             }
             MapOp::PutSrcRange { key, prefix_len } => {
-                self.src_ranges.insert((
-                    key.address,
-                    key.dport,
-                    key.proto,
-                    key.source,
-                    *prefix_len,
-                ));
+                self.src_ranges.insert((*key, *prefix_len));
             }
             MapOp::DeleteSrcRange { key, prefix_len } => {
-                self.src_ranges.remove(&(
-                    key.address,
-                    key.dport,
-                    key.proto,
-                    key.source,
-                    *prefix_len,
-                ));
+                self.src_ranges.remove(&(*key, *prefix_len));
             }
             MapOp::PutAffinityMatch { key, slot } => {
                 self.affinity_matches.insert(*key, *slot);
@@ -185,15 +192,15 @@ impl ServiceMaps for MemoryMaps {
         Ok(())
     }
 
-    fn dump_services(&self) -> Result<Vec<(Svc4Key, Svc4Value)>, TwinError> {
+    fn dump_services(&self) -> Result<Vec<(F::SvcKey, Svc4Value)>, TwinError> {
         Ok(self.services.iter().map(|(k, v)| (*k, *v)).collect())
     }
 
-    fn dump_backends(&self) -> Result<Vec<(u32, Backend4)>, TwinError> {
+    fn dump_backends(&self) -> Result<Vec<(u32, F::Backend)>, TwinError> {
         Ok(self.backends.iter().map(|(k, v)| (*k, *v)).collect())
     }
 
-    fn dump_affinity_matches(&self) -> Result<Vec<(AffinityMatch4Key, u16)>, TwinError> {
+    fn dump_affinity_matches(&self) -> Result<Vec<(F::AffinityMatchKey, u16)>, TwinError> {
         Ok(self
             .affinity_matches
             .iter()
@@ -205,22 +212,7 @@ impl ServiceMaps for MemoryMaps {
         Ok(self.maglev.get(&table).cloned())
     }
 
-    fn dump_src_ranges(&self) -> Result<Vec<(lb_common::SrcRange4Key, u32)>, TwinError> {
-        Ok(self
-            .src_ranges
-            .iter()
-            .map(|(address, dport, proto, source, len)| {
-                (
-                    lb_common::SrcRange4Key {
-                        address: *address,
-                        dport: *dport,
-                        proto: *proto,
-                        pad: 0,
-                        source: *source,
-                    },
-                    *len,
-                )
-            })
-            .collect())
+    fn dump_src_ranges(&self) -> Result<Vec<(F::SrcRangeKey, u32)>, TwinError> {
+        Ok(self.src_ranges.iter().copied().collect())
     }
 }
