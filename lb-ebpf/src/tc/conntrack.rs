@@ -50,8 +50,7 @@ pub fn ct_track<F: TcFamily>(p: &Packet<F>, now: u64) -> Option<F::CtValue> {
     // A client reusing the tuple of a closing flow starts a new flow (and may get
     // another backend), instead of inheriting the old one's last seconds.
     let first_syn = p.tcp_flags & tcp::SYN != 0 && p.tcp_flags & tcp::ACK == 0;
-    if first_syn && value.flags() & CT_FLAG_CLOSING != 0 && value.direction() == CT_DIR_ORIGINAL
-    {
+    if first_syn && value.flags() & CT_FLAG_CLOSING != 0 && value.direction() == CT_DIR_ORIGINAL {
         return None;
     }
     let (life, flags) = lifetime(p, value.flags());

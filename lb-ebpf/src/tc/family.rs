@@ -6,19 +6,26 @@
 //! family-specific parts live in `parse.rs`, `parse6.rs`, `rewrite.rs`, `route.rs`,
 //! `icmp.rs`, `icmp6.rs`, `reject.rs` and `reject6.rs`, and [`V4`] and [`V6`] here say
 //! which is whose.
-use aya_ebpf::{btf_maps::LruHashMap, programs::TcContext};
-use lb_common::{Addr6, Backend4, Backend6, Ct4Key, Ct4Value, Ct6Key, Ct6Value, capacity};
+use aya_ebpf::{
+    btf_maps::{LruHashMap, ProgramArray},
+    programs::TcContext,
+};
+use lb_common::{
+    Addr6, Backend4, Backend6, Ct4Key, Ct4Value, Ct6Key, Ct6Value, capacity, tc6_calls,
+};
 
 use super::{
-    hdr::{IP4_OFF, IP6_OFF, ip4, ip6},
-    icmp, icmp6,
+    DROP, PASS, Step,
+    hdr::{IP4_OFF, IP6_OFF, eth, ip4, ip6},
+    icmp,
     parse::{self, Packet, Parsed},
     parse6, reject, reject6, rewrite, route,
 };
 use crate::{
-    error::Error,
+    error::{Cause, Error},
     family::{Family, V4, V6},
-    maps::{CT4, DEVICE4, get_copy},
+    lb::Frontend,
+    maps::{CT4, DEVICE4, count, get_copy},
     maps6::{CT6, DEVICE6},
 };
 
@@ -71,6 +78,8 @@ pub trait TcFamily: Family {
     type CtKey: Copy;
     /// Value of the family's conntrack map.
     type CtValue: CtValue<Self::Addr>;
+    /// The EtherType of the family's frames.
+    const ETH_P: u16;
     /// Where the source and destination addresses sit in the frame.
     const SADDR_OFF: usize;
     const DADDR_OFF: usize;
@@ -116,6 +125,15 @@ pub trait TcFamily: Family {
     /// Rewrites `p` into its reject answer ([`reject`]); false when the packet is
     /// too short to quote as an ICMP error must (nothing was changed then).
     fn build_answer(ctx: &TcContext, p: &Packet<Self>) -> Result<bool, Error>;
+    /// The answer to a refused packet ([`reject::answer`]).
+    fn refuse(ctx: &TcContext, p: &Packet<Self>) -> i32;
+    /// [`super::new_flow`] for this family.
+    fn new_flow(
+        ctx: &TcContext,
+        p: &Packet<Self>,
+        fe: &Frontend<Self>,
+        now: u64,
+    ) -> Result<Step<Self::Addr>, Error>;
 }
 
 impl CtValue<u32> for Ct4Value {
@@ -215,6 +233,7 @@ impl CtValue<Addr6> for Ct6Value {
 impl TcFamily for V4 {
     type CtKey = Ct4Key;
     type CtValue = Ct4Value;
+    const ETH_P: u16 = eth::P_IP;
     const SADDR_OFF: usize = IP4_OFF + ip4::SADDR;
     const DADDR_OFF: usize = IP4_OFF + ip4::DADDR;
 
@@ -258,15 +277,7 @@ impl TcFamily for V4 {
         l4_csum: Option<usize>,
         l4_flags: u64,
     ) -> Result<(), Error> {
-        rewrite::set_addr(
-            ctx,
-            off,
-            *old,
-            *new,
-            IP4_OFF + ip4::CSUM,
-            l4_csum,
-            l4_flags,
-        )
+        rewrite::set_addr(ctx, off, *old, *new, IP4_OFF + ip4::CSUM, l4_csum, l4_flags)
     }
     #[inline(always)]
     fn route(ctx: &TcContext, to: &Tuple<u32>) -> Result<i32, Error> {
@@ -291,11 +302,25 @@ impl TcFamily for V4 {
     fn build_answer(ctx: &TcContext, p: &Packet<V4>) -> Result<bool, Error> {
         reject::build(ctx, p)
     }
+    #[inline(always)]
+    fn refuse(ctx: &TcContext, p: &Packet<V4>) -> i32 {
+        reject::answer(ctx, p)
+    }
+    #[inline(always)]
+    fn new_flow(
+        ctx: &TcContext,
+        p: &Packet<V4>,
+        fe: &Frontend<V4>,
+        now: u64,
+    ) -> Result<Step<u32>, Error> {
+        super::new_flow(ctx, p, fe, now)
+    }
 }
 
 impl TcFamily for V6 {
     type CtKey = Ct6Key;
     type CtValue = Ct6Value;
+    const ETH_P: u16 = eth::P_IPV6;
     const SADDR_OFF: usize = IP6_OFF + ip6::SADDR;
     const DADDR_OFF: usize = IP6_OFF + ip6::DADDR;
 
@@ -351,12 +376,18 @@ impl TcFamily for V6 {
     #[inline(always)]
     fn icmp_error(
         ctx: &TcContext,
-        l4_off: usize,
-        saddr: Addr6,
-        daddr: Addr6,
+        _l4_off: usize,
+        _saddr: Addr6,
+        _daddr: Addr6,
         ingress: bool,
     ) -> Result<i32, Error> {
-        icmp6::icmp_error(ctx, l4_off, &saddr, &daddr, ingress)
+        let index = if ingress {
+            tc6_calls::ICMP_INGRESS
+        } else {
+            tc6_calls::ICMP_EGRESS
+        };
+        tail_call(ctx, index)?;
+        Ok(PASS)
     }
     #[inline(always)]
     fn unicast_source(saddr: &Addr6) -> bool {
@@ -366,6 +397,47 @@ impl TcFamily for V6 {
     fn build_answer(ctx: &TcContext, p: &Packet<V6>) -> Result<bool, Error> {
         reject6::build(ctx, p)
     }
+    #[inline(always)]
+    fn refuse(ctx: &TcContext, _p: &Packet<V6>) -> i32 {
+        match tail_call(ctx, tc6_calls::REJECT) {
+            Ok(()) => DROP,
+            // The verdict was to refuse: dropped, as an answer that cannot be built.
+            Err(e) => {
+                count(e.counter());
+                DROP
+            }
+        }
+    }
+    #[inline(always)]
+    fn new_flow(
+        ctx: &TcContext,
+        _p: &Packet<V6>,
+        _fe: &Frontend<V6>,
+        _now: u64,
+    ) -> Result<Step<Addr6>, Error> {
+        tail_call(ctx, tc6_calls::NEW_FLOW)?;
+        Ok(Step::Verdict(PASS))
+    }
+}
+
+/// The IPv6 TC programs' tail calls ([`tc6_calls`]), filled by the agent.
+#[aya_ebpf::macros::btf_map(name = "lb6_tc_calls")]
+static TC6_CALLS: ProgramArray<{ tc6_calls::COUNT as usize }> = ProgramArray::new();
+
+// IPv6 headers and keys are larger than IPv4's, and the eBPF stack of one program is
+// 512 bytes: the v6 path inlined into one program needs more. So the parts of it that
+// never run together (a new flow, an ICMPv6 error, a reject answer) run in programs of
+// their own, tail-called with the packet (each parses it again: the cost of a few
+// loads). Subprograms would not do: their frames add up with their caller's. IPv4
+// keeps everything in one program.
+
+/// Continues in the IPv6 program at `index` of [`TC6_CALLS`]; returns only when the
+/// call failed (the slot is empty: an agent that has not filled the map).
+#[inline(always)]
+fn tail_call(ctx: &TcContext, index: u32) -> Result<(), Error> {
+    // SAFETY: the program at `index` is a TC classifier taking the same context.
+    unsafe { TC6_CALLS.tail_call(ctx, index) };
+    Err(Cause::TailCall.into())
 }
 
 /// Whether two IPv6 addresses are the same (one test, no branch per word).

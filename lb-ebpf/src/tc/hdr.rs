@@ -189,9 +189,6 @@ pub mod icmp6 {
     pub const TYPE: usize = 0;
     /// Checksum (over the message and the IPv6 pseudo header).
     pub const CSUM: usize = 2;
-    /// The 4 bytes after the checksum: unused, the MTU (Packet Too Big) or the
-    /// pointer (Parameter Problem).
-    pub const DATA: usize = 4;
     /// Header length: an error message quotes the packet it is about after it.
     pub const HLEN: usize = 8;
     pub const DEST_UNREACH: u8 = 1;

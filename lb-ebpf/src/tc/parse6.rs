@@ -94,9 +94,7 @@ pub fn walk(ctx: &TcContext, ip_off: usize) -> Option<Chain> {
         }
     }
     match nh {
-        ip6::NEXTHDR_HOP | ip6::NEXTHDR_DEST | ip6::NEXTHDR_ROUTING | ip6::NEXTHDR_FRAGMENT => {
-            None
-        }
+        ip6::NEXTHDR_HOP | ip6::NEXTHDR_DEST | ip6::NEXTHDR_ROUTING | ip6::NEXTHDR_FRAGMENT => None,
         _ => Some(chain),
     }
 }
@@ -110,10 +108,13 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed<V6>, Error> {
     if ver_tc >> 4 != ip6::VERSION {
         return Ok(Parsed::Other);
     }
-    let (Ok(saddr), Ok(daddr)) = (
-        load::<Addr6>(ctx, IP6_OFF + ip6::SADDR),
-        load::<Addr6>(ctx, IP6_OFF + ip6::DADDR),
-    ) else {
+    // One load at a time, each with its own exit: a tuple of results leaves the
+    // second unset where the first failed, and LLVM may still copy it, which the
+    // verifier refuses.
+    let Ok(saddr) = load::<Addr6>(ctx, IP6_OFF + ip6::SADDR) else {
+        return Ok(Parsed::Other);
+    };
+    let Ok(daddr) = load::<Addr6>(ctx, IP6_OFF + ip6::DADDR) else {
         return Ok(Parsed::Other);
     };
     let Some(chain) = walk(ctx, IP6_OFF) else {
@@ -161,10 +162,10 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed<V6>, Error> {
             }
         }
     } else {
-        let (Ok(sport), Ok(dport)) = (
-            load::<u16>(ctx, l4_off + l4::SPORT),
-            load::<u16>(ctx, l4_off + l4::DPORT),
-        ) else {
+        let Ok(sport) = load::<u16>(ctx, l4_off + l4::SPORT) else {
+            return Ok(Parsed::Other);
+        };
+        let Ok(dport) = load::<u16>(ctx, l4_off + l4::DPORT) else {
             return Ok(Parsed::Other);
         };
         let flags = if proto == IPPROTO_TCP {

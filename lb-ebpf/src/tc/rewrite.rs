@@ -130,15 +130,8 @@ pub fn set_addr6_in(
 ) -> Result<(), Error> {
     if let Some(csum) = csum {
         // SAFETY: the helper reads 16 bytes at each pointer: two addresses.
-        let diff = unsafe {
-            bpf_csum_diff(
-                old.as_ptr().cast_mut(),
-                16,
-                new.as_ptr().cast_mut(),
-                16,
-                0,
-            )
-        };
+        let diff =
+            unsafe { bpf_csum_diff(old.as_ptr().cast_mut(), 16, new.as_ptr().cast_mut(), 16, 0) };
         if diff < 0 {
             return Err(Cause::Packet.into());
         }

@@ -45,10 +45,7 @@ pub fn insert_with_free_port<F: TcFamily>(
         reply_tuple.dport = (port as u16).to_be();
         // NOEXIST: a port in use towards this backend belongs to another flow.
         let key = F::ct_key(reply_tuple, proto);
-        if F::ct_map()
-            .insert(&key, reply, BPF_NOEXIST as u64)
-            .is_ok()
-        {
+        if F::ct_map().insert(&key, reply, BPF_NOEXIST as u64).is_ok() {
             return true;
         }
     }
