@@ -15,8 +15,8 @@ use tracing::{debug, info, warn};
 use socklb_core::{
     events::{ClusterEvent, ObjectKey},
     maps::{
-        DesiredState, FrontendKey,
-        diff::{Fill, Incomplete, IncompleteCounts},
+        DesiredState, FrontendKey, V4, V6,
+        diff::{Incomplete, IncompleteCounts},
         maglev::human_bytes,
     },
     model::NodeModel,
@@ -28,6 +28,7 @@ use crate::{
     datapath::{
         DatapathError, devices as node, kernel,
         reconcile::Reconciler,
+        service_maps::{self, KernelFamily},
         stale_sockets::{SocketIterators, StaleSockets},
     },
     http::{
@@ -131,6 +132,7 @@ pub async fn run_agent(
     // (and conflicts when they go away), not at every sync.
     let mut conflicts: Vec<Conflict> = Vec::new();
     let mut orphans: BTreeSet<ObjectKey> = BTreeSet::new();
+    let mut wrong_family: BTreeSet<ObjectKey> = BTreeSet::new();
 
     let (tx, mut rx) = mpsc::channel::<ClusterEvent>(4096);
     // Read the manifests before touching the kernel: an unreadable directory fails
@@ -223,13 +225,15 @@ pub async fn run_agent(
     let stale_sockets = start_stale_sockets(loaded, &opts, &all_metrics);
     // The kernel BTF the programs were loaded with is gone now: return its memory.
     kernel::release_freed_memory();
-    let mut node_addrs = node::node_addresses(&ifaces);
-    maps.set_node_addresses(&node_addrs)?;
+    let mut node_addrs = NodeAddresses::of(&ifaces);
+    maps.set_node_addresses(&node_addrs.v4)?;
+    maps.set_node_addresses6(&node_addrs.v6)?;
     info!(
         cgroup = %opts.cgroup.display(),
         pin_dir = %opts.pin_dir.display(),
         devices = ?devices.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(),
-        node_addresses = ?node_addrs,
+        node_addresses = ?node_addrs.v4,
+        node_addresses6 = ?node_addrs.v6,
         "socket hooks and TC programs attached"
     );
     let mut reconciler = Reconciler::adopt(maps, sizes.capacity())?;
@@ -353,6 +357,7 @@ pub async fn run_agent(
                 );
                 report_conflicts(state.index().conflicts(), &mut conflicts, metrics);
                 report_orphans(&state, &mut orphans, metrics);
+                report_wrong_family(&state, &mut wrong_family);
                 if stats.ops > 0 {
                     info!(
                         services = state.service_count(),
@@ -461,6 +466,27 @@ fn report_conflicts(now: Vec<Conflict>, known: &mut Vec<Conflict>, metrics: &Syn
     *known = now;
 }
 
+/// Warns once about each EndpointSlice of an address family its Service has no
+/// cluster IP of (say an IPv6 slice of an IPv4-only Service): it serves nothing.
+fn report_wrong_family(state: &ClusterState, known: &mut BTreeSet<ObjectKey>) {
+    let mut now = BTreeSet::new();
+    for slice in state.wrong_family_slices() {
+        let key = slice.key();
+        if !known.contains(&key) {
+            let family = match slice.endpoints.first().map(|e| e.address) {
+                Some(std::net::IpAddr::V6(_)) => "IPv6",
+                _ => "IPv4",
+            };
+            warn!(
+                slice = %key, service = %slice.service_key(),
+                "{family} EndpointSlice of a Service without an {family} cluster IP: not used"
+            );
+        }
+        now.insert(key);
+    }
+    *known = now;
+}
+
 /// Warns once about each EndpointSlice that names a Service that does not exist.
 fn report_orphans(state: &ClusterState, known: &mut BTreeSet<ObjectKey>, metrics: &SyncMetrics) {
     let mut now = BTreeSet::new();
@@ -500,13 +526,12 @@ fn report_programmed(
     metrics: &SyncMetrics,
     log: &mut IncompleteLog,
 ) {
-    let programmed = reconciler.state();
-    let counts = programmed.incomplete_counts();
-    let fill = programmed.fill();
+    let counts = reconciler.incomplete_counts();
+    let fill = service_maps::fill_rows(reconciler);
     metrics.set_programmed(&counts, &fill);
     let summary = counts
         .capacity_short()
-        .then(|| incomplete_summary(&counts, &fill, programmed.incomplete(), desired));
+        .then(|| incomplete_summary(&counts, &fill, &reconciler.incomplete(), desired));
     health.set_incomplete(summary.clone());
     let status = lb_common::AgentStatus {
         synced_at_ns: kernel::monotonic_ns(),
@@ -548,7 +573,7 @@ fn report_programmed(
 /// them, and a few of the frontends with their Services.
 fn incomplete_summary(
     counts: &IncompleteCounts,
-    fill: &Fill,
+    fill: &[(&'static str, usize, usize)],
     incomplete: &std::collections::BTreeMap<FrontendKey, Incomplete>,
     desired: &DesiredState,
 ) -> String {
@@ -565,30 +590,17 @@ fn incomplete_summary(
             counts.backends_truncated
         ));
     }
-    let maps: Vec<String> = [
-        (
-            lb_common::map_names::SVC4,
-            fill.used.svc_entries,
-            fill.capacity.svc_entries,
-            "--map-size-services",
-        ),
-        (
-            lb_common::map_names::BACKEND4,
-            fill.used.backends,
-            fill.capacity.backends,
-            "--map-size-backends",
-        ),
-        (
-            lb_common::map_names::SRC_RANGE4,
-            fill.used.src_ranges,
-            fill.capacity.src_ranges,
-            "--map-size-source-ranges",
-        ),
-    ]
-    .iter()
-    .filter(|(map, used, _, _)| *used > 0 || *map != lb_common::map_names::SRC_RANGE4)
-    .map(|(map, used, capacity, flag)| format!("{map} {used}/{capacity} ({flag})"))
-    .collect();
+    // The maps in use that can fill up (the affinity match map has the service
+    // map's size and fewer entries).
+    let maps: Vec<String> = fill
+        .iter()
+        .filter(|(map, used, _)| {
+            let matches = *map == <V4 as KernelFamily>::MAPS.affinity_matches
+                || *map == <V6 as KernelFamily>::MAPS.affinity_matches;
+            !matches && *used > 0
+        })
+        .map(|(map, used, capacity)| format!("{map} {used}/{capacity} ({})", flag_of(map)))
+        .collect();
     let mut examples: Vec<(&Incomplete, Option<&ObjectKey>, &FrontendKey)> = incomplete
         .iter()
         .filter(|(_, why)| !matches!(why, Incomplete::AddressFamily))
@@ -616,6 +628,31 @@ fn incomplete_summary(
     )
 }
 
+/// The flag that sizes `map`.
+fn flag_of(map: &str) -> &'static str {
+    kernel::MapSizes::default()
+        .by_map()
+        .iter()
+        .find(|(m, ..)| *m == map)
+        .map_or("-", |(_, _, flag)| *flag)
+}
+
+/// This node's addresses that NodePorts answer on, per family.
+#[derive(Debug, PartialEq, Eq)]
+struct NodeAddresses {
+    v4: Vec<std::net::Ipv4Addr>,
+    v6: Vec<std::net::Ipv6Addr>,
+}
+
+impl NodeAddresses {
+    fn of(ifaces: &[node::Interface]) -> Self {
+        Self {
+            v4: node::node_addresses(ifaces),
+            v6: node::node_addresses6(ifaces),
+        }
+    }
+}
+
 /// A sweep finding the conntrack table at least this full counts as pressure.
 const CT_PRESSURE_PERCENT: usize = 95;
 
@@ -626,17 +663,21 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(10);
 /// flows are removed before the LRU has to evict live ones.
 fn housekeep(
     reconciler: &mut Reconciler<kernel::KernelMaps>,
-    node_addrs: &mut Vec<std::net::Ipv4Addr>,
+    node_addrs: &mut NodeAddresses,
     metrics: &SyncMetrics,
     sizes: kernel::MapSizes,
 ) {
     match node::interfaces() {
         Ok(ifaces) => {
-            let now = node::node_addresses(&ifaces);
+            let now = NodeAddresses::of(&ifaces);
             if now != *node_addrs {
-                match reconciler.maps_mut().set_node_addresses(&now) {
+                let maps = reconciler.maps_mut();
+                match maps
+                    .set_node_addresses(&now.v4)
+                    .and_then(|()| maps.set_node_addresses6(&now.v6))
+                {
                     Ok(()) => {
-                        info!(node_addresses = ?now, "node addresses changed");
+                        info!(node_addresses = ?now.v4, node_addresses6 = ?now.v6, "node addresses changed");
                         *node_addrs = now;
                     }
                     Err(e) => warn!(error = %e, "updating node addresses failed"),

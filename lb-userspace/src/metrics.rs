@@ -405,10 +405,11 @@ impl Metrics {
 
 impl SyncMetrics {
     /// Shows what is not programmed and how full the maps are.
+    /// Frontends not programmed by reason, and (map, entries, capacity) rows.
     pub fn set_programmed(
         &self,
         incomplete: &socklb_core::maps::diff::IncompleteCounts,
-        fill: &socklb_core::maps::diff::Fill,
+        fill: &[(&'static str, usize, usize)],
     ) {
         let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         for (reason, n) in [
@@ -420,29 +421,7 @@ impl SyncMetrics {
                 .get_or_create(&ReasonLabels { reason })
                 .set(gauge(n));
         }
-        use lb_common::map_names;
-        for (map, used, capacity) in [
-            (
-                map_names::SVC4,
-                fill.used.svc_entries,
-                fill.capacity.svc_entries,
-            ),
-            (
-                map_names::BACKEND4,
-                fill.used.backends,
-                fill.capacity.backends,
-            ),
-            (
-                map_names::AFFINITY_MATCH4,
-                fill.used.affinity_matches,
-                fill.capacity.affinity_matches,
-            ),
-            (
-                map_names::SRC_RANGE4,
-                fill.used.src_ranges,
-                fill.capacity.src_ranges,
-            ),
-        ] {
+        for &(map, used, capacity) in fill {
             self.map_entries
                 .get_or_create(&MapLabels { map })
                 .set(gauge(used));

@@ -1,6 +1,6 @@
 //! The agent's view of the cluster, fed by [`ClusterEvent`]s from any source, and
 //! the frontends it implies, recomputed only for the services an event touched.
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::{
     events::{ClusterEvent, ObjectKey},
@@ -21,6 +21,9 @@ pub struct ClusterState {
     dirty: HashSet<ObjectKey>,
     /// Slices whose Service does not exist (they serve nothing until it does).
     orphans: BTreeSet<ObjectKey>,
+    /// Slices of an address family their Service has no cluster IP of (an IPv6 slice
+    /// of an IPv4-only Service): they serve nothing. Slice -> its Service.
+    wrong_family: BTreeMap<ObjectKey, ObjectKey>,
     index: DesiredIndex,
     /// Set once a complete list of services and of slices has been seen.
     services_listed: bool,
@@ -36,6 +39,7 @@ impl ClusterState {
             slices_by_service: HashMap::new(),
             dirty: HashSet::new(),
             orphans: BTreeSet::new(),
+            wrong_family: BTreeMap::new(),
             index: DesiredIndex::default(),
             services_listed: false,
             slices_listed: false,
@@ -96,6 +100,7 @@ impl ClusterState {
         dirty.sort();
         let mut changed = Vec::new();
         for key in dirty {
+            self.wrong_family.retain(|_, service| *service != key);
             let (claimant, frontends) = match self.services.get(&key) {
                 Some(svc) => {
                     let slices: Vec<&SliceModel> = self
@@ -105,6 +110,16 @@ impl ClusterState {
                         .flatten()
                         .filter_map(|k| self.slices.get(k))
                         .collect();
+                    for slice in &slices {
+                        if let Some(endpoint) = slice.endpoints.first()
+                            && !svc
+                                .cluster_ips
+                                .iter()
+                                .any(|ip| ip.is_ipv4() == endpoint.address.is_ipv4())
+                        {
+                            self.wrong_family.insert(slice.key(), key.clone());
+                        }
+                    }
                     (
                         Claimant::of(svc),
                         plan::frontends_for_service(svc, &slices, &self.node),
@@ -154,6 +169,14 @@ impl ClusterState {
             .get(service)
             .into_iter()
             .flatten()
+            .filter_map(|key| self.slices.get(key))
+    }
+
+    /// Slices of an address family their Service has no cluster IP of, in key order
+    /// (as of the last [`Self::recompute`]).
+    pub fn wrong_family_slices(&self) -> impl Iterator<Item = &SliceModel> {
+        self.wrong_family
+            .keys()
             .filter_map(|key| self.slices.get(key))
     }
 
@@ -212,6 +235,7 @@ impl ClusterState {
 
     fn delete_slice(&mut self, key: &ObjectKey) {
         self.orphans.remove(key);
+        self.wrong_family.remove(key);
         if let Some(old) = self.slices.remove(key) {
             let service = old.service_key();
             self.unlink_slice(&service, key);
@@ -542,6 +566,48 @@ mod tests {
                     && k.scope == crate::maps::Scope::External),
             "the losing external IP gets no TC entry either"
         );
+    }
+
+    #[test]
+    fn slices_of_a_family_the_service_lacks_are_reported() {
+        let mut st = ClusterState::new(NodeModel::named("n1"));
+        let v6_slice = builders::slice(
+            "ns",
+            "web-v6",
+            "web",
+            &[("http", TCP, 8080)],
+            vec![ep("fd00:244::11")],
+        );
+        let wrong = |st: &ClusterState| -> Vec<String> {
+            st.wrong_family_slices().map(|s| s.name.clone()).collect()
+        };
+        st.apply(ClusterEvent::ServiceApplied(service(
+            "web",
+            [10, 96, 0, 10],
+            &[("http", 80)],
+        )));
+        st.apply(ClusterEvent::SliceApplied(v6_slice));
+        st.recompute();
+        assert_eq!(wrong(&st), ["web-v6"]);
+        // The Service gains an IPv6 cluster IP: the slice serves it.
+        let dual = builders::service("ns", "web", "10.96.0.10", &[("http", TCP, 80)]);
+        let dual = ServiceModel {
+            cluster_ips: vec![dual.cluster_ips[0], "fd00:96::10".parse().unwrap()],
+            ..dual
+        };
+        st.apply(ClusterEvent::ServiceApplied(dual));
+        st.recompute();
+        assert!(wrong(&st).is_empty());
+        assert_consistent(&st);
+        st.apply(ClusterEvent::ServiceApplied(service(
+            "web",
+            [10, 96, 0, 10],
+            &[("http", 80)],
+        )));
+        st.recompute();
+        assert_eq!(wrong(&st), ["web-v6"]);
+        st.apply(ClusterEvent::SliceDeleted(ObjectKey::new("ns", "web-v6")));
+        assert!(wrong(&st).is_empty());
     }
 
     #[test]

@@ -47,23 +47,24 @@ use std::{
     collections::{BTreeMap, HashMap},
     fmt::Write as _,
     fs,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::ExitCode,
 };
 
 use k8s_openapi::api::{core::v1::Node, core::v1::Service, discovery::v1::EndpointSlice};
 use lb_common::{
-    BACKEND_FLAG_LOCAL, Backend4, IPPROTO_TCP, IPPROTO_UDP, SRC_RANGE_FRONTEND_BITS,
-    SVC_FLAG_NODEPORT, SVC_FLAG_SNAT, SVC_FLAG_SOURCE_RANGES, SVC_FLAG_WILDCARD, SrcRange4Key,
-    Svc4Key, Svc4Value, SvcAction, scope,
+    AffinityMatch4Key, AffinityMatch6Key, BACKEND_FLAG_LOCAL, Backend4, Backend6, IPPROTO_TCP,
+    IPPROTO_UDP, SRC_RANGE_FRONTEND_BITS, SRC_RANGE6_FRONTEND_BITS, SVC_FLAG_NODEPORT,
+    SVC_FLAG_SNAT, SVC_FLAG_SOURCE_RANGES, SVC_FLAG_WILDCARD, SrcRange4Key, SrcRange6Key, Svc4Key,
+    Svc4Value, Svc6Key, SvcAction, scope,
 };
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::Value;
 use socklb_core::{
     events::{ClusterEvent, ObjectKey},
     maps::{
-        Capacity, DesiredState, ProgrammedState, ServiceMaps, V4,
+        Capacity, DesiredState, Family, ProgrammedState, ServiceMaps, V4, V6,
         maglev::{LbAlgorithm, MaglevConfig},
         twin::MemoryMaps,
     },
@@ -782,7 +783,104 @@ fn run_case(dir: &Path, bless: bool) -> Result<(), String> {
 /// ids come from `ProgrammedState` on a fresh state,
 /// so they are deterministic.
 fn dump_maps(desired: &DesiredState, balancing: &MaglevConfig) -> Result<String, String> {
-    let mut programmed = ProgrammedState::<V4>::with_capacity(Capacity {
+    let mut out = dump_family::<V4>(desired, balancing)?;
+    let v6 = dump_family::<V6>(desired, balancing)?;
+    if !v6.is_empty() {
+        out.push_str("# IPv6 maps (backend ids and Maglev tables of their own)\n");
+        out.push_str(&v6);
+    }
+    Ok(out)
+}
+
+/// One family's map entries, decoded from the raw layout.
+trait Dump: Family {
+    /// (address, port, protocol, scope, slot, pad is zero) of a service key.
+    fn svc(key: &Self::SvcKey) -> (IpAddr, u16, u8, u8, u16, bool);
+    /// (address, port, protocol, flags) of a backend.
+    fn backend(b: &Self::Backend) -> (IpAddr, u16, u8, u8);
+    /// (frontend address, port, protocol, source, pad is zero) of a source range key.
+    fn src(key: &Self::SrcRangeKey) -> (IpAddr, u16, u8, IpAddr, bool);
+    /// Bits of a source range key before the source prefix.
+    const SRC_FRONTEND_BITS: u32;
+    /// (frontend address, port, protocol, scope, backend id) of an affinity match key.
+    fn affinity(key: &Self::AffinityMatchKey) -> (IpAddr, u16, u8, u8, u32);
+}
+
+impl Dump for V4 {
+    fn svc(k: &Svc4Key) -> (IpAddr, u16, u8, u8, u16, bool) {
+        (
+            ip(k.address).into(),
+            k.dport,
+            k.proto,
+            k.scope,
+            k.backend_slot,
+            k.pad == [0; 2],
+        )
+    }
+    fn backend(b: &Backend4) -> (IpAddr, u16, u8, u8) {
+        (ip(b.address).into(), b.port, b.proto, b.flags)
+    }
+    fn src(k: &SrcRange4Key) -> (IpAddr, u16, u8, IpAddr, bool) {
+        (
+            ip(k.address).into(),
+            k.dport,
+            k.proto,
+            ip(k.source).into(),
+            k.pad == 0,
+        )
+    }
+    const SRC_FRONTEND_BITS: u32 = SRC_RANGE_FRONTEND_BITS;
+    fn affinity(k: &AffinityMatch4Key) -> (IpAddr, u16, u8, u8, u32) {
+        (
+            ip(k.address).into(),
+            k.dport,
+            k.proto,
+            k.scope,
+            k.backend_id,
+        )
+    }
+}
+
+impl Dump for V6 {
+    fn svc(k: &Svc6Key) -> (IpAddr, u16, u8, u8, u16, bool) {
+        (
+            ip6(&k.address).into(),
+            k.dport,
+            k.proto,
+            k.scope,
+            k.backend_slot,
+            k.pad == [0; 2],
+        )
+    }
+    fn backend(b: &Backend6) -> (IpAddr, u16, u8, u8) {
+        (ip6(&b.address).into(), b.port, b.proto, b.flags)
+    }
+    fn src(k: &SrcRange6Key) -> (IpAddr, u16, u8, IpAddr, bool) {
+        (
+            ip6(&k.address).into(),
+            k.dport,
+            k.proto,
+            ip6(&k.source).into(),
+            k.pad == 0,
+        )
+    }
+    const SRC_FRONTEND_BITS: u32 = SRC_RANGE6_FRONTEND_BITS;
+    fn affinity(k: &AffinityMatch6Key) -> (IpAddr, u16, u8, u8, u32) {
+        (
+            ip6(&k.address).into(),
+            k.dport,
+            k.proto,
+            k.scope,
+            k.backend_id,
+        )
+    }
+}
+
+fn dump_family<F: Dump>(
+    desired: &DesiredState,
+    balancing: &MaglevConfig,
+) -> Result<String, String> {
+    let mut programmed = ProgrammedState::<F>::with_capacity(Capacity {
         maglev: *balancing,
         ..Capacity::default()
     });
@@ -790,7 +888,7 @@ fn dump_maps(desired: &DesiredState, balancing: &MaglevConfig) -> Result<String,
     if !stats.skipped_full.is_empty() {
         return Err(format!("maps full: {:?}", stats.skipped_full));
     }
-    let mut maps = MemoryMaps::<V4>::default();
+    let mut maps = MemoryMaps::<F>::default();
     for op in &ops {
         maps.apply(op).map_err(|e| e.to_string())?;
         maps.reader_view_after(op)
@@ -800,60 +898,43 @@ fn dump_maps(desired: &DesiredState, balancing: &MaglevConfig) -> Result<String,
     let mut out = String::new();
     let mut services = maps.dump_services().map_err(|e| e.to_string())?;
     services.sort_by_key(|(key, _)| {
-        (
-            u32::from(ip(key.address)),
-            port(key.dport),
-            key.proto,
-            key.scope,
-            key.backend_slot,
-            key.pad,
-        )
+        let (address, dport, proto, scope, slot, pad_zero) = F::svc(key);
+        (address, port(dport), proto, scope, slot, pad_zero)
     });
     for (key, value) in &services {
-        out.push_str(&svc_line(key, value));
+        out.push_str(&svc_line(F::svc(key), value));
     }
     let mut backends = maps.dump_backends().map_err(|e| e.to_string())?;
     backends.sort_by_key(|(id, _)| *id);
     for (id, backend) in &backends {
-        out.push_str(&backend_line(*id, backend));
+        out.push_str(&backend_line(*id, <F as Dump>::backend(backend)));
     }
     let mut ranges = maps.dump_src_ranges().map_err(|e| e.to_string())?;
     ranges.sort_by_key(|(key, len)| {
-        (
-            u32::from(ip(key.address)),
-            port(key.dport),
-            key.proto,
-            u32::from(ip(key.source)),
-            *len,
-            key.pad,
-        )
+        let (address, dport, proto, source, pad_zero) = F::src(key);
+        (address, port(dport), proto, source, *len, pad_zero)
     });
     for (key, len) in &ranges {
-        out.push_str(&src_line(key, *len));
+        out.push_str(&src_line(F::src(key), *len, F::SRC_FRONTEND_BITS));
     }
     let mut matches = maps.dump_affinity_matches().map_err(|e| e.to_string())?;
     matches.sort_by_key(|(key, _)| {
-        (
-            u32::from(ip(key.address)),
-            port(key.dport),
-            key.proto,
-            key.scope,
-            key.backend_id,
-        )
+        let (address, dport, proto, scope, id) = F::affinity(key);
+        (address, port(dport), proto, scope, id)
     });
     for (key, slot) in &matches {
+        let (address, dport, proto, scope, id) = F::affinity(key);
         let _ = writeln!(
             out,
-            "affinity {} {}: backend {} in slot {slot}",
-            frontend(key.address, key.dport, key.proto),
-            scope_name(key.scope),
-            key.backend_id
+            "affinity {} {}: backend {id} in slot {slot}",
+            frontend(address, dport, proto),
+            scope_name(scope),
         );
     }
     for (table, entries) in &maps.maglev {
-        let named: Vec<&(Svc4Key, Svc4Value)> = services
+        let named: Vec<&(F::SvcKey, Svc4Value)> = services
             .iter()
-            .filter(|(k, v)| k.backend_slot == 0 && v.backend_id == *table)
+            .filter(|(k, v)| F::slot_of(k) == 0 && v.backend_id == *table)
             .collect();
         let [(key, value)] = named.as_slice() else {
             return Err(format!(
@@ -865,7 +946,7 @@ fn dump_maps(desired: &DesiredState, balancing: &MaglevConfig) -> Result<String,
             .filter_map(|slot| {
                 services
                     .iter()
-                    .find(|(k, _)| *k == key.with_slot(slot))
+                    .find(|(k, _)| *k == F::with_slot(key, slot))
                     .map(|(_, v)| v.backend_id)
             })
             .collect();
@@ -882,11 +963,12 @@ fn dump_maps(desired: &DesiredState, balancing: &MaglevConfig) -> Result<String,
             .iter()
             .map(|(id, n)| format!("backend {id} x{n}"))
             .collect();
+        let (address, dport, proto, scope, ..) = F::svc(key);
         let _ = writeln!(
             out,
             "maglev table {table}: {} {}, {} entries: {}",
-            frontend(key.address, key.dport, key.proto),
-            scope_name(key.scope),
+            frontend(address, dport, proto),
+            scope_name(scope),
             entries.len(),
             held.join(", ")
         );
@@ -901,7 +983,11 @@ fn dump_maps(desired: &DesiredState, balancing: &MaglevConfig) -> Result<String,
         .collect();
     skipped.sort();
     for key in skipped {
-        let _ = writeln!(out, "skipped {key}: not IPv4");
+        let _ = writeln!(
+            out,
+            "skipped {key}: backends or source ranges not {}",
+            F::NAME
+        );
     }
     Ok(out)
 }
@@ -909,6 +995,15 @@ fn dump_maps(desired: &DesiredState, balancing: &MaglevConfig) -> Result<String,
 /// An address as the maps store it: network byte order in the u32's memory.
 fn ip(raw: u32) -> Ipv4Addr {
     Ipv4Addr::from(raw.to_ne_bytes())
+}
+
+/// An IPv6 address as the maps store it: four u32 words in network byte order.
+fn ip6(raw: &[u32; 4]) -> Ipv6Addr {
+    let mut bytes = [0u8; 16];
+    for (i, word) in raw.iter().enumerate() {
+        bytes[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    Ipv6Addr::from(bytes)
 }
 
 /// A port as the maps store it: network byte order in the u16's memory.
@@ -924,12 +1019,15 @@ fn proto(raw: u8) -> String {
     }
 }
 
-fn frontend(address: u32, dport: u16, protocol: u8) -> String {
-    let ip = ip(address);
+fn frontend(ip: IpAddr, dport: u16, protocol: u8) -> String {
+    let shown = match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    };
     match (dport, protocol) {
-        (0, 0) => format!("{ip}:*"),
+        (0, 0) => format!("{shown}:*"),
         _ if ip.is_unspecified() => format!("*:{}/{}", port(dport), proto(protocol)),
-        _ => format!("{ip}:{}/{}", port(dport), proto(protocol)),
+        _ => format!("{shown}:{}/{}", port(dport), proto(protocol)),
     }
 }
 
@@ -960,14 +1058,14 @@ fn scope_name(raw: u8) -> String {
     }
 }
 
-fn svc_line(key: &Svc4Key, value: &Svc4Value) -> String {
-    let scope = scope_name(key.scope);
+fn svc_line(key: (IpAddr, u16, u8, u8, u16, bool), value: &Svc4Value) -> String {
+    let (address, dport, protocol, scope, slot, pad_zero) = key;
+    let scope = scope_name(scope);
     let mut line = format!(
-        "svc {} {scope} slot {}:",
-        frontend(key.address, key.dport, key.proto),
-        key.backend_slot
+        "svc {} {scope} slot {slot}:",
+        frontend(address, dport, protocol)
     );
-    if key.backend_slot == 0 {
+    if slot == 0 {
         let action = match SvcAction::from_u8(value.action) {
             Some(SvcAction::Forward) => "forward".to_owned(),
             Some(SvcAction::Reject) => "reject".to_owned(),
@@ -1004,22 +1102,26 @@ fn svc_line(key: &Svc4Key, value: &Svc4Value) -> String {
             }
         }
     }
-    if key.pad != [0; 2] {
-        let _ = write!(line, " pad={:?}", key.pad);
+    if !pad_zero {
+        line.push_str(" pad!=0");
     }
     line.push('\n');
     line
 }
 
-fn backend_line(id: u32, backend: &Backend4) -> String {
+fn backend_line(id: u32, backend: (IpAddr, u16, u8, u8)) -> String {
+    let (address, port_raw, protocol, flags) = backend;
+    let shown = match address {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    };
     let mut line = format!(
-        "backend {id}: {}:{}/{} local={}",
-        ip(backend.address),
-        port(backend.port),
-        proto(backend.proto),
-        backend.flags & BACKEND_FLAG_LOCAL != 0
+        "backend {id}: {shown}:{}/{} local={}",
+        port(port_raw),
+        proto(protocol),
+        flags & BACKEND_FLAG_LOCAL != 0
     );
-    let rest = backend.flags & !BACKEND_FLAG_LOCAL;
+    let rest = flags & !BACKEND_FLAG_LOCAL;
     if rest != 0 {
         let _ = write!(line, " flags={rest:#04x}");
     }
@@ -1027,18 +1129,19 @@ fn backend_line(id: u32, backend: &Backend4) -> String {
     line
 }
 
-fn src_line(key: &SrcRange4Key, prefix_len: u32) -> String {
-    let mut line = format!("src {}: ", frontend(key.address, key.dport, key.proto));
-    match prefix_len.checked_sub(SRC_RANGE_FRONTEND_BITS) {
+fn src_line(key: (IpAddr, u16, u8, IpAddr, bool), prefix_len: u32, frontend_bits: u32) -> String {
+    let (address, dport, protocol, source, pad_zero) = key;
+    let mut line = format!("src {}: ", frontend(address, dport, protocol));
+    match prefix_len.checked_sub(frontend_bits) {
         Some(len) => {
-            let _ = write!(line, "{}/{len}", ip(key.source));
+            let _ = write!(line, "{source}/{len}");
         }
         None => {
-            let _ = write!(line, "{} prefix_len={prefix_len}", ip(key.source));
+            let _ = write!(line, "{source} prefix_len={prefix_len}");
         }
     }
-    if key.pad != 0 {
-        let _ = write!(line, " pad={}", key.pad);
+    if !pad_zero {
+        line.push_str(" pad!=0");
     }
     line.push('\n');
     line

@@ -12,6 +12,7 @@ pub mod kfunc;
 pub mod maglev_map;
 pub mod netns;
 pub mod reconcile;
+pub mod service_maps;
 pub mod stale_sockets;
 pub mod status;
 

@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use lb_common::{Ct4Key, Ct4Value, SNAT_PORT_MAX, SNAT_PORT_MIN};
 use serde_json::{Value, json};
 use socklb_core::maps::{
-    ServiceMaps as _, ip_from_map, ip_to_map, maglev::MaglevConfig, port_from_map, port_to_map,
+    ServiceMaps, V4, ip_from_map, ip_to_map, maglev::MaglevConfig, port_from_map, port_to_map,
 };
 
 use crate::{
@@ -442,8 +442,7 @@ pub fn assert_expires(v: &Ct4Value, before: u64, after: u64, lifetime: u64, what
 
 /// The id the agent gave backend `addr` (proto), from the backend map.
 pub fn backend_id(fx: &Fixture, addr: SocketAddrV4, proto: u8) -> u32 {
-    fx.maps
-        .dump_backends()
+    ServiceMaps::<V4>::dump_backends(&fx.maps)
         .unwrap()
         .into_iter()
         .find(|(_, b)| {

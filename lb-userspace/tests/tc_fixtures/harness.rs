@@ -277,6 +277,7 @@ impl Fixture {
             name: DEVICE.into(),
             ifindex,
             snat_addr: net.snat_addr,
+            snat_addr6: std::net::Ipv6Addr::UNSPECIFIED,
         }])
         .expect("writing devices");
 

@@ -427,6 +427,7 @@ fn entries<'a>(
                     c.kind == FrontendKind::ClusterIP
                         && c.port_name == fe.port_name
                         && c.protocol == fe.protocol
+                        && c.ip.is_ipv4() == fe.ip.is_ipv4()
                 });
                 let internal = desired_frontend(cluster.copied().unwrap_or(fe), proto, nodeport);
                 out.push((

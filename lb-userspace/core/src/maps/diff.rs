@@ -142,7 +142,9 @@ pub enum Incomplete {
     /// Programmed with `programmed` of its `wanted` backends: the maps had no room for
     /// the others.
     BackendsTruncated { programmed: usize, wanted: usize },
-    /// Of an address family the maps do not hold.
+    /// Backends or source ranges of another address family than the frontend's (the
+    /// plan never makes such a frontend: a family's frontends get that family's
+    /// endpoints).
     AddressFamily,
 }
 
@@ -166,6 +168,15 @@ pub struct IncompleteCounts {
 }
 
 impl IncompleteCounts {
+    /// The counts of two families' maps together.
+    pub fn plus(self, other: IncompleteCounts) -> IncompleteCounts {
+        IncompleteCounts {
+            maps_full: self.maps_full + other.maps_full,
+            backends_truncated: self.backends_truncated + other.backends_truncated,
+            address_family: self.address_family + other.address_family,
+        }
+    }
+
     /// Whether the data path lacks something because the maps are too small.
     pub fn capacity_short(&self) -> bool {
         self.maps_full > 0 || self.backends_truncated > 0
@@ -180,7 +191,8 @@ pub struct Fill {
 }
 
 /// Mirror of what one family's maps hold, kept by the agent so a sync needs no map
-/// reads. It programs the frontends of its family and leaves the others alone.
+/// reads. It programs the frontends of its family and ignores the others (the other
+/// family's state programs them).
 #[derive(Clone, Debug, Default)]
 pub struct ProgrammedState<F: Family = V4> {
     frontends: HashMap<FrontendKey, ProgrammedFrontend>,
@@ -229,7 +241,7 @@ impl TableIndexes {
     }
 }
 
-/// What a sync did.
+/// What a sync did (of one family's maps, or of both: [`SyncStats::merge`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SyncStats {
     pub ops: usize,
@@ -238,7 +250,8 @@ pub struct SyncStats {
     pub skipped_full: Vec<FrontendKey>,
     /// Frontends of this sync programmed with fewer backends than wanted (full maps).
     pub truncated: Vec<FrontendKey>,
-    /// Frontends of an address family the maps do not hold, not programmed.
+    /// Frontends with backends or source ranges of another address family than
+    /// theirs, not programmed.
     pub skipped_family: Vec<FrontendKey>,
     /// Frontends that were incomplete before and are fully programmed now.
     pub completed: usize,
@@ -251,6 +264,21 @@ pub struct SyncStats {
     pub maglev_full: Vec<FrontendKey>,
     /// Of `ops`, the Maglev table entries written.
     pub maglev_entries: usize,
+}
+
+impl SyncStats {
+    /// Adds what another family's sync did.
+    pub fn merge(&mut self, other: SyncStats) {
+        self.ops += other.ops;
+        self.frontends_changed += other.frontends_changed;
+        self.skipped_full.extend(other.skipped_full);
+        self.truncated.extend(other.truncated);
+        self.skipped_family.extend(other.skipped_family);
+        self.completed += other.completed;
+        self.departed.extend(other.departed);
+        self.maglev_full.extend(other.maglev_full);
+        self.maglev_entries += other.maglev_entries;
+    }
 }
 
 impl<F: Family> ProgrammedState<F> {
@@ -568,6 +596,8 @@ impl<F: Family> ProgrammedState<F> {
                 .filter(|(_, why)| **why != Incomplete::AddressFamily)
                 .map(|(key, _)| *key),
         );
+        // The other family's frontends are the other family's maps' business.
+        work.retain(|key| F::svc_key(key).is_some());
         work.sort();
         work.dedup();
         // Removals first: they free room. Then the frontends already programmed, then
@@ -1165,7 +1195,7 @@ enum Outcome {
 enum Skip {
     /// The maps have no room for this frontend's new entries.
     Full,
-    /// The maps cannot hold this frontend's address family.
+    /// Backends or source ranges of the other address family.
     Family,
 }
 

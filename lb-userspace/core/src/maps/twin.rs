@@ -7,7 +7,7 @@ use lb_common::{Svc4Value, SvcAction};
 
 use super::{
     MapOp, ServiceMaps,
-    family::{Family, V4},
+    family::{Family, V4, V6},
 };
 
 /// An op the twin refuses: what the kernel would refuse too (a full map).
@@ -214,5 +214,59 @@ impl<F: Family> ServiceMaps<F> for MemoryMaps<F> {
 
     fn dump_src_ranges(&self) -> Result<Vec<(F::SrcRangeKey, u32)>, TwinError> {
         Ok(self.src_ranges.iter().copied().collect())
+    }
+}
+
+/// Both families' twins in one value, as the agent holds the kernel's maps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DualMaps {
+    pub v4: MemoryMaps<V4>,
+    pub v6: MemoryMaps<V6>,
+}
+
+/// One family's part of a [`DualMaps`].
+pub trait DualPart: Family {
+    fn part(maps: &DualMaps) -> &MemoryMaps<Self>;
+    fn part_mut(maps: &mut DualMaps) -> &mut MemoryMaps<Self>;
+}
+
+impl DualPart for V4 {
+    fn part(maps: &DualMaps) -> &MemoryMaps<V4> {
+        &maps.v4
+    }
+    fn part_mut(maps: &mut DualMaps) -> &mut MemoryMaps<V4> {
+        &mut maps.v4
+    }
+}
+
+impl DualPart for V6 {
+    fn part(maps: &DualMaps) -> &MemoryMaps<V6> {
+        &maps.v6
+    }
+    fn part_mut(maps: &mut DualMaps) -> &mut MemoryMaps<V6> {
+        &mut maps.v6
+    }
+}
+
+impl<F: DualPart> ServiceMaps<F> for DualMaps {
+    type Error = TwinError;
+
+    fn apply(&mut self, op: &MapOp<F>) -> Result<(), TwinError> {
+        F::part_mut(self).apply(op)
+    }
+    fn dump_services(&self) -> Result<Vec<(F::SvcKey, Svc4Value)>, TwinError> {
+        F::part(self).dump_services()
+    }
+    fn dump_backends(&self) -> Result<Vec<(u32, F::Backend)>, TwinError> {
+        F::part(self).dump_backends()
+    }
+    fn dump_src_ranges(&self) -> Result<Vec<(F::SrcRangeKey, u32)>, TwinError> {
+        F::part(self).dump_src_ranges()
+    }
+    fn dump_affinity_matches(&self) -> Result<Vec<(F::AffinityMatchKey, u16)>, TwinError> {
+        F::part(self).dump_affinity_matches()
+    }
+    fn read_maglev_table(&self, table: u32) -> Result<Option<Vec<u32>>, TwinError> {
+        F::part(self).read_maglev_table(table)
     }
 }

@@ -11,7 +11,7 @@
 //!   described in its `skipped` list, so the source can warn; the rest is served.
 //!
 //! `Ok(None)` means the object is valid but deliberately not proxied (headless,
-//! ExternalName, owned by another proxy, not IPv4).
+//! ExternalName, owned by another proxy).
 
 pub mod fields;
 
@@ -95,8 +95,12 @@ pub enum InvalidObject {
         value: String,
         reason: &'static str,
     },
-    #[error("{field}: {value:?} is not an IPv4 address")]
-    NotIpv4 { field: String, value: String },
+    #[error("{field}: {value:?} is not an {family} address")]
+    WrongFamily {
+        field: String,
+        value: String,
+        family: &'static str,
+    },
     #[error("{field}: {value} is not a valid port (1-65535)")]
     BadPort { field: String, value: i32 },
     #[error("{field}: unknown protocol {value:?} (expected TCP, UDP or SCTP)")]
@@ -446,10 +450,7 @@ impl ServiceModel {
             debug!(service = %object, "headless: not proxied");
             return Ok(None);
         };
-        if cluster_ips.is_empty() {
-            debug!(service = %object, "no IPv4 cluster IP: not proxied");
-            return Ok(None);
-        }
+        validate_families_match(spec, &cluster_ips)?;
 
         let ports = spec.ports.as_deref().unwrap_or_default();
         if ports.is_empty() {
@@ -461,7 +462,7 @@ impl ServiceModel {
 
         let session_affinity_timeout_s = session_affinity(spec)?;
 
-        let external_ips = external_ips(spec, &mut skipped)?;
+        let mut external_ips = external_ips(spec, &mut skipped)?;
         let externally_accessible = match service_type {
             ServiceType::NodePort | ServiceType::LoadBalancer => true,
             // externalIPs of any family count, the ones not served here too.
@@ -481,8 +482,33 @@ impl ServiceModel {
             value => TrafficPolicy::parse("spec.externalTrafficPolicy", value)?,
         };
 
-        let load_balancer_ips = load_balancer_ips(svc, service_type, &object, &mut skipped)?;
-        let load_balancer_source_ranges = source_ranges(spec, service_type)?;
+        let mut load_balancer_ips = load_balancer_ips(svc, service_type, &object, &mut skipped)?;
+        let mut load_balancer_source_ranges = source_ranges(spec, service_type)?;
+        // As kube-proxy's per-family proxiers: an address of a family the Service has
+        // no cluster IP of is not served (the API server accepts it).
+        let has_family = |ip: &IpAddr| cluster_ips.iter().any(|c| c.is_ipv4() == ip.is_ipv4());
+        let mut keep_served = |field: &str, ip: &IpAddr| {
+            let served = has_family(ip);
+            if !served {
+                skipped.push(format!(
+                    "{field} {ip}: the Service has no {} cluster IP; not served",
+                    family_name(ip)
+                ));
+            }
+            served
+        };
+        external_ips.retain(|ip| keep_served("spec.externalIPs", ip));
+        load_balancer_ips.retain(|ip| keep_served("status.loadBalancer.ingress", ip));
+        load_balancer_source_ranges.retain(|range| {
+            let served = has_family(&range.addr);
+            if !served {
+                skipped.push(format!(
+                    "spec.loadBalancerSourceRanges {range}: the Service has no {} cluster IP; not served",
+                    family_name(&range.addr)
+                ));
+            }
+            served
+        });
 
         let health_check_node_port =
             optional_port("spec.healthCheckNodePort", spec.health_check_node_port)?;
@@ -537,6 +563,45 @@ impl ServiceModel {
     }
 }
 
+/// "IPv4" or "IPv6".
+fn family_name(ip: &IpAddr) -> &'static str {
+    if ip.is_ipv4() { "IPv4" } else { "IPv6" }
+}
+
+/// The cluster IPs against spec.ipFamilies and spec.ipFamilyPolicy, as the API
+/// server's validateServiceIPFamily: clusterIPs[i] is of family ipFamilies[i] (when
+/// given), and SingleStack has one of each at most.
+fn validate_families_match(
+    spec: &ServiceSpec,
+    cluster_ips: &[IpAddr],
+) -> Result<(), InvalidObject> {
+    let families = spec.ip_families.as_deref().unwrap_or_default();
+    for (i, (ip, family)) in cluster_ips.iter().zip(families).enumerate() {
+        if family_name(ip) != family {
+            return Err(InvalidObject::WrongFamily {
+                field: format!("spec.clusterIPs[{i}] (as ipFamilies[{i}] says)"),
+                value: ip.to_string(),
+                family: if family == "IPv4" { "IPv4" } else { "IPv6" },
+            });
+        }
+    }
+    if spec.ip_family_policy.as_deref() == Some("SingleStack") {
+        if families.len() > 1 {
+            return Err(InvalidObject::Forbidden {
+                field: "spec.ipFamilyPolicy".to_owned(),
+                reason: "must be 'RequireDualStack' or 'PreferDualStack' when multiple 'ipFamilies' are specified",
+            });
+        }
+        if cluster_ips.len() > 1 {
+            return Err(InvalidObject::Forbidden {
+                field: "spec.ipFamilyPolicy".to_owned(),
+                reason: "must be 'RequireDualStack' or 'PreferDualStack' when multiple cluster IPs are specified",
+            });
+        }
+    }
+    Ok(())
+}
+
 /// spec.ipFamilies and spec.ipFamilyPolicy: the values the API server accepts.
 fn validate_ip_families(spec: &ServiceSpec) -> Result<(), InvalidObject> {
     let families = spec.ip_families.as_deref().unwrap_or_default();
@@ -566,7 +631,7 @@ fn validate_ip_families(spec: &ServiceSpec) -> Result<(), InvalidObject> {
     }
 }
 
-/// The IPv4 cluster IPs (`None`: headless). spec.clusterIPs supersedes spec.clusterIP,
+/// The cluster IPs (`None`: headless). spec.clusterIPs supersedes spec.clusterIP,
 /// whose value must be its first entry; at most two entries, of different families.
 ///
 /// The API server only allocates cluster IPs from the service CIDR; a hand-written one
@@ -630,9 +695,7 @@ fn cluster_ips(spec: &ServiceSpec) -> Result<Option<Vec<IpAddr>>, InvalidObject>
         }
         ips.push(ip);
     }
-    Ok(Some(
-        ips.into_iter().filter(|ip| served_family(*ip)).collect(),
-    ))
+    Ok(Some(ips))
 }
 
 /// spec.ports as the API server validates them: names unique (by name alone) and
@@ -825,14 +888,14 @@ fn external_ips(
             skipped.push(format!("{field} {text:?} {reason}; not served"));
             continue;
         }
-        if served_family(ip) && !ips.contains(&ip) {
+        if !ips.contains(&ip) {
             ips.push(ip);
         }
     }
     Ok(ips)
 }
 
-/// The VIP-mode IPv4 addresses of status.loadBalancer.ingress (LoadBalancer Services
+/// The VIP-mode addresses of status.loadBalancer.ingress (LoadBalancer Services
 /// only). The API server only parses these; an address that cannot be a frontend here
 /// (unspecified, loopback, link-local, multicast) is skipped with a warning.
 fn load_balancer_ips(
@@ -900,7 +963,7 @@ fn load_balancer_ips(
             skipped.push(format!("{field} {text:?} {reason}; not served"));
             continue;
         }
-        if served_family(ip) && !ips.contains(&ip) {
+        if !ips.contains(&ip) {
             ips.push(ip);
         }
     }
@@ -945,9 +1008,7 @@ fn source_ranges(
             return Err(bad());
         }
         let cidr = range.parse::<IpCidr>().map_err(|_| bad())?;
-        if served_family(cidr.addr) {
-            out.push(cidr);
-        }
+        out.push(cidr);
     }
     Ok(out)
 }
@@ -997,7 +1058,7 @@ pub struct SliceModel {
 }
 
 impl SliceModel {
-    /// Validates an EndpointSlice. `Ok(None)` when it is valid but not used: not IPv4,
+    /// Validates an EndpointSlice. `Ok(None)` when it is valid but not used: FQDN,
     /// labelled headless, or without the label naming its Service.
     pub fn from_k8s(slice: &EndpointSlice) -> Result<Option<SliceModel>, InvalidObject> {
         let name = required_name(&slice.metadata)?;
@@ -1037,27 +1098,20 @@ impl SliceModel {
         // object is reported as such whatever its labels say.
         let mut skipped = Vec::new();
         let ports = slice_ports(ports, &mut skipped)?;
-        let endpoints = if address_type == "IPv4" {
-            slice_endpoints(endpoints, &mut skipped)?
-        } else {
-            Vec::new()
+        let endpoints = match address_type {
+            "IPv4" => slice_endpoints(endpoints, SliceFamily::V4, &mut skipped)?,
+            "IPv6" => slice_endpoints(endpoints, SliceFamily::V6, &mut skipped)?,
+            _ => Vec::new(),
         };
 
         if has_label(&slice.metadata, LABEL_HEADLESS) {
             debug!(slice = %object, "headless: not used");
             return Ok(None);
         }
-        match address_type {
-            "IPv4" => {}
-            // kube-proxy ignores FQDN slices (deprecated): say so, they serve nothing.
-            "FQDN" => {
-                warn!(slice = %object, "addressType FQDN: not used (kube-proxy ignores FQDN slices)");
-                return Ok(None);
-            }
-            _ => {
-                debug!(slice = %object, address_type, "not IPv4: not used");
-                return Ok(None);
-            }
+        // kube-proxy ignores FQDN slices (deprecated): say so, they serve nothing.
+        if address_type == "FQDN" {
+            warn!(slice = %object, "addressType FQDN: not used (kube-proxy ignores FQDN slices)");
+            return Ok(None);
         }
         let Some(service_name) = slice
             .metadata
@@ -1150,12 +1204,30 @@ fn slice_ports(
     Ok(out)
 }
 
-/// The endpoints of an IPv4 slice: every address valid IPv4 that ValidateEndpointIP
-/// accepts (1 to 100 of them), node names and hints well formed. The first address is
+/// The address family of an IPv4 or IPv6 slice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SliceFamily {
+    V4,
+    V6,
+}
+
+impl SliceFamily {
+    fn name(self) -> &'static str {
+        match self {
+            SliceFamily::V4 => "IPv4",
+            SliceFamily::V6 => "IPv6",
+        }
+    }
+}
+
+/// The endpoints of an IPv4 or IPv6 slice: every address of the slice's family that
+/// ValidateEndpointIP accepts (an IPv4-mapped IPv6 address is IPv4, as
+/// netutils.IsIPv6 says) (1 to 100 of them), node names and hints well formed. The first address is
 /// the endpoint's; an endpoint whose first address is multicast or broadcast is
 /// skipped.
 fn slice_endpoints(
     endpoints: &[Endpoint],
+    family: SliceFamily,
     skipped: &mut Vec<String>,
 ) -> Result<Vec<EndpointModel>, InvalidObject> {
     let mut out = Vec::with_capacity(endpoints.len());
@@ -1175,11 +1247,12 @@ fn slice_endpoints(
         for (i, text) in addresses.iter().enumerate() {
             let field = || format!("endpoints[{index}].addresses[{i}]");
             let ip = match parse_ip_sloppy(text) {
-                Some(ip @ IpAddr::V4(_)) => ip,
-                Some(IpAddr::V6(_)) => {
-                    return Err(InvalidObject::NotIpv4 {
+                Some(ip) if ip.is_ipv4() == (family == SliceFamily::V4) => ip,
+                Some(_) => {
+                    return Err(InvalidObject::WrongFamily {
                         field: field(),
                         value: text.clone(),
+                        family: family.name(),
                     });
                 }
                 None => {
@@ -1334,11 +1407,6 @@ fn check_name(
     }
 }
 
-/// The address families the data path serves: IPv4 until the IPv6 maps exist.
-fn served_family(ip: IpAddr) -> bool {
-    ip.is_ipv4()
-}
-
 /// metadata.namespace, "default" when absent; a DNS-1123 label.
 fn namespace_or_default(meta: &ObjectMeta) -> Result<String, InvalidObject> {
     let namespace = meta
@@ -1479,10 +1547,6 @@ mod tests {
                 "ExternalName",
                 service_with(json!({"type": "ExternalName", "externalName": "example.com"})),
             ),
-            (
-                "IPv6 only",
-                service_with(json!({"clusterIP": "fd00::10", "clusterIPs": ["fd00::10"]})),
-            ),
             ("other proxy", {
                 let mut v = service_with(json!({}));
                 v["metadata"]["labels"] = json!({LABEL_SERVICE_PROXY_NAME: "other"});
@@ -1495,16 +1559,54 @@ mod tests {
     }
 
     #[test]
-    fn dual_stack_keeps_ipv4() {
-        for ips in [
-            json!(["fd00::10", "10.96.0.10"]),
-            json!(["10.96.0.10", "fd00::10"]),
+    fn dual_stack_keeps_both_families_in_order() {
+        let v4: IpAddr = Ipv4Addr::new(10, 96, 0, 10).into();
+        let v6: IpAddr = "fd00::10".parse().unwrap();
+        for (ips, want) in [
+            (json!(["fd00::10", "10.96.0.10"]), vec![v6, v4]),
+            (json!(["10.96.0.10", "fd00::10"]), vec![v4, v6]),
+            (json!(["fd00::10"]), vec![v6]),
         ] {
             let first = ips[0].clone();
             let model = service(service_with(json!({"clusterIP": first, "clusterIPs": ips})))
                 .unwrap()
                 .unwrap();
-            assert_eq!(model.cluster_ips, vec![Ipv4Addr::new(10, 96, 0, 10)]);
+            assert_eq!(model.cluster_ips, want);
+        }
+    }
+
+    #[test]
+    fn addresses_of_a_family_without_a_cluster_ip_are_not_served() {
+        let mut value = service_with(json!({
+            "type": "LoadBalancer",
+            "externalIPs": ["192.0.2.1", "fd00:1::1"],
+            "loadBalancerSourceRanges": ["192.0.2.0/24", "fd00:2::/64"],
+        }));
+        value["status"] =
+            json!({"loadBalancer": {"ingress": [{"ip": "fd00:3::7"}, {"ip": "198.51.100.7"}]}});
+        let model = service(value).unwrap().unwrap();
+        assert_eq!(
+            model.external_ips,
+            vec![IpAddr::from(Ipv4Addr::new(192, 0, 2, 1))]
+        );
+        assert_eq!(
+            model.load_balancer_ips,
+            vec![IpAddr::from(Ipv4Addr::new(198, 51, 100, 7))]
+        );
+        assert_eq!(model.load_balancer_source_ranges.len(), 1);
+        for field in [
+            "spec.externalIPs fd00:1::1",
+            "status.loadBalancer.ingress fd00:3::7",
+            "spec.loadBalancerSourceRanges fd00:2::",
+        ] {
+            assert!(
+                model
+                    .skipped
+                    .iter()
+                    .any(|s| s.starts_with(field) && s.contains("no IPv6 cluster IP")),
+                "{field}: {:?}",
+                model.skipped
+            );
         }
     }
 
@@ -1547,8 +1649,13 @@ mod tests {
                 },
             ]
         );
-        assert_eq!(model.skipped.len(), 1);
+        assert_eq!(model.skipped.len(), 2);
         assert!(model.skipped[0].contains("SCTP"), "{:?}", model.skipped);
+        assert!(
+            model.skipped[1].contains("2001:db8::1"),
+            "{:?}",
+            model.skipped
+        );
         assert_eq!(model.internal_traffic_policy, TrafficPolicy::Local);
         assert_eq!(model.external_traffic_policy, TrafficPolicy::Local);
         assert_eq!(model.health_check_node_port, Some(32000));
@@ -1965,7 +2072,40 @@ mod tests {
             (
                 "IPv6 only",
                 service_with(json!({"clusterIP": "fd00::10"})),
-                NotProxied,
+                Valid,
+            ),
+            (
+                "dual-stack",
+                service_with(
+                    json!({"clusterIP": "fd00::10", "clusterIPs": ["fd00::10", "10.96.0.10"], "ipFamilies": ["IPv6", "IPv4"], "ipFamilyPolicy": "RequireDualStack"}),
+                ),
+                Valid,
+            ),
+            (
+                "clusterIPs against ipFamilies",
+                service_with(
+                    json!({"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "fd00::10"], "ipFamilies": ["IPv6", "IPv4"]}),
+                ),
+                Invalid("spec.clusterIPs[0]"),
+            ),
+            (
+                "SingleStack with two families",
+                service_with(
+                    json!({"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "fd00::10"], "ipFamilyPolicy": "SingleStack"}),
+                ),
+                Invalid("spec.ipFamilyPolicy"),
+            ),
+            (
+                "SingleStack with two ipFamilies",
+                service_with(
+                    json!({"ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "SingleStack"}),
+                ),
+                Invalid("spec.ipFamilyPolicy"),
+            ),
+            (
+                "an external IP of a family without a cluster IP",
+                service_with(json!({"externalIPs": ["fd00:1::1"]})),
+                Skips("no IPv6 cluster IP"),
             ),
             (
                 "unknown ipFamilies entry",
@@ -2263,8 +2403,13 @@ mod tests {
             ),
             (
                 "source range padded with spaces, host bits set",
-                lb(json!({"loadBalancerSourceRanges": [" 10.1.2.3/8 ", "fd00::/8"]})),
+                lb(json!({"loadBalancerSourceRanges": [" 10.1.2.3/8 "]})),
                 Valid,
+            ),
+            (
+                "source range of a family without a cluster IP",
+                lb(json!({"loadBalancerSourceRanges": ["10.0.0.0/8", "fd00::/8"]})),
+                Skips("spec.loadBalancerSourceRanges fd00::/8: the Service has no IPv6 cluster IP"),
             ),
             // ---- EndpointSlice metadata and type
             ("the base slice", slice_with(json!({})), Valid),
@@ -2309,7 +2454,33 @@ mod tests {
                 slice_with(
                     json!({"addressType": "IPv6", "endpoints": [{"addresses": ["fd00::1"]}]}),
                 ),
-                NotProxied,
+                Valid,
+            ),
+            (
+                "IPv4 address in an IPv6 slice",
+                slice_with(
+                    json!({"addressType": "IPv6", "endpoints": [{"addresses": ["10.244.0.1"]}]}),
+                ),
+                Invalid("not an IPv6"),
+            ),
+            (
+                "IPv4-mapped address in an IPv6 slice",
+                slice_with(
+                    json!({"addressType": "IPv6", "endpoints": [{"addresses": ["::ffff:10.244.0.1"]}]}),
+                ),
+                Invalid("not an IPv6"),
+            ),
+            (
+                "loopback IPv6 endpoint",
+                slice_with(json!({"addressType": "IPv6", "endpoints": [{"addresses": ["::1"]}]})),
+                Invalid("loopback"),
+            ),
+            (
+                "link-local IPv6 endpoint",
+                slice_with(
+                    json!({"addressType": "IPv6", "endpoints": [{"addresses": ["fe80::1"]}]}),
+                ),
+                Invalid("link-local"),
             ),
             (
                 "FQDN slice",

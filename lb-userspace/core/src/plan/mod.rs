@@ -144,7 +144,7 @@ impl Frontend {
     /// NodePort frontend (every address of the node).
     pub fn address_string(&self) -> String {
         match self.kind {
-            FrontendKind::NodePort => format!("*:{}", self.port),
+            FrontendKind::NodePort => nodeport_address(self.ip, self.port),
             FrontendKind::ClusterIP | FrontendKind::LoadBalancer | FrontendKind::ExternalIP => {
                 self.address().to_string()
             }
@@ -186,8 +186,18 @@ impl fmt::Display for FrontendAddr {
     }
 }
 
+/// How a NodePort's address is shown: "*:30080" for IPv4 (every IPv4 address of the
+/// node), "[*]:30080" for IPv6.
+pub fn nodeport_address(ip: IpAddr, port: u16) -> String {
+    if ip.is_ipv4() {
+        format!("*:{port}")
+    } else {
+        format!("[*]:{port}")
+    }
+}
+
 /// The JSON form of a Frontend (`socklb plan -o json`): address and backends as
-/// "ip:port" strings, a NodePort address as "*:port".
+/// "ip:port" strings, a NodePort address as "*:port" (IPv4) or "[*]:port" (IPv6).
 #[derive(Serialize, Deserialize)]
 struct FrontendJson {
     service: ObjectKey,
@@ -234,14 +244,19 @@ impl TryFrom<FrontendJson> for Frontend {
     type Error = String;
 
     fn try_from(f: FrontendJson) -> Result<Frontend, String> {
-        let (ip, port) = match (f.kind, f.address.strip_prefix("*:")) {
-            (FrontendKind::NodePort, Some(port)) => (
-                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        let nodeport = match (f.address.strip_prefix("*:"), f.address.strip_prefix("[*]:")) {
+            (Some(port), _) => Some((IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)),
+            (_, Some(port)) => Some((IpAddr::V6(Ipv6Addr::UNSPECIFIED), port)),
+            _ => None,
+        };
+        let (ip, port) = match (f.kind, nodeport) {
+            (FrontendKind::NodePort, Some((ip, port))) => (
+                ip,
                 u16::from_str(port).map_err(|e| format!("address {:?}: {e}", f.address))?,
             ),
             (FrontendKind::NodePort, None) => {
                 return Err(format!(
-                    "address {:?}: a NodePort frontend's address is \"*:<nodePort>\"",
+                    "address {:?}: a NodePort frontend's address is \"*:<nodePort>\" (IPv4) or \"[*]:<nodePort>\" (IPv6)",
                     f.address
                 ));
             }
@@ -510,14 +525,29 @@ pub fn frontends_for_service(
                 + svc.load_balancer_ips.len()
                 + svc.external_ips.len()),
     );
+    // A family's frontends are served by the slices of that family only (each slice
+    // is of one family: its endpoints all are); as in kube-proxy, one proxier per
+    // family.
+    let (slices4, slices6): (Vec<&SliceModel>, Vec<&SliceModel>) = own_slices
+        .iter()
+        .copied()
+        .filter(|slice| !slice.endpoints.is_empty())
+        .partition(|slice| slice.endpoints[0].address.is_ipv4());
     for port in &svc.ports {
-        let endpoints = endpoints_for_port(&own_slices, &port.name, port.protocol);
-        let categorized = Categorized::new(&endpoints, node);
+        let endpoints4 = endpoints_for_port(&slices4, &port.name, port.protocol);
+        let endpoints6 = endpoints_for_port(&slices6, &port.name, port.protocol);
+        let categorized4 = Categorized::new(&endpoints4, node);
+        let categorized6 = Categorized::new(&endpoints6, node);
         let frontend = |kind: FrontendKind, ip: IpAddr, port_number: u16| {
             let policy = if kind.is_external() {
                 svc.external_traffic_policy
             } else {
                 svc.internal_traffic_policy
+            };
+            let (endpoints, categorized) = if ip.is_ipv4() {
+                (&endpoints4, &categorized4)
+            } else {
+                (&endpoints6, &categorized6)
             };
             let (action, backends) = categorized.traffic(policy);
             let local_backends = backends
@@ -525,8 +555,14 @@ pub fn frontends_for_service(
                 .filter(|b| endpoints.get(b).is_some_and(|e| is_local(e, node)))
                 .copied()
                 .collect();
+            // kube-proxy keeps the ranges of the frontend's family (none of them: the
+            // frontend is open to all).
             let source_ranges = if kind == FrontendKind::LoadBalancer {
-                svc.load_balancer_source_ranges.clone()
+                svc.load_balancer_source_ranges
+                    .iter()
+                    .filter(|range| range.addr.is_ipv4() == ip.is_ipv4())
+                    .copied()
+                    .collect()
             } else {
                 Vec::new()
             };
