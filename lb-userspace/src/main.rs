@@ -165,6 +165,9 @@ enum Command {
     Status {
         #[arg(long, default_value = kernel::DEFAULT_PIN_DIR)]
         bpffs: PathBuf,
+        /// The cgroup the socket hooks must be attached to (default: any live one).
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
@@ -352,12 +355,24 @@ fn run() -> anyhow::Result<()> {
                 Output::Table => print!("{}", plan.render_table()),
             }
         }
-        Command::Status { bpffs, output } => {
-            let report = status::read_status(&bpffs)
+        Command::Status {
+            bpffs,
+            cgroup,
+            output,
+        } => {
+            let options = status::StatusOptions { cgroup };
+            let report = status::read_status(&bpffs, &options)
                 .with_context(|| format!("reading the maps pinned in {}", bpffs.display()))?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
                 Output::Table => print!("{}", report.render_table()),
+            }
+            // The report is printed either way; the exit status tells a script.
+            if !report.attachment_problems.is_empty() {
+                anyhow::bail!(
+                    "the data path is not attached: {}",
+                    report.attachment_problems.join("; ")
+                );
             }
         }
         Command::MountBpffs { path } => {
