@@ -532,6 +532,7 @@ fn report_programmed(
     let counts = reconciler.incomplete_counts();
     let fill = service_maps::fill_rows(reconciler);
     metrics.set_programmed(&counts, &fill);
+    metrics.set_maglev(&service_maps::maglev_rows(reconciler));
     let summary = counts
         .capacity_short()
         .then(|| incomplete_summary(&counts, &fill, &reconciler.incomplete(), desired));
