@@ -117,6 +117,24 @@ pub fn plan_from_dir(dir: &Path, node: &str) -> Result<(Plan, Vec<String>), Agen
     Ok((plan, warnings))
 }
 
+/// The desired map state of a manifest directory for `node`, as the agent builds it
+/// (its owners too, which decide who gets the room in full maps).
+pub fn desired_from_dir(dir: &Path, node: &str) -> Result<DesiredState, AgentError> {
+    let set = manifests::load_dir(dir).map_err(|e| AgentError::Manifests {
+        path: dir.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let node_model = set.node(node);
+    let mut state = ClusterState::new(node_model.clone());
+    state.apply(ClusterEvent::Snapshot {
+        services: set.services,
+        slices: set.slices,
+        node: node_model,
+    });
+    state.recompute();
+    Ok(state.index().desired.clone())
+}
+
 /// Runs until `shutdown` resolves. The data path stays in place afterwards.
 pub async fn run_agent(
     opts: AgentOptions,
