@@ -32,11 +32,14 @@ use std::{
 };
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use socklb::datapath::{kernel, reconcile::Reconciler};
+use socklb::datapath::{
+    kernel,
+    reconcile::{DualStackMaps, Reconciler},
+};
 use socklb_core::{
     builders::{self, TCP, ep},
     events::ClusterEvent,
-    maps::{ServiceMaps, diff::Capacity, twin::MemoryMaps},
+    maps::{diff::Capacity, twin::DualMaps},
     model::{NodeModel, ServiceModel, SliceModel},
     state::ClusterState,
 };
@@ -129,12 +132,12 @@ struct ColdTimes {
 }
 
 /// One sync of a cold snapshot into maps that hold nothing.
-fn cold<M: ServiceMaps>(maps: M, n: usize) -> (Duration, M) {
+fn cold<M: DualStackMaps>(maps: M, n: usize) -> (Duration, M) {
     let (t, m) = cold_stages(maps, n);
     (t.total, m)
 }
 
-fn cold_stages<M: ServiceMaps>(maps: M, n: usize) -> (ColdTimes, M) {
+fn cold_stages<M: DualStackMaps>(maps: M, n: usize) -> (ColdTimes, M) {
     let mut reconciler = Reconciler::adopt(maps, capacity()).unwrap();
     let mut state = ClusterState::new(NodeModel::named("bench-node"));
     let event = snapshot(n);
@@ -165,12 +168,12 @@ fn cold_stages<M: ServiceMaps>(maps: M, n: usize) -> (ColdTimes, M) {
 
 /// Programs n services, then times single-slice changes; returns the latencies and
 /// the map operations per change.
-fn changes<M: ServiceMaps>(maps: M, n: usize, count: usize) -> (Vec<Duration>, Vec<usize>, M) {
+fn changes<M: DualStackMaps>(maps: M, n: usize, count: usize) -> (Vec<Duration>, Vec<usize>, M) {
     changes_of(maps, n, count, 1)
 }
 
 /// Like [`changes`], with `k` endpoints of the slice replaced by each change.
-fn changes_of<M: ServiceMaps>(
+fn changes_of<M: DualStackMaps>(
     maps: M,
     n: usize,
     count: usize,
@@ -213,7 +216,7 @@ fn changes_of<M: ServiceMaps>(
 /// What a manifest directory source sends for one changed slice file: a snapshot of
 /// everything, in which one slice differs. Programs n services, then times `count` such
 /// snapshots (built outside the timer) by stage: apply, recompute, sync.
-fn snapshot_changes<M: ServiceMaps>(maps: M, n: usize, count: usize) -> (Vec<ColdTimes>, M) {
+fn snapshot_changes<M: DualStackMaps>(maps: M, n: usize, count: usize) -> (Vec<ColdTimes>, M) {
     let mut reconciler = Reconciler::adopt(maps, capacity()).unwrap();
     let mut state = ClusterState::new(NodeModel::named("bench-node"));
     state.apply(snapshot(n));
@@ -311,7 +314,7 @@ fn spread(values: &[f64]) -> serde_json::Value {
 }
 
 /// Cold syncs, changes and the proportionality series on one kind of maps.
-fn summary<M: ServiceMaps>(
+fn summary<M: DualStackMaps>(
     label: &str,
     n: usize,
     mut make: impl FnMut() -> M,
@@ -420,7 +423,7 @@ fn bench(c: &mut Criterion) {
         }
         // Percentiles over many single changes (criterion reports means), cold syncs
         // by stage, and map operations against the size of a change.
-        rows.push(summary("memory", n, MemoryMaps::default));
+        rows.push(summary("memory", n, DualMaps::default));
         if let Some(pins) = &pins {
             rows.push(summary("kernel", n, || {
                 kernel::create_maps(&pins.0).unwrap()
@@ -446,7 +449,7 @@ fn criterion_groups(c: &mut Criterion, n: usize, pins: Option<&BenchPins>) {
     group.sample_size(10);
     group.bench_function(BenchmarkId::new("memory", n), |b| {
         b.iter_custom(|iters| {
-            let mut maps = MemoryMaps::default();
+            let mut maps = DualMaps::default();
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 let (t, m) = cold(maps, n);
@@ -475,7 +478,7 @@ fn criterion_groups(c: &mut Criterion, n: usize, pins: Option<&BenchPins>) {
     let mut group = c.benchmark_group("endpoint_change");
     group.bench_function(BenchmarkId::new("memory", n), |b| {
         b.iter_custom(|iters| {
-            let (lat, _, _) = changes(MemoryMaps::default(), n, iters as usize);
+            let (lat, _, _) = changes(DualMaps::default(), n, iters as usize);
             lat.iter().sum()
         })
     });

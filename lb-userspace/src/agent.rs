@@ -15,8 +15,8 @@ use tracing::{debug, info, warn};
 use socklb_core::{
     events::{ClusterEvent, ObjectKey},
     maps::{
-        DesiredState, FrontendKey,
-        diff::{Fill, Incomplete, IncompleteCounts},
+        DesiredState, FrontendKey, V4, V6,
+        diff::{Incomplete, IncompleteCounts},
         maglev::human_bytes,
     },
     model::NodeModel,
@@ -26,8 +26,9 @@ use socklb_core::{
 
 use crate::{
     datapath::{
-        DatapathError, devices as node, kernel,
+        DatapathError, attachment, devices as node, kernel,
         reconcile::Reconciler,
+        service_maps::{self, KernelFamily},
         stale_sockets::{SocketIterators, StaleSockets},
     },
     http::{
@@ -116,6 +117,24 @@ pub fn plan_from_dir(dir: &Path, node: &str) -> Result<(Plan, Vec<String>), Agen
     Ok((plan, warnings))
 }
 
+/// The desired map state of a manifest directory for `node`, as the agent builds it
+/// (its owners too, which decide who gets the room in full maps).
+pub fn desired_from_dir(dir: &Path, node: &str) -> Result<DesiredState, AgentError> {
+    let set = manifests::load_dir(dir).map_err(|e| AgentError::Manifests {
+        path: dir.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let node_model = set.node(node);
+    let mut state = ClusterState::new(node_model.clone());
+    state.apply(ClusterEvent::Snapshot {
+        services: set.services,
+        slices: set.slices,
+        node: node_model,
+    });
+    state.recompute();
+    Ok(state.index().desired.clone())
+}
+
 /// Runs until `shutdown` resolves. The data path stays in place afterwards.
 pub async fn run_agent(
     opts: AgentOptions,
@@ -131,6 +150,7 @@ pub async fn run_agent(
     // (and conflicts when they go away), not at every sync.
     let mut conflicts: Vec<Conflict> = Vec::new();
     let mut orphans: BTreeSet<ObjectKey> = BTreeSet::new();
+    let mut wrong_family: BTreeSet<ObjectKey> = BTreeSet::new();
 
     let (tx, mut rx) = mpsc::channel::<ClusterEvent>(4096);
     // Read the manifests before touching the kernel: an unreadable directory fails
@@ -223,16 +243,20 @@ pub async fn run_agent(
     let stale_sockets = start_stale_sockets(loaded, &opts, &all_metrics);
     // The kernel BTF the programs were loaded with is gone now: return its memory.
     kernel::release_freed_memory();
-    let mut node_addrs = node::node_addresses(&ifaces);
-    maps.set_node_addresses(&node_addrs)?;
+    let mut node_addrs = NodeAddresses::of(&ifaces);
+    maps.set_node_addresses(&node_addrs.v4)?;
+    maps.set_node_addresses6(&node_addrs.v6)?;
     info!(
         cgroup = %opts.cgroup.display(),
         pin_dir = %opts.pin_dir.display(),
         devices = ?devices.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(),
-        node_addresses = ?node_addrs,
+        node_addresses = ?node_addrs.v4,
+        node_addresses6 = ?node_addrs.v6,
         "socket hooks and TC programs attached"
     );
     let mut reconciler = Reconciler::adopt(maps, sizes.capacity())?;
+    let mut attachment = AttachmentWatch::new(&opts.pin_dir, &opts.cgroup, devices.clone());
+    attachment.check(&health);
     let mut incomplete_log = IncompleteLog::default();
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -287,6 +311,7 @@ pub async fn run_agent(
             () = sleep => {}
             _ = housekeeping.tick() => {
                 housekeep(&mut reconciler, &mut node_addrs, metrics, sizes);
+                attachment.check(&health);
                 if service_health_failed && ready {
                     let failed = service_health.update(service_health::desired_health_checks_for_state(&state)).await;
                     service_health_failed = !failed.is_empty();
@@ -353,6 +378,7 @@ pub async fn run_agent(
                 );
                 report_conflicts(state.index().conflicts(), &mut conflicts, metrics);
                 report_orphans(&state, &mut orphans, metrics);
+                report_wrong_family(&state, &mut wrong_family);
                 if stats.ops > 0 {
                     info!(
                         services = state.service_count(),
@@ -461,6 +487,27 @@ fn report_conflicts(now: Vec<Conflict>, known: &mut Vec<Conflict>, metrics: &Syn
     *known = now;
 }
 
+/// Warns once about each EndpointSlice of an address family its Service has no
+/// cluster IP of (say an IPv6 slice of an IPv4-only Service): it serves nothing.
+fn report_wrong_family(state: &ClusterState, known: &mut BTreeSet<ObjectKey>) {
+    let mut now = BTreeSet::new();
+    for slice in state.wrong_family_slices() {
+        let key = slice.key();
+        if !known.contains(&key) {
+            let family = match slice.endpoints.first().map(|e| e.address) {
+                Some(std::net::IpAddr::V6(_)) => "IPv6",
+                _ => "IPv4",
+            };
+            warn!(
+                slice = %key, service = %slice.service_key(),
+                "{family} EndpointSlice of a Service without an {family} cluster IP: not used"
+            );
+        }
+        now.insert(key);
+    }
+    *known = now;
+}
+
 /// Warns once about each EndpointSlice that names a Service that does not exist.
 fn report_orphans(state: &ClusterState, known: &mut BTreeSet<ObjectKey>, metrics: &SyncMetrics) {
     let mut now = BTreeSet::new();
@@ -500,13 +547,13 @@ fn report_programmed(
     metrics: &SyncMetrics,
     log: &mut IncompleteLog,
 ) {
-    let programmed = reconciler.state();
-    let counts = programmed.incomplete_counts();
-    let fill = programmed.fill();
+    let counts = reconciler.incomplete_counts();
+    let fill = service_maps::fill_rows(reconciler);
     metrics.set_programmed(&counts, &fill);
+    metrics.set_maglev(&service_maps::maglev_rows(reconciler));
     let summary = counts
         .capacity_short()
-        .then(|| incomplete_summary(&counts, &fill, programmed.incomplete(), desired));
+        .then(|| incomplete_summary(&counts, &fill, &reconciler.incomplete(), desired));
     health.set_incomplete(summary.clone());
     let status = lb_common::AgentStatus {
         synced_at_ns: kernel::monotonic_ns(),
@@ -548,7 +595,7 @@ fn report_programmed(
 /// them, and a few of the frontends with their Services.
 fn incomplete_summary(
     counts: &IncompleteCounts,
-    fill: &Fill,
+    fill: &[(&'static str, usize, usize)],
     incomplete: &std::collections::BTreeMap<FrontendKey, Incomplete>,
     desired: &DesiredState,
 ) -> String {
@@ -565,30 +612,17 @@ fn incomplete_summary(
             counts.backends_truncated
         ));
     }
-    let maps: Vec<String> = [
-        (
-            lb_common::map_names::SVC4,
-            fill.used.svc_entries,
-            fill.capacity.svc_entries,
-            "--map-size-services",
-        ),
-        (
-            lb_common::map_names::BACKEND4,
-            fill.used.backends,
-            fill.capacity.backends,
-            "--map-size-backends",
-        ),
-        (
-            lb_common::map_names::SRC_RANGE4,
-            fill.used.src_ranges,
-            fill.capacity.src_ranges,
-            "--map-size-source-ranges",
-        ),
-    ]
-    .iter()
-    .filter(|(map, used, _, _)| *used > 0 || *map != lb_common::map_names::SRC_RANGE4)
-    .map(|(map, used, capacity, flag)| format!("{map} {used}/{capacity} ({flag})"))
-    .collect();
+    // The maps in use that can fill up (the affinity match map has the service
+    // map's size and fewer entries).
+    let maps: Vec<String> = fill
+        .iter()
+        .filter(|(map, used, _)| {
+            let matches = *map == <V4 as KernelFamily>::MAPS.affinity_matches
+                || *map == <V6 as KernelFamily>::MAPS.affinity_matches;
+            !matches && *used > 0
+        })
+        .map(|(map, used, capacity)| format!("{map} {used}/{capacity} ({})", flag_of(map)))
+        .collect();
     let mut examples: Vec<(&Incomplete, Option<&ObjectKey>, &FrontendKey)> = incomplete
         .iter()
         .filter(|(_, why)| !matches!(why, Incomplete::AddressFamily))
@@ -616,6 +650,78 @@ fn incomplete_summary(
     )
 }
 
+/// The flag that sizes `map`.
+fn flag_of(map: &str) -> &'static str {
+    kernel::MapSizes::default()
+        .by_map()
+        .iter()
+        .find(|(m, ..)| *m == map)
+        .map_or("-", |(_, _, flag)| *flag)
+}
+
+/// Asks the kernel whether the programs are still attached where the agent attached
+/// them (a removed cgroup or device, a `bpftool link detach`), and says so on
+/// /healthz, /readyz and in the log when that changes.
+struct AttachmentWatch {
+    pin_dir: std::path::PathBuf,
+    cgroup: std::path::PathBuf,
+    devices: Vec<kernel::Device>,
+    last: Vec<String>,
+}
+
+impl AttachmentWatch {
+    fn new(
+        pin_dir: &std::path::Path,
+        cgroup: &std::path::Path,
+        devices: Vec<kernel::Device>,
+    ) -> Self {
+        Self {
+            pin_dir: pin_dir.to_path_buf(),
+            cgroup: cgroup.to_path_buf(),
+            devices,
+            last: Vec::new(),
+        }
+    }
+
+    fn check(&mut self, health: &Health) {
+        let problems = match attachment::cgroup_id(&self.cgroup) {
+            Some(id) => attachment::check(
+                &self.pin_dir,
+                &attachment::Expected {
+                    cgroup: Some(id),
+                    devices: &self.devices,
+                },
+            ),
+            None => vec![format!("cgroup {} is gone", self.cgroup.display())],
+        };
+        if problems != self.last {
+            if problems.is_empty() {
+                info!("every hook is attached again");
+            } else {
+                warn!(problems = ?problems, "the data path is not attached as configured (restart the agent to attach it again)");
+            }
+        }
+        health.set_detached((!problems.is_empty()).then(|| problems.join("; ")));
+        self.last = problems;
+    }
+}
+
+/// This node's addresses that NodePorts answer on, per family.
+#[derive(Debug, PartialEq, Eq)]
+struct NodeAddresses {
+    v4: Vec<std::net::Ipv4Addr>,
+    v6: Vec<std::net::Ipv6Addr>,
+}
+
+impl NodeAddresses {
+    fn of(ifaces: &[node::Interface]) -> Self {
+        Self {
+            v4: node::node_addresses(ifaces),
+            v6: node::node_addresses6(ifaces),
+        }
+    }
+}
+
 /// A sweep finding the conntrack table at least this full counts as pressure.
 const CT_PRESSURE_PERCENT: usize = 95;
 
@@ -626,17 +732,21 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(10);
 /// flows are removed before the LRU has to evict live ones.
 fn housekeep(
     reconciler: &mut Reconciler<kernel::KernelMaps>,
-    node_addrs: &mut Vec<std::net::Ipv4Addr>,
+    node_addrs: &mut NodeAddresses,
     metrics: &SyncMetrics,
     sizes: kernel::MapSizes,
 ) {
     match node::interfaces() {
         Ok(ifaces) => {
-            let now = node::node_addresses(&ifaces);
+            let now = NodeAddresses::of(&ifaces);
             if now != *node_addrs {
-                match reconciler.maps_mut().set_node_addresses(&now) {
+                let maps = reconciler.maps_mut();
+                match maps
+                    .set_node_addresses(&now.v4)
+                    .and_then(|()| maps.set_node_addresses6(&now.v6))
+                {
                     Ok(()) => {
-                        info!(node_addresses = ?now, "node addresses changed");
+                        info!(node_addresses = ?now.v4, node_addresses6 = ?now.v6, "node addresses changed");
                         *node_addrs = now;
                     }
                     Err(e) => warn!(error = %e, "updating node addresses failed"),

@@ -13,27 +13,28 @@ use std::{
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{
-        HashMap as BpfHashMap, LpmTrie, Map, MapData, MapError, PerCpuArray,
-        lpm_trie::Key as LpmKey,
-    },
+    maps::{HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray},
     programs::{
         CgroupAttachMode, CgroupSock, CgroupSockAddr, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
     },
 };
 use lb_common::{
-    Affinity4Key, Affinity4Value, AffinityMatch4Key, AffinityMatch4Value, AgentStatus, Backend4,
-    Counter, Ct4Key, Ct4Value, Device4, NodeAddr4, SrcRange4Key, Svc4Key, Svc4Value, map_names,
+    Addr6, Affinity4Key, Affinity4Value, Affinity6Key, AgentStatus, Counter, Ct4Key, Ct4Value,
+    Ct6Key, Ct6Value, Device4, Device6, NodeAddr4, map_names,
 };
 use tracing::{debug, info, warn};
 
-use socklb_core::maps::{MapOp, ServiceMaps, maglev::MaglevConfig};
+use socklb_core::maps::{
+    V4, V6,
+    maglev::MaglevConfig,
+    v6::{ip6_from_map, ip6_to_map},
+};
 
 use super::{
     DatapathError,
     kfunc::{KfuncCall, PatchedObject, patch_kfunc_calls},
-    maglev_map::MaglevMap,
+    service_maps::{ServiceHandles, ignore_missing},
 };
 
 /// The kernel programs, built by build.rs. Load [`loadable_object`], not this: the
@@ -72,9 +73,12 @@ pub const SOCKET_HOOKS: [(&str, &str); 4] = [
 pub const BIND_HOOK: (&str, &str) = ("sock4_post_bind", "link_post_bind4");
 
 /// TC programs: (program, direction, link pin name prefix; the ifindex follows).
-pub const TC_HOOKS: [(&str, TcAttachType, &str); 2] = [
+pub const TC_HOOKS: [(&str, TcAttachType, &str); 4] = [
     ("lb4_tc_ingress", TcAttachType::Ingress, "link_tc_ingress_"),
     ("lb4_tc_egress", TcAttachType::Egress, "link_tc_egress_"),
+    // Each family's pair hands the other's frames on (TCX_NEXT): either order works.
+    ("lb6_tc_ingress", TcAttachType::Ingress, "link_tc_ingress6_"),
+    ("lb6_tc_egress", TcAttachType::Egress, "link_tc_egress6_"),
 ];
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/socklb";
@@ -123,23 +127,27 @@ impl MapSizes {
     /// (2^28 buckets at most), which a node runs out of long before.
     pub const MAX: u32 = 1 << 24;
 
-    /// (map, size, flag) of every sized map.
-    pub fn by_map(&self) -> [(&'static str, u32, &'static str); 6] {
+    /// (map, size, flag) of every sized map; each flag sizes both families' maps.
+    pub fn by_map(&self) -> [(&'static str, u32, &'static str); 12] {
+        use map_names::*;
+        let services = "--map-size-services";
+        let backends = "--map-size-backends";
+        let conntrack = "--map-size-conntrack";
+        let affinity = "--map-size-affinity";
+        let ranges = "--map-size-source-ranges";
         [
-            (map_names::SVC4, self.services, "--map-size-services"),
-            (
-                map_names::AFFINITY_MATCH4,
-                self.services,
-                "--map-size-services",
-            ),
-            (map_names::BACKEND4, self.backends, "--map-size-backends"),
-            (map_names::CT4, self.conntrack, "--map-size-conntrack"),
-            (map_names::AFFINITY4, self.affinity, "--map-size-affinity"),
-            (
-                map_names::SRC_RANGE4,
-                self.source_ranges,
-                "--map-size-source-ranges",
-            ),
+            (SVC4, self.services, services),
+            (AFFINITY_MATCH4, self.services, services),
+            (BACKEND4, self.backends, backends),
+            (CT4, self.conntrack, conntrack),
+            (AFFINITY4, self.affinity, affinity),
+            (SRC_RANGE4, self.source_ranges, ranges),
+            (SVC6, self.services, services),
+            (AFFINITY_MATCH6, self.services, services),
+            (BACKEND6, self.backends, backends),
+            (CT6, self.conntrack, conntrack),
+            (AFFINITY6, self.affinity, affinity),
+            (SRC_RANGE6, self.source_ranges, ranges),
         ]
     }
 
@@ -159,17 +167,19 @@ impl MapSizes {
 pub struct KernelMaps {
     /// The sizes the maps really have (pinned maps keep the size they were made with).
     sizes: MapSizes,
-    svc: BpfHashMap<MapData, Svc4Key, Svc4Value>,
-    backends: BpfHashMap<MapData, u32, Backend4>,
+    /// The service maps of each family (the diff's ops go there).
+    pub(super) v4: ServiceHandles<V4>,
+    pub(super) v6: ServiceHandles<V6>,
     stats: PerCpuArray<MapData, u64>,
-    src_ranges: LpmTrie<MapData, SrcRange4Key, u8>,
     node_addrs: BpfHashMap<MapData, u32, NodeAddr4>,
+    node_addrs6: BpfHashMap<MapData, Addr6, NodeAddr4>,
     devices: BpfHashMap<MapData, u32, Device4>,
+    devices6: BpfHashMap<MapData, u32, Device6>,
     ct: BpfHashMap<MapData, Ct4Key, Ct4Value>,
+    ct6: BpfHashMap<MapData, Ct6Key, Ct6Value>,
     affinity: BpfHashMap<MapData, Affinity4Key, Affinity4Value>,
-    affinity_matches: BpfHashMap<MapData, AffinityMatch4Key, AffinityMatch4Value>,
+    affinity6: BpfHashMap<MapData, Affinity6Key, Affinity4Value>,
     agent_status: aya::maps::Array<MapData, AgentStatus>,
-    maglev: MaglevMap,
 }
 
 /// A device the TC programs attach to.
@@ -177,8 +187,11 @@ pub struct KernelMaps {
 pub struct Device {
     pub name: String,
     pub ifindex: u32,
-    /// Source address of SNATed flows leaving through it.
+    /// Source address of SNATed IPv4 flows leaving through it (0.0.0.0: the device
+    /// has no IPv4 address, and IPv4 SNAT through it fails).
     pub snat_addr: std::net::Ipv4Addr,
+    /// Source address of SNATed IPv6 flows (`::`: none).
+    pub snat_addr6: std::net::Ipv6Addr,
 }
 
 /// What a conntrack sweep found.
@@ -219,28 +232,30 @@ impl KernelMaps {
         use map_names::*;
         Ok(Self {
             sizes,
-            svc: BpfHashMap::try_from(get(SVC4)?).map_err(map_err(SVC4, "open"))?,
-            backends: BpfHashMap::try_from(get(BACKEND4)?).map_err(map_err(BACKEND4, "open"))?,
+            v4: ServiceHandles::open(&mut get)?,
+            v6: ServiceHandles::open(&mut get)?,
             stats: PerCpuArray::try_from(get(STATS)?).map_err(map_err(STATS, "open"))?,
-            src_ranges: LpmTrie::try_from(get(SRC_RANGE4)?).map_err(map_err(SRC_RANGE4, "open"))?,
             node_addrs: BpfHashMap::try_from(get(NODE_ADDR4)?)
                 .map_err(map_err(NODE_ADDR4, "open"))?,
+            node_addrs6: BpfHashMap::try_from(get(NODE_ADDR6)?)
+                .map_err(map_err(NODE_ADDR6, "open"))?,
             devices: BpfHashMap::try_from(get(DEVICE4)?).map_err(map_err(DEVICE4, "open"))?,
+            devices6: BpfHashMap::try_from(get(DEVICE6)?).map_err(map_err(DEVICE6, "open"))?,
             ct: BpfHashMap::try_from(get(CT4)?).map_err(map_err(CT4, "open"))?,
+            ct6: BpfHashMap::try_from(get(CT6)?).map_err(map_err(CT6, "open"))?,
             affinity: BpfHashMap::try_from(get(AFFINITY4)?).map_err(map_err(AFFINITY4, "open"))?,
-            affinity_matches: BpfHashMap::try_from(get(AFFINITY_MATCH4)?)
-                .map_err(map_err(AFFINITY_MATCH4, "open"))?,
+            affinity6: BpfHashMap::try_from(get(AFFINITY6)?).map_err(map_err(AFFINITY6, "open"))?,
             agent_status: aya::maps::Array::try_from(get(AGENT_STATUS)?)
                 .map_err(map_err(AGENT_STATUS, "open"))?,
-            maglev: MaglevMap::new(get(MAGLEV4)?)?,
         })
     }
 
     /// The Maglev map's layout: (table size, seed, tables it has room for); a size of
     /// 0 when it holds none (the random algorithm).
     pub fn maglev_layout(&self) -> (u32, u32, u32) {
-        let (m, seed) = self.maglev.header();
-        (m, seed, self.maglev.tables())
+        // Both families' Maglev maps are made for the same flags.
+        let (m, seed) = self.v4.maglev.header();
+        (m, seed, self.v4.maglev.tables())
     }
 
     /// The sizes the maps have.
@@ -288,8 +303,51 @@ impl KernelMaps {
         Ok(())
     }
 
-    /// Makes the device map hold exactly `devices`.
+    /// Makes the IPv6 node address map hold exactly `addrs`.
+    pub fn set_node_addresses6(
+        &mut self,
+        addrs: &[std::net::Ipv6Addr],
+    ) -> Result<(), DatapathError> {
+        let want: std::collections::HashSet<Addr6> = addrs.iter().map(|a| ip6_to_map(*a)).collect();
+        let have: Vec<Addr6> = self
+            .node_addrs6
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(map_names::NODE_ADDR6, "dump"))?;
+        for addr in &want {
+            self.node_addrs6
+                .insert(addr, NodeAddr4 { flags: 0 }, 0)
+                .map_err(map_err(map_names::NODE_ADDR6, "update"))?;
+        }
+        for addr in have.iter().filter(|a| !want.contains(*a)) {
+            ignore_missing(self.node_addrs6.remove(addr))
+                .map_err(map_err(map_names::NODE_ADDR6, "delete"))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the device maps (both families) hold exactly `devices`.
     pub fn set_devices(&mut self, devices: &[Device]) -> Result<(), DatapathError> {
+        let have6: Vec<u32> = self
+            .devices6
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(map_names::DEVICE6, "dump"))?;
+        for d in devices {
+            let value = Device6 {
+                snat_addr: ip6_to_map(d.snat_addr6),
+            };
+            self.devices6
+                .insert(d.ifindex, value, 0)
+                .map_err(map_err(map_names::DEVICE6, "update"))?;
+        }
+        for ifindex in have6
+            .iter()
+            .filter(|i| !devices.iter().any(|d| d.ifindex == **i))
+        {
+            ignore_missing(self.devices6.remove(ifindex))
+                .map_err(map_err(map_names::DEVICE6, "delete"))?;
+        }
         let have: Vec<u32> = self
             .devices
             .keys()
@@ -316,8 +374,8 @@ impl KernelMaps {
     /// Removes expired conntrack entries (the LRU map evicts the oldest on its own
     /// when full; this keeps it from filling with dead flows first).
     pub fn sweep_conntrack(&mut self, now_ns: u64) -> Result<CtSweep, DatapathError> {
-        let entries: Vec<(Ct4Key, Ct4Value)> = self.ct.iter().filter_map(Result::ok).collect();
         let mut sweep = CtSweep::default();
+        let entries: Vec<(Ct4Key, Ct4Value)> = self.ct.iter().filter_map(Result::ok).collect();
         for (key, value) in entries {
             if value.expires_ns < now_ns {
                 if ignore_missing(self.ct.remove(&key)).is_ok() {
@@ -327,12 +385,43 @@ impl KernelMaps {
                 sweep.live += 1;
             }
         }
+        let entries: Vec<(Ct6Key, Ct6Value)> = self.ct6.iter().filter_map(Result::ok).collect();
+        for (key, value) in entries {
+            if value.expires_ns < now_ns {
+                if ignore_missing(self.ct6.remove(&key)).is_ok() {
+                    sweep.removed += 1;
+                }
+            } else {
+                sweep.live += 1;
+            }
+        }
         Ok(sweep)
     }
 
-    /// Live conntrack entries (for `status`).
+    /// Live IPv4 conntrack entries (for `status`).
     pub fn conntrack_entries(&self) -> Vec<(Ct4Key, Ct4Value)> {
         self.ct.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Live IPv6 conntrack entries (for `status`).
+    pub fn conntrack6_entries(&self) -> Vec<(Ct6Key, Ct6Value)> {
+        self.ct6.iter().filter_map(Result::ok).collect()
+    }
+
+    /// The IPv6 session-affinity entries (see [`Self::affinity_entries`]).
+    pub fn affinity6_entries(&self) -> Vec<(Affinity6Key, Affinity4Value)> {
+        self.affinity6.iter().filter_map(Result::ok).collect()
+    }
+
+    pub fn node_addresses6(&self) -> Vec<std::net::Ipv6Addr> {
+        let mut out: Vec<_> = self
+            .node_addrs6
+            .keys()
+            .filter_map(Result::ok)
+            .map(|a| ip6_from_map(&a))
+            .collect();
+        out.sort();
+        out
     }
 
     /// The session-affinity entries: which client sticks to which backend of which
@@ -367,88 +456,6 @@ impl KernelMaps {
     }
 }
 
-impl ServiceMaps for KernelMaps {
-    type Error = DatapathError;
-
-    fn apply(&mut self, op: &MapOp) -> Result<(), DatapathError> {
-        match op {
-            MapOp::PutBackend { id, backend } => self
-                .backends
-                .insert(id, backend, 0)
-                .map_err(map_err(map_names::BACKEND4, "update")),
-            MapOp::DeleteBackend { id } => ignore_missing(self.backends.remove(id))
-                .map_err(map_err(map_names::BACKEND4, "delete")),
-            MapOp::PutSvc { key, value } => self
-                .svc
-                .insert(key, value, 0)
-                .map_err(map_err(map_names::SVC4, "update")),
-            MapOp::DeleteSvc { key } => {
-                ignore_missing(self.svc.remove(key)).map_err(map_err(map_names::SVC4, "delete"))
-            }
-            MapOp::PutSrcRange { key, prefix_len } => self
-                .src_ranges
-                .insert(&LpmKey::new(*prefix_len, *key), 1, 0)
-                .map_err(map_err(map_names::SRC_RANGE4, "update")),
-            MapOp::DeleteSrcRange { key, prefix_len } => {
-                ignore_missing(self.src_ranges.remove(&LpmKey::new(*prefix_len, *key)))
-                    .map_err(map_err(map_names::SRC_RANGE4, "delete"))
-            }
-            MapOp::PutAffinityMatch { key, slot } => self
-                .affinity_matches
-                .insert(
-                    key,
-                    AffinityMatch4Value {
-                        slot: *slot,
-                        pad: 0,
-                    },
-                    0,
-                )
-                .map_err(map_err(map_names::AFFINITY_MATCH4, "update")),
-            MapOp::DeleteAffinityMatch { key } => ignore_missing(self.affinity_matches.remove(key))
-                .map_err(map_err(map_names::AFFINITY_MATCH4, "delete")),
-            MapOp::PutMaglev {
-                table,
-                index,
-                backend_id,
-            } => self.maglev.put(*table, *index, *backend_id),
-        }
-    }
-
-    fn read_maglev_table(&self, table: u32) -> Result<Option<Vec<u32>>, DatapathError> {
-        Ok(self.maglev.read_table(table))
-    }
-
-    fn dump_affinity_matches(&self) -> Result<Vec<(AffinityMatch4Key, u16)>, DatapathError> {
-        self.affinity_matches
-            .iter()
-            .map(|entry| entry.map(|(k, v)| (k, v.slot)))
-            .collect::<Result<_, _>>()
-            .map_err(map_err(map_names::AFFINITY_MATCH4, "dump"))
-    }
-
-    fn dump_services(&self) -> Result<Vec<(Svc4Key, Svc4Value)>, DatapathError> {
-        self.svc
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(map_err(map_names::SVC4, "dump"))
-    }
-
-    fn dump_backends(&self) -> Result<Vec<(u32, Backend4)>, DatapathError> {
-        self.backends
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(map_err(map_names::BACKEND4, "dump"))
-    }
-
-    fn dump_src_ranges(&self) -> Result<Vec<(SrcRange4Key, u32)>, DatapathError> {
-        self.src_ranges
-            .keys()
-            .map(|k| k.map(|k| (k.data(), k.prefix_len())))
-            .collect::<Result<_, _>>()
-            .map_err(map_err(map_names::SRC_RANGE4, "dump"))
-    }
-}
-
 /// CLOCK_MONOTONIC in ns: the clock of bpf_ktime_get_ns (conntrack expiry, affinity).
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -458,15 +465,6 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: clock_gettime writes into the local timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// A delete of an entry that is already gone has reached its goal.
-fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
-    match r {
-        Err(MapError::KeyNotFound) => Ok(()),
-        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        other => other,
-    }
 }
 
 /// Loads `program` (of aya type `$kind`), attaches it to the cgroup directory
@@ -566,6 +564,9 @@ pub fn install(
 /// TC ingress and egress on each device (TCX links, pinned). Links of devices no
 /// longer selected are removed (detached).
 fn attach_tc(ebpf: &mut Ebpf, devices: &[Device], pin_dir: &Path) -> Result<(), DatapathError> {
+    // Before the IPv6 programs attach: until then their tail calls would fail (and the
+    // packets pass untranslated).
+    fill_tc6_calls(ebpf)?;
     let mut wanted: Vec<String> = Vec::new();
     for (program, direction, pin_prefix) in TC_HOOKS {
         let prog: &mut SchedClassifier = ebpf
@@ -606,6 +607,48 @@ fn attach_tc(ebpf: &mut Ebpf, devices: &[Device], pin_dir: &Path) -> Result<(), 
     Ok(())
 }
 
+/// Loads the IPv6 TC programs' tail-call targets and puts each at its index of the
+/// program array ([`lb_common::tc6_calls`]); a reused (pinned) array gets this
+/// object's programs, which the attached programs of an earlier agent then reach too
+/// (the same layouts). Also for tests that run the IPv6 TC programs.
+pub fn fill_tc6_calls(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
+    let mut fds = Vec::new();
+    for (index, program) in lb_common::tc6_calls::PROGRAMS {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(program)
+            .ok_or_else(|| {
+                DatapathError::Inconsistent(format!("the eBPF object has no program {program}"))
+            })?
+            .try_into()
+            .map_err(|source| DatapathError::Program { program, source })?;
+        prog.load()
+            .map_err(|source| DatapathError::Program { program, source })?;
+        let fd = prog
+            .fd()
+            .map_err(|source| DatapathError::Program { program, source })?
+            .try_clone()
+            .map_err(|source| DatapathError::Program {
+                program,
+                source: source.into(),
+            })?;
+        fds.push((index, fd));
+    }
+    let map = ebpf.map_mut(map_names::TC6_CALLS).ok_or_else(|| {
+        DatapathError::Inconsistent(format!(
+            "the eBPF object has no map {}",
+            map_names::TC6_CALLS
+        ))
+    })?;
+    let mut calls = aya::maps::ProgramArray::try_from(map)
+        .map_err(|e| DatapathError::Inconsistent(format!("{}: {e}", map_names::TC6_CALLS)))?;
+    for (index, fd) in &fds {
+        calls.set(*index, fd, 0).map_err(|e| {
+            DatapathError::Inconsistent(format!("{} [{index}]: {e}", map_names::TC6_CALLS))
+        })?;
+    }
+    Ok(())
+}
+
 /// Names of the TC link pins in `pin_dir`.
 fn tc_link_pins(pin_dir: &Path) -> Vec<String> {
     let Ok(entries) = fs::read_dir(pin_dir) else {
@@ -631,7 +674,9 @@ fn load_object(
     sizes: &MapSizes,
 ) -> Result<(LoadedObject, MapSizes), DatapathError> {
     let maglev = &sizes.maglev;
-    replace_maglev_pin_if_stale(pin_dir, maglev)?;
+    for name in MAGLEV_MAPS {
+        replace_maglev_pin_if_stale(pin_dir, name, maglev)?;
+    }
     // The kernel BTF is large once parsed (~15 MB here): one copy at a time. The
     // loader parses its own in new(); it is dropped before ours is parsed, and ours
     // serves the loader, the kfunc patch and the iterators.
@@ -657,8 +702,10 @@ fn load_object(
         ))
     })?;
     let table_size = maglev.kernel_table_size();
+    for name in MAGLEV_MAPS {
+        loader.map_max_entries(name, values);
+    }
     loader
-        .map_max_entries(map_names::MAGLEV4, values)
         .override_global("MAGLEV_TABLE_SIZE", &table_size, true)
         .override_global("MAGLEV_SEED", &maglev.seed, true);
     let mut ebpf = loader
@@ -667,10 +714,12 @@ fn load_object(
         .map_err(|e| map_create_error(e, sizes))?;
     drop(loader);
     // The header says what the tables are; a reused map has it already.
-    let map = ebpf.map_mut(map_names::MAGLEV4).ok_or_else(|| {
-        DatapathError::Inconsistent(format!("the eBPF object has no map {}", map_names::MAGLEV4))
-    })?;
-    write_maglev_header(map, table_size, maglev.seed)?;
+    for name in MAGLEV_MAPS {
+        let map = ebpf.map_mut(name).ok_or_else(|| {
+            DatapathError::Inconsistent(format!("the eBPF object has no map {name}"))
+        })?;
+        write_maglev_header(map, name, table_size, maglev.seed)?;
+    }
     let mut actual = pinned_sizes(pin_dir, sizes)?;
     actual.maglev = *maglev;
     Ok((
@@ -693,18 +742,24 @@ pub fn load_object_with(pin_dir: &Path, maglev: &MaglevConfig) -> Result<Ebpf, D
     load_object(pin_dir, &sizes).map(|(loaded, _)| loaded.ebpf)
 }
 
-/// Writes the Maglev map's header (element 0) with a syscall (the map is mmapped
+/// The Maglev maps, one per family, made for the same flags.
+const MAGLEV_MAPS: [&str; 2] = [map_names::MAGLEV4, map_names::MAGLEV6];
+
+/// Writes a Maglev map's header (element 0) with a syscall (the map is mmapped
 /// later, by [`KernelMaps`]).
-fn write_maglev_header(map: &mut Map, table_size: u32, seed: u32) -> Result<(), DatapathError> {
+fn write_maglev_header(
+    map: &mut Map,
+    name: &'static str,
+    table_size: u32,
+    seed: u32,
+) -> Result<(), DatapathError> {
     let mut array: aya::maps::Array<&mut MapData, lb_common::maglev::MaglevEntries> =
-        aya::maps::Array::try_from(map).map_err(map_err(map_names::MAGLEV4, "open"))?;
+        aya::maps::Array::try_from(map).map_err(map_err(name, "open"))?;
     let header = lb_common::maglev::MaglevEntries {
         backend_ids: [table_size, seed],
     };
     if array.get(&0, 0).ok() != Some(header) {
-        array
-            .set(0, header, 0)
-            .map_err(map_err(map_names::MAGLEV4, "update"))?;
+        array.set(0, header, 0).map_err(map_err(name, "update"))?;
     }
     Ok(())
 }
@@ -713,9 +768,13 @@ fn write_maglev_header(map: &mut Map, table_size: u32, seed: u32) -> Result<(), 
 /// seed, number of tables): the programs loaded next get a new one (see
 /// [`super::maglev_map`]). The programs still attached keep the old map until their
 /// links are replaced.
-fn replace_maglev_pin_if_stale(pin_dir: &Path, maglev: &MaglevConfig) -> Result<(), DatapathError> {
-    let pin = pin_dir.join(map_names::MAGLEV4);
-    if super::maglev_map::pinned_layout_matches(&pin, maglev) == Some(false) {
+fn replace_maglev_pin_if_stale(
+    pin_dir: &Path,
+    name: &'static str,
+    maglev: &MaglevConfig,
+) -> Result<(), DatapathError> {
+    let pin = pin_dir.join(name);
+    if super::maglev_map::pinned_layout_matches(&pin, name, maglev) == Some(false) {
         warn!(
             pin = %pin.display(),
             "the pinned Maglev tables were made for other flags (--lb-algorithm, \
@@ -753,7 +812,7 @@ fn pinned_sizes(pin_dir: &Path, requested: &MapSizes) -> Result<MapSizes, Datapa
                 source,
             })
     };
-    let mut actual = *requested;
+    let mut actual = unsized_maps(requested.maglev);
     for (map, size, flag) in requested.by_map() {
         let have = read(map)?;
         if have != size {
@@ -773,7 +832,7 @@ fn pinned_sizes(pin_dir: &Path, requested: &MapSizes) -> Result<MapSizes, Datapa
 
 /// The sizes of the pinned sized maps, for a reader (nothing requested).
 fn pinned_sizes_quiet(pin_dir: &Path) -> Result<MapSizes, DatapathError> {
-    let mut sizes = MapSizes::default();
+    let mut sizes = unsized_maps(MapSizes::default().maglev);
     for (map, _, _) in MapSizes::default().by_map() {
         let have = aya::maps::MapInfo::from_pin(pin_dir.join(map))
             .map(|info| info.max_entries())
@@ -787,16 +846,33 @@ fn pinned_sizes_quiet(pin_dir: &Path) -> Result<MapSizes, DatapathError> {
     Ok(sizes)
 }
 
-fn set_size(sizes: &mut MapSizes, map: &str, have: u32) {
-    match map {
-        m if m == map_names::SVC4 => sizes.services = have,
-        m if m == map_names::AFFINITY_MATCH4 => sizes.services = sizes.services.min(have),
-        m if m == map_names::BACKEND4 => sizes.backends = have,
-        m if m == map_names::CT4 => sizes.conntrack = have,
-        m if m == map_names::AFFINITY4 => sizes.affinity = have,
-        m if m == map_names::SRC_RANGE4 => sizes.source_ranges = have,
-        _ => {}
+/// Sizes to take the smallest of: every field at its maximum.
+fn unsized_maps(maglev: MaglevConfig) -> MapSizes {
+    MapSizes {
+        services: u32::MAX,
+        backends: u32::MAX,
+        conntrack: u32::MAX,
+        affinity: u32::MAX,
+        source_ranges: u32::MAX,
+        maglev,
     }
+}
+
+/// Records a pinned map's size; where maps share a flag (the two families, the
+/// affinity match map), the smallest counts: the diff must fit in all of them.
+fn set_size(sizes: &mut MapSizes, map: &str, have: u32) {
+    use map_names::*;
+    let field = match map {
+        m if m == SVC4 || m == SVC6 || m == AFFINITY_MATCH4 || m == AFFINITY_MATCH6 => {
+            &mut sizes.services
+        }
+        m if m == BACKEND4 || m == BACKEND6 => &mut sizes.backends,
+        m if m == CT4 || m == CT6 => &mut sizes.conntrack,
+        m if m == AFFINITY4 || m == AFFINITY6 => &mut sizes.affinity,
+        m if m == SRC_RANGE4 || m == SRC_RANGE6 => &mut sizes.source_ranges,
+        _ => return,
+    };
+    *field = (*field).min(have);
 }
 
 /// The data path's maps pinned in `pin_dir` (created when missing, with the default

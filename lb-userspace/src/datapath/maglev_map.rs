@@ -1,5 +1,5 @@
-//! The Maglev table map (`lb4_maglev_v1`, see lb_common::maglev) through an mmap of
-//! it: a table has tens of thousands of entries, and a write or a read of one is a
+//! A Maglev table map (`lb4_maglev_v1` or `lb6_maglev_v1`, see lb_common::maglev)
+//! through an mmap of it: a table has tens of thousands of entries, and a write or a read of one is a
 //! memory access instead of a syscall. The map is created with BPF_F_MMAPABLE; its
 //! values are laid out 8 bytes apart, two entries each, so the mapping is one dense
 //! array of u32 entries: the header `[table size, seed]`, then table after table.
@@ -23,6 +23,8 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// The map, mapped into this process.
 pub struct MaglevMap {
+    /// The map's name, for errors.
+    name: &'static str,
     /// Keeps the map alive for the mapping's lifetime.
     _data: MapData,
     /// `entries` u32 entries, shared with the kernel.
@@ -38,29 +40,32 @@ pub struct MaglevMap {
 // threads.
 unsafe impl Send for MaglevMap {}
 
-fn inconsistent(message: String) -> DatapathError {
-    DatapathError::Inconsistent(format!("{}: {message}", lb_common::map_names::MAGLEV4))
+fn inconsistent(name: &'static str, message: String) -> DatapathError {
+    DatapathError::Inconsistent(format!("{name}: {message}"))
 }
 
 impl MaglevMap {
-    /// Maps `map` (the Maglev map of a loaded object or a pin).
-    pub fn new(map: Map) -> Result<Self, DatapathError> {
+    /// Maps `map` (the Maglev map `name` of a loaded object or a pin).
+    pub fn new(map: Map, name: &'static str) -> Result<Self, DatapathError> {
         let Map::Array(data) = map else {
-            return Err(inconsistent("not an array map".into()));
+            return Err(inconsistent(name, "not an array map".into()));
         };
         let info = data.info().map_err(|source| DatapathError::Map {
-            map: lb_common::map_names::MAGLEV4,
+            map: name,
             op: "info",
             source,
         })?;
         if info.map_flags() & BPF_F_MMAPABLE == 0
             || info.value_size() as usize != std::mem::size_of::<MaglevEntries>()
         {
-            return Err(inconsistent(format!(
-                "flags {:#x}, value size {}: not the layout this agent writes",
-                info.map_flags(),
-                info.value_size()
-            )));
+            return Err(inconsistent(
+                name,
+                format!(
+                    "flags {:#x}, value size {}: not the layout this agent writes",
+                    info.map_flags(),
+                    info.value_size()
+                ),
+            ));
         }
         let entries = info.max_entries() as usize * ENTRIES_PER_VALUE;
         // SAFETY: sysconf has no preconditions.
@@ -81,13 +86,14 @@ impl MaglevMap {
         if ptr == libc::MAP_FAILED {
             return Err(DatapathError::Io {
                 what: "mmap of the Maglev map",
-                path: lb_common::map_names::MAGLEV4.into(),
+                path: name.into(),
                 source: std::io::Error::last_os_error(),
             });
         }
         let base = NonNull::new(ptr.cast::<u32>())
-            .ok_or_else(|| inconsistent("mmap returned null".into()))?;
+            .ok_or_else(|| inconsistent(name, "mmap returned null".into()))?;
         Ok(Self {
+            name,
             _data: data,
             base,
             entries,
@@ -140,11 +146,14 @@ impl MaglevMap {
 
     pub fn put(&mut self, table: u32, index: u32, backend_id: u32) -> Result<(), DatapathError> {
         let at = self.position(table, index).ok_or_else(|| {
-            inconsistent(format!(
-                "entry {index} of table {table}: the map holds {} tables of {}",
-                self.tables(),
-                self.header().0
-            ))
+            inconsistent(
+                self.name,
+                format!(
+                    "entry {index} of table {table}: the map holds {} tables of {}",
+                    self.tables(),
+                    self.header().0
+                ),
+            )
         })?;
         self.store(at, backend_id);
         Ok(())
@@ -167,7 +176,11 @@ impl Drop for MaglevMap {
 
 /// Whether the Maglev map pinned at `pin` (if any) has the layout `config` needs:
 /// Some(false) when it must be replaced, None when nothing is pinned there.
-pub fn pinned_layout_matches(pin: &Path, config: &MaglevConfig) -> Option<bool> {
+pub fn pinned_layout_matches(
+    pin: &Path,
+    name: &'static str,
+    config: &MaglevConfig,
+) -> Option<bool> {
     let data = MapData::from_pin(pin).ok()?;
     let Ok(info) = data.info() else {
         return Some(false);
@@ -178,7 +191,7 @@ pub fn pinned_layout_matches(pin: &Path, config: &MaglevConfig) -> Option<bool> 
     if config.tables() == 0 {
         return Some(true);
     }
-    let Ok(map) = MaglevMap::new(Map::Array(data)) else {
+    let Ok(map) = MaglevMap::new(Map::Array(data), name) else {
         return Some(false);
     };
     Some(map.header() == (config.table_size, config.seed))

@@ -5,6 +5,7 @@
 //! (`stale_sockets`, in every network namespace of the cgroup: `netns`), and the
 //! Maglev tables written through an mmap of their map (`maglev_map`).
 
+pub mod attachment;
 pub mod capabilities;
 pub mod devices;
 pub mod kernel;
@@ -12,6 +13,7 @@ pub mod kfunc;
 pub mod maglev_map;
 pub mod netns;
 pub mod reconcile;
+pub mod service_maps;
 pub mod stale_sockets;
 pub mod status;
 

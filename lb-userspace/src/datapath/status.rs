@@ -1,21 +1,34 @@
 //! `socklb status`: what the pinned maps hold, in the same terms as `socklb plan`.
-use std::{fmt::Write as _, net::SocketAddr, path::Path};
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+};
 
 use lb_common::{SVC_FLAG_WILDCARD, SvcAction};
 use serde::{Deserialize, Serialize};
 
-use lb_common::Svc4Key;
-use socklb_core::maps::{Scope, diff::ProgrammedState, ip_from_map, maglev::human_bytes, v4};
+use lb_common::{Affinity4Value, Svc4Key, Svc6Key};
+use socklb_core::{
+    maps::{
+        Family, FrontendKey, Scope, V4, V6, diff::ProgrammedState, ip_from_map,
+        maglev::human_bytes, v4, v6,
+    },
+    plan::nodeport_address,
+};
 
 use crate::datapath::{
     DatapathError,
-    kernel::{self, KernelMaps},
+    attachment::{self, LinkTarget},
+    kernel::{self, Device, KernelMaps},
+    service_maps::fill_by_map,
 };
 
 /// One frontend as programmed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProgrammedFrontendView {
-    /// "10.96.0.10:80", or "*:30080" for a NodePort.
+    /// "10.96.0.10:80", "[fd00::10]:80", or "*:30080" ("[*]:30080" for IPv6) for a
+    /// NodePort.
     pub address: String,
     /// "internal" (connections started on this node) or "external" (TC).
     pub scope: String,
@@ -55,6 +68,13 @@ pub struct StatusReport {
     pub pin_dir: String,
     /// Hooks whose link is pinned (attached).
     pub hooks: Vec<String>,
+    /// Every pinned link and what the kernel says it is attached to.
+    #[serde(default)]
+    pub links: Vec<LinkView>,
+    /// Where the data path is not attached as it should be (asked of the kernel):
+    /// empty when every hook is attached; `socklb status` then fails.
+    #[serde(default)]
+    pub attachment_problems: Vec<String>,
     pub frontends: Vec<ProgrammedFrontendView>,
     /// Cluster IPs whose other ports are refused (by the socket hooks).
     pub service_addresses: Vec<String>,
@@ -82,6 +102,14 @@ pub struct StatusReport {
     /// Entries and size of the maps that grow with the cluster, by map name.
     #[serde(default)]
     pub map_fill: std::collections::BTreeMap<String, MapFillView>,
+}
+
+/// One pinned link.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkView {
+    pub pin: String,
+    /// "cgroup <id>", "ifindex <n>", "detached", or why the link could not be read.
+    pub attached_to: String,
 }
 
 /// The agent's record of its last sync.
@@ -124,56 +152,27 @@ pub struct AffinityView {
     pub idle_s: u64,
 }
 
-pub fn read_status(pin_dir: &Path) -> Result<StatusReport, DatapathError> {
+/// What `socklb status` checks the links against: the cgroup the hooks must be
+/// attached to (`--cgroup`; None: any live cgroup).
+#[derive(Clone, Debug, Default)]
+pub struct StatusOptions {
+    pub cgroup: Option<std::path::PathBuf>,
+}
+
+pub fn read_status(pin_dir: &Path, options: &StatusOptions) -> Result<StatusReport, DatapathError> {
     let maps = KernelMaps::open_pinned(pin_dir)?;
-    let (state, _) = ProgrammedState::adopt(&maps, maps.sizes().capacity())?;
-    let mut frontends = Vec::new();
-    let mut service_addresses = Vec::new();
-    let mut external_service_addresses = Vec::new();
-    let mut keys: Vec<_> = state.frontends().keys().copied().collect();
-    keys.sort();
-    for key in keys {
-        let Some(fe) = state.frontends().get(&key) else {
-            continue;
-        };
-        if key.is_wildcard() && fe.service.flags & SVC_FLAG_WILDCARD != 0 {
-            match key.scope {
-                Scope::Internal => service_addresses.push(key.ip.to_string()),
-                Scope::External => external_service_addresses.push(key.ip.to_string()),
-            }
-            continue;
-        }
-        let mut backends: Vec<SocketAddr> = fe
-            .slots
-            .iter()
-            .filter_map(|id| state.backend(*id))
-            .map(|b| b.addr)
-            .collect();
-        backends.sort();
-        frontends.push(ProgrammedFrontendView {
-            address: if key.ip.is_unspecified() {
-                format!("*:{}", key.port)
-            } else {
-                SocketAddr::new(key.ip, key.port).to_string()
-            },
-            scope: match key.scope {
-                Scope::External => "external",
-                Scope::Internal => "internal",
-            }
-            .to_string(),
-            protocol: key.protocol.map_or("any", |p| p.as_str()).to_string(),
-            action: match SvcAction::from_u8(fe.service.action) {
-                Some(SvcAction::Forward) => "forward",
-                Some(SvcAction::Reject) => "reject",
-                Some(SvcAction::Drop) => "drop",
-                None => "invalid",
-            }
-            .to_string(),
-            backends: backends.iter().map(ToString::to_string).collect(),
-            affinity_timeout_s: fe.service.affinity_timeout_s,
-            maglev_table: fe.service.backend_id,
-        });
-    }
+    let (links, attachment_problems) = link_report(pin_dir, options);
+    let capacity = maps.sizes().capacity();
+    let (state4, _) = ProgrammedState::<V4>::adopt(&maps, capacity)?;
+    let (state6, _) = ProgrammedState::<V6>::adopt(&maps, capacity)?;
+    let mut views = FrontendViews::default();
+    views.add(&state4);
+    views.add(&state6);
+    let FrontendViews {
+        frontends,
+        service_addresses,
+        external_service_addresses,
+    } = views;
     let (table_size, seed, tables) = maps.maglev_layout();
     let maglev = (table_size != 0).then(|| {
         let table_bytes = u64::from(table_size) * socklb_core::maps::maglev::ENTRY_BYTES;
@@ -183,7 +182,9 @@ pub fn read_status(pin_dir: &Path) -> Result<StatusReport, DatapathError> {
             tables,
             in_use: frontends.iter().filter(|f| f.maglev_table != 0).count(),
             table_bytes,
-            map_bytes: lb_common::maglev::map_values(tables, table_size)
+            // Both families' maps.
+            map_bytes: 2
+                * lb_common::maglev::map_values(tables, table_size)
                 * std::mem::size_of::<lb_common::maglev::MaglevEntries>() as u64,
         }
     });
@@ -192,26 +193,161 @@ pub fn read_status(pin_dir: &Path) -> Result<StatusReport, DatapathError> {
         .into_iter()
         .map(|(c, v)| (c.name().to_string(), v))
         .collect();
+    let mut affinity = affinity_views4(&maps, &state4);
+    affinity.extend(affinity_views6(&maps, &state6));
+    affinity.sort_by(|a, b| (&a.frontend, &a.client).cmp(&(&b.frontend, &b.client)));
+    let mut map_fill: std::collections::BTreeMap<String, MapFillView> = Default::default();
+    for (map, entries, capacity) in fill_by_map::<V4>(&state4.fill())
+        .into_iter()
+        .chain(fill_by_map::<V6>(&state6.fill()))
+    {
+        map_fill.insert(map.to_string(), MapFillView { entries, capacity });
+    }
     Ok(StatusReport {
         pin_dir: pin_dir.display().to_string(),
         hooks: kernel::attached_hooks(pin_dir),
+        links,
+        attachment_problems,
         frontends,
         service_addresses,
         external_service_addresses,
-        backends: state.backend_count(),
-        service_map_entries: state.svc_entries(),
+        backends: state4.backend_count() + state6.backend_count(),
+        service_map_entries: state4.svc_entries() + state6.svc_entries(),
         node_addresses: maps
             .node_addresses()
             .iter()
             .map(ToString::to_string)
+            .chain(maps.node_addresses6().iter().map(ToString::to_string))
             .collect(),
-        conntrack_entries: maps.conntrack_entries().len(),
-        affinity: affinity_views(&maps, &state),
+        conntrack_entries: maps.conntrack_entries().len() + maps.conntrack6_entries().len(),
+        affinity,
         maglev,
         counters,
         agent: agent_view(&maps)?,
-        map_fill: map_fill(&state),
+        map_fill,
     })
+}
+
+/// The pinned links as the kernel sees them, and what is not attached: every socket
+/// hook (to `options.cgroup` when given) and, for each device with a TC link pinned,
+/// every TC program.
+fn link_report(pin_dir: &Path, options: &StatusOptions) -> (Vec<LinkView>, Vec<String>) {
+    let links: Vec<LinkView> = attachment::pinned_links(pin_dir)
+        .into_iter()
+        .map(|(pin, target)| LinkView {
+            pin,
+            attached_to: match target {
+                Ok(LinkTarget::Cgroup(id)) => format!("cgroup {id}"),
+                Ok(LinkTarget::Device(ifindex)) => format!("ifindex {ifindex}"),
+                Ok(LinkTarget::Detached) => "detached".to_string(),
+                Err(e) => e,
+            },
+        })
+        .collect();
+    // The devices are the ones with any TC link pinned (status has no --devices).
+    let mut devices: Vec<Device> = links
+        .iter()
+        .filter_map(|l| {
+            let (_, _, prefix) = kernel::TC_HOOKS
+                .iter()
+                .find(|(_, _, prefix)| l.pin.starts_with(prefix))?;
+            let ifindex: u32 = l.pin.strip_prefix(prefix)?.parse().ok()?;
+            Some(Device {
+                name: format!("ifindex {ifindex}"),
+                ifindex,
+                snat_addr: std::net::Ipv4Addr::UNSPECIFIED,
+                snat_addr6: std::net::Ipv6Addr::UNSPECIFIED,
+            })
+        })
+        .collect();
+    devices.sort_by_key(|d| d.ifindex);
+    devices.dedup_by_key(|d| d.ifindex);
+    let cgroup = match &options.cgroup {
+        Some(path) => match attachment::cgroup_id(path) {
+            Some(id) => Some(id),
+            None => {
+                return (
+                    links,
+                    vec![format!("cgroup {} does not exist", path.display())],
+                );
+            }
+        },
+        None => None,
+    };
+    let problems = attachment::check(
+        pin_dir,
+        &attachment::Expected {
+            cgroup,
+            devices: &devices,
+        },
+    );
+    (links, problems)
+}
+
+/// The frontends of both families' maps, as `status` shows them.
+#[derive(Default)]
+struct FrontendViews {
+    frontends: Vec<ProgrammedFrontendView>,
+    service_addresses: Vec<String>,
+    external_service_addresses: Vec<String>,
+}
+
+impl FrontendViews {
+    fn add<F: Family>(&mut self, state: &ProgrammedState<F>) {
+        let mut keys: Vec<_> = state.frontends().keys().copied().collect();
+        keys.sort();
+        for key in keys {
+            let Some(fe) = state.frontends().get(&key) else {
+                continue;
+            };
+            if key.is_wildcard() && fe.service.flags & SVC_FLAG_WILDCARD != 0 {
+                match key.scope {
+                    Scope::Internal => self.service_addresses.push(key.ip.to_string()),
+                    Scope::External => self.external_service_addresses.push(key.ip.to_string()),
+                }
+                continue;
+            }
+            let mut backends: Vec<SocketAddr> = fe
+                .slots
+                .iter()
+                .filter_map(|id| state.backend(*id))
+                .map(|b| b.addr)
+                .collect();
+            backends.sort();
+            self.frontends.push(ProgrammedFrontendView {
+                address: frontend_address(key.ip, key.port),
+                scope: scope_name(key.scope).to_string(),
+                protocol: key.protocol.map_or("any", |p| p.as_str()).to_string(),
+                action: match SvcAction::from_u8(fe.service.action) {
+                    Some(SvcAction::Forward) => "forward",
+                    Some(SvcAction::Reject) => "reject",
+                    Some(SvcAction::Drop) => "drop",
+                    None => "invalid",
+                }
+                .to_string(),
+                backends: backends.iter().map(ToString::to_string).collect(),
+                affinity_timeout_s: fe.service.affinity_timeout_s,
+                maglev_table: fe.service.backend_id,
+            });
+        }
+    }
+}
+
+/// A frontend as `plan` shows it: "10.96.0.10:80", "[fd00::10]:80", and a
+/// NodePort "*:30080" (IPv4) or "[*]:30080" (IPv6).
+fn frontend_address(ip: IpAddr, port: u16) -> String {
+    if ip.is_unspecified() {
+        nodeport_address(ip, port)
+    } else {
+        SocketAddr::new(ip, port).to_string()
+    }
+}
+
+fn scope_name(scope: Scope) -> &'static str {
+    match scope {
+        Scope::External => "external",
+        Scope::Internal => "internal",
+    }
 }
 
 fn agent_view(maps: &KernelMaps) -> Result<Option<AgentView>, DatapathError> {
@@ -230,77 +366,69 @@ fn agent_view(maps: &KernelMaps) -> Result<Option<AgentView>, DatapathError> {
     }))
 }
 
-fn map_fill(state: &ProgrammedState) -> std::collections::BTreeMap<String, MapFillView> {
-    use lb_common::map_names;
-    let fill = state.fill();
-    [
-        (
-            map_names::SVC4,
-            fill.used.svc_entries,
-            fill.capacity.svc_entries,
-        ),
-        (
-            map_names::BACKEND4,
-            fill.used.backends,
-            fill.capacity.backends,
-        ),
-        (
-            map_names::AFFINITY_MATCH4,
-            fill.used.affinity_matches,
-            fill.capacity.affinity_matches,
-        ),
-        (
-            map_names::SRC_RANGE4,
-            fill.used.src_ranges,
-            fill.capacity.src_ranges,
-        ),
-    ]
-    .into_iter()
-    .map(|(map, entries, capacity)| (map.to_string(), MapFillView { entries, capacity }))
-    .collect()
+/// An affinity entry that is still in effect: not expired, and naming a backend the
+/// frontend still has.
+fn affinity_view<F: Family>(
+    state: &ProgrammedState<F>,
+    fkey: FrontendKey,
+    client: String,
+    value: &Affinity4Value,
+    now: u64,
+) -> Option<AffinityView> {
+    let fe = state.frontends().get(&fkey)?;
+    let idle_ns = now.saturating_sub(value.last_used_ns);
+    let timeout_ns = u64::from(fe.service.affinity_timeout_s) * 1_000_000_000;
+    if idle_ns > timeout_ns || !fe.slots.contains(&value.backend_id) {
+        return None;
+    }
+    let backend = state.backend(value.backend_id)?;
+    Some(AffinityView {
+        frontend: frontend_address(fkey.ip, fkey.port),
+        protocol: fkey.protocol.map_or("any", |p| p.as_str()).to_string(),
+        scope: scope_name(fkey.scope).to_string(),
+        client,
+        backend: backend.addr.to_string(),
+        idle_s: idle_ns / 1_000_000_000,
+    })
 }
 
-/// The affinity entries that are still in effect: not expired, and naming a backend
-/// the frontend still has.
-fn affinity_views(maps: &KernelMaps, state: &ProgrammedState) -> Vec<AffinityView> {
+fn affinity_views4(maps: &KernelMaps, state: &ProgrammedState<V4>) -> Vec<AffinityView> {
     let now = kernel::monotonic_ns();
-    let mut out: Vec<AffinityView> = maps
-        .affinity_entries()
+    maps.affinity_entries()
         .into_iter()
         .filter_map(|(key, value)| {
             let svc_key = Svc4Key::new(key.address, key.dport, key.proto, 0).with_scope(key.scope);
             let fkey = v4::frontend_key(&svc_key)?;
-            let fe = state.frontends().get(&fkey)?;
-            let idle_ns = now.saturating_sub(value.last_used_ns);
-            let timeout_ns = u64::from(fe.service.affinity_timeout_s) * 1_000_000_000;
-            if idle_ns > timeout_ns || !fe.slots.contains(&value.backend_id) {
-                return None;
-            }
-            let backend = state.backend(value.backend_id)?;
             let client = match fkey.scope {
                 Scope::Internal => format!("netns:{}", key.client),
                 Scope::External => ip_from_map(key.client as u32).to_string(),
             };
-            Some(AffinityView {
-                frontend: if fkey.ip.is_unspecified() {
-                    format!("*:{}", fkey.port)
-                } else {
-                    SocketAddr::new(fkey.ip, fkey.port).to_string()
-                },
-                protocol: fkey.protocol.map_or("any", |p| p.as_str()).to_string(),
-                scope: match fkey.scope {
-                    Scope::External => "external",
-                    Scope::Internal => "internal",
-                }
-                .to_string(),
-                client,
-                backend: backend.addr.to_string(),
-                idle_s: idle_ns / 1_000_000_000,
-            })
+            affinity_view(state, fkey, client, &value, now)
         })
-        .collect();
-    out.sort_by(|a, b| (&a.frontend, &a.client).cmp(&(&b.frontend, &b.client)));
-    out
+        .collect()
+}
+
+fn affinity_views6(maps: &KernelMaps, state: &ProgrammedState<V6>) -> Vec<AffinityView> {
+    let now = kernel::monotonic_ns();
+    maps.affinity6_entries()
+        .into_iter()
+        .filter_map(|(key, value)| {
+            let svc_key = Svc6Key::new(key.address, key.dport, key.proto, 0).with_scope(key.scope);
+            let fkey = v6::frontend_key(&svc_key)?;
+            let client = match fkey.scope {
+                // The netns cookie, as a u64 in the first two words' memory.
+                Scope::Internal => {
+                    let [a, b, ..] = key.client;
+                    let mut bytes = [0u8; 8];
+                    bytes[..4].copy_from_slice(&a.to_ne_bytes());
+                    bytes[4..].copy_from_slice(&b.to_ne_bytes());
+                    format!("netns:{}", u64::from_ne_bytes(bytes))
+                }
+                Scope::External => v6::ip6_from_map(&key.client).to_string(),
+            };
+            affinity_view(state, fkey, client, &value, now)
+        })
+        .collect()
 }
 
 impl StatusReport {
@@ -316,6 +444,18 @@ impl StatusReport {
                 self.hooks.join(", ")
             }
         );
+        if self.attachment_problems.is_empty() {
+            let _ = writeln!(
+                out,
+                "attachment: every hook attached (checked in the kernel)"
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "attachment: NOT ATTACHED: {}",
+                self.attachment_problems.join("; ")
+            );
+        }
         match &self.agent {
             None => {
                 let _ = writeln!(out, "agent: no agent has synced these maps");

@@ -6,11 +6,13 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use lb_common::{Ct4Key, Ct4Value, SNAT_PORT_MAX, SNAT_PORT_MIN};
 use serde_json::{Value, json};
 use socklb_core::maps::{
-    ServiceMaps as _, ip_from_map, ip_to_map, maglev::MaglevConfig, port_from_map, port_to_map,
+    ServiceMaps, V4, ip_from_map, ip_to_map, maglev::MaglevConfig, port_from_map, port_to_map,
 };
 
 use crate::{
-    harness::{Fixture, Hook, Network, Run, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    harness::{
+        Fixture, Hook, Network, Run, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC,
+    },
     packet::{
         ACK, FIN, ICMP_DEST_UNREACH, L4, Pkt, RST, SYN, checksum_problems, decode, diff, ip_of,
         render,
@@ -280,6 +282,7 @@ pub fn verdict_name(v: u32) -> &'static str {
         TC_ACT_OK => "TC_ACT_OK",
         TC_ACT_SHOT => "TC_ACT_SHOT",
         TC_ACT_REDIRECT => "TC_ACT_REDIRECT",
+        TC_ACT_UNSPEC => "TC_ACT_UNSPEC (next program)",
         _ => "other",
     }
 }
@@ -343,12 +346,24 @@ pub fn check(
 /// programs, and create no conntrack entry.
 #[track_caller]
 pub fn expect_untouched(fx: &Fixture, what: &str, input: &[u8]) {
+    expect_untouched_with(fx, what, input, TC_ACT_OK);
+}
+
+/// A frame of another family (or no IP at all) is handed to the next program on the
+/// device untouched.
+#[track_caller]
+pub fn expect_foreign(fx: &Fixture, what: &str, input: &[u8]) {
+    expect_untouched_with(fx, what, input, TC_ACT_UNSPEC);
+}
+
+#[track_caller]
+fn expect_untouched_with(fx: &Fixture, what: &str, input: &[u8], verdict: u32) {
     let before = fx.ct_entries().len();
     for hook in [Hook::Ingress, Hook::Egress] {
         let run = fx.run(hook, input);
         assert_eq!(
             run.verdict,
-            TC_ACT_OK,
+            verdict,
             "{what} ({hook:?}): verdict {}",
             verdict_name(run.verdict)
         );
@@ -427,8 +442,7 @@ pub fn assert_expires(v: &Ct4Value, before: u64, after: u64, lifetime: u64, what
 
 /// The id the agent gave backend `addr` (proto), from the backend map.
 pub fn backend_id(fx: &Fixture, addr: SocketAddrV4, proto: u8) -> u32 {
-    fx.maps
-        .dump_backends()
+    ServiceMaps::<V4>::dump_backends(&fx.maps)
         .unwrap()
         .into_iter()
         .find(|(_, b)| {

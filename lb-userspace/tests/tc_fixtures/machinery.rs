@@ -1,6 +1,6 @@
 //! The fixture machinery itself: the maps the agent programs, the packet builder's
 //! checksums.
-use socklb_core::maps::{ServiceMaps as _, port_to_map};
+use socklb_core::maps::{ServiceMaps, V4, port_to_map};
 
 use crate::{
     common::{
@@ -40,7 +40,7 @@ fn the_maps_hold_what_the_agent_programs() {
     }
     assert_eq!(fx.maps.node_addresses(), vec![NODE_IP, NODE_IP2]);
     // The external NodePort entry of web-remote: SNAT and NODEPORT, one backend.
-    let svcs = fx.maps.dump_services().unwrap();
+    let svcs = ServiceMaps::<V4>::dump_services(&fx.maps).unwrap();
     let key = lb_common::Svc4Key::new(0, port_to_map(NP_WEB_REMOTE), IPPROTO_TCP, 0)
         .with_scope(lb_common::scope::EXTERNAL);
     let (_, value) = svcs

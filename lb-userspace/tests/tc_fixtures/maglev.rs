@@ -10,7 +10,7 @@ use lb_common::{Counter, IPPROTO_TCP};
 use serde_json::{Value, json};
 use socklb_core::{
     maps::{
-        BackendKey, MapOp, ServiceMaps as _, ip_to_map,
+        BackendKey, MapOp, ServiceMaps, V4, ip_to_map,
         maglev::{FlowTuple, MaglevConfig, Table, flow_entry},
         port_to_map,
     },
@@ -108,9 +108,7 @@ fn the_kernel_picks_the_backend_the_core_predicts_on_every_node_address() {
         return;
     };
     // The table in the kernel map is the core's (written through the mmap).
-    let svc = fx
-        .maps
-        .dump_services()
+    let svc = ServiceMaps::<V4>::dump_services(&fx.maps)
         .unwrap()
         .into_iter()
         .find(|(k, v)| {
@@ -118,9 +116,7 @@ fn the_kernel_picks_the_backend_the_core_predicts_on_every_node_address() {
         })
         .expect("the NodePort's external slot 0");
     assert_ne!(svc.1.backend_id, 0, "slot 0 names a table");
-    let table = fx
-        .maps
-        .read_maglev_table(svc.1.backend_id)
+    let table = ServiceMaps::<V4>::read_maglev_table(&fx.maps, svc.1.backend_id)
         .unwrap()
         .unwrap();
     assert_eq!(table.len(), config().table_size as usize);
@@ -195,9 +191,7 @@ fn an_entry_that_names_no_backend_falls_back_to_a_random_pick() {
     let Some(mut fx) = fixture_with(objects(&PODS), config()) else {
         return;
     };
-    let table = fx
-        .maps
-        .dump_services()
+    let table = ServiceMaps::<V4>::dump_services(&fx.maps)
         .unwrap()
         .into_iter()
         .find(|(k, _)| k.backend_slot == 0 && k.scope == 1 && k.dport == port_to_map(NP))
@@ -206,7 +200,7 @@ fn an_entry_that_names_no_backend_falls_back_to_a_random_pick() {
     // A table half rewritten, as after the agent replaced a map of other flags.
     for index in 0..config().table_size {
         fx.maps
-            .apply(&MapOp::PutMaglev {
+            .apply(&MapOp::<V4>::PutMaglev {
                 table,
                 index,
                 backend_id: 0,

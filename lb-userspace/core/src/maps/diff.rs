@@ -168,6 +168,15 @@ pub struct IncompleteCounts {
 }
 
 impl IncompleteCounts {
+    /// The counts of two families' maps together.
+    pub fn plus(self, other: IncompleteCounts) -> IncompleteCounts {
+        IncompleteCounts {
+            maps_full: self.maps_full + other.maps_full,
+            backends_truncated: self.backends_truncated + other.backends_truncated,
+            address_family: self.address_family + other.address_family,
+        }
+    }
+
     /// Whether the data path lacks something because the maps are too small.
     pub fn capacity_short(&self) -> bool {
         self.maps_full > 0 || self.backends_truncated > 0
@@ -232,7 +241,7 @@ impl TableIndexes {
     }
 }
 
-/// What a sync did.
+/// What a sync did (of one family's maps, or of both: [`SyncStats::merge`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SyncStats {
     pub ops: usize,
@@ -255,6 +264,21 @@ pub struct SyncStats {
     pub maglev_full: Vec<FrontendKey>,
     /// Of `ops`, the Maglev table entries written.
     pub maglev_entries: usize,
+}
+
+impl SyncStats {
+    /// Adds what another family's sync did.
+    pub fn merge(&mut self, other: SyncStats) {
+        self.ops += other.ops;
+        self.frontends_changed += other.frontends_changed;
+        self.skipped_full.extend(other.skipped_full);
+        self.truncated.extend(other.truncated);
+        self.skipped_family.extend(other.skipped_family);
+        self.completed += other.completed;
+        self.departed.extend(other.departed);
+        self.maglev_full.extend(other.maglev_full);
+        self.maglev_entries += other.maglev_entries;
+    }
 }
 
 impl<F: Family> ProgrammedState<F> {
