@@ -6,7 +6,9 @@
 //!    (iptables-restore, nft), the agent's memory and one-file changes, all inside
 //!    network namespaces, a cgroup and a pin directory it creates;
 //! 4. the socklb package's criterion benchmark `control_plane` (objects in memory -> maps);
-//! 5. the chaos stage (`chaos.rs`: the agent SIGKILLed at random points of its syncs);
+//! 5. the chaos stage (`chaos.rs`: the agent SIGKILLed at random points of its syncs)
+//!    and the differential stage (`differential.rs`: random services probed through
+//!    the kernel and judged against the plan);
 //! 6. merges them into `bench/results/<name>.json` and renders `docs/bench/README.md`
 //!    with SVG plots (drawn here with plotters' SVG backend).
 //!
@@ -18,6 +20,7 @@
 //! (`plots.rs`).
 
 pub mod chaos;
+pub mod differential;
 mod plots;
 mod summary;
 
@@ -43,6 +46,9 @@ pub struct Options {
     /// Cycles of the chaos stage (0: skipped; default [`chaos::CYCLES`], quick
     /// [`chaos::QUICK_CYCLES`]).
     pub chaos_cycles: Option<usize>,
+    /// Cases of the differential stage (0: skipped; default
+    /// [`differential::CASES`], quick [`differential::QUICK_CASES`]).
+    pub differential_cases: Option<usize>,
 }
 
 /// socklb-bench's items measured per N (the others run once).
@@ -86,15 +92,35 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         .items
         .as_ref()
         .is_none_or(|items| items.iter().any(|i| i == "chaos"));
+    // `differential` likewise (alone: `cargo xtask differential`).
+    let cases = opts.differential_cases.unwrap_or(if opts.quick {
+        differential::QUICK_CASES
+    } else {
+        differential::CASES
+    });
+    let with_differential = opts
+        .items
+        .as_ref()
+        .is_none_or(|items| items.iter().any(|i| i == "differential"));
     let mut opts = opts;
     if let Some(items) = &mut opts.items {
-        items.retain(|i| i != "chaos");
+        items.retain(|i| i != "chaos" && i != "differential");
         if items.is_empty() {
-            let chaos_opts = chaos::Options {
-                cycles,
-                ..Default::default()
-            };
-            return chaos::run(root, &chaos_opts);
+            if with_chaos {
+                let chaos_opts = chaos::Options {
+                    cycles,
+                    ..Default::default()
+                };
+                chaos::run(root, &chaos_opts)?;
+            }
+            if with_differential {
+                let diff_opts = differential::Options {
+                    cases,
+                    ..Default::default()
+                };
+                differential::run(root, &diff_opts)?;
+            }
+            return Ok(());
         }
     }
 
@@ -216,6 +242,21 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
                 c.datapath, c.seed
             ));
         }
+    }
+
+    if with_differential && cases > 0 {
+        let opts = differential::Options {
+            cases,
+            ..Default::default()
+        };
+        let d = differential::stage(root, &opts, &scratch, &stamp)?;
+        if !d.clean() {
+            results.notes.push(format!(
+                "The differential stage found {} divergences from the plan (seed {}): see its section.",
+                d.divergences_total, d.seed
+            ));
+        }
+        results.differential = Some(d);
     }
 
     std::fs::create_dir_all(&results_dir)?;
