@@ -98,9 +98,14 @@ pub mod map_names {
     /// IPv6 kill map of stale-socket termination ([`super::SockKill6Key`] -> u8); not
     /// pinned, as [`SOCK_KILL4`].
     pub const SOCK_KILL6: &str = "lb6_sk_kill_v1";
+    /// The IPv6 TC programs' tail calls (index [`super::tc6_calls`] -> program), filled
+    /// by the agent after loading the programs. Pinned: the kernel empties a program
+    /// array once no file descriptor or pin holds it, and the attached programs
+    /// outlive the agent.
+    pub const TC6_CALLS: &str = "lb6_tc_calls";
 
     /// Every map the data path pins, for inspection and uninstall.
-    pub const ALL: [&str; 29] = [
+    pub const ALL: [&str; 30] = [
         SVC4,
         BACKEND4,
         REVNAT4,
@@ -130,6 +135,7 @@ pub mod map_names {
         AFFINITY6,
         AFFINITY_MATCH6,
         MAGLEV6,
+        TC6_CALLS,
     ];
     /// Names earlier versions pinned and nothing reads any more: the agent removes
     /// their pins (a program of the old agent still running keeps its map alive
@@ -174,6 +180,30 @@ pub mod capacity {
 /// token bucket per CPU, kept as the theoretical arrival time of the next answer
 /// (GCRA). An answer is sent when that time is at most [`reject_rate::BURST`]
 /// intervals ahead of now; otherwise the packet is dropped unanswered.
+/// The IPv6 TC programs' tail calls: the parts of the IPv6 path that run in a program
+/// of their own (its headers and keys would not fit one program's 512 bytes of eBPF
+/// stack), by their index in [`map_names::TC6_CALLS`]; [`tc6_calls::PROGRAMS`] names
+/// the program each index holds.
+pub mod tc6_calls {
+    /// The rest of a new flow at ingress (backend, conntrack, SNAT, rewrite, route).
+    pub const NEW_FLOW: u32 = 0;
+    /// An ICMPv6 error at ingress.
+    pub const ICMP_INGRESS: u32 = 1;
+    /// An ICMPv6 error at egress.
+    pub const ICMP_EGRESS: u32 = 2;
+    /// The answer to a refused packet.
+    pub const REJECT: u32 = 3;
+    /// Entries of the map.
+    pub const COUNT: u32 = 4;
+    /// (index, program name), every index.
+    pub const PROGRAMS: [(u32, &str); 4] = [
+        (NEW_FLOW, "lb6_tc_new"),
+        (ICMP_INGRESS, "lb6_tc_icmp_in"),
+        (ICMP_EGRESS, "lb6_tc_icmp_eg"),
+        (REJECT, "lb6_tc_reject"),
+    ];
+}
+
 pub mod reject_rate {
     /// Answers per second and CPU, in the long run.
     pub const PER_SECOND: u64 = 1_000;

@@ -34,6 +34,8 @@ pub enum Cause {
     DeviceMissing,
     /// The FIB has no route for a packet this node must forward itself.
     NoRoute,
+    /// An IPv6 tail call failed (the agent has not filled the program array).
+    TailCall,
 }
 
 impl Error {

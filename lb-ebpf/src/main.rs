@@ -11,7 +11,8 @@
 //! - `maglev.rs`: backend selection by a frontend's Maglev table (TC, new flows);
 //! - `sock4.rs`: the IPv4 socket hooks (connect4, sendmsg4, recvmsg4, getpeername4);
 //! - `bind4.rs`: post_bind4, which keeps NodePorts' ports from local listeners;
-//! - `tc/`: the IPv4 TC programs (parse, rewrite, conntrack, snat, route, icmp, reject);
+//! - `tc/`: the TC programs of both families (parse, rewrite, conntrack, snat, route,
+//!   icmp, reject), one pair per family from the same code;
 //! - `stale.rs`: socket iterators that destroy connected sockets whose backend left
 //!   their service (with the kill map they read);
 //! - `maps.rs`, `maps6.rs`: the IPv4 and IPv6 maps and the helpers that read them;
@@ -67,12 +68,43 @@ pub fn sock4_post_bind(ctx: SockContext) -> i32 {
 
 #[classifier]
 pub fn lb4_tc_ingress(ctx: TcContext) -> i32 {
-    tc::ingress(&ctx)
+    tc::ingress::<family::V4>(&ctx)
 }
 
 #[classifier]
 pub fn lb4_tc_egress(ctx: TcContext) -> i32 {
-    tc::egress(&ctx)
+    tc::egress::<family::V4>(&ctx)
+}
+
+#[classifier]
+pub fn lb6_tc_ingress(ctx: TcContext) -> i32 {
+    tc::ingress::<family::V6>(&ctx)
+}
+
+#[classifier]
+pub fn lb6_tc_egress(ctx: TcContext) -> i32 {
+    tc::egress::<family::V6>(&ctx)
+}
+
+// The IPv6 TC programs' tail calls (lb_common::tc6_calls, filled by the agent).
+#[classifier]
+pub fn lb6_tc_new(ctx: TcContext) -> i32 {
+    tc::new_flow_tail::<family::V6>(&ctx)
+}
+
+#[classifier]
+pub fn lb6_tc_icmp_in(ctx: TcContext) -> i32 {
+    tc::icmp6_tail(&ctx, true)
+}
+
+#[classifier]
+pub fn lb6_tc_icmp_eg(ctx: TcContext) -> i32 {
+    tc::icmp6_tail(&ctx, false)
+}
+
+#[classifier]
+pub fn lb6_tc_reject(ctx: TcContext) -> i32 {
+    tc::reject_tail::<family::V6>(&ctx)
 }
 
 // Socket iterators: aya-ebpf 0.2 has no `iter` macro; the section name is what aya's

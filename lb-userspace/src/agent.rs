@@ -26,7 +26,7 @@ use socklb_core::{
 
 use crate::{
     datapath::{
-        DatapathError, devices as node, kernel,
+        DatapathError, attachment, devices as node, kernel,
         reconcile::Reconciler,
         service_maps::{self, KernelFamily},
         stale_sockets::{SocketIterators, StaleSockets},
@@ -115,6 +115,24 @@ pub fn plan_from_dir(dir: &Path, node: &str) -> Result<(Plan, Vec<String>), Agen
     let plan = plan::compute_plan(&set.services, &set.slices, &node_model);
     let warnings = set.warnings.iter().map(|w| w.to_string()).collect();
     Ok((plan, warnings))
+}
+
+/// The desired map state of a manifest directory for `node`, as the agent builds it
+/// (its owners too, which decide who gets the room in full maps).
+pub fn desired_from_dir(dir: &Path, node: &str) -> Result<DesiredState, AgentError> {
+    let set = manifests::load_dir(dir).map_err(|e| AgentError::Manifests {
+        path: dir.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let node_model = set.node(node);
+    let mut state = ClusterState::new(node_model.clone());
+    state.apply(ClusterEvent::Snapshot {
+        services: set.services,
+        slices: set.slices,
+        node: node_model,
+    });
+    state.recompute();
+    Ok(state.index().desired.clone())
 }
 
 /// Runs until `shutdown` resolves. The data path stays in place afterwards.
@@ -237,6 +255,8 @@ pub async fn run_agent(
         "socket hooks and TC programs attached"
     );
     let mut reconciler = Reconciler::adopt(maps, sizes.capacity())?;
+    let mut attachment = AttachmentWatch::new(&opts.pin_dir, &opts.cgroup, devices.clone());
+    attachment.check(&health);
     let mut incomplete_log = IncompleteLog::default();
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -291,6 +311,7 @@ pub async fn run_agent(
             () = sleep => {}
             _ = housekeeping.tick() => {
                 housekeep(&mut reconciler, &mut node_addrs, metrics, sizes);
+                attachment.check(&health);
                 if service_health_failed && ready {
                     let failed = service_health.update(service_health::desired_health_checks_for_state(&state)).await;
                     service_health_failed = !failed.is_empty();
@@ -529,6 +550,7 @@ fn report_programmed(
     let counts = reconciler.incomplete_counts();
     let fill = service_maps::fill_rows(reconciler);
     metrics.set_programmed(&counts, &fill);
+    metrics.set_maglev(&service_maps::maglev_rows(reconciler));
     let summary = counts
         .capacity_short()
         .then(|| incomplete_summary(&counts, &fill, &reconciler.incomplete(), desired));
@@ -635,6 +657,53 @@ fn flag_of(map: &str) -> &'static str {
         .iter()
         .find(|(m, ..)| *m == map)
         .map_or("-", |(_, _, flag)| *flag)
+}
+
+/// Asks the kernel whether the programs are still attached where the agent attached
+/// them (a removed cgroup or device, a `bpftool link detach`), and says so on
+/// /healthz, /readyz and in the log when that changes.
+struct AttachmentWatch {
+    pin_dir: std::path::PathBuf,
+    cgroup: std::path::PathBuf,
+    devices: Vec<kernel::Device>,
+    last: Vec<String>,
+}
+
+impl AttachmentWatch {
+    fn new(
+        pin_dir: &std::path::Path,
+        cgroup: &std::path::Path,
+        devices: Vec<kernel::Device>,
+    ) -> Self {
+        Self {
+            pin_dir: pin_dir.to_path_buf(),
+            cgroup: cgroup.to_path_buf(),
+            devices,
+            last: Vec::new(),
+        }
+    }
+
+    fn check(&mut self, health: &Health) {
+        let problems = match attachment::cgroup_id(&self.cgroup) {
+            Some(id) => attachment::check(
+                &self.pin_dir,
+                &attachment::Expected {
+                    cgroup: Some(id),
+                    devices: &self.devices,
+                },
+            ),
+            None => vec![format!("cgroup {} is gone", self.cgroup.display())],
+        };
+        if problems != self.last {
+            if problems.is_empty() {
+                info!("every hook is attached again");
+            } else {
+                warn!(problems = ?problems, "the data path is not attached as configured (restart the agent to attach it again)");
+            }
+        }
+        health.set_detached((!problems.is_empty()).then(|| problems.join("; ")));
+        self.last = problems;
+    }
 }
 
 /// This node's addresses that NodePorts answer on, per family.

@@ -160,11 +160,21 @@ enum Command {
         output: Output,
         #[command(flatten)]
         balancing: BalancingArgs,
+        /// Say whether the plan fits in maps of the --map-size-* sizes (both
+        /// families), which frontends would not be programmed, and exit non-zero
+        /// when something does not fit.
+        #[arg(long)]
+        capacity: bool,
+        #[command(flatten)]
+        map_sizes: MapSizeArgs,
     },
     /// Show what the pinned maps hold right now.
     Status {
         #[arg(long, default_value = kernel::DEFAULT_PIN_DIR)]
         bpffs: PathBuf,
+        /// The cgroup the socket hooks must be attached to (default: any live one).
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
@@ -227,6 +237,27 @@ impl MapSizeArgs {
             maglev: MaglevConfig::default(),
         }
     }
+}
+
+/// `plan --capacity -o json`'s capacity part.
+fn fit_json(fit: &socklb_core::maps::fit::FitReport) -> serde_json::Value {
+    use socklb_core::maps::diff::Incomplete;
+    serde_json::json!({
+        "fits": fit.fits(),
+        "maps": fit.maps.iter().map(|m| serde_json::json!({
+            "map": m.map, "used": m.used, "capacity": m.capacity,
+        })).collect::<Vec<_>>(),
+        "not_programmed": fit.unfit.iter().map(|u| serde_json::json!({
+            "frontend": u.frontend.to_string(),
+            "service": u.service.as_ref().map(ToString::to_string),
+            "reason": u.why.reason(),
+            "backends": match u.why {
+                Incomplete::BackendsTruncated { programmed, wanted } => serde_json::json!({"programmed": programmed, "wanted": wanted}),
+                _ => serde_json::Value::Null,
+            },
+        })).collect::<Vec<_>>(),
+        "maglev_full": fit.maglev_full.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    })
 }
 
 fn map_size(s: &str) -> Result<u32, String> {
@@ -340,24 +371,70 @@ fn run() -> anyhow::Result<()> {
             node,
             output,
             balancing,
+            capacity,
+            map_sizes,
         } => {
             let maglev = balancing.config()?;
-            let (plan, warnings) = agent::plan_from_dir(&manifests, &node_name(node)?)?;
+            let node = node_name(node)?;
+            let (plan, warnings) = agent::plan_from_dir(&manifests, &node)?;
             let plan = plan.with_balancing(&maglev);
             for w in warnings {
                 tracing::warn!("skipped: {w}");
             }
-            match output {
-                Output::Json => println!("{}", plan.to_json()),
-                Output::Table => print!("{}", plan.render_table()),
+            let fit = if capacity {
+                let desired = agent::desired_from_dir(&manifests, &node)?;
+                let sizes = kernel::MapSizes {
+                    maglev,
+                    ..map_sizes.sizes()
+                };
+                Some(socklb_core::maps::fit::fit(&desired, sizes.capacity()))
+            } else {
+                None
+            };
+            match (output, &fit) {
+                (Output::Json, None) => println!("{}", plan.to_json()),
+                (Output::Json, Some(fit)) => {
+                    let plan: serde_json::Value = serde_json::from_str(&plan.to_json())?;
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&serde_json::json!({
+                            "plan": plan,
+                            "capacity": fit_json(fit),
+                        }))?
+                    );
+                }
+                (Output::Table, _) => {
+                    print!("{}", plan.render_table());
+                    if let Some(fit) = &fit {
+                        print!("\n{}", fit.render());
+                    }
+                }
+            }
+            if let Some(fit) = fit.filter(|f| !f.fits()) {
+                anyhow::bail!(
+                    "{} frontends do not fit in maps of these sizes",
+                    fit.unfit.len() + fit.maglev_full.len()
+                );
             }
         }
-        Command::Status { bpffs, output } => {
-            let report = status::read_status(&bpffs)
+        Command::Status {
+            bpffs,
+            cgroup,
+            output,
+        } => {
+            let options = status::StatusOptions { cgroup };
+            let report = status::read_status(&bpffs, &options)
                 .with_context(|| format!("reading the maps pinned in {}", bpffs.display()))?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
                 Output::Table => print!("{}", report.render_table()),
+            }
+            // The report is printed either way; the exit status tells a script.
+            if !report.attachment_problems.is_empty() {
+                anyhow::bail!(
+                    "the data path is not attached: {}",
+                    report.attachment_problems.join("; ")
+                );
             }
         }
         Command::MountBpffs { path } => {

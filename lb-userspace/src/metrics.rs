@@ -75,6 +75,10 @@ pub struct SyncMetrics {
     /// Entries the agent keeps in each sized map, and its size.
     pub map_entries: Family<MapLabels, Gauge>,
     pub map_capacity: Family<MapLabels, Gauge>,
+    /// Maglev tables in use and room for, per family's map, and their memory.
+    pub maglev_tables: Family<MapLabels, Gauge>,
+    pub maglev_tables_capacity: Family<MapLabels, Gauge>,
+    pub maglev_bytes: Family<MapLabels, Gauge>,
 }
 
 /// Why frontends are not programmed (`maps_full`, `backends_truncated`,
@@ -186,6 +190,9 @@ impl Default for SyncMetrics {
             frontends_not_programmed: Family::default(),
             map_entries: Family::default(),
             map_capacity: Family::default(),
+            maglev_tables: Family::default(),
+            maglev_tables_capacity: Family::default(),
+            maglev_bytes: Family::default(),
         }
     }
 }
@@ -317,6 +324,21 @@ impl Metrics {
         );
 
         r.register(
+            "socklb_maglev_tables",
+            "Maglev tables in use (one per external frontend that forwards, with --lb-algorithm maglev), per family's map",
+            sync.maglev_tables.clone(),
+        );
+        r.register(
+            "socklb_maglev_tables_capacity",
+            "Maglev tables each map has room for (--maglev-max-tables)",
+            sync.maglev_tables_capacity.clone(),
+        );
+        r.register(
+            "socklb_maglev_bytes",
+            "Memory of the Maglev tables in use (bytes; the map itself is preallocated for its capacity)",
+            sync.maglev_bytes.clone(),
+        );
+        r.register(
             "socklb_kube_watch_events",
             "Watch events received from the API server",
             kube.watch_events.clone(),
@@ -405,6 +427,23 @@ impl Metrics {
 
 impl SyncMetrics {
     /// Shows what is not programmed and how full the maps are.
+    /// Maglev tables per family's map: (map, tables in use, room for, bytes per table).
+    pub fn set_maglev(&self, rows: &[(&'static str, u32, u32, u64)]) {
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        for &(map, in_use, capacity, table_bytes) in rows {
+            let labels = MapLabels { map };
+            self.maglev_tables
+                .get_or_create(&labels)
+                .set(i64::from(in_use));
+            self.maglev_tables_capacity
+                .get_or_create(&labels)
+                .set(i64::from(capacity));
+            self.maglev_bytes
+                .get_or_create(&labels)
+                .set(gauge(u64::from(in_use) * table_bytes));
+        }
+    }
+
     /// Frontends not programmed by reason, and (map, entries, capacity) rows.
     pub fn set_programmed(
         &self,
@@ -533,5 +572,23 @@ mod tests {
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
         assert_eq!(text.matches("# TYPE socklb_syncs counter").count(), 1);
+    }
+
+    #[test]
+    fn maglev_tables_and_their_memory_per_family() {
+        let metrics = Metrics::new();
+        metrics.sync.set_maglev(&[
+            ("lb4_maglev_v1", 3, 64, 65_524),
+            ("lb6_maglev_v1", 0, 64, 65_524),
+        ]);
+        let text = metrics.encode();
+        for line in [
+            "socklb_maglev_tables{map=\"lb4_maglev_v1\"} 3\n",
+            "socklb_maglev_tables{map=\"lb6_maglev_v1\"} 0\n",
+            "socklb_maglev_tables_capacity{map=\"lb4_maglev_v1\"} 64\n",
+            "socklb_maglev_bytes{map=\"lb4_maglev_v1\"} 196572\n",
+        ] {
+            assert!(text.contains(line), "{line}: {text}");
+        }
     }
 }

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -58,7 +58,7 @@ pub struct Service {
     pub namespace: String,
     pub name: String,
     /// None for headless services (`clusterIP: None`) or when unset.
-    pub cluster_ip: Option<Ipv4Addr>,
+    pub cluster_ip: Option<IpAddr>,
     pub ports: Vec<ServicePort>,
 }
 
@@ -80,6 +80,8 @@ pub struct SlicePort {
 /// An EndpointSlice endpoint (its first address).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SliceEndpoint {
+    /// The pod: its IPv4 address, also for an IPv6 slice (the IPv4 address the IPv6
+    /// twin stands for, see [`crate::family`]): every sandbox pod has both.
     pub address: Ipv4Addr,
     /// `conditions.ready`; a missing value means ready.
     pub ready: bool,
@@ -321,11 +323,12 @@ fn parse_slice(v: &Value) -> Result<Option<Slice>> {
     let name = str_at(v, &["metadata", "name"]).context("EndpointSlice without metadata.name")?;
     let namespace = str_at(v, &["metadata", "namespace"]).unwrap_or("default");
     let what = format!("EndpointSlice {namespace}/{name}");
-    if v.get("addressType")
-        .and_then(Value::as_str)
-        .unwrap_or("IPv4")
-        != "IPv4"
-    {
+    if !matches!(
+        v.get("addressType")
+            .and_then(Value::as_str)
+            .unwrap_or("IPv4"),
+        "IPv4" | "IPv6"
+    ) {
         return Ok(None);
     }
     let service = v
@@ -363,7 +366,11 @@ fn parse_slice(v: &Value) -> Result<Option<Slice>> {
         };
         let address = addr
             .parse()
-            .with_context(|| format!("{what}: bad address {addr}"))?;
+            .ok()
+            .and_then(crate::family::pod_key)
+            .with_context(|| {
+                format!("{what}: {addr} is not a test address (IPv4, or the IPv6 twin of one)")
+            })?;
         let ready = e
             .pointer("/conditions/ready")
             .and_then(Value::as_bool)
@@ -437,7 +444,7 @@ items:
         m.add_yaml(YAML).unwrap();
         assert_eq!(m.services.len(), 2);
         let web = m.service("demo", "web").unwrap();
-        assert_eq!(web.cluster_ip, Some(Ipv4Addr::new(10, 96, 0, 10)));
+        assert_eq!(web.cluster_ip, Some(Ipv4Addr::new(10, 96, 0, 10).into()));
         assert_eq!(web.ports[1].protocol, Protocol::Udp);
         let empty = m.service("default", "empty").unwrap();
         assert_eq!(empty.ports[0].protocol, Protocol::Tcp);

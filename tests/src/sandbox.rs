@@ -1,12 +1,16 @@
 //! The topology: a "node" network namespace holding a bridge, and one network namespace
-//! per pod address, each joined to the bridge by a veth pair. No default route anywhere:
-//! an untranslated packet to a service address has nowhere to go.
+//! per pod address, each joined to the bridge by a veth pair. No default route anywhere,
+//! in either family: an untranslated packet to a service address has nowhere to go.
+//! Dual-stack: the bridge and every pod also have the IPv6 twin of their IPv4 address
+//! ([`crate::family`]: 10.244.1.10/16 is also fd00:10:244:1::10/48), so one sandbox
+//! serves a test in either family; a pod is named by its IPv4 address.
 //!
 //! ```text
 //!   node netns (slbP-N)                       pod netns (slbP-M), one per pod
 //!   ┌───────────────────────────────┐         ┌──────────────────────────┐
 //!   │ lo                            │         │ lo                       │
 //!   │ br0 10.244.0.1/16 ── vh0 ─────┼─ veth ──┼─ eth0 10.244.1.10/16     │
+//!   │ fd00:10:244::1/48             │         │ fd00:10:244:1::10/48     │
 //!   │                  └── vh1 ─────┼─ veth ──┼─ ...                     │
 //!   └───────────────────────────────┘         └──────────────────────────┘
 //! ```
@@ -91,6 +95,7 @@ impl Topology {
         let bridge = format!("{}/{}", self.bridge_addr, self.prefix);
         node.ip(["link", "add", BRIDGE, "type", "bridge"])?;
         node.ip(["addr", "add", &bridge, "dev", BRIDGE])?;
+        add_v6_twin(&node, BRIDGE, self.bridge_addr, self.prefix)?;
         node.ip(["link", "set", BRIDGE, "up"])?;
         assert_no_default_route(&node)?;
         let mut sb = Sandbox {
@@ -165,6 +170,15 @@ fn in_subnet(ip: Ipv4Addr, net: Ipv4Addr, prefix: u8) -> bool {
     (u32::from(ip) & mask) == (u32::from(net) & mask)
 }
 
+/// Gives `dev` the IPv6 twin of `v4`/`prefix`, without duplicate address detection
+/// (usable at once; the sandbox is the only user of its addresses).
+fn add_v6_twin(ns: &NetNs, dev: &str, v4: Ipv4Addr, prefix: u8) -> Result<()> {
+    let family = crate::family::Family::V6;
+    let addr = format!("{}/{}", family.ip(v4), family.prefix(prefix));
+    ns.ip(["-6", "addr", "add", &addr, "dev", dev, "nodad"])?;
+    Ok(())
+}
+
 /// Fails when the namespace has a default route (it never should).
 pub fn assert_no_default_route(ns: &NetNs) -> Result<()> {
     for family in ["-4", "-6"] {
@@ -199,6 +213,11 @@ impl Sandbox {
 
     pub fn pod(&self, ip: Ipv4Addr) -> Option<&Pod> {
         self.pods.get(&ip)
+    }
+
+    /// The pod with address `ip` in either family.
+    pub fn pod_at(&self, ip: std::net::IpAddr) -> Option<&Pod> {
+        self.pods.get(&crate::family::pod_key(ip)?)
     }
 
     /// Names of every namespace of the sandbox (node first).
@@ -257,6 +276,7 @@ impl Sandbox {
                 "dev",
                 POD_IF,
             ])?;
+            add_v6_twin(&ns, POD_IF, ip, self.prefix)?;
             ns.ip(["link", "set", POD_IF, "up"])?;
             assert_no_default_route(&ns)
         };

@@ -121,7 +121,11 @@ fn a_kill_between_the_steps_of_a_link_swap_is_repaired_and_uninstalled() {
         .into_iter()
         .filter(|p| p.starts_with("link_tc_"))
         .collect();
-    assert_eq!(tc.len(), 2, "ingress and egress on lan0: {tc:?}");
+    assert_eq!(
+        tc.len(),
+        4,
+        "ingress and egress of both families on lan0: {tc:?}"
+    );
     let clean = maps::clean_pins(&tc);
     assert_eq!(pins.entries(), clean);
     let all_links = links();

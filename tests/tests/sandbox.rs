@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use socklb_tests::child::pid_alive;
+use socklb_tests::family::Family;
 use socklb_tests::netns::netns_exists;
 use socklb_tests::{
     PinDir, Sandbox, TcpProbe, TestCgroup, Topology, UdpProbe, probe_bin, require_privileges,
@@ -27,6 +28,11 @@ const UDP_PORT: u16 = 5353;
 
 fn addr(ip: Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::from((ip, port))
+}
+
+/// A pod's address in `family` (its IPv6 twin for IPv6).
+fn addr_in(family: Family, ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::new(family.ip(ip), port)
 }
 
 /// What must be gone after the guards dropped.
@@ -84,6 +90,8 @@ fn start_servers(sb: &mut Sandbox) {
     }
 }
 
+/// Every pod answers in both families (the sandbox is dual-stack); the IPv4 and the
+/// IPv6 runs share one sandbox.
 #[test]
 fn two_pods_answer_tcp_and_udp_then_everything_is_removed() {
     if !require_privileges() {
@@ -97,8 +105,12 @@ fn two_pods_answer_tcp_and_udp_then_everything_is_removed() {
         start_servers(&mut sb);
         gone.record(&sb, &cg, &pins);
 
-        for ip in [POD_A, POD_B] {
+        for (family, ip) in Family::BOTH
+            .into_iter()
+            .flat_map(|f| [(f, POD_A), (f, POD_B)])
+        {
             let id = format!("pod-{ip}");
+            let addr = |ip, port| addr_in(family, ip, port);
             // TCP from the node namespace, inside the (hook-less) test cgroup.
             let r = sb
                 .tcp_probe(
@@ -133,20 +145,22 @@ fn two_pods_answer_tcp_and_udp_then_everything_is_removed() {
             }
         }
 
-        // A port nobody serves: the pod's kernel refuses.
-        let r = sb
-            .tcp_probe(None, &TcpProbe::new(addr(POD_A, 9)).count(2))
-            .unwrap();
-        assert_eq!(r.error("ECONNREFUSED"), 2, "{r:?}");
+        for family in Family::BOTH {
+            // A port nobody serves: the pod's kernel refuses.
+            let r = sb
+                .tcp_probe(None, &TcpProbe::new(addr_in(family, POD_A, 9)).count(2))
+                .unwrap();
+            assert_eq!(r.error("ECONNREFUSED"), 2, "{family}: {r:?}");
 
-        // An address outside every namespace's routes: nothing can leave.
-        let r = sb
-            .tcp_probe(
-                None,
-                &TcpProbe::new("10.96.0.10:80".parse().unwrap()).count(1),
-            )
-            .unwrap();
-        assert_eq!(r.error("ENETUNREACH"), 1, "{r:?}");
+            // An address outside every namespace's routes: nothing can leave.
+            let r = sb
+                .tcp_probe(
+                    None,
+                    &TcpProbe::new(family.sock_str("10.96.0.10:80")).count(1),
+                )
+                .unwrap();
+            assert_eq!(r.error("ENETUNREACH"), 1, "{family}: {r:?}");
+        }
 
         // Only the probes ran in the cgroup and they are gone.
         assert!(wait_until(Duration::from_secs(2), || cg.procs().is_empty()));

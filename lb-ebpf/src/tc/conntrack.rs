@@ -1,29 +1,25 @@
 //! Conntrack of external flows: one entry per direction, created with the flow and
-//! refreshed by its packets in both directions.
+//! refreshed by its packets in both directions; once for both families.
 use aya_ebpf::{bindings::BPF_ANY, programs::TcContext};
 use lb_common::{
     CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_FLAG_CLOSING, CT_FLAG_ESTABLISHED, CT_FLAG_ROUTE,
-    CT_FLAG_SNAT, Ct4Key, Ct4Value, IPPROTO_TCP, ct_lifetime,
+    CT_FLAG_SNAT, IPPROTO_TCP, ct_lifetime,
 };
 
 use super::{
+    family::{CtValue, TcFamily, Tuple},
     hdr::tcp,
     parse::{Frag, Packet},
     snat,
 };
-use crate::{
-    error::Error,
-    family::V4,
-    lb::Selection,
-    maps::{CT4, is_node_addr},
-};
+use crate::{error::Error, family::Family, lb::Selection};
 
 /// Conntrack entries are refreshed at most this often (or when the flow's flags change).
 const CT_REFRESH_NS: u64 = 1_000_000_000;
 
 /// The lifetime a packet gives its flow, and the flags it adds.
 #[inline(always)]
-pub fn lifetime(p: &Packet, flags: u8) -> (u64, u8) {
+pub fn lifetime<F: Family>(p: &Packet<F>, flags: u8) -> (u64, u8) {
     if p.proto != IPPROTO_TCP {
         return (ct_lifetime::UDP_NS, flags);
     }
@@ -42,53 +38,46 @@ pub fn lifetime(p: &Packet, flags: u8) -> (u64, u8) {
 
 /// The live conntrack entry for this packet, refreshed; None when absent or expired.
 #[inline(always)]
-pub fn ct_track(p: &Packet, now: u64) -> Option<Ct4Value> {
-    let key = p.ct_key();
-    let entry = CT4.get_ptr_mut(&key)?;
+pub fn ct_track<F: TcFamily>(p: &Packet<F>, now: u64) -> Option<F::CtValue> {
+    let map = F::ct_map();
+    let entry = map.get_ptr_mut(&p.ct_key())?;
     // SAFETY: a value pointer of this map; the entry may be updated concurrently by
     // another CPU, which at worst loses one refresh.
     let value = unsafe { &mut *entry };
-    if value.expires_ns < now {
+    if value.expires_ns() < now {
         return None;
     }
     // A client reusing the tuple of a closing flow starts a new flow (and may get
     // another backend), instead of inheriting the old one's last seconds.
     let first_syn = p.tcp_flags & tcp::SYN != 0 && p.tcp_flags & tcp::ACK == 0;
-    if first_syn && value.flags & CT_FLAG_CLOSING != 0 && value.direction == CT_DIR_ORIGINAL {
+    if first_syn && value.flags() & CT_FLAG_CLOSING != 0 && value.direction() == CT_DIR_ORIGINAL {
         return None;
     }
-    let (life, flags) = lifetime(p, value.flags);
+    let (life, flags) = lifetime(p, value.flags());
     let expires = now + life;
-    let closing_now = flags & CT_FLAG_CLOSING != 0 && value.flags & CT_FLAG_CLOSING == 0;
+    let closing_now = flags & CT_FLAG_CLOSING != 0 && value.flags() & CT_FLAG_CLOSING == 0;
     // Refresh at most about once a second, or when the flow starts closing.
-    if flags != value.flags
-        || expires > value.expires_ns + CT_REFRESH_NS
-        || expires < value.expires_ns
+    if flags != value.flags()
+        || expires > value.expires_ns() + CT_REFRESH_NS
+        || expires < value.expires_ns()
     {
-        value.flags = flags;
-        value.expires_ns = expires;
+        value.set_flags(flags);
+        value.set_expires_ns(expires);
         // The flow lives as long as either direction is active: a one-way stream (say
         // UDP from the backend) keeps the other direction's entry too. A FIN or RST
         // closes the flow, not one direction: the other entry (which a RST's peer
         // never refreshes, and which may hold the SNAT port) expires as soon.
-        let opposite = Ct4Key {
-            saddr: value.to_daddr,
-            daddr: value.to_saddr,
-            sport: value.to_dport,
-            dport: value.to_sport,
-            proto: p.proto,
-            pad: [0; 3],
-        };
-        if let Some(other) = CT4.get_ptr_mut(&opposite) {
+        let opposite = F::ct_key(&value.to().reversed(), p.proto);
+        if let Some(other) = map.get_ptr_mut(&opposite) {
             // SAFETY: as above.
             let other = unsafe { &mut *other };
             if closing_now {
-                other.flags |= CT_FLAG_CLOSING;
-                if other.expires_ns > expires {
-                    other.expires_ns = expires;
+                other.set_flags(other.flags() | CT_FLAG_CLOSING);
+                if other.expires_ns() > expires {
+                    other.set_expires_ns(expires);
                 }
-            } else if other.flags & CT_FLAG_CLOSING == 0 && other.expires_ns < expires {
-                other.expires_ns = expires;
+            } else if other.flags() & CT_FLAG_CLOSING == 0 && other.expires_ns() < expires {
+                other.set_expires_ns(expires);
             }
         }
     }
@@ -96,10 +85,10 @@ pub fn ct_track(p: &Packet, now: u64) -> Option<Ct4Value> {
 }
 
 /// What creating a new flow's entries came to.
-pub enum Created {
+pub enum Created<V> {
     /// Both directions are tracked; the packet is rewritten as this original-direction
     /// entry says.
-    Tracked(Ct4Value),
+    Tracked(V),
     /// The flow needs SNAT and every port tried was taken: nothing was written.
     NoSnatPort,
     /// An entry could not be written (the map is full): nothing is left behind.
@@ -110,66 +99,59 @@ pub enum Created {
 /// direction first (it holds the SNAT port), with the source rewritten to the node's
 /// address and a free port when `snat`.
 #[inline(always)]
-pub fn create(
+pub fn create<F: TcFamily>(
     ctx: &TcContext,
-    p: &Packet,
-    picked: &Selection<V4>,
+    p: &Packet<F>,
+    picked: &Selection<F>,
     snat: bool,
     now: u64,
-) -> Result<Created, Error> {
-    let (backend_id, backend) = (picked.backend_id, &picked.backend);
+) -> Result<Created<F::CtValue>, Error> {
+    let map = F::ct_map();
+    let backend_id = picked.backend_id;
+    let (backend_addr, backend_port, _) = F::backend(&picked.backend);
     let (life, flags) = lifetime(p, 0);
     // The reply direction: backend -> (node address, SNAT port) or -> client.
-    let mut reply_key = Ct4Key {
-        saddr: backend.address,
+    let mut reply_tuple = Tuple {
+        saddr: backend_addr,
         daddr: p.saddr,
-        sport: backend.port,
+        sport: backend_port,
         dport: p.sport,
-        proto: p.proto,
-        pad: [0; 3],
     };
     let flags = flags | if snat { CT_FLAG_SNAT } else { 0 };
     // Replies leave as the frontend: a NodePort's frontend is a node address.
-    let reply_route = if is_node_addr(p.daddr) {
+    let reply_route = if F::is_node_addr(&p.daddr) {
         CT_FLAG_ROUTE
     } else {
         0
     };
-    let reply = Ct4Value {
-        to_saddr: p.daddr,
-        to_daddr: p.saddr,
-        to_sport: p.dport,
-        to_dport: p.sport,
-        flags: flags | reply_route,
-        direction: CT_DIR_REPLY,
-        pad: [0; 2],
-        expires_ns: now + life,
+    let reply = F::CtValue::new(
+        &p.tuple().reversed(),
+        flags | reply_route,
+        CT_DIR_REPLY,
+        now + life,
         backend_id,
-        pad2: 0,
-    };
+    );
     if snat {
-        reply_key.daddr = snat::address(ctx)?;
-        if !snat::insert_with_free_port(&mut reply_key, &reply) {
+        reply_tuple.daddr = snat::address::<F>(ctx)?;
+        if !snat::insert_with_free_port::<F>(&mut reply_tuple, p.proto, &reply) {
             return Ok(Created::NoSnatPort);
         }
-    } else if CT4.insert(&reply_key, &reply, BPF_ANY as u64).is_err() {
+    } else if map
+        .insert(&F::ct_key(&reply_tuple, p.proto), &reply, BPF_ANY as u64)
+        .is_err()
+    {
         return Ok(Created::Failed);
     }
-    let original = Ct4Value {
-        to_saddr: reply_key.daddr,
-        to_daddr: backend.address,
-        to_sport: reply_key.dport,
-        to_dport: backend.port,
+    let original = F::CtValue::new(
+        &reply_tuple.reversed(),
         // SNATed packets leave with the device's (node) address.
-        flags: flags | if snat { CT_FLAG_ROUTE } else { 0 },
-        direction: CT_DIR_ORIGINAL,
-        pad: [0; 2],
-        expires_ns: now + life,
+        flags | if snat { CT_FLAG_ROUTE } else { 0 },
+        CT_DIR_ORIGINAL,
+        now + life,
         backend_id,
-        pad2: 0,
-    };
-    if CT4.insert(&p.ct_key(), &original, BPF_ANY as u64).is_err() {
-        let _ = CT4.remove(&reply_key);
+    );
+    if map.insert(&p.ct_key(), &original, BPF_ANY as u64).is_err() {
+        let _ = map.remove(&F::ct_key(&reply_tuple, p.proto));
         return Ok(Created::Failed);
     }
     Ok(Created::Tracked(original))

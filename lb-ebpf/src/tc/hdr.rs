@@ -3,6 +3,9 @@
 /// The IPv4 header starts right after the Ethernet header.
 pub const IP4_OFF: usize = eth::HLEN;
 
+/// The IPv6 header starts right after the Ethernet header.
+pub const IP6_OFF: usize = eth::HLEN;
+
 /// IP protocol number of ICMP (TCP and UDP: [`lb_common`]).
 pub const IPPROTO_ICMP: u8 = 1;
 
@@ -18,6 +21,8 @@ pub mod eth {
     pub const PROTO: usize = 12;
     /// EtherType of IPv4.
     pub const P_IP: u16 = 0x0800;
+    /// EtherType of IPv6.
+    pub const P_IPV6: u16 = 0x86dd;
 }
 
 /// IPv4 (RFC 791).
@@ -120,4 +125,78 @@ pub mod icmp {
     pub const QUOTED_L4: usize = 8;
     pub const TIME_EXCEEDED: u8 = 11;
     pub const PARAMETERPROB: u8 = 12;
+}
+
+/// IPv6 (RFC 8200).
+pub mod ip6 {
+    /// Version (high nibble of the first byte), traffic class, flow label.
+    pub const VER_TC_FLOW: usize = 0;
+    /// Payload length: what follows the fixed header (extension headers included);
+    /// 0 in a jumbogram.
+    pub const PAYLOAD_LEN: usize = 4;
+    /// Next Header, followed by the hop limit.
+    pub const NEXTHDR: usize = 6;
+    /// Hop limit.
+    pub const HOP_LIMIT: usize = 7;
+    /// Source address (16 bytes).
+    pub const SADDR: usize = 8;
+    /// Destination address (16 bytes).
+    pub const DADDR: usize = 24;
+    /// Length of the fixed header.
+    pub const HLEN: usize = 40;
+    /// The version nibble of IPv6.
+    pub const VERSION: u8 = 6;
+    /// The hop limit of the packets this node sends itself (Linux's default).
+    pub const DEFAULT_HOP_LIMIT: u8 = 64;
+    /// Traffic class: the ECN bits.
+    pub const ECN_MASK: u8 = 0x03;
+
+    /// Next Header values (IANA "IPv6 Extension Header Types" and protocols).
+    pub const NEXTHDR_HOP: u8 = 0;
+    pub const NEXTHDR_ROUTING: u8 = 43;
+    pub const NEXTHDR_FRAGMENT: u8 = 44;
+    pub const NEXTHDR_ESP: u8 = 50;
+    pub const NEXTHDR_AUTH: u8 = 51;
+    pub const NEXTHDR_ICMP: u8 = 58;
+    pub const NEXTHDR_NONE: u8 = 59;
+    pub const NEXTHDR_DEST: u8 = 60;
+}
+
+/// IPv6 extension headers: hop-by-hop and destination options and routing headers
+/// start with the next header and their length in 8-octet units, not counting the
+/// first 8; the fragment header is 8 octets.
+pub mod ext6 {
+    /// Next Header, followed by the length byte.
+    pub const NEXTHDR: usize = 0;
+    /// Routing header: the routing type, followed by segments left (0: this node is
+    /// the final destination).
+    pub const ROUTING_TYPE: usize = 2;
+    /// Fragment header: fragment offset (13 bits, in 8-octet units) and the M flag.
+    pub const FRAG_OFF: usize = 2;
+    /// Fragment header: identification.
+    pub const FRAG_ID: usize = 4;
+    /// Length of the fragment header.
+    pub const FRAG_HLEN: usize = 8;
+    /// FRAG_OFF: the offset bits.
+    pub const FRAG_OFFSET_MASK: u16 = 0xfff8;
+    /// FRAG_OFF: more fragments follow.
+    pub const FRAG_MF: u16 = 0x0001;
+}
+
+/// ICMPv6 (RFC 4443).
+pub mod icmp6 {
+    /// Type, followed by the code.
+    pub const TYPE: usize = 0;
+    /// Checksum (over the message and the IPv6 pseudo header).
+    pub const CSUM: usize = 2;
+    /// Header length: an error message quotes the packet it is about after it.
+    pub const HLEN: usize = 8;
+    pub const DEST_UNREACH: u8 = 1;
+    pub const PKT_TOOBIG: u8 = 2;
+    pub const TIME_EXCEED: u8 = 3;
+    pub const PARAMPROB: u8 = 4;
+    /// DEST_UNREACH code: nothing listens on the port.
+    pub const PORT_UNREACH: u8 = 4;
+    /// PARAMPROB code: an unrecognized Next Header type (the protocol is not served).
+    pub const UNK_NEXTHDR: u8 = 1;
 }

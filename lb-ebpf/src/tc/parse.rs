@@ -1,10 +1,16 @@
-//! Parsing: what the translation needs of a packet, read once per packet.
+//! Parsing: what the translation needs of a packet, read once per packet. The
+//! packet's description ([`Packet`], [`Parsed`]) is the same for both families; this
+//! file parses IPv4, `parse6.rs` IPv6.
 use aya_ebpf::{bindings::BPF_ANY, programs::TcContext};
-use lb_common::{Counter, Ct4Key, Frag4Key, Frag4Value, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{Counter, Frag4Key, Frag4Value, IPPROTO_TCP, IPPROTO_UDP};
 
-use super::hdr::{IP4_OFF, IPPROTO_ICMP, eth, ip4, l4, tcp};
+use super::{
+    family::{TcFamily, Tuple},
+    hdr::{IP4_OFF, IPPROTO_ICMP, ip4, l4, tcp},
+};
 use crate::{
     error::Error,
+    family::{Family, V4},
     maps::{FRAG4, count, get_copy},
 };
 
@@ -21,15 +27,20 @@ pub enum Frag {
 
 /// What the translation needs of a packet.
 #[derive(Clone, Copy)]
-pub struct Packet {
-    /// Where the L4 header starts (past the IPv4 options); none in a later fragment.
+pub struct Packet<F: Family> {
+    /// Where the L4 header starts (past the IPv4 options or the IPv6 extension
+    /// headers); none in a later fragment.
     pub l4_off: usize,
-    /// IP protocol: TCP or UDP (another one in [`Parsed::OtherProto`]).
+    /// Where the byte naming `proto` sits: the IPv4 protocol field, or the last Next
+    /// Header field of the IPv6 header chain (what a Parameter Problem points at).
+    pub proto_off: usize,
+    /// IP protocol (IPv6: the upper-layer protocol after the extension headers): TCP
+    /// or UDP (another one in [`Parsed::OtherProto`]).
     pub proto: u8,
     /// Source address, network byte order.
-    pub saddr: u32,
+    pub saddr: F::Addr,
     /// Destination address, network byte order.
-    pub daddr: u32,
+    pub daddr: F::Addr,
     /// Source port, network byte order (a later fragment: its first fragment's; 0
     /// for a protocol without ports).
     pub sport: u16,
@@ -42,34 +53,41 @@ pub struct Packet {
     pub tcp_flags: u8,
 }
 
-impl Packet {
-    /// The packet's conntrack key: its tuple as it arrived.
-    pub fn ct_key(&self) -> Ct4Key {
-        Ct4Key {
+impl<F: TcFamily> Packet<F> {
+    /// The packet's addresses and ports as it arrived.
+    #[inline(always)]
+    pub fn tuple(&self) -> Tuple<F::Addr> {
+        Tuple {
             saddr: self.saddr,
             daddr: self.daddr,
             sport: self.sport,
             dport: self.dport,
-            proto: self.proto,
-            pad: [0; 3],
         }
+    }
+
+    /// The packet's conntrack key: its tuple as it arrived.
+    #[inline(always)]
+    pub fn ct_key(&self) -> F::CtKey {
+        F::ct_key(&self.tuple(), self.proto)
     }
 }
 
 /// Outcome of parsing.
-pub enum Parsed {
-    /// Not IPv4, or a later fragment of an unknown datagram or of a protocol other
-    /// than TCP and UDP.
+pub enum Parsed<F: Family> {
+    /// Not ours to look at: not the family's header, a header that is bogus or cut
+    /// short, a later fragment of an unknown datagram or of a protocol other than
+    /// TCP and UDP (IPv6 also: IPsec, no next header, a routing header with segments
+    /// left, more extension headers than parsed).
     Other,
-    Flow(Packet),
-    /// IPv4 with a protocol other than TCP, UDP and ICMP (not a later fragment): no
-    /// ports, so no service; refused on a service address ([`super::reject`]).
-    OtherProto(Packet),
-    /// An ICMP message; `l4_off` is where the ICMP header starts.
+    Flow(Packet<F>),
+    /// A protocol other than TCP, UDP and ICMP (not a later fragment): no ports, so
+    /// no service; refused on a service address ([`super::reject`]).
+    OtherProto(Packet<F>),
+    /// An ICMP (ICMPv6) message; `l4_off` is where its header starts.
     Icmp {
         l4_off: usize,
-        saddr: u32,
-        daddr: u32,
+        saddr: F::Addr,
+        daddr: F::Addr,
     },
 }
 
@@ -79,7 +97,7 @@ pub enum Parsed {
 /// LLVM turns a 1-byte bound check into a form the verifier cannot use, so single
 /// bytes are read as half of a [`load_pair`].
 #[inline(always)]
-fn load<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, Error> {
+pub fn load<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, Error> {
     let start = ctx.data();
     if start + off + core::mem::size_of::<T>() <= ctx.data_end() {
         // SAFETY: inside [data, data_end), which the check above proves to the verifier.
@@ -90,17 +108,14 @@ fn load<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, Error> {
 
 /// The bytes at `off` and `off + 1`.
 #[inline(always)]
-fn load_pair(ctx: &TcContext, off: usize) -> Result<(u8, u8), Error> {
+pub fn load_pair(ctx: &TcContext, off: usize) -> Result<(u8, u8), Error> {
     let [first, second] = load::<[u8; 2]>(ctx, off)?;
     Ok((first, second))
 }
 
+/// Parses an IPv4 packet (the caller has seen the EtherType).
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Result<Parsed, Error> {
-    let eth_proto: u16 = load(ctx, eth::PROTO)?;
-    if eth_proto != eth::P_IP.to_be() {
-        return Ok(Parsed::Other);
-    }
+pub fn parse(ctx: &TcContext) -> Result<Parsed<V4>, Error> {
     let (ver_ihl, _tos) = load_pair(ctx, IP4_OFF + ip4::VER_IHL)?;
     let ihl = ip4::header_len(ver_ihl);
     if ip4::version(ver_ihl) != ip4::VERSION || ihl < ip4::MIN_HLEN {
@@ -131,6 +146,7 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, Error> {
         _ => {
             return Ok(Parsed::OtherProto(Packet {
                 l4_off,
+                proto_off: IP4_OFF + ip4::PROTO,
                 proto,
                 saddr,
                 daddr,
@@ -175,6 +191,7 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, Error> {
     }
     Ok(Parsed::Flow(Packet {
         l4_off,
+        proto_off: IP4_OFF + ip4::PROTO,
         proto,
         saddr,
         daddr,

@@ -2,14 +2,16 @@
 //! a LoadBalancer or external IP whose service has no endpoints, or to a port no
 //! service has on such an address, is turned into its answer in place and sent back
 //! out of the device it came in on. TCP gets a RST, UDP an ICMP port unreachable, any
-//! other protocol an ICMP protocol unreachable; the answer comes from the address the
-//! packet was sent to, with the Ethernet addresses swapped.
+//! other protocol an ICMP protocol unreachable (IPv6: `reject6.rs`, with ICMPv6); the
+//! answer comes from the address the packet was sent to, with the Ethernet addresses
+//! swapped. What is decided ([`answer`]) is the same for both families; this file
+//! builds IPv4's answers.
 //!
 //! No answer is due to a TCP RST, a fragment after the first, a frame for a
 //! broadcast, multicast or another host's Ethernet address, a source that is no
-//! unicast address (RFC 1122 3.2.2), a GRO-merged segment; ICMP never reaches here. Answers are rate-limited
-//! per CPU ([`lb_common::reject_rate`]) so spoofed sources cannot make the node a
-//! reflector. Every packet that comes here is dropped when it is not answered: the
+//! unicast address (RFC 1122 3.2.2, RFC 4443 2.4), a GRO-merged segment; ICMP never
+//! reaches here. Answers are rate-limited per CPU ([`lb_common::reject_rate`], one
+//! budget for both families) so spoofed sources cannot make the node a reflector. Every packet that comes here is dropped when it is not answered: the
 //! address is a service's, and nobody else owns it. That holds for a failure to build
 //! the answer too (counted as an internal error): the service's verdict is to reject,
 //! and what is left of a half-rewritten packet must not go anywhere.
@@ -22,10 +24,11 @@ use aya_ebpf::{
     },
     programs::TcContext,
 };
-use lb_common::{Counter, IPPROTO_TCP, IPPROTO_UDP, Svc4Key, reject_rate, scope};
+use lb_common::{Counter, IPPROTO_TCP, IPPROTO_UDP, reject_rate, scope};
 
 use super::{
     DROP,
+    family::TcFamily,
     hdr::{IP4_OFF, IPPROTO_ICMP, eth, icmp, ip4, tcp},
     parse::{Frag, Packet},
 };
@@ -33,7 +36,7 @@ use crate::{
     error::{Cause, Error},
     family::V4,
     lb::lookup_service,
-    maps::{REJECT_RATE4, count, is_node_addr},
+    maps::{REJECT_RATE4, count},
 };
 
 /// `__sk_buff::pkt_type` of a frame for this host's Ethernet address.
@@ -60,16 +63,16 @@ struct Ip4Hdr {
 
 /// A TCP header without options, fields in network byte order.
 #[repr(C)]
-struct TcpHdr {
-    sport: u16,
-    dport: u16,
-    seq: u32,
-    ack_seq: u32,
-    doff: u8,
-    flags: u8,
-    window: u16,
-    csum: u16,
-    urg_ptr: u16,
+pub struct TcpHdr {
+    pub sport: u16,
+    pub dport: u16,
+    pub seq: u32,
+    pub ack_seq: u32,
+    pub doff: u8,
+    pub flags: u8,
+    pub window: u16,
+    pub csum: u16,
+    pub urg_ptr: u16,
 }
 
 /// The RST answer after the Ethernet header.
@@ -98,15 +101,15 @@ const _: () = assert!(size_of::<Unreachable>() == ip4::MIN_HLEN + icmp::HLEN + Q
 /// (its external wildcard entry), and not one of this node's: a node address serves
 /// far more than services, and its unknown ports are the stack's to answer.
 #[inline(always)]
-pub fn refused_address(address: u32) -> bool {
-    let wildcard = Svc4Key::wildcard(address).with_scope(scope::EXTERNAL);
-    lookup_service::<V4>(&wildcard).is_some() && !is_node_addr(address)
+pub fn refused_address<F: TcFamily>(address: F::Addr) -> bool {
+    let wildcard = F::svc_key(address, 0, 0, scope::EXTERNAL);
+    lookup_service::<F>(&wildcard).is_some() && !F::is_node_addr(&address)
 }
 
 /// Answers `p` (a packet to a rejecting frontend or a refused address) in place and
 /// redirects it out of its device, or drops it: see the module documentation.
 #[inline(always)]
-pub fn answer(ctx: &TcContext, p: &Packet) -> i32 {
+pub fn answer<F: TcFamily>(ctx: &TcContext, p: &Packet<F>) -> i32 {
     if !answer_due(ctx, p) {
         count(Counter::NpRejectUnanswered);
         return DROP;
@@ -117,7 +120,7 @@ pub fn answer(ctx: &TcContext, p: &Packet) -> i32 {
         count(Counter::NpRejectLimited);
         return DROP;
     }
-    match build(ctx, p) {
+    match build_framed::<F>(ctx, p) {
         Ok(true) => {}
         Ok(false) => {
             count(Counter::NpRejectUnanswered);
@@ -145,11 +148,10 @@ pub fn answer(ctx: &TcContext, p: &Packet) -> i32 {
 /// offload is CHECKSUM_PARTIAL too, without gso_size; its answer goes back through
 /// the veth, whose peer does not verify checksums of such packets.)
 #[inline(always)]
-fn answer_due(ctx: &TcContext, p: &Packet) -> bool {
+fn answer_due<F: TcFamily>(ctx: &TcContext, p: &Packet<F>) -> bool {
     // SAFETY: the skb context is valid for the program's run.
     let (pkt_type, gso_size) = unsafe { ((*ctx.skb.skb).pkt_type, (*ctx.skb.skb).gso_size) };
-    let first_octet = p.saddr.to_ne_bytes()[0];
-    let unicast_source = first_octet != 0 && first_octet != 127 && first_octet < 224;
+    let unicast_source = F::unicast_source(&p.saddr);
     let rst = p.proto == IPPROTO_TCP && p.tcp_flags & tcp::RST != 0;
     p.frag != Frag::Later && pkt_type == PACKET_HOST && gso_size == 0 && unicast_source && !rst
 }
@@ -173,10 +175,27 @@ fn take_budget(now: u64) -> bool {
     true
 }
 
-/// Rewrites the packet into its answer; false when the packet is too short to quote
-/// as an ICMP error must (nothing was changed then).
+/// Rewrites the frame into its answer: the family's IP packet ([`TcFamily::build_answer`]),
+/// then the Ethernet header back to the sender; false when the packet is too short to
+/// quote as an ICMP error must (nothing was changed then).
 #[inline(always)]
-fn build(ctx: &TcContext, p: &Packet) -> Result<bool, Error> {
+fn build_framed<F: TcFamily>(ctx: &TcContext, p: &Packet<F>) -> Result<bool, Error> {
+    let macs: [u8; 2 * eth::ALEN] = ctx.load(eth::DEST)?;
+    if !F::build_answer(ctx, p)? {
+        return Ok(false);
+    }
+    // Ethernet: back to the sender, from the address it sent to.
+    let mut swapped = [0u8; 2 * eth::ALEN];
+    swapped[..eth::ALEN].copy_from_slice(&macs[eth::ALEN..]);
+    swapped[eth::ALEN..].copy_from_slice(&macs[..eth::ALEN]);
+    ctx.store(eth::DEST, &swapped, 0)?;
+    Ok(true)
+}
+
+/// Rewrites the IPv4 packet into its answer; false when the packet is too short to
+/// quote as an ICMP error must (nothing was changed then).
+#[inline(always)]
+pub fn build(ctx: &TcContext, p: &Packet<V4>) -> Result<bool, Error> {
     // Read again rather than taken from `p`: the verifier then sees its bounds.
     let ihl = ip4::header_len(ctx.load::<u8>(IP4_OFF + ip4::VER_IHL)?);
     if ihl < ip4::MIN_HLEN {
@@ -184,7 +203,6 @@ fn build(ctx: &TcContext, p: &Packet) -> Result<bool, Error> {
     }
     let tot_len = u16::from_be(ctx.load::<u16>(IP4_OFF + ip4::TOT_LEN)?) as usize;
     let tos: u8 = ctx.load(IP4_OFF + ip4::TOS)?;
-    let macs: [u8; 2 * eth::ALEN] = ctx.load(eth::DEST)?;
     if p.proto == IPPROTO_TCP {
         let rst = rst(ctx, p, ihl, tot_len, tos)?;
         emit(ctx, (&raw const rst).cast(), size_of::<Rst>())?;
@@ -195,18 +213,13 @@ fn build(ctx: &TcContext, p: &Packet) -> Result<bool, Error> {
         };
         emit(ctx, answer.as_ptr().cast(), len)?;
     }
-    // Ethernet: back to the sender, from the address it sent to.
-    let mut swapped = [0u8; 2 * eth::ALEN];
-    swapped[..eth::ALEN].copy_from_slice(&macs[eth::ALEN..]);
-    swapped[eth::ALEN..].copy_from_slice(&macs[..eth::ALEN]);
-    ctx.store(eth::DEST, &swapped, 0)?;
     Ok(true)
 }
 
 /// Makes the packet exactly the answer: `len` bytes at `answer` after the Ethernet
 /// header (cut or grown at the tail, then overwritten).
 #[inline(always)]
-fn emit(ctx: &TcContext, answer: *const u8, len: usize) -> Result<(), Error> {
+pub fn emit(ctx: &TcContext, answer: *const u8, len: usize) -> Result<(), Error> {
     // SAFETY: helper calls with the program's skb; `answer` points to `len` bytes the
     // caller initialized.
     unsafe {
@@ -225,7 +238,7 @@ fn emit(ctx: &TcContext, answer: *const u8, len: usize) -> Result<(), Error> {
 /// the packet was sent to, back to its source; TOS kept without the ECN bits, TTL 64,
 /// identification 0, DF as given. The checksum is computed by [`with_ip_csum`].
 #[inline(always)]
-fn ip_header(p: &Packet, tos: u8, len: usize, proto: u8, df: bool) -> Ip4Hdr {
+fn ip_header(p: &Packet<V4>, tos: u8, len: usize, proto: u8, df: bool) -> Ip4Hdr {
     Ip4Hdr {
         ver_ihl: (ip4::VERSION << 4) | (ip4::MIN_HLEN / 4) as u8,
         tos: tos & !ip4::ECN_MASK,
@@ -251,38 +264,53 @@ fn with_ip_csum(mut ip: Ip4Hdr) -> Result<Ip4Hdr, Error> {
 /// the sequence number is its acknowledgment number; otherwise RST|ACK with sequence 0
 /// acknowledging all the segment occupies.
 #[inline(always)]
-fn rst(ctx: &TcContext, p: &Packet, ihl: usize, tot_len: usize, tos: u8) -> Result<Rst, Error> {
-    let seq = u32::from_be(ctx.load::<u32>(p.l4_off + tcp::SEQ)?);
-    let ack = u32::from_be(ctx.load::<u32>(p.l4_off + tcp::ACK_SEQ)?);
-    let [doff, _flags] = ctx.load::<[u8; 2]>(p.l4_off + tcp::DOFF_FLAGS)?;
-    let (rst_seq, rst_ack, flags) = if p.tcp_flags & tcp::ACK != 0 {
-        (ack, 0, tcp::RST)
-    } else {
-        let hlen = ihl + ((doff >> 4) as usize) * 4;
-        let data = tot_len.saturating_sub(hlen) as u32;
-        let syn = (p.tcp_flags & tcp::SYN != 0) as u32;
-        let fin = (p.tcp_flags & tcp::FIN != 0) as u32;
-        (0, seq.wrapping_add(data + syn + fin), tcp::RST | tcp::ACK)
-    };
+fn rst(ctx: &TcContext, p: &Packet<V4>, ihl: usize, tot_len: usize, tos: u8) -> Result<Rst, Error> {
     let mut rst = Rst {
         ip: with_ip_csum(ip_header(p, tos, size_of::<Rst>(), IPPROTO_TCP, true))?,
-        tcp: TcpHdr {
-            sport: p.dport,
-            dport: p.sport,
-            seq: rst_seq.to_be(),
-            ack_seq: rst_ack.to_be(),
-            doff: ((tcp::MIN_HLEN / 4) as u8) << 4,
-            flags,
-            window: 0,
-            csum: 0,
-            urg_ptr: 0,
-        },
+        tcp: rst_tcp(ctx, p, ihl, tot_len)?,
     };
     let pseudo = pseudo_header(p.daddr, p.saddr, IPPROTO_TCP, tcp::MIN_HLEN as u16);
     let sum = csum(pseudo.as_ptr(), pseudo.len(), 0)?;
     let sum = csum((&raw const rst.tcp).cast(), tcp::MIN_HLEN, sum)?;
     rst.tcp.csum = fold(sum);
     Ok(rst)
+}
+
+/// The TCP header of the RST answering `p` (checksum 0, for the caller): to an ACK,
+/// the sequence number is its acknowledgment number; otherwise RST|ACK with sequence
+/// 0 acknowledging all the segment occupies. `ip_hlen` is the length of the IP
+/// headers before the segment (IPv6: with the extension headers) and `tot_len` the
+/// packet's length from the IP header on.
+#[inline(always)]
+pub fn rst_tcp<F: TcFamily>(
+    ctx: &TcContext,
+    p: &Packet<F>,
+    ip_hlen: usize,
+    tot_len: usize,
+) -> Result<TcpHdr, Error> {
+    let seq = u32::from_be(ctx.load::<u32>(p.l4_off + tcp::SEQ)?);
+    let ack = u32::from_be(ctx.load::<u32>(p.l4_off + tcp::ACK_SEQ)?);
+    let [doff, _flags] = ctx.load::<[u8; 2]>(p.l4_off + tcp::DOFF_FLAGS)?;
+    let (rst_seq, rst_ack, flags) = if p.tcp_flags & tcp::ACK != 0 {
+        (ack, 0, tcp::RST)
+    } else {
+        let hlen = ip_hlen + ((doff >> 4) as usize) * 4;
+        let data = tot_len.saturating_sub(hlen) as u32;
+        let syn = (p.tcp_flags & tcp::SYN != 0) as u32;
+        let fin = (p.tcp_flags & tcp::FIN != 0) as u32;
+        (0, seq.wrapping_add(data + syn + fin), tcp::RST | tcp::ACK)
+    };
+    Ok(TcpHdr {
+        sport: p.dport,
+        dport: p.sport,
+        seq: rst_seq.to_be(),
+        ack_seq: rst_ack.to_be(),
+        doff: ((tcp::MIN_HLEN / 4) as u8) << 4,
+        flags,
+        window: 0,
+        csum: 0,
+        urg_ptr: 0,
+    })
 }
 
 /// The ICMP destination unreachable answering `p` (port unreachable for UDP, protocol
@@ -292,7 +320,7 @@ fn rst(ctx: &TcContext, p: &Packet, ihl: usize, tot_len: usize, tos: u8) -> Resu
 #[inline(always)]
 fn unreachable(
     ctx: &TcContext,
-    p: &Packet,
+    p: &Packet<V4>,
     ihl: usize,
     tot_len: usize,
     tos: u8,
@@ -350,7 +378,7 @@ fn pseudo_header(saddr: u32, daddr: u32, proto: u8, len: u16) -> [u8; 12] {
 /// The one's complement sum (unfolded) of `len` bytes at `data` (a multiple of 4),
 /// added to `seed`.
 #[inline(always)]
-fn csum(data: *const u8, len: usize, seed: u32) -> Result<u32, Error> {
+pub fn csum(data: *const u8, len: usize, seed: u32) -> Result<u32, Error> {
     // SAFETY: the helper only reads `len` bytes at `data`, which the callers own.
     let sum = unsafe {
         bpf_csum_diff(
@@ -370,7 +398,7 @@ fn csum(data: *const u8, len: usize, seed: u32) -> Result<u32, Error> {
 /// The Internet checksum of an unfolded sum, to store as the sum was taken (in memory
 /// order).
 #[inline(always)]
-fn fold(sum: u32) -> u16 {
+pub fn fold(sum: u32) -> u16 {
     let sum = (sum & 0xffff) + (sum >> 16);
     let sum = (sum & 0xffff) + (sum >> 16);
     !(sum as u16)

@@ -73,9 +73,12 @@ pub const SOCKET_HOOKS: [(&str, &str); 4] = [
 pub const BIND_HOOK: (&str, &str) = ("sock4_post_bind", "link_post_bind4");
 
 /// TC programs: (program, direction, link pin name prefix; the ifindex follows).
-pub const TC_HOOKS: [(&str, TcAttachType, &str); 2] = [
+pub const TC_HOOKS: [(&str, TcAttachType, &str); 4] = [
     ("lb4_tc_ingress", TcAttachType::Ingress, "link_tc_ingress_"),
     ("lb4_tc_egress", TcAttachType::Egress, "link_tc_egress_"),
+    // Each family's pair hands the other's frames on (TCX_NEXT): either order works.
+    ("lb6_tc_ingress", TcAttachType::Ingress, "link_tc_ingress6_"),
+    ("lb6_tc_egress", TcAttachType::Egress, "link_tc_egress6_"),
 ];
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/socklb";
@@ -561,6 +564,9 @@ pub fn install(
 /// TC ingress and egress on each device (TCX links, pinned). Links of devices no
 /// longer selected are removed (detached).
 fn attach_tc(ebpf: &mut Ebpf, devices: &[Device], pin_dir: &Path) -> Result<(), DatapathError> {
+    // Before the IPv6 programs attach: until then their tail calls would fail (and the
+    // packets pass untranslated).
+    fill_tc6_calls(ebpf)?;
     let mut wanted: Vec<String> = Vec::new();
     for (program, direction, pin_prefix) in TC_HOOKS {
         let prog: &mut SchedClassifier = ebpf
@@ -597,6 +603,48 @@ fn attach_tc(ebpf: &mut Ebpf, devices: &[Device], pin_dir: &Path) -> Result<(), 
     {
         info!(pin = %stale, "detaching TC program from a device no longer selected");
         remove_pin(&pin_dir.join(stale))?;
+    }
+    Ok(())
+}
+
+/// Loads the IPv6 TC programs' tail-call targets and puts each at its index of the
+/// program array ([`lb_common::tc6_calls`]); a reused (pinned) array gets this
+/// object's programs, which the attached programs of an earlier agent then reach too
+/// (the same layouts). Also for tests that run the IPv6 TC programs.
+pub fn fill_tc6_calls(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
+    let mut fds = Vec::new();
+    for (index, program) in lb_common::tc6_calls::PROGRAMS {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(program)
+            .ok_or_else(|| {
+                DatapathError::Inconsistent(format!("the eBPF object has no program {program}"))
+            })?
+            .try_into()
+            .map_err(|source| DatapathError::Program { program, source })?;
+        prog.load()
+            .map_err(|source| DatapathError::Program { program, source })?;
+        let fd = prog
+            .fd()
+            .map_err(|source| DatapathError::Program { program, source })?
+            .try_clone()
+            .map_err(|source| DatapathError::Program {
+                program,
+                source: source.into(),
+            })?;
+        fds.push((index, fd));
+    }
+    let map = ebpf.map_mut(map_names::TC6_CALLS).ok_or_else(|| {
+        DatapathError::Inconsistent(format!(
+            "the eBPF object has no map {}",
+            map_names::TC6_CALLS
+        ))
+    })?;
+    let mut calls = aya::maps::ProgramArray::try_from(map)
+        .map_err(|e| DatapathError::Inconsistent(format!("{}: {e}", map_names::TC6_CALLS)))?;
+    for (index, fd) in &fds {
+        calls.set(*index, fd, 0).map_err(|e| {
+            DatapathError::Inconsistent(format!("{} [{index}]: {e}", map_names::TC6_CALLS))
+        })?;
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! (`stale_sockets`, in every network namespace of the cgroup: `netns`), and the
 //! Maglev tables written through an mmap of their map (`maglev_map`).
 
+pub mod attachment;
 pub mod capabilities;
 pub mod devices;
 pub mod kernel;

@@ -219,3 +219,21 @@ pub fn fill_rows<M: super::reconcile::DualStackMaps>(
     rows.extend(fill_by_map::<V6>(&reconciler.state6().fill()));
     rows
 }
+
+/// Both families' Maglev maps: (map, tables in use, room for, bytes per table).
+pub fn maglev_rows<M: super::reconcile::DualStackMaps>(
+    reconciler: &super::reconcile::Reconciler<M>,
+) -> [(&'static str, u32, u32, u64); 2] {
+    let row = |name: &'static str, fill: socklb_core::maps::diff::Fill| {
+        (
+            name,
+            fill.used.maglev.max_tables,
+            fill.capacity.maglev.tables(),
+            fill.capacity.maglev.table_bytes(),
+        )
+    };
+    [
+        row(V4::MAPS.maglev, reconciler.state4().fill()),
+        row(V6::MAPS.maglev, reconciler.state6().fill()),
+    ]
+}

@@ -19,7 +19,8 @@ use socklb_core::{
 
 use crate::datapath::{
     DatapathError,
-    kernel::{self, KernelMaps},
+    attachment::{self, LinkTarget},
+    kernel::{self, Device, KernelMaps},
     service_maps::fill_by_map,
 };
 
@@ -67,6 +68,13 @@ pub struct StatusReport {
     pub pin_dir: String,
     /// Hooks whose link is pinned (attached).
     pub hooks: Vec<String>,
+    /// Every pinned link and what the kernel says it is attached to.
+    #[serde(default)]
+    pub links: Vec<LinkView>,
+    /// Where the data path is not attached as it should be (asked of the kernel):
+    /// empty when every hook is attached; `socklb status` then fails.
+    #[serde(default)]
+    pub attachment_problems: Vec<String>,
     pub frontends: Vec<ProgrammedFrontendView>,
     /// Cluster IPs whose other ports are refused (by the socket hooks).
     pub service_addresses: Vec<String>,
@@ -94,6 +102,14 @@ pub struct StatusReport {
     /// Entries and size of the maps that grow with the cluster, by map name.
     #[serde(default)]
     pub map_fill: std::collections::BTreeMap<String, MapFillView>,
+}
+
+/// One pinned link.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkView {
+    pub pin: String,
+    /// "cgroup <id>", "ifindex <n>", "detached", or why the link could not be read.
+    pub attached_to: String,
 }
 
 /// The agent's record of its last sync.
@@ -136,8 +152,16 @@ pub struct AffinityView {
     pub idle_s: u64,
 }
 
-pub fn read_status(pin_dir: &Path) -> Result<StatusReport, DatapathError> {
+/// What `socklb status` checks the links against: the cgroup the hooks must be
+/// attached to (`--cgroup`; None: any live cgroup).
+#[derive(Clone, Debug, Default)]
+pub struct StatusOptions {
+    pub cgroup: Option<std::path::PathBuf>,
+}
+
+pub fn read_status(pin_dir: &Path, options: &StatusOptions) -> Result<StatusReport, DatapathError> {
     let maps = KernelMaps::open_pinned(pin_dir)?;
+    let (links, attachment_problems) = link_report(pin_dir, options);
     let capacity = maps.sizes().capacity();
     let (state4, _) = ProgrammedState::<V4>::adopt(&maps, capacity)?;
     let (state6, _) = ProgrammedState::<V6>::adopt(&maps, capacity)?;
@@ -182,6 +206,8 @@ pub fn read_status(pin_dir: &Path) -> Result<StatusReport, DatapathError> {
     Ok(StatusReport {
         pin_dir: pin_dir.display().to_string(),
         hooks: kernel::attached_hooks(pin_dir),
+        links,
+        attachment_problems,
         frontends,
         service_addresses,
         external_service_addresses,
@@ -200,6 +226,62 @@ pub fn read_status(pin_dir: &Path) -> Result<StatusReport, DatapathError> {
         agent: agent_view(&maps)?,
         map_fill,
     })
+}
+
+/// The pinned links as the kernel sees them, and what is not attached: every socket
+/// hook (to `options.cgroup` when given) and, for each device with a TC link pinned,
+/// every TC program.
+fn link_report(pin_dir: &Path, options: &StatusOptions) -> (Vec<LinkView>, Vec<String>) {
+    let links: Vec<LinkView> = attachment::pinned_links(pin_dir)
+        .into_iter()
+        .map(|(pin, target)| LinkView {
+            pin,
+            attached_to: match target {
+                Ok(LinkTarget::Cgroup(id)) => format!("cgroup {id}"),
+                Ok(LinkTarget::Device(ifindex)) => format!("ifindex {ifindex}"),
+                Ok(LinkTarget::Detached) => "detached".to_string(),
+                Err(e) => e,
+            },
+        })
+        .collect();
+    // The devices are the ones with any TC link pinned (status has no --devices).
+    let mut devices: Vec<Device> = links
+        .iter()
+        .filter_map(|l| {
+            let (_, _, prefix) = kernel::TC_HOOKS
+                .iter()
+                .find(|(_, _, prefix)| l.pin.starts_with(prefix))?;
+            let ifindex: u32 = l.pin.strip_prefix(prefix)?.parse().ok()?;
+            Some(Device {
+                name: format!("ifindex {ifindex}"),
+                ifindex,
+                snat_addr: std::net::Ipv4Addr::UNSPECIFIED,
+                snat_addr6: std::net::Ipv6Addr::UNSPECIFIED,
+            })
+        })
+        .collect();
+    devices.sort_by_key(|d| d.ifindex);
+    devices.dedup_by_key(|d| d.ifindex);
+    let cgroup = match &options.cgroup {
+        Some(path) => match attachment::cgroup_id(path) {
+            Some(id) => Some(id),
+            None => {
+                return (
+                    links,
+                    vec![format!("cgroup {} does not exist", path.display())],
+                );
+            }
+        },
+        None => None,
+    };
+    let problems = attachment::check(
+        pin_dir,
+        &attachment::Expected {
+            cgroup,
+            devices: &devices,
+        },
+    );
+    (links, problems)
 }
 
 /// The frontends of both families' maps, as `status` shows them.
@@ -362,6 +444,18 @@ impl StatusReport {
                 self.hooks.join(", ")
             }
         );
+        if self.attachment_problems.is_empty() {
+            let _ = writeln!(
+                out,
+                "attachment: every hook attached (checked in the kernel)"
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "attachment: NOT ATTACHED: {}",
+                self.attachment_problems.join("; ")
+            );
+        }
         match &self.agent {
             None => {
                 let _ = writeln!(out, "agent: no agent has synced these maps");

@@ -83,6 +83,8 @@ pub struct HealthzStatus {
     /// When the data path was last programmed; `None` before the first time.
     pub last_updated: Option<SystemTime>,
     pub current_time: SystemTime,
+    /// Where the data path is not attached, as the kernel says (unhealthy then).
+    pub detached: Option<String>,
 }
 
 impl HealthzStatus {
@@ -93,11 +95,14 @@ impl HealthzStatus {
             Some(time) => rfc3339(time),
             None => "0001-01-01T00:00:00Z".to_owned(),
         };
-        serde_json::json!({
+        let mut body = serde_json::json!({
             "lastUpdated": last_updated,
             "currentTime": rfc3339(self.current_time),
-        })
-        .to_string()
+        });
+        if let Some(why) = &self.detached {
+            body["notAttached"] = serde_json::Value::String(why.clone());
+        }
+        body.to_string()
     }
 }
 
@@ -121,6 +126,9 @@ pub struct Health {
     ready: AtomicBool,
     /// Why the data path lacks frontends (maps too small); None: it has them all.
     incomplete: std::sync::Mutex<Option<String>>,
+    /// Where the programs are not attached (the kernel's answer at the last check);
+    /// None: attached everywhere.
+    detached: std::sync::Mutex<Option<String>>,
     /// Every metric of the agent, served on /metrics; the health ones are kept here.
     metrics: Arc<Metrics>,
 }
@@ -162,6 +170,7 @@ impl Health {
             last_updated: AtomicU64::new(0),
             ready: AtomicBool::new(false),
             incomplete: std::sync::Mutex::new(None),
+            detached: std::sync::Mutex::new(None),
             metrics: Arc::new(Metrics::new()),
         }
     }
@@ -202,7 +211,9 @@ impl Health {
 
     /// Ready and nothing missing from the data path.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && self.incomplete().is_none()
+        self.ready.load(Ordering::Acquire)
+            && self.incomplete().is_none()
+            && self.detached().is_none()
     }
 
     /// The data path lacks frontends (`Some(why)`, /readyz fails and says why) or has
@@ -217,18 +228,33 @@ impl Health {
         self.incomplete.lock().ok().and_then(|s| s.clone())
     }
 
-    /// `/healthz` now: unhealthy only when an update has been pending for longer than
-    /// the health timeout.
+    /// The programs are not attached where they should be (`Some(where)`: /healthz and
+    /// /readyz fail and say so) or are (`None`).
+    pub fn set_detached(&self, why: Option<String>) {
+        if let Ok(mut slot) = self.detached.lock() {
+            *slot = why;
+        }
+    }
+
+    fn detached(&self) -> Option<String> {
+        self.detached.lock().ok().and_then(|s| s.clone())
+    }
+
+    /// `/healthz` now: unhealthy when an update has been pending for longer than the
+    /// health timeout (kube-proxy's rule), or when the programs are not attached.
     pub fn healthz(&self) -> HealthzStatus {
         let now = self.now_stamp();
         let pending = self.oldest_pending.load(Ordering::Acquire);
-        let healthy = pending == 0
-            || Duration::from_nanos(now.saturating_sub(pending)) <= self.health_timeout;
+        let detached = self.detached();
+        let healthy = detached.is_none()
+            && (pending == 0
+                || Duration::from_nanos(now.saturating_sub(pending)) <= self.health_timeout);
         let last_updated = self.last_updated.load(Ordering::Acquire);
         HealthzStatus {
             healthy,
             last_updated: (last_updated != 0).then(|| self.wall(last_updated)),
             current_time: self.wall(now),
+            detached,
         }
     }
 
@@ -275,7 +301,13 @@ impl Health {
             }
             "/readyz" if routes.health => {
                 let synced = self.ready.load(Ordering::Acquire);
-                if let Some(why) = self.incomplete().filter(|_| synced) {
+                if let Some(why) = self.detached() {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain; charset=utf-8",
+                        format!("not ready: data path not attached: {why}\n"),
+                    )
+                } else if let Some(why) = self.incomplete().filter(|_| synced) {
                     (
                         StatusCode::SERVICE_UNAVAILABLE,
                         "text/plain; charset=utf-8",
@@ -466,6 +498,30 @@ mod tests {
         assert!(!health.is_ready());
         let (code, _, body) = health.respond(Routes::ALL, &Method::GET, "/readyz");
         assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    }
+
+    #[test]
+    fn detached_programs_fail_health_and_readiness_and_say_where() {
+        let (_clock, health) = fake(60);
+        health.updated();
+        health.set_ready(true);
+        assert!(health.healthz().healthy && health.is_ready());
+        health.set_detached(Some("link_connect4 is detached".into()));
+        let (code, _, body) = health.respond(Routes::ALL, &Method::GET, "/healthz");
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["notAttached"], "link_connect4 is detached");
+        let (code, _, body) = health.respond(Routes::ALL, &Method::GET, "/readyz");
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            body.contains("data path not attached: link_connect4"),
+            "{body}"
+        );
+        assert!(!health.is_ready());
+        health.set_detached(None);
+        assert!(health.healthz().healthy && health.is_ready());
+        let (_, _, body) = health.respond(Routes::ALL, &Method::GET, "/healthz");
+        assert!(!body.contains("notAttached"), "{body}");
     }
 
     #[test]

@@ -10,7 +10,9 @@ use socklb_core::maps::{
 };
 
 use crate::{
-    harness::{Fixture, Hook, Network, Run, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    harness::{
+        Fixture, Hook, Network, Run, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC,
+    },
     packet::{
         ACK, FIN, ICMP_DEST_UNREACH, L4, Pkt, RST, SYN, checksum_problems, decode, diff, ip_of,
         render,
@@ -280,6 +282,7 @@ pub fn verdict_name(v: u32) -> &'static str {
         TC_ACT_OK => "TC_ACT_OK",
         TC_ACT_SHOT => "TC_ACT_SHOT",
         TC_ACT_REDIRECT => "TC_ACT_REDIRECT",
+        TC_ACT_UNSPEC => "TC_ACT_UNSPEC (next program)",
         _ => "other",
     }
 }
@@ -343,12 +346,24 @@ pub fn check(
 /// programs, and create no conntrack entry.
 #[track_caller]
 pub fn expect_untouched(fx: &Fixture, what: &str, input: &[u8]) {
+    expect_untouched_with(fx, what, input, TC_ACT_OK);
+}
+
+/// A frame of another family (or no IP at all) is handed to the next program on the
+/// device untouched.
+#[track_caller]
+pub fn expect_foreign(fx: &Fixture, what: &str, input: &[u8]) {
+    expect_untouched_with(fx, what, input, TC_ACT_UNSPEC);
+}
+
+#[track_caller]
+fn expect_untouched_with(fx: &Fixture, what: &str, input: &[u8], verdict: u32) {
     let before = fx.ct_entries().len();
     for hook in [Hook::Ingress, Hook::Egress] {
         let run = fx.run(hook, input);
         assert_eq!(
             run.verdict,
-            TC_ACT_OK,
+            verdict,
             "{what} ({hook:?}): verdict {}",
             verdict_name(run.verdict)
         );

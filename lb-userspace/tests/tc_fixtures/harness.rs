@@ -39,6 +39,9 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
 pub const TC_ACT_REDIRECT: u32 = 7;
+/// TC_ACT_UNSPEC (-1) as the u32 BPF_PROG_TEST_RUN returns: not this program's
+/// family, the next program on the device decides (TCX_NEXT).
+pub const TC_ACT_UNSPEC: u32 = u32::MAX;
 
 /// The node's device in the fixture's network namespace (one end of a veth pair).
 pub const DEVICE: &str = "socklb0";

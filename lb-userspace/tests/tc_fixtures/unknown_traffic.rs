@@ -1,11 +1,12 @@
 //! Traffic that is not ours (other protocols, other ports, too short to parse) passes
-//! untouched.
+//! untouched; a frame of another family, or no IP at all, goes to the next program on
+//! the device (the other family's) untouched.
 use lb_common::Counter;
 
 use crate::{
     common::{
-        CLIENT_IP, LOCAL_WEB, NODE_IP, NP_DNS_LOCAL, NP_WEB_LOCAL, client, expect_untouched,
-        fixture, sa,
+        CLIENT_IP, LOCAL_WEB, NODE_IP, NP_DNS_LOCAL, NP_WEB_LOCAL, client, expect_foreign,
+        expect_untouched, fixture, sa,
     },
     packet::{self, ICMP_ECHO_REQUEST, Pkt, SYN, arp_request, ether, ipv6_tcp_syn},
 };
@@ -14,8 +15,8 @@ use crate::{
 fn unknown_traffic_passes_untouched() {
     let Some(fx) = fixture() else { return };
     let inconsistent = fx.counter(Counter::Inconsistent);
-    expect_untouched(&fx, "ARP", &arp_request(CLIENT_IP, NODE_IP));
-    expect_untouched(&fx, "IPv6 SYN to a NodePort", &ipv6_tcp_syn(NP_WEB_LOCAL));
+    expect_foreign(&fx, "ARP", &arp_request(CLIENT_IP, NODE_IP));
+    expect_foreign(&fx, "IPv6 SYN to a NodePort", &ipv6_tcp_syn(NP_WEB_LOCAL));
     expect_untouched(
         &fx,
         "ICMP echo to a node address",
@@ -60,7 +61,7 @@ fn unknown_traffic_passes_untouched() {
 
     // Too short to parse. (BPF_PROG_TEST_RUN itself refuses an IPv4 frame shorter
     // than Ethernet + 20 bytes, so the shortest IPv4 case here has a whole header.)
-    expect_untouched(&fx, "Ethernet header alone", &ether(packet::ETH_P_ARP, &[]));
+    expect_foreign(&fx, "Ethernet header alone", &ether(packet::ETH_P_ARP, &[]));
     let syn = Pkt::tcp(client(40000), sa(NODE_IP, NP_WEB_LOCAL), SYN).frame();
     expect_untouched(&fx, "IP header without TCP header", &syn[..14 + 20]);
     expect_untouched(&fx, "IP header and half the TCP ports", &syn[..14 + 20 + 3]);

@@ -118,7 +118,7 @@ mod tests {
         assert_eq!(m.services.len(), 2500);
         assert_eq!(m.slices.len(), 2500);
         let last = m.service(NAMESPACE, &c.name(2499)).unwrap();
-        assert_eq!(last.cluster_ip, Some(c.vip(2499)));
+        assert_eq!(last.cluster_ip, Some(c.vip(2499).into()));
         let eps = m.endpoints_for(last, &last.ports[1]);
         assert_eq!(eps, pods.iter().map(|p| (*p, 5353)).collect::<Vec<_>>());
         let total: usize = m.slices.iter().map(|s| s.endpoints.len()).sum();

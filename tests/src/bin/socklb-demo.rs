@@ -9,7 +9,7 @@
 //! cleans up (the handler only sets a flag; every wait checks it; Drop guards do the
 //! rest).
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -158,7 +158,7 @@ fn targets(m: &ClusterSpec) -> Vec<Target> {
             out.push(Target {
                 service: svc.clone(),
                 port: port.clone(),
-                addr: SocketAddr::V4(SocketAddrV4::new(ip, port.port)),
+                addr: SocketAddr::new(ip, port.port),
                 endpoints: m.endpoints_for(svc, port),
             });
         }

@@ -30,7 +30,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::MetadataExt;
 use std::process::ExitCode;
@@ -94,7 +94,7 @@ enum Cmd {
         echo: bool,
         /// Source address to bind (default: chosen by routing).
         #[arg(long)]
-        bind: Option<Ipv4Addr>,
+        bind: Option<IpAddr>,
         /// The n-th connection binds source port P + n (with --count, one worker); the
         /// report's `by_source_port` says which backend each port reached.
         #[arg(long = "source-port", value_name = "P")]
@@ -130,7 +130,7 @@ enum Cmd {
         timeout_ms: u64,
         /// Source address to bind (default: chosen by routing).
         #[arg(long)]
-        bind: Option<Ipv4Addr>,
+        bind: Option<IpAddr>,
         /// Repeat the whole run with new sockets until this many milliseconds passed.
         #[arg(long = "duration-ms")]
         duration_ms: Option<u64>,
@@ -152,7 +152,7 @@ enum Cmd {
         seed: u64,
         /// Source address to bind.
         #[arg(long)]
-        bind: Option<Ipv4Addr>,
+        bind: Option<IpAddr>,
         /// connect() timeout, and the longest a read or write may stall, in milliseconds.
         #[arg(long = "timeout-ms", default_value_t = 5000)]
         timeout_ms: u64,
@@ -363,8 +363,12 @@ fn ensure_isolated(to: &SocketAddr) -> Result<()> {
     if to.ip().is_loopback() {
         return Ok(());
     }
-    if to.is_ipv6() {
-        bail!("refusing {to}: outside loopback only IPv4 targets in sandbox namespaces");
+    // IPv6 tests use ULA addresses (fd00::/8) only; an IPv4-mapped address is IPv4.
+    if let IpAddr::V6(v6) = to.ip()
+        && v6.to_ipv4_mapped().is_none()
+        && v6.octets()[0] != 0xfd
+    {
+        bail!("refusing {to}: IPv6 targets outside loopback must be ULA fd00::/8 addresses");
     }
     let own = std::fs::metadata("/proc/self/ns/net").context("cannot stat /proc/self/ns/net")?;
     let host = host_netns().context(
@@ -382,6 +386,11 @@ fn ensure_isolated(to: &SocketAddr) -> Result<()> {
     if has_default_route(&routes) {
         bail!("refusing to send to {to}: this network namespace has a default route");
     }
+    // Without IPv6 in the namespace the file is absent: nothing can go out that way.
+    let routes6 = std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
+    if has_default_route6(&routes6) {
+        bail!("refusing to send to {to}: this network namespace has an IPv6 default route");
+    }
     Ok(())
 }
 
@@ -395,6 +404,15 @@ fn host_netns() -> Option<std::fs::Metadata> {
             return None;
         }
         std::fs::metadata("/proc/2/ns/net").ok()
+    })
+}
+
+/// Whether /proc/net/ipv6_route text has a ::/0 route other than the kernel's
+/// unreachable one (on lo, which every namespace has and which forwards nothing).
+fn has_default_route6(text: &str) -> bool {
+    text.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() >= 10 && f[0] == "00000000000000000000000000000000" && f[1] == "00" && f[9] != "lo"
     })
 }
 
@@ -412,15 +430,24 @@ fn serve(id: &str, tcp: &[u16], udp: &[u16], report_peer: bool) -> Result<()> {
     if tcp.is_empty() && udp.is_empty() {
         bail!("serve needs at least one --tcp or --udp port");
     }
+    // IPv4 on 0.0.0.0 and, where the namespace has IPv6, IPv6 on [::] (IPv6 only: an
+    // IPv4 client is seen with its IPv4 address, never as ::ffff:a.b.c.d).
+    let has_v6 = std::path::Path::new("/proc/net/if_inet6").exists();
     let mut listeners = Vec::new();
     for &p in tcp {
         let l = TcpListener::bind(("0.0.0.0", p)).with_context(|| format!("bind tcp {p}"))?;
         listeners.push(l);
+        if has_v6 {
+            listeners.push(bind_v6_only(libc::SOCK_STREAM, p).map(TcpListener::from)?);
+        }
     }
     let mut udp_sockets = Vec::new();
     for &p in udp {
         let s = UdpSocket::bind(("0.0.0.0", p)).with_context(|| format!("bind udp {p}"))?;
         udp_sockets.push(s);
+        if has_v6 {
+            udp_sockets.push(bind_v6_only(libc::SOCK_DGRAM, p).map(UdpSocket::from)?);
+        }
     }
     let mut threads = Vec::new();
     for l in listeners {
@@ -446,6 +473,55 @@ fn serve(id: &str, tcp: &[u16], udp: &[u16], report_peer: bool) -> Result<()> {
         let _ = t.join();
     }
     Ok(())
+}
+
+/// A socket of `kind` bound to [::]:port with IPV6_V6ONLY (listening, for TCP).
+fn bind_v6_only(kind: libc::c_int, port: u16) -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = cvt(unsafe { libc::socket(libc::AF_INET6, kind | libc::SOCK_CLOEXEC, 0) })
+        .with_context(|| format!("socket for [::]:{port}"))?;
+    // SAFETY: a fresh fd nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt with a pointer to a c_int and its size.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            (&raw const one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .context("IPV6_V6ONLY")?;
+    // SAFETY: setsockopt with a pointer to a c_int and its size.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&raw const one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .context("SO_REUSEADDR")?;
+    let local = sockaddr_in6(Ipv6Addr::UNSPECIFIED, port);
+    // SAFETY: bind with a valid sockaddr_in6 and its size.
+    cvt(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&raw const local).cast(),
+            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+        )
+    })
+    .with_context(|| format!("bind [::]:{port}"))?;
+    if kind == libc::SOCK_STREAM {
+        // SAFETY: listen on a bound stream socket.
+        cvt(unsafe { libc::listen(fd.as_raw_fd(), 1024) })
+            .with_context(|| format!("listen [::]:{port}"))?;
+    }
+    Ok(fd)
 }
 
 #[cfg(test)]
@@ -569,6 +645,17 @@ fn sockaddr_in(ip: Ipv4Addr, port: u16) -> libc::sockaddr_in {
     sa
 }
 
+fn sockaddr_in6(ip: Ipv6Addr, port: u16) -> libc::sockaddr_in6 {
+    // SAFETY: sockaddr_in6 is plain old data; all-zero is a valid value.
+    let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+    sa.sin6_port = port.to_be();
+    sa.sin6_addr = libc::in6_addr {
+        s6_addr: ip.octets(),
+    };
+    sa
+}
+
 fn cvt(r: libc::c_int) -> std::io::Result<libc::c_int> {
     if r < 0 {
         Err(std::io::Error::last_os_error())
@@ -577,10 +664,9 @@ fn cvt(r: libc::c_int) -> std::io::Result<libc::c_int> {
     }
 }
 
-/// connect() with a timeout, from `bind` (and source port `port`) when given (IPv4
-/// only then).
+/// connect() with a timeout, from `bind` (and source port `port`) when given.
 fn connect_from(
-    bind: Option<Ipv4Addr>,
+    bind: Option<IpAddr>,
     port: Option<u16>,
     to: &SocketAddr,
     timeout: Duration,
@@ -588,14 +674,22 @@ fn connect_from(
     if bind.is_none() && port.is_none() {
         return TcpStream::connect_timeout(to, timeout);
     }
-    let bind = bind.unwrap_or(Ipv4Addr::UNSPECIFIED);
-    let SocketAddr::V4(to4) = to else {
+    let bind = bind.unwrap_or(match to {
+        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    });
+    if bind.is_ipv4() != to.is_ipv4() {
         return Err(std::io::Error::from_raw_os_error(libc::EAFNOSUPPORT));
+    }
+    let domain = if to.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
     };
     // SAFETY: plain socket(2); the fd is owned by `stream` right away.
     let fd = cvt(unsafe {
         libc::socket(
-            libc::AF_INET,
+            domain,
             libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
             0,
         )
@@ -605,6 +699,7 @@ fn connect_from(
     let one: libc::c_int = 1;
     // A chosen port may still be in TIME_WAIT towards another destination: reuse it.
     // Without one, the port is chosen at connect() time from the whole 4-tuple.
+    // IP_BIND_ADDRESS_NO_PORT is an IPPROTO_IP option on both families' sockets.
     let (level, option) = match port {
         Some(_) => (libc::SOL_SOCKET, libc::SO_REUSEADDR),
         None => (libc::IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT),
@@ -619,13 +714,28 @@ fn connect_from(
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     })?;
-    let local = sockaddr_in(bind, port.unwrap_or(0));
-    let sa_len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: bind with a valid sockaddr_in and its size.
-    cvt(unsafe { libc::bind(fd, (&raw const local).cast(), sa_len) })?;
-    let remote = sockaddr_in(*to4.ip(), to4.port());
-    // SAFETY: connect with a valid sockaddr_in and its size.
-    if unsafe { libc::connect(fd, (&raw const remote).cast(), sa_len) } != 0 {
+    let connected = match (bind, to) {
+        (IpAddr::V4(bind), SocketAddr::V4(to4)) => {
+            let local = sockaddr_in(bind, port.unwrap_or(0));
+            let sa_len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            // SAFETY: bind with a valid sockaddr_in and its size.
+            cvt(unsafe { libc::bind(fd, (&raw const local).cast(), sa_len) })?;
+            let remote = sockaddr_in(*to4.ip(), to4.port());
+            // SAFETY: connect with a valid sockaddr_in and its size.
+            unsafe { libc::connect(fd, (&raw const remote).cast(), sa_len) }
+        }
+        (IpAddr::V6(bind), SocketAddr::V6(to6)) => {
+            let local = sockaddr_in6(bind, port.unwrap_or(0));
+            let sa_len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+            // SAFETY: bind with a valid sockaddr_in6 and its size.
+            cvt(unsafe { libc::bind(fd, (&raw const local).cast(), sa_len) })?;
+            let remote = sockaddr_in6(*to6.ip(), to6.port());
+            // SAFETY: connect with a valid sockaddr_in6 and its size.
+            unsafe { libc::connect(fd, (&raw const remote).cast(), sa_len) }
+        }
+        _ => return Err(std::io::Error::from_raw_os_error(libc::EAFNOSUPPORT)),
+    };
+    if connected != 0 {
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() != Some(libc::EINPROGRESS) {
             return Err(e);
@@ -663,7 +773,7 @@ fn tcp_attempt(
     timeout: Duration,
     echo: bool,
     seq: u64,
-    bind: Option<Ipv4Addr>,
+    bind: Option<IpAddr>,
     source_port: Option<u16>,
     hold: Option<&Barrier>,
 ) -> Result<Answer, Failure> {
@@ -733,7 +843,7 @@ struct TcpOpts {
     interval_ms: u64,
     timeout_ms: u64,
     echo: bool,
-    bind: Option<Ipv4Addr>,
+    bind: Option<IpAddr>,
     source_port: Option<u16>,
     parallel: u64,
     hold: bool,
@@ -931,7 +1041,7 @@ fn udp_client_ext(
     count: u64,
     connected: bool,
     timeout_ms: u64,
-    bind: Option<Ipv4Addr>,
+    bind: Option<IpAddr>,
 ) -> (UdpReport, SeenFrom) {
     let timeout = Duration::from_millis(timeout_ms.max(1));
     let start = Instant::now();
@@ -1100,7 +1210,7 @@ fn transfer(
     to: &SocketAddr,
     bytes: u64,
     seed: u64,
-    bind: Option<Ipv4Addr>,
+    bind: Option<IpAddr>,
     timeout_ms: u64,
 ) -> TransferReport {
     let timeout = Duration::from_millis(timeout_ms.max(1));
@@ -1128,7 +1238,7 @@ fn transfer_inner(
     to: &SocketAddr,
     bytes: u64,
     seed: u64,
-    bind: Option<Ipv4Addr>,
+    bind: Option<IpAddr>,
     timeout: Duration,
     r: &mut TransferReport,
     sha: &mut Sha256,
@@ -1516,7 +1626,7 @@ mod tests {
             interval_ms: 0,
             timeout_ms: 2000,
             echo: true,
-            bind: Some(Ipv4Addr::new(127, 0, 0, 2)),
+            bind: Some(Ipv4Addr::new(127, 0, 0, 2).into()),
             source_port: None,
             parallel: 20,
             hold: true,
@@ -1526,7 +1636,7 @@ mod tests {
         // (the server saw those ports).
         let ports = TcpOpts {
             count: Some(5),
-            bind: Some(Ipv4Addr::new(127, 0, 0, 3)),
+            bind: Some(Ipv4Addr::new(127, 0, 0, 3).into()),
             source_port: Some(45_000),
             parallel: 1,
             hold: false,
@@ -1575,7 +1685,13 @@ mod tests {
             .is_err()
         );
 
-        let t = transfer(&to, 1_000_003, 5, Some(Ipv4Addr::new(127, 0, 0, 3)), 5000);
+        let t = transfer(
+            &to,
+            1_000_003,
+            5,
+            Some(Ipv4Addr::new(127, 0, 0, 3).into()),
+            5000,
+        );
         assert!(t.ok, "{t:?}");
         assert_eq!(
             (t.sent, t.received, t.mismatch_offset),
@@ -1601,7 +1717,7 @@ mod tests {
             2,
             false,
             1000,
-            Some(Ipv4Addr::new(127, 0, 0, 4)),
+            Some(Ipv4Addr::new(127, 0, 0, 4).into()),
         );
         assert_eq!(r.replies, 6, "{r:?}");
         assert_eq!(r.backends["q"], 6);

@@ -725,8 +725,9 @@ fn drive(
     let line = run.cold_start(agent)?;
     run.say(&line);
     let tc = run.env.tc_pins();
+    // Ingress and egress of both families on the one device.
     let want_tc = if opts.datapath == DataPath::NodePort {
-        2
+        4
     } else {
         0
     };

@@ -6,6 +6,7 @@
 pub mod desired;
 pub mod diff;
 pub mod family;
+pub mod fit;
 pub mod maglev;
 pub mod twin;
 pub mod v4;
