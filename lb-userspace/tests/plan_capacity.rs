@@ -7,7 +7,14 @@ use std::process::Command;
 fn plan(args: &[&str]) -> (bool, String) {
     let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/demo");
     let out = Command::new(env!("CARGO_BIN_EXE_socklb"))
-        .args(["plan", "--manifests", demo, "--node", "socklb-demo", "--capacity"])
+        .args([
+            "plan",
+            "--manifests",
+            demo,
+            "--node",
+            "socklb-demo",
+            "--capacity",
+        ])
         .args(args)
         .output()
         .unwrap();

@@ -30,6 +30,7 @@ pub mod cluster;
 pub mod cluster_spec;
 pub mod cmd;
 pub mod container;
+pub mod differential;
 pub mod family;
 pub mod hold;
 pub mod http;

@@ -4,7 +4,8 @@
 //! - `build-ebpf`: builds the kernel programs and prints the object's path;
 //! - `test`: the whole test suite (what CI runs);
 //! - `demo`: the self-contained demo sandbox;
-//! - `bench`, `chaos`: the benchmarks, and their chaos stage on its own.
+//! - `bench`, `chaos`, `differential`: the benchmarks, and their chaos and differential
+//!   stages on their own.
 //! - `image`: the socklb OCI image, without pulling a base image.
 //! - `fuzz`: the fuzz targets for a bounded time (also a stage of `bench`).
 mod bench;
@@ -66,10 +67,11 @@ enum Task {
         #[arg(long, value_name = "RESULTS_JSON")]
         render: Option<PathBuf>,
         /// Only these items, comma separated (tcp, udp, control, memory, nodeport,
-        /// stale, chaos, fuzz), written under target/bench-items/ (unless --out); the
-        /// criterion benchmark runs only with `control`, the chaos stage only with
-        /// `chaos` (alone: `cargo xtask chaos`), the fuzz stage only with `fuzz`
-        /// (alone: `cargo xtask fuzz`).
+        /// stale, chaos, fuzz, differential), written under target/bench-items/ (unless
+        /// --out); the criterion benchmark runs only with `control`, the chaos stage
+        /// only with `chaos` (alone: `cargo xtask chaos`), the fuzz stage only with
+        /// `fuzz` (alone: `cargo xtask fuzz`), the differential stage only with
+        /// `differential` (alone: `cargo xtask differential`).
         #[arg(long, value_delimiter = ',')]
         items: Option<Vec<String>>,
         /// Cycles of the chaos stage (default 100, quick 20; 0 skips it).
@@ -78,6 +80,22 @@ enum Task {
         /// Seconds per fuzz target of the fuzz stage (default 60, quick 10; 0 skips it).
         #[arg(long = "fuzz-seconds")]
         fuzz_seconds: Option<u64>,
+        /// Cases of the differential stage (default 10000, quick 2000; 0 skips it).
+        #[arg(long = "differential-cases")]
+        differential_cases: Option<usize>,
+    },
+    /// The differential run alone (root): random Services and policies programmed
+    /// through the agent, every frontend probed through the socket hooks and the TC
+    /// program; fails unless every outcome is one `socklb plan` allows.
+    Differential {
+        #[arg(long, default_value_t = bench::differential::CASES)]
+        cases: usize,
+        /// The seed of every random choice (default: from the clock; printed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Service slots (Services present at once).
+        #[arg(long, default_value_t = bench::differential::SLOTS)]
+        slots: usize,
     },
     /// The chaos run alone (root): the agent SIGKILLed at random points of its syncs
     /// under clients and churn; fails unless nothing failed, diverged or leaked.
@@ -193,6 +211,7 @@ fn run() -> Result<()> {
             items,
             chaos_cycles,
             fuzz_seconds,
+            differential_cases,
         } => bench::run(
             &root,
             bench::Options {
@@ -205,8 +224,12 @@ fn run() -> Result<()> {
                 items,
                 chaos_cycles,
                 fuzz_seconds,
+                differential_cases,
             },
         ),
+        Task::Differential { cases, seed, slots } => {
+            bench::differential::run(&root, &bench::differential::Options { cases, seed, slots })
+        }
         Task::Chaos {
             cycles,
             seed,

@@ -11,6 +11,7 @@
 //! Only serde here (and clap behind the `clap` feature), so that xtask stays light.
 
 mod chaos;
+mod differential;
 pub mod format;
 mod results;
 mod spread;
@@ -18,6 +19,7 @@ mod stale;
 pub mod targets;
 
 pub use chaos::*;
+pub use differential::*;
 pub use results::*;
 pub use spread::{Spread, quantile};
 pub use stale::{Percentiles, StaleSocketsRow};

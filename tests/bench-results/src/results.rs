@@ -37,6 +37,9 @@ pub struct Results {
     /// not run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chaos: Vec<crate::ChaosResults>,
+    /// The differential stage (`cargo xtask bench` adds it). None: not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub differential: Option<crate::DifferentialResults>,
     /// Things the reader must know (skipped parts, capacity limits, sanity failures).
     pub notes: Vec<String>,
 }

@@ -4,6 +4,7 @@
 //! types of `socklb_bench_results`, which xtask reads back to render the summary.
 
 pub mod chaos;
+pub mod differential;
 pub mod iptables;
 pub mod load;
 pub mod model;

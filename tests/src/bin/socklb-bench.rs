@@ -9,6 +9,8 @@
 //!   route).
 //! - `chaos`: the long chaos run (`socklb_tests::chaos`), its results as JSON. Needs
 //!   root.
+//! - `differential`: the long differential run (`socklb_tests::differential`), its
+//!   results as JSON. Needs root.
 //! - `timed`: runs a tool and prints how long it took (run by `run` inside a namespace).
 //! - `rules`: prints the generated kube-proxy rules or socklb manifests, for reading.
 
@@ -45,6 +47,10 @@ enum Cmd {
     /// The chaos run: the agent SIGKILLed at random points of its syncs, cycle after
     /// cycle, under clients and churn; writes the results as JSON.
     Chaos(bench::chaos::ChaosArgs),
+    /// The differential run: random Services and policies programmed through the
+    /// agent, every frontend probed and judged against `socklb plan`; writes the
+    /// results as JSON.
+    Differential(bench::differential::DifferentialArgs),
     /// A backend: answers TCP and UDP requests with its own address.
     Serve {
         /// This pod's address (put in every answer).
@@ -251,6 +257,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Chaos(a) => {
             bench::chaos::run(&a)?;
+            eprintln!("socklb-bench: results in {}", a.out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Differential(a) => {
+            bench::differential::run(&a)?;
             eprintln!("socklb-bench: results in {}", a.out.display());
             Ok(ExitCode::SUCCESS)
         }

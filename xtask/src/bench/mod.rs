@@ -6,7 +6,9 @@
 //!    (iptables-restore, nft), the agent's memory and one-file changes, all inside
 //!    network namespaces, a cgroup and a pin directory it creates;
 //! 4. the socklb package's criterion benchmark `control_plane` (objects in memory -> maps);
-//! 5. the chaos stage (`chaos.rs`: the agent SIGKILLed at random points of its syncs);
+//! 5. the chaos stage (`chaos.rs`: the agent SIGKILLed at random points of its syncs)
+//!    and the differential stage (`differential.rs`: random services probed through
+//!    the kernel and judged against the plan);
 //! 6. merges them into `bench/results/<name>.json` and renders `docs/bench/README.md`
 //!    with SVG plots (drawn here with plotters' SVG backend);
 //! 7. the fuzz stage: each fuzz target of socklb-core for a bounded time
@@ -21,6 +23,7 @@
 //! (`plots.rs`).
 
 pub mod chaos;
+pub mod differential;
 mod plots;
 mod summary;
 
@@ -49,6 +52,9 @@ pub struct Options {
     /// Seconds per fuzz target of the fuzz stage (0: skipped; default
     /// [`FUZZ_SECONDS`], quick [`FUZZ_QUICK_SECONDS`]).
     pub fuzz_seconds: Option<u64>,
+    /// Cases of the differential stage (0: skipped; default
+    /// [`differential::CASES`], quick [`differential::QUICK_CASES`]).
+    pub differential_cases: Option<usize>,
 }
 
 /// Seconds per fuzz target in the fuzz stage.
@@ -96,7 +102,8 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         .items
         .as_ref()
         .is_none_or(|items| items.iter().any(|i| i == "chaos"));
-    // `fuzz` likewise (alone: `cargo xtask fuzz`).
+    // `fuzz` and `differential` likewise (alone: `cargo xtask fuzz`, `cargo xtask
+    // differential`).
     let with_fuzz = opts
         .items
         .as_ref()
@@ -110,9 +117,18 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     } else {
         0
     };
+    let cases = opts.differential_cases.unwrap_or(if opts.quick {
+        differential::QUICK_CASES
+    } else {
+        differential::CASES
+    });
+    let with_differential = opts
+        .items
+        .as_ref()
+        .is_none_or(|items| items.iter().any(|i| i == "differential"));
     let mut opts = opts;
     if let Some(items) = &mut opts.items {
-        items.retain(|i| i != "chaos" && i != "fuzz");
+        items.retain(|i| i != "chaos" && i != "fuzz" && i != "differential");
         if items.is_empty() {
             if with_chaos && cycles > 0 {
                 let chaos_opts = chaos::Options {
@@ -120,6 +136,13 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
                     ..Default::default()
                 };
                 chaos::run(root, &chaos_opts)?;
+            }
+            if with_differential && cases > 0 {
+                let diff_opts = differential::Options {
+                    cases,
+                    ..Default::default()
+                };
+                differential::run(root, &diff_opts)?;
             }
             return fuzz_stage(root, fuzz_seconds, &docs_dir, &results_dir);
         }
@@ -243,6 +266,21 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
                 c.datapath, c.seed
             ));
         }
+    }
+
+    if with_differential && cases > 0 {
+        let opts = differential::Options {
+            cases,
+            ..Default::default()
+        };
+        let d = differential::stage(root, &opts, &scratch, &stamp)?;
+        if !d.clean() {
+            results.notes.push(format!(
+                "The differential stage found {} divergences from the plan (seed {}): see its section.",
+                d.divergences_total, d.seed
+            ));
+        }
+        results.differential = Some(d);
     }
 
     std::fs::create_dir_all(&results_dir)?;

@@ -388,6 +388,7 @@ pub(super) fn markdown(r: &Results, results_link: &str, plots: &[&str]) -> Strin
     }
 
     m.push_str(&super::chaos::section(r));
+    m.push_str(&super::differential::section(r));
     m.push_str(&profile_section(r));
 
     if !r.notes.is_empty() {
