@@ -863,7 +863,7 @@ mod pod {
     unsafe impl aya::Pod for super::AffinityMatch4Key {}
     unsafe impl aya::Pod for super::AffinityMatch4Value {}
     unsafe impl aya::Pod for super::SockKill4Key {}
-    unsafe impl aya::Pod for super::SockDestroy4 {}
+    unsafe impl aya::Pod for super::SockDestroy {}
     unsafe impl aya::Pod for super::maglev::MaglevEntries {}
 }
 

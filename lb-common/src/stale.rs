@@ -1,7 +1,8 @@
 //! Layouts of stale-socket termination: the (frontend, backend) pairs whose connected
 //! sockets the socket iterators destroy ([`SockKill4Key`], map
-//! [`crate::map_names::SOCK_KILL4`]), and what the iterators report per socket they
-//! destroyed ([`SockDestroy4`], written to the iterator's output, not a map).
+//! [`crate::map_names::SOCK_KILL4`], and [`crate::SockKill6Key`] in
+//! [`crate::map_names::SOCK_KILL6`]), and what the iterators report per socket they
+//! destroyed ([`SockDestroy`], written to the iterator's output, not a map).
 //!
 //! The same rules as every map type: `#[repr(C)]`, explicit padding, a size assertion
 //! and a comment per field.
@@ -35,18 +36,24 @@ const _: () = assert!(core::mem::size_of::<SockKill4Key>() == 16);
 /// Value of the kill map: reserved, always [`SOCK_KILL_PRESENT`].
 pub const SOCK_KILL_PRESENT: u8 = 1;
 
-/// One socket an iterator destroyed (or tried to): the iterator writes one per socket
-/// with `bpf_seq_write`, the agent reads them back from the iterator's file.
+// The IPv6 kill map ([`crate::map_names::SOCK_KILL6`]) is keyed by
+// [`crate::SockKill6Key`], the same pair with IPv6 addresses. An AF_INET6 socket
+// translated for an IPv4-mapped service is looked up in the IPv4 map: its frontend and
+// backend are IPv4 ones.
+
+/// One socket an iterator destroyed (or tried to), of either family: the iterator
+/// writes one per socket with `bpf_seq_write`, the agent reads them back from the
+/// iterator's file. Addresses are IPv6; an AF_INET socket's, and an AF_INET6 socket's
+/// IPv4-mapped ones, are written `::ffff:a.b.c.d`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SockDestroy4 {
+pub struct SockDestroy {
     /// Socket cookie (`SO_COOKIE`) of the destroyed socket.
     pub cookie: u64,
-    /// Service address of its translation ([`crate::SockState4::svc_address`]),
-    /// network byte order.
-    pub svc_address: u32,
-    /// Backend address it was connected to, network byte order.
-    pub backend_address: u32,
+    /// Service address of its translation (the storage's `svc_address`).
+    pub svc_address: crate::Addr6,
+    /// Backend address it was connected to.
+    pub backend_address: crate::Addr6,
     /// Service port, network byte order.
     pub svc_port: u16,
     /// Backend port, network byte order.
@@ -55,10 +62,17 @@ pub struct SockDestroy4 {
     pub result: i32,
     /// IP protocol of the socket.
     pub proto: u8,
+    /// Address family of the socket: [`SOCK_DESTROY_INET`] or [`SOCK_DESTROY_INET6`].
+    pub family: u8,
     /// Explicit padding, always zero.
-    pub pad: [u8; 7],
+    pub pad: [u8; 6],
 }
-const _: () = assert!(core::mem::size_of::<SockDestroy4>() == 32);
+const _: () = assert!(core::mem::size_of::<SockDestroy>() == 56);
+
+/// [`SockDestroy::family`] of an AF_INET socket (the kernel's AF_INET).
+pub const SOCK_DESTROY_INET: u8 = 2;
+/// [`SockDestroy::family`] of an AF_INET6 socket (the kernel's AF_INET6).
+pub const SOCK_DESTROY_INET6: u8 = 10;
 
 #[cfg(test)]
 mod tests {
@@ -73,11 +87,13 @@ mod tests {
         assert_eq!(offset_of!(SockKill4Key, backend_port), 6);
         assert_eq!(offset_of!(SockKill4Key, backend_address), 8);
         assert_eq!(offset_of!(SockKill4Key, proto), 12);
-        assert_eq!(size_of::<SockDestroy4>(), 32);
-        assert_eq!(align_of::<SockDestroy4>(), 8);
-        assert_eq!(offset_of!(SockDestroy4, svc_address), 8);
-        assert_eq!(offset_of!(SockDestroy4, svc_port), 16);
-        assert_eq!(offset_of!(SockDestroy4, result), 20);
-        assert_eq!(offset_of!(SockDestroy4, proto), 24);
+        assert_eq!(size_of::<SockDestroy>(), 56);
+        assert_eq!(align_of::<SockDestroy>(), 8);
+        assert_eq!(offset_of!(SockDestroy, svc_address), 8);
+        assert_eq!(offset_of!(SockDestroy, backend_address), 24);
+        assert_eq!(offset_of!(SockDestroy, svc_port), 40);
+        assert_eq!(offset_of!(SockDestroy, result), 44);
+        assert_eq!(offset_of!(SockDestroy, proto), 48);
+        assert_eq!(offset_of!(SockDestroy, family), 49);
     }
 }

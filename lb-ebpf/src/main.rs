@@ -9,8 +9,11 @@
 //! - `lb.rs`: the load-balancing core every hook calls: frontends, backend selection,
 //!   written once over `family.rs` (where IPv4 and IPv6 keep their maps and keys);
 //! - `maglev.rs`: backend selection by a frontend's Maglev table (TC, new flows);
-//! - `sock4.rs`: the IPv4 socket hooks (connect4, sendmsg4, recvmsg4, getpeername4);
-//! - `bind4.rs`: post_bind4, which keeps NodePorts' ports from local listeners;
+//! - `sock.rs`: the socket hooks of both families (connect4/6, sendmsg4/6, recvmsg4/6,
+//!   getpeername4/6), written once over `sock_family.rs` (where AF_INET and AF_INET6
+//!   sockets keep their state, and which lb family serves an IPv4-mapped address);
+//! - `bind.rs`: post_bind4 and post_bind6, which keep NodePorts' ports from local
+//!   listeners;
 //! - `tc/`: the TC programs of both families (parse, rewrite, conntrack, snat, route,
 //!   icmp, reject), one pair per family from the same code;
 //! - `stale.rs`: socket iterators that destroy connected sockets whose backend left
@@ -22,9 +25,9 @@
 #![no_std]
 #![no_main]
 
-mod bind4;
+mod bind;
 mod error;
-// V6 and the lb6_* maps are used by the IPv6 hooks and TC path, which follow.
+// Parts of V6 and the lb6_* maps are used only by the IPv6 TC path, which follows.
 #[allow(dead_code)]
 mod family;
 mod lb;
@@ -32,7 +35,8 @@ mod maglev;
 mod maps;
 #[allow(dead_code)]
 mod maps6;
-mod sock4;
+mod sock;
+mod sock_family;
 mod stale;
 mod tc;
 
@@ -43,27 +47,52 @@ use aya_ebpf::{
 
 #[cgroup_sock_addr(connect4)]
 pub fn sock4_connect(ctx: SockAddrContext) -> i32 {
-    sock4::xlate_fwd(&ctx, sock4::FwdHook::Connect)
+    sock::xlate_fwd4(&ctx, sock::FwdHook::Connect)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sock4_sendmsg(ctx: SockAddrContext) -> i32 {
-    sock4::xlate_fwd(&ctx, sock4::FwdHook::Sendmsg)
+    sock::xlate_fwd4(&ctx, sock::FwdHook::Sendmsg)
 }
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn sock4_recvmsg(ctx: SockAddrContext) -> i32 {
-    sock4::xlate_rev(&ctx)
+    sock::xlate_rev4(&ctx)
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn sock4_getpeername(ctx: SockAddrContext) -> i32 {
-    sock4::xlate_rev(&ctx)
+    sock::xlate_rev4(&ctx)
 }
 
 #[cgroup_sock(post_bind4)]
 pub fn sock4_post_bind(ctx: SockContext) -> i32 {
-    bind4::post_bind(&ctx)
+    bind::post_bind4(&ctx)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn sock6_connect(ctx: SockAddrContext) -> i32 {
+    sock::xlate_fwd6(&ctx, sock::FwdHook::Connect)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sock6_sendmsg(ctx: SockAddrContext) -> i32 {
+    sock::xlate_fwd6(&ctx, sock::FwdHook::Sendmsg)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn sock6_recvmsg(ctx: SockAddrContext) -> i32 {
+    sock::xlate_rev6(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn sock6_getpeername(ctx: SockAddrContext) -> i32 {
+    sock::xlate_rev6(&ctx)
+}
+
+#[cgroup_sock(post_bind6)]
+pub fn sock6_post_bind(ctx: SockContext) -> i32 {
+    bind::post_bind6(&ctx)
 }
 
 #[classifier]
@@ -111,13 +140,13 @@ pub fn lb6_tc_reject(ctx: TcContext) -> i32 {
 // loader and the kernel go by.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/udp")]
-pub fn sock4_stale_udp(ctx: *mut stale::bpf_iter__udp) -> i32 {
+pub fn sock_stale_udp(ctx: *mut stale::bpf_iter__udp) -> i32 {
     stale::udp(ctx)
 }
 
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/tcp")]
-pub fn sock4_stale_tcp(ctx: *mut stale::bpf_iter__tcp) -> i32 {
+pub fn sock_stale_tcp(ctx: *mut stale::bpf_iter__tcp) -> i32 {
     stale::tcp(ctx)
 }
 

@@ -92,6 +92,52 @@ impl std::fmt::Display for Family {
     }
 }
 
+/// Runs each named test body (a `fn name(family: Family)` in scope) once per family,
+/// as the tests `name::ipv4` and `name::ipv6`: the body is written once.
+///
+/// ```ignore
+/// socklb_tests::each_family!(tcp_reaches_every_backend);
+/// fn tcp_reaches_every_backend(f: Family) { /* ... */ }
+/// ```
+#[macro_export]
+macro_rules! each_family {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn ipv4() {
+                    super::$name($crate::family::Family::V4)
+                }
+                #[test]
+                fn ipv6() {
+                    super::$name($crate::family::Family::V6)
+                }
+            }
+        )*
+    };
+}
+
+/// A copy of the manifests directory `src` rewritten for `family`
+/// ([`Family::manifests`]), for [`crate::Cluster::start`].
+pub fn manifests_dir(family: Family, src: &std::path::Path) -> anyhow::Result<crate::ManifestDir> {
+    use anyhow::Context as _;
+    let dir = crate::ManifestDir::new()?;
+    for entry in std::fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {
+        let path = entry?.path();
+        if !path.is_file() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("a manifest's file name")?;
+        dir.write(name, &family.manifests(&text))?;
+    }
+    Ok(dir)
+}
+
 /// The IPv6 twin of a test's IPv4 address: fd00:a:b:c::d with each octet's decimal
 /// digits as the hex group.
 pub fn v6_of(v4: Ipv4Addr) -> Ipv6Addr {
@@ -133,6 +179,8 @@ fn rewrite_v6(text: &str) -> String {
     let text = text
         .replace("addressType: IPv4", "addressType: IPv6")
         .replace("\"addressType\": \"IPv4\"", "\"addressType\": \"IPv6\"")
+        // Compact JSON (socklb_core::builders::manifest_text).
+        .replace("\"addressType\":\"IPv4\"", "\"addressType\":\"IPv6\"")
         .replace("[IPv4]", "[IPv6]")
         .replace("- IPv4\n", "- IPv6\n");
     let bytes = text.as_bytes();
@@ -235,6 +283,11 @@ mod tests {
         assert!(out.contains("[\"fd00:10:244:1::10\"]"), "{out}");
         assert!(out.contains("version: 1.2.3.4.5"), "{out}");
         assert_eq!(Family::V4.manifests(yaml), yaml);
+        let json = r#"{"addressType":"IPv4","endpoints":[{"addresses":["10.244.0.31"]}]}"#;
+        assert_eq!(
+            Family::V6.manifests(json),
+            r#"{"addressType":"IPv6","endpoints":[{"addresses":["fd00:10:244::31"]}]}"#
+        );
         assert_eq!(
             Family::V6.sock_str("10.96.0.10:80").to_string(),
             "[fd00:10:96::10]:80"

@@ -16,7 +16,9 @@ use std::{
 use serde_json::{Value, json};
 use socklb_core::builders;
 use socklb_tests::{
-    Agent, Cluster, ManifestDir, TcpProbe, TcpReport, UdpProbe, require_privileges,
+    Agent, Cluster, ManifestDir, TcpProbe, TcpReport, UdpProbe,
+    family::Family,
+    require_privileges,
     sandbox::{tcp_probe_in, udp_probe_in},
     socklb,
 };
@@ -40,8 +42,9 @@ const BACKENDS: [&str; 8] = [
 const CLIENT_PODS: [&str; 3] = ["10.244.0.101", "10.244.0.102", "10.244.0.103"];
 const WAIT: Duration = Duration::from_secs(15);
 
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
+/// A test's IPv4 socket address in family `f`.
+fn addr(f: Family, s: &str) -> SocketAddr {
+    f.sock_str(s)
 }
 
 /// A Service with ClientIP affinity (`timeout` None: the default), TCP 80 and UDP 53.
@@ -79,18 +82,20 @@ fn manifests(backends: &[&str]) -> (String, String) {
     )
 }
 
-/// The cluster with its client pods, ready.
-fn cluster() -> Cluster {
+/// The cluster (its manifests in family `f`) with its client pods, ready.
+fn cluster(f: Family) -> Cluster {
     let dir = ManifestDir::new().unwrap();
     let (sticky, brief) = manifests(&BACKENDS);
-    dir.write("sticky.yaml", &sticky).unwrap();
-    dir.write("brief.yaml", &brief).unwrap();
+    dir.write("sticky.yaml", &f.manifests(&sticky)).unwrap();
+    dir.write("brief.yaml", &f.manifests(&brief)).unwrap();
     let mut c = Cluster::start(dir.path()).unwrap();
     for ip in CLIENT_PODS {
         c.sandbox.add_pod(ip.parse().unwrap()).unwrap();
     }
-    c.wait_tcp(&TcpProbe::new(addr(STICKY)).count(1), WAIT, |r| r.ok == 1)
-        .unwrap();
+    c.wait_tcp(&TcpProbe::new(addr(f, STICKY)).count(1), WAIT, |r| {
+        r.ok == 1
+    })
+    .unwrap();
     c
 }
 
@@ -117,6 +122,14 @@ fn tcp_from(c: &Cluster, client: Client, probe: &TcpProbe) -> TcpReport {
     }
 }
 
+// Every test in both families (`name::ipv4`, `name::ipv6`): IPv6 clients' affinity
+// lives in lb6_aff_v1, keyed by the same network-namespace cookie.
+socklb_tests::each_family!(
+    every_client_sticks_to_one_backend_over_tcp_and_udp,
+    affinity_is_renewed_within_the_timeout_and_ends_after_it,
+    a_removed_backend_ends_the_affinity_and_restarts_keep_it,
+);
+
 /// The one backend every connection of `r` reached (fails if there were several).
 fn only_backend(r: &TcpReport, what: &str) -> String {
     assert_eq!(r.failed(), 0, "{what}: {r:?}");
@@ -124,19 +137,18 @@ fn only_backend(r: &TcpReport, what: &str) -> String {
     r.backends.keys().next().unwrap().clone()
 }
 
-#[test]
-fn every_client_sticks_to_one_backend_over_tcp_and_udp() {
+fn every_client_sticks_to_one_backend_over_tcp_and_udp(f: Family) {
     if !require_privileges() {
         return;
     }
-    let c = cluster();
+    let c = cluster(f);
     for client in clients() {
-        let r = tcp_from(&c, client, &TcpProbe::new(addr(STICKY)).count(1000));
+        let r = tcp_from(&c, client, &TcpProbe::new(addr(f, STICKY)).count(1000));
         only_backend(&r, &format!("{client:?}, 1000 connects"));
         assert_eq!(r.ok, 1000);
         // UDP: 50 new sockets of the same client stick too (to the UDP port's backend:
         // affinity is per service port, as kube-proxy's).
-        let probe = UdpProbe::new(addr(STICKY_DNS)).sockets(50);
+        let probe = UdpProbe::new(addr(f, STICKY_DNS)).sockets(50);
         let u = match client {
             Client::Node => c.udp(&probe).unwrap(),
             Client::Pod(ip) => {
@@ -154,22 +166,21 @@ fn every_client_sticks_to_one_backend_over_tcp_and_udp() {
     let affinity = status["affinity"].as_array().unwrap();
     let tcp_clients: BTreeSet<&str> = affinity
         .iter()
-        .filter(|a| a["frontend"] == STICKY && a["protocol"] == "TCP")
+        .filter(|a| a["frontend"] == addr(f, STICKY).to_string() && a["protocol"] == "TCP")
         .map(|a| a["client"].as_str().unwrap())
         .collect();
     assert_eq!(tcp_clients.len(), clients().len(), "{affinity:?}");
     assert!(tcp_clients.iter().all(|c| c.starts_with("netns:")));
 }
 
-#[test]
-fn affinity_is_renewed_within_the_timeout_and_ends_after_it() {
+fn affinity_is_renewed_within_the_timeout_and_ends_after_it(f: Family) {
     if !require_privileges() {
         return;
     }
-    let c = cluster();
-    let one = |c: &Cluster| {
+    let c = cluster(f);
+    let one = move |c: &Cluster| {
         only_backend(
-            &c.tcp(&TcpProbe::new(addr(BRIEF)).count(20)).unwrap(),
+            &c.tcp(&TcpProbe::new(addr(f, BRIEF)).count(20)).unwrap(),
             "20 connects",
         )
     };
@@ -193,14 +204,13 @@ fn affinity_is_renewed_within_the_timeout_and_ends_after_it() {
     );
 }
 
-#[test]
-fn a_removed_backend_ends_the_affinity_and_restarts_keep_it() {
+fn a_removed_backend_ends_the_affinity_and_restarts_keep_it(f: Family) {
     if !require_privileges() {
         return;
     }
-    let mut c = cluster();
+    let mut c = cluster(f);
     let before = only_backend(
-        &c.tcp(&TcpProbe::new(addr(STICKY)).count(50)).unwrap(),
+        &c.tcp(&TcpProbe::new(addr(f, STICKY)).count(50)).unwrap(),
         "before",
     );
     // An agent restart keeps the affinity (the maps are pinned).
@@ -209,7 +219,7 @@ fn a_removed_backend_ends_the_affinity_and_restarts_keep_it() {
     c.agent = Agent::start(&config).unwrap();
     assert!(c.agent.wait_for_log("ready", WAIT), "{}", c.agent.log());
     let after_restart = only_backend(
-        &c.tcp(&TcpProbe::new(addr(STICKY)).count(50)).unwrap(),
+        &c.tcp(&TcpProbe::new(addr(f, STICKY)).count(50)).unwrap(),
         "after a restart",
     );
     assert_eq!(after_restart, before, "the restart kept the affinity");
@@ -219,16 +229,18 @@ fn a_removed_backend_ends_the_affinity_and_restarts_keep_it() {
     let gone = before.trim_start_matches("pod-").to_string();
     let remaining: Vec<&str> = BACKENDS.iter().copied().filter(|b| *b != gone).collect();
     let (sticky, _) = manifests(&remaining);
-    c.manifests.write("sticky.yaml", &sticky).unwrap();
+    c.manifests
+        .write("sticky.yaml", &f.manifests(&sticky))
+        .unwrap();
     let started = Instant::now();
     let r = c
-        .wait_tcp(&TcpProbe::new(addr(STICKY)).count(1), WAIT, |r| {
+        .wait_tcp(&TcpProbe::new(addr(f, STICKY)).count(1), WAIT, |r| {
             r.ok == 1 && !r.backends.contains_key(&before)
         })
         .unwrap();
     let moved = r.backends.keys().next().unwrap().clone();
     assert!(started.elapsed() < WAIT);
-    let r = c.tcp(&TcpProbe::new(addr(STICKY)).count(200)).unwrap();
+    let r = c.tcp(&TcpProbe::new(addr(f, STICKY)).count(200)).unwrap();
     assert_eq!(
         only_backend(&r, "after the removal"),
         moved,

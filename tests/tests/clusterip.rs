@@ -18,8 +18,10 @@ use std::{
 
 use socklb_core::builders;
 use socklb_tests::{
-    Agent, Cluster, TcpProbe, TcpReport, UdpProbe, cluster::pod_id, probe_bin, require_privileges,
-    socklb, wait_until,
+    Agent, Cluster, TcpProbe, TcpReport, UdpProbe,
+    cluster::pod_id,
+    family::{Family, manifests_dir},
+    probe_bin, require_privileges, socklb, wait_until,
 };
 
 const WEB: &str = "10.96.0.10:80";
@@ -33,18 +35,26 @@ fn examples(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
+/// A test's IPv4 socket address ("10.96.0.10:80") in family `f`.
+fn addr(f: Family, s: &str) -> SocketAddr {
+    f.sock_str(s)
+}
+
+/// How the probes show `addr(f, s)` (getpeername, reply sources).
+fn shown(f: Family, s: &str) -> String {
+    addr(f, s).to_string()
 }
 
 fn pod(ip: &str) -> String {
     pod_id(ip.parse().unwrap())
 }
 
-/// Starts the agent on the demo manifests and waits until the web service answers.
-fn demo_cluster() -> Cluster {
-    let mut c = Cluster::start(&examples("demo")).unwrap();
-    c.wait_tcp(&TcpProbe::new(addr(WEB)).count(1), WAIT, |r| r.ok == 1)
+/// Starts the agent on the demo manifests (rewritten for `f`) and waits until the web
+/// service answers.
+fn demo_cluster(f: Family) -> Cluster {
+    let src = manifests_dir(f, &examples("demo")).unwrap();
+    let mut c = Cluster::start(src.path()).unwrap();
+    c.wait_tcp(&TcpProbe::new(addr(f, WEB)).count(1), WAIT, |r| r.ok == 1)
         .unwrap();
     c
 }
@@ -71,11 +81,12 @@ fn slice_yaml(name: &str, service: &str, ports: &[Port], endpoints: &[(&str, boo
     builders::manifest_text(&[object])
 }
 
-/// Writes `files` into an empty temp dir used as the cluster's source.
-fn source_dir(files: &[(&str, String)]) -> socklb_tests::ManifestDir {
+/// Writes `files` (rewritten for `f`) into an empty temp dir used as the cluster's
+/// source.
+fn source_dir(f: Family, files: &[(&str, String)]) -> socklb_tests::ManifestDir {
     let dir = socklb_tests::ManifestDir::new().unwrap();
     for (name, text) in files {
-        dir.write(name, text).unwrap();
+        dir.write(name, &f.manifests(text)).unwrap();
     }
     dir
 }
@@ -87,13 +98,24 @@ fn spread_ok(r: &TcpReport, ids: &[&str]) -> bool {
 
 // ---- the tests ----------------------------------------------------------------------
 
-#[test]
-fn tcp_reaches_every_backend_and_getpeername_shows_the_service() {
+// The socket hooks' semantics, in both families (`name::ipv4`, `name::ipv6`).
+socklb_tests::each_family!(
+    tcp_reaches_every_backend_and_getpeername_shows_the_service,
+    udp_replies_come_from_the_service_and_each_socket_sticks_to_one_backend,
+    no_endpoints_and_unknown_ports_are_refused_at_once,
+    endpoint_changes_take_effect_for_new_connections,
+    one_backend_behind_two_services_answers_as_each,
+    one_socket_talking_to_several_services_sees_each_service_answer,
+    binding_a_node_port_is_refused_in_the_cgroup,
+    internal_traffic_policy_local_without_a_local_endpoint_is_unreachable,
+);
+
+fn tcp_reaches_every_backend_and_getpeername_shows_the_service(f: Family) {
     if !require_privileges() {
         return;
     }
-    let mut c = demo_cluster();
-    let r = c.tcp(&TcpProbe::new(addr(WEB)).count(300)).unwrap();
+    let mut c = demo_cluster(f);
+    let r = c.tcp(&TcpProbe::new(addr(f, WEB)).count(300)).unwrap();
     assert_eq!(r.ok, 300, "{r:?}");
     // 300 random picks over 3 backends: each one is chosen (p(miss) ~ 1e-52).
     assert!(
@@ -103,32 +125,31 @@ fn tcp_reaches_every_backend_and_getpeername_shows_the_service() {
     assert_eq!(r.backends.len(), 3, "only the service's endpoints: {r:?}");
     assert_eq!(
         r.peers,
-        BTreeMap::from([(WEB.to_string(), 300)]),
+        BTreeMap::from([(shown(f, WEB), 300)]),
         "getpeername() must show the service"
     );
 
     // The TCP port of a multi-port service on another protocol, backends on another port.
-    let r = c.tcp(&TcpProbe::new(addr(DNS)).count(100)).unwrap();
+    let r = c.tcp(&TcpProbe::new(addr(f, DNS)).count(100)).unwrap();
     assert_eq!(r.ok, 100, "{r:?}");
     assert!(spread_ok(&r, &["10.244.0.21", "10.244.0.22"]), "{r:?}");
-    assert_eq!(r.peers, BTreeMap::from([(DNS.to_string(), 100)]));
+    assert_eq!(r.peers, BTreeMap::from([(shown(f, DNS), 100)]));
     c.shutdown().unwrap();
 }
 
-#[test]
-fn udp_replies_come_from_the_service_and_each_socket_sticks_to_one_backend() {
+fn udp_replies_come_from_the_service_and_each_socket_sticks_to_one_backend(f: Family) {
     if !require_privileges() {
         return;
     }
-    let mut c = demo_cluster();
+    let mut c = demo_cluster(f);
     // Unconnected sockets (sendto/recvfrom), as a resolver uses them.
     let r = c
-        .udp(&UdpProbe::new(addr(DNS)).sockets(40).count(5))
+        .udp(&UdpProbe::new(addr(f, DNS)).sockets(40).count(5))
         .unwrap();
     assert_eq!(r.replies, 200, "{r:?}");
     assert_eq!(
         r.reply_sources,
-        BTreeMap::from([(DNS.to_string(), 200)]),
+        BTreeMap::from([(shown(f, DNS), 200)]),
         "recvfrom() must report the service address, or a resolver drops the reply"
     );
     assert!(
@@ -142,27 +163,26 @@ fn udp_replies_come_from_the_service_and_each_socket_sticks_to_one_backend() {
     // Connected sockets: getpeername() shows the service.
     let r = c
         .udp(
-            &UdpProbe::new(addr(DNS))
+            &UdpProbe::new(addr(f, DNS))
                 .sockets(10)
                 .count(3)
                 .connected(true),
         )
         .unwrap();
     assert_eq!(r.replies, 30, "{r:?}");
-    assert_eq!(r.reply_sources, BTreeMap::from([(DNS.to_string(), 30)]));
+    assert_eq!(r.reply_sources, BTreeMap::from([(shown(f, DNS), 30)]));
     assert!(r.sockets_sticky());
     c.shutdown().unwrap();
 }
 
-#[test]
-fn no_endpoints_and_unknown_ports_are_refused_at_once() {
+fn no_endpoints_and_unknown_ports_are_refused_at_once(f: Family) {
     if !require_privileges() {
         return;
     }
-    let mut c = demo_cluster();
+    let mut c = demo_cluster(f);
     // A hang would show as ETIMEDOUT after 3 s; a refusal is ECONNREFUSED.
     let r = c
-        .tcp(&TcpProbe::new(addr(EMPTY)).count(5).timeout_ms(3000))
+        .tcp(&TcpProbe::new(addr(f, EMPTY)).count(5).timeout_ms(3000))
         .unwrap();
     assert_eq!(
         r.error("ECONNREFUSED"),
@@ -172,7 +192,7 @@ fn no_endpoints_and_unknown_ports_are_refused_at_once() {
 
     let r = c
         .tcp(
-            &TcpProbe::new(addr("10.96.0.10:81"))
+            &TcpProbe::new(addr(f, "10.96.0.10:81"))
                 .count(3)
                 .timeout_ms(3000),
         )
@@ -186,7 +206,7 @@ fn no_endpoints_and_unknown_ports_are_refused_at_once() {
     // UDP to a service address on a port it does not have: sendto() is refused.
     let r = c
         .udp(
-            &UdpProbe::new(addr("10.96.0.10:53"))
+            &UdpProbe::new(addr(f, "10.96.0.10:53"))
                 .count(1)
                 .timeout_ms(3000),
         )
@@ -197,7 +217,7 @@ fn no_endpoints_and_unknown_ports_are_refused_at_once() {
     // Addresses that are not services are left alone: no route in the sandbox.
     let r = c
         .tcp(
-            &TcpProbe::new(addr("10.96.0.200:80"))
+            &TcpProbe::new(addr(f, "10.96.0.200:80"))
                 .count(1)
                 .timeout_ms(3000),
         )
@@ -206,31 +226,33 @@ fn no_endpoints_and_unknown_ports_are_refused_at_once() {
     c.shutdown().unwrap();
 }
 
-#[test]
-fn endpoint_changes_take_effect_for_new_connections() {
+fn endpoint_changes_take_effect_for_new_connections(f: Family) {
     if !require_privileges() {
         return;
     }
     let web = [("http", "TCP", 80)];
     let ep = [("http", "TCP", 8080)];
-    let src = source_dir(&[
-        ("svc.yaml", service_yaml("web", "10.96.0.10", &web)),
-        (
-            "eps.yaml",
-            slice_yaml(
-                "web-1",
-                "web",
-                &ep,
-                &[
-                    ("10.244.0.11", true),
-                    ("10.244.0.12", true),
-                    ("10.244.0.13", false),
-                ],
+    let src = source_dir(
+        f,
+        &[
+            ("svc.yaml", service_yaml("web", "10.96.0.10", &web)),
+            (
+                "eps.yaml",
+                slice_yaml(
+                    "web-1",
+                    "web",
+                    &ep,
+                    &[
+                        ("10.244.0.11", true),
+                        ("10.244.0.12", true),
+                        ("10.244.0.13", false),
+                    ],
+                ),
             ),
-        ),
-    ]);
+        ],
+    );
     let mut c = Cluster::start(src.path()).unwrap();
-    let probe = TcpProbe::new(addr(WEB)).count(150);
+    let probe = TcpProbe::new(addr(f, WEB)).count(150);
     // A not-ready endpoint gets nothing, even though its pod answers.
     let r = c
         .wait_tcp(&probe, WAIT, |r| {
@@ -253,7 +275,7 @@ fn endpoint_changes_take_effect_for_new_connections() {
     c.manifests
         .write(
             "eps.yaml",
-            &slice_yaml(
+            &f.manifests(&slice_yaml(
                 "web-1",
                 "web",
                 &ep,
@@ -262,7 +284,7 @@ fn endpoint_changes_take_effect_for_new_connections() {
                     ("10.244.0.13", true),
                     ("10.244.0.14", true),
                 ],
-            ),
+            )),
         )
         .unwrap();
     c.wait_tcp(&probe, WAIT, |r| {
@@ -271,7 +293,7 @@ fn endpoint_changes_take_effect_for_new_connections() {
             && r.backends.contains_key(&pod("10.244.0.14"))
     })
     .unwrap();
-    let r = c.tcp(&TcpProbe::new(addr(WEB)).count(300)).unwrap();
+    let r = c.tcp(&TcpProbe::new(addr(f, WEB)).count(300)).unwrap();
     assert_eq!(r.ok, 300);
     assert!(
         spread_ok(&r, &["10.244.0.12", "10.244.0.13", "10.244.0.14"]),
@@ -285,10 +307,13 @@ fn endpoint_changes_take_effect_for_new_connections() {
 
     // All endpoints gone: refused. Back: served again.
     c.manifests
-        .write("eps.yaml", &slice_yaml("web-1", "web", &ep, &[]))
+        .write(
+            "eps.yaml",
+            &f.manifests(&slice_yaml("web-1", "web", &ep, &[])),
+        )
         .unwrap();
     c.wait_tcp(
-        &TcpProbe::new(addr(WEB)).count(1).timeout_ms(3000),
+        &TcpProbe::new(addr(f, WEB)).count(1).timeout_ms(3000),
         WAIT,
         |r| r.error("ECONNREFUSED") == 1,
     )
@@ -296,16 +321,16 @@ fn endpoint_changes_take_effect_for_new_connections() {
     c.manifests
         .write(
             "eps.yaml",
-            &slice_yaml("web-1", "web", &ep, &[("10.244.0.12", true)]),
+            &f.manifests(&slice_yaml("web-1", "web", &ep, &[("10.244.0.12", true)])),
         )
         .unwrap();
-    c.wait_tcp(&TcpProbe::new(addr(WEB)).count(1), WAIT, |r| r.ok == 1)
+    c.wait_tcp(&TcpProbe::new(addr(f, WEB)).count(1), WAIT, |r| r.ok == 1)
         .unwrap();
 
     // Service deleted: its address is no longer translated (and has no route).
     c.manifests.remove("svc.yaml").unwrap();
     c.wait_tcp(
-        &TcpProbe::new(addr(WEB)).count(1).timeout_ms(3000),
+        &TcpProbe::new(addr(f, WEB)).count(1).timeout_ms(3000),
         WAIT,
         |r| r.error("ENETUNREACH") == 1,
     )
@@ -313,39 +338,43 @@ fn endpoint_changes_take_effect_for_new_connections() {
     c.shutdown().unwrap();
 }
 
-#[test]
-fn one_backend_behind_two_services_answers_as_each() {
+fn one_backend_behind_two_services_answers_as_each(f: Family) {
     if !require_privileges() {
         return;
     }
     let ports = [("dns", "UDP", 53), ("web", "TCP", 80)];
     let ep = [("dns", "UDP", 5353), ("web", "TCP", 8080)];
-    let src = source_dir(&[
-        (
-            "a.yaml",
-            service_yaml("a", "10.96.5.1", &ports)
-                + &slice_yaml("a-1", "a", &ep, &[("10.244.0.31", true)]),
-        ),
-        (
-            "b.yaml",
-            service_yaml("b", "10.96.5.2", &ports)
-                + &slice_yaml("b-1", "b", &ep, &[("10.244.0.31", true)]),
-        ),
-    ]);
+    let src = source_dir(
+        f,
+        &[
+            (
+                "a.yaml",
+                service_yaml("a", "10.96.5.1", &ports)
+                    + &slice_yaml("a-1", "a", &ep, &[("10.244.0.31", true)]),
+            ),
+            (
+                "b.yaml",
+                service_yaml("b", "10.96.5.2", &ports)
+                    + &slice_yaml("b-1", "b", &ep, &[("10.244.0.31", true)]),
+            ),
+        ],
+    );
     let mut c = Cluster::start(src.path()).unwrap();
     for svc in ["10.96.5.1", "10.96.5.2"] {
         let tcp = format!("{svc}:80");
         let r = c
-            .wait_tcp(&TcpProbe::new(addr(&tcp)).count(20), WAIT, |r| r.ok == 20)
+            .wait_tcp(&TcpProbe::new(addr(f, &tcp)).count(20), WAIT, |r| {
+                r.ok == 20
+            })
             .unwrap();
-        assert_eq!(r.peers, BTreeMap::from([(tcp.clone(), 20)]), "{r:?}");
+        assert_eq!(r.peers, BTreeMap::from([(shown(f, &tcp), 20)]), "{r:?}");
         let udp = format!("{svc}:53");
         let r = c
-            .udp(&UdpProbe::new(addr(&udp)).sockets(5).count(4))
+            .udp(&UdpProbe::new(addr(f, &udp)).sockets(5).count(4))
             .unwrap();
         assert_eq!(
             r.reply_sources,
-            BTreeMap::from([(udp, 20)]),
+            BTreeMap::from([(shown(f, &udp), 20)]),
             "each service answers as itself: {r:?}"
         );
     }
@@ -356,8 +385,7 @@ fn one_backend_behind_two_services_answers_as_each() {
 /// several upstreams): its first service lives in the socket's own storage, the others
 /// in the LRU maps. Every reply must come from the service it answers, also when two
 /// of the services share a backend, and each (socket, service) sticks to one backend.
-#[test]
-fn one_socket_talking_to_several_services_sees_each_service_answer() {
+fn one_socket_talking_to_several_services_sees_each_service_answer(f: Family) {
     if !require_privileges() {
         return;
     }
@@ -386,6 +414,7 @@ fn one_socket_talking_to_several_services_sees_each_service_answer() {
         })
         .collect();
     let src = source_dir(
+        f,
         &files
             .iter()
             .map(|(n, t)| (n.as_str(), t.clone()))
@@ -394,13 +423,13 @@ fn one_socket_talking_to_several_services_sees_each_service_answer() {
     let mut c = Cluster::start(src.path()).unwrap();
     for (_, ip, _) in &services {
         let to = format!("{ip}:53");
-        c.wait_udp(&UdpProbe::new(addr(&to)), WAIT, |r| r.replies == 1)
+        c.wait_udp(&UdpProbe::new(addr(f, &to)), WAIT, |r| r.replies == 1)
             .unwrap();
     }
 
     let targets: Vec<SocketAddr> = services
         .iter()
-        .map(|(_, ip, _)| addr(&format!("{ip}:53")))
+        .map(|(_, ip, _)| addr(f, &format!("{ip}:53")))
         .collect();
     let probe = UdpProbe::new(targets[0])
         .also(targets[1])
@@ -438,11 +467,11 @@ fn agent_restarts_do_not_fail_a_single_connection() {
     if !require_privileges() {
         return;
     }
-    let mut c = demo_cluster();
+    let mut c = demo_cluster(Family::V4);
     // A client connecting continuously for the whole test, in the cgroup.
     let mut cmd = Command::new(probe_bin());
     cmd.args(
-        TcpProbe::new(addr(WEB))
+        TcpProbe::new(addr(Family::V4, WEB))
             .duration_ms(7000)
             .interval_ms(2)
             .timeout_ms(2000)
@@ -492,7 +521,7 @@ fn an_upgraded_agent_removes_the_pins_of_retired_maps() {
     if !require_privileges() {
         return;
     }
-    let mut c = demo_cluster();
+    let mut c = demo_cluster(Family::V4);
     let config = c.agent.config().clone();
     let status = c.agent.stop().unwrap();
     assert!(status.success(), "agent exit {status}");
@@ -529,7 +558,9 @@ fn an_upgraded_agent_removes_the_pins_of_retired_maps() {
     );
     assert!(!retired.exists(), "{} is still pinned", retired.display());
     assert!(c.pins.path().join("lb_stats_v3").exists());
-    let r = c.tcp(&TcpProbe::new(addr(WEB)).count(20)).unwrap();
+    let r = c
+        .tcp(&TcpProbe::new(addr(Family::V4, WEB)).count(20))
+        .unwrap();
     assert_eq!(r.ok, 20, "{r:?}");
     c.shutdown().unwrap();
 }
@@ -540,24 +571,29 @@ fn a_restarted_agent_applies_changes_made_while_it_was_down() {
         return;
     }
     let ep = [("http", "TCP", 8080)];
-    let src = source_dir(&[
-        (
-            "svc.yaml",
-            service_yaml("web", "10.96.0.10", &[("http", "TCP", 80)]),
-        ),
-        (
-            "eps.yaml",
-            slice_yaml(
-                "web-1",
-                "web",
-                &ep,
-                &[("10.244.0.11", true), ("10.244.0.12", true)],
+    let src = source_dir(
+        Family::V4,
+        &[
+            (
+                "svc.yaml",
+                service_yaml("web", "10.96.0.10", &[("http", "TCP", 80)]),
             ),
-        ),
-    ]);
+            (
+                "eps.yaml",
+                slice_yaml(
+                    "web-1",
+                    "web",
+                    &ep,
+                    &[("10.244.0.11", true), ("10.244.0.12", true)],
+                ),
+            ),
+        ],
+    );
     let mut c = Cluster::start(src.path()).unwrap();
-    c.wait_tcp(&TcpProbe::new(addr(WEB)).count(50), WAIT, |r| r.ok == 50)
-        .unwrap();
+    c.wait_tcp(&TcpProbe::new(addr(Family::V4, WEB)).count(50), WAIT, |r| {
+        r.ok == 50
+    })
+    .unwrap();
     let config = c.agent.config().clone();
     assert!(c.agent.stop().unwrap().success());
     c.manifests
@@ -568,7 +604,7 @@ fn a_restarted_agent_applies_changes_made_while_it_was_down() {
         .unwrap();
     c.agent = Agent::start(&config).unwrap();
     let r = c
-        .wait_tcp(&TcpProbe::new(addr(WEB)).count(60), WAIT, |r| {
+        .wait_tcp(&TcpProbe::new(addr(Family::V4, WEB)).count(60), WAIT, |r| {
             r.ok == 60 && r.backends.len() == 1
         })
         .unwrap();
@@ -581,7 +617,7 @@ fn uninstall_leaves_nothing_behind() {
     if !require_privileges() {
         return;
     }
-    let mut c = demo_cluster();
+    let mut c = demo_cluster(Family::V4);
     let pins = c.pins.path().to_path_buf();
     let cgroup = c.cgroup.path().to_path_buf();
     assert!(
@@ -603,7 +639,11 @@ fn uninstall_leaves_nothing_behind() {
     );
     // The service address is no longer translated.
     let r = c
-        .tcp(&TcpProbe::new(addr(WEB)).count(1).timeout_ms(3000))
+        .tcp(
+            &TcpProbe::new(addr(Family::V4, WEB))
+                .count(1)
+                .timeout_ms(3000),
+        )
         .unwrap();
     assert_eq!(r.error("ENETUNREACH"), 1, "{r:?}");
     // Uninstalling again is not an error.
@@ -641,7 +681,9 @@ fn invalid_manifests_next_to_valid_ones_do_not_stop_the_valid_services() {
         ("10.96.1.20:80", "10.244.1.21"),
     ] {
         let r = c
-            .wait_tcp(&TcpProbe::new(addr(svc)).count(10), WAIT, |r| r.ok == 10)
+            .wait_tcp(&TcpProbe::new(addr(Family::V4, svc)).count(10), WAIT, |r| {
+                r.ok == 10
+            })
             .unwrap();
         assert_eq!(r.backends.get(&pod(backend)), Some(&10), "{r:?}");
     }
@@ -669,7 +711,7 @@ fn invalid_manifests_next_to_valid_ones_do_not_stop_the_valid_services() {
         c.agent.log()
     );
     let r = c
-        .tcp(&TcpProbe::new(addr("10.96.1.10:80")).count(10))
+        .tcp(&TcpProbe::new(addr(Family::V4, "10.96.1.10:80")).count(10))
         .unwrap();
     assert_eq!(r.ok, 10, "{r:?}");
     assert!(c.agent.is_running());
@@ -681,7 +723,7 @@ fn bpftool_dumps_the_service_map_with_named_fields() {
     if !require_privileges() {
         return;
     }
-    let mut c = demo_cluster();
+    let mut c = demo_cluster(Family::V4);
     let map = c.pins.path().join("lb4_svc_v1");
     let out = Command::new("bpftool")
         .args(["-j", "map", "dump", "pinned"])
@@ -735,7 +777,7 @@ fn status_reads_back_what_plan_computes() {
     if !require_privileges() {
         return;
     }
-    let mut c = demo_cluster();
+    let mut c = demo_cluster(Family::V4);
     let node = c.agent.config().node.clone();
     let plan = socklb([
         "plan",
@@ -796,7 +838,12 @@ fn status_reads_back_what_plan_computes() {
             "sendmsg4",
             "recvmsg4",
             "getpeername4",
-            "post_bind4"
+            "connect6",
+            "sendmsg6",
+            "recvmsg6",
+            "getpeername6",
+            "post_bind4",
+            "post_bind6"
         ]),
         "{status}"
     );
@@ -810,31 +857,38 @@ fn status_reads_back_what_plan_computes() {
     c.shutdown().unwrap();
 }
 
-#[test]
-fn binding_a_node_port_is_refused_in_the_cgroup() {
+fn binding_a_node_port_is_refused_in_the_cgroup(f: Family) {
     if !require_privileges() {
         return;
     }
-    let src = source_dir(&[(
-        "np.yaml",
-        "apiVersion: v1\nkind: Service\nmetadata: {name: np, namespace: e2e}\n\
+    let src = source_dir(
+        f,
+        &[(
+            "np.yaml",
+            "apiVersion: v1\nkind: Service\nmetadata: {name: np, namespace: e2e}\n\
          spec:\n  type: NodePort\n  clusterIP: 10.96.0.30\n  ports:\n\
          \x20 - {name: web, protocol: TCP, port: 80, nodePort: 30080}\n\
          \x20 - {name: dns, protocol: UDP, port: 53, nodePort: 30053}\n"
-            .to_string(),
-    )]);
+                .to_string(),
+        )],
+    );
     let mut c = Cluster::start(src.path()).unwrap();
     c.wait_tcp(
-        &TcpProbe::new(addr("10.96.0.30:80"))
+        &TcpProbe::new(addr(f, "10.96.0.30:80"))
             .count(1)
             .timeout_ms(3000),
         WAIT,
         |r| r.error("ECONNREFUSED") == 1,
     )
     .unwrap();
-    let bind = |port: u16| -> serde_json::Value {
+    // The family's unspecified address, and the other family's.
+    let (any, other) = match f {
+        Family::V4 => ("0.0.0.0", "::"),
+        Family::V6 => ("::", "0.0.0.0"),
+    };
+    let bind_on = |ip: &str, port: u16| -> serde_json::Value {
         let mut cmd = Command::new(probe_bin());
-        cmd.args(["bind", "--port", &port.to_string()]);
+        cmd.args(["bind", "--ip", ip, "--port", &port.to_string()]);
         let opts = socklb_tests::SpawnOpts::new()
             .netns(c.sandbox.node().path())
             .cgroup(c.cgroup.path());
@@ -842,8 +896,9 @@ fn binding_a_node_port_is_refused_in_the_cgroup() {
         assert!(out.status.success(), "{out:?}");
         serde_json::from_slice(&out.stdout).unwrap()
     };
-    // The NodePort's protocol is refused (EPERM from the post_bind4 hook); other
-    // ports and protocols are free.
+    let bind = |port: u16| bind_on(any, port);
+    // The NodePort's protocol is refused (EPERM from the post_bind4/post_bind6 hook);
+    // other ports and protocols are free.
     let r = bind(30080);
     assert_eq!(r["tcp"], "EPERM", "{r}");
     assert_eq!(r["udp"], "ok", "30080 is a TCP NodePort only: {r}");
@@ -856,11 +911,22 @@ fn binding_a_node_port_is_refused_in_the_cgroup() {
         (Some("ok"), Some("ok")),
         "{r}"
     );
+    // `::` also receives IPv4: an IPv4 NodePort's port is refused there too; an IPv6
+    // NodePort's port stays free on 0.0.0.0.
+    let r = bind_on(other, 30080);
+    let want = match f {
+        Family::V4 => "EPERM",
+        Family::V6 => "ok",
+    };
+    assert_eq!(r["tcp"], want, "[{other}]:30080: {r}");
+    // An IPv4-mapped address on an AF_INET6 socket receives IPv4 only: refused for an
+    // IPv4 NodePort, free for an IPv6 one.
+    let r = bind_on("::ffff:127.0.0.1", 30080);
+    assert_eq!(r["tcp"], want, "[::ffff:127.0.0.1]:30080: {r}");
     c.shutdown().unwrap();
 }
 
-#[test]
-fn internal_traffic_policy_local_without_a_local_endpoint_is_unreachable() {
+fn internal_traffic_policy_local_without_a_local_endpoint_is_unreachable(f: Family) {
     if !require_privileges() {
         return;
     }
@@ -872,7 +938,7 @@ fn internal_traffic_policy_local_without_a_local_endpoint_is_unreachable() {
                metadata: {name: local-1, namespace: e2e, labels: {kubernetes.io/service-name: local}}\n\
                ports: [{name: http, protocol: TCP, port: 8080}]\n\
                endpoints: [{addresses: [\"10.244.0.51\"], nodeName: elsewhere}]\n";
-    let src = source_dir(&[("svc.yaml", svc.to_string() + eps)]);
+    let src = source_dir(f, &[("svc.yaml", svc.to_string() + eps)]);
     let opts = socklb_tests::ClusterOptions {
         node: Some("here".into()),
         ..Default::default()
@@ -881,7 +947,7 @@ fn internal_traffic_policy_local_without_a_local_endpoint_is_unreachable() {
     // kube-proxy drops such traffic; at the socket the hook fails connect() at once.
     let r = c
         .wait_tcp(
-            &TcpProbe::new(addr("10.96.0.40:80"))
+            &TcpProbe::new(addr(f, "10.96.0.40:80"))
                 .count(3)
                 .timeout_ms(3000),
             WAIT,
@@ -889,5 +955,124 @@ fn internal_traffic_policy_local_without_a_local_endpoint_is_unreachable() {
         )
         .unwrap();
     assert_eq!(r.ok, 0, "{r:?}");
+    c.shutdown().unwrap();
+}
+
+/// A dual-stack Service (clusterIPs of both families, a slice of each for the same
+/// pods) reached over both families by the same client: each family translates to
+/// the pods' addresses of its own and shows its own service address.
+#[test]
+fn a_dual_stack_service_answers_over_both_families() {
+    if !require_privileges() {
+        return;
+    }
+    let ports = [("web", "TCP", 80), ("dns", "UDP", 53)];
+    let ep = [("web", "TCP", 8080), ("dns", "UDP", 5353)];
+    let pods = [("10.244.0.61", true), ("10.244.0.62", true)];
+    let v6 = Family::V6.ip_str("10.96.0.70").to_string();
+    let service = builders::merge(
+        builders::service_object("e2e", "ds", "10.96.0.70", &ports),
+        serde_json::json!({"spec": {
+            "clusterIPs": ["10.96.0.70", v6],
+            "ipFamilies": ["IPv4", "IPv6"],
+            "ipFamilyPolicy": "RequireDualStack",
+        }}),
+    );
+    let src = source_dir(
+        Family::V4,
+        &[
+            ("svc.yaml", builders::manifest_text(&[service])),
+            ("eps4.yaml", slice_yaml("ds-4", "ds", &ep, &pods)),
+            (
+                "eps6.yaml",
+                Family::V6.manifests(&slice_yaml("ds-6", "ds", &ep, &pods)),
+            ),
+        ],
+    );
+    let mut c = Cluster::start(src.path()).unwrap();
+    let ids: Vec<&str> = pods.iter().map(|(ip, _)| *ip).collect();
+    for f in Family::BOTH {
+        let r = c
+            .wait_tcp(
+                &TcpProbe::new(addr(f, "10.96.0.70:80")).count(60),
+                WAIT,
+                |r| r.ok == 60 && spread_ok(r, &ids),
+            )
+            .unwrap();
+        assert_eq!(r.backends.len(), 2, "{f}: {r:?}");
+        assert_eq!(
+            r.peers,
+            BTreeMap::from([(shown(f, "10.96.0.70:80"), 60)]),
+            "{f}: {r:?}"
+        );
+        for connected in [false, true] {
+            let r = c
+                .udp(
+                    &UdpProbe::new(addr(f, "10.96.0.70:53"))
+                        .sockets(10)
+                        .count(2)
+                        .connected(connected),
+                )
+                .unwrap();
+            assert_eq!(r.replies, 20, "{f} connected {connected}: {r:?}");
+            assert_eq!(
+                r.reply_sources,
+                BTreeMap::from([(shown(f, "10.96.0.70:53"), 20)]),
+                "{f} connected {connected}: {r:?}"
+            );
+            assert!(r.sockets_sticky(), "{f}: {r:?}");
+        }
+    }
+    c.shutdown().unwrap();
+}
+
+/// An AF_INET6 socket to an IPv4 service through its IPv4-mapped address
+/// (::ffff:10.96.0.10): served from the IPv4 maps, shown as the mapped service address
+/// (getpeername, UDP reply sources); a service without endpoints refuses.
+#[test]
+fn an_ipv6_socket_reaches_an_ipv4_service_through_its_mapped_address() {
+    if !require_privileges() {
+        return;
+    }
+    let mut c = demo_cluster(Family::V4);
+    let web = "[::ffff:10.96.0.10]:80";
+    let r = c
+        .tcp(&TcpProbe::new(web.parse().unwrap()).count(60))
+        .unwrap();
+    assert_eq!(r.ok, 60, "{r:?}");
+    assert!(
+        spread_ok(&r, &["10.244.0.11", "10.244.0.12", "10.244.0.13"]),
+        "{r:?}"
+    );
+    assert_eq!(r.peers, BTreeMap::from([(web.to_string(), 60)]), "{r:?}");
+    // Unconnected: the kernel runs sendmsg4 for a mapped destination, recvmsg6 for
+    // the reply; connected: connect6 and getpeername6.
+    let dns = "[::ffff:10.96.0.53]:53";
+    for connected in [false, true] {
+        let r = c
+            .udp(
+                &UdpProbe::new(dns.parse().unwrap())
+                    .sockets(10)
+                    .count(3)
+                    .connected(connected),
+            )
+            .unwrap();
+        assert_eq!(r.replies, 30, "connected {connected}: {r:?}");
+        assert_eq!(
+            r.reply_sources,
+            BTreeMap::from([(dns.to_string(), 30)]),
+            "connected {connected}: {r:?}"
+        );
+        assert_eq!(r.wrong_source, 0, "{r:?}");
+        assert!(r.sockets_sticky(), "{r:?}");
+    }
+    let r = c
+        .tcp(
+            &TcpProbe::new("[::ffff:10.96.0.99]:80".parse().unwrap())
+                .count(2)
+                .timeout_ms(3000),
+        )
+        .unwrap();
+    assert_eq!(r.error("ECONNREFUSED"), 2, "{r:?}");
     c.shutdown().unwrap();
 }

@@ -14,7 +14,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -26,6 +26,7 @@ use socklb_core::builders;
 use socklb_tests::{
     Agent, Cluster, ClusterOptions, HeldSocket, HoldProbe, HoldSpec, ManifestDir, UdpProbe,
     cluster::pod_id,
+    family::Family,
     hold::{errors, events_of, monotonic_ns},
     require_privileges,
 };
@@ -45,21 +46,30 @@ const WAIT: Duration = Duration::from_secs(15);
 /// From the slice change to the application's error (the agent polls every 20 ms).
 const ERROR_WITHIN: Duration = Duration::from_secs(1);
 
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
+/// A test's IPv4 socket address in family `f`.
+fn addr(f: Family, s: &str) -> SocketAddr {
+    f.sock_str(s)
 }
 
-fn direct_a() -> SocketAddr {
-    SocketAddr::new(A.parse().unwrap(), BACKEND_PORT)
+/// How the hold probe names the target `addr(f, s)`.
+fn shown(f: Family, s: &str) -> String {
+    addr(f, s).to_string()
 }
+
+fn direct_a(f: Family) -> SocketAddr {
+    SocketAddr::new(f.ip_str(A), BACKEND_PORT)
+}
+
+/// `dns` through its IPv4-mapped address, from an AF_INET6 socket (IPv4 runs only).
+const DNS_MAPPED: &str = "[::ffff:10.96.0.53]:53";
 
 fn pod(ip: &str) -> String {
     pod_id(ip.parse().unwrap())
 }
 
 /// `dns` (UDP and TCP 53 -> 5353 on `endpoints`, NodePort [`NODE_PORT`]) and `dns2`
-/// (UDP 53 -> A:5353).
-fn write_manifests(dir: &ManifestDir, endpoints: &[&str]) {
+/// (UDP 53 -> A:5353), in family `f`.
+fn write_manifests(f: Family, dir: &ManifestDir, endpoints: &[&str]) {
     let svc = builders::merge(
         builders::service_object("e2e", "dns", "10.96.0.53", &[]),
         serde_json::json!({"spec": {"type": "NodePort", "ports": [
@@ -68,23 +78,26 @@ fn write_manifests(dir: &ManifestDir, endpoints: &[&str]) {
         ]}}),
     );
     let svc2 = builders::service_object("e2e", "dns2", "10.96.0.54", &[("dns", "UDP", 53)]);
-    dir.write("services.yaml", &builders::manifest_text(&[svc, svc2]))
-        .unwrap();
+    dir.write(
+        "services.yaml",
+        &f.manifests(&builders::manifest_text(&[svc, svc2])),
+    )
+    .unwrap();
     dir.write(
         "dns2-slice.yaml",
-        &builders::manifest_text(&[builders::slice_object(
+        &f.manifests(&builders::manifest_text(&[builders::slice_object(
             "e2e",
             "dns2-1",
             "dns2",
             &[("dns", "UDP", BACKEND_PORT)],
             &[A],
-        )]),
+        )])),
     )
     .unwrap();
-    write_dns_slice(dir, endpoints);
+    write_dns_slice(f, dir, endpoints);
 }
 
-fn write_dns_slice(dir: &ManifestDir, endpoints: &[&str]) {
+fn write_dns_slice(f: Family, dir: &ManifestDir, endpoints: &[&str]) {
     let slice = builders::slice_object(
         "e2e",
         "dns-1",
@@ -95,19 +108,24 @@ fn write_dns_slice(dir: &ManifestDir, endpoints: &[&str]) {
         ],
         endpoints,
     );
-    dir.write("dns-slice.yaml", &builders::manifest_text(&[slice]))
-        .unwrap();
+    dir.write(
+        "dns-slice.yaml",
+        &f.manifests(&builders::manifest_text(&[slice])),
+    )
+    .unwrap();
 }
 
 struct Env {
+    f: Family,
     c: Cluster,
     health: SocketAddr,
 }
 
-/// The agent on `dns` = {A, B}, `dns2` = {A}, a client pod, and /metrics on loopback.
-fn start(extra: &[&str]) -> Env {
+/// The agent on `dns` = {A, B}, `dns2` = {A} (family `f`), a client pod, and
+/// /metrics on loopback.
+fn start(f: Family, extra: &[&str]) -> Env {
     let src = ManifestDir::new().unwrap();
-    write_manifests(&src, &[A, B]);
+    write_manifests(f, &src, &[A, B]);
     let health = free_loopback_port();
     let mut agent_args: Vec<String> = vec![
         "--poll-interval-ms".into(),
@@ -123,7 +141,7 @@ fn start(extra: &[&str]) -> Env {
         ..Default::default()
     };
     let mut c = Cluster::start_with(src.path(), &opts).unwrap();
-    c.wait_udp(&UdpProbe::new(addr(DNS)).sockets(8), WAIT, |r| {
+    c.wait_udp(&UdpProbe::new(addr(f, DNS)).sockets(8), WAIT, |r| {
         r.replies == 8 && r.backends.len() == 2
     })
     .unwrap();
@@ -133,7 +151,7 @@ fn start(extra: &[&str]) -> Env {
         "this kernel cannot destroy sockets (Linux >= 6.5 with BTF is needed):\n{}",
         c.agent.log()
     );
-    Env { c, health }
+    Env { f, c, health }
 }
 
 impl Env {
@@ -141,12 +159,16 @@ impl Env {
     /// translates it at connect(); the address itself is never sent to).
     fn node_port(&self) -> SocketAddr {
         let log = self.c.agent.log();
+        let field = match self.f {
+            Family::V4 => "node_addresses=[",
+            Family::V6 => "node_addresses6=[",
+        };
         let first = log
-            .split_once("node_addresses=[")
+            .split_once(field)
             .and_then(|(_, rest)| rest.split([',', ']']).next())
-            .and_then(|a| a.trim().parse::<Ipv4Addr>().ok())
-            .unwrap_or_else(|| panic!("the agent found no node address:\n{log}"));
-        SocketAddr::new(first.into(), NODE_PORT)
+            .and_then(|a| a.trim().parse::<IpAddr>().ok())
+            .unwrap_or_else(|| panic!("the agent found no {} node address:\n{log}", self.f));
+        SocketAddr::new(first, NODE_PORT)
     }
 
     fn node_netns(&self) -> PathBuf {
@@ -190,7 +212,7 @@ impl Env {
     /// Removes A from `dns` and returns when (CLOCK_MONOTONIC ns).
     fn remove_a(&self) -> u64 {
         let at = monotonic_ns();
-        write_dns_slice(&self.c.manifests, &[B]);
+        write_dns_slice(self.f, &self.c.manifests, &[B]);
         at
     }
 }
@@ -252,7 +274,9 @@ fn expect_untouched(p: &mut HoldProbe, expect: impl Fn(&HeldSocket) -> String, w
     let n = p.sockets.len();
     let done = |ev: &[Value]| {
         let new = &ev[before.min(ev.len())..];
-        (0..n).all(|i| !events_of(new, "reply", i).is_empty())
+        // The probe's "queried" line may come after the replies it lists.
+        new.iter().any(|e| e["event"] == "queried")
+            && (0..n).all(|i| !events_of(new, "reply", i).is_empty())
     };
     assert!(
         p.wait(WAIT, done),
@@ -284,46 +308,59 @@ fn expect_untouched(p: &mut HoldProbe, expect: impl Fn(&HeldSocket) -> String, w
 
 // ---- the tests ----------------------------------------------------------------------
 
-#[test]
-fn connected_udp_sockets_of_a_departed_backend_get_econnaborted_and_decoys_stay() {
+// Both in each family (`name::ipv4`, `name::ipv6`): IPv6 pairs are in lb6_sk_kill_v1.
+socklb_tests::each_family!(
+    connected_udp_sockets_of_a_departed_backend_get_econnaborted_and_decoys_stay,
+    tcp_connections_are_destroyed_with_the_flag_and_a_restart_destroys_nothing,
+);
+
+fn connected_udp_sockets_of_a_departed_backend_get_econnaborted_and_decoys_stay(f: Family) {
     if !require_privileges() {
         return;
     }
-    let mut env = start(&[]);
+    let mut env = start(f, &[]);
     let node_ns = env.node_netns();
     let pod_ns = env.pod_netns();
     let np = env.node_port();
     let nps = np.to_string();
+    let dns = shown(f, DNS);
+    let mapped = f == Family::V4;
     let both = |s: &[HeldSocket]| {
-        !on(s, DNS, &pod(A)).is_empty()
-            && !on(s, DNS, &pod(B)).is_empty()
+        !on(s, &dns, &pod(A)).is_empty()
+            && !on(s, &dns, &pod(B)).is_empty()
             && !on(s, &nps, &pod(A)).is_empty()
+            && (!mapped || !on(s, DNS_MAPPED, &pod(A)).is_empty())
     };
     // Connected resolvers in the node's namespace (to the ClusterIP, and to the
-    // NodePort on a node address) and in a pod's.
-    let node_spec = HoldSpec::new().udp(addr(DNS)).udp(np).repeat(8).reconnect();
+    // NodePort on a node address; in IPv4 runs also AF_INET6 sockets to the mapped
+    // ClusterIP, whose pair is in the IPv4 kill map) and in a pod's.
+    let mut node_spec = HoldSpec::new().udp(addr(f, DNS)).udp(np);
+    if mapped {
+        node_spec = node_spec.udp(DNS_MAPPED.parse().unwrap());
+    }
+    let node_spec = node_spec.repeat(8).reconnect();
     let mut node = env.hold_until(&node_ns, &node_spec, both);
     let mut in_pod = env.hold_until(
         &pod_ns,
-        &HoldSpec::new().udp(addr(DNS)).repeat(6).reconnect(),
-        |s| !on(s, DNS, &pod(A)).is_empty(),
+        &HoldSpec::new().udp(addr(f, DNS)).repeat(6).reconnect(),
+        |s| !on(s, &dns, &pod(A)).is_empty(),
     );
     // Decoys: a socket connected to A directly, two sockets of dns2 (on A, which stays
     // there), unconnected sockets sending to dns (some on A), a socket connected to dns
     // and then to A directly, TCP connections to dns (some on A).
     let decoy_spec = HoldSpec::new()
-        .udp(direct_a())
-        .udp(addr(DNS2))
-        .udp(addr(DNS2))
-        .udp_sendto(addr(DNS))
-        .udp_sendto(addr(DNS))
-        .udp_sendto(addr(DNS))
-        .udp_sendto(addr(DNS))
-        .udp_moved(addr(DNS), direct_a())
-        .tcp(addr(DNS))
-        .tcp(addr(DNS))
-        .tcp(addr(DNS))
-        .tcp(addr(DNS));
+        .udp(direct_a(f))
+        .udp(addr(f, DNS2))
+        .udp(addr(f, DNS2))
+        .udp_sendto(addr(f, DNS))
+        .udp_sendto(addr(f, DNS))
+        .udp_sendto(addr(f, DNS))
+        .udp_sendto(addr(f, DNS))
+        .udp_moved(addr(f, DNS), direct_a(f))
+        .tcp(addr(f, DNS))
+        .tcp(addr(f, DNS))
+        .tcp(addr(f, DNS))
+        .tcp(addr(f, DNS));
     let mut decoys = env.hold_until(&node_ns, &decoy_spec, |s| {
         let on_a = |kind: &str| {
             s.iter()
@@ -332,7 +369,7 @@ fn connected_udp_sockets_of_a_departed_backend_get_econnaborted_and_decoys_stay(
         on_a("tcp") && on_a("udp-sendto")
     });
     for s in &decoys.sockets {
-        if s.kind != "tcp" && s.to != DNS {
+        if s.kind != "tcp" && s.to != dns {
             assert_eq!(s.backend.as_deref(), Some(pod(A).as_str()), "{s:?}");
         }
     }
@@ -342,7 +379,7 @@ fn connected_udp_sockets_of_a_departed_backend_get_econnaborted_and_decoys_stay(
         .filter(|s| s.backend.as_deref() == Some(&pod(A)))
         .map(|s| s.index)
         .collect();
-    let stale_pod: Vec<usize> = on(&in_pod.sockets, DNS, &pod(A))
+    let stale_pod: Vec<usize> = on(&in_pod.sockets, &dns, &pod(A))
         .iter()
         .map(|s| s.index)
         .collect();
@@ -383,7 +420,11 @@ fn connected_udp_sockets_of_a_departed_backend_get_econnaborted_and_decoys_stay(
     {
         let s = &decoys.sockets[r["index"].as_u64().unwrap() as usize];
         if s.kind == "udp-sendto" {
-            assert_eq!(r["from"], DNS, "replies come from the service address: {r}");
+            assert_eq!(
+                r["from"].as_str(),
+                Some(dns.as_str()),
+                "replies come from the service address: {r}"
+            );
         }
     }
 
@@ -406,14 +447,16 @@ fn connected_udp_sockets_of_a_departed_backend_get_econnaborted_and_decoys_stay(
     env.c.shutdown().unwrap();
 }
 
-#[test]
-fn tcp_connections_are_destroyed_with_the_flag_and_a_restart_destroys_nothing() {
+fn tcp_connections_are_destroyed_with_the_flag_and_a_restart_destroys_nothing(f: Family) {
     if !require_privileges() {
         return;
     }
-    let mut env = start(&["--terminate-stale-tcp"]);
+    let mut env = start(f, &["--terminate-stale-tcp"]);
     let node_ns = env.node_netns();
-    let spec = HoldSpec::new().tcp(addr(DNS)).repeat(8).udp(addr(DNS));
+    let spec = HoldSpec::new()
+        .tcp(addr(f, DNS))
+        .repeat(8)
+        .udp(addr(f, DNS));
     let mut p = env.hold_until(&node_ns, &spec, |s| {
         let tcp_on = |b: &str| {
             s.iter()

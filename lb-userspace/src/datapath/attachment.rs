@@ -12,7 +12,7 @@ use std::{
     path::Path,
 };
 
-use super::kernel::{BIND_HOOK, Device, SOCKET_HOOKS, TC_HOOKS};
+use super::kernel::{BIND_HOOKS, Device, SOCKET_HOOKS, TC_HOOKS};
 
 /// What one pinned link is attached to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,7 +145,7 @@ pub struct Expected<'a> {
 /// empty when all are attached where they should be.
 pub fn check(pin_dir: &Path, expected: &Expected<'_>) -> Vec<String> {
     let mut problems = Vec::new();
-    for (_, pin) in SOCKET_HOOKS.iter().chain(std::iter::once(&BIND_HOOK)) {
+    for (_, pin) in SOCKET_HOOKS.iter().chain(&BIND_HOOKS) {
         match link_target(&pin_dir.join(pin)) {
             Ok(LinkTarget::Cgroup(id)) if expected.cgroup.is_none_or(|want| want == id) => {}
             Ok(LinkTarget::Cgroup(id)) => {

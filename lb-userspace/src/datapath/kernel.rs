@@ -62,15 +62,22 @@ pub struct LoadedObject {
 }
 
 /// Socket hooks: (program function name, link pin name).
-pub const SOCKET_HOOKS: [(&str, &str); 4] = [
+pub const SOCKET_HOOKS: [(&str, &str); 8] = [
     ("sock4_connect", "link_connect4"),
     ("sock4_sendmsg", "link_sendmsg4"),
     ("sock4_recvmsg", "link_recvmsg4"),
     ("sock4_getpeername", "link_getpeername4"),
+    ("sock6_connect", "link_connect6"),
+    ("sock6_sendmsg", "link_sendmsg6"),
+    ("sock6_recvmsg", "link_recvmsg6"),
+    ("sock6_getpeername", "link_getpeername6"),
 ];
 
-/// The bind hook: (program, link pin name).
-pub const BIND_HOOK: (&str, &str) = ("sock4_post_bind", "link_post_bind4");
+/// The bind hooks: (program, link pin name).
+pub const BIND_HOOKS: [(&str, &str); 2] = [
+    ("sock4_post_bind", "link_post_bind4"),
+    ("sock6_post_bind", "link_post_bind6"),
+];
 
 /// TC programs: (program, direction, link pin name prefix; the ifindex follows).
 pub const TC_HOOKS: [(&str, TcAttachType, &str); 4] = [
@@ -538,15 +545,17 @@ pub fn install(
         );
         debug!(program, cgroup = %cgroup.display(), "attached");
     }
-    // post_bind4 on the cgroup: binding a NodePort is refused.
-    let (program, link_name) = BIND_HOOK;
-    attach_to_cgroup!(
-        ebpf,
-        CgroupSock,
-        program,
-        &cgroup_dir,
-        &pin_dir.join(link_name)
-    );
+    // post_bind4 and post_bind6 on the cgroup: binding a NodePort is refused.
+    for (program, link_name) in BIND_HOOKS {
+        attach_to_cgroup!(
+            ebpf,
+            CgroupSock,
+            program,
+            &cgroup_dir,
+            &pin_dir.join(link_name)
+        );
+        debug!(program, cgroup = %cgroup.display(), "attached");
+    }
     attach_tc(ebpf, devices, pin_dir)?;
     let mut maps = KernelMaps::from_ebpf(ebpf, sizes)?;
     maps.set_devices(devices)?;
@@ -1080,8 +1089,11 @@ pub fn uninstall(pin_dir: &Path) -> Result<Removed, DatapathError> {
     }
     // Not under a running agent: it would put back what is removed here.
     let _lock = PinDirLock::acquire(pin_dir)?;
-    let mut link_names: Vec<String> = SOCKET_HOOKS.iter().map(|(_, l)| l.to_string()).collect();
-    link_names.push(BIND_HOOK.1.to_string());
+    let mut link_names: Vec<String> = SOCKET_HOOKS
+        .iter()
+        .chain(&BIND_HOOKS)
+        .map(|(_, l)| l.to_string())
+        .collect();
     for name in tc_link_pins(pin_dir) {
         // A staging pin is removed with its link's name below; one found alone (an
         // agent killed between removing the old pin and renaming the new one) too.
@@ -1133,7 +1145,7 @@ pub fn uninstall(pin_dir: &Path) -> Result<Removed, DatapathError> {
 pub fn attached_hooks(pin_dir: &Path) -> Vec<String> {
     let mut out: Vec<String> = SOCKET_HOOKS
         .iter()
-        .chain(std::iter::once(&BIND_HOOK))
+        .chain(&BIND_HOOKS)
         .filter(|(_, link)| pin_dir.join(link).exists())
         .map(|(_, link)| link.trim_start_matches("link_").to_string())
         .collect();
@@ -1155,19 +1167,24 @@ pub struct AttachedProgram {
 }
 
 /// cgroup attach types of the socket hooks (enum bpf_attach_type).
-const HOOK_ATTACH_TYPES: [(&str, u32); 5] = [
+const HOOK_ATTACH_TYPES: [(&str, u32); 10] = [
     ("connect4", 10),
     ("sendmsg4", 14),
     ("recvmsg4", 19),
     ("getpeername4", 29),
     ("post_bind4", 12),
+    ("connect6", 11),
+    ("sendmsg6", 15),
+    ("recvmsg6", 20),
+    ("getpeername6", 30),
+    ("post_bind6", 13),
 ];
 
 /// Our programs' names as the kernel keeps them (cut at 15 characters).
 pub fn is_socklb_program(name: &str) -> bool {
     SOCKET_HOOKS
         .iter()
-        .chain(std::iter::once(&BIND_HOOK))
+        .chain(&BIND_HOOKS)
         .any(|(prog, _)| prog.get(..prog.len().min(15)) == Some(name))
 }
 
@@ -1297,7 +1314,7 @@ mod tests {
     #[test]
     fn object_has_the_programs_and_maps_lb_common_names() {
         let obj = aya_obj_names();
-        for (program, _) in SOCKET_HOOKS {
+        for (program, _) in SOCKET_HOOKS.iter().chain(&BIND_HOOKS) {
             assert!(
                 obj.0.iter().any(|p| p == program),
                 "program {program} missing in {:?}",

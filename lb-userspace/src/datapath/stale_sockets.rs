@@ -13,7 +13,9 @@
 //!   the sockets of one network namespace, the one they are created in. A pass runs
 //!   them in the agent's own namespace and in every distinct namespace of the
 //!   processes in the attached cgroup's subtree ([`super::netns`]), with the departed
-//!   pairs in the kill map `lb4_sk_kill_v1` for the pass only. A worker thread runs
+//!   pairs in the kill maps `lb4_sk_kill_v1` and `lb6_sk_kill_v1` for the pass only
+//!   (the iterators see AF_INET and AF_INET6 sockets; an AF_INET6 socket translated
+//!   for an IPv4-mapped service address is named by an IPv4 pair). A worker thread runs
 //!   the passes; it spreads the namespaces over a few short-lived threads (one per
 //!   CPU, at most four) that enter theirs in turn with setns(2).
 //! - Which sockets: only connected ones that socklb translated for that frontend to
@@ -40,6 +42,7 @@ use std::{
     collections::BTreeSet,
     fs::File,
     io::Read as _,
+    net::{IpAddr, SocketAddr},
     os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd},
     path::{Path, PathBuf},
     sync::mpsc,
@@ -54,9 +57,10 @@ use aya::{
 };
 use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd};
 use lb_common::{
-    IPPROTO_TCP, IPPROTO_UDP, SOCK_KILL_PRESENT, SockDestroy4, SockKill4Key, capacity, map_names,
+    Addr6, IPPROTO_TCP, IPPROTO_UDP, SOCK_KILL_PRESENT, SockDestroy, SockKill4Key, SockKill6Key,
+    capacity, map_names,
 };
-use socklb_core::maps::{BackendKey, FrontendKey, ip_from_map, port_from_map, v4};
+use socklb_core::maps::{BackendKey, FrontendKey, port_from_map, v4, v6};
 use tracing::{debug, info, warn};
 
 use super::{kernel::LoadedObject, netns};
@@ -64,8 +68,8 @@ use crate::metrics::{ProtocolLabels, StaleSocketMetrics};
 
 /// The iterator programs: (program, iterator target, section, protocol).
 const ITERATORS: [(&str, &str, &str, u8); 2] = [
-    ("sock4_stale_udp", "udp", "iter/udp", IPPROTO_UDP),
-    ("sock4_stale_tcp", "tcp", "iter/tcp", IPPROTO_TCP),
+    ("sock_stale_udp", "udp", "iter/udp", IPPROTO_UDP),
+    ("sock_stale_tcp", "tcp", "iter/tcp", IPPROTO_TCP),
 ];
 
 /// Bytes asked for per read of an iterator (its seq_file buffer is 8 pages).
@@ -93,11 +97,44 @@ pub enum Unavailable {
     Map(#[from] aya::maps::MapError),
 }
 
-/// The loaded iterators and the kill map they read.
+/// The loaded iterators and the kill maps they read.
 pub struct SocketIterators {
     ebpf: Ebpf,
     kill: BpfHashMap<MapData, SockKill4Key, u8>,
+    kill6: BpfHashMap<MapData, SockKill6Key, u8>,
     tcp: bool,
+}
+
+/// A departed (frontend, backend) pair as a kill map keys it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum KillKey {
+    V4(SockKill4Key),
+    V6(SockKill6Key),
+}
+
+impl KillKey {
+    fn proto(&self) -> u8 {
+        match self {
+            KillKey::V4(k) => k.proto,
+            KillKey::V6(k) => k.proto,
+        }
+    }
+}
+
+impl SocketIterators {
+    fn insert(&mut self, key: &KillKey) -> Result<(), aya::maps::MapError> {
+        match key {
+            KillKey::V4(k) => self.kill.insert(k, SOCK_KILL_PRESENT, 0),
+            KillKey::V6(k) => self.kill6.insert(k, SOCK_KILL_PRESENT, 0),
+        }
+    }
+
+    fn remove(&mut self, key: &KillKey) -> Result<(), aya::maps::MapError> {
+        match key {
+            KillKey::V4(k) => self.kill.remove(k),
+            KillKey::V6(k) => self.kill6.remove(k),
+        }
+    }
 }
 
 impl SocketIterators {
@@ -131,9 +168,13 @@ impl SocketIterators {
         let kill = ebpf
             .take_map(map_names::SOCK_KILL4)
             .ok_or(Unavailable::Missing(map_names::SOCK_KILL4))?;
+        let kill6 = ebpf
+            .take_map(map_names::SOCK_KILL6)
+            .ok_or(Unavailable::Missing(map_names::SOCK_KILL6))?;
         Ok(SocketIterators {
             ebpf,
             kill: BpfHashMap::try_from(kill)?,
+            kill6: BpfHashMap::try_from(kill6)?,
             tcp,
         })
     }
@@ -156,7 +197,7 @@ impl SocketIterators {
 /// (BPF_ITER_CREATE), so each run makes a link and a file of its own, microseconds;
 /// by hand rather than through aya's `Iter::attach`, which needs the program
 /// mutably and so could not serve several threads at once.
-fn iterate(prog: BorrowedFd<'_>) -> std::io::Result<Vec<SockDestroy4>> {
+fn iterate(prog: BorrowedFd<'_>) -> std::io::Result<Vec<SockDestroy>> {
     // SAFETY: bpf_attr is a plain C union, valid when zeroed.
     let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
     attr.link_create.__bindgen_anon_1.prog_fd = prog.as_raw_fd() as u32;
@@ -200,19 +241,19 @@ fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) })
 }
 
-/// The iterator's output: whole [`SockDestroy4`] records.
-fn parse_records(bytes: &[u8]) -> Vec<SockDestroy4> {
+/// The iterator's output: whole [`SockDestroy`] records.
+fn parse_records(bytes: &[u8]) -> Vec<SockDestroy> {
     bytes
-        .chunks_exact(std::mem::size_of::<SockDestroy4>())
+        .chunks_exact(std::mem::size_of::<SockDestroy>())
         // SAFETY: each chunk holds exactly one record's bytes, written by the kernel
-        // program from a SockDestroy4 (any byte pattern is a valid one: plain integers).
-        .map(|c| unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<SockDestroy4>()) })
+        // program from a SockDestroy (any byte pattern is a valid one: plain integers).
+        .map(|c| unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<SockDestroy>()) })
         .collect()
 }
 
 /// Departed pairs of one or more syncs.
 struct Batch {
-    keys: Vec<SockKill4Key>,
+    keys: Vec<KillKey>,
     /// The first change of the earliest sync they came from.
     since: Instant,
 }
@@ -270,11 +311,15 @@ impl Drop for StaleSockets {
 }
 
 /// The kill-map keys of `departed`: UDP, and TCP when `tcp`.
-fn kill_keys(departed: &[(FrontendKey, BackendKey)], tcp: bool) -> Vec<SockKill4Key> {
+fn kill_keys(departed: &[(FrontendKey, BackendKey)], tcp: bool) -> Vec<KillKey> {
     departed
         .iter()
-        .filter_map(|(frontend, backend)| v4::sock_kill_key(frontend, backend))
-        .filter(|k| k.proto == IPPROTO_UDP || (tcp && k.proto == IPPROTO_TCP))
+        .filter_map(|(frontend, backend)| {
+            v4::sock_kill_key(frontend, backend)
+                .map(KillKey::V4)
+                .or_else(|| v6::sock_kill_key(frontend, backend).map(KillKey::V6))
+        })
+        .filter(|k| k.proto() == IPPROTO_UDP || (tcp && k.proto() == IPPROTO_TCP))
         .collect()
 }
 
@@ -312,7 +357,7 @@ fn worker(
     let mut warned_denied = false;
     while let Ok(first) = rx.recv() {
         let mut since = first.since;
-        let mut keys: BTreeSet<SockKill4Key> = first.keys.into_iter().collect();
+        let mut keys: BTreeSet<KillKey> = first.keys.into_iter().collect();
         // What queued while the last pass ran: one pass for all of it.
         while let Ok(more) = rx.try_recv() {
             since = since.min(more.since);
@@ -395,7 +440,7 @@ const MAX_PASS_THREADS: usize = 4;
 /// never leaves the agent's namespace.
 fn run_pass(
     iterators: &mut SocketIterators,
-    keys: &BTreeSet<SockKill4Key>,
+    keys: &BTreeSet<KillKey>,
     home: &File,
     cgroup: &Path,
 ) -> Pass {
@@ -412,11 +457,11 @@ fn run_pass(
         .clamp(1, MAX_PASS_THREADS)
         .min(found.namespaces.len().max(1));
     let share = found.namespaces.len().div_ceil(threads).max(1);
-    let keys: Vec<SockKill4Key> = keys.iter().copied().collect();
+    let keys: Vec<KillKey> = keys.iter().copied().collect();
     for chunk in keys.chunks(capacity::SOCK_KILL4 as usize) {
         let mut written = Vec::with_capacity(chunk.len());
         for key in chunk {
-            match iterators.kill.insert(key, SOCK_KILL_PRESENT, 0) {
+            match iterators.insert(key) {
                 Ok(()) => written.push(*key),
                 Err(e) => {
                     warn!(error = %e, "writing the kill map failed; that pair keeps its sockets")
@@ -425,10 +470,10 @@ fn run_pass(
         }
         let protocols: Vec<u8> = [IPPROTO_UDP, IPPROTO_TCP]
             .into_iter()
-            .filter(|p| written.iter().any(|k| k.proto == *p))
+            .filter(|p| written.iter().any(|k| k.proto() == *p))
             .collect();
         let programs = iterators.programs(&protocols);
-        let parts: Vec<(Vec<SockDestroy4>, usize)> = std::thread::scope(|scope| {
+        let parts: Vec<(Vec<SockDestroy>, usize)> = std::thread::scope(|scope| {
             let handles: Vec<_> = found
                 .namespaces
                 .chunks(share)
@@ -447,7 +492,7 @@ fn run_pass(
             pass.namespace_errors += errors;
         }
         for key in &written {
-            if let Err(e) = iterators.kill.remove(key) {
+            if let Err(e) = iterators.remove(key) {
                 debug!(error = %e, "removing a kill-map entry failed");
             }
         }
@@ -460,7 +505,7 @@ fn run_pass(
 fn pass_over(
     namespaces: &[netns::Netns],
     programs: &[(u8, BorrowedFd<'_>)],
-) -> (Vec<SockDestroy4>, usize) {
+) -> (Vec<SockDestroy>, usize) {
     let (mut records, mut errors) = (Vec::new(), 0);
     for ns in namespaces {
         if let Err(e) = netns::enter(&ns.file) {
@@ -483,7 +528,12 @@ fn pass_over(
     (records, errors)
 }
 
-fn count(pass: &mut Pass, records: &[SockDestroy4]) {
+/// An address of a record: IPv6, an IPv4 one mapped (`::ffff:a.b.c.d`).
+fn record_ip(raw: &Addr6) -> IpAddr {
+    IpAddr::V6(v6::ip6_from_map(raw)).to_canonical()
+}
+
+fn count(pass: &mut Pass, records: &[SockDestroy]) {
     for r in records {
         let (destroyed, failed) = match r.proto {
             IPPROTO_TCP => (&mut pass.destroyed_tcp, &mut pass.failed_tcp),
@@ -496,8 +546,8 @@ fn count(pass: &mut Pass, records: &[SockDestroy4]) {
         }
         debug!(
             cookie = r.cookie,
-            service = %format!("{}:{}", ip_from_map(r.svc_address), port_from_map(r.svc_port)),
-            backend = %format!("{}:{}", ip_from_map(r.backend_address), port_from_map(r.backend_port)),
+            service = %SocketAddr::new(record_ip(&r.svc_address), port_from_map(r.svc_port)),
+            backend = %SocketAddr::new(record_ip(&r.backend_address), port_from_map(r.backend_port)),
             proto = r.proto,
             result = r.result,
             "stale socket destroyed"
@@ -544,8 +594,11 @@ mod tests {
             pair(Protocol::Udp, "[fd00::1]:53"),
         ];
         let udp_only = kill_keys(&departed, false);
+        // The IPv6 backend of an IPv4 frontend is no pair of either family.
         assert_eq!(udp_only.len(), 1);
-        let k = udp_only[0];
+        let KillKey::V4(k) = udp_only[0] else {
+            panic!("{udp_only:?}")
+        };
         assert_eq!(k.proto, IPPROTO_UDP);
         assert_eq!(k.svc_address, ip_to_map(Ipv4Addr::new(10, 96, 0, 10)));
         assert_eq!(
@@ -554,12 +607,40 @@ mod tests {
         );
         let both = kill_keys(&departed, true);
         assert_eq!(both.len(), 2);
-        assert!(both.iter().any(|k| k.proto == IPPROTO_TCP));
+        assert!(both.iter().any(|k| k.proto() == IPPROTO_TCP));
+    }
+
+    #[test]
+    fn ipv6_pairs_go_to_the_ipv6_kill_map() {
+        let departed = [(
+            FrontendKey::new(
+                FrontendAddr {
+                    ip: "fd00:96::a".parse().unwrap(),
+                    port: 53,
+                    protocol: Protocol::Udp,
+                },
+                Scope::Internal,
+            ),
+            BackendKey {
+                addr: "[fd00:244::21]:5353".parse().unwrap(),
+                protocol: Protocol::Udp,
+                local: false,
+            },
+        )];
+        let keys = kill_keys(&departed, false);
+        let [KillKey::V6(k)] = keys[..] else {
+            panic!("{keys:?}")
+        };
+        assert_eq!(k.svc_address, v6::ip6_to_map("fd00:96::a".parse().unwrap()));
+        assert_eq!(
+            (k.svc_port, k.backend_port, k.proto),
+            (port_to_map(53), port_to_map(5353), IPPROTO_UDP)
+        );
     }
 
     #[test]
     fn records_are_read_whole() {
-        let rec = SockDestroy4 {
+        let rec = SockDestroy {
             cookie: 7,
             result: -2,
             proto: IPPROTO_UDP,
@@ -571,7 +652,7 @@ mod tests {
             bytes.extend_from_slice(unsafe {
                 std::slice::from_raw_parts(
                     std::ptr::from_ref(&rec).cast::<u8>(),
-                    std::mem::size_of::<SockDestroy4>(),
+                    std::mem::size_of::<SockDestroy>(),
                 )
             });
         }
@@ -581,5 +662,68 @@ mod tests {
         let mut pass = Pass::default();
         count(&mut pass, &got);
         assert_eq!((pass.destroyed_udp, pass.failed_udp), (0, 3));
+    }
+}
+
+/// The offsets of vmlinux `struct sock_common` that lb-ebpf `stale.rs` reads (Rust has
+/// no CO-RE: they are fixed there), against the running kernel's BTF.
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+mod sock_common_layout {
+    use std::process::Command;
+
+    /// (field, byte offset) as `stale.rs` has them.
+    const FIELDS: [(&str, u64); 4] = [
+        ("skc_family", 16),
+        ("skc_state", 18),
+        ("skc_v6_daddr", 56),
+        ("skc_v6_rcv_saddr", 72),
+    ];
+
+    #[test]
+    fn sock_common_layout() {
+        let in_ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+        let dump = Command::new("bpftool")
+            .args([
+                "btf",
+                "dump",
+                "file",
+                "/sys/kernel/btf/vmlinux",
+                "format",
+                "raw",
+            ])
+            .output();
+        let dump = match dump {
+            Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
+            other => {
+                assert!(!in_ci, "bpftool btf dump of the kernel's BTF: {other:?}");
+                eprintln!("SKIPPED: no bpftool or no kernel BTF ({other:?})");
+                return;
+            }
+        };
+        let members: Vec<&str> = dump
+            .lines()
+            .skip_while(|l| !l.contains("STRUCT 'sock_common' "))
+            .skip(1)
+            .take_while(|l| l.starts_with('\t'))
+            .collect();
+        assert!(
+            !members.is_empty(),
+            "no struct sock_common in the kernel's BTF"
+        );
+        for (field, offset) in FIELDS {
+            let line = members
+                .iter()
+                .find(|l| l.trim_start().starts_with(&format!("'{field}' ")))
+                .unwrap_or_else(|| panic!("sock_common has no {field}"));
+            let bits: u64 = line
+                .split("bits_offset=")
+                .nth(1)
+                .and_then(|b| b.split_whitespace().next())
+                .expect("a bits_offset")
+                .parse()
+                .expect("a number");
+            assert_eq!(bits, offset * 8, "sock_common.{field}");
+        }
     }
 }

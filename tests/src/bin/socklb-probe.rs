@@ -170,11 +170,14 @@ enum Cmd {
         #[arg(long)]
         on: bool,
     },
-    /// Try to bind 0.0.0.0:PORT (TCP and UDP) and report what bind() answered; sends
-    /// nothing.
+    /// Try to bind IP:PORT (TCP and UDP; IP 0.0.0.0 unless given) and report what
+    /// bind() answered; sends nothing.
     Bind {
         #[arg(long)]
         port: u16,
+        /// The address to bind (`::` or an IPv6 address: an AF_INET6 socket).
+        #[arg(long, default_value = "0.0.0.0")]
+        ip: IpAddr,
     },
     /// Hold sockets open, each blocked in recv(), and report as JSON lines what happens
     /// to them (answers, errors with their time, reconnects); commands on stdin
@@ -287,13 +290,13 @@ fn main() -> ExitCode {
             timeout_ms,
         } => ensure_isolated(&to)
             .and_then(|()| print_json(&transfer(&to, bytes, seed, bind, timeout_ms))),
-        Cmd::Bind { port } => {
+        Cmd::Bind { port, ip } => {
             let answer = |r: std::io::Result<()>| match r {
                 Ok(()) => "ok".to_string(),
                 Err(e) => error_name(&e),
             };
-            let tcp = answer(std::net::TcpListener::bind(("0.0.0.0", port)).map(drop));
-            let udp = answer(std::net::UdpSocket::bind(("0.0.0.0", port)).map(drop));
+            let tcp = answer(std::net::TcpListener::bind((ip, port)).map(drop));
+            let udp = answer(std::net::UdpSocket::bind((ip, port)).map(drop));
             print_json(&serde_json::json!({"port": port, "tcp": tcp, "udp": udp}))
         }
         Cmd::Hold {

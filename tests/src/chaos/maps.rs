@@ -11,12 +11,17 @@ use serde_json::Value;
 use crate::multinode::{Plan, PlanFrontend, Status};
 
 /// Link pins of the socket hooks (`LINK_*` of lb-userspace's `datapath/kernel.rs`).
-pub const LINK_PINS: [&str; 5] = [
+pub const LINK_PINS: [&str; 10] = [
     "link_connect4",
+    "link_connect6",
     "link_getpeername4",
+    "link_getpeername6",
     "link_post_bind4",
+    "link_post_bind6",
     "link_recvmsg4",
+    "link_recvmsg6",
     "link_sendmsg4",
+    "link_sendmsg6",
 ];
 
 /// A frontend's map entry: (scope, address, protocol).
@@ -267,13 +272,15 @@ pub fn link_problems(progs: &[(String, String)]) -> Vec<String> {
     let types: BTreeSet<&str> = progs.iter().map(|(t, _)| t.as_str()).collect();
     if progs.len() != LINK_PINS.len() || types.len() != LINK_PINS.len() {
         out.push(format!(
-            "{} programs on {} hooks attached to the cgroup, 5 on 5 wanted: {progs:?}",
+            "{} programs on {} hooks attached to the cgroup, {} on {} wanted: {progs:?}",
             progs.len(),
-            types.len()
+            types.len(),
+            LINK_PINS.len(),
+            LINK_PINS.len()
         ));
     }
     for (t, name) in progs {
-        if !name.starts_with("sock4_") {
+        if !name.starts_with("sock4_") && !name.starts_with("sock6_") {
             out.push(format!("not socklb's program on {t}: {name}"));
         }
     }
@@ -396,19 +403,17 @@ mod tests {
         left.retain(|p| p != "link_tc_ingress_2");
         let p = pin_problems(&left, &clean);
         assert_eq!(p.len(), 2, "{p:?}");
-        let five: Vec<(String, String)> = [
-            "connect4",
-            "sendmsg4",
-            "recvmsg4",
-            "getpeername4",
-            "post_bind4",
-        ]
-        .iter()
-        .map(|h| (format!("cgroup_inet4_{h}"), format!("sock4_{h}")))
-        .collect();
-        assert!(link_problems(&five).is_empty());
-        let mut six = five.clone();
-        six.push(five[0].clone());
-        assert_eq!(link_problems(&six).len(), 1);
+        let all: Vec<(String, String)> = ["4", "6"]
+            .iter()
+            .flat_map(|f| {
+                ["connect", "sendmsg", "recvmsg", "getpeername", "post_bind"]
+                    .iter()
+                    .map(move |h| (format!("cgroup_inet{f}_{h}"), format!("sock{f}_{h}")))
+            })
+            .collect();
+        assert!(link_problems(&all).is_empty());
+        let mut one_more = all.clone();
+        one_more.push(all[0].clone());
+        assert_eq!(link_problems(&one_more).len(), 1);
     }
 }

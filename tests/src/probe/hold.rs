@@ -125,16 +125,21 @@ pub fn monotonic_ns() -> u64 {
 
 const QUERY: &[u8] = b"hold\n";
 
+/// The unspecified address of `to`'s family, port 0: a UDP socket of that family.
+fn any_of(to: SocketAddr) -> &'static str {
+    if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+}
+
 fn open(kind: Kind, to: SocketAddr, timeout: Duration) -> std::io::Result<Sock> {
     Ok(match kind {
         Kind::Udp => {
-            let s = UdpSocket::bind("0.0.0.0:0")?;
+            let s = UdpSocket::bind(any_of(to))?;
             s.connect(to)?;
             Sock::Udp(s)
         }
-        Kind::UdpSendto => Sock::Udp(UdpSocket::bind("0.0.0.0:0")?),
+        Kind::UdpSendto => Sock::Udp(UdpSocket::bind(any_of(to))?),
         Kind::UdpMoved(first) => {
-            let s = UdpSocket::bind("0.0.0.0:0")?;
+            let s = UdpSocket::bind(any_of(first))?;
             s.connect(first)?;
             s.connect(to)?;
             Sock::Udp(s)
