@@ -3,6 +3,11 @@
 //! objects are added to the manifest directory and removed again. The healthy
 //! services must not lose a single connection or datagram.
 //!
+//! The bad-object test runs in both families (`::ipv4`, `::ipv6`): the healthy
+//! services are of that family only, the special addresses are the family's own
+//! (`::`, `::1`, `fe80::`, `ff02::` in IPv6), and each run adds objects of the other
+//! family or with an address of the wrong family in one field.
+//!
 //! They need root, bpffs, cgroup v2 and iproute2: outside CI they print SKIPPED and
 //! pass when those are missing; under CI=true they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -11,7 +16,9 @@ use std::{net::SocketAddr, time::Duration};
 
 use serde_json::{Value, json};
 use socklb_core::builders;
-use socklb_tests::{Cluster, ManifestDir, TcpProbe, UdpProbe, require_privileges, wait_until};
+use socklb_tests::{
+    Cluster, ManifestDir, TcpProbe, UdpProbe, family::Family, require_privileges, wait_until,
+};
 
 const WEB: &str = "10.96.0.10:80";
 const DNS: &str = "10.96.0.53:53";
@@ -23,10 +30,14 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-fn healthy_manifests() -> ManifestDir {
+/// web and dns, rewritten for `f`.
+fn healthy_manifests(f: Family) -> ManifestDir {
     let dir = ManifestDir::new().unwrap();
-    dir.write("web.yaml", &web_manifest(&["10.244.0.11", "10.244.0.12"]))
-        .unwrap();
+    dir.write(
+        "web.yaml",
+        &f.manifests(&web_manifest(&["10.244.0.11", "10.244.0.12"])),
+    )
+    .unwrap();
     let dns = builders::merge(
         builders::service_object("e2e", "dns", "10.96.0.53", &[("dns", "UDP", 53)]),
         json!({"metadata": {"creationTimestamp": CREATED}}),
@@ -38,8 +49,11 @@ fn healthy_manifests() -> ManifestDir {
         &[("dns", "UDP", 5353)],
         &["10.244.0.21", "10.244.0.22"],
     );
-    dir.write("dns.yaml", &builders::manifest_text(&[dns, dns_slice]))
-        .unwrap();
+    dir.write(
+        "dns.yaml",
+        &f.manifests(&builders::manifest_text(&[dns, dns_slice])),
+    )
+    .unwrap();
     dir
 }
 
@@ -78,7 +92,29 @@ struct Bad {
     logged: &'static str,
 }
 
-fn bad_objects() -> Vec<Bad> {
+/// The address family `f`'s special addresses that the API server refuses as
+/// endpoints: (unspecified, loopback, link-local, multicast).
+fn special_addresses(f: Family) -> [&'static str; 4] {
+    match f {
+        Family::V4 => ["0.0.0.0", "127.0.0.1", "169.254.169.254", "224.0.0.1"],
+        Family::V6 => ["::", "::1", "fe80::1", "ff02::1"],
+    }
+}
+
+/// The bad inputs of a run in family `f`: texts written with IPv4 test addresses
+/// are rewritten for `f` (the family's special addresses are written as they are, and
+/// the rewrite leaves IPv6 text alone), then the objects of the wrong family, as is.
+fn bad_objects(f: Family) -> Vec<Bad> {
+    let mut bad = bad_objects_of_any_family(f);
+    for b in &mut bad {
+        b.text = f.manifests(&b.text);
+    }
+    bad.extend(wrong_family_objects(f));
+    bad
+}
+
+fn bad_objects_of_any_family(f: Family) -> Vec<Bad> {
+    let [unspecified, loopback, link_local, multicast] = special_addresses(f);
     let conflict = "two services claim one frontend";
     let many_endpoints: Vec<String> = (0..1001)
         .map(|i| format!("10.244.{}.{}", 100 + i / 250, 1 + i % 250))
@@ -122,18 +158,18 @@ fn bad_objects() -> Vec<Bad> {
             logged: conflict,
         },
         Bad {
-            what: "an endpoint 0.0.0.0 in a second slice of web",
+            what: "an unspecified endpoint (0.0.0.0, ::) in a second slice of web",
             file: "web-unspecified.yaml",
-            text: text(&[slice_object("web-bad", "web", &["0.0.0.0"])]),
+            text: text(&[slice_object("web-bad", "web", &[unspecified])]),
             logged: "web-bad",
         },
         Bad {
             what: "loopback, link-local and multicast endpoints for web",
             file: "web-special.yaml",
             text: text(&[
-                slice_object("web-loopback", "web", &["127.0.0.1"]),
-                slice_object("web-linklocal", "web", &["169.254.169.254"]),
-                slice_object("web-multicast", "web", &["224.0.0.1"]),
+                slice_object("web-loopback", "web", &[loopback]),
+                slice_object("web-linklocal", "web", &[link_local]),
+                slice_object("web-multicast", "web", &[multicast]),
             ]),
             logged: "web-multicast",
         },
@@ -144,23 +180,23 @@ fn bad_objects() -> Vec<Bad> {
             logged: "web-huge",
         },
         Bad {
-            what: "a cluster IP 0.0.0.0 (the NodePort key) on web's port",
+            what: "an unspecified cluster IP (the NodePort key) on web's port",
             file: "zero.yaml",
-            text: text(&[service("zero", json!({"spec": {"clusterIP": "0.0.0.0"}}))]),
+            text: text(&[service("zero", json!({"spec": {"clusterIP": unspecified}}))]),
             logged: "Service e2e/zero",
         },
         Bad {
             what: "a loopback cluster IP",
             file: "loop.yaml",
-            text: text(&[service("loop", json!({"spec": {"clusterIP": "127.0.0.1"}}))]),
+            text: text(&[service("loop", json!({"spec": {"clusterIP": loopback}}))]),
             logged: "Service e2e/loop",
         },
         Bad {
-            what: "an external IP 0.0.0.0",
+            what: "an unspecified external IP",
             file: "extzero.yaml",
             text: text(&[service(
                 "extzero",
-                json!({"spec": {"clusterIP": "10.96.0.78", "externalIPs": ["0.0.0.0"]}}),
+                json!({"spec": {"clusterIP": "10.96.0.78", "externalIPs": [unspecified]}}),
             )]),
             logged: "Service e2e/extzero",
         },
@@ -195,12 +231,77 @@ fn bad_objects() -> Vec<Bad> {
     ]
 }
 
-#[test]
-fn bad_objects_never_disturb_a_healthy_service() {
+/// Objects that are wrong for the family `f` of the healthy services (the API server
+/// accepts the first two: they are warnings that serve nothing, not errors).
+fn wrong_family_objects(f: Family) -> Vec<Bad> {
+    let other = match f {
+        Family::V4 => Family::V6,
+        Family::V6 => Family::V4,
+    };
+    let ip = |family: Family, v4: &str| family.ip_str(v4).to_string();
+    let other_pod = ip(other, "10.244.0.99");
+    vec![
+        Bad {
+            what: "a slice of web of the other family (web has no cluster IP of it)",
+            file: "web-other-family.yaml",
+            text: other.manifests(&text(&[slice_object("web-other", "web", &["10.244.0.99"])])),
+            logged: "EndpointSlice of a Service without an",
+        },
+        Bad {
+            what: "an external IP of the other family (web's frontend kept)",
+            file: "ext-other-family.yaml",
+            text: text(&[service(
+                "ext-other",
+                json!({"spec": {
+                    "clusterIP": ip(f, "10.96.0.80"),
+                    "externalIPs": [ip(other, "10.96.0.10")],
+                }}),
+            )]),
+            logged: "cluster IP; not served",
+        },
+        Bad {
+            what: "an endpoint of the other family in a slice of web's family",
+            file: "web-mixed.yaml",
+            text: text(&[builders::merge(
+                slice_object("web-mixed", "web", &[other_pod.as_str()]),
+                json!({"addressType": f.name()}),
+            )]),
+            logged: "web-mixed",
+        },
+        Bad {
+            what: "a cluster IP of the other family than spec.ipFamilies says",
+            file: "wrong-family.yaml",
+            text: text(&[service(
+                "wrong-family",
+                json!({"spec": {"clusterIP": ip(other, "10.96.0.79"), "ipFamilies": [f.name()]}}),
+            )]),
+            logged: "Service e2e/wrong-family",
+        },
+        Bad {
+            what: "clusterIPs of two families under SingleStack",
+            file: "single-two.yaml",
+            text: text(&[service(
+                "single-two",
+                json!({"spec": {
+                    "clusterIP": ip(f, "10.96.0.81"),
+                    "clusterIPs": [ip(f, "10.96.0.81"), ip(other, "10.96.0.81")],
+                    "ipFamilyPolicy": "SingleStack",
+                }}),
+            )]),
+            logged: "Service e2e/single-two",
+        },
+    ]
+}
+
+// Bad input of each family next to healthy services of that family.
+socklb_tests::each_family!(bad_objects_never_disturb_a_healthy_service);
+
+fn bad_objects_never_disturb_a_healthy_service(f: Family) {
     if !require_privileges() {
         return;
     }
-    let src = healthy_manifests();
+    let addr = |s: &str| f.sock_str(s);
+    let src = healthy_manifests(f);
     let mut c = Cluster::start(src.path()).unwrap();
     c.wait_tcp(&TcpProbe::new(addr(WEB)).count(20), WAIT, |r| r.ok == 20)
         .unwrap();
@@ -208,7 +309,7 @@ fn bad_objects_never_disturb_a_healthy_service() {
         r.replies == 4
     })
     .unwrap();
-    let bad = bad_objects();
+    let bad = bad_objects(f);
     // About 1.5 s per bad object: the clients outlast the whole sequence.
     let duration_ms = 1_500 * (bad.len() as u64 + 2) + 2_000;
     let tcp = TcpProbe::new(addr(WEB))
@@ -245,7 +346,11 @@ fn bad_objects_never_disturb_a_healthy_service() {
         c.manifests
             .write(
                 "web.yaml",
-                &web_manifest(&["10.244.0.11", "10.244.0.12", "0.0.0.0"]),
+                &f.manifests(&web_manifest(&[
+                    "10.244.0.11",
+                    "10.244.0.12",
+                    special_addresses(f)[0],
+                ])),
             )
             .unwrap();
         assert!(
@@ -293,7 +398,7 @@ fn a_second_agent_on_the_same_pin_directory_refuses_and_the_first_serves_on() {
     if !require_privileges() {
         return;
     }
-    let src = healthy_manifests();
+    let src = healthy_manifests(Family::V4);
     let mut c = Cluster::start(src.path()).unwrap();
     c.wait_tcp(&TcpProbe::new(addr(WEB)).count(5), WAIT, |r| r.ok == 5)
         .unwrap();
