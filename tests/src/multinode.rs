@@ -515,6 +515,19 @@ pub struct PlanFrontend {
     pub backends: Vec<String>,
     #[serde(default)]
     pub affinity_timeout_s: u64,
+    /// An external frontend's connections from the node itself and its pods, where
+    /// they differ from the frontend's own (`from_node`: the cluster endpoints).
+    #[serde(default)]
+    pub from_node: Option<PlanFromNode>,
+}
+
+/// [`PlanFrontend::from_node`].
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct PlanFromNode {
+    /// forward or reject
+    pub action: String,
+    #[serde(default)]
+    pub backends: Vec<String>,
 }
 
 impl Plan {

@@ -926,12 +926,17 @@ fn binding_a_node_port_is_refused_in_the_cgroup(f: Family) {
     c.shutdown().unwrap();
 }
 
+/// internalTrafficPolicy Local (and externalTrafficPolicy Local) with the only
+/// endpoint elsewhere: the cluster IP is unreachable from this node, while the
+/// service's external IP, from this node, gets the cluster endpoints (kube-proxy
+/// short-circuits in-cluster clients of external destinations to its cluster chain).
 fn internal_traffic_policy_local_without_a_local_endpoint_is_unreachable(f: Family) {
     if !require_privileges() {
         return;
     }
     let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: local, namespace: e2e}\n\
                spec:\n  clusterIP: 10.96.0.40\n  internalTrafficPolicy: Local\n\
+               \x20 externalTrafficPolicy: Local\n  externalIPs: [10.96.1.40]\n\
                \x20 ports: [{name: http, protocol: TCP, port: 80}]\n---\n";
     // The only endpoint runs on another node.
     let eps = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\naddressType: IPv4\n\
@@ -955,6 +960,15 @@ fn internal_traffic_policy_local_without_a_local_endpoint_is_unreachable(f: Fami
         )
         .unwrap();
     assert_eq!(r.ok, 0, "{r:?}");
+    let r = c
+        .tcp(&TcpProbe::new(addr(f, "10.96.1.40:80")).count(20))
+        .unwrap();
+    assert_eq!(r.ok, 20, "the external IP from this node: {r:?}");
+    assert_eq!(
+        r.backends,
+        BTreeMap::from([(pod("10.244.0.51"), 20)]),
+        "the cluster endpoint"
+    );
     c.shutdown().unwrap();
 }
 

@@ -30,4 +30,10 @@ fn random_services_get_only_backends_and_verdicts_the_plan_allows() {
     assert!(r.socket_probes > 500, "{} socket probes", r.socket_probes);
     assert!(r.tc_probes > 100, "{} TC flows", r.tc_probes);
     assert!(r.clean(), "seed {seed}:\n{}", r.lines().join("\n"));
+    // The node's own connections to external frontends get kube-proxy's set.
+    assert_eq!(
+        r.kube_proxy_differences, 0,
+        "seed {seed}: {:#?}",
+        r.kube_proxy_examples
+    );
 }

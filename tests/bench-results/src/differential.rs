@@ -41,10 +41,8 @@ pub struct DifferentialResults {
     /// entry, the Service's objects, the seed to repeat.
     pub divergences: Vec<String>,
     /// Probes of the node's own connections to a NodePort, LoadBalancer or external
-    /// IP where the data path's allowed set (the service port's ClusterIP frontend,
-    /// which follows internalTrafficPolicy) differs from kube-proxy's (the cluster
-    /// endpoints whatever the policies): not divergences from the plan, a known
-    /// difference from kube-proxy, counted here with the first examples.
+    /// IP where the plan's `from_node` set differs from kube-proxy's (the cluster
+    /// endpoints whatever the policies), counted with the first examples; target 0.
     #[serde(default)]
     pub kube_proxy_differences: usize,
     #[serde(default)]

@@ -51,7 +51,8 @@ impl Programmed {
     /// What the maps must hold for `plan` (`core::maps::desired`): a ClusterIP
     /// frontend is one internal entry; a NodePort, LoadBalancer or external IP
     /// frontend an external entry with its own backends and an internal one with
-    /// those of the service port's ClusterIP frontend. In the service map one entry
+    /// its `from_node` ones (the cluster endpoints; the plan leaves them out where
+    /// they are the frontend's own). In the service map one entry
     /// per frontend entry, per backend slot and per address wildcard (a cluster IP's
     /// internal one, a LoadBalancer or external IP's external one); one backend entry
     /// per distinct backend; one affinity match per slot of an entry with session
@@ -68,17 +69,15 @@ impl Programmed {
                 continue;
             }
             add("external", f, value(f));
-            let cluster = plan
-                .frontends
-                .iter()
-                .find(|c| {
-                    c.kind == "ClusterIP"
-                        && c.service == f.service
-                        && c.port == f.port
-                        && c.protocol == f.protocol
-                })
-                .unwrap_or(f);
-            add("internal", f, value(cluster));
+            let from_node = match &f.from_node {
+                Some(n) => {
+                    let mut b = n.backends.clone();
+                    b.sort();
+                    (n.action.clone(), b, f.affinity_timeout_s)
+                }
+                None => value(f),
+            };
+            add("internal", f, from_node);
         }
         for f in &plan.frontends {
             let scope = match f.kind.as_str() {
@@ -335,6 +334,7 @@ mod tests {
             .into(),
             backends: backends.iter().map(|b| b.to_string()).collect(),
             affinity_timeout_s: 0,
+            from_node: None,
         }
     }
 
@@ -349,7 +349,13 @@ mod tests {
                     "10.96.0.10:80",
                     &["10.244.1.11:8080", "10.244.1.12:8080"],
                 ),
-                fe("a/web", "NodePort", "*:30080", &["10.244.1.11:8080"]),
+                PlanFrontend {
+                    from_node: Some(crate::multinode::PlanFromNode {
+                        action: "forward".into(),
+                        backends: vec!["10.244.1.12:8080".into(), "10.244.1.11:8080".into()],
+                    }),
+                    ..fe("a/web", "NodePort", "*:30080", &["10.244.1.11:8080"])
+                },
                 fe("a/empty", "ClusterIP", "10.96.0.99:80", &[]),
             ],
         };

@@ -6,14 +6,14 @@
 //!   (`ECONNREFUSED`) for reject, or `EHOSTUNREACH` for drop; the cluster IP's other
 //!   ports are refused;
 //! - a NodePort, LoadBalancer or external IP frontend, from the node (socket hooks):
-//!   the backends of the ClusterIP frontend of the same service port (the data
-//!   path's rule, `core::maps::desired`: "as kube-proxy short-circuits in-cluster
-//!   clients to the cluster endpoints"). Where that set differs from the one
-//!   kube-proxy uses there (the Cluster-policy endpoints whatever the policies,
-//!   `UsesClusterEndpoints`: "we need Cluster endpoints to implement short
-//!   circuiting"; they differ under internalTrafficPolicy Local), the probe carries a
-//!   [`KubeProxyNote`]: the ClusterIP frontend of the "cluster plan", the plan of the
-//!   same objects with internalTrafficPolicy Cluster;
+//!   the frontend's `from_node` set (the plan leaves it out where it is the
+//!   frontend's own): the Cluster-policy endpoints whatever the policies, as
+//!   kube-proxy short-circuits in-cluster clients (`UsesClusterEndpoints`: "we need
+//!   Cluster endpoints to implement short circuiting"). As a cross-check, where that
+//!   set differs from the ClusterIP frontend of the "cluster plan" (the plan of the
+//!   same objects with internalTrafficPolicy Cluster, whose ClusterIP frontends get
+//!   exactly kube-proxy's cluster endpoints), the probe carries a [`KubeProxyNote`]
+//!   (target: none);
 //! - the same frontend from outside (TC ingress, BPF_PROG_TEST_RUN): its own backends
 //!   from a permitted source (DNAT), dropped for a source outside
 //!   loadBalancerSourceRanges or under a Local policy with no endpoint here; a
@@ -63,6 +63,18 @@ pub struct PlanEntry {
     pub affinity_timeout_s: u64,
     #[serde(default)]
     pub source_ranges: Vec<String>,
+    /// An external frontend's set for the node's own clients, where it differs
+    /// from its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_node: Option<FromNodeEntry>,
+}
+
+/// [`PlanEntry::from_node`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FromNodeEntry {
+    pub action: String,
+    #[serde(default)]
+    pub backends: Vec<String>,
 }
 
 impl PlanEntry {
@@ -259,12 +271,7 @@ pub fn probes(
             })
             .collect()
     };
-    let own_by_port = by_port(plan);
     let cluster_by_port = by_port(cluster);
-    let own_fe: BTreeMap<(&str, &str, &str), &PlanEntry> = own_by_port
-        .iter()
-        .map(|((s, p, q), f)| ((s.as_str(), p.as_str(), q.as_str()), f))
-        .collect();
     let cluster_fe: BTreeMap<(&str, &str, &str), &PlanEntry> = cluster_by_port
         .iter()
         .map(|((s, p, q), f)| ((s.as_str(), p.as_str(), q.as_str()), f))
@@ -298,10 +305,15 @@ pub fn probes(
         if f.kind != "NodePort" {
             external_ips.insert(to.ip(), (f.service.clone(), f.clone()));
         }
-        // From the node: the ClusterIP frontend of the service port.
+        // From the node: the frontend's from_node set.
         let port_key = (f.service.as_str(), f.port.as_str(), f.protocol.as_str());
-        let from = own_fe.get(&port_key).copied();
-        let expect = Expect::of(from.unwrap_or(f));
+        let from = f.from_node.as_ref().map(|n| PlanEntry {
+            action: n.action.clone(),
+            backends: n.backends.clone(),
+            from_node: None,
+            ..f.clone()
+        });
+        let expect = Expect::of(from.as_ref().unwrap_or(f));
         let kube_proxy = cluster_fe.get(&port_key).and_then(|kp| {
             let want = Expect::of(kp);
             (want != expect).then(|| KubeProxyNote {
@@ -316,8 +328,8 @@ pub fn probes(
             expect,
             affinity,
             reason: reason(
-                "from the node (the service port's ClusterIP backends)",
-                from,
+                "from the node (the frontend's from_node set: the cluster endpoints)",
+                from.as_ref(),
             ),
             kube_proxy,
         });
@@ -608,7 +620,7 @@ mod tests {
     }
 
     #[test]
-    fn external_frontends_from_the_node_take_the_clusterip_backends_and_note_kube_proxys() {
+    fn external_frontends_from_the_node_take_their_from_node_set_as_kube_proxy() {
         let fe = |kind: &str, address: &str, action: &str, backends: &[&str]| PlanEntry {
             service: "diff/svc-0".into(),
             port: "p0".into(),
@@ -619,14 +631,16 @@ mod tests {
             backends: backends.iter().map(|b| b.to_string()).collect(),
             ..Default::default()
         };
-        // internalTrafficPolicy Local, nothing here: the ClusterIP drops; the data path
-        // drops the node's own connections to the NodePort too, where kube-proxy
-        // short-circuits them to the cluster endpoints.
+        // internalTrafficPolicy Local, nothing here: the ClusterIP drops; the node's
+        // own connections to the NodePort get the cluster endpoints (from_node), as
+        // kube-proxy short-circuits them.
+        let mut nodeport = fe("NodePort", "*:30000", "drop", &[]);
+        nodeport.from_node = Some(FromNodeEntry {
+            action: "forward".into(),
+            backends: vec!["10.244.0.2:8080".into()],
+        });
         let plan = PlanJson {
-            frontends: vec![
-                fe("NodePort", "*:30000", "forward", &["10.244.0.2:8080"]),
-                fe("ClusterIP", "10.96.0.1:80", "drop", &[]),
-            ],
+            frontends: vec![nodeport, fe("ClusterIP", "10.96.0.1:80", "drop", &[])],
             ..Default::default()
         };
         let cluster = PlanJson {
@@ -638,15 +652,29 @@ mod tests {
         };
         let (sock, tc) = probes(&plan, &cluster, Addresses, &mut Clients::default());
         let np = sock.iter().find(|p| p.to.port() == 30000).unwrap();
-        assert_eq!(np.expect, Expect::Drop);
-        let kp = np.kube_proxy.as_ref().unwrap();
         assert_eq!(
-            kp.expect,
+            np.expect,
             Expect::Forward(["10.244.0.2:8080".parse().unwrap()].into())
         );
+        assert!(np.kube_proxy.is_none(), "the same set as kube-proxy's");
         let cip = sock.iter().find(|p| p.to.port() == 80).unwrap();
         assert_eq!(cip.expect, Expect::Drop);
         assert_eq!(tc.len(), 1);
+        assert_eq!(
+            tc[0].expect,
+            Expect::Drop,
+            "from outside: its own (none here)"
+        );
         assert_eq!(sock.iter().filter(|p| p.to.port() == 7).count(), 2);
+
+        // Without from_node the frontend's own set; a different cluster plan is noted.
+        let plan = PlanJson {
+            frontends: vec![fe("NodePort", "*:30000", "drop", &[])],
+            ..Default::default()
+        };
+        let (sock, _) = probes(&plan, &cluster, Addresses, &mut Clients::default());
+        let np = sock.iter().find(|p| p.to.port() == 30000).unwrap();
+        assert_eq!(np.expect, Expect::Drop);
+        assert!(np.kube_proxy.is_some());
     }
 }

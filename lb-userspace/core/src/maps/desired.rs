@@ -393,10 +393,10 @@ impl DesiredIndex {
 ///   address's wildcard;
 /// - a NodePort, LoadBalancer or external IP frontend: an external entry (the TC
 ///   program) with the backends of its externalTrafficPolicy, and an internal entry
-///   for connections started on this node with the cluster backends of the same
-///   service port, as kube-proxy short-circuits in-cluster clients to the cluster
-///   endpoints. A NodePort is keyed by address 0.0.0.0 with the NODEPORT flag, which
-///   the bind hook also reads.
+///   for connections started on this node with its [`Frontend::from_node`] backends
+///   (the Cluster-policy endpoints, as kube-proxy short-circuits in-cluster clients).
+///   A NodePort is keyed by address 0.0.0.0 with the NODEPORT flag, which the bind
+///   hook also reads.
 fn entries<'a>(
     frontends: &[&'a Frontend],
 ) -> Vec<(&'a Frontend, Vec<(FrontendKey, DesiredFrontend)>)> {
@@ -431,13 +431,17 @@ fn entries<'a>(
                 external.source_ranges.sort();
                 external.source_ranges.dedup();
                 let key = FrontendKey::new(fe.key(), Scope::External);
-                let cluster = frontends.iter().find(|c| {
-                    c.kind == FrontendKind::ClusterIP
-                        && c.port_name == fe.port_name
-                        && c.protocol == fe.protocol
-                        && c.ip.is_ipv4() == fe.ip.is_ipv4()
-                });
-                let internal = desired_frontend(cluster.copied().unwrap_or(fe), proto, nodeport);
+                let internal = match &fe.from_node {
+                    Some(n) => desired_entry(
+                        n.action,
+                        &n.backends,
+                        &n.local_backends,
+                        fe.affinity_timeout_s,
+                        proto,
+                        nodeport,
+                    ),
+                    None => desired_frontend(fe, proto, nodeport),
+                };
                 out.push((
                     fe,
                     vec![(key, external), (FrontendKey::internal(fe.key()), internal)],
@@ -468,20 +472,38 @@ fn wildcard_frontend() -> DesiredFrontend {
 }
 
 fn desired_frontend(fe: &Frontend, protocol: Protocol, flags: u8) -> DesiredFrontend {
-    let action = match fe.action {
-        Action::Forward if !fe.backends.is_empty() => SvcAction::Forward,
+    desired_entry(
+        fe.action,
+        &fe.backends,
+        &fe.local_backends,
+        fe.affinity_timeout_s,
+        protocol,
+        flags,
+    )
+}
+
+fn desired_entry(
+    action: Action,
+    addrs: &[SocketAddr],
+    local: &[SocketAddr],
+    affinity_timeout_s: u32,
+    protocol: Protocol,
+    flags: u8,
+) -> DesiredFrontend {
+    let action = match action {
+        Action::Forward if !addrs.is_empty() => SvcAction::Forward,
         // A forward without backends cannot translate: refuse rather than let the
         // connect leave towards an address nobody owns.
         Action::Forward | Action::Reject => SvcAction::Reject,
         Action::Drop => SvcAction::Drop,
     };
     let mut backends: Vec<BackendKey> = if action == SvcAction::Forward {
-        fe.backends
+        addrs
             .iter()
             .map(|addr| BackendKey {
                 addr: *addr,
                 protocol,
-                local: fe.local_backends.contains(addr),
+                local: local.contains(addr),
             })
             .collect()
     } else {
@@ -492,7 +514,7 @@ fn desired_frontend(fe: &Frontend, protocol: Protocol, flags: u8) -> DesiredFron
     DesiredFrontend {
         action,
         backends,
-        affinity_timeout_s: fe.affinity_timeout_s,
+        affinity_timeout_s,
         flags,
         source_ranges: Vec::new(),
     }
@@ -506,6 +528,7 @@ mod tests {
 
     fn frontend(service: &str, kind: FrontendKind, address: &str) -> Frontend {
         let address: SocketAddr = address.parse().unwrap();
+        let backends: Vec<SocketAddr> = vec!["10.244.0.11:8080".parse().unwrap()];
         Frontend {
             service: service.parse().unwrap(),
             port_name: "http".into(),
@@ -514,11 +537,16 @@ mod tests {
             ip: address.ip(),
             port: address.port(),
             action: Action::Forward,
-            backends: vec!["10.244.0.11:8080".parse().unwrap()],
+            backends: backends.clone(),
             affinity_timeout_s: 0,
             local_backends: vec![],
             source_ranges: vec![],
             algorithm: crate::maps::maglev::LbAlgorithm::Random,
+            from_node: kind.is_external().then(|| crate::plan::FromNode {
+                action: Action::Forward,
+                backends,
+                local_backends: vec![],
+            }),
         }
     }
 
@@ -544,10 +572,20 @@ mod tests {
         let mut lb = frontend("demo/web", FrontendKind::LoadBalancer, "198.51.100.7:80");
         lb.source_ranges = vec!["192.0.2.0/24".parse().unwrap()];
         let extip = frontend("demo/web", FrontendKind::ExternalIP, "192.0.2.10:80");
-        // The cluster IP has one more backend than the (Local policy) external ones.
+        // The cluster IP has one more backend than the (Local policy) external ones,
+        // and the nodes's own clients of the NodePort get two others (the cluster
+        // endpoints, say the ClusterIP under internalTrafficPolicy Local).
         let mut cluster_ip = frontend("demo/web", FrontendKind::ClusterIP, "10.96.0.10:80");
         cluster_ip.backends.push("10.244.9.9:8080".parse().unwrap());
         nodeport.local_backends = nodeport.backends.clone();
+        nodeport.from_node = Some(crate::plan::FromNode {
+            action: Action::Forward,
+            backends: vec![
+                "10.244.7.7:8080".parse().unwrap(),
+                "10.244.8.8:8080".parse().unwrap(),
+            ],
+            local_backends: vec![],
+        });
 
         let all = [&nodeport, &lb, &extip, &cluster_ip];
         let desired = DesiredState::from_frontends(all);
@@ -579,13 +617,14 @@ mod tests {
         assert_eq!(np_ext.flags, SVC_FLAG_SNAT | SVC_FLAG_NODEPORT);
         assert_eq!(np_ext.backends.len(), 1);
         assert!(np_ext.backends[0].local, "locality comes from the plan");
-        // Connections started on the node use the cluster backends, never SNAT.
+        // Connections started on the node use the from_node backends, never SNAT.
         let np_int = &desired.frontends[&key("0.0.0.0:30080")];
         assert_eq!(
             np_int.flags, SVC_FLAG_NODEPORT,
             "the bind hook reads the NODEPORT flag"
         );
-        assert_eq!(np_int.backends.len(), 2);
+        let addrs: Vec<String> = np_int.backends.iter().map(|b| b.addr.to_string()).collect();
+        assert_eq!(addrs, ["10.244.7.7:8080", "10.244.8.8:8080"]);
         let lb_ext = &desired.frontends[&ext("198.51.100.7:80")];
         assert_eq!(lb_ext.flags, SVC_FLAG_SNAT | SVC_FLAG_SOURCE_RANGES);
         assert_eq!(lb_ext.source_ranges, lb.source_ranges);

@@ -32,7 +32,10 @@ use endpoints::{Categorized, endpoints_for_port};
 
 use crate::{
     maps::maglev::{self, LbAlgorithm, MaglevConfig, human_bytes},
-    model::{IpCidr, NodeModel, ObjectKey, Protocol, ServiceModel, ServiceType, SliceModel},
+    model::{
+        IpCidr, NodeModel, ObjectKey, Protocol, ServiceModel, ServiceType, SliceModel,
+        TrafficPolicy,
+    },
     table,
 };
 
@@ -132,6 +135,28 @@ pub struct Frontend {
     /// forward when the agent runs with `--lb-algorithm maglev` (see
     /// [`Plan::with_balancing`]), else random.
     pub algorithm: LbAlgorithm,
+    /// External frontends (NodePort, LoadBalancer, external IP): what a connection
+    /// that this node or one of its pods starts gets (the socket hooks). None for
+    /// ClusterIP frontends.
+    pub from_node: Option<FromNode>,
+}
+
+/// What an external frontend gives the node's own clients: the service port's
+/// Cluster-policy endpoints whatever the traffic policies, as kube-proxy sends
+/// in-cluster traffic to external destinations to its cluster chain ("route LOCAL
+/// traffic ... to the policy=cluster chain"; pod traffic is short-circuited there
+/// too). It differs from the frontend's own set under externalTrafficPolicy Local, and
+/// from the ClusterIP frontend's under internalTrafficPolicy Local.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FromNode {
+    /// Forward, or Reject when no endpoint is usable anywhere (never Drop: the
+    /// Cluster policy has no "none here").
+    pub action: Action,
+    /// Sorted, without duplicates; empty unless `action` is Forward.
+    pub backends: Vec<SocketAddr>,
+    /// The backends that run on this node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub local_backends: Vec<SocketAddr>,
 }
 
 impl Frontend {
@@ -216,6 +241,10 @@ struct FrontendJson {
     /// Left out for random (the default, and kube-proxy's).
     #[serde(default, skip_serializing_if = "is_random")]
     algorithm: LbAlgorithm,
+    /// An external frontend's [`FromNode`], left out where it is the frontend's own
+    /// action and backends (externalTrafficPolicy Cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    from_node: Option<FromNode>,
 }
 
 fn is_random(algorithm: &LbAlgorithm) -> bool {
@@ -224,6 +253,9 @@ fn is_random(algorithm: &LbAlgorithm) -> bool {
 
 impl From<Frontend> for FrontendJson {
     fn from(f: Frontend) -> FrontendJson {
+        let from_node = f.from_node.clone().filter(|n| {
+            n.action != f.action || n.backends != f.backends || n.local_backends != f.local_backends
+        });
         FrontendJson {
             address: f.address_string(),
             service: f.service,
@@ -236,6 +268,7 @@ impl From<Frontend> for FrontendJson {
             local_backends: f.local_backends,
             source_ranges: f.source_ranges,
             algorithm: f.algorithm,
+            from_node,
         }
     }
 }
@@ -272,6 +305,21 @@ impl TryFrom<FrontendJson> for Frontend {
                 (addr.ip(), addr.port())
             }
         };
+        let from_node = match (f.kind.is_external(), f.from_node) {
+            (true, Some(n)) => Some(n),
+            (true, None) => Some(FromNode {
+                action: f.action,
+                backends: f.backends.clone(),
+                local_backends: f.local_backends.clone(),
+            }),
+            (false, None) => None,
+            (false, Some(_)) => {
+                return Err(format!(
+                    "{}: from_node is for NodePort, LoadBalancer and external IP frontends",
+                    f.address
+                ));
+            }
+        };
         Ok(Frontend {
             service: f.service,
             port_name: f.port,
@@ -285,6 +333,7 @@ impl TryFrom<FrontendJson> for Frontend {
             local_backends: f.local_backends,
             source_ranges: f.source_ranges,
             algorithm: f.algorithm,
+            from_node,
         })
     }
 }
@@ -472,6 +521,37 @@ impl Plan {
                 .collect();
             out.push_str(&table::render(["SERVICE", "TABLES", "MEMORY"], &rows));
         }
+        let from_node: Vec<[String; 4]> = self
+            .frontends
+            .iter()
+            .filter_map(|f| {
+                let n = f.from_node.as_ref()?;
+                let differs = n.action != f.action || n.backends != f.backends;
+                differs.then(|| {
+                    [
+                        f.address_string(),
+                        f.protocol.to_string(),
+                        n.action.to_string(),
+                        dash_if_empty(
+                            n.backends
+                                .iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join(","),
+                        ),
+                    ]
+                })
+            })
+            .collect();
+        if !from_node.is_empty() {
+            out.push_str(
+                "\nfrom this node and its pods: the cluster endpoints (as kube-proxy short-circuits in-cluster clients)\n",
+            );
+            out.push_str(&table::render(
+                ["ADDRESS", "PROTO", "ACTION", "BACKENDS"],
+                &from_node,
+            ));
+        }
         if !self.conflicts.is_empty() {
             let rows: Vec<[String; 5]> = self
                 .conflicts
@@ -549,12 +629,24 @@ pub fn frontends_for_service(
             } else {
                 (&endpoints6, &categorized6)
             };
+            let local_of = |backends: &[SocketAddr]| -> Vec<SocketAddr> {
+                backends
+                    .iter()
+                    .filter(|b| endpoints.get(b).is_some_and(|e| is_local(e, node)))
+                    .copied()
+                    .collect()
+            };
             let (action, backends) = categorized.traffic(policy);
-            let local_backends = backends
-                .iter()
-                .filter(|b| endpoints.get(b).is_some_and(|e| is_local(e, node)))
-                .copied()
-                .collect();
+            let local_backends = local_of(&backends);
+            let from_node = kind.is_external().then(|| {
+                let (action, backends) = categorized.traffic(TrafficPolicy::Cluster);
+                let local_backends = local_of(&backends);
+                FromNode {
+                    action,
+                    backends,
+                    local_backends,
+                }
+            });
             // kube-proxy keeps the ranges of the frontend's family (none of them: the
             // frontend is open to all).
             let source_ranges = if kind == FrontendKind::LoadBalancer {
@@ -579,6 +671,7 @@ pub fn frontends_for_service(
                 local_backends,
                 source_ranges,
                 algorithm: LbAlgorithm::Random,
+                from_node,
             }
         };
         for ip in &svc.cluster_ips {
@@ -1365,6 +1458,7 @@ mod tests {
                 local_backends: vec![],
                 source_ranges: vec![],
                 algorithm: LbAlgorithm::Random,
+                from_node: None,
             }]
         );
     }
@@ -1420,17 +1514,30 @@ mod tests {
                 "backends": backends, "affinity_timeout_s": 10800,
                 "local_backends": ["10.244.1.5:8080"]})
         };
+        // externalTrafficPolicy Local: the node's own clients get every cluster
+        // endpoint (kube-proxy's short circuit), shown as from_node.
+        let external = |kind: &str, address: &str| {
+            let mut f = frontend(kind, address, &["10.244.1.5:8080"]);
+            f["from_node"] = serde_json::json!({"action": "forward",
+                "backends": ["10.244.1.5:8080", "10.244.1.6:8080"],
+                "local_backends": ["10.244.1.5:8080"]});
+            f
+        };
         assert_eq!(
             value,
             serde_json::json!({
                 "node": "node-a",
                 "frontends": [
-                    frontend("NodePort", "*:30080", &["10.244.1.5:8080"]),
+                    external("NodePort", "*:30080"),
                     frontend("ClusterIP", "10.96.0.10:80", &["10.244.1.5:8080", "10.244.1.6:8080"]),
-                    frontend("ExternalIP", "192.0.2.10:80", &["10.244.1.5:8080"]),
-                    frontend("LoadBalancer", "198.51.100.7:80", &["10.244.1.5:8080"]),
+                    external("ExternalIP", "192.0.2.10:80"),
+                    external("LoadBalancer", "198.51.100.7:80"),
                 ],
             })
+        );
+        assert_eq!(
+            Plan::from_json(&external_plan().to_json()).unwrap(),
+            external_plan()
         );
     }
 
@@ -1647,8 +1754,19 @@ mod tests {
         let rows: Vec<Vec<&str>> = table
             .lines()
             .skip(1)
+            .take_while(|line| !line.is_empty())
             .map(|line| line.split_whitespace().collect())
             .collect();
+        assert!(
+            table.ends_with(
+                "from this node and its pods: the cluster endpoints (as kube-proxy short-circuits in-cluster clients)\n\
+                 ADDRESS          PROTO  ACTION   BACKENDS\n\
+                 *:30080          TCP    forward  10.244.1.5:8080,10.244.1.6:8080\n\
+                 192.0.2.10:80    TCP    forward  10.244.1.5:8080,10.244.1.6:8080\n\
+                 198.51.100.7:80  TCP    forward  10.244.1.5:8080,10.244.1.6:8080\n"
+            ),
+            "{table}"
+        );
         let kind_and_address: Vec<(&str, &str)> = rows.iter().map(|r| (r[3], r[4])).collect();
         assert_eq!(
             kind_and_address,
