@@ -6,11 +6,13 @@
 //! - `datapath`: the kernel's maps and links, this node's devices, `socklb status`;
 //! - `http`: listeners (/healthz, /readyz, /metrics; healthCheckNodePort servers);
 //! - `agent`: the loop that joins them;
+//! - `explain`: `socklb explain`, the verdict of the live maps for one address;
 //! - `bpffs`: mounting bpffs where the host has none (the DaemonSet's init container).
 
 pub mod agent;
 pub mod bpffs;
 pub mod datapath;
+pub mod explain;
 pub mod http;
 pub mod metrics;
 pub mod sources;

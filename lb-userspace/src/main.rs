@@ -23,6 +23,13 @@ struct Cli {
     command: Command,
 }
 
+/// `explain --proto`.
+#[derive(Clone, Copy, ValueEnum)]
+enum ProtoArg {
+    Tcp,
+    Udp,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Output {
     Json,
@@ -175,6 +182,36 @@ enum Command {
         /// The cgroup the socket hooks must be attached to (default: any live one).
         #[arg(long)]
         cgroup: Option<PathBuf>,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Say what a connection to ADDR:PORT would get and why, from the live maps: from
+    /// a cgroup of this node (default: this process's own) or from outside the node.
+    Explain {
+        /// The destination, e.g. 10.96.0.10:80, [fd00::10]:80, 192.0.2.11:30080.
+        target: std::net::SocketAddr,
+        #[arg(long, value_enum, default_value = "tcp")]
+        proto: ProtoArg,
+        /// A process in this cgroup (a cgroup2 directory) connects.
+        #[arg(long, conflicts_with_all = ["from_netns", "from_outside"])]
+        from_cgroup: Option<PathBuf>,
+        /// The processes in this network namespace (/run/netns/NAME) connect: each of
+        /// their cgroups is explained (translation follows the cgroup, not the netns).
+        #[arg(long, conflicts_with = "from_outside")]
+        from_netns: Option<String>,
+        /// A client outside the node, with this source address, sends to a
+        /// NodePort, LoadBalancer or external IP (the TC program's view).
+        #[arg(long)]
+        from_outside: Option<std::net::IpAddr>,
+        #[arg(long, default_value = kernel::DEFAULT_PIN_DIR)]
+        bpffs: PathBuf,
+        /// The manifests the agent serves, to say why (the Service, its endpoints by
+        /// condition and node, frontends the maps could not hold).
+        #[arg(long)]
+        manifests: Option<PathBuf>,
+        /// This node's name (with --manifests). Default: the host name.
+        #[arg(long, env = "NODE_NAME")]
+        node: Option<String>,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
@@ -435,6 +472,82 @@ fn run() -> anyhow::Result<()> {
                     "the data path is not attached: {}",
                     report.attachment_problems.join("; ")
                 );
+            }
+        }
+        Command::Explain {
+            target,
+            proto,
+            from_cgroup,
+            from_netns,
+            from_outside,
+            bpffs,
+            manifests,
+            node,
+            output,
+        } => {
+            use socklb::explain::{self, Vantage};
+            let protocol = match proto {
+                ProtoArg::Tcp => socklb_core::model::Protocol::Tcp,
+                ProtoArg::Udp => socklb_core::model::Protocol::Udp,
+            };
+            let report = status::read_status(&bpffs, &status::StatusOptions::default())
+                .with_context(|| format!("reading the maps pinned in {}", bpffs.display()))?;
+            let objects = match manifests {
+                Some(dir) => {
+                    let node = node_name(node)?;
+                    let set = socklb::sources::manifest_files::load_dir(&dir)
+                        .with_context(|| format!("reading the manifests in {}", dir.display()))?;
+                    let node = set.node(&node);
+                    Some(explain::Objects {
+                        plan: socklb_core::plan::compute_plan(&set.services, &set.slices, &node),
+                        services: set.services,
+                        slices: set.slices,
+                        node,
+                    })
+                }
+                None => None,
+            };
+            let vantages: Vec<Vantage> = match (from_outside, from_netns, from_cgroup) {
+                (Some(source), _, _) => vec![Vantage::Outside { source }],
+                (None, Some(name), _) => {
+                    let found = explain::cgroups_in_netns(&name).map_err(anyhow::Error::msg)?;
+                    if found.is_empty() {
+                        anyhow::bail!(
+                            "no process runs in netns {name}: translation follows the cgroup of the process that connects; pass --from-cgroup"
+                        );
+                    }
+                    found
+                        .into_iter()
+                        .map(|(pid, cgroup)| {
+                            explain::cgroup_facts(&cgroup, format!("process {pid} in netns {name}"))
+                                .map(Vantage::Cgroup)
+                        })
+                        .collect::<Result<_, _>>()
+                        .map_err(anyhow::Error::msg)?
+                }
+                (None, None, Some(cgroup)) => vec![Vantage::Cgroup(
+                    explain::cgroup_facts(&cgroup, "--from-cgroup".into())
+                        .map_err(anyhow::Error::msg)?,
+                )],
+                (None, None, None) => {
+                    let own = explain::cgroup_of_pid("self").map_err(anyhow::Error::msg)?;
+                    vec![Vantage::Cgroup(
+                        explain::cgroup_facts(&own, "this process's".into())
+                            .map_err(anyhow::Error::msg)?,
+                    )]
+                }
+            };
+            let answers: Vec<explain::Explanation> = vantages
+                .iter()
+                .map(|v| explain::explain(&report, target, protocol, v, objects.as_ref()))
+                .collect();
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&answers)?),
+                Output::Table => {
+                    let texts: Vec<String> =
+                        answers.iter().map(explain::Explanation::render).collect();
+                    print!("{}", texts.join("\n"));
+                }
             }
         }
         Command::MountBpffs { path } => {

@@ -40,6 +40,10 @@ pub struct ProgrammedFrontendView {
     /// flows pick at random.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub maglev_table: u32,
+    /// loadBalancerSourceRanges the frontend admits (external entries only); left
+    /// out when every source is admitted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_ranges: Vec<String>,
 }
 
 fn is_zero(v: &u32) -> bool {
@@ -328,6 +332,7 @@ impl FrontendViews {
                 backends: backends.iter().map(ToString::to_string).collect(),
                 affinity_timeout_s: fe.service.affinity_timeout_s,
                 maglev_table: fe.service.backend_id,
+                source_ranges: fe.source_ranges.iter().map(ToString::to_string).collect(),
             });
         }
     }

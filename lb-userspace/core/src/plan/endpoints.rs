@@ -86,6 +86,38 @@ impl Categorized {
     }
 }
 
+/// The endpoints of one service port by condition and place: the facts behind a
+/// frontend's action, for `socklb explain`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EndpointCensus {
+    /// Every endpoint of the port (one per address and port).
+    pub total: usize,
+    pub ready: usize,
+    /// Not ready, but serving and terminating (the KEP-1669 fallback).
+    pub serving_terminating: usize,
+    /// On this node.
+    pub here: usize,
+    pub here_ready: usize,
+    pub here_serving_terminating: usize,
+}
+
+impl EndpointCensus {
+    pub fn of(endpoints: &BTreeMap<SocketAddr, &EndpointModel>, node: &NodeModel) -> Self {
+        let mut c = EndpointCensus::default();
+        for e in endpoints.values() {
+            let here = is_local(e, node);
+            let fallback = !e.ready && e.serving && e.terminating;
+            c.total += 1;
+            c.ready += usize::from(e.ready);
+            c.serving_terminating += usize::from(fallback);
+            c.here += usize::from(here);
+            c.here_ready += usize::from(here && e.ready);
+            c.here_serving_terminating += usize::from(here && fallback);
+        }
+        c
+    }
+}
+
 /// Ready endpoints, narrowed by topology hints when they apply; when none is ready,
 /// serving-and-terminating ones (KEP-1669).
 fn cluster_endpoints(

@@ -27,8 +27,8 @@ mod endpoints;
 pub mod health_checks;
 
 pub use claims::{ClaimRank, Claimant, Conflict};
-pub use endpoints::is_local;
 use endpoints::{Categorized, endpoints_for_port};
+pub use endpoints::{EndpointCensus, is_local};
 
 use crate::{
     maps::maglev::{self, LbAlgorithm, MaglevConfig, human_bytes},
@@ -704,6 +704,31 @@ pub fn frontends_for_service(
     // ingress IP): keep the first (same policy, same backends).
     frontends.dedup_by(|later, kept| later.key() == kept.key());
     frontends
+}
+
+/// The census of the endpoints behind one port of `svc` in one address family
+/// (`ipv4`), as [`frontends_for_service`] chooses them.
+pub fn endpoint_census(
+    svc: &ServiceModel,
+    slices: &[&SliceModel],
+    node: &NodeModel,
+    port_name: &str,
+    protocol: Protocol,
+    ipv4: bool,
+) -> EndpointCensus {
+    let mut own: Vec<&SliceModel> = slices
+        .iter()
+        .copied()
+        .filter(|slice| slice.service_key() == svc.key())
+        .filter(|slice| {
+            slice
+                .endpoints
+                .first()
+                .is_some_and(|e| e.address.is_ipv4() == ipv4)
+        })
+        .collect();
+    own.sort_by(|a, b| a.name.cmp(&b.name));
+    EndpointCensus::of(&endpoints_for_port(&own, port_name, protocol), node)
 }
 
 /// The plan of `node`: every Service's frontends, slices joined to Services by
