@@ -6,8 +6,8 @@
 //! Both families, written once: a scenario is a `fn name(f: Family)` listed in
 //! `each_family!`, run as `name::ipv4` and `name::ipv6`, with IPv4 test addresses that
 //! stand for their fd00:: twins in IPv6 (`family.rs`). What only one family has stays
-//! its own: IPv4 options (`ip_options.rs`), UDP without a checksum
-//! (IPv4).
+//! its own: IPv4 options (`ip_options.rs`), IPv6 extension headers
+//! (`ext_headers.rs`), UDP without a checksum (IPv4).
 //!
 //! The maps are programmed by the agent's own code (Kubernetes objects -> models ->
 //! plan -> desired state -> diff -> `KernelMaps`), so the fixtures test the pairing of
@@ -50,6 +50,8 @@
 //! - `icmp.rs`: ICMP errors about tracked flows, translated back;
 //! - `conntrack.rs`: entry lifetimes: FIN, RST, expiry, reuse, one-way streams;
 //! - `unknown_traffic.rs`: traffic that is not ours, passed untouched;
+//! - `ext_headers.rs`: IPv6 extension headers (hop-by-hop, routing, destination
+//!   options, fragment) through DNAT, SNAT, reverse NAT and ICMPv6 errors;
 //! - `machinery.rs`: the fixture machinery itself (maps programmed, packet builder);
 //! - `common.rs`: the cluster (addresses, Services, EndpointSlices), the fixture on it,
 //!   and the checks (verdict, packet field by field, checksums, conntrack entries);
@@ -70,6 +72,7 @@ mod packet;
 
 mod conntrack;
 mod dnat;
+mod ext_headers;
 mod fragments;
 mod icmp;
 mod ip_options;

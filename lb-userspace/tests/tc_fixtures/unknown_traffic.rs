@@ -101,6 +101,19 @@ fn unknown_traffic_passes_untouched(f: Family) {
                 "seven extension headers",
                 &syn.clone().ext(&many).frame(),
             );
+            // ICMPv6 that is no error: neighbour discovery, router advertisements,
+            // multicast listener reports, echo replies, to and from node addresses.
+            for (what, icmp_type) in [
+                ("neighbour solicitation", 135),
+                ("neighbour advertisement", 136),
+                ("router solicitation", 133),
+                ("router advertisement", 134),
+                ("MLDv2 report", 143),
+                ("echo reply", 129),
+            ] {
+                let msg = Pkt::icmp(f, CLIENT_IP, NODE_IP, icmp_type, 0, [0; 4], &[0; 24]).ttl(255);
+                expect_untouched(&fx, what, &msg.frame());
+            }
             // ESP: the ports are not readable. No next header: nothing to translate.
             for (what, proto) in [("ESP", 50), ("no next header", 59)] {
                 let mut frame = syn.clone().frame();
