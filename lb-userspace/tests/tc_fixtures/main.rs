@@ -38,6 +38,7 @@
 //! - `reverse_nat.rs`: a local backend's replies translated back on egress;
 //! - `udp.rs`: UDP DNAT and SNAT, with a checksum, without one, 0xffff for 0;
 //! - `loadbalancer.rs`: LoadBalancer and external IPs, loadBalancerSourceRanges;
+//! - `affinity.rs`: ClientIP session affinity: a client's new flows keep its backend;
 //! - `maglev.rs`: `--lb-algorithm maglev`: the kernel's picks are the core's
 //!   predictions, a removed backend moves only what the table moves;
 //! - `no_endpoints.rs`: frontends without usable endpoints (RST and ICMP answers from
@@ -70,6 +71,7 @@ mod harness;
 #[allow(dead_code, reason = "a toolbox: not every fixture uses every helper")]
 mod packet;
 
+mod affinity;
 mod conntrack;
 mod dnat;
 mod ext_headers;
