@@ -157,7 +157,8 @@ pub enum Hook {
 }
 
 impl Hook {
-    fn program(self, f: Family) -> String {
+    /// The name of this hook's program of family `f`.
+    pub fn program(self, f: Family) -> String {
         match self {
             Hook::Ingress => format!("{}_tc_ingress", f.programs()),
             Hook::Egress => format!("{}_tc_egress", f.programs()),
@@ -587,12 +588,13 @@ impl Fixture {
         self.pins.path()
     }
 
-    /// How many instructions the verifier processed when it loaded `hook`'s program
-    /// (the kernel's `verified_insns`); None on a kernel that does not report it.
-    pub fn verified_insns(&self, hook: Hook) -> Option<u32> {
+    /// How many instructions the verifier processed when it loaded `program` (a
+    /// hook's, or an IPv6 tail-call target; the kernel's `verified_insns`); None on a
+    /// kernel that does not report it.
+    pub fn verified_insns(&self, program: &str) -> Option<u32> {
         let prog: &SchedClassifier = self
             .ebpf
-            .program(&hook.program(self.family))
+            .program(program)
             .expect("program present")
             .try_into()
             .expect("a classifier");

@@ -137,6 +137,19 @@ fn a_segment_with_ack_and_payload_gets_a_rst_from_its_ack_number(f: Family) {
     };
     assert_eq!((*seq, *ack), (0, 0x1234_5678 + 3 + 1));
     expect_answer(&fx, "FIN with payload, no ACK", &fin.frame(), &want);
+    if f == Family::V6 {
+        // The payload's length is what follows the extension headers and TCP's.
+        let fin = Pkt::tcp(f, client(40013), sa(EMPTY_LB_IP, 80), FIN)
+            .payload(b"bye")
+            .ext(&[Ext::hop_by_hop(), Ext::dest_opts()]);
+        let want = rst_for(&fin);
+        expect_answer(
+            &fx,
+            "FIN with payload after extension headers",
+            &fin.frame(),
+            &want,
+        );
+    }
 
     // TOS (traffic class) is kept without its ECN bits; IP options (extension
     // headers) are not copied, and the segment after them is the one answered.
@@ -149,7 +162,11 @@ fn a_segment_with_ack_and_payload_gets_a_rst_from_its_ack_number(f: Family) {
     let want = rst_for(&syn);
     assert_eq!(want.tos, 0xb8);
     expect_answer(&fx, "SYN with IP options and ECN", &syn.frame(), &want);
-    assert_eq!(fx.counter(Counter::NpRejected), 3);
+    let answered = match f {
+        Family::V4 => 3,
+        Family::V6 => 4,
+    };
+    assert_eq!(fx.counter(Counter::NpRejected), answered);
 }
 
 fn udp_to_an_external_ip_without_endpoints_gets_port_unreachable(f: Family) {
