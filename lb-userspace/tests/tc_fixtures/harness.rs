@@ -191,28 +191,20 @@ enum CtMap {
     V6(BpfHashMap<MapData, Ct6Key, Ct6Value>),
 }
 
-fn v6(sa: SocketAddrV4) -> std::net::Ipv6Addr {
+/// The IPv6 twin of a test socket address's address.
+fn twin(sa: SocketAddrV4) -> std::net::Ipv6Addr {
     crate::family::v6_of(*sa.ip())
 }
 
-fn from6(ip: std::net::Ipv6Addr, port: u16) -> SocketAddrV4 {
+/// The test socket address an IPv6 address and port stand for.
+fn test_sock6(ip: std::net::Ipv6Addr, port: u16) -> SocketAddrV4 {
     test_sock((ip, port).into())
 }
 
 impl CtMap {
     fn get(&self, k: &CtKey) -> Option<CtEntry> {
         match self {
-            CtMap::V4(m) => {
-                let key = Ct4Key {
-                    saddr: ip_to_map(*k.src.ip()),
-                    daddr: ip_to_map(*k.dst.ip()),
-                    sport: port_to_map(k.src.port()),
-                    dport: port_to_map(k.dst.port()),
-                    proto: k.proto,
-                    pad: [0; 3],
-                };
-                m.get(&key, 0).ok().map(|v| entry4(&v))
-            }
+            CtMap::V4(m) => m.get(&key4(k), 0).ok().map(|v| entry4(&v)),
             CtMap::V6(m) => m.get(&key6(k), 0).ok().map(|v| entry6(&v)),
         }
     }
@@ -220,14 +212,6 @@ impl CtMap {
     fn put(&mut self, k: &CtKey, e: &CtEntry) {
         let r = match self {
             CtMap::V4(m) => {
-                let key = Ct4Key {
-                    saddr: ip_to_map(*k.src.ip()),
-                    daddr: ip_to_map(*k.dst.ip()),
-                    sport: port_to_map(k.src.port()),
-                    dport: port_to_map(k.dst.port()),
-                    proto: k.proto,
-                    pad: [0; 3],
-                };
                 let value = Ct4Value {
                     to_saddr: ip_to_map(*e.to_src.ip()),
                     to_daddr: ip_to_map(*e.to_dst.ip()),
@@ -240,12 +224,12 @@ impl CtMap {
                     backend_id: e.backend_id,
                     pad2: 0,
                 };
-                m.insert(key, value, 0)
+                m.insert(key4(k), value, 0)
             }
             CtMap::V6(m) => {
                 let value = Ct6Value {
-                    to_saddr: ip6_to_map(v6(e.to_src)),
-                    to_daddr: ip6_to_map(v6(e.to_dst)),
+                    to_saddr: ip6_to_map(twin(e.to_src)),
+                    to_daddr: ip6_to_map(twin(e.to_dst)),
                     to_sport: port_to_map(e.to_src.port()),
                     to_dport: port_to_map(e.to_dst.port()),
                     flags: e.flags,
@@ -264,15 +248,7 @@ impl CtMap {
     fn remove(&mut self, k: &CtKey) {
         match self {
             CtMap::V4(m) => {
-                let key = Ct4Key {
-                    saddr: ip_to_map(*k.src.ip()),
-                    daddr: ip_to_map(*k.dst.ip()),
-                    sport: port_to_map(k.src.port()),
-                    dport: port_to_map(k.dst.port()),
-                    proto: k.proto,
-                    pad: [0; 3],
-                };
-                let _ = m.remove(&key);
+                let _ = m.remove(&key4(k));
             }
             CtMap::V6(m) => {
                 let _ = m.remove(&key6(k));
@@ -281,10 +257,21 @@ impl CtMap {
     }
 }
 
+fn key4(k: &CtKey) -> Ct4Key {
+    Ct4Key {
+        saddr: ip_to_map(*k.src.ip()),
+        daddr: ip_to_map(*k.dst.ip()),
+        sport: port_to_map(k.src.port()),
+        dport: port_to_map(k.dst.port()),
+        proto: k.proto,
+        pad: [0; 3],
+    }
+}
+
 fn key6(k: &CtKey) -> Ct6Key {
     Ct6Key {
-        saddr: ip6_to_map(v6(k.src)),
-        daddr: ip6_to_map(v6(k.dst)),
+        saddr: ip6_to_map(twin(k.src)),
+        daddr: ip6_to_map(twin(k.dst)),
         sport: port_to_map(k.src.port()),
         dport: port_to_map(k.dst.port()),
         proto: k.proto,
@@ -305,8 +292,8 @@ fn entry4(v: &Ct4Value) -> CtEntry {
 
 fn entry6(v: &Ct6Value) -> CtEntry {
     CtEntry {
-        to_src: from6(ip6_from_map(&v.to_saddr), port_from_map(v.to_sport)),
-        to_dst: from6(ip6_from_map(&v.to_daddr), port_from_map(v.to_dport)),
+        to_src: test_sock6(ip6_from_map(&v.to_saddr), port_from_map(v.to_sport)),
+        to_dst: test_sock6(ip6_from_map(&v.to_daddr), port_from_map(v.to_dport)),
         flags: v.flags,
         direction: v.direction,
         expires_ns: v.expires_ns,
@@ -690,8 +677,8 @@ impl Fixture {
                 .iter()
                 .map(|(k, v)| {
                     let key = CtKey {
-                        src: from6(ip6_from_map(&k.saddr), port_from_map(k.sport)),
-                        dst: from6(ip6_from_map(&k.daddr), port_from_map(k.dport)),
+                        src: test_sock6(ip6_from_map(&k.saddr), port_from_map(k.sport)),
+                        dst: test_sock6(ip6_from_map(&k.daddr), port_from_map(k.dport)),
                         proto: k.proto,
                     };
                     (key, entry6(v))

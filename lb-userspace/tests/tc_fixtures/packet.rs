@@ -757,7 +757,7 @@ pub fn chain6(p: &[u8]) -> Option<(u8, usize, usize, Option<usize>)> {
 /// header.
 pub fn reassemble(frames: &[Vec<u8>]) -> Vec<u8> {
     let v6 = be16(&frames[0], 12) == ETH_P_IPV6;
-    // (offset, data, more fragments, header before the data)
+    // (offset, data, more fragments)
     let mut parts: Vec<(usize, &[u8], bool)> = frames
         .iter()
         .map(|f| {
@@ -802,23 +802,16 @@ pub fn reassemble(frames: &[Vec<u8>]) -> Vec<u8> {
     let first = frames.iter().find(is_first).expect("a first fragment");
     let ip = ip_of(first);
     let h = if v6 {
-        let (_, _, nh_off, frag) = chain6(ip).expect("a whole header chain");
-        let frag = frag.expect("a fragment header");
-        // The header before the fragment header now names what the fragment header did.
+        let frag = chain6(ip).and_then(|c| c.3).expect("a fragment header");
+        // The header before the fragment header now names what the fragment header
+        // did: the fixed header's Next Header, or the last extension header's.
         let mut h = ip[..frag].to_vec();
-        let named = if nh_off == frag {
-            // The fragment header names the upper layer; find who names the fragment
-            // header: the fixed header or the last extension header before it.
-            let mut prev = 6;
-            let mut off = 40;
-            while off < frag {
-                prev = off;
-                off += (usize::from(ip[off + 1]) + 1) * 8;
-            }
-            prev
-        } else {
-            nh_off
-        };
+        let mut named = 6;
+        let mut off = 40;
+        while off < frag {
+            named = off;
+            off += (usize::from(ip[off + 1]) + 1) * 8;
+        }
         h[named] = ip[frag];
         let payload = h.len() - 40 + l4.len();
         h[4..6].copy_from_slice(&(payload as u16).to_be_bytes());
