@@ -8,9 +8,9 @@ use lb_common::Counter;
 
 use crate::{
     common::{
-        CLIENT_IP, LOCAL_DNS, LOCAL_WEB, NODE_IP, NP_DNS_LOCAL, NP_DNS_REMOTE, NP_WEB_LOCAL,
-        NP_WEB_REMOTE, REMOTE_DNS, REMOTE_WEB, ROUTER_IP, check, client, expect, expect_snat,
-        fixture, sa, snat_source,
+        CLIENT_IP, LOCAL_DNS, LOCAL_POD, LOCAL_WEB, NODE_IP, NP_DNS_LOCAL, NP_DNS_REMOTE,
+        NP_WEB_LOCAL, NP_WEB_REMOTE, REMOTE_DNS, REMOTE_WEB, ROUTER_IP, check, client, expect,
+        expect_snat, fixture, sa, snat_source,
     },
     family::Family,
     harness::{Hook, TC_ACT_OK, TC_ACT_REDIRECT},
@@ -285,5 +285,32 @@ fn icmpv6_errors_with_extension_headers_are_translated_back() {
         TC_ACT_OK,
         &want.frame(),
     );
-    assert_eq!(fx.counter(Counter::NpIcmpTranslated), 2);
+
+    // A local backend's port unreachable about a query that came with extension
+    // headers (kept by the DNAT), through egress: the quote's header chain is walked
+    // to its ports.
+    let frontend = sa(NODE_IP, NP_DNS_LOCAL);
+    let query = Pkt::udp(f, client(40001), frontend, b"q").ext(&chain());
+    let delivered = fx.ingress(&query.frame()).output;
+    let error = Pkt::icmp_error(
+        f,
+        LOCAL_POD,
+        CLIENT_IP,
+        IcmpError::PortUnreachable,
+        ip_of(&delivered),
+    );
+    // Quoted whole; the quoted UDP checksum stays as delivered (see icmp.rs).
+    let mut quoted = query.ip_bytes();
+    let csum = query.ip_hlen() + 6;
+    quoted[csum..csum + 2].copy_from_slice(&ip_of(&delivered)[csum..csum + 2]);
+    let want = Pkt::icmp_error(f, NODE_IP, CLIENT_IP, IcmpError::PortUnreachable, &quoted);
+    expect(
+        &fx,
+        "port unreachable about a query with extension headers",
+        Hook::Egress,
+        &error.frame(),
+        TC_ACT_OK,
+        &want.frame(),
+    );
+    assert_eq!(fx.counter(Counter::NpIcmpTranslated), 3);
 }

@@ -1,6 +1,7 @@
 //! ICMP errors about tracked flows are translated back; other ICMP passes. In IPv6:
 //! ICMPv6 destination unreachable, packet too big (path MTU discovery through the
-//! translation) and time exceeded, their checksum over the IPv6 pseudo header.
+//! translation), time exceeded and parameter problem, their checksum over the IPv6
+//! pseudo header.
 use lb_common::Counter;
 
 use crate::{
@@ -183,6 +184,25 @@ fn icmp_errors_about_tracked_flows_are_translated_back(f: Family) {
     );
     assert_eq!(fx.counter(Counter::NpIcmpTranslated), 6);
 
+    // A parameter problem from the local backend about the client's query (its
+    // pointer, an offset into the quoted packet, unchanged), through egress.
+    let frontend = sa(NODE_IP, NP_DNS_LOCAL);
+    let query = Pkt::udp(f, client(40004), frontend, b"odd");
+    let delivered = fx.ingress(&query.frame()).output;
+    let problem = IcmpError::ParameterProblem { pointer: 7 };
+    let error = Pkt::icmp_error(f, LOCAL_POD, CLIENT_IP, problem, &quote(ip_of(&delivered)));
+    let quoted = quote_with_sent_udp_checksum(&query.ip_bytes(), ip_of(&delivered));
+    let want = Pkt::icmp_error(f, NODE_IP, CLIENT_IP, problem, &quoted);
+    expect(
+        &fx,
+        "parameter problem from the local backend",
+        Hook::Egress,
+        &error.frame(),
+        TC_ACT_OK,
+        &want.frame(),
+    );
+    assert_eq!(fx.counter(Counter::NpIcmpTranslated), 7);
+
     // An error about a flow nobody tracks, and ICMP that is no error, pass untouched.
     let foreign = Pkt::tcp(f, sa(NODE_IP, 22), client(50000), ACK);
     expect_untouched(
@@ -195,5 +215,5 @@ fn icmp_errors_about_tracked_flows_are_translated_back(f: Family) {
         "echo request",
         &Pkt::echo_request(f, CLIENT_IP, NODE_IP).frame(),
     );
-    assert_eq!(fx.counter(Counter::NpIcmpTranslated), 6);
+    assert_eq!(fx.counter(Counter::NpIcmpTranslated), 7);
 }

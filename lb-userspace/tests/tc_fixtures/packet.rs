@@ -43,6 +43,7 @@ pub const ICMP_PROT_UNREACH: u8 = 2;
 pub const ICMP_PORT_UNREACH: u8 = 3;
 pub const ICMP_FRAG_NEEDED: u8 = 4;
 pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PARAMETERPROB: u8 = 12;
 
 pub const ICMP6_DEST_UNREACH: u8 = 1;
 pub const ICMP6_PKT_TOOBIG: u8 = 2;
@@ -230,6 +231,8 @@ pub enum IcmpError {
     TooBig { mtu: u16 },
     /// Time exceeded in transit (TTL / hop limit).
     TimeExceeded,
+    /// Parameter problem at `pointer`, an offset into the quoted packet.
+    ParameterProblem { pointer: u8 },
 }
 
 impl IcmpError {
@@ -250,6 +253,12 @@ impl IcmpError {
             }
             (IcmpError::TimeExceeded, Family::V4) => (ICMP_TIME_EXCEEDED, 0, [0; 4]),
             (IcmpError::TimeExceeded, Family::V6) => (ICMP6_TIME_EXCEED, 0, [0; 4]),
+            (IcmpError::ParameterProblem { pointer }, Family::V4) => {
+                (ICMP_PARAMETERPROB, 0, [pointer, 0, 0, 0])
+            }
+            (IcmpError::ParameterProblem { pointer }, Family::V6) => {
+                (ICMP6_PARAMPROB, 0, u32::from(pointer).to_be_bytes())
+            }
         }
     }
 }
@@ -1038,7 +1047,10 @@ fn decode_ipv6(p: &[u8], prefix: &str, out: &mut Fields) {
 /// Whether an ICMP message of `f` with this type quotes a packet.
 fn icmp_quotes(f: Family, icmp_type: u8) -> bool {
     match f {
-        Family::V4 => matches!(icmp_type, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | 12),
+        Family::V4 => matches!(
+            icmp_type,
+            ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB
+        ),
         Family::V6 => icmp_type < 128,
     }
 }
