@@ -15,7 +15,10 @@ use crate::{
     packet::{ACK, IPPROTO_TCP, IPPROTO_UDP, IcmpError, Pkt, SYN, chain6, ip_of},
 };
 
-each_family!(icmp_errors_about_tracked_flows_are_translated_back);
+each_family!(
+    icmp_errors_about_tracked_flows_are_translated_back,
+    an_icmp_error_cut_anywhere_is_translated_whole_or_not_at_all
+);
 
 /// What an ICMP error quotes of `ip` here: its IP header (IPv6: the header chain) and
 /// the first 8 bytes after it, the least an error must carry.
@@ -216,4 +219,34 @@ fn icmp_errors_about_tracked_flows_are_translated_back(f: Family) {
         &Pkt::echo_request(f, CLIENT_IP, NODE_IP).frame(),
     );
     assert_eq!(fx.counter(Counter::NpIcmpTranslated), 7);
+}
+
+/// An ICMP error about a tracked flow, quoting the whole packet, cut at every length
+/// after its own header comes out either as it went in or as its whole translation cut
+/// at the same length: never half rewritten.
+fn an_icmp_error_cut_anywhere_is_translated_whole_or_not_at_all(f: Family) {
+    let Some(fx) = fixture(f) else { return };
+    let frontend = sa(NODE_IP, NP_WEB_REMOTE);
+    let syn = Pkt::tcp(f, client(40000), frontend, SYN).payload(&[0x44; 32]);
+    let sent = fx.ingress(&syn.frame()).output;
+    let too_big = IcmpError::TooBig { mtu: 1400 };
+    let error = Pkt::icmp_error(f, ROUTER_IP, NODE_IP, too_big, ip_of(&sent)).frame();
+    // The whole translation: the quoted TCP checksum stays as sent (see above).
+    let mut quoted = syn.clone().routed().ip_bytes();
+    let csum = syn.ip_hlen() + 16;
+    quoted[csum..csum + 2].copy_from_slice(&ip_of(&sent)[csum..csum + 2]);
+    let translated = Pkt::icmp_error(f, ROUTER_IP, CLIENT_IP, too_big, &quoted).frame();
+    assert_eq!(fx.ingress(&error).output, translated, "the whole error");
+    let hlen = 14 + syn.ip_hlen() + 8;
+    for cut in hlen..error.len() {
+        let input = error[..cut].to_vec();
+        let run = fx.ingress(&input);
+        assert!(
+            run.output == input || run.output == translated[..cut],
+            "cut at {cut} of {}: verdict {}, half rewritten:\n{}",
+            error.len(),
+            run.verdict,
+            crate::packet::diff(&translated[..cut], &run.output).unwrap_or_default()
+        );
+    }
 }

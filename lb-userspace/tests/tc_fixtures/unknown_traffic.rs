@@ -14,7 +14,10 @@ use crate::{
     packet::{self, Ext, Pkt, SYN, arp_request, ether},
 };
 
-each_family!(unknown_traffic_passes_untouched);
+each_family!(
+    unknown_traffic_passes_untouched,
+    a_packet_cut_anywhere_is_translated_whole_or_not_at_all
+);
 
 fn unknown_traffic_passes_untouched(f: Family) {
     let Some(fx) = fixture(f) else { return };
@@ -123,4 +126,50 @@ fn unknown_traffic_passes_untouched(f: Family) {
         }
     }
     assert_eq!(fx.counter(Counter::NpNewFlow), 0);
+}
+
+/// A TCP segment or UDP datagram cut at every length after its IP header (IPv6: after
+/// four extension headers) comes out either as it went in or as its whole translation
+/// cut at the same length: never half rewritten, whatever load or store fails first.
+fn a_packet_cut_anywhere_is_translated_whole_or_not_at_all(f: Family) {
+    let Some(fx) = fixture(f) else { return };
+    let ext = [
+        Ext::hop_by_hop(),
+        Ext::dest_opts(),
+        Ext::routing(0),
+        Ext::dest_opts(),
+    ];
+    let with_ext = |p: Pkt| match f {
+        Family::V4 => p,
+        Family::V6 => p.ext(&ext),
+    };
+    let mut port = 41000;
+    for (what, frontend, backend) in [
+        ("TCP", sa(NODE_IP, NP_WEB_LOCAL), LOCAL_WEB),
+        ("UDP", sa(NODE_IP, NP_DNS_LOCAL), crate::common::LOCAL_DNS),
+    ] {
+        let template = |port: u16| {
+            let p = if what == "TCP" {
+                Pkt::tcp(f, client(port), frontend, SYN).payload(b"data")
+            } else {
+                Pkt::udp(f, client(port), frontend, b"data")
+            };
+            with_ext(p)
+        };
+        let full = template(port).frame();
+        let hlen = 14 + template(port).ip_hlen();
+        for cut in hlen..full.len() {
+            port += 1;
+            let input = template(port).frame()[..cut].to_vec();
+            let translated = template(port).to(backend).frame()[..cut].to_vec();
+            let run = fx.ingress(&input);
+            assert!(
+                run.output == input || run.output == translated,
+                "{what} cut at {cut} of {}: verdict {}, half rewritten:\n{}",
+                full.len(),
+                run.verdict,
+                crate::packet::diff(&translated, &run.output).unwrap_or_default()
+            );
+        }
+    }
 }
