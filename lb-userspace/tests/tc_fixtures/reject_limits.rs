@@ -12,11 +12,12 @@ use crate::{
         expect_dropped, expect_untouched, fixture, rst_for, sa, unreachable_for,
     },
     family::{Family, each_family},
-    harness::{Hook, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    harness::{Hook, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
     packet::{ACK, IcmpError, Pkt, RST, SYN},
 };
 
 each_family!(
+    a_datagram_cut_anywhere_is_answered_with_what_is_there_or_dropped,
     no_answer_to_a_rst_a_later_fragment_a_broadcast_a_bogus_source_or_a_gro_segment,
     answers_stop_after_the_budget_and_resume_after_a_pause
 );
@@ -169,4 +170,47 @@ fn answers_stop_after_the_budget_and_resume_after_a_pause(f: Family) {
         &frame,
         &unreachable_for(&frame, Unreachable::Port),
     );
+}
+
+/// A datagram to an external IP without endpoints cut at every length after its IP
+/// header (IPv6: after extension headers) is answered quoting what is there (IPv4: its
+/// header and 8 bytes, when there), or dropped unanswered: the answer never quotes
+/// bytes the packet does not have, and its checksums are right.
+fn a_datagram_cut_anywhere_is_answered_with_what_is_there_or_dropped(f: Family) {
+    let Some(fx) = fixture(f) else { return };
+    let query = Pkt::udp(f, client(40000), sa(EMPTY_EXT_IP, 53), &[0x61; 40]);
+    let query = match f {
+        Family::V4 => query.options(&[1, 1, 1, 0]),
+        Family::V6 => query.ext(&[crate::packet::Ext::hop_by_hop()]),
+    };
+    let full = query.frame();
+    let hlen = 14 + query.ip_hlen();
+    let mut answered = 0;
+    for cut in hlen..full.len() {
+        let input = full[..cut].to_vec();
+        let run = fx.ingress(&input);
+        if run.verdict == TC_ACT_SHOT {
+            assert_eq!(run.output, input, "cut at {cut}: dropped as it came");
+            continue;
+        }
+        if cut < hlen + 4 {
+            // No whole ports: not a flow, left to the stack.
+            assert_eq!(
+                (run.verdict, &run.output),
+                (TC_ACT_OK, &input),
+                "cut at {cut}: without ports"
+            );
+            continue;
+        }
+        assert_eq!(run.verdict, TC_ACT_REDIRECT, "cut at {cut}");
+        let want = unreachable_for(&input, Unreachable::Port).reply_frame();
+        if let Some(d) = crate::packet::diff(&want, &run.output) {
+            panic!("cut at {cut} of {}: the answer differs:\n{d}", full.len());
+        }
+        let problems = crate::packet::checksum_problems(&run.output);
+        assert!(problems.is_empty(), "cut at {cut}: {problems:?}");
+        answered += 1;
+    }
+    // Every cut that holds the UDP header is answered (the budget holds them all).
+    assert_eq!(answered, full.len() - (hlen + 8));
 }

@@ -7,16 +7,17 @@ use lb_common::Counter;
 
 use crate::{
     common::{
-        CLIENT_IP, LOCAL_WEB, NODE_IP, NP_DNS_LOCAL, NP_WEB_LOCAL, client, expect_foreign,
-        expect_untouched, fixture, sa,
+        CLIENT_IP, LOCAL_DNS, LOCAL_WEB, NODE_IP, NP_DNS_LOCAL, NP_WEB_LOCAL, NP_WEB_REMOTE,
+        REMOTE_WEB, client, expect_foreign, expect_untouched, fixture, sa, snat_source,
     },
     family::{Family, each_family},
-    packet::{self, Ext, Pkt, SYN, arp_request, ether},
+    packet::{self, Ext, IPPROTO_TCP, Pkt, SYN, arp_request, diff, ether},
 };
 
 each_family!(
     unknown_traffic_passes_untouched,
-    a_packet_cut_anywhere_is_translated_whole_or_not_at_all
+    a_packet_cut_anywhere_is_translated_whole_or_not_at_all,
+    a_packet_cut_anywhere_is_snated_whole_or_not_at_all
 );
 
 fn unknown_traffic_passes_untouched(f: Family) {
@@ -146,7 +147,7 @@ fn a_packet_cut_anywhere_is_translated_whole_or_not_at_all(f: Family) {
     let mut port = 41000;
     for (what, frontend, backend) in [
         ("TCP", sa(NODE_IP, NP_WEB_LOCAL), LOCAL_WEB),
-        ("UDP", sa(NODE_IP, NP_DNS_LOCAL), crate::common::LOCAL_DNS),
+        ("UDP", sa(NODE_IP, NP_DNS_LOCAL), LOCAL_DNS),
     ] {
         let template = |port: u16| {
             let p = if what == "TCP" {
@@ -168,8 +169,41 @@ fn a_packet_cut_anywhere_is_translated_whole_or_not_at_all(f: Family) {
                 "{what} cut at {cut} of {}: verdict {}, half rewritten:\n{}",
                 full.len(),
                 run.verdict,
-                crate::packet::diff(&translated, &run.output).unwrap_or_default()
+                diff(&translated, &run.output).unwrap_or_default()
             );
         }
+    }
+}
+
+/// [`a_packet_cut_anywhere_is_translated_whole_or_not_at_all`] for a new flow that gets
+/// SNAT and is routed by the program: as it came, or wholly translated and routed.
+fn a_packet_cut_anywhere_is_snated_whole_or_not_at_all(f: Family) {
+    let Some(fx) = fixture(f) else { return };
+    let frontend = sa(NODE_IP, NP_WEB_REMOTE);
+    let template = |port: u16| {
+        let p = Pkt::tcp(f, client(port), frontend, SYN).payload(b"data");
+        match f {
+            Family::V4 => p,
+            Family::V6 => p.ext(&[Ext::hop_by_hop(), Ext::dest_opts()]),
+        }
+    };
+    let full = template(42000).frame();
+    let hlen = 14 + template(42000).ip_hlen();
+    for cut in hlen..full.len() {
+        let port = 42000 + cut as u16;
+        let input = template(port).frame()[..cut].to_vec();
+        let run = fx.ingress(&input);
+        if run.output == input {
+            continue;
+        }
+        let snat = snat_source(&fx, client(port), frontend, IPPROTO_TCP);
+        let translated = template(port).from(snat).to(REMOTE_WEB).routed().frame()[..cut].to_vec();
+        assert!(
+            run.output == translated,
+            "cut at {cut} of {}: verdict {}, half rewritten:\n{}",
+            full.len(),
+            run.verdict,
+            diff(&translated, &run.output).unwrap_or_default()
+        );
     }
 }
