@@ -206,6 +206,24 @@ fn icmp_errors_about_tracked_flows_are_translated_back(f: Family) {
     );
     assert_eq!(fx.counter(Counter::NpIcmpTranslated), 7);
 
+    // The node's own error: too big to forward a DNATed segment to the local pod,
+    // sent to the client through egress, must be about the segment the client sent.
+    let frontend = sa(NODE_IP, NP_WEB_LOCAL);
+    let data = Pkt::tcp(f, client(40005), frontend, ACK).payload(&[0x55; 100]);
+    open_tcp(&fx, client(40005), frontend);
+    let delivered = fx.ingress(&data.frame()).output;
+    let error = Pkt::icmp_error(f, NODE_IP, CLIENT_IP, too_big, &quote(ip_of(&delivered)));
+    let want = Pkt::icmp_error(f, NODE_IP, CLIENT_IP, too_big, &quote(&data.ip_bytes()));
+    expect(
+        &fx,
+        "the node's own packet too big about a DNATed segment",
+        Hook::Egress,
+        &error.frame(),
+        TC_ACT_OK,
+        &want.frame(),
+    );
+    assert_eq!(fx.counter(Counter::NpIcmpTranslated), 8);
+
     // An error about a flow nobody tracks, and ICMP that is no error, pass untouched.
     let foreign = Pkt::tcp(f, sa(NODE_IP, 22), client(50000), ACK);
     expect_untouched(
@@ -218,7 +236,7 @@ fn icmp_errors_about_tracked_flows_are_translated_back(f: Family) {
         "echo request",
         &Pkt::echo_request(f, CLIENT_IP, NODE_IP).frame(),
     );
-    assert_eq!(fx.counter(Counter::NpIcmpTranslated), 7);
+    assert_eq!(fx.counter(Counter::NpIcmpTranslated), 8);
 }
 
 /// An ICMP error about a tracked flow, quoting the whole packet, cut at every length
