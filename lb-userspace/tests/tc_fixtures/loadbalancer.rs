@@ -91,4 +91,36 @@ fn loadbalancer_and_external_ips_with_source_ranges(f: Family) {
         &Pkt::tcp(f, client(40005), sa(NODE_IP, 80), SYN).frame(),
     );
     assert_eq!(fx.counter(Counter::NpNewFlow), 3);
+
+    // The range's edges in IPv6 (192.0.2.0/24 stands for fd00:192:0:2::/64): sources
+    // no test address stands for (so no conntrack entry is read back after this).
+    if f == Family::V6 {
+        for (source, allowed) in [
+            ("fd00:192:0:2::", true),
+            ("fd00:192:0:2:ffff:ffff:ffff:ffff", true),
+            ("fd00:192:0:1:ffff:ffff:ffff:ffff", false),
+            ("fd00:192:0:3::", false),
+            ("fd01:192:0:2::100", false),
+        ] {
+            let mut syn = Pkt::tcp(f, client(40010), lb, SYN);
+            syn.src = source.parse().unwrap();
+            if allowed {
+                expect(
+                    &fx,
+                    &format!("SYN from {source}, inside the range"),
+                    Hook::Ingress,
+                    &syn.frame(),
+                    TC_ACT_OK,
+                    &syn.clone().to(LOCAL_WEB).frame(),
+                );
+            } else {
+                let run = fx.ingress(&syn.frame());
+                assert_eq!(
+                    run.verdict, TC_ACT_SHOT,
+                    "SYN from {source}, outside the range"
+                );
+            }
+        }
+        assert_eq!(fx.counter(Counter::NpSourceDenied), 1 + 3);
+    }
 }
