@@ -1,21 +1,28 @@
 //! What every fixture shares: the cluster it runs against (node addresses, services,
 //! endpoints, as Kubernetes objects), the fixture built from it, and the checks that
 //! judge a program's output (verdict, packet field by field, checksums, conntrack).
-use std::net::{Ipv4Addr, SocketAddrV4};
+//!
+//! Everything here is written in IPv4 test addresses; a fixture of [`Family::V6`] has
+//! the cluster's objects rewritten to the twins ([`in_family`]) and reads conntrack
+//! entries back as test addresses.
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 
-use lb_common::{Ct4Key, Ct4Value, SNAT_PORT_MAX, SNAT_PORT_MIN};
+use lb_common::{SNAT_PORT_MAX, SNAT_PORT_MIN};
 use serde_json::{Value, json};
 use socklb_core::maps::{
-    ServiceMaps, V4, ip_from_map, ip_to_map, maglev::MaglevConfig, port_from_map, port_to_map,
+    ServiceMaps, V4, V6, ip_from_map, maglev::MaglevConfig, port_from_map, v6::ip6_from_map,
 };
 
+pub use crate::harness::{CtEntry, CtKey};
 use crate::{
+    family::{Family, test_addr},
     harness::{
         Fixture, Hook, Network, Run, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC,
     },
     packet::{
-        ACK, FIN, ICMP_DEST_UNREACH, L4, Pkt, RST, SYN, checksum_problems, decode, diff, ip_of,
-        render,
+        ACK, FIN, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, ICMP_PROT_UNREACH, ICMP6_DEST_UNREACH,
+        ICMP6_PARAMPROB, ICMP6_PORT_UNREACH, ICMP6_UNK_NEXTHDR, L4, Pkt, RST, SYN, addrs_of,
+        chain6, checksum_problems, decode, diff, ip_of, render,
     },
 };
 
@@ -242,40 +249,71 @@ fn cluster() -> Vec<Value> {
     ]
 }
 
-/// The fixture cluster on node-a with addresses NODE_IP and NODE_IP2, SNAT to NODE_IP.
-/// None when skipped.
-pub fn fixture() -> Option<Fixture> {
-    let net = Network {
-        node_addresses: &[(NODE_IP, 24), (NODE_IP2, 24)],
-        snat_addr: NODE_IP,
-        routes: &[("10.244.2.0/24", REMOTE_NODE_IP)],
-    };
-    Fixture::new(&cluster(), &net)
+/// The fixture cluster on node-a with addresses NODE_IP and NODE_IP2, SNAT to NODE_IP,
+/// in family `f`. None when skipped.
+pub fn fixture(f: Family) -> Option<Fixture> {
+    fixture_with(f, Vec::new(), MaglevConfig::default())
 }
 
 /// [`fixture`] with `more` objects, as an agent with the balancing flags `maglev`.
-pub fn fixture_with(more: Vec<Value>, maglev: MaglevConfig) -> Option<Fixture> {
+pub fn fixture_with(f: Family, more: Vec<Value>, maglev: MaglevConfig) -> Option<Fixture> {
     let net = Network {
         node_addresses: &[(NODE_IP, 24), (NODE_IP2, 24)],
         snat_addr: NODE_IP,
         routes: &[("10.244.2.0/24", REMOTE_NODE_IP)],
     };
-    Fixture::with_balancing(&cluster_with(more), &net, maglev)
+    Fixture::with_balancing(f, &cluster_with(f, more), &net, maglev)
 }
 
-/// The fixture cluster's objects with `more` (for [`Fixture::reprogram`]).
-pub fn cluster_with(more: Vec<Value>) -> Vec<Value> {
+/// The fixture cluster's objects with `more` (for [`Fixture::reprogram`]), in family
+/// `f`.
+pub fn cluster_with(f: Family, more: Vec<Value>) -> Vec<Value> {
     let mut objects = cluster();
     objects.extend(more);
-    objects
+    objects.iter().map(|o| in_family(f, o)).collect()
+}
+
+/// A Kubernetes object written with IPv4 test addresses, in family `f`: every string
+/// that is a test address or CIDR becomes its twin, "IPv4" (address type, IP
+/// families) the family's name.
+pub fn in_family(f: Family, object: &Value) -> Value {
+    match object {
+        Value::String(s) => {
+            if let Ok(ip) = s.parse::<Ipv4Addr>() {
+                Value::String(f.ip(ip).to_string())
+            } else if s.contains('/')
+                && s.split('/')
+                    .next()
+                    .is_some_and(|a| a.parse::<Ipv4Addr>().is_ok())
+            {
+                Value::String(f.cidr(s))
+            } else if s == "IPv4" {
+                Value::String(f.name().into())
+            } else {
+                object.clone()
+            }
+        }
+        Value::Array(items) => Value::Array(items.iter().map(|i| in_family(f, i)).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), in_family(f, v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
 // Assertions
 // ---------------------------------------------------------------------------------------
 
-/// Offset of the UDP checksum in a frame with a 20-byte IP header.
-pub const ETH_UDP_CSUM: usize = 14 + 20 + 6;
+/// Offset of the UDP checksum in a frame of `f` with a header of the least length.
+pub fn udp_csum_off(f: Family) -> usize {
+    match f {
+        Family::V4 => 14 + 20 + 6,
+        Family::V6 => 14 + 40 + 6,
+    }
+}
 
 pub fn verdict_name(v: u32) -> &'static str {
     match v {
@@ -378,15 +416,8 @@ fn expect_untouched_with(fx: &Fixture, what: &str, input: &[u8], verdict: u32) {
     );
 }
 
-pub fn ct_key(src: SocketAddrV4, dst: SocketAddrV4, proto: u8) -> Ct4Key {
-    Ct4Key {
-        saddr: ip_to_map(*src.ip()),
-        daddr: ip_to_map(*dst.ip()),
-        sport: port_to_map(src.port()),
-        dport: port_to_map(dst.port()),
-        proto,
-        pad: [0; 3],
-    }
+pub fn ct_key(src: SocketAddrV4, dst: SocketAddrV4, proto: u8) -> CtKey {
+    CtKey { src, dst, proto }
 }
 
 /// A conntrack value in readable terms (expiry and backend id checked apart).
@@ -398,31 +429,22 @@ pub struct Xlate {
     pub direction: u8,
 }
 
-pub fn xlate(v: &Ct4Value) -> Xlate {
+pub fn xlate(v: &CtEntry) -> Xlate {
     Xlate {
-        to_src: sa(ip_from_map(v.to_saddr), port_from_map(v.to_sport)),
-        to_dst: sa(ip_from_map(v.to_daddr), port_from_map(v.to_dport)),
+        to_src: v.to_src,
+        to_dst: v.to_dst,
         flags: v.flags,
         direction: v.direction,
     }
 }
 
 #[track_caller]
-pub fn ct_entry(fx: &Fixture, src: SocketAddrV4, dst: SocketAddrV4, proto: u8) -> Ct4Value {
+pub fn ct_entry(fx: &Fixture, src: SocketAddrV4, dst: SocketAddrV4, proto: u8) -> CtEntry {
     fx.ct(&ct_key(src, dst, proto)).unwrap_or_else(|| {
         let all: Vec<String> = fx
             .ct_entries()
             .iter()
-            .map(|(k, v)| {
-                format!(
-                    "{}:{} -> {}:{} = {:?}",
-                    ip_from_map(k.saddr),
-                    port_from_map(k.sport),
-                    ip_from_map(k.daddr),
-                    port_from_map(k.dport),
-                    xlate(v)
-                )
-            })
+            .map(|(k, v)| format!("{} -> {} = {:?}", k.src, k.dst, xlate(v)))
             .collect();
         panic!("no conntrack entry for {src} -> {dst} (proto {proto}); entries: {all:#?}")
     })
@@ -430,7 +452,7 @@ pub fn ct_entry(fx: &Fixture, src: SocketAddrV4, dst: SocketAddrV4, proto: u8) -
 
 /// `v` expires `lifetime` after a moment in [before, after].
 #[track_caller]
-pub fn assert_expires(v: &Ct4Value, before: u64, after: u64, lifetime: u64, what: &str) {
+pub fn assert_expires(v: &CtEntry, before: u64, after: u64, lifetime: u64, what: &str) {
     assert!(
         (before + lifetime..=after + lifetime).contains(&v.expires_ns),
         "{what}: expires at {} ns, expected {} s after a moment in [{before}, {after}] (that is {:.3} s from {after})",
@@ -442,22 +464,35 @@ pub fn assert_expires(v: &Ct4Value, before: u64, after: u64, lifetime: u64, what
 
 /// The id the agent gave backend `addr` (proto), from the backend map.
 pub fn backend_id(fx: &Fixture, addr: SocketAddrV4, proto: u8) -> u32 {
-    ServiceMaps::<V4>::dump_backends(&fx.maps)
-        .unwrap()
+    // (id, address as its test address, port, protocol) of every backend.
+    let backends: Vec<(u32, Option<Ipv4Addr>, u16, u8)> = match fx.family {
+        Family::V4 => ServiceMaps::<V4>::dump_backends(&fx.maps)
+            .unwrap()
+            .into_iter()
+            .map(|(id, b)| (id, Some(ip_from_map(b.address)), b.port, b.proto))
+            .collect(),
+        Family::V6 => ServiceMaps::<V6>::dump_backends(&fx.maps)
+            .unwrap()
+            .into_iter()
+            .map(|(id, b)| {
+                let ip = test_addr(ip6_from_map(&b.address).into());
+                (id, ip, b.port, b.proto)
+            })
+            .collect(),
+    };
+    backends
         .into_iter()
-        .find(|(_, b)| {
-            ip_from_map(b.address) == *addr.ip()
-                && port_from_map(b.port) == addr.port()
-                && b.proto == proto
+        .find(|(_, ip, port, p)| {
+            *ip == Some(*addr.ip()) && port_from_map(*port) == addr.port() && *p == proto
         })
-        .map(|(id, _)| id)
+        .map(|(id, ..)| id)
         .unwrap_or_else(|| panic!("backend {addr} not in the backend map"))
 }
 
 /// Sends the first packet of a TCP flow (SYN) from `from` to `frontend` and returns
 /// the translated SYN.
 pub fn open_tcp(fx: &Fixture, from: SocketAddrV4, frontend: SocketAddrV4) -> Vec<u8> {
-    let run = fx.ingress(&Pkt::tcp(from, frontend, SYN).frame());
+    let run = fx.ingress(&Pkt::tcp(fx.family, from, frontend, SYN).frame());
     assert!(
         [TC_ACT_OK, TC_ACT_REDIRECT].contains(&run.verdict),
         "SYN {from} -> {frontend}: verdict {}",
@@ -519,7 +554,8 @@ pub fn snat_source(
 /// The RST answering the TCP segment `input` the way a closed port answers (RFC 9293
 /// 3.10.7.1): to an ACK, sequence number = its acknowledgment number; otherwise RST|ACK
 /// with sequence 0 acknowledging all the segment occupies. From the address it was
-/// sent to, no options, no payload, TTL 64, DF, identification 0.
+/// sent to, no options or extension headers, no payload, TTL (hop limit) 64, DF,
+/// identification 0.
 pub fn rst_for(input: &Pkt) -> Pkt {
     let L4::Tcp {
         sport,
@@ -541,6 +577,7 @@ pub fn rst_for(input: &Pkt) -> Pkt {
         (0, seq.wrapping_add(occupied), RST | ACK)
     };
     Pkt {
+        family: input.family,
         src: input.dst,
         dst: input.src,
         id: 0,
@@ -548,6 +585,7 @@ pub fn rst_for(input: &Pkt) -> Pkt {
         tos: input.tos & !0x03,
         df: true,
         options: Vec::new(),
+        ext: Vec::new(),
         l4: L4::Tcp {
             sport: *dport,
             dport: *sport,
@@ -560,25 +598,69 @@ pub fn rst_for(input: &Pkt) -> Pkt {
     }
 }
 
-/// The ICMP destination unreachable (`code`) answering the IPv4 packet `ip`: quoting
-/// its header (options included) and the first 8 bytes after it, from the address it
-/// was sent to, TTL 64, no DF, identification 0.
-pub fn unreachable_for(ip: &[u8], code: u8) -> Pkt {
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    let addr = |off: usize| Ipv4Addr::new(ip[off], ip[off + 1], ip[off + 2], ip[off + 3]);
+/// What an unreachable answer says is missing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unreachable {
+    /// No UDP service on the port: ICMP port unreachable (ICMPv6: destination
+    /// unreachable / port unreachable, type 1 code 4).
+    Port,
+    /// No such protocol: ICMP protocol unreachable (ICMPv6: parameter problem /
+    /// unrecognized next header, type 4 code 1, pointing at the Next Header field).
+    Protocol,
+}
+
+/// The most an ICMPv6 answer quotes (reject6.rs: what fits its stack buffer).
+pub const QUOTE6_MAX: usize = 256;
+
+/// The ICMP error answering the IP packet of `frame` as unreachable: IPv4 quotes its
+/// header (options included) and the first 8 bytes after it; IPv6 as much of the
+/// packet as fits in [`QUOTE6_MAX`] bytes. From the address it was sent to, TTL (hop
+/// limit) 64, no DF, identification 0, TOS (traffic class) without ECN.
+pub fn unreachable_for(frame: &[u8], what: Unreachable) -> Pkt {
+    let ip = ip_of(frame);
+    let (src, dst) = addrs_of(frame);
+    let (family, tos, icmp_type, code, rest, body) = match src {
+        IpAddr::V4(_) => {
+            let ihl = usize::from(ip[0] & 0x0f) * 4;
+            let code = match what {
+                Unreachable::Port => ICMP_PORT_UNREACH,
+                Unreachable::Protocol => ICMP_PROT_UNREACH,
+            };
+            let body = ip[..ihl + 8].to_vec();
+            (Family::V4, ip[1], ICMP_DEST_UNREACH, code, [0; 4], body)
+        }
+        IpAddr::V6(_) => {
+            let tclass = (ip[0] << 4) | (ip[1] >> 4);
+            let (icmp_type, code, rest) = match what {
+                Unreachable::Port => (ICMP6_DEST_UNREACH, ICMP6_PORT_UNREACH, [0; 4]),
+                Unreachable::Protocol => {
+                    let (_, _, nh_off, _) = chain6(ip).expect("a whole header chain");
+                    (
+                        ICMP6_PARAMPROB,
+                        ICMP6_UNK_NEXTHDR,
+                        (nh_off as u32).to_be_bytes(),
+                    )
+                }
+            };
+            let body = ip[..ip.len().min(QUOTE6_MAX)].to_vec();
+            (Family::V6, tclass, icmp_type, code, rest, body)
+        }
+    };
     Pkt {
-        src: addr(16),
-        dst: addr(12),
+        family,
+        src: dst,
+        dst: src,
         id: 0,
         ttl: 64,
-        tos: ip[1] & !0x03,
+        tos: tos & !0x03,
         df: false,
         options: Vec::new(),
+        ext: Vec::new(),
         l4: L4::Icmp {
-            icmp_type: ICMP_DEST_UNREACH,
+            icmp_type,
             code,
-            rest: [0; 4],
-            body: ip[..ihl + 8].to_vec(),
+            rest,
+            body,
         },
     }
 }
@@ -596,7 +678,7 @@ pub fn expect_answer(fx: &Fixture, what: &str, input: &[u8], answer: &Pkt) -> Ru
         &answer.reply_frame(),
     );
     // The answer's source is the address the packet was sent to.
-    assert_eq!(&ip_of(&run.output)[12..16], &ip_of(input)[16..20], "{what}");
+    assert_eq!(addrs_of(&run.output).0, addrs_of(input).1, "{what}");
     run
 }
 

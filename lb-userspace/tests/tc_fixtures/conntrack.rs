@@ -3,20 +3,24 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use lb_common::{
-    CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_FLAG_CLOSING, CT_FLAG_ESTABLISHED, Counter, Ct4Value,
-    ct_lifetime,
+    CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_FLAG_CLOSING, CT_FLAG_ESTABLISHED, Counter, ct_lifetime,
 };
-use socklb_core::maps::{ip_to_map, port_to_map};
 
 use crate::{
     common::{
-        LOCAL_DNS, LOCAL_WEB, NODE_IP, NP_DNS_LOCAL, NP_WEB_LOCAL, NP_WEB_REMOTE, REMOTE_WEB,
-        assert_expires, client, ct_entry, ct_key, expect, expect_snat, fixture, open_tcp, sa,
-        xlate,
+        CtEntry, LOCAL_DNS, LOCAL_WEB, NODE_IP, NP_DNS_LOCAL, NP_WEB_LOCAL, NP_WEB_REMOTE,
+        REMOTE_WEB, assert_expires, client, ct_entry, ct_key, expect, expect_snat, fixture,
+        open_tcp, sa, xlate,
     },
+    family::{Family, each_family},
     harness::{Fixture, Hook, TC_ACT_OK, TC_ACT_REDIRECT, monotonic_ns},
     packet::{ACK, FIN, IPPROTO_TCP, IPPROTO_UDP, PSH, Pkt, RST, SYN},
 };
+
+each_family!(
+    tcp_fin_and_rst_close_tracked_flows_and_expired_entries_are_not_used,
+    a_syn_on_a_closing_flow_starts_afresh_and_one_way_streams_keep_both_entries
+);
 
 /// Both entries of a TCP flow, `original` (client to frontend) and `reply` (backend to
 /// client or SNAT source), are closing after `event` and expire
@@ -47,15 +51,14 @@ fn assert_closing(
     }
 }
 
-#[test]
-fn tcp_fin_and_rst_close_tracked_flows_and_expired_entries_are_not_used() {
-    let Some(mut fx) = fixture() else { return };
+fn tcp_fin_and_rst_close_tracked_flows_and_expired_entries_are_not_used(f: Family) {
+    let Some(mut fx) = fixture(f) else { return };
 
     // An established flow to a local backend.
     let frontend = sa(NODE_IP, NP_WEB_LOCAL);
     let c = client(40000);
     open_tcp(&fx, c, frontend);
-    let synack = Pkt::tcp(LOCAL_WEB, c, SYN | ACK);
+    let synack = Pkt::tcp(f, LOCAL_WEB, c, SYN | ACK);
     expect(
         &fx,
         "SYN-ACK",
@@ -64,7 +67,7 @@ fn tcp_fin_and_rst_close_tracked_flows_and_expired_entries_are_not_used() {
         TC_ACT_OK,
         &synack.clone().from(frontend).frame(),
     );
-    let ack = Pkt::tcp(c, frontend, ACK);
+    let ack = Pkt::tcp(f, c, frontend, ACK);
     expect(
         &fx,
         "ACK",
@@ -79,7 +82,7 @@ fn tcp_fin_and_rst_close_tracked_flows_and_expired_entries_are_not_used() {
     );
 
     // The client's FIN is translated and closes the flow, both directions.
-    let fin = Pkt::tcp(c, frontend, FIN | ACK);
+    let fin = Pkt::tcp(f, c, frontend, FIN | ACK);
     let before = monotonic_ns();
     expect(
         &fx,
@@ -92,7 +95,7 @@ fn tcp_fin_and_rst_close_tracked_flows_and_expired_entries_are_not_used() {
     let after = monotonic_ns();
     assert_closing(&fx, "a FIN", (c, frontend), (LOCAL_WEB, c), before, after);
     // The backend's FIN and the last ACK are still translated.
-    let fin_back = Pkt::tcp(LOCAL_WEB, c, FIN | ACK);
+    let fin_back = Pkt::tcp(f, LOCAL_WEB, c, FIN | ACK);
     expect(
         &fx,
         "backend FIN",
@@ -120,8 +123,13 @@ fn tcp_fin_and_rst_close_tracked_flows_and_expired_entries_are_not_used() {
     // again within seconds, not hours.
     let frontend = sa(NODE_IP, NP_WEB_REMOTE);
     let c = client(40001);
-    let (snat, _) = expect_snat(&fx, "SYN (SNAT)", &Pkt::tcp(c, frontend, SYN), REMOTE_WEB);
-    let synack = Pkt::tcp(REMOTE_WEB, snat, SYN | ACK);
+    let (snat, _) = expect_snat(
+        &fx,
+        "SYN (SNAT)",
+        &Pkt::tcp(f, c, frontend, SYN),
+        REMOTE_WEB,
+    );
+    let synack = Pkt::tcp(f, REMOTE_WEB, snat, SYN | ACK);
     expect(
         &fx,
         "SYN-ACK (SNAT)",
@@ -130,7 +138,7 @@ fn tcp_fin_and_rst_close_tracked_flows_and_expired_entries_are_not_used() {
         TC_ACT_REDIRECT,
         &synack.clone().from(frontend).to(c).routed().frame(),
     );
-    let rst = Pkt::tcp(c, frontend, RST);
+    let rst = Pkt::tcp(f, c, frontend, RST);
     let before = monotonic_ns();
     expect(
         &fx,
@@ -150,7 +158,7 @@ fn tcp_fin_and_rst_close_tracked_flows_and_expired_entries_are_not_used() {
         after,
     );
     // The backend's RST (answering a late segment) is translated too.
-    let rst_back = Pkt::tcp(REMOTE_WEB, snat, RST);
+    let rst_back = Pkt::tcp(f, REMOTE_WEB, snat, RST);
     expect(
         &fx,
         "backend RST",
@@ -167,17 +175,13 @@ fn tcp_fin_and_rst_close_tracked_flows_and_expired_entries_are_not_used() {
     let frontend = sa(NODE_IP, NP_WEB_LOCAL);
     let c = client(40002);
     let gone = sa(Ipv4Addr::new(10, 244, 9, 9), 9999);
-    let stale = |to_src: SocketAddrV4, to_dst: SocketAddrV4, direction: u8| Ct4Value {
-        to_saddr: ip_to_map(*to_src.ip()),
-        to_daddr: ip_to_map(*to_dst.ip()),
-        to_sport: port_to_map(to_src.port()),
-        to_dport: port_to_map(to_dst.port()),
+    let stale = |to_src: SocketAddrV4, to_dst: SocketAddrV4, direction: u8| CtEntry {
+        to_src,
+        to_dst,
         flags: CT_FLAG_ESTABLISHED,
         direction,
-        pad: [0; 2],
         expires_ns: now - 1,
         backend_id: 999,
-        pad2: 0,
     };
     fx.put_ct(
         ct_key(c, frontend, IPPROTO_TCP),
@@ -188,7 +192,7 @@ fn tcp_fin_and_rst_close_tracked_flows_and_expired_entries_are_not_used() {
         stale(frontend, c, CT_DIR_REPLY),
     );
     let tracked = fx.counter(Counter::NpTracked);
-    let data = Pkt::tcp(c, frontend, PSH | ACK).payload(b"late");
+    let data = Pkt::tcp(f, c, frontend, PSH | ACK).payload(b"late");
     expect(
         &fx,
         "packet of an expired flow",
@@ -205,7 +209,7 @@ fn tcp_fin_and_rst_close_tracked_flows_and_expired_entries_are_not_used() {
     );
     assert!(renewed.expires_ns > now);
     // The stale reply entry does not translate either.
-    let late = Pkt::tcp(gone, c, PSH | ACK).payload(b"late answer");
+    let late = Pkt::tcp(f, gone, c, PSH | ACK).payload(b"late answer");
     expect(
         &fx,
         "reply matching only an expired entry",
@@ -220,16 +224,15 @@ fn tcp_fin_and_rst_close_tracked_flows_and_expired_entries_are_not_used() {
         "expired entries count as untracked"
     );
 }
-#[test]
-fn a_syn_on_a_closing_flow_starts_afresh_and_one_way_streams_keep_both_entries() {
-    let Some(mut fx) = fixture() else { return };
+fn a_syn_on_a_closing_flow_starts_afresh_and_one_way_streams_keep_both_entries(f: Family) {
+    let Some(mut fx) = fixture(f) else { return };
 
     // A flow reset by the client, then the same tuple again: a new flow, not the
     // closing one's last seconds.
     let frontend = sa(NODE_IP, NP_WEB_LOCAL);
     let c = client(41000);
     open_tcp(&fx, c, frontend);
-    let rst = Pkt::tcp(c, frontend, RST);
+    let rst = Pkt::tcp(f, c, frontend, RST);
     expect(
         &fx,
         "client RST",
@@ -241,7 +244,7 @@ fn a_syn_on_a_closing_flow_starts_afresh_and_one_way_streams_keep_both_entries()
     assert!(ct_entry(&fx, c, frontend, IPPROTO_TCP).flags & CT_FLAG_CLOSING != 0);
     let flows_before = fx.counter(Counter::NpNewFlow);
     let before = monotonic_ns();
-    let syn = Pkt::tcp(c, frontend, SYN);
+    let syn = Pkt::tcp(f, c, frontend, SYN);
     expect(
         &fx,
         "SYN reusing the tuple",
@@ -274,7 +277,7 @@ fn a_syn_on_a_closing_flow_starts_afresh_and_one_way_streams_keep_both_entries()
     // stream does, so the client's next datagram still reaches the same backend.
     let frontend = sa(NODE_IP, NP_DNS_LOCAL);
     let c = client(41001);
-    let query = Pkt::udp(c, frontend, b"subscribe");
+    let query = Pkt::udp(f, c, frontend, b"subscribe");
     expect(
         &fx,
         "UDP subscribe",
@@ -291,7 +294,7 @@ fn a_syn_on_a_closing_flow_starts_afresh_and_one_way_streams_keep_both_entries()
         fx.put_ct(ct_key(src, dst, IPPROTO_UDP), entry);
     }
     let before = monotonic_ns();
-    let update = Pkt::udp(LOCAL_DNS, c, b"update");
+    let update = Pkt::udp(f, LOCAL_DNS, c, b"update");
     expect(
         &fx,
         "backend update",

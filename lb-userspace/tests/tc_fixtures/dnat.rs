@@ -6,15 +6,17 @@ use crate::{
         LOCAL_WEB, NODE_IP, NP_WEB_LOCAL, Xlate, assert_expires, backend_id, client, ct_entry,
         expect, fixture, sa, xlate,
     },
+    family::{Family, each_family},
     harness::{Hook, TC_ACT_OK, monotonic_ns},
     packet::{IPPROTO_TCP, Pkt, SYN},
 };
 
-#[test]
-fn nodeport_dnat_to_a_local_backend_keeps_the_client_address() {
-    let Some(fx) = fixture() else { return };
+each_family!(nodeport_dnat_to_a_local_backend_keeps_the_client_address);
+
+fn nodeport_dnat_to_a_local_backend_keeps_the_client_address(f: Family) {
+    let Some(fx) = fixture(f) else { return };
     let frontend = sa(NODE_IP, NP_WEB_LOCAL);
-    let syn = Pkt::tcp(client(40000), frontend, SYN);
+    let syn = Pkt::tcp(f, client(40000), frontend, SYN);
 
     let before = monotonic_ns();
     expect(

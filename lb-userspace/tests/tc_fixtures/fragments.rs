@@ -6,9 +6,12 @@ use crate::{
         LOCAL_DNS, NODE_IP, NP_DNS_LOCAL, NP_DNS_REMOTE, REMOTE_DNS, check, client, expect,
         fixture, sa, snat_source,
     },
+    family::{Family, each_family},
     harness::{Fixture, Hook, TC_ACT_OK, TC_ACT_REDIRECT},
     packet::{IPPROTO_UDP, Pkt, checksum_problems, diff, reassemble},
 };
+
+each_family!(fragments_follow_their_first_fragment);
 
 /// Runs `input[first..]` one fragment after the other through `hook` as [`expect`]
 /// does, each against its `want` (`what` and the fragment's index name it); returns the
@@ -32,16 +35,15 @@ fn expect_fragments(
     outputs
 }
 
-#[test]
-fn fragments_follow_their_first_fragment() {
-    let Some(fx) = fixture() else { return };
+fn fragments_follow_their_first_fragment(f: Family) {
+    let Some(fx) = fixture(f) else { return };
     let frontend = sa(NODE_IP, NP_DNS_LOCAL);
     let payload: Vec<u8> = (0..1400u32).map(|i| (i * 7 + 3) as u8).collect();
     let cuts = [512, 1024];
 
     // Client -> NodePort, three fragments: the first carries the UDP header (its
     // checksum covers the whole datagram), the others only data.
-    let datagram = Pkt::udp(client(40000), frontend, &payload).id(0x2222);
+    let datagram = Pkt::udp(f, client(40000), frontend, &payload).id(0x2222);
     let input = datagram.fragments(&cuts);
     let want = datagram.clone().to(LOCAL_DNS).fragments(&cuts);
     let outputs = expect_fragments(
@@ -62,7 +64,7 @@ fn fragments_follow_their_first_fragment() {
     assert_eq!(whole, datagram.clone().to(LOCAL_DNS).no_df().frame());
 
     // The backend's fragmented answer through egress.
-    let answer = Pkt::udp(LOCAL_DNS, client(40000), &payload).id(0x3333);
+    let answer = Pkt::udp(f, LOCAL_DNS, client(40000), &payload).id(0x3333);
     let input = answer.fragments(&cuts);
     let want = answer.clone().from(frontend).fragments(&cuts);
     let outputs = expect_fragments(
@@ -78,7 +80,7 @@ fn fragments_follow_their_first_fragment() {
 
     // SNAT: a fragmented datagram to a remote backend.
     let frontend = sa(NODE_IP, NP_DNS_REMOTE);
-    let datagram = Pkt::udp(client(40001), frontend, &payload).id(0x4444);
+    let datagram = Pkt::udp(f, client(40001), frontend, &payload).id(0x4444);
     let input = datagram.fragments(&cuts);
     let first = fx.ingress(&input[0]);
     let snat = snat_source(&fx, client(40001), frontend, IPPROTO_UDP);
@@ -111,7 +113,7 @@ fn fragments_follow_their_first_fragment() {
 
     // A later fragment whose first fragment was never seen: untouched, counted.
     let unknown_before = fx.counter(Counter::NpFragUnknown);
-    let orphan = Pkt::udp(client(40002), sa(NODE_IP, NP_DNS_LOCAL), &payload)
+    let orphan = Pkt::udp(f, client(40002), sa(NODE_IP, NP_DNS_LOCAL), &payload)
         .id(0x7777)
         .fragments(&cuts);
     let run = fx.ingress(&orphan[1]);

@@ -4,17 +4,19 @@ use crate::{
         LOCAL_DNS, LOCAL_WEB, NODE_IP, NP_DNS_LOCAL, NP_WEB_LOCAL, NP_WEB_REMOTE, REMOTE_WEB,
         client, expect, expect_snat, fixture, sa,
     },
+    family::Family,
     harness::{Hook, TC_ACT_OK, TC_ACT_REDIRECT},
     packet::{ACK, Pkt, SYN},
 };
 
 #[test]
 fn ip_options_do_not_confuse_the_translation() {
-    let Some(fx) = fixture() else { return };
+    let f = Family::V4;
+    let Some(fx) = fixture(f) else { return };
     // Router alert (IHL 6).
     let router_alert = [0x94, 0x04, 0x00, 0x00];
     let frontend = sa(NODE_IP, NP_WEB_LOCAL);
-    let syn = Pkt::tcp(client(40000), frontend, SYN).options(&router_alert);
+    let syn = Pkt::tcp(f, client(40000), frontend, SYN).options(&router_alert);
     expect(
         &fx,
         "SYN with options (DNAT)",
@@ -23,7 +25,7 @@ fn ip_options_do_not_confuse_the_translation() {
         TC_ACT_OK,
         &syn.clone().to(LOCAL_WEB).frame(),
     );
-    let synack = Pkt::tcp(LOCAL_WEB, client(40000), SYN | ACK).options(&router_alert);
+    let synack = Pkt::tcp(f, LOCAL_WEB, client(40000), SYN | ACK).options(&router_alert);
     expect(
         &fx,
         "SYN-ACK with options",
@@ -36,9 +38,9 @@ fn ip_options_do_not_confuse_the_translation() {
     // A timestamp option padded to 12 bytes (IHL 8), with SNAT.
     let timestamp = [0x44, 0x0c, 0x05, 0x00, 0, 0, 0, 0, 0, 0, 0, 0];
     let frontend = sa(NODE_IP, NP_WEB_REMOTE);
-    let syn = Pkt::tcp(client(40001), frontend, SYN).options(&timestamp);
+    let syn = Pkt::tcp(f, client(40001), frontend, SYN).options(&timestamp);
     let (snat, _) = expect_snat(&fx, "SYN with options (SNAT)", &syn, REMOTE_WEB);
-    let synack = Pkt::tcp(REMOTE_WEB, snat, SYN | ACK).options(&timestamp);
+    let synack = Pkt::tcp(f, REMOTE_WEB, snat, SYN | ACK).options(&timestamp);
     expect(
         &fx,
         "SYN-ACK with options (SNAT)",
@@ -56,7 +58,7 @@ fn ip_options_do_not_confuse_the_translation() {
     // UDP with the longest options (IHL 15).
     let nops = [[0x01u8; 39].as_slice(), &[0x00]].concat();
     let frontend = sa(NODE_IP, NP_DNS_LOCAL);
-    let query = Pkt::udp(client(40002), frontend, b"with options").options(&nops);
+    let query = Pkt::udp(f, client(40002), frontend, b"with options").options(&nops);
     expect(
         &fx,
         "UDP with 40 bytes of options",

@@ -4,15 +4,16 @@
 //! of four backends moves only the flows the new table moves (those of the removed
 //! backend, and few others); an entry that names no backend (a table being written)
 //! falls back to a random pick instead of failing the flow.
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddrV4};
 
-use lb_common::{Counter, IPPROTO_TCP};
+use lb_common::{Counter, IPPROTO_TCP, maglev::fold6};
 use serde_json::{Value, json};
 use socklb_core::{
     maps::{
-        BackendKey, MapOp, ServiceMaps, V4, ip_to_map,
+        BackendKey, MapOp, ServiceMaps, V4, V6, ip_to_map,
         maglev::{FlowTuple, MaglevConfig, Table, flow_entry},
         port_to_map,
+        v6::ip6_to_map,
     },
     model::Protocol,
     plan::FrontendKind,
@@ -22,9 +23,16 @@ use crate::{
     common::{
         CLIENT_IP, NODE_IP, NODE_IP2, cluster_with, ct_key, fixture_with, sa, service, slice,
     },
+    family::{Family, each_family, test_sock, v6_of},
     harness::{Fixture, TC_ACT_OK},
-    packet::{ETH_HLEN, Pkt, SYN},
+    packet::{ETH_HLEN, Pkt, SYN, addrs_of, chain6},
 };
+
+each_family!(
+    the_kernel_picks_the_backend_the_core_predicts_on_every_node_address,
+    removing_one_of_four_backends_moves_only_what_the_new_table_moves,
+    an_entry_that_names_no_backend_falls_back_to_a_random_pick
+);
 
 /// The NodePort of the Maglev service.
 const NP: u16 = 30100;
@@ -55,7 +63,7 @@ fn objects(pods: &[Ipv4Addr]) -> Vec<Value> {
 
 /// The backend the core predicts for a flow from `client` to the NodePort (through
 /// any node address: a NodePort hashes as address 0).
-fn predict(fx: &Fixture, client: SocketAddrV4) -> SocketAddr {
+fn predict(fx: &Fixture, client: SocketAddrV4) -> SocketAddrV4 {
     let frontend = fx
         .plan
         .frontends
@@ -73,59 +81,85 @@ fn predict(fx: &Fixture, client: SocketAddrV4) -> SocketAddr {
         .collect();
     let config = config();
     let table = Table::build(&backends, config.table_size, config.seed);
+    // An IPv6 address hashes folded to one word (lb_common::maglev::flow_hash6); a
+    // NodePort's frontend address is 0 in both families.
+    let saddr = match fx.family {
+        Family::V4 => ip_to_map(*client.ip()),
+        Family::V6 => fold6(&ip6_to_map(v6_of(*client.ip()))),
+    };
     let flow = FlowTuple {
-        saddr: ip_to_map(*client.ip()),
+        saddr,
         frontend_addr: 0,
         sport: port_to_map(client.port()),
         dport: port_to_map(NP),
         proto: IPPROTO_TCP,
     };
-    backends[table
-        .backend_at(flow_entry(&flow, config.table_size, config.seed))
-        .expect("a full table")]
-    .addr
+    test_sock(
+        backends[table
+            .backend_at(flow_entry(&flow, config.table_size, config.seed))
+            .expect("a full table")]
+        .addr,
+    )
 }
 
 /// Where the ingress program sends a new TCP flow from `client` to `to` (the DNAT
 /// destination of its first packet).
-fn backend_of(fx: &Fixture, client: SocketAddrV4, to: SocketAddrV4) -> SocketAddr {
-    let run = fx.ingress(&Pkt::tcp(client, to, SYN).frame());
+fn backend_of(fx: &Fixture, client: SocketAddrV4, to: SocketAddrV4) -> SocketAddrV4 {
+    let run = fx.ingress(&Pkt::tcp(fx.family, client, to, SYN).frame());
     assert_eq!(run.verdict, TC_ACT_OK, "SYN {client} -> {to}");
-    // Ethernet, a 20-byte IPv4 header (no options), TCP.
+    let (_, dst) = addrs_of(&run.output);
     let ip = &run.output[ETH_HLEN..];
-    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
-    let dport = u16::from_be_bytes([ip[22], ip[23]]);
-    SocketAddr::new(dst.into(), dport)
+    let l4 = match fx.family {
+        Family::V4 => usize::from(ip[0] & 0x0f) * 4,
+        Family::V6 => chain6(ip).expect("a header chain").1,
+    };
+    let dport = u16::from_be_bytes([ip[l4 + 2], ip[l4 + 3]]);
+    test_sock((dst, dport).into())
+}
+
+/// The Maglev NodePort's external slot 0: (key's backend count, table id).
+fn nodeport_slot0(fx: &Fixture) -> (u16, u32) {
+    let np = port_to_map(NP);
+    match fx.family {
+        Family::V4 => ServiceMaps::<V4>::dump_services(&fx.maps)
+            .unwrap()
+            .into_iter()
+            .find(|(k, _)| k.backend_slot == 0 && k.scope == 1 && k.dport == np)
+            .map(|(_, v)| (v.count, v.backend_id)),
+        Family::V6 => ServiceMaps::<V6>::dump_services(&fx.maps)
+            .unwrap()
+            .into_iter()
+            .find(|(k, _)| k.backend_slot == 0 && k.scope == 1 && k.dport == np)
+            .map(|(_, v)| (v.count, v.backend_id)),
+    }
+    .expect("the NodePort's external slot 0")
 }
 
 fn client(i: u16) -> SocketAddrV4 {
     sa(CLIENT_IP, 20_000 + i)
 }
 
-#[test]
-fn the_kernel_picks_the_backend_the_core_predicts_on_every_node_address() {
-    let Some(fx) = fixture_with(objects(&PODS), config()) else {
+fn the_kernel_picks_the_backend_the_core_predicts_on_every_node_address(f: Family) {
+    let Some(fx) = fixture_with(f, objects(&PODS), config()) else {
         return;
     };
     // The table in the kernel map is the core's (written through the mmap).
-    let svc = ServiceMaps::<V4>::dump_services(&fx.maps)
-        .unwrap()
-        .into_iter()
-        .find(|(k, v)| {
-            k.backend_slot == 0 && k.scope == 1 && k.dport == port_to_map(NP) && v.count == 4
-        })
-        .expect("the NodePort's external slot 0");
-    assert_ne!(svc.1.backend_id, 0, "slot 0 names a table");
-    let table = ServiceMaps::<V4>::read_maglev_table(&fx.maps, svc.1.backend_id)
-        .unwrap()
-        .unwrap();
+    let (count, table_id) = nodeport_slot0(&fx);
+    assert_eq!(count, 4);
+    assert_ne!(table_id, 0, "slot 0 names a table");
+    let table = match f {
+        Family::V4 => ServiceMaps::<V4>::read_maglev_table(&fx.maps, table_id),
+        Family::V6 => ServiceMaps::<V6>::read_maglev_table(&fx.maps, table_id),
+    }
+    .unwrap()
+    .unwrap();
     assert_eq!(table.len(), config().table_size as usize);
     assert!(
         table.iter().all(|id| *id != 0),
         "every entry names a backend"
     );
 
-    let mut per_backend = std::collections::BTreeMap::<SocketAddr, u32>::new();
+    let mut per_backend = std::collections::BTreeMap::<SocketAddrV4, u32>::new();
     for i in 0..FLOWS {
         let c = client(i);
         let want = predict(&fx, c);
@@ -148,15 +182,14 @@ fn the_kernel_picks_the_backend_the_core_predicts_on_every_node_address() {
     assert_eq!(fx.counter(Counter::NpNewFlow), 2 * u64::from(FLOWS));
 }
 
-#[test]
-fn removing_one_of_four_backends_moves_only_what_the_new_table_moves() {
-    let Some(mut fx) = fixture_with(objects(&PODS), config()) else {
+fn removing_one_of_four_backends_moves_only_what_the_new_table_moves(f: Family) {
+    let Some(mut fx) = fixture_with(f, objects(&PODS), config()) else {
         return;
     };
     let to = sa(NODE_IP, NP);
-    let before: Vec<SocketAddr> = (0..FLOWS).map(|i| backend_of(&fx, client(i), to)).collect();
-    let gone = SocketAddr::new(PODS[1].into(), 8080);
-    fx.reprogram(&cluster_with(objects(&[PODS[0], PODS[2], PODS[3]])));
+    let before: Vec<SocketAddrV4> = (0..FLOWS).map(|i| backend_of(&fx, client(i), to)).collect();
+    let gone = SocketAddrV4::new(PODS[1], 8080);
+    fx.reprogram(&cluster_with(f, objects(&[PODS[0], PODS[2], PODS[3]])));
     // The same flows again, as new flows (their conntrack entries removed).
     for i in 0..FLOWS {
         fx.remove_ct(&ct_key(client(i), to, IPPROTO_TCP));
@@ -186,31 +219,28 @@ fn removing_one_of_four_backends_moves_only_what_the_new_table_moves() {
     );
 }
 
-#[test]
-fn an_entry_that_names_no_backend_falls_back_to_a_random_pick() {
-    let Some(mut fx) = fixture_with(objects(&PODS), config()) else {
+fn an_entry_that_names_no_backend_falls_back_to_a_random_pick(f: Family) {
+    let Some(mut fx) = fixture_with(f, objects(&PODS), config()) else {
         return;
     };
-    let table = ServiceMaps::<V4>::dump_services(&fx.maps)
-        .unwrap()
-        .into_iter()
-        .find(|(k, _)| k.backend_slot == 0 && k.scope == 1 && k.dport == port_to_map(NP))
-        .map(|(_, v)| v.backend_id)
-        .unwrap();
+    let (_, table) = nodeport_slot0(&fx);
     // A table half rewritten, as after the agent replaced a map of other flags.
     for index in 0..config().table_size {
-        fx.maps
-            .apply(&MapOp::<V4>::PutMaglev {
+        match f {
+            Family::V4 => fx.maps.apply(&MapOp::<V4>::PutMaglev {
                 table,
                 index,
                 backend_id: 0,
-            })
-            .unwrap();
+            }),
+            Family::V6 => fx.maps.apply(&MapOp::<V6>::PutMaglev {
+                table,
+                index,
+                backend_id: 0,
+            }),
+        }
+        .unwrap();
     }
-    let pods: Vec<SocketAddr> = PODS
-        .iter()
-        .map(|p| SocketAddr::new((*p).into(), 8080))
-        .collect();
+    let pods: Vec<SocketAddrV4> = PODS.iter().map(|p| SocketAddrV4::new(*p, 8080)).collect();
     for i in 0..50 {
         let got = backend_of(&fx, client(i), sa(NODE_IP, NP));
         assert!(pods.contains(&got), "flow {i}: {got} is not a backend");

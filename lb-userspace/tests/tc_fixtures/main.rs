@@ -1,6 +1,13 @@
-//! Packet fixtures for the TC data path (lb4_tc_ingress, lb4_tc_egress) through
-//! BPF_PROG_TEST_RUN, in the manner of Katran's and Cilium's BPF tests: an input
-//! packet, the expected output packet, the expected verdict.
+//! Packet fixtures for the TC data path (lb4_tc_ingress / lb4_tc_egress and
+//! lb6_tc_ingress / lb6_tc_egress with their tail calls) through BPF_PROG_TEST_RUN, in
+//! the manner of Katran's and Cilium's BPF tests: an input packet, the expected output
+//! packet, the expected verdict.
+//!
+//! Both families, written once: a scenario is a `fn name(f: Family)` listed in
+//! `each_family!`, run as `name::ipv4` and `name::ipv6`, with IPv4 test addresses that
+//! stand for their fd00:: twins in IPv6 (`family.rs`). What only one family has stays
+//! its own: IPv4 options (`ip_options.rs`), IPv6 extension headers
+//! (`ext_headers.rs`), UDP without a checksum (IPv4).
 //!
 //! The maps are programmed by the agent's own code (Kubernetes objects -> models ->
 //! plan -> desired state -> diff -> `KernelMaps`), so the fixtures test the pairing of
@@ -31,6 +38,7 @@
 //! - `reverse_nat.rs`: a local backend's replies translated back on egress;
 //! - `udp.rs`: UDP DNAT and SNAT, with a checksum, without one, 0xffff for 0;
 //! - `loadbalancer.rs`: LoadBalancer and external IPs, loadBalancerSourceRanges;
+//! - `affinity.rs`: ClientIP session affinity: a client's new flows keep its backend;
 //! - `maglev.rs`: `--lb-algorithm maglev`: the kernel's picks are the core's
 //!   predictions, a removed backend moves only what the table moves;
 //! - `no_endpoints.rs`: frontends without usable endpoints (RST and ICMP answers from
@@ -43,9 +51,12 @@
 //! - `icmp.rs`: ICMP errors about tracked flows, translated back;
 //! - `conntrack.rs`: entry lifetimes: FIN, RST, expiry, reuse, one-way streams;
 //! - `unknown_traffic.rs`: traffic that is not ours, passed untouched;
+//! - `ext_headers.rs`: IPv6 extension headers (hop-by-hop, routing, destination
+//!   options, fragment) through DNAT, SNAT, reverse NAT and ICMPv6 errors;
 //! - `machinery.rs`: the fixture machinery itself (maps programmed, packet builder);
 //! - `common.rs`: the cluster (addresses, Services, EndpointSlices), the fixture on it,
 //!   and the checks (verdict, packet field by field, checksums, conntrack entries);
+//! - `family.rs`: the family of a fixture, test addresses and their IPv6 twins;
 //! - `harness.rs`: loads the programs, programs the maps, runs BPF_PROG_TEST_RUN;
 //! - `packet.rs`: builds, decodes and diffs packets, and checks their checksums.
 #![allow(
@@ -55,12 +66,15 @@
 )]
 
 mod common;
+mod family;
 mod harness;
 #[allow(dead_code, reason = "a toolbox: not every fixture uses every helper")]
 mod packet;
 
+mod affinity;
 mod conntrack;
 mod dnat;
+mod ext_headers;
 mod fragments;
 mod icmp;
 mod ip_options;

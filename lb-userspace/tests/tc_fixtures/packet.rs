@@ -1,11 +1,18 @@
-//! Packets for the TC fixtures: a builder (Ethernet, IPv4 with options and fragments,
-//! TCP, UDP, ICMP), a decoder that names every field, a field-by-field diff, and a
-//! checksum verifier. Checksums are computed here from scratch (RFC 1071), never with
-//! the kernel's helpers, so a checksum bug in the data path fails the fixtures.
+//! Packets for the TC fixtures in both families: a builder (Ethernet; IPv4 with options
+//! and fragments; IPv6 with extension headers and fragment headers; TCP, UDP, ICMP and
+//! ICMPv6), a decoder that names every field, a field-by-field diff, and a checksum
+//! verifier. Checksums are computed here from scratch (RFC 1071, with the pseudo
+//! header of each family), never with the kernel's helpers, so a checksum bug in the
+//! data path fails the fixtures.
+//!
+//! A packet is written with test addresses (IPv4) and a [`Family`]: in IPv6 each
+//! stands for its twin ([`crate::family`]).
 use std::{
     fmt::Write as _,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4},
 };
+
+use crate::family::{Family, test_sock};
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
@@ -16,6 +23,13 @@ pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_GRE: u8 = 47;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// IPv6 extension headers (Next Header values).
+pub const NEXTHDR_HOP: u8 = 0;
+pub const NEXTHDR_ROUTING: u8 = 43;
+pub const NEXTHDR_FRAGMENT: u8 = 44;
+pub const NEXTHDR_DEST: u8 = 60;
 
 pub const FIN: u8 = 0x01;
 pub const SYN: u8 = 0x02;
@@ -29,6 +43,15 @@ pub const ICMP_PROT_UNREACH: u8 = 2;
 pub const ICMP_PORT_UNREACH: u8 = 3;
 pub const ICMP_FRAG_NEEDED: u8 = 4;
 pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PARAMETERPROB: u8 = 12;
+
+pub const ICMP6_DEST_UNREACH: u8 = 1;
+pub const ICMP6_PKT_TOOBIG: u8 = 2;
+pub const ICMP6_TIME_EXCEED: u8 = 3;
+pub const ICMP6_PARAMPROB: u8 = 4;
+pub const ICMP6_PORT_UNREACH: u8 = 4;
+pub const ICMP6_UNK_NEXTHDR: u8 = 1;
+pub const ICMP6_ECHO_REQUEST: u8 = 128;
 
 /// The MACs of every fixture frame: the client's and the node device's (the programs
 /// only touch them to send an answer back, swapped).
@@ -69,22 +92,41 @@ pub fn checksum(data: &[u8], initial: u32) -> u16 {
     !fold(ones_sum(data, initial))
 }
 
-/// Sum of the TCP/UDP pseudo header.
-pub fn pseudo_header_sum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4_len: usize) -> u32 {
-    let mut ph = Vec::with_capacity(12);
-    ph.extend_from_slice(&src.octets());
-    ph.extend_from_slice(&dst.octets());
-    ph.push(0);
-    ph.push(proto);
-    ph.extend_from_slice(&(l4_len as u16).to_be_bytes());
+/// Sum of the TCP/UDP/ICMPv6 pseudo header of either family (RFC 793, RFC 8200 8.1).
+pub fn pseudo_header_sum(src: IpAddr, dst: IpAddr, proto: u8, l4_len: usize) -> u32 {
+    let mut ph = Vec::with_capacity(40);
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            ph.extend_from_slice(&s.octets());
+            ph.extend_from_slice(&d.octets());
+            ph.extend_from_slice(&[0, proto]);
+            ph.extend_from_slice(&(l4_len as u16).to_be_bytes());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            ph.extend_from_slice(&s.octets());
+            ph.extend_from_slice(&d.octets());
+            ph.extend_from_slice(&(l4_len as u32).to_be_bytes());
+            ph.extend_from_slice(&[0, 0, 0, proto]);
+        }
+        _ => panic!("a pseudo header of mixed families: {src} {dst}"),
+    }
     ones_sum(&ph, 0)
 }
 
-/// The checksum a TCP segment or UDP datagram (`l4`, its checksum field zeroed or not)
-/// must carry. UDP's computed 0 is sent as 0xffff.
-pub fn l4_checksum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> u16 {
+/// Offset of the checksum in an upper-layer header of `proto`.
+fn csum_offset(proto: u8) -> usize {
+    match proto {
+        IPPROTO_TCP => 16,
+        IPPROTO_UDP => 6,
+        _ => 2, // ICMP, ICMPv6
+    }
+}
+
+/// The checksum a TCP segment, UDP datagram or ICMPv6 message (`l4`, its checksum
+/// field zeroed or not) must carry. UDP's computed 0 is sent as 0xffff.
+pub fn l4_checksum(src: IpAddr, dst: IpAddr, proto: u8, l4: &[u8]) -> u16 {
     let mut zeroed = l4.to_vec();
-    let off = if proto == IPPROTO_TCP { 16 } else { 6 };
+    let off = csum_offset(proto);
     if zeroed.len() >= off + 2 {
         zeroed[off] = 0;
         zeroed[off + 1] = 0;
@@ -113,13 +155,14 @@ pub enum L4 {
         window: u16,
         payload: Vec<u8>,
     },
-    /// `checksum: false` sends checksum 0 ("none").
+    /// `checksum: false` sends checksum 0 ("none"; IPv4 only: IPv6 has no such thing).
     Udp {
         sport: u16,
         dport: u16,
         payload: Vec<u8>,
         checksum: bool,
     },
+    /// ICMP, or ICMPv6 in an IPv6 packet (types are the family's own).
     /// `rest`: the 4 bytes after the checksum (unused / next-hop MTU / echo id+seq).
     Icmp {
         icmp_type: u8,
@@ -131,38 +174,142 @@ pub enum L4 {
     Raw { proto: u8, payload: Vec<u8> },
 }
 
-/// An IPv4 packet in an Ethernet frame.
+/// An IPv6 extension header before the upper-layer header (the fragment header is
+/// [`Pkt::fragments`]'s): its Next Header value and its bytes after the Next Header
+/// and length fields (6 + 8n bytes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ext {
+    pub kind: u8,
+    pub body: Vec<u8>,
+}
+
+impl Ext {
+    /// Hop-by-hop options: a router alert (RFC 2711) and padding.
+    pub fn hop_by_hop() -> Self {
+        Self {
+            kind: NEXTHDR_HOP,
+            body: vec![0x05, 0x02, 0x00, 0x00, 0x01, 0x00],
+        }
+    }
+
+    /// Destination options of 14 bytes (PadN options), so its length field is not 0.
+    pub fn dest_opts() -> Self {
+        Self {
+            kind: NEXTHDR_DEST,
+            body: vec![0x01, 0x04, 0, 0, 0, 0, 0x01, 0x06, 0, 0, 0, 0, 0, 0],
+        }
+    }
+
+    /// A routing header (type 253, experimental) with `segments_left` segments to go
+    /// and one address of data.
+    pub fn routing(segments_left: u8) -> Self {
+        let mut body = vec![253, segments_left, 0, 0, 0, 0];
+        body.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01]);
+        Self {
+            kind: NEXTHDR_ROUTING,
+            body,
+        }
+    }
+
+    fn bytes(&self, next: u8) -> Vec<u8> {
+        assert!(
+            (self.body.len() + 2).is_multiple_of(8),
+            "extension headers fill 8-byte units"
+        );
+        let mut b = vec![next, ((self.body.len() + 2) / 8 - 1) as u8];
+        b.extend_from_slice(&self.body);
+        b
+    }
+}
+
+/// An ICMP error by meaning, for [`Pkt::icmp_error`]: each family has its own numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IcmpError {
+    /// Port unreachable (ICMPv6: destination unreachable / port unreachable).
+    PortUnreachable,
+    /// Fragmentation needed with a next-hop MTU (ICMPv6: packet too big).
+    TooBig { mtu: u16 },
+    /// Time exceeded in transit (TTL / hop limit).
+    TimeExceeded,
+    /// Parameter problem at `pointer`, an offset into the quoted packet.
+    ParameterProblem { pointer: u8 },
+}
+
+impl IcmpError {
+    fn wire(self, f: Family) -> (u8, u8, [u8; 4]) {
+        match (self, f) {
+            (IcmpError::PortUnreachable, Family::V4) => {
+                (ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, [0; 4])
+            }
+            (IcmpError::PortUnreachable, Family::V6) => {
+                (ICMP6_DEST_UNREACH, ICMP6_PORT_UNREACH, [0; 4])
+            }
+            (IcmpError::TooBig { mtu }, Family::V4) => {
+                let [hi, lo] = mtu.to_be_bytes();
+                (ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, [0, 0, hi, lo])
+            }
+            (IcmpError::TooBig { mtu }, Family::V6) => {
+                (ICMP6_PKT_TOOBIG, 0, u32::from(mtu).to_be_bytes())
+            }
+            (IcmpError::TimeExceeded, Family::V4) => (ICMP_TIME_EXCEEDED, 0, [0; 4]),
+            (IcmpError::TimeExceeded, Family::V6) => (ICMP6_TIME_EXCEED, 0, [0; 4]),
+            (IcmpError::ParameterProblem { pointer }, Family::V4) => {
+                (ICMP_PARAMETERPROB, 0, [pointer, 0, 0, 0])
+            }
+            (IcmpError::ParameterProblem { pointer }, Family::V6) => {
+                (ICMP6_PARAMPROB, 0, u32::from(pointer).to_be_bytes())
+            }
+        }
+    }
+}
+
+/// An IP packet of either family in an Ethernet frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pkt {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    pub family: Family,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// IPv4: the identification. IPv6: the low half of a fragment header's
+    /// identification ([`Pkt::fragments`]).
     pub id: u16,
+    /// TTL (IPv6: hop limit).
     pub ttl: u8,
+    /// TOS (IPv6: traffic class).
     pub tos: u8,
+    /// IPv4 only.
     pub df: bool,
-    /// IP options (a multiple of 4 bytes): IHL = 5 + options.len() / 4.
+    /// IPv4 options (a multiple of 4 bytes): IHL = 5 + options.len() / 4.
     pub options: Vec<u8>,
+    /// IPv6 extension headers before the upper-layer header, in order.
+    pub ext: Vec<Ext>,
     pub l4: L4,
 }
 
+/// The high half of every IPv6 fragment identification: the programs must read all 32
+/// bits.
+const FRAG6_ID_HIGH: u32 = 0xa5_0000;
+
 impl Pkt {
-    fn ip(src: Ipv4Addr, dst: Ipv4Addr, l4: L4) -> Self {
+    fn ip(f: Family, src: Ipv4Addr, dst: Ipv4Addr, l4: L4) -> Self {
         Self {
-            src,
-            dst,
+            family: f,
+            src: f.ip(src),
+            dst: f.ip(dst),
             id: 0x4d2e,
             ttl: 63,
             tos: 0,
             df: true,
             options: Vec::new(),
+            ext: Vec::new(),
             l4,
         }
     }
 
     /// A TCP segment with a fixed sequence number (and ack number when ACK is set).
-    pub fn tcp(src: SocketAddrV4, dst: SocketAddrV4, flags: u8) -> Self {
+    pub fn tcp(f: Family, src: SocketAddrV4, dst: SocketAddrV4, flags: u8) -> Self {
         let ack = if flags & ACK != 0 { 0x0bad_cafe } else { 0 };
         Self::ip(
+            f,
             *src.ip(),
             *dst.ip(),
             L4::Tcp {
@@ -177,8 +324,9 @@ impl Pkt {
         )
     }
 
-    pub fn udp(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Self {
+    pub fn udp(f: Family, src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Self {
         Self::ip(
+            f,
             *src.ip(),
             *dst.ip(),
             L4::Udp {
@@ -190,7 +338,9 @@ impl Pkt {
         )
     }
 
+    /// An ICMP (IPv6: ICMPv6) message with the family's own type and code.
     pub fn icmp(
+        f: Family,
         src: Ipv4Addr,
         dst: Ipv4Addr,
         icmp_type: u8,
@@ -201,6 +351,7 @@ impl Pkt {
         Self {
             df: false,
             ..Self::ip(
+                f,
                 src,
                 dst,
                 L4::Icmp {
@@ -213,9 +364,31 @@ impl Pkt {
         }
     }
 
+    /// The ICMP error `error` quoting `quoted`, in the family's numbers.
+    pub fn icmp_error(
+        f: Family,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        error: IcmpError,
+        quoted: &[u8],
+    ) -> Self {
+        let (icmp_type, code, rest) = error.wire(f);
+        Self::icmp(f, src, dst, icmp_type, code, rest, quoted)
+    }
+
+    /// An echo request (ping) of the family.
+    pub fn echo_request(f: Family, src: Ipv4Addr, dst: Ipv4Addr) -> Self {
+        let icmp_type = match f {
+            Family::V4 => ICMP_ECHO_REQUEST,
+            Family::V6 => ICMP6_ECHO_REQUEST,
+        };
+        Self::icmp(f, src, dst, icmp_type, 0, [0x12, 0x34, 0, 1], b"ping")
+    }
+
     /// A datagram of another IP protocol.
-    pub fn raw(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload: &[u8]) -> Self {
+    pub fn raw(f: Family, src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload: &[u8]) -> Self {
         Self::ip(
+            f,
             src,
             dst,
             L4::Raw {
@@ -235,12 +408,21 @@ impl Pkt {
         self
     }
 
+    /// IPv4 options.
     pub fn options(mut self, options: &[u8]) -> Self {
+        assert_eq!(self.family, Family::V4, "IP options are IPv4's");
         assert!(
             options.len().is_multiple_of(4) && options.len() <= 40,
             "IP options must fill 32-bit words"
         );
         self.options = options.to_vec();
+        self
+    }
+
+    /// IPv6 extension headers before the upper-layer header.
+    pub fn ext(mut self, ext: &[Ext]) -> Self {
+        assert_eq!(self.family, Family::V6, "extension headers are IPv6's");
+        self.ext = ext.to_vec();
         self
     }
 
@@ -262,20 +444,24 @@ impl Pkt {
         self
     }
 
-    /// Source address and port (port 0 for ICMP and other protocols).
+    /// Source address and port (port 0 for ICMP and other protocols), as the test
+    /// address it stands for.
     pub fn src_sa(&self) -> SocketAddrV4 {
-        match self.l4 {
-            L4::Tcp { sport, .. } | L4::Udp { sport, .. } => SocketAddrV4::new(self.src, sport),
-            L4::Icmp { .. } | L4::Raw { .. } => SocketAddrV4::new(self.src, 0),
-        }
+        let port = match self.l4 {
+            L4::Tcp { sport, .. } | L4::Udp { sport, .. } => sport,
+            L4::Icmp { .. } | L4::Raw { .. } => 0,
+        };
+        test_sock((self.src, port).into())
     }
 
-    /// Destination address and port (port 0 for ICMP and other protocols).
+    /// Destination address and port (port 0 for ICMP and other protocols), as the
+    /// test address it stands for.
     pub fn dst_sa(&self) -> SocketAddrV4 {
-        match self.l4 {
-            L4::Tcp { dport, .. } | L4::Udp { dport, .. } => SocketAddrV4::new(self.dst, dport),
-            L4::Icmp { .. } | L4::Raw { .. } => SocketAddrV4::new(self.dst, 0),
-        }
+        let port = match self.l4 {
+            L4::Tcp { dport, .. } | L4::Udp { dport, .. } => dport,
+            L4::Icmp { .. } | L4::Raw { .. } => 0,
+        };
+        test_sock((self.dst, port).into())
     }
 
     pub fn no_df(mut self) -> Self {
@@ -288,9 +474,9 @@ impl Pkt {
         self
     }
 
-    /// The same packet from another address (and port, for TCP/UDP).
+    /// The same packet from another (test) address and port (for TCP/UDP).
     pub fn from(mut self, src: SocketAddrV4) -> Self {
-        self.src = *src.ip();
+        self.src = self.family.ip(*src.ip());
         match &mut self.l4 {
             L4::Tcp { sport, .. } | L4::Udp { sport, .. } => *sport = src.port(),
             L4::Icmp { .. } | L4::Raw { .. } => {}
@@ -298,9 +484,9 @@ impl Pkt {
         self
     }
 
-    /// The same packet to another address (and port, for TCP/UDP).
+    /// The same packet to another (test) address and port (for TCP/UDP).
     pub fn to(mut self, dst: SocketAddrV4) -> Self {
-        self.dst = *dst.ip();
+        self.dst = self.family.ip(*dst.ip());
         match &mut self.l4 {
             L4::Tcp { dport, .. } | L4::Udp { dport, .. } => *dport = dst.port(),
             L4::Icmp { .. } | L4::Raw { .. } => {}
@@ -308,12 +494,14 @@ impl Pkt {
         self
     }
 
+    /// The upper-layer protocol.
     pub fn proto(&self) -> u8 {
-        match self.l4 {
-            L4::Tcp { .. } => IPPROTO_TCP,
-            L4::Udp { .. } => IPPROTO_UDP,
-            L4::Icmp { .. } => IPPROTO_ICMP,
-            L4::Raw { proto, .. } => proto,
+        match (&self.l4, self.family) {
+            (L4::Tcp { .. }, _) => IPPROTO_TCP,
+            (L4::Udp { .. }, _) => IPPROTO_UDP,
+            (L4::Icmp { .. }, Family::V4) => IPPROTO_ICMP,
+            (L4::Icmp { .. }, Family::V6) => IPPROTO_ICMPV6,
+            (L4::Raw { proto, .. }, _) => *proto,
         }
     }
 
@@ -370,7 +558,11 @@ impl Pkt {
                 let mut b = vec![*icmp_type, *code, 0, 0];
                 b.extend_from_slice(rest);
                 b.extend_from_slice(body);
-                let c = checksum(&b, 0);
+                // ICMPv6 sums a pseudo header, ICMP does not.
+                let c = match self.family {
+                    Family::V4 => checksum(&b, 0),
+                    Family::V6 => l4_checksum(self.src, self.dst, IPPROTO_ICMPV6, &b),
+                };
                 b[2..4].copy_from_slice(&c.to_be_bytes());
                 b
             }
@@ -378,44 +570,93 @@ impl Pkt {
         }
     }
 
-    /// IPv4 header (checksum computed) followed by `payload`.
-    fn ip_header(&self, payload_len: usize, mf: bool, frag_offset: usize) -> Vec<u8> {
+    /// The IP header(s) for `payload_len` bytes of upper-layer data: IPv4 (checksum
+    /// computed) with MF and the fragment offset as given; IPv6 with its extension
+    /// headers, and a fragment header when `frag` says so (offset, MF).
+    fn ip_header(&self, payload_len: usize, mf: bool, frag_offset: usize, frag: bool) -> Vec<u8> {
         assert!(
             frag_offset.is_multiple_of(8),
             "fragment offsets are multiples of 8"
         );
-        let ihl = 5 + self.options.len() / 4;
-        let mut h = Vec::with_capacity(ihl * 4);
-        h.push(0x40 | ihl as u8);
-        h.push(self.tos);
-        h.extend_from_slice(&((ihl * 4 + payload_len) as u16).to_be_bytes());
-        h.extend_from_slice(&self.id.to_be_bytes());
-        let flags_off = (if self.df { 0x4000 } else { 0 })
-            | (if mf { 0x2000 } else { 0 })
-            | (frag_offset / 8) as u16;
-        h.extend_from_slice(&flags_off.to_be_bytes());
-        h.push(self.ttl);
-        h.push(self.proto());
-        h.extend_from_slice(&[0, 0]);
-        h.extend_from_slice(&self.src.octets());
-        h.extend_from_slice(&self.dst.octets());
-        h.extend_from_slice(&self.options);
-        let c = checksum(&h, 0);
-        h[10..12].copy_from_slice(&c.to_be_bytes());
-        h
+        match (self.src, self.dst) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => {
+                let ihl = 5 + self.options.len() / 4;
+                let mut h = Vec::with_capacity(ihl * 4);
+                h.push(0x40 | ihl as u8);
+                h.push(self.tos);
+                h.extend_from_slice(&((ihl * 4 + payload_len) as u16).to_be_bytes());
+                h.extend_from_slice(&self.id.to_be_bytes());
+                let flags_off = (if self.df { 0x4000 } else { 0 })
+                    | (if mf { 0x2000 } else { 0 })
+                    | (frag_offset / 8) as u16;
+                h.extend_from_slice(&flags_off.to_be_bytes());
+                h.push(self.ttl);
+                h.push(self.proto());
+                h.extend_from_slice(&[0, 0]);
+                h.extend_from_slice(&src.octets());
+                h.extend_from_slice(&dst.octets());
+                h.extend_from_slice(&self.options);
+                let c = checksum(&h, 0);
+                h[10..12].copy_from_slice(&c.to_be_bytes());
+                h
+            }
+            (IpAddr::V6(src), IpAddr::V6(dst)) => {
+                // The chain after the fixed header: extension headers, then the
+                // fragment header, each naming the next.
+                let mut kinds: Vec<u8> = self.ext.iter().map(|e| e.kind).collect();
+                if frag {
+                    kinds.push(NEXTHDR_FRAGMENT);
+                }
+                kinds.push(self.proto());
+                let mut chain = Vec::new();
+                for (i, e) in self.ext.iter().enumerate() {
+                    chain.extend_from_slice(&e.bytes(kinds[i + 1]));
+                }
+                if frag {
+                    let next = kinds[kinds.len() - 1];
+                    chain.extend_from_slice(&[next, 0]);
+                    let off_m = (frag_offset as u16) | u16::from(mf);
+                    chain.extend_from_slice(&off_m.to_be_bytes());
+                    chain.extend_from_slice(&(FRAG6_ID_HIGH | u32::from(self.id)).to_be_bytes());
+                }
+                let mut h = Vec::with_capacity(40 + chain.len());
+                let ver_tc_flow = (6u32 << 28) | (u32::from(self.tos) << 20);
+                h.extend_from_slice(&ver_tc_flow.to_be_bytes());
+                h.extend_from_slice(&((chain.len() + payload_len) as u16).to_be_bytes());
+                h.push(kinds[0]);
+                h.push(self.ttl);
+                h.extend_from_slice(&src.octets());
+                h.extend_from_slice(&dst.octets());
+                h.extend_from_slice(&chain);
+                h
+            }
+            _ => panic!("a packet of mixed families: {self:?}"),
+        }
     }
 
-    /// The IPv4 packet (header and L4).
+    /// The IP packet (header and L4).
     pub fn ip_bytes(&self) -> Vec<u8> {
         let l4 = self.l4_bytes();
-        let mut p = self.ip_header(l4.len(), false, 0);
+        let mut p = self.ip_header(l4.len(), false, 0, false);
         p.extend_from_slice(&l4);
         p
     }
 
+    /// The length of the IP header (IPv6: with its extension headers).
+    pub fn ip_hlen(&self) -> usize {
+        self.ip_header(0, false, 0, false).len()
+    }
+
+    fn ethertype(&self) -> u16 {
+        match self.family {
+            Family::V4 => ETH_P_IP,
+            Family::V6 => ETH_P_IPV6,
+        }
+    }
+
     /// The Ethernet frame.
     pub fn frame(&self) -> Vec<u8> {
-        ether(ETH_P_IP, &self.ip_bytes())
+        ether(self.ethertype(), &self.ip_bytes())
     }
 
     /// The Ethernet frame of an answer to a fixture frame: the MACs swapped.
@@ -423,13 +664,15 @@ impl Pkt {
         let mut f = Vec::with_capacity(ETH_HLEN + 20);
         f.extend_from_slice(&SRC_MAC);
         f.extend_from_slice(&DST_MAC);
-        f.extend_from_slice(&ETH_P_IP.to_be_bytes());
+        f.extend_from_slice(&self.ethertype().to_be_bytes());
         f.extend_from_slice(&self.ip_bytes());
         f
     }
 
     /// The frames of this datagram split into fragments: the L4 bytes cut at each of
-    /// `cuts` (offsets into the L4 bytes, multiples of 8). DF is cleared.
+    /// `cuts` (offsets into the L4 bytes, multiples of 8). IPv4: DF cleared. IPv6: a
+    /// fragment header after the extension headers (all taken as the unfragmentable
+    /// part), identification [`FRAG6_ID_HIGH`] | id.
     pub fn fragments(&self, cuts: &[usize]) -> Vec<Vec<u8>> {
         let me = Self {
             df: false,
@@ -444,9 +687,9 @@ impl Pkt {
             .map(|w| {
                 let (start, end) = (w[0], w[1]);
                 let last = end == l4.len();
-                let mut p = me.ip_header(end - start, !last, start);
+                let mut p = me.ip_header(end - start, !last, start, true);
                 p.extend_from_slice(&l4[start..end]);
-                ether(ETH_P_IP, &p)
+                ether(me.ethertype(), &p)
             })
             .collect()
     }
@@ -476,43 +719,74 @@ pub fn arp_request(sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
     f
 }
 
-/// An IPv6 TCP SYN (the checksum is not the point: the programs must not look at it).
-pub fn ipv6_tcp_syn(dport: u16) -> Vec<u8> {
-    let mut p = vec![0x60, 0, 0, 0, 0, 20, IPPROTO_TCP, 64];
-    p.extend_from_slice(&[
-        0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x64,
-    ]);
-    p.extend_from_slice(&[
-        0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0b,
-    ]);
-    p.extend_from_slice(&40000u16.to_be_bytes());
-    p.extend_from_slice(&dport.to_be_bytes());
-    p.extend_from_slice(&[
-        0, 0, 0, 1, 0, 0, 0, 0, 0x50, SYN, 0xfa, 0xf0, 0x12, 0x34, 0, 0,
-    ]);
-    ether(ETH_P_IPV6, &p)
-}
-
-/// The IPv4 packet of an Ethernet frame.
+/// The IP packet of an Ethernet frame.
 pub fn ip_of(frame: &[u8]) -> &[u8] {
     &frame[ETH_HLEN..]
 }
 
+/// The source and destination addresses of a frame's IP packet (either family).
+pub fn addrs_of(frame: &[u8]) -> (IpAddr, IpAddr) {
+    let ip = ip_of(frame);
+    match be16(frame, 12) {
+        ETH_P_IP => (ip4(ip, 12).into(), ip4(ip, 16).into()),
+        ETH_P_IPV6 => (ip6(ip, 8).into(), ip6(ip, 24).into()),
+        other => panic!("no IP in a frame of EtherType {other:#06x}"),
+    }
+}
+
+/// Where an IPv6 packet's header chain ends: (upper-layer protocol, its offset, the
+/// offset of the Next Header byte naming it, the fragment header's offset if any).
+/// None when the chain is cut short.
+pub fn chain6(p: &[u8]) -> Option<(u8, usize, usize, Option<usize>)> {
+    let mut nh = *p.get(6)?;
+    let mut nh_off = 6;
+    let mut off = 40;
+    let mut frag = None;
+    loop {
+        match nh {
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
+                let len = (usize::from(*p.get(off + 1)?) + 1) * 8;
+                nh = *p.get(off)?;
+                nh_off = off;
+                off += len;
+            }
+            NEXTHDR_FRAGMENT => {
+                nh = *p.get(off)?;
+                frag = Some(off);
+                nh_off = off;
+                off += 8;
+            }
+            _ => return Some((nh, off, nh_off, frag)),
+        }
+    }
+}
+
 /// Reassembles the fragments of one datagram (frames, any order) into one unfragmented
-/// frame, with a fresh header checksum computed here.
+/// frame: IPv4 with a fresh header checksum computed here; IPv6 without its fragment
+/// header.
 pub fn reassemble(frames: &[Vec<u8>]) -> Vec<u8> {
+    let v6 = be16(&frames[0], 12) == ETH_P_IPV6;
+    // (offset, data, more fragments)
     let mut parts: Vec<(usize, &[u8], bool)> = frames
         .iter()
         .map(|f| {
             let ip = ip_of(f);
-            let ihl = usize::from(ip[0] & 0x0f) * 4;
-            let fo = u16::from_be_bytes([ip[6], ip[7]]);
-            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-            (
-                usize::from(fo & 0x1fff) * 8,
-                &ip[ihl..total],
-                fo & 0x2000 != 0,
-            )
+            if v6 {
+                let (_, off, _, frag) = chain6(ip).expect("a whole header chain");
+                let frag = frag.expect("a fragment header");
+                let fo = be16(ip, frag + 2);
+                let total = 40 + usize::from(be16(ip, 4));
+                (usize::from(fo & 0xfff8), &ip[off..total], fo & 1 != 0)
+            } else {
+                let ihl = usize::from(ip[0] & 0x0f) * 4;
+                let fo = be16(ip, 6);
+                let total = usize::from(be16(ip, 2));
+                (
+                    usize::from(fo & 0x1fff) * 8,
+                    &ip[ihl..total],
+                    fo & 0x2000 != 0,
+                )
+            }
         })
         .collect();
     parts.sort_by_key(|p| p.0);
@@ -525,23 +799,47 @@ pub fn reassemble(frames: &[Vec<u8>]) -> Vec<u8> {
         !parts.last().is_some_and(|p| p.2),
         "the last fragment has MF set"
     );
-    let first = frames
-        .iter()
-        .find(|f| u16::from_be_bytes([ip_of(f)[6], ip_of(f)[7]]) & 0x1fff == 0)
-        .expect("a first fragment");
+    let is_first = |f: &&Vec<u8>| {
+        let ip = ip_of(f);
+        if v6 {
+            let frag = chain6(ip).and_then(|c| c.3).expect("a fragment header");
+            be16(ip, frag + 2) & 0xfff8 == 0
+        } else {
+            be16(ip, 6) & 0x1fff == 0
+        }
+    };
+    let first = frames.iter().find(is_first).expect("a first fragment");
     let ip = ip_of(first);
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    let mut h = ip[..ihl].to_vec();
-    h[2..4].copy_from_slice(&((ihl + l4.len()) as u16).to_be_bytes());
-    h[6] &= !0x3f; // MF and offset cleared, DF kept
-    h[7] = 0;
-    h[10] = 0;
-    h[11] = 0;
-    let c = checksum(&h, 0);
-    h[10..12].copy_from_slice(&c.to_be_bytes());
-    h.extend_from_slice(&l4);
+    let h = if v6 {
+        let frag = chain6(ip).and_then(|c| c.3).expect("a fragment header");
+        // The header before the fragment header now names what the fragment header
+        // did: the fixed header's Next Header, or the last extension header's.
+        let mut h = ip[..frag].to_vec();
+        let mut named = 6;
+        let mut off = 40;
+        while off < frag {
+            named = off;
+            off += (usize::from(ip[off + 1]) + 1) * 8;
+        }
+        h[named] = ip[frag];
+        let payload = h.len() - 40 + l4.len();
+        h[4..6].copy_from_slice(&(payload as u16).to_be_bytes());
+        h
+    } else {
+        let ihl = usize::from(ip[0] & 0x0f) * 4;
+        let mut h = ip[..ihl].to_vec();
+        h[2..4].copy_from_slice(&((ihl + l4.len()) as u16).to_be_bytes());
+        h[6] &= !0x3f; // MF and offset cleared, DF kept
+        h[7] = 0;
+        h[10] = 0;
+        h[11] = 0;
+        let c = checksum(&h, 0);
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+        h
+    };
     let mut f = first[..ETH_HLEN].to_vec();
     f.extend_from_slice(&h);
+    f.extend_from_slice(&l4);
     f
 }
 
@@ -580,6 +878,12 @@ fn ip4(b: &[u8], off: usize) -> Ipv4Addr {
     Ipv4Addr::new(b[off], b[off + 1], b[off + 2], b[off + 3])
 }
 
+fn ip6(b: &[u8], off: usize) -> Ipv6Addr {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&b[off..off + 16]);
+    Ipv6Addr::from(a)
+}
+
 fn tcp_flags(f: u8) -> String {
     let names = [
         (FIN, "FIN"),
@@ -614,11 +918,11 @@ pub fn decode(frame: &[u8]) -> Fields {
     let ethertype = be16(frame, 12);
     put("eth.type", format!("{ethertype:#06x}"));
     let rest = &frame[ETH_HLEN..];
-    if ethertype != ETH_P_IP || rest.len() < 20 {
-        put("eth.payload", hex(rest));
-        return out;
+    match ethertype {
+        ETH_P_IP if rest.len() >= 20 => decode_ipv4(rest, "", &mut out),
+        ETH_P_IPV6 if rest.len() >= 40 => decode_ipv6(rest, "", &mut out),
+        _ => put("eth.payload", hex(rest)),
     }
-    decode_ipv4(rest, "", &mut out);
     out
 }
 
@@ -668,8 +972,97 @@ fn decode_ipv4(p: &[u8], prefix: &str, out: &mut Fields) {
         put("ip.fragment_data", hex(l4));
         return;
     }
+    decode_l4(Family::V4, p[9], l4, prefix, out);
+}
+
+/// Decodes an IPv6 packet (possibly truncated, as quoted in an ICMPv6 error) with
+/// field names prefixed by `prefix`.
+fn decode_ipv6(p: &[u8], prefix: &str, out: &mut Fields) {
+    {
+        let mut put = |k: &str, v: String| out.push((format!("{prefix}{k}"), v));
+        let vtf = be32(p, 0);
+        put("ip6.version", (vtf >> 28).to_string());
+        put("ip6.tclass", format!("{:#04x}", (vtf >> 20) & 0xff));
+        put("ip6.flow", format!("{:#07x}", vtf & 0xf_ffff));
+        put("ip6.payload_len", be16(p, 4).to_string());
+        put("ip6.nexthdr", p[6].to_string());
+        put("ip6.hop_limit", p[7].to_string());
+        put("ip6.src", ip6(p, 8).to_string());
+        put("ip6.dst", ip6(p, 24).to_string());
+    }
+    let end = (40 + usize::from(be16(p, 4))).min(p.len());
+    let mut nh = p[6];
+    let mut off = 40;
+    let mut later_fragment = false;
+    let mut n = 0;
+    loop {
+        let mut put = |k: &str, v: String| out.push((format!("{prefix}{k}"), v));
+        match nh {
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST if off + 2 <= end => {
+                let len = (usize::from(p[off + 1]) + 1) * 8;
+                let name = match nh {
+                    NEXTHDR_HOP => "hop_by_hop",
+                    NEXTHDR_ROUTING => "routing",
+                    _ => "dest_opts",
+                };
+                put(
+                    &format!("ext{n}.{name}"),
+                    format!(
+                        "next {} len {len}: {}",
+                        p[off],
+                        hex(&p[off..(off + len).min(end)])
+                    ),
+                );
+                nh = p[off];
+                off += len;
+            }
+            NEXTHDR_FRAGMENT if off + 8 <= end => {
+                let fo = be16(p, off + 2);
+                put(
+                    &format!("ext{n}.fragment"),
+                    format!(
+                        "next {} offset {} {}id {:#010x}",
+                        p[off],
+                        fo & 0xfff8,
+                        if fo & 1 != 0 { "MF " } else { "" },
+                        be32(p, off + 4)
+                    ),
+                );
+                later_fragment = fo & 0xfff8 != 0;
+                nh = p[off];
+                off += 8;
+            }
+            _ => break,
+        }
+        n += 1;
+    }
+    let l4 = &p[off.min(end)..end];
+    if later_fragment {
+        out.push((format!("{prefix}ip6.fragment_data"), hex(l4)));
+        return;
+    }
+    decode_l4(Family::V6, nh, l4, prefix, out);
+}
+
+/// Whether an ICMP message of `f` with this type quotes a packet.
+fn icmp_quotes(f: Family, icmp_type: u8) -> bool {
+    match f {
+        Family::V4 => matches!(
+            icmp_type,
+            ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB
+        ),
+        Family::V6 => icmp_type < 128,
+    }
+}
+
+fn decode_l4(f: Family, proto: u8, l4: &[u8], prefix: &str, out: &mut Fields) {
+    let mut put = |k: &str, v: String| out.push((format!("{prefix}{k}"), v));
     let quoted = !prefix.is_empty();
-    match p[9] {
+    let icmp = match f {
+        Family::V4 => IPPROTO_ICMP,
+        Family::V6 => IPPROTO_ICMPV6,
+    };
+    match proto {
         IPPROTO_TCP if l4.len() >= 20 => {
             put("tcp.sport", be16(l4, 0).to_string());
             put("tcp.dport", be16(l4, 2).to_string());
@@ -700,19 +1093,21 @@ fn decode_ipv4(p: &[u8], prefix: &str, out: &mut Fields) {
             put("l4.bytes_4_8", hex(&l4[4..8]));
             put("l4.rest", hex(&l4[8..]));
         }
-        IPPROTO_ICMP if l4.len() >= 8 && !quoted => {
+        p if p == icmp && l4.len() >= 8 && !quoted => {
             put("icmp.type", l4[0].to_string());
             put("icmp.code", l4[1].to_string());
             put("icmp.checksum", format!("{:#06x}", be16(l4, 2)));
             put("icmp.rest", hex(&l4[4..8]));
             let body = &l4[8..];
-            if matches!(l4[0], ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | 12)
-                && body.len() >= 20
-                && body[0] >> 4 == 4
-            {
-                decode_ipv4(body, &format!("{prefix}icmp.quoted."), out);
-            } else {
-                out.push((format!("{prefix}icmp.body"), hex(body)));
+            let inner = format!("{prefix}icmp.quoted.");
+            match f {
+                Family::V4 if icmp_quotes(f, l4[0]) && body.len() >= 20 && body[0] >> 4 == 4 => {
+                    decode_ipv4(body, &inner, out)
+                }
+                Family::V6 if icmp_quotes(f, l4[0]) && body.len() >= 40 && body[0] >> 4 == 6 => {
+                    decode_ipv6(body, &inner, out)
+                }
+                _ => out.push((format!("{prefix}icmp.body"), hex(body))),
             }
         }
         _ => put("ip.payload", hex(l4)),
@@ -757,39 +1152,69 @@ pub fn render(fields: &Fields) -> String {
 // Checksum verification of a frame, from scratch.
 // ---------------------------------------------------------------------------------------
 
-/// Every checksum problem of an IPv4 frame: the header checksum, the TCP/UDP checksum
-/// with its pseudo header (unfragmented packets only: a fragment's L4 checksum covers
-/// the whole datagram; use [`reassemble`]), the ICMP checksum, and the header
-/// checksum of an IPv4 header quoted in an ICMP error. Non-IPv4 frames have none.
+/// Every checksum problem of an IP frame: IPv4's header checksum; the TCP/UDP checksum
+/// with its family's pseudo header (unfragmented packets only: a fragment's L4
+/// checksum covers the whole datagram; use [`reassemble`]; IPv6 UDP must have one);
+/// the ICMP checksum (ICMPv6: with its pseudo header), and the header checksum of an
+/// IPv4 header quoted in an ICMP error. Frames of no IP have none.
 pub fn checksum_problems(frame: &[u8]) -> Vec<String> {
     let mut problems = Vec::new();
-    if frame.len() < ETH_HLEN + 20 || be16(frame, 12) != ETH_P_IP {
+    if frame.len() < ETH_HLEN + 20 {
         return problems;
     }
     let p = ip_of(frame);
-    let ihl = usize::from(p[0] & 0x0f) * 4;
-    if p.len() < ihl {
-        problems.push(format!(
-            "IPv4 header of {ihl} bytes in a {}-byte packet",
-            p.len()
-        ));
-        return problems;
-    }
-    check_ip_header(&p[..ihl], "ip", &mut problems);
-    let total = usize::from(be16(p, 2));
-    if total != p.len() {
-        problems.push(format!(
-            "ip.total_len is {total} but the packet has {} bytes",
-            p.len()
-        ));
-        return problems;
-    }
-    let fo = be16(p, 6);
-    if fo & 0x3fff != 0 {
-        return problems; // a fragment: see reassemble()
-    }
-    let (src, dst, l4) = (ip4(p, 12), ip4(p, 16), &p[ihl..]);
-    match p[9] {
+    let (src, dst, proto, l4): (IpAddr, IpAddr, u8, &[u8]) = match be16(frame, 12) {
+        ETH_P_IP => {
+            let ihl = usize::from(p[0] & 0x0f) * 4;
+            if p.len() < ihl {
+                problems.push(format!(
+                    "IPv4 header of {ihl} bytes in a {}-byte packet",
+                    p.len()
+                ));
+                return problems;
+            }
+            check_ip_header(&p[..ihl], "ip", &mut problems);
+            let total = usize::from(be16(p, 2));
+            if total != p.len() {
+                problems.push(format!(
+                    "ip.total_len is {total} but the packet has {} bytes",
+                    p.len()
+                ));
+                return problems;
+            }
+            if be16(p, 6) & 0x3fff != 0 {
+                return problems; // a fragment: see reassemble()
+            }
+            (ip4(p, 12).into(), ip4(p, 16).into(), p[9], &p[ihl..])
+        }
+        ETH_P_IPV6 if p.len() >= 40 => {
+            let total = 40 + usize::from(be16(p, 4));
+            if total != p.len() {
+                problems.push(format!(
+                    "ip6.payload_len is {} but the packet has {} bytes after the header",
+                    be16(p, 4),
+                    p.len() - 40
+                ));
+                return problems;
+            }
+            let Some((proto, off, _, frag)) = chain6(p) else {
+                problems.push("an IPv6 header chain cut short".into());
+                return problems;
+            };
+            if frag.is_some() {
+                return problems; // a fragment: see reassemble()
+            }
+            (
+                ip6(p, 8).into(),
+                ip6(p, 24).into(),
+                proto,
+                &p[off.min(p.len())..],
+            )
+        }
+        _ => return problems,
+    };
+    let v6 = src.is_ipv6();
+    match proto {
         IPPROTO_TCP if l4.len() >= 20 => {
             let want = l4_checksum(src, dst, IPPROTO_TCP, l4);
             let have = be16(l4, 16);
@@ -808,8 +1233,10 @@ pub fn checksum_problems(frame: &[u8]) -> Vec<String> {
                     l4.len()
                 ));
             }
-            // 0: the sender computed no checksum.
-            if have != 0 {
+            // 0: the sender computed no checksum (IPv4 only, RFC 8200 8.1).
+            if have == 0 && v6 {
+                problems.push("udp.checksum is 0 in IPv6".into());
+            } else if have != 0 {
                 let want = l4_checksum(src, dst, IPPROTO_UDP, l4);
                 if want != have {
                     problems.push(format!(
@@ -818,7 +1245,7 @@ pub fn checksum_problems(frame: &[u8]) -> Vec<String> {
                 }
             }
         }
-        IPPROTO_ICMP if l4.len() >= 8 => {
+        IPPROTO_ICMP if !v6 && l4.len() >= 8 => {
             let mut zeroed = l4.to_vec();
             zeroed[2] = 0;
             zeroed[3] = 0;
@@ -830,14 +1257,20 @@ pub fn checksum_problems(frame: &[u8]) -> Vec<String> {
                 ));
             }
             let body = &l4[8..];
-            if matches!(l4[0], ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | 12)
-                && body.len() >= 20
-                && body[0] >> 4 == 4
-            {
+            if icmp_quotes(Family::V4, l4[0]) && body.len() >= 20 && body[0] >> 4 == 4 {
                 let inner_ihl = usize::from(body[0] & 0x0f) * 4;
                 if body.len() >= inner_ihl {
                     check_ip_header(&body[..inner_ihl], "icmp.quoted.ip", &mut problems);
                 }
+            }
+        }
+        IPPROTO_ICMPV6 if v6 && l4.len() >= 8 => {
+            let want = l4_checksum(src, dst, IPPROTO_ICMPV6, l4);
+            let have = be16(l4, 2);
+            if want != have {
+                problems.push(format!(
+                    "icmp6.checksum is {have:#06x}, should be {want:#06x}"
+                ));
             }
         }
         _ => {}

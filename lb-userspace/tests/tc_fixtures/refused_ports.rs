@@ -1,24 +1,30 @@
 //! A LoadBalancer or external IP on a port (or protocol) none of its services has is
 //! refused, not dropped: its address wildcard is in the external scope, so a known VIP's
-//! unknown port gets a RST or an ICMP unreachable, as a closed port of a host would.
+//! unknown port gets a RST or an ICMP unreachable, as a closed port of a host would
+//! (IPv6: another protocol gets a parameter problem pointing at its Next Header).
 use lb_common::Counter;
 
 use crate::{
     common::{
-        CLIENT_IP, EMPTY_LB_IP, EXTERNAL_IP, LB_IP, LOCAL_WEB, OUTSIDER_IP, STRANGER_IP, client,
-        expect, expect_answer, expect_untouched, fixture, rst_for, sa, unreachable_for,
+        CLIENT_IP, EMPTY_LB_IP, EXTERNAL_IP, LB_IP, LOCAL_WEB, OUTSIDER_IP, STRANGER_IP,
+        Unreachable, client, expect, expect_answer, expect_untouched, fixture, rst_for, sa,
+        unreachable_for,
     },
+    family::{Family, each_family},
     harness::{Hook, TC_ACT_OK},
-    packet::{
-        ICMP_ECHO_REQUEST, ICMP_PORT_UNREACH, ICMP_PROT_UNREACH, IPPROTO_GRE, Pkt, SYN, ip_of,
-    },
+    packet::{Ext, IPPROTO_GRE, Pkt, SYN},
 };
 
-#[test]
-fn a_known_vip_on_an_unknown_port_is_refused() {
-    let Some(fx) = fixture() else { return };
+each_family!(
+    a_known_vip_on_an_unknown_port_is_refused,
+    another_protocol_to_a_vip_gets_protocol_unreachable,
+    icmp_to_a_vip_is_not_answered
+);
+
+fn a_known_vip_on_an_unknown_port_is_refused(f: Family) {
+    let Some(fx) = fixture(f) else { return };
     // The service port still forwards.
-    let syn = Pkt::tcp(client(40000), sa(LB_IP, 80), SYN);
+    let syn = Pkt::tcp(f, client(40000), sa(LB_IP, 80), SYN);
     expect(
         &fx,
         "the LB IP's service port",
@@ -33,7 +39,7 @@ fn a_known_vip_on_an_unknown_port_is_refused() {
         ("external IP", EXTERNAL_IP),
         ("empty LB IP", EMPTY_LB_IP),
     ] {
-        let syn = Pkt::tcp(client(40001), sa(vip, 443), SYN);
+        let syn = Pkt::tcp(f, client(40001), sa(vip, 443), SYN);
         expect_answer(
             &fx,
             &format!("{what}, TCP to another port"),
@@ -41,17 +47,17 @@ fn a_known_vip_on_an_unknown_port_is_refused() {
             &rst_for(&syn),
         );
         // UDP on the service's own port number: no UDP service there.
-        let frame = Pkt::udp(client(40002), sa(vip, 80), b"q").frame();
+        let frame = Pkt::udp(f, client(40002), sa(vip, 80), b"q").frame();
         expect_answer(
             &fx,
             &format!("{what}, UDP to the TCP service's port"),
             &frame,
-            &unreachable_for(ip_of(&frame), ICMP_PORT_UNREACH),
+            &unreachable_for(&frame, Unreachable::Port),
         );
     }
     // loadBalancerSourceRanges guard the service ports; an unknown port is refused to
     // every source, as it would be by any host.
-    let syn = Pkt::tcp(sa(OUTSIDER_IP, 40003), sa(LB_IP, 443), SYN);
+    let syn = Pkt::tcp(f, sa(OUTSIDER_IP, 40003), sa(LB_IP, 443), SYN);
     expect_answer(
         &fx,
         "outside the source ranges, unknown port",
@@ -67,10 +73,10 @@ fn a_known_vip_on_an_unknown_port_is_refused() {
     );
 }
 
-#[test]
-fn another_protocol_to_a_vip_gets_protocol_unreachable() {
-    let Some(fx) = fixture() else { return };
+fn another_protocol_to_a_vip_gets_protocol_unreachable(f: Family) {
+    let Some(fx) = fixture(f) else { return };
     let gre = Pkt::raw(
+        f,
         CLIENT_IP,
         LB_IP,
         IPPROTO_GRE,
@@ -81,30 +87,44 @@ fn another_protocol_to_a_vip_gets_protocol_unreachable() {
         &fx,
         "GRE to an LB IP",
         &gre,
-        &unreachable_for(ip_of(&gre), ICMP_PROT_UNREACH),
+        &unreachable_for(&gre, Unreachable::Protocol),
     );
+    if f == Family::V6 {
+        // After extension headers: the pointer names the last Next Header field.
+        let gre = Pkt::raw(
+            f,
+            CLIENT_IP,
+            LB_IP,
+            IPPROTO_GRE,
+            &[0, 0, 0x08, 0, 1, 2, 3, 4],
+        )
+        .ext(&[Ext::hop_by_hop(), Ext::dest_opts()])
+        .frame();
+        expect_answer(
+            &fx,
+            "GRE after extension headers",
+            &gre,
+            &unreachable_for(&gre, Unreachable::Protocol),
+        );
+    }
     // Shorter than the 8 bytes an ICMP error must quote: dropped unanswered.
-    let short = Pkt::raw(CLIENT_IP, LB_IP, IPPROTO_GRE, &[0, 0, 0x08, 0]).frame();
+    let short = Pkt::raw(f, CLIENT_IP, LB_IP, IPPROTO_GRE, &[0, 0, 0x08, 0]).frame();
     crate::common::expect_dropped(&fx, "GRE with 4 bytes", &short);
     assert_eq!(fx.counter(Counter::NpRejectUnanswered), 1);
     // Not a service address: untouched.
-    let foreign = Pkt::raw(CLIENT_IP, STRANGER_IP, IPPROTO_GRE, &[0; 12]).frame();
+    let foreign = Pkt::raw(f, CLIENT_IP, STRANGER_IP, IPPROTO_GRE, &[0; 12]).frame();
     expect_untouched(&fx, "GRE to a foreign address", &foreign);
-    assert_eq!(fx.counter(Counter::NpRejected), 1);
+    let answered = match f {
+        Family::V4 => 1,
+        Family::V6 => 2,
+    };
+    assert_eq!(fx.counter(Counter::NpRejected), answered);
 }
 
-#[test]
-fn icmp_to_a_vip_is_not_answered() {
-    let Some(fx) = fixture() else { return };
+fn icmp_to_a_vip_is_not_answered(f: Family) {
+    let Some(fx) = fixture(f) else { return };
     for vip in [LB_IP, EMPTY_LB_IP, EXTERNAL_IP] {
-        let ping = Pkt::icmp(
-            CLIENT_IP,
-            vip,
-            ICMP_ECHO_REQUEST,
-            0,
-            [0x12, 0x34, 0, 1],
-            b"ping",
-        );
+        let ping = Pkt::echo_request(f, CLIENT_IP, vip);
         expect_untouched(&fx, &format!("ping to {vip}"), &ping.frame());
     }
     assert_eq!(fx.counter(Counter::NpRejected), 0);

@@ -6,17 +6,19 @@ use crate::{
         LOCAL_WEB, NODE_IP, NP_WEB_LOCAL, assert_expires, client, ct_entry, expect, fixture,
         open_tcp, sa,
     },
+    family::{Family, each_family},
     harness::{Hook, TC_ACT_OK, monotonic_ns},
     packet::{ACK, IPPROTO_TCP, PSH, Pkt, SYN},
 };
 
-#[test]
-fn egress_reverse_nat_of_a_local_backend_reply() {
-    let Some(fx) = fixture() else { return };
+each_family!(egress_reverse_nat_of_a_local_backend_reply);
+
+fn egress_reverse_nat_of_a_local_backend_reply(f: Family) {
+    let Some(fx) = fixture(f) else { return };
     let frontend = sa(NODE_IP, NP_WEB_LOCAL);
     open_tcp(&fx, client(40000), frontend);
 
-    let synack = Pkt::tcp(LOCAL_WEB, client(40000), SYN | ACK);
+    let synack = Pkt::tcp(f, LOCAL_WEB, client(40000), SYN | ACK);
     let before = monotonic_ns();
     expect(
         &fx,
@@ -37,7 +39,7 @@ fn egress_reverse_nat_of_a_local_backend_reply() {
         "reply entry after a SYN-ACK",
     );
 
-    let ack = Pkt::tcp(client(40000), frontend, ACK);
+    let ack = Pkt::tcp(f, client(40000), frontend, ACK);
     expect(
         &fx,
         "client ACK",
@@ -51,7 +53,7 @@ fn egress_reverse_nat_of_a_local_backend_reply() {
         CT_FLAG_ESTABLISHED
     );
 
-    let answer = Pkt::tcp(LOCAL_WEB, client(40000), PSH | ACK).payload(&[0x5a; 1000]);
+    let answer = Pkt::tcp(f, LOCAL_WEB, client(40000), PSH | ACK).payload(&[0x5a; 1000]);
     expect(
         &fx,
         "backend data",
@@ -63,7 +65,7 @@ fn egress_reverse_nat_of_a_local_backend_reply() {
     assert_eq!(fx.counter(Counter::NpTracked), 3);
 
     // The reply of the backend to a client it has no tracked flow with is not ours.
-    let stray = Pkt::tcp(LOCAL_WEB, client(40999), PSH | ACK).payload(b"x");
+    let stray = Pkt::tcp(f, LOCAL_WEB, client(40999), PSH | ACK).payload(b"x");
     expect(
         &fx,
         "untracked reply",

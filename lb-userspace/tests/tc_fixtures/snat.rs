@@ -10,16 +10,18 @@ use crate::{
         NODE_IP, NODE_IP2, NP_WEB_REMOTE, REMOTE_WEB, Xlate, backend_id, check, client, ct_entry,
         expect, expect_snat, fixture, sa, snat_source, xlate,
     },
+    family::{Family, each_family},
     harness::{Hook, TC_ACT_OK, TC_ACT_REDIRECT},
     packet::{ACK, IPPROTO_TCP, PSH, Pkt, SYN},
 };
 
-#[test]
-fn nodeport_snat_to_a_remote_backend_and_back() {
-    let Some(fx) = fixture() else { return };
+each_family!(nodeport_snat_to_a_remote_backend_and_back);
+
+fn nodeport_snat_to_a_remote_backend_and_back(f: Family) {
+    let Some(fx) = fixture(f) else { return };
     for (node_ip, cport) in [(NODE_IP, 40000), (NODE_IP2, 40001)] {
         let frontend = sa(node_ip, NP_WEB_REMOTE);
-        let syn = Pkt::tcp(client(cport), frontend, SYN);
+        let syn = Pkt::tcp(f, client(cport), frontend, SYN);
         let (snat, out) = expect_snat(&fx, &format!("SYN via {node_ip}"), &syn, REMOTE_WEB);
         let out = out.output;
 
@@ -61,7 +63,7 @@ fn nodeport_snat_to_a_remote_backend_and_back() {
 
         // The backend's SYN-ACK to the SNAT address comes back in and goes to the
         // client, from the node address: routed by the program too.
-        let synack = Pkt::tcp(REMOTE_WEB, snat, SYN | ACK);
+        let synack = Pkt::tcp(f, REMOTE_WEB, snat, SYN | ACK);
         expect(
             &fx,
             "SYN-ACK from the remote backend",
@@ -83,7 +85,8 @@ fn nodeport_snat_to_a_remote_backend_and_back() {
         );
 
         // Data both ways.
-        let data = Pkt::tcp(client(cport), frontend, PSH | ACK).payload(b"GET / HTTP/1.1\r\n\r\n");
+        let data =
+            Pkt::tcp(f, client(cport), frontend, PSH | ACK).payload(b"GET / HTTP/1.1\r\n\r\n");
         expect(
             &fx,
             "client data",
@@ -92,7 +95,8 @@ fn nodeport_snat_to_a_remote_backend_and_back() {
             TC_ACT_REDIRECT,
             &data.clone().from(snat).to(REMOTE_WEB).routed().frame(),
         );
-        let answer = Pkt::tcp(REMOTE_WEB, snat, PSH | ACK).payload(b"HTTP/1.1 200 OK\r\n\r\nhello");
+        let answer =
+            Pkt::tcp(f, REMOTE_WEB, snat, PSH | ACK).payload(b"HTTP/1.1 200 OK\r\n\r\nhello");
         expect(
             &fx,
             "backend data",
@@ -125,11 +129,11 @@ fn nodeport_snat_to_a_remote_backend_and_back() {
     let (snat, _) = expect_snat(
         &fx,
         "SYN from an unroutable client",
-        &Pkt::tcp(lost, frontend, SYN),
+        &Pkt::tcp(f, lost, frontend, SYN),
         REMOTE_WEB,
     );
     let inconsistent = fx.counter(Counter::Inconsistent);
-    let synack = Pkt::tcp(REMOTE_WEB, snat, SYN | ACK);
+    let synack = Pkt::tcp(f, REMOTE_WEB, snat, SYN | ACK);
     expect(
         &fx,
         "SYN-ACK to an unroutable client",
@@ -141,7 +145,7 @@ fn nodeport_snat_to_a_remote_backend_and_back() {
     assert_eq!(fx.counter(Counter::Inconsistent), inconsistent + 1);
 
     // TTL 1: translated, but left to the stack (which answers time exceeded).
-    let syn = Pkt::tcp(client(40003), frontend, SYN).ttl(1);
+    let syn = Pkt::tcp(f, client(40003), frontend, SYN).ttl(1);
     let run = fx.ingress(&syn.frame());
     let snat = snat_source(&fx, client(40003), frontend, IPPROTO_TCP);
     check(
